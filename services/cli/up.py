@@ -1,0 +1,106 @@
+"""`maas up`: every service as its own process on this machine, supervised.
+
+Prints `READY <service> <host>:<port>` as each becomes healthy, then `READY all`. On Ctrl-C or
+SIGTERM every child is sent SIGTERM and drains; one that outlives its grace is killed. If a child
+dies, the rest are stopped and `maas up` exits non-zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+log = logging.getLogger("maas.up")
+
+KILL_MARGIN_SECONDS = 5.0
+
+
+class _Child:
+    def __init__(self, service: str, process: asyncio.subprocess.Process) -> None:
+        self.service = service
+        self.process = process
+        self.ready = asyncio.get_running_loop().create_future()
+
+    async def relay(self) -> None:
+        """Copy the child's stdout to ours, resolving `ready` at its READY line."""
+        assert self.process.stdout is not None
+        async for raw in self.process.stdout:
+            line = raw.decode(errors="replace")
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            if line.startswith("READY ") and not self.ready.done():
+                self.ready.set_result(line.split()[-1])
+        if not self.ready.done():
+            self.ready.set_exception(RuntimeError(f"{self.service} exited before it was ready"))
+
+
+async def _spawn(service: str) -> _Child:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli.main", "run", service, stdout=asyncio.subprocess.PIPE
+    )
+    return _Child(service, process)
+
+
+async def _stop(children: list[_Child], grace: float) -> None:
+    for child in children:
+        if child.process.returncode is None:
+            child.process.send_signal(signal.SIGTERM)
+    for child in children:
+        try:
+            await asyncio.wait_for(child.process.wait(), grace + KILL_MARGIN_SECONDS)
+        except TimeoutError:
+            log.error("%s did not stop within %.0fs; killing it", child.service, grace + KILL_MARGIN_SECONDS)
+            child.process.kill()
+            await child.process.wait()
+
+
+async def up(groups: list[list[str]], grace: float) -> int:
+    """Start `groups` of services in order and supervise them until a signal or a child's death.
+
+    Args:
+        groups: service names; every service of a group is ready before the next group starts.
+        grace: seconds a child gets to drain after SIGTERM before it is killed.
+
+    Returns:
+        0 after a clean stop on a signal, 1 if a service failed.
+    """
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    children: list[_Child] = []
+    relays: list[asyncio.Task] = []
+    status = 0
+    try:
+        for group in groups:
+            started = [await _spawn(service) for service in group]
+            children.extend(started)
+            relays.extend(asyncio.create_task(child.relay()) for child in started)
+            waiting = asyncio.gather(*(child.ready for child in started))
+            stopping = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if stopping in done:
+                waiting.cancel()
+                return 0
+            stopping.cancel()
+            waiting.result()
+        sys.stdout.write("READY all\n")
+        sys.stdout.flush()
+        exits = [asyncio.create_task(child.process.wait()) for child in children]
+        stopping = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({*exits, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if stopping not in done:
+            dead = next(child for child, task in zip(children, exits) if task in done)
+            log.error("%s exited with status %s; stopping the others", dead.service, dead.process.returncode)
+            status = 1
+        stopping.cancel()
+    except RuntimeError as exc:
+        log.error("%s; stopping the others", exc)
+        status = 1
+    finally:
+        await _stop(children, grace)
+        await asyncio.gather(*relays, return_exceptions=True)
+    return status

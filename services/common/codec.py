@@ -1,0 +1,250 @@
+"""The Open Inference Protocol tensor codec: v2 tensors <-> numpy.
+
+Requests may carry data in `contents` (the repeated field of the datatype) or in
+`raw_input_contents` (little-endian, row-major bytes; BYTES elements each prefixed by a 4-byte
+little-endian length); one form for the whole request. Responses always use `raw_output_contents`,
+as Triton does, because stock tritonclient reads outputs only from there.
+
+BF16 has no numpy dtype: it decodes to float32 (exactly) and encodes from float32 with
+round-to-nearest-even. BYTES decodes to a numpy object array of `bytes`.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from math import prod
+
+import numpy as np
+
+from maas.inference import grpc_service_pb2 as pb
+from services.common.errors import InvalidInput
+
+MAX_ELEMENTS = 1 << 31
+
+FIXED_DTYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype("?"),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
+DATATYPES = (*FIXED_DTYPES, "BF16", "BYTES")
+
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+_ALL_CONTENTS_FIELDS = frozenset(CONTENTS_FIELD.values())
+_LENGTH_PREFIX = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A named tensor with its v2 datatype. `array.shape` is the tensor's shape."""
+
+    name: str
+    datatype: str
+    array: np.ndarray
+
+    @classmethod
+    def of(cls, name: str, array: np.ndarray) -> Tensor:
+        """Wrap an array, taking the v2 datatype from its numpy dtype.
+
+        Raises:
+            ValueError: the dtype has no v2 datatype (BF16 must be built with an explicit datatype).
+        """
+        return cls(name, datatype_of(array), array)
+
+
+def datatype_of(array: np.ndarray) -> str:
+    """Return the v2 datatype name of a numpy array.
+
+    Raises:
+        ValueError: the dtype has no v2 equivalent.
+    """
+    if array.dtype.kind in "OSU":
+        return "BYTES"
+    for name, dtype in FIXED_DTYPES.items():
+        if array.dtype.newbyteorder("<") == dtype:
+            return name
+    raise ValueError(f"numpy dtype {array.dtype} has no v2 datatype")
+
+
+def element_count(name: str, shape: Sequence[int]) -> int:
+    """Return the number of elements of `shape`, refusing negative dims and absurd sizes.
+
+    Raises:
+        InvalidInput: a dimension is negative or the tensor is too large to be real.
+    """
+    if any(d < 0 for d in shape):
+        raise InvalidInput(f"input '{name}': shape {list(shape)} has a negative dimension")
+    count = prod(shape)
+    if count > MAX_ELEMENTS:
+        raise InvalidInput(f"input '{name}': shape {list(shape)} has {count} elements, over {MAX_ELEMENTS}")
+    return count
+
+
+def bf16_to_float32(raw: np.ndarray) -> np.ndarray:
+    """Widen BF16 bit patterns (uint16) to float32, exactly."""
+    return (raw.astype("<u4") << 16).view("<f4")
+
+
+def float32_to_bf16(values: np.ndarray) -> np.ndarray:
+    """Narrow float32 to BF16 bit patterns (uint16) with round-to-nearest-even; NaN stays NaN."""
+    bits = np.ascontiguousarray(values, dtype="<f4").view("<u4")
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2")
+    return np.where(np.isnan(values), np.uint16(0x7FC0), rounded).astype("<u2")
+
+
+def decode_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
+    """Split length-prefixed BYTES data into an object array of `count` elements.
+
+    Raises:
+        InvalidInput: the data does not hold exactly `count` well-formed elements.
+    """
+    items = np.empty(count, dtype=object)
+    view = memoryview(raw)
+    offset = 0
+    for i in range(count):
+        if offset + 4 > len(view):
+            raise InvalidInput(f"input '{name}': BYTES data ends after {i} of {count} elements")
+        (length,) = _LENGTH_PREFIX.unpack_from(view, offset)
+        offset += 4
+        if offset + length > len(view):
+            raise InvalidInput(
+                f"input '{name}': BYTES element {i} declares {length} bytes but {len(view) - offset} remain"
+            )
+        items[i] = bytes(view[offset : offset + length])
+        offset += length
+    if offset != len(view):
+        raise InvalidInput(f"input '{name}': {len(view) - offset} bytes left over after {count} BYTES elements")
+    return items
+
+
+def encode_bytes(array: np.ndarray) -> bytes:
+    """Serialize a BYTES tensor: each element (bytes, or str as UTF-8) after its 4-byte length."""
+    parts = []
+    for item in array.reshape(-1):
+        data = item.encode() if isinstance(item, str) else bytes(item)
+        parts.append(_LENGTH_PREFIX.pack(len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def _decode_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> np.ndarray:
+    count = element_count(name, shape)
+    if datatype == "BYTES":
+        return decode_bytes(name, raw, count).reshape(shape)
+    dtype = np.dtype("<u2") if datatype == "BF16" else FIXED_DTYPES[datatype]
+    expected = count * dtype.itemsize
+    if len(raw) != expected:
+        raise InvalidInput(
+            f"input '{name}': {datatype} shape {shape} needs {expected} bytes of raw data, got {len(raw)}"
+        )
+    array = np.frombuffer(raw, dtype=dtype)
+    if datatype == "BF16":
+        array = bf16_to_float32(array)
+    elif datatype == "BOOL" and count and np.frombuffer(raw, dtype=np.uint8).max() > 1:
+        raise InvalidInput(f"input '{name}': BOOL raw data must hold only bytes 0 and 1")
+    return array.reshape(shape)
+
+
+def _decode_contents(name: str, datatype: str, shape: list[int], contents: pb.InferTensorContents) -> np.ndarray:
+    count = element_count(name, shape)
+    field = CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise InvalidInput(f"input '{name}': {datatype} has no contents field; send it in raw_input_contents")
+    stray = [f.name for f, _ in contents.ListFields() if f.name != field and f.name in _ALL_CONTENTS_FIELDS]
+    if stray:
+        raise InvalidInput(f"input '{name}' is {datatype} (data in {field}) but sets {', '.join(stray)}")
+    values = getattr(contents, field)
+    if len(values) != count:
+        raise InvalidInput(f"input '{name}': shape {shape} needs {count} values in {field}, got {len(values)}")
+    if datatype == "BYTES":
+        array = np.empty(count, dtype=object)
+        array[:] = list(values)
+        return array.reshape(shape)
+    dtype = FIXED_DTYPES[datatype]
+    if field in ("int_contents", "uint_contents") and count:
+        wide = np.asarray(values, dtype=np.int64)
+        info = np.iinfo(dtype)
+        if wide.min() < info.min or wide.max() > info.max:
+            raise InvalidInput(f"input '{name}': {datatype} values must lie in [{info.min}, {info.max}]")
+        return wide.astype(dtype).reshape(shape)
+    return np.asarray(values, dtype=dtype).reshape(shape)
+
+
+def decode_inputs(request: pb.ModelInferRequest) -> dict[str, Tensor]:
+    """Decode every input of a ModelInferRequest, in request order.
+
+    Returns:
+        Input name -> tensor.
+
+    Raises:
+        InvalidInput: unknown datatype, bad shape, data size mismatch, duplicate names, inputs
+            without data, or raw and typed contents mixed in one request.
+    """
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInput(
+            f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; give one per input"
+        )
+    tensors: dict[str, Tensor] = {}
+    for i, tensor in enumerate(request.inputs):
+        name, datatype, shape = tensor.name, tensor.datatype, list(tensor.shape)
+        if name in tensors:
+            raise InvalidInput(f"input '{name}' appears more than once")
+        if datatype not in DATATYPES:
+            raise InvalidInput(f"input '{name}': unknown datatype '{datatype}'; expected one of {', '.join(DATATYPES)}")
+        has_contents = tensor.HasField("contents")
+        if raw and has_contents:
+            raise InvalidInput(
+                f"input '{name}' sets contents while the request uses raw_input_contents; use one form for all inputs"
+            )
+        if raw:
+            array = _decode_raw(name, datatype, shape, raw[i])
+        elif has_contents or element_count(name, shape) == 0:
+            array = _decode_contents(name, datatype, shape, tensor.contents)
+        else:
+            raise InvalidInput(f"input '{name}' has no data: set contents or raw_input_contents")
+        tensors[name] = Tensor(name, datatype, array)
+    return tensors
+
+
+def encode_outputs(response: pb.ModelInferResponse, tensors: Iterable[Tensor]) -> None:
+    """Append `tensors` to a ModelInferResponse as outputs with raw_output_contents.
+
+    Raises:
+        ValueError: a tensor's array does not fit its datatype (a model bug, not a caller's).
+    """
+    for tensor in tensors:
+        array = tensor.array
+        response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=array.shape)
+        if tensor.datatype == "BYTES":
+            data = encode_bytes(array)
+        elif tensor.datatype == "BF16":
+            data = float32_to_bf16(array).tobytes()
+        elif tensor.datatype in FIXED_DTYPES:
+            data = np.ascontiguousarray(array, dtype=FIXED_DTYPES[tensor.datatype]).tobytes()
+        else:
+            raise ValueError(f"output '{tensor.name}' has unknown datatype {tensor.datatype}")
+        response.raw_output_contents.append(data)

@@ -1,0 +1,181 @@
+"""The one server interceptor: request ids, drain gate, metrics, and exception -> status mapping.
+
+Every RPC except health checks and reflection passes through it. A `MaasError` becomes its
+`grpc_code` with its message as details; anything unexpected becomes INTERNAL "internal error" with
+the request id, and the traceback goes to the log, never to the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from services.common import metrics
+from services.common.errors import MaasError, Unavailable
+from services.common.lifecycle import Lifecycle
+from services.common.logs import request_id_var
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_KEY = "x-request-id"
+UNGATED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+_REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+@dataclass
+class CallInfo:
+    """What the interceptor knows about the current call; handlers may fill in `model`."""
+
+    method: str
+    request_id: str
+    model: str = ""
+    started: float = field(default_factory=time.perf_counter)
+
+
+_call_var: ContextVar[CallInfo | None] = ContextVar("maas_call", default=None)
+
+
+def current_call() -> CallInfo | None:
+    """Return the call being served in this task, or None outside an intercepted call."""
+    return _call_var.get()
+
+
+def label_model(model: str) -> None:
+    """Attach a model name to the current call's metrics and logs."""
+    call = _call_var.get()
+    if call is not None:
+        call.model = model
+
+
+def status_of(exc: Exception, call: CallInfo) -> tuple[grpc.StatusCode, str]:
+    """Map an exception raised while serving `call` to the status and details a caller sees.
+
+    A `MaasError` keeps its code and message; NotImplementedError is UNIMPLEMENTED; anything else
+    is logged with its traceback and becomes INTERNAL "internal error" with the request id.
+    """
+    if isinstance(exc, MaasError) and exc.grpc_code is not grpc.StatusCode.INTERNAL:
+        return exc.grpc_code, str(exc)
+    if isinstance(exc, NotImplementedError):
+        return grpc.StatusCode.UNIMPLEMENTED, f"{call.method} is not implemented by this service"
+    log.error("unhandled error in %s", call.method, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, f"internal error (request id {call.request_id})"
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str) and _REQUEST_ID_PATTERN.fullmatch(value):
+            return value
+    return uuid.uuid4().hex
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every gated handler: one place for ids, the drain gate, metrics and status mapping."""
+
+    def __init__(self, lifecycle: Lifecycle) -> None:
+        self._lifecycle = lifecycle
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(UNGATED_PREFIXES):
+            return handler
+        short = method.rsplit("/", 1)[-1]
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(handler.unary_unary, short),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap_unary(handler.stream_unary, short),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream, short),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._wrap_stream(handler.stream_stream, short),
+            handler.request_deserializer,
+            handler.response_serializer,
+        )
+
+    def _wrap_unary(self, behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            call = self._begin(method, context)
+            try:
+                self._gate()
+                response = await behavior(request, context)
+            except BaseException as exc:
+                await self._fail(call, exc, context)
+                raise
+            finally:
+                self._lifecycle.exit()
+            self._record(call, grpc.StatusCode.OK)
+            return response
+
+        return unary
+
+    def _wrap_stream(self, behavior: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., Any]:
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            call = self._begin(method, context)
+            try:
+                self._gate()
+                async for response in behavior(request, context):
+                    yield response
+            except BaseException as exc:
+                await self._fail(call, exc, context)
+                raise
+            finally:
+                self._lifecycle.exit()
+            self._record(call, grpc.StatusCode.OK)
+
+        return stream
+
+    def _begin(self, method: str, context: grpc.aio.ServicerContext) -> CallInfo:
+        call = CallInfo(method=method, request_id=_request_id(context))
+        _call_var.set(call)
+        request_id_var.set(call.request_id)
+        context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
+        self._lifecycle.enter()
+        metrics.IN_FLIGHT.labels(method).inc()
+        return call
+
+    def _gate(self) -> None:
+        if self._lifecycle.draining:
+            raise Unavailable("server is shutting down; retry on another replica")
+
+    def _record(self, call: CallInfo, code: grpc.StatusCode) -> None:
+        metrics.IN_FLIGHT.labels(call.method).dec()
+        metrics.REQUESTS.labels(call.method, call.model, code.name).inc()
+        metrics.REQUEST_SECONDS.labels(call.method, call.model).observe(time.perf_counter() - call.started)
+
+    async def _fail(self, call: CallInfo, exc: BaseException, context: grpc.aio.ServicerContext) -> None:
+        """Record the call's outcome and turn `exc` into a status; returns only to let `exc` propagate."""
+        trailing = ((REQUEST_ID_KEY, call.request_id),)
+        if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+            self._record(call, grpc.StatusCode.CANCELLED)
+            return
+        if isinstance(exc, grpc.aio.AbortError):
+            self._record(call, context.code() or grpc.StatusCode.UNKNOWN)
+            return
+        code, details = status_of(exc, call)
+        self._record(call, code)
+        await context.abort(code, details, trailing_metadata=trailing)

@@ -1,0 +1,58 @@
+"""Prometheus metrics every service exports on HTTP at its gRPC port + 1000."""
+
+from __future__ import annotations
+
+import threading
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+REQUESTS = Counter(
+    "maas_grpc_requests",
+    "gRPC calls finished, by method, model and status code.",
+    ["method", "model", "code"],
+)
+REQUEST_SECONDS = Histogram(
+    "maas_grpc_request_duration_seconds",
+    "Time from a call's arrival to its last message, by method and model.",
+    ["method", "model"],
+    buckets=LATENCY_BUCKETS,
+)
+IN_FLIGHT = Gauge("maas_grpc_requests_in_flight", "gRPC calls being served, by method.", ["method"])
+
+
+SHUTDOWN_POLL_SECONDS = 0.05
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        """Scrapes are not worth a log line each."""
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class MetricsServer:
+    """The default Prometheus registry over HTTP (`/metrics`), served from a background thread."""
+
+    def __init__(self, host: str, port: int) -> None:
+        """Bind `host:port` (0 picks a free port) and start serving.
+
+        Raises:
+            OSError: the address could not be bound.
+        """
+        self._httpd = make_server(host, port, make_wsgi_app(), _ThreadingServer, handler_class=_QuietHandler)
+        self.port = self._httpd.server_port
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": SHUTDOWN_POLL_SECONDS}, daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop serving and release the port."""
+        self._httpd.shutdown()
+        self._httpd.server_close()

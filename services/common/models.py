@@ -1,0 +1,151 @@
+"""What the v2 servicer serves: models with declared tensors, versions and a readiness state."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from services.common.codec import Tensor
+from services.common.errors import InvalidInput, ModelNotFound
+
+Parameter = bool | int | float | str
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A declared input or output: name, v2 datatype and shape (-1 marks a variable dimension)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def check(self, tensor: Tensor) -> None:
+        """Check a decoded input against this spec.
+
+        Raises:
+            InvalidInput: the datatype or shape differs.
+        """
+        if tensor.datatype != self.datatype:
+            raise InvalidInput(f"input '{self.name}' must be {self.datatype}, got {tensor.datatype}")
+        shape = tensor.array.shape
+        if len(shape) != len(self.shape) or any(want not in (-1, got) for want, got in zip(self.shape, shape)):
+            raise InvalidInput(f"input '{self.name}' must have shape {list(self.shape)}, got {list(shape)}")
+
+
+@dataclass
+class InferRequest:
+    """A decoded, validated inference request for one model version."""
+
+    inputs: dict[str, Tensor]
+    version: str
+    parameters: dict[str, Parameter] = field(default_factory=dict)
+
+
+@dataclass
+class InferResult:
+    """A model's answer: its outputs, the version that produced them and the items it inferred."""
+
+    outputs: list[Tensor]
+    version: str
+    batch_size: int = 1
+
+
+@dataclass(frozen=True)
+class VersionState:
+    """One version's entry in the repository index."""
+
+    version: str
+    state: str
+    reason: str = ""
+
+
+class ServedModel(ABC):
+    """A model the v2 servicer can serve. Subclasses set the class attributes and implement infer."""
+
+    name: str
+    platform: str
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+
+    @abstractmethod
+    def index(self) -> list[VersionState]:
+        """Return every version known to the model with its state (READY, UNAVAILABLE, ...)."""
+
+    @abstractmethod
+    def resolve(self, version: str) -> str:
+        """Return the version a request for `version` ("" = default) is served by.
+
+        Raises:
+            ModelNotFound: no such version.
+            ModelNotReady: the version exists but is not loaded.
+        """
+
+    @abstractmethod
+    async def infer(self, request: InferRequest) -> InferResult:
+        """Run the model on a validated request.
+
+        Raises:
+            InvalidInput: the values (not the shapes) are unacceptable.
+        """
+
+    @abstractmethod
+    async def load(self, version: str) -> None:
+        """Load `version` ("" = the policy's default) and make it ready.
+
+        Raises:
+            ModelNotFound: no such version.
+        """
+
+    @abstractmethod
+    async def unload(self, version: str) -> None:
+        """Unload `version` ("" = every version); requests for it then fail.
+
+        Raises:
+            ModelNotFound: no such version.
+        """
+
+    def is_ready(self, version: str = "") -> bool:
+        """True if a request for `version` would be served now."""
+        ready = {v.version for v in self.index() if v.state == "READY"}
+        return bool(ready) if not version else version in ready
+
+    def check_inputs(self, inputs: Mapping[str, Tensor]) -> None:
+        """Check decoded inputs against the declared ones; a model declaring none accepts any.
+
+        Raises:
+            InvalidInput: an input is missing, unexpected, or of the wrong datatype or shape.
+        """
+        if not self.inputs:
+            return
+        declared = {spec.name: spec for spec in self.inputs}
+        unexpected = sorted(set(inputs) - set(declared))
+        if unexpected:
+            raise InvalidInput(f"model '{self.name}' has no input {', '.join(unexpected)}; inputs: {', '.join(declared)}")
+        for spec in self.inputs:
+            if spec.name not in inputs:
+                raise InvalidInput(f"model '{self.name}' needs input '{spec.name}' ({spec.datatype} {list(spec.shape)})")
+            spec.check(inputs[spec.name])
+
+
+class ModelRegistry:
+    """The models one server serves, by name."""
+
+    def __init__(self, models: Iterable[ServedModel]) -> None:
+        self._models = {model.name: model for model in models}
+
+    def __iter__(self):
+        return iter(self._models.values())
+
+    def get(self, name: str) -> ServedModel:
+        """Return the model called `name`.
+
+        Raises:
+            ModelNotFound: no model of that name is served here.
+        """
+        try:
+            return self._models[name]
+        except KeyError:
+            raise ModelNotFound(
+                f"unknown model '{name}'; this server serves: {', '.join(sorted(self._models))}"
+            ) from None

@@ -1,0 +1,163 @@
+"""The grpc.aio server every service runs: health, reflection, metrics, limits and graceful drain.
+
+On SIGTERM (or Ctrl-C) a server drains: health turns NOT_SERVING, new calls get UNAVAILABLE, calls
+in flight finish, and the server stops within `drain_grace_seconds`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from maas.inference import grpc_service_pb2_grpc
+from services.common.interceptor import ServerInterceptor
+from services.common.lifecycle import Lifecycle
+from services.common.logs import configure_logging
+from services.common.metrics import MetricsServer
+from services.common.models import ModelRegistry
+from services.common.settings import ServiceSettings
+from services.common.v2 import SERVICE_NAME as V2_SERVICE_NAME
+from services.common.v2 import InferenceServicer
+
+log = logging.getLogger(__name__)
+
+IDLE_STOP_GRACE_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class TypedService:
+    """A typed `maas.<service>.v1` servicer and how to add it to a server."""
+
+    full_name: str
+    servicer: object
+    add_to_server: Callable[[object, grpc.aio.Server], None]
+
+
+def host_port(host: str, port: int) -> str:
+    """Format an address for gRPC, bracketing IPv6 hosts."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class GrpcServer:
+    """One service's server: the v2 servicer over `models`, typed servicers, health and metrics."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: ServiceSettings,
+        models: ModelRegistry,
+        typed_services: Sequence[TypedService] = (),
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.models = models
+        self.lifecycle = Lifecycle()
+        self._typed_services = list(typed_services)
+        self._health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._metrics: MetricsServer | None = None
+        self.port = 0
+
+    @property
+    def metrics_port(self) -> int:
+        """The Prometheus port bound (0 before start)."""
+        return self._metrics.port if self._metrics else 0
+
+    @property
+    def service_names(self) -> list[str]:
+        """Full names of the services this server answers for in health checks."""
+        return [V2_SERVICE_NAME, *(s.full_name for s in self._typed_services)]
+
+    async def start(self) -> None:
+        """Bind, start serving (NOT_SERVING while models load), load every model, then report SERVING.
+
+        Raises:
+            RuntimeError: the port could not be bound.
+        """
+        limit = self.settings.max_message_bytes
+        self._server = grpc.aio.server(
+            interceptors=[ServerInterceptor(self.lifecycle)],
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+            ],
+        )
+        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(self.models, self.lifecycle), self._server
+        )
+        for service in self._typed_services:
+            service.add_to_server(service.servicer, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
+        )
+        for service in ("", *self.service_names):
+            await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        address = host_port(self.settings.host, self.settings.port)
+        self.port = self._server.add_insecure_port(address)
+        if not self.port:
+            raise RuntimeError(f"{self.name}: could not bind {address}")
+        await self._server.start()
+        self._metrics = MetricsServer(self.settings.host, self.settings.metrics_bind_port)
+        for model in self.models:
+            await model.load("")
+        self.lifecycle.mark_serving()
+        for service in ("", *self.service_names):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "%s serving on %s (metrics on port %d)",
+            self.name,
+            host_port(self.settings.host, self.port),
+            self.metrics_port,
+            extra={"port": self.port, "metrics_port": self.metrics_port},
+        )
+
+    async def stop(self) -> None:
+        """Drain and stop: NOT_SERVING, refuse new calls, let calls in flight finish within the grace."""
+        if self._server is None:
+            return
+        loop = asyncio.get_running_loop()
+        grace = self.settings.drain_grace_seconds
+        deadline = loop.time() + grace
+        await self._health.enter_graceful_shutdown()
+        self.lifecycle.start_draining()
+        log.info("%s draining: %d calls in flight", self.name, self.lifecycle.in_flight)
+        if await self.lifecycle.wait_idle(grace):
+            remaining = min(IDLE_STOP_GRACE_SECONDS, max(0.0, deadline - loop.time()))
+        else:
+            log.warning("%s: %d calls still in flight after %.1fs; cancelling them",
+                        self.name, self.lifecycle.in_flight, grace)
+            remaining = 0.0
+        await self._server.stop(remaining)
+        self._metrics.close()
+        self._server = None
+        log.info("%s stopped", self.name)
+
+
+async def serve(server: GrpcServer) -> None:
+    """Run `server` until SIGTERM or SIGINT, then drain it.
+
+    Prints `READY <name> <host>:<port>` on stdout once every model is loaded and the server is
+    SERVING, for a parent process (`maas up`) or a test to read.
+    """
+    configure_logging(server.settings.log_format, server.settings.log_level)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await server.start()
+    sys.stdout.write(f"READY {server.name} {host_port(server.settings.host, server.port)}\n")
+    sys.stdout.flush()
+    await stop.wait()
+    await server.stop()

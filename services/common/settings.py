@@ -1,0 +1,93 @@
+"""Service settings: one pydantic-settings class per service, each with its own env prefix.
+
+Settings are read once, when a service starts, and validated then; nothing reads the environment
+at import time. Two settings are global to every service: `MAAS_MODEL_REPOSITORY` and
+`MAAS_LOG_FORMAT`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+METRICS_PORT_OFFSET = 1000
+
+
+class ServiceSettings(BaseSettings):
+    """Settings every gRPC service shares. Subclasses set the env prefix and the default port."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, protected_namespaces=())
+
+    host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 in containers.")
+    port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Prometheus HTTP port; default gRPC port + 1000 (0 if port is 0)."
+    )
+    max_message_bytes: int = Field(
+        64 * 1024 * 1024, gt=0, description="Largest gRPC message received or sent; larger is RESOURCE_EXHAUSTED."
+    )
+    drain_grace_seconds: float = Field(
+        10.0, gt=0, description="On SIGTERM, how long in-flight calls get to finish before the server stops."
+    )
+    model_repository: Path = Field(
+        REPO_ROOT / "model_repository",
+        validation_alias=AliasChoices("MAAS_MODEL_REPOSITORY", "model_repository"),
+        description="Root of the model repository: <repo>/<model>/<version>/.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", validation_alias=AliasChoices("MAAS_LOG_FORMAT", "log_format"), description="Log line format."
+    )
+    log_level: str = Field("INFO", description="Python logging level name.")
+
+    @property
+    def metrics_bind_port(self) -> int:
+        """The Prometheus port to bind: the explicit setting, else gRPC port + 1000 (0 if port is 0)."""
+        if self.metrics_port is not None:
+            return self.metrics_port
+        return self.port + METRICS_PORT_OFFSET if self.port else 0
+
+
+class EchoSettings(ServiceSettings):
+    """The runtime alone, serving only the diagnostic `echo` model (`maas run echo-server`)."""
+
+    model_config = SettingsConfigDict(env_prefix="MAAS_ECHO_")
+    port: int = Field(50050, ge=0, le=65535)
+
+
+class GatewaySettings(ServiceSettings):
+    """The gateway: the public entry point."""
+
+    model_config = SettingsConfigDict(env_prefix="MAAS_GATEWAY_")
+    port: int = Field(50051, ge=0, le=65535)
+
+
+class TokenizerSettings(ServiceSettings):
+    """The tokenizer service."""
+
+    model_config = SettingsConfigDict(env_prefix="MAAS_TOKENIZER_")
+    port: int = Field(50052, ge=0, le=65535)
+
+
+class VisionSettings(ServiceSettings):
+    """The vision (CNN) service."""
+
+    model_config = SettingsConfigDict(env_prefix="MAAS_VISION_")
+    port: int = Field(50053, ge=0, le=65535)
+
+
+class TextSettings(ServiceSettings):
+    """The text (LSTM) service."""
+
+    model_config = SettingsConfigDict(env_prefix="MAAS_TEXT_")
+    port: int = Field(50054, ge=0, le=65535)
+
+
+class TransformerSettings(ServiceSettings):
+    """The transformer (MiniLM) service."""
+
+    model_config = SettingsConfigDict(env_prefix="MAAS_TRANSFORMER_")
+    port: int = Field(50055, ge=0, le=65535)

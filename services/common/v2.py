@@ -1,0 +1,213 @@
+"""The Open Inference Protocol servicer: dispatches v2 calls to the models a server registers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from importlib.metadata import version as package_version
+
+import grpc
+
+from maas.inference import grpc_service_pb2 as pb
+from maas.inference import grpc_service_pb2_grpc as pb_grpc
+from services.common.codec import decode_inputs, encode_outputs
+from services.common.errors import InvalidInput, ModelNotFound
+from services.common.interceptor import CallInfo, current_call, label_model, status_of
+from services.common.lifecycle import Lifecycle
+from services.common.models import InferRequest, ModelRegistry, Parameter, ServedModel
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+EXTENSIONS = ("model_repository", "statistics")
+
+
+def parameter_value(parameter: pb.InferParameter | pb.ModelRepositoryParameter) -> Parameter | bytes:
+    """Return the Python value of a v2 parameter's oneof.
+
+    Raises:
+        InvalidInput: the parameter has no value set.
+    """
+    which = parameter.WhichOneof("parameter_choice")
+    if which is None:
+        raise InvalidInput("a parameter has no value set")
+    return getattr(parameter, which)
+
+
+def _version_parameter(parameters) -> str:
+    if "version" not in parameters:
+        return ""
+    value = parameter_value(parameters["version"])
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise InvalidInput(f"parameter 'version' must be a string or an integer, got {value!r}")
+    return str(value)
+
+
+@dataclass
+class _Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int) -> None:
+        self.count += 1
+        self.ns += ns
+
+    def to_proto(self) -> pb.StatisticDuration:
+        return pb.StatisticDuration(count=self.count, ns=self.ns)
+
+
+@dataclass
+class _VersionStats:
+    success: _Duration
+    fail: _Duration
+    inference_count: int = 0
+    execution_count: int = 0
+    last_inference_ms: int = 0
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """`inference.GRPCInferenceService` over a `ModelRegistry`."""
+
+    def __init__(self, models: ModelRegistry, lifecycle: Lifecycle, server_name: str = "maas") -> None:
+        self._models = models
+        self._lifecycle = lifecycle
+        self._server_name = server_name
+        self._server_version = package_version("maas")
+        self._stats: dict[tuple[str, str], _VersionStats] = {}
+
+    def _stats_for(self, model: str, version: str) -> _VersionStats:
+        key = (model, version)
+        if key not in self._stats:
+            self._stats[key] = _VersionStats(_Duration(), _Duration())
+        return self._stats[key]
+
+    def _model(self, name: str) -> ServedModel:
+        model = self._models.get(name)
+        label_model(name)
+        return model
+
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext):
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext):
+        return pb.ServerReadyResponse(ready=self._lifecycle.ready)
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext):
+        model = self._model(request.name)
+        return pb.ModelReadyResponse(ready=self._lifecycle.ready and model.is_ready(request.version))
+
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext):
+        return pb.ServerMetadataResponse(
+            name=self._server_name, version=self._server_version, extensions=EXTENSIONS
+        )
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext):
+        model = self._model(request.name)
+        versions = [v.version for v in model.index()]
+        if request.version and request.version not in versions:
+            raise ModelNotFound(f"model '{model.name}' has no version '{request.version}'; versions: {versions}")
+        return pb.ModelMetadataResponse(
+            name=model.name,
+            versions=versions,
+            platform=model.platform,
+            inputs=[pb.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=s.datatype, shape=s.shape)
+                    for s in model.inputs],
+            outputs=[pb.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=s.datatype, shape=s.shape)
+                     for s in model.outputs],
+        )
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext):
+        return await self._infer(request)
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        call = current_call() or CallInfo(method="ModelStreamInfer", request_id="-")
+        async for request in request_iterator:
+            try:
+                response = await self._infer(request)
+            except Exception as exc:
+                _code, details = status_of(exc, call)
+                yield pb.ModelStreamInferResponse(
+                    error_message=details,
+                    infer_response=pb.ModelInferResponse(model_name=request.model_name, id=request.id),
+                )
+                continue
+            yield pb.ModelStreamInferResponse(infer_response=response)
+
+    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        model = self._model(request.model_name)
+        version = model.resolve(request.model_version)
+        stats = self._stats_for(model.name, version)
+        started = time.perf_counter_ns()
+        try:
+            inputs = decode_inputs(request)
+            model.check_inputs(inputs)
+            parameters = {key: parameter_value(value) for key, value in request.parameters.items()}
+            result = await model.infer(InferRequest(inputs=inputs, version=version, parameters=parameters))
+            outputs = result.outputs
+            if request.outputs:
+                produced = {tensor.name: tensor for tensor in outputs}
+                wanted = [o.name for o in request.outputs]
+                missing = [name for name in wanted if name not in produced]
+                if missing:
+                    raise InvalidInput(
+                        f"model '{model.name}' has no output {', '.join(missing)}; outputs: {', '.join(produced)}"
+                    )
+                outputs = [produced[name] for name in wanted]
+            response = pb.ModelInferResponse(model_name=model.name, model_version=result.version, id=request.id)
+            encode_outputs(response, outputs)
+        except BaseException:
+            stats.fail.add(time.perf_counter_ns() - started)
+            raise
+        stats.success.add(time.perf_counter_ns() - started)
+        stats.inference_count += result.batch_size
+        stats.execution_count += 1
+        stats.last_inference_ms = time.time_ns() // 1_000_000
+        return response
+
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext):
+        models = [self._model(request.name)] if request.name else list(self._models)
+        response = pb.ModelStatisticsResponse()
+        for model in models:
+            versions = [v.version for v in model.index()]
+            if request.version:
+                if request.version not in versions:
+                    raise ModelNotFound(f"model '{model.name}' has no version '{request.version}'")
+                versions = [request.version]
+            for version in versions:
+                stats = self._stats_for(model.name, version)
+                response.model_stats.add(
+                    name=model.name,
+                    version=version,
+                    last_inference=stats.last_inference_ms,
+                    inference_count=stats.inference_count,
+                    execution_count=stats.execution_count,
+                    inference_stats=pb.InferStatistics(
+                        success=stats.success.to_proto(), fail=stats.fail.to_proto()
+                    ),
+                )
+        return response
+
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext):
+        response = pb.RepositoryIndexResponse()
+        for model in self._models:
+            for entry in model.index():
+                if request.ready and entry.state != "READY":
+                    continue
+                response.models.add(name=model.name, version=entry.version, state=entry.state, reason=entry.reason)
+        return response
+
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ):
+        model = self._model(request.model_name)
+        await model.load(_version_parameter(request.parameters))
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+    ):
+        model = self._model(request.model_name)
+        await model.unload(_version_parameter(request.parameters))
+        return pb.RepositoryModelUnloadResponse()
+

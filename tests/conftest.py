@@ -1,0 +1,52 @@
+"""Fixtures shared by every test depth."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from maas.inference import grpc_service_pb2_grpc
+from services.common.echo import EchoModel
+from services.common.models import ModelRegistry
+from services.common.server import GrpcServer
+from services.common.settings import EchoSettings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+TEST_MESSAGE_LIMIT = 1 << 20
+
+
+def free_port() -> int:
+    """Return a loopback TCP port that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+async def echo_server() -> AsyncIterator[GrpcServer]:
+    """The runtime with only `echo`, on a free port, with the production interceptor."""
+    settings = EchoSettings(port=0, metrics_port=0, max_message_bytes=TEST_MESSAGE_LIMIT, drain_grace_seconds=2)
+    server = GrpcServer("echo-server", settings, ModelRegistry([EchoModel()]))
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def channel(echo_server: GrpcServer) -> AsyncIterator[grpc.aio.Channel]:
+    """A client channel to `echo_server` that can send more than the server accepts."""
+    options = [("grpc.max_send_message_length", 4 * TEST_MESSAGE_LIMIT)]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{echo_server.port}", options=options) as chan:
+        yield chan
+
+
+@pytest.fixture
+def v2(channel: grpc.aio.Channel) -> grpc_service_pb2_grpc.GRPCInferenceServiceStub:
+    """A v2 stub on `channel`."""
+    return grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
