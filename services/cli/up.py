@@ -93,7 +93,7 @@ async def up(groups: list[list[str]], grace: float) -> int:
         stopping = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({*exits, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if stopping not in done:
-            dead = next(child for child, task in zip(children, exits) if task in done)
+            dead = next(child for child, task in zip(children, exits, strict=True) if task in done)
             log.error("%s exited with status %s; stopping the others", dead.service, dead.process.returncode)
             status = 1
         stopping.cancel()

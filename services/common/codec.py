@@ -5,8 +5,8 @@ Requests may carry data in `contents` (the repeated field of the datatype) or in
 little-endian length); one form for the whole request. Responses always use `raw_output_contents`,
 as Triton does, because stock tritonclient reads outputs only from there.
 
-BF16 has no numpy dtype: it decodes to float32 (exactly) and encodes from float32 with
-round-to-nearest-even. BYTES decodes to a numpy object array of `bytes`.
+BF16 decodes to `ml_dtypes.bfloat16` (as tritonclient does); an output array of another float
+dtype declared BF16 is rounded to nearest even. BYTES decodes to a numpy object array of `bytes`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from math import prod
 
+import ml_dtypes
 import numpy as np
 
 from maas.inference import grpc_service_pb2 as pb
@@ -36,8 +37,10 @@ FIXED_DTYPES: dict[str, np.dtype] = {
     "FP16": np.dtype("<f2"),
     "FP32": np.dtype("<f4"),
     "FP64": np.dtype("<f8"),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
 }
-DATATYPES = (*FIXED_DTYPES, "BF16", "BYTES")
+DATATYPES = (*FIXED_DTYPES, "BYTES")
+_DATATYPE_OF = {dtype: name for name, dtype in FIXED_DTYPES.items()}
 
 CONTENTS_FIELD = {
     "BOOL": "bool_contents",
@@ -70,7 +73,7 @@ class Tensor:
         """Wrap an array, taking the v2 datatype from its numpy dtype.
 
         Raises:
-            ValueError: the dtype has no v2 datatype (BF16 must be built with an explicit datatype).
+            ValueError: the dtype has no v2 datatype.
         """
         return cls(name, datatype_of(array), array)
 
@@ -83,10 +86,11 @@ def datatype_of(array: np.ndarray) -> str:
     """
     if array.dtype.kind in "OSU":
         return "BYTES"
-    for name, dtype in FIXED_DTYPES.items():
-        if array.dtype.newbyteorder("<") == dtype:
-            return name
-    raise ValueError(f"numpy dtype {array.dtype} has no v2 datatype")
+    dtype = array.dtype if array.dtype.isnative else array.dtype.newbyteorder("=")
+    try:
+        return _DATATYPE_OF[dtype]
+    except KeyError:
+        raise ValueError(f"numpy dtype {array.dtype} has no v2 datatype") from None
 
 
 def element_count(name: str, shape: Sequence[int]) -> int:
@@ -101,18 +105,6 @@ def element_count(name: str, shape: Sequence[int]) -> int:
     if count > MAX_ELEMENTS:
         raise InvalidInput(f"input '{name}': shape {list(shape)} has {count} elements, over {MAX_ELEMENTS}")
     return count
-
-
-def bf16_to_float32(raw: np.ndarray) -> np.ndarray:
-    """Widen BF16 bit patterns (uint16) to float32, exactly."""
-    return (raw.astype("<u4") << 16).view("<f4")
-
-
-def float32_to_bf16(values: np.ndarray) -> np.ndarray:
-    """Narrow float32 to BF16 bit patterns (uint16) with round-to-nearest-even; NaN stays NaN."""
-    bits = np.ascontiguousarray(values, dtype="<f4").view("<u4")
-    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2")
-    return np.where(np.isnan(values), np.uint16(0x7FC0), rounded).astype("<u2")
 
 
 def decode_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
@@ -154,16 +146,14 @@ def _decode_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> np.nd
     count = element_count(name, shape)
     if datatype == "BYTES":
         return decode_bytes(name, raw, count).reshape(shape)
-    dtype = np.dtype("<u2") if datatype == "BF16" else FIXED_DTYPES[datatype]
+    dtype = FIXED_DTYPES[datatype]
     expected = count * dtype.itemsize
     if len(raw) != expected:
         raise InvalidInput(
             f"input '{name}': {datatype} shape {shape} needs {expected} bytes of raw data, got {len(raw)}"
         )
     array = np.frombuffer(raw, dtype=dtype)
-    if datatype == "BF16":
-        array = bf16_to_float32(array)
-    elif datatype == "BOOL" and count and np.frombuffer(raw, dtype=np.uint8).max() > 1:
+    if datatype == "BOOL" and count and np.frombuffer(raw, dtype=np.uint8).max() > 1:
         raise InvalidInput(f"input '{name}': BOOL raw data must hold only bytes 0 and 1")
     return array.reshape(shape)
 
@@ -241,8 +231,6 @@ def encode_outputs(response: pb.ModelInferResponse, tensors: Iterable[Tensor]) -
         response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=array.shape)
         if tensor.datatype == "BYTES":
             data = encode_bytes(array)
-        elif tensor.datatype == "BF16":
-            data = float32_to_bf16(array).tobytes()
         elif tensor.datatype in FIXED_DTYPES:
             data = np.ascontiguousarray(array, dtype=FIXED_DTYPES[tensor.datatype]).tobytes()
         else:

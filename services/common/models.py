@@ -29,7 +29,9 @@ class TensorSpec:
         if tensor.datatype != self.datatype:
             raise InvalidInput(f"input '{self.name}' must be {self.datatype}, got {tensor.datatype}")
         shape = tensor.array.shape
-        if len(shape) != len(self.shape) or any(want not in (-1, got) for want, got in zip(self.shape, shape)):
+        if len(shape) != len(self.shape) or any(
+            want not in (-1, got) for want, got in zip(self.shape, shape, strict=True)
+        ):
             raise InvalidInput(f"input '{self.name}' must have shape {list(self.shape)}, got {list(shape)}")
 
 
@@ -121,10 +123,14 @@ class ServedModel(ABC):
         declared = {spec.name: spec for spec in self.inputs}
         unexpected = sorted(set(inputs) - set(declared))
         if unexpected:
-            raise InvalidInput(f"model '{self.name}' has no input {', '.join(unexpected)}; inputs: {', '.join(declared)}")
+            raise InvalidInput(
+                f"model '{self.name}' has no input {', '.join(unexpected)}; inputs: {', '.join(declared)}"
+            )
         for spec in self.inputs:
             if spec.name not in inputs:
-                raise InvalidInput(f"model '{self.name}' needs input '{spec.name}' ({spec.datatype} {list(spec.shape)})")
+                raise InvalidInput(
+                    f"model '{self.name}' needs input '{spec.name}' ({spec.datatype} {list(spec.shape)})"
+                )
             spec.check(inputs[spec.name])
 
 

@@ -136,8 +136,9 @@ class GrpcServer:
         if await self.lifecycle.wait_idle(grace):
             remaining = min(IDLE_STOP_GRACE_SECONDS, max(0.0, deadline - loop.time()))
         else:
-            log.warning("%s: %d calls still in flight after %.1fs; cancelling them",
-                        self.name, self.lifecycle.in_flight, grace)
+            log.warning(
+                "%s: %d calls still in flight after %.1fs; cancelling them", self.name, self.lifecycle.in_flight, grace
+            )
             remaining = 0.0
         await self._server.stop(remaining)
         self._metrics.close()

@@ -96,9 +96,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelReadyResponse(ready=self._lifecycle.ready and model.is_ready(request.version))
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext):
-        return pb.ServerMetadataResponse(
-            name=self._server_name, version=self._server_version, extensions=EXTENSIONS
-        )
+        return pb.ServerMetadataResponse(name=self._server_name, version=self._server_version, extensions=EXTENSIONS)
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext):
         model = self._model(request.name)
@@ -109,10 +107,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             name=model.name,
             versions=versions,
             platform=model.platform,
-            inputs=[pb.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=s.datatype, shape=s.shape)
-                    for s in model.inputs],
-            outputs=[pb.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=s.datatype, shape=s.shape)
-                     for s in model.outputs],
+            inputs=[
+                pb.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=s.datatype, shape=s.shape)
+                for s in model.inputs
+            ],
+            outputs=[
+                pb.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=s.datatype, shape=s.shape)
+                for s in model.outputs
+            ],
         )
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext):
@@ -182,9 +184,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     last_inference=stats.last_inference_ms,
                     inference_count=stats.inference_count,
                     execution_count=stats.execution_count,
-                    inference_stats=pb.InferStatistics(
-                        success=stats.success.to_proto(), fail=stats.fail.to_proto()
-                    ),
+                    inference_stats=pb.InferStatistics(success=stats.success.to_proto(), fail=stats.fail.to_proto()),
                 )
         return response
 
@@ -197,17 +197,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 response.models.add(name=model.name, version=entry.version, state=entry.state, reason=entry.reason)
         return response
 
-    async def RepositoryModelLoad(
-        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
-    ):
+    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext):
         model = self._model(request.model_name)
         await model.load(_version_parameter(request.parameters))
         return pb.RepositoryModelLoadResponse()
 
-    async def RepositoryModelUnload(
-        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
-    ):
+    async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext):
         model = self._model(request.model_name)
         await model.unload(_version_parameter(request.parameters))
         return pb.RepositoryModelUnloadResponse()
-

@@ -6,6 +6,7 @@ import struct
 import urllib.request
 
 import grpc
+import ml_dtypes
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -15,8 +16,19 @@ from maas.inference import grpc_service_pb2 as pb
 from services.common.server import GrpcServer
 
 LE = {
-    "BOOL": "?", "UINT8": "<u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "INT8": "<i1",
-    "INT16": "<i2", "INT32": "<i4", "INT64": "<i8", "FP16": "<f2", "FP32": "<f4", "FP64": "<f8",
+    "BOOL": "?",
+    "UINT8": "<u1",
+    "UINT16": "<u2",
+    "UINT32": "<u4",
+    "UINT64": "<u8",
+    "INT8": "<i1",
+    "INT16": "<i2",
+    "INT32": "<i4",
+    "INT64": "<i8",
+    "FP16": "<f2",
+    "FP32": "<f4",
+    "FP64": "<f8",
+    "BF16": ml_dtypes.bfloat16,
 }
 VALUES = {
     "BOOL": np.array([[True, False, True], [False, False, True]]),
@@ -31,14 +43,22 @@ VALUES = {
     "FP16": np.array([0.5, -2.0, 65504.0, np.inf], dtype=np.float16),
     "FP32": np.array([[1.5, -3.25e-30], [np.inf, 3.4e38]], dtype=np.float32),
     "FP64": np.array([np.pi, -1e-300, 1e300], dtype=np.float64),
-    # BF16 values chosen to be exact in bfloat16 (8 mantissa bits).
-    "BF16": np.array([1.0, -0.5, 2.0**100, -1.5 * 2.0**-120, 0.0, np.inf], dtype=np.float32),
+    "BF16": np.array([1.0, -0.5, 3.0e38, -1.5e-38, 0.0, np.inf], dtype=ml_dtypes.bfloat16),
     "BYTES": np.array([b"", b"hello", "\u00e9t\u00e9 \u6f22\u5b57 \U0001f600".encode(), b"\xff\xfe\x00"], dtype=object),
 }
 CONTENTS = {
-    "BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
-    "UINT64": "uint64_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
-    "INT64": "int64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
 }
 
 
@@ -46,8 +66,6 @@ def raw_bytes(datatype: str, array: np.ndarray) -> bytes:
     """Serialize a tensor as the v2 spec says, independently of the codec under test."""
     if datatype == "BYTES":
         return b"".join(struct.pack("<I", len(item)) + item for item in array.reshape(-1))
-    if datatype == "BF16":
-        return (array.astype("<f4").view("<u4") >> 16).astype("<u2").tobytes()
     return array.astype(LE[datatype]).tobytes()
 
 
@@ -60,8 +78,6 @@ def from_raw(datatype: str, data: bytes, shape) -> np.ndarray:
             items.append(data[offset + 4 : offset + 4 + length])
             offset += 4 + length
         return np.array(items, dtype=object).reshape(shape)
-    if datatype == "BF16":
-        return (np.frombuffer(data, "<u2").astype("<u4") << 16).view("<f4").reshape(shape)
     return np.frombuffer(data, LE[datatype]).reshape(shape)
 
 
@@ -124,7 +140,8 @@ async def test_echo_returns_every_input_in_order(v2):
     tensors = [("A", "FP32", VALUES["FP32"]), ("B", "BYTES", VALUES["BYTES"]), ("C", "BF16", VALUES["BF16"])]
     response = await v2.ModelInfer(infer_request(*tensors, raw=True))
     assert [o.name for o in response.outputs] == ["A", "B", "C"]
-    for (_, datatype, want), out, data in zip(tensors, response.outputs, response.raw_output_contents):
+    for (_, datatype, want), out, data in zip(tensors, response.outputs, response.raw_output_contents, strict=True):
+        assert out.datatype == datatype
         assert_same(datatype, from_raw(datatype, data, want.shape), want)
 
 

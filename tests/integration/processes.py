@@ -1,0 +1,53 @@
+"""Start maas services as real processes and read their READY lines."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from tests.conftest import PYTHON, REPO_ROOT
+
+
+@dataclass
+class ServiceProcess:
+    """A running service process and the address from its READY line."""
+
+    process: asyncio.subprocess.Process
+    address: str
+
+
+async def read_ready(process: asyncio.subprocess.Process, service: str, timeout: float = 60) -> str:
+    """Return what follows `READY <service>` on the process's stdout (its address; "" for `all`)."""
+
+    async def scan() -> str:
+        async for raw in process.stdout:
+            words = raw.decode().split()
+            if words[:2] == ["READY", service]:
+                return " ".join(words[2:])
+        raise AssertionError(f"{service} exited with {await process.wait()} before READY")
+
+    return await asyncio.wait_for(scan(), timeout)
+
+
+@asynccontextmanager
+async def maas_process(*args: str, ready: str, env: dict[str, str] | None = None) -> AsyncIterator[ServiceProcess]:
+    """Run `maas ARGS...` until the block ends, waiting for its `READY <ready>` line first."""
+    process = await asyncio.create_subprocess_exec(
+        PYTHON,
+        "-m",
+        "services.cli.main",
+        *args,
+        cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+    )
+    try:
+        yield ServiceProcess(process, await read_ready(process, ready))
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

@@ -1,0 +1,87 @@
+"""The v2 tensor codec, without sockets."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from maas.inference import grpc_service_pb2 as pb
+from services.common.codec import (
+    DATATYPES,
+    Tensor,
+    datatype_of,
+    decode_bytes,
+    decode_inputs,
+    encode_bytes,
+    encode_outputs,
+)
+from services.common.errors import InvalidInput
+
+
+def test_datatype_of_covers_every_fixed_dtype():
+    samples = {
+        "BOOL": np.bool_,
+        "UINT8": np.uint8,
+        "UINT16": np.uint16,
+        "UINT32": np.uint32,
+        "UINT64": np.uint64,
+        "INT8": np.int8,
+        "INT16": np.int16,
+        "INT32": np.int32,
+        "INT64": np.int64,
+        "FP16": np.float16,
+        "FP32": np.float32,
+        "FP64": np.float64,
+        "BF16": ml_dtypes.bfloat16,
+    }
+    for name, dtype in samples.items():
+        assert datatype_of(np.zeros(2, dtype=dtype)) == name
+    assert datatype_of(np.zeros(2, dtype=">f4")) == "FP32"
+    assert datatype_of(np.array([b"a"], dtype=object)) == "BYTES"
+    assert set(samples) | {"BYTES"} == set(DATATYPES)
+    with pytest.raises(ValueError, match="complex"):
+        datatype_of(np.zeros(1, dtype=np.complex64))
+
+
+def test_bytes_length_prefixes_are_little_endian():
+    encoded = encode_bytes(np.array([b"ab", "\u00e9"], dtype=object))
+    assert encoded == b"\x02\x00\x00\x00ab\x02\x00\x00\x00\xc3\xa9"
+    assert list(decode_bytes("X", encoded, 2)) == [b"ab", "\u00e9".encode()]
+
+
+def test_outputs_are_raw_and_big_endian_arrays_are_written_little_endian():
+    response = pb.ModelInferResponse()
+    encode_outputs(response, [Tensor.of("A", np.array([1.0, 2.0], dtype=">f4"))])
+    assert not response.outputs[0].HasField("contents")
+    assert response.raw_output_contents[0] == np.array([1.0, 2.0], dtype="<f4").tobytes()
+
+
+def test_float_output_declared_bf16_rounds_to_nearest_even():
+    response = pb.ModelInferResponse()
+    values = np.array([1.0 + 2**-8, 1.0 + 3 * 2**-8], dtype=np.float32)
+    encode_outputs(response, [Tensor("B", "BF16", values)])
+    decoded = np.frombuffer(response.raw_output_contents[0], dtype=ml_dtypes.bfloat16).astype(np.float32)
+    assert decoded.tolist() == [1.0, 1.0 + 4 * 2**-8]
+
+
+def test_raw_inputs_decode_without_copy():
+    data = np.arange(6, dtype="<i4").tobytes()
+    request = pb.ModelInferRequest(raw_input_contents=[data])
+    request.inputs.add(name="X", datatype="INT32", shape=[2, 3])
+    (tensor,) = decode_inputs(request).values()
+    assert tensor.array.tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert not tensor.array.flags.writeable
+
+
+def test_empty_tensor_needs_no_data():
+    request = pb.ModelInferRequest()
+    request.inputs.add(name="E", datatype="FP32", shape=[0, 4])
+    assert decode_inputs(request)["E"].array.shape == (0, 4)
+
+
+def test_uint_contents_reject_negative_values():
+    request = pb.ModelInferRequest()
+    request.inputs.add(name="U", datatype="UINT16", shape=[1]).contents.uint_contents.append(70000)
+    with pytest.raises(InvalidInput, match=r"\[0, 65535\]"):
+        decode_inputs(request)

@@ -1,0 +1,59 @@
+"""Settings: env prefixes per ARCHITECTURE.md, global settings, validation at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from services.common.settings import (
+    EchoSettings,
+    GatewaySettings,
+    TextSettings,
+    TokenizerSettings,
+    TransformerSettings,
+    VisionSettings,
+)
+
+CONTRACT = [
+    (GatewaySettings, "MAAS_GATEWAY_", 50051),
+    (TokenizerSettings, "MAAS_TOKENIZER_", 50052),
+    (VisionSettings, "MAAS_VISION_", 50053),
+    (TextSettings, "MAAS_TEXT_", 50054),
+    (TransformerSettings, "MAAS_TRANSFORMER_", 50055),
+]
+
+
+@pytest.mark.parametrize(("cls", "prefix", "port"), CONTRACT)
+def test_default_ports_and_prefixes(monkeypatch, cls, prefix, port):
+    settings = cls()
+    assert (settings.host, settings.port, settings.metrics_bind_port) == ("127.0.0.1", port, port + 1000)
+    monkeypatch.setenv(f"{prefix}PORT", "6000")
+    monkeypatch.setenv(f"{prefix}HOST", "0.0.0.0")
+    assert (cls().host, cls().port, cls().metrics_bind_port) == ("0.0.0.0", 6000, 7000)
+
+
+def test_prefixes_do_not_leak_between_services(monkeypatch):
+    monkeypatch.setenv("MAAS_VISION_PORT", "6001")
+    assert TextSettings().port == 50054
+
+
+def test_global_settings_have_no_service_prefix(monkeypatch, tmp_path: Path):
+    monkeypatch.setenv("MAAS_MODEL_REPOSITORY", str(tmp_path))
+    monkeypatch.setenv("MAAS_LOG_FORMAT", "json")
+    settings = VisionSettings()
+    assert settings.model_repository == tmp_path and settings.log_format == "json"
+
+
+def test_port_zero_picks_ephemeral_metrics_and_explicit_metrics_port_wins():
+    assert EchoSettings(port=0).metrics_bind_port == 0
+    assert EchoSettings(port=5000, metrics_port=9100).metrics_bind_port == 9100
+
+
+def test_bad_values_are_refused_at_start(monkeypatch):
+    monkeypatch.setenv("MAAS_TOKENIZER_PORT", "70000")
+    with pytest.raises(ValidationError, match="port"):
+        TokenizerSettings()
+    with pytest.raises(ValidationError, match="log_format"):
+        EchoSettings(log_format="xml")
