@@ -50,3 +50,28 @@ async def channel(echo_server: GrpcServer) -> AsyncIterator[grpc.aio.Channel]:
 def v2(channel: grpc.aio.Channel) -> grpc_service_pb2_grpc.GRPCInferenceServiceStub:
     """A v2 stub on `channel`."""
     return grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository holding what the tests serve: the exported tokenizer."""
+    from services.tokenizer.export import export_tokenizer
+
+    repository = tmp_path_factory.mktemp("model_repository")
+    export_tokenizer(repository)
+    return repository
+
+
+@pytest.fixture
+async def tokenizer_server(model_repository: Path) -> AsyncIterator[GrpcServer]:
+    """The tokenizer service on a free port, low text limits so they are cheap to exceed."""
+    from services.common.settings import TokenizerSettings
+    from services.tokenizer.hosting import build_server
+
+    settings = TokenizerSettings(
+        port=0, metrics_port=0, model_repository=model_repository, max_texts=64, max_text_bytes=4096
+    )
+    server = build_server(settings)
+    await server.start()
+    yield server
+    await server.stop()

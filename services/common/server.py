@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from maas.inference import grpc_service_pb2_grpc
+from services.common.errors import MaasError
 from services.common.interceptor import ServerInterceptor
 from services.common.lifecycle import Lifecycle
 from services.common.logs import configure_logging
@@ -141,7 +142,8 @@ class GrpcServer:
             )
             remaining = 0.0
         await self._server.stop(remaining)
-        self._metrics.close()
+        if self._metrics is not None:
+            self._metrics.close()
         self._server = None
         log.info("%s stopped", self.name)
 
@@ -157,7 +159,12 @@ async def serve(server: GrpcServer) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await server.start()
+    try:
+        await server.start()
+    except (MaasError, OSError, RuntimeError) as exc:
+        log.error("%s failed to start: %s", server.name, exc)
+        await server.stop()
+        raise SystemExit(1) from None
     sys.stdout.write(f"READY {server.name} {host_port(server.settings.host, server.port)}\n")
     sys.stdout.flush()
     await stop.wait()

@@ -65,7 +65,15 @@ class GatewaySettings(ServiceSettings):
     port: int = Field(50051, ge=0, le=65535)
 
 
-class TokenizerSettings(ServiceSettings):
+class TextLimits(BaseSettings):
+    """Limits on text a service takes in one request."""
+
+    max_texts: int = Field(1024, gt=0, description="Texts per request; more is RESOURCE_EXHAUSTED.")
+    max_text_bytes: int = Field(100_000, gt=0, description="UTF-8 bytes per text; more is RESOURCE_EXHAUSTED.")
+    default_max_length: int = Field(256, ge=2, le=512, description="Tokens per sequence when a request names none.")
+
+
+class TokenizerSettings(TextLimits, ServiceSettings):
     """The tokenizer service."""
 
     model_config = SettingsConfigDict(env_prefix="MAAS_TOKENIZER_")

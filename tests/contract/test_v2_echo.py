@@ -308,7 +308,7 @@ async def test_repository_unload_and_load(v2):
     await v2.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="echo"))
     assert not (await v2.ModelReady(pb.ModelReadyRequest(name="echo"))).ready
     assert not (await v2.RepositoryIndex(pb.RepositoryIndexRequest(ready=True))).models
-    await assert_status(v2.ModelInfer(_raw("INT8", [1], b"\x01")), grpc.StatusCode.UNAVAILABLE, "unloaded")
+    await assert_status(v2.ModelInfer(_raw("INT8", [1], b"\x01")), grpc.StatusCode.UNAVAILABLE, "no version loaded")
     load = pb.RepositoryModelLoadRequest(model_name="echo")
     load.parameters["version"].string_param = "2"
     await assert_status(v2.RepositoryModelLoad(load), grpc.StatusCode.NOT_FOUND, "no version '2'")

@@ -7,26 +7,40 @@ import os
 import signal
 import socket
 import subprocess
+from pathlib import Path
 
+import grpc
+
+from maas.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 from tests.conftest import PYTHON, REPO_ROOT
 from tests.integration.processes import maas_process, read_ready
 
-FREE_PORTS = {"MAAS_ECHO_PORT": "0", "MAAS_ECHO_METRICS_PORT": "0"}
+
+def free_ports(repository: Path) -> dict[str, str]:
+    return {
+        "MAAS_MODEL_REPOSITORY": str(repository),
+        "MAAS_TOKENIZER_PORT": "0",
+        "MAAS_TOKENIZER_METRICS_PORT": "0",
+    }
 
 
-async def test_up_prints_ready_lines_and_stops_cleanly_on_sigterm():
-    async with maas_process("up", ready="echo-server", env=FREE_PORTS) as up:
+async def test_up_serves_the_tokenizer_and_stops_cleanly_on_sigterm(model_repository: Path):
+    async with maas_process("up", ready="tokenizer", env=free_ports(model_repository)) as up:
         assert up.address.startswith("127.0.0.1:")
         assert await read_ready(up.process, "all") == ""
+        async with grpc.aio.insecure_channel(up.address) as channel:
+            stub = tokenizer_pb2_grpc.TokenizerServiceStub(channel)
+            response = await stub.Tokenize(tokenizer_pb2.TokenizeRequest(texts=["up and running"]))
+            assert response.encodings[0].tokens == ["[CLS]", "up", "and", "running", "[SEP]"]
         up.process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(up.process.wait(), 30) == 0
 
 
-async def test_up_fails_when_a_service_cannot_start():
+async def test_up_fails_when_a_service_cannot_start(model_repository: Path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        env = {**os.environ, "MAAS_ECHO_PORT": str(taken.getsockname()[1]), "MAAS_ECHO_METRICS_PORT": "0"}
+        env = {**os.environ, **free_ports(model_repository), "MAAS_TOKENIZER_PORT": str(taken.getsockname()[1])}
         process = await asyncio.create_subprocess_exec(
             PYTHON,
             "-m",
@@ -40,4 +54,22 @@ async def test_up_fails_when_a_service_cannot_start():
         stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 1
     assert b"READY all" not in stdout
-    assert b"echo-server exited before it was ready" in stderr
+    assert b"tokenizer exited before it was ready" in stderr
+
+
+async def test_up_fails_with_a_clear_message_when_the_tokenizer_was_never_exported(tmp_path: Path):
+    env = {**os.environ, **free_ports(tmp_path)}
+    process = await asyncio.create_subprocess_exec(
+        PYTHON,
+        "-m",
+        "services.cli.main",
+        "up",
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 1
+    assert b"run `maas models export-tokenizer`" in stderr
+    assert b"Traceback" not in stderr

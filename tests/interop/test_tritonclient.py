@@ -33,3 +33,13 @@ async def test_tritonclient_round_trips_echo(echo_server: GrpcServer):
     assert seen["server"] == "maas"
     assert seen["id"] == "interop-1" and seen["model_version"] == "1"
     assert seen["matched"] and all(seen["matched"].values()), seen["matched"]
+
+
+async def test_tritonclient_round_trips_tokenizer(tokenizer_server: GrpcServer):
+    texts = ["Hello, world!", "caf\u00e9 \U0001f600"]
+    seen = await run_script("tritonclient_tokenizer.py", f"127.0.0.1:{tokenizer_server.port}", *texts)
+    assert seen["ready"] and seen["dtype"] == "int64"
+    assert [i["name"] for i in seen["inputs"]] == ["TEXT", "TEXT_PAIR"]
+    assert seen["input_ids"] == [[101, 7592, 1010, 2088, 999, 102], [101, 7668, 100, 102, 0, 0]]
+    assert seen["attention_mask"] == [[1] * 6, [1, 1, 1, 1, 0, 0]]
+    assert seen["token_type_ids"] == [[0] * 6] * 2

@@ -1,0 +1,193 @@
+"""Tokenizer servicers: the typed `maas.tokenizer.v1` API and the v2 model `tokenizer`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from maas.tokenizer.v1 import tokenizer_pb2 as pb
+from maas.tokenizer.v1 import tokenizer_pb2_grpc as pb_grpc
+from services.common.codec import Tensor
+from services.common.errors import InvalidInput, ModelNotFound, Overloaded
+from services.common.interceptor import label_model
+from services.common.models import InferRequest, InferResult, TensorSpec, VersionedModel
+from services.common.repository import read_version, version_dirs
+from services.common.settings import TextLimits
+from services.tokenizer.model import MAX_LENGTH_LIMIT, Padding, WordPieceTokenizer, to_arrays
+
+MODEL_NAME = "tokenizer"
+PLATFORM = "huggingface_tokenizers"
+INPUTS = (TensorSpec("TEXT", "BYTES", (-1,)), TensorSpec("TEXT_PAIR", "BYTES", (-1,), optional=True))
+OUTPUTS = tuple(TensorSpec(name, "INT64", (-1, -1)) for name in ("INPUT_IDS", "ATTENTION_MASK", "TOKEN_TYPE_IDS"))
+PADDING = {
+    pb.PADDING_UNSPECIFIED: Padding.LONGEST,
+    pb.PADDING_LONGEST: Padding.LONGEST,
+    pb.PADDING_MAX_LENGTH: Padding.MAX_LENGTH,
+    pb.PADDING_NONE: Padding.NONE,
+}
+
+
+def check_texts(field: str, texts: Sequence[str], limits: TextLimits) -> None:
+    """Refuse requests over the text limits.
+
+    Raises:
+        Overloaded: too many texts, or a text over the byte limit.
+    """
+    if len(texts) > limits.max_texts:
+        raise Overloaded(f"{field} has {len(texts)} texts; the limit is {limits.max_texts} per request")
+    for i, text in enumerate(texts):
+        size = len(text.encode()) if isinstance(text, str) else len(text)
+        if size > limits.max_text_bytes:
+            raise Overloaded(f"{field}[{i}] is {size} bytes; the limit is {limits.max_text_bytes} per text")
+
+
+def check_max_length(value: int) -> int:
+    """Validate a requested max_length.
+
+    Raises:
+        InvalidInput: outside [2, 512].
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= MAX_LENGTH_LIMIT:
+        raise InvalidInput(f"max_length must be an integer in [2, {MAX_LENGTH_LIMIT}], got {value!r}")
+    return value
+
+
+def decode_utf8(field: str, items: np.ndarray) -> list[str]:
+    """Decode a BYTES tensor's elements as UTF-8.
+
+    Raises:
+        InvalidInput: an element is not valid UTF-8.
+    """
+    texts = []
+    for i, item in enumerate(items):
+        try:
+            texts.append(item.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(
+                f"{field}[{i}] is not valid UTF-8: byte 0x{item[exc.start]:02x} at offset {exc.start}"
+            ) from None
+    return texts
+
+
+def encode(tokenizer: WordPieceTokenizer, *args, **kwargs):
+    """`WordPieceTokenizer.encode`, with its ValueError as INVALID_ARGUMENT."""
+    try:
+        return tokenizer.encode(*args, **kwargs)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+
+
+class TokenizerModel(VersionedModel):
+    """v2 model `tokenizer`: TEXT (+ TEXT_PAIR) BYTES [N] -> INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS INT64 [N, L].
+
+    Request parameters: `max_length` (default from settings, at most 512), `truncation` (default true).
+    Sequences are padded with id 0 to the longest in the request.
+    """
+
+    name = MODEL_NAME
+    platform = PLATFORM
+    inputs = INPUTS
+    outputs = OUTPUTS
+
+    def __init__(self, repository: Path, limits: TextLimits) -> None:
+        super().__init__()
+        self._repository = repository
+        self.limits = limits
+
+    def available_versions(self) -> list[str]:
+        """Versions under `<repository>/tokenizer/`."""
+        return version_dirs(self._repository, MODEL_NAME)
+
+    def default_versions(self) -> list[str]:
+        """The newest version.
+
+        Raises:
+            ModelNotFound: the repository holds no tokenizer.
+        """
+        versions = super().default_versions()
+        if not versions:
+            raise ModelNotFound(
+                f"no tokenizer in {self._repository / MODEL_NAME}; run `maas models export-tokenizer`"
+            )
+        return versions
+
+    async def load_version(self, version: str) -> WordPieceTokenizer:
+        """Check the version directory and load its tokenizer.json."""
+        directory = self._repository / MODEL_NAME / version
+        read_version(directory, MODEL_NAME).check_tensors(self.inputs, self.outputs)
+        return await asyncio.to_thread(WordPieceTokenizer, directory)
+
+    async def infer(self, request: InferRequest) -> InferResult:
+        """Tokenize the TEXT (and TEXT_PAIR) elements."""
+        tokenizer: WordPieceTokenizer = self.loaded(request.version)
+        texts = request.inputs["TEXT"].array
+        check_texts("TEXT", texts, self.limits)
+        pairs = None
+        if "TEXT_PAIR" in request.inputs:
+            pairs = request.inputs["TEXT_PAIR"].array
+            check_texts("TEXT_PAIR", pairs, self.limits)
+            if len(pairs) != len(texts):
+                raise InvalidInput(f"TEXT_PAIR has {len(pairs)} elements for {len(texts)} in TEXT; give one per text")
+            pairs = decode_utf8("TEXT_PAIR", pairs)
+        max_length = check_max_length(request.parameters.get("max_length", self.limits.default_max_length))
+        truncation = request.parameters.get("truncation", True)
+        if not isinstance(truncation, bool):
+            raise InvalidInput(f"parameter 'truncation' must be a bool, got {truncation!r}")
+        encodings = encode(tokenizer, decode_utf8("TEXT", texts), pairs, max_length, truncation, Padding.LONGEST)
+        ids, mask, types = to_arrays(encodings)
+        outputs = [
+            Tensor("INPUT_IDS", "INT64", ids),
+            Tensor("ATTENTION_MASK", "INT64", mask),
+            Tensor("TOKEN_TYPE_IDS", "INT64", types),
+        ]
+        return InferResult(outputs=outputs, version=request.version, batch_size=len(texts))
+
+
+class TokenizerServicer(pb_grpc.TokenizerServiceServicer):
+    """`maas.tokenizer.v1.TokenizerService` over the newest loaded version of `TokenizerModel`."""
+
+    def __init__(self, model: TokenizerModel) -> None:
+        self._model = model
+
+    async def Tokenize(self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext) -> pb.TokenizeResponse:
+        label_model(MODEL_NAME)
+        limits = self._model.limits
+        check_texts("texts", request.texts, limits)
+        pairs = list(request.text_pairs) or None
+        if pairs is not None:
+            check_texts("text_pairs", pairs, limits)
+        max_length = check_max_length(request.max_length or limits.default_max_length)
+        truncation = request.truncation if request.HasField("truncation") else True
+        tokenizer: WordPieceTokenizer = self._model.loaded("")
+        encodings = encode(tokenizer, list(request.texts), pairs, max_length, truncation, PADDING[request.padding])
+        return pb.TokenizeResponse(
+            encodings=[
+                pb.Encoding(
+                    input_ids=e.input_ids,
+                    attention_mask=e.attention_mask,
+                    token_type_ids=e.token_type_ids,
+                    offsets=[pb.Offset(start=start, end=end) for start, end in e.offsets],
+                    tokens=e.tokens,
+                )
+                for e in encodings
+            ]
+        )
+
+    async def Detokenize(
+        self, request: pb.DetokenizeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DetokenizeResponse:
+        label_model(MODEL_NAME)
+        if len(request.sequences) > self._model.limits.max_texts:
+            raise Overloaded(
+                f"sequences has {len(request.sequences)} entries; the limit is {self._model.limits.max_texts}"
+            )
+        tokenizer: WordPieceTokenizer = self._model.loaded("")
+        try:
+            texts = tokenizer.decode([s.ids for s in request.sequences], not request.keep_special_tokens)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+        return pb.DetokenizeResponse(texts=texts)
