@@ -18,12 +18,14 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 up: $(STAMP)
+	$(VENV)/bin/maas models export-tokenizer --if-missing
 	$(VENV)/bin/maas up
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
+	$(VENV)/bin/maas models export-tokenizer --if-missing
 	$(VENV)/bin/maas bench
 
 protos: $(STAMP)

@@ -7,10 +7,12 @@ import asyncio
 import sys
 from pathlib import Path
 
+from services.bench.run import run_bench
+from services.bench.settings import BenchConfig
 from services.cli import registry
 from services.cli.up import up
 from services.common.repository import version_dirs
-from services.common.settings import TokenizerSettings
+from services.common.settings import REPO_ROOT, TokenizerSettings
 from services.tokenizer.export import MODEL_NAME as TOKENIZER
 from services.tokenizer.export import export_tokenizer
 
@@ -26,6 +28,11 @@ def _parser() -> argparse.ArgumentParser:
 
     start = commands.add_parser("up", help="start every service on this machine; Ctrl-C drains and stops them")
     start.add_argument("--grace", type=float, default=15.0, help="seconds each service gets to drain on stop")
+
+    bench = commands.add_parser("bench", help="run the benchmarks and write docs/benchmarks.md")
+    bench.add_argument("--quick", action="store_true", help="about two seconds of load: checks the harness")
+    bench.add_argument("--output", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md", help="report path")
+    bench.add_argument("--repository", type=Path, help="model repository (default: MAAS_MODEL_REPOSITORY)")
 
     models = commands.add_parser("models", help="manage the model repository")
     models_commands = models.add_subparsers(dest="models_command", required=True)
@@ -67,6 +74,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "models":
         return _export_tokenizer(args)
+    if args.command == "bench":
+        repository = args.repository or TokenizerSettings().model_repository
+        config = BenchConfig.quick(repository) if args.quick else BenchConfig(repository)
+        command = " ".join(["maas", *(argv if argv is not None else sys.argv[1:])])
+        asyncio.run(run_bench(config, args.output, command))
+        sys.stdout.write(f"wrote {args.output}\n")
+        return 0
     return asyncio.run(up(registry.up_groups(), grace=args.grace))
 
 

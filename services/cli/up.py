@@ -12,6 +12,8 @@ import logging
 import signal
 import sys
 
+from services.cli.processes import spawn
+
 log = logging.getLogger("maas.up")
 
 KILL_MARGIN_SECONDS = 5.0
@@ -37,10 +39,7 @@ class _Child:
 
 
 async def _spawn(service: str) -> _Child:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli.main", "run", service, stdout=asyncio.subprocess.PIPE
-    )
-    return _Child(service, process)
+    return _Child(service, await spawn(service))
 
 
 async def _stop(children: list[_Child], grace: float) -> None:

@@ -220,19 +220,36 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, Tensor]:
     return tensors
 
 
+def raw_bytes(tensor: Tensor) -> bytes:
+    """A tensor's data as v2 raw contents: little-endian row-major, BYTES length-prefixed.
+
+    Raises:
+        ValueError: the datatype is unknown.
+    """
+    if tensor.datatype == "BYTES":
+        return encode_bytes(tensor.array)
+    if tensor.datatype not in FIXED_DTYPES:
+        raise ValueError(f"tensor '{tensor.name}' has unknown datatype {tensor.datatype}")
+    return np.ascontiguousarray(tensor.array, dtype=FIXED_DTYPES[tensor.datatype]).tobytes()
+
+
 def encode_outputs(response: pb.ModelInferResponse, tensors: Iterable[Tensor]) -> None:
     """Append `tensors` to a ModelInferResponse as outputs with raw_output_contents.
 
     Raises:
-        ValueError: a tensor's array does not fit its datatype (a model bug, not a caller's).
+        ValueError: a tensor's datatype is unknown (a model bug, not a caller's).
     """
     for tensor in tensors:
-        array = tensor.array
-        response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=array.shape)
-        if tensor.datatype == "BYTES":
-            data = encode_bytes(array)
-        elif tensor.datatype in FIXED_DTYPES:
-            data = np.ascontiguousarray(array, dtype=FIXED_DTYPES[tensor.datatype]).tobytes()
-        else:
-            raise ValueError(f"output '{tensor.name}' has unknown datatype {tensor.datatype}")
-        response.raw_output_contents.append(data)
+        response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.array.shape)
+        response.raw_output_contents.append(raw_bytes(tensor))
+
+
+def encode_inputs(request: pb.ModelInferRequest, tensors: Iterable[Tensor]) -> None:
+    """Append `tensors` to a ModelInferRequest as inputs with raw_input_contents (the client side).
+
+    Raises:
+        ValueError: a tensor's datatype is unknown.
+    """
+    for tensor in tensors:
+        request.inputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.array.shape)
+        request.raw_input_contents.append(raw_bytes(tensor))

@@ -110,9 +110,7 @@ class TokenizerModel(VersionedModel):
         """
         versions = super().default_versions()
         if not versions:
-            raise ModelNotFound(
-                f"no tokenizer in {self._repository / MODEL_NAME}; run `maas models export-tokenizer`"
-            )
+            raise ModelNotFound(f"no tokenizer in {self._repository / MODEL_NAME}; run `maas models export-tokenizer`")
         return versions
 
     async def load_version(self, version: str) -> WordPieceTokenizer:
@@ -170,7 +168,8 @@ class TokenizerServicer(pb_grpc.TokenizerServiceServicer):
                     input_ids=e.input_ids,
                     attention_mask=e.attention_mask,
                     token_type_ids=e.token_type_ids,
-                    offsets=[pb.Offset(start=start, end=end) for start, end in e.offsets],
+                    offset_starts=[start for start, _ in e.offsets],
+                    offset_ends=[end for _, end in e.offsets],
                     tokens=e.tokens,
                 )
                 for e in encodings

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from services.cli.processes import read_ready
 from tests.conftest import PYTHON, REPO_ROOT
 
 
@@ -18,19 +19,6 @@ class ServiceProcess:
 
     process: asyncio.subprocess.Process
     address: str
-
-
-async def read_ready(process: asyncio.subprocess.Process, service: str, timeout: float = 60) -> str:
-    """Return what follows `READY <service>` on the process's stdout (its address; "" for `all`)."""
-
-    async def scan() -> str:
-        async for raw in process.stdout:
-            words = raw.decode().split()
-            if words[:2] == ["READY", service]:
-                return " ".join(words[2:])
-        raise AssertionError(f"{service} exited with {await process.wait()} before READY")
-
-    return await asyncio.wait_for(scan(), timeout)
 
 
 @asynccontextmanager

@@ -24,29 +24,27 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!maas/tokenizer/v1/tokenizer.proto\x12\x11maas.tokenizer.v1\"\x9d\x01\n\x0fTokenizeRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x12\n\ntext_pairs\x18\x02 \x03(\t\x12\x12\n\nmax_length\x18\x03 \x01(\r\x12\x17\n\ntruncation\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12+\n\x07padding\x18\x05 \x01(\x0e\x32\x1a.maas.tokenizer.v1.PaddingB\r\n\x0b_truncation\"$\n\x06Offset\x12\r\n\x05start\x18\x01 \x01(\r\x12\x0b\n\x03\x65nd\x18\x02 \x01(\r\"\x89\x01\n\x08\x45ncoding\x12\x11\n\tinput_ids\x18\x01 \x03(\x03\x12\x16\n\x0e\x61ttention_mask\x18\x02 \x03(\x03\x12\x16\n\x0etoken_type_ids\x18\x03 \x03(\x03\x12*\n\x07offsets\x18\x04 \x03(\x0b\x32\x19.maas.tokenizer.v1.Offset\x12\x0e\n\x06tokens\x18\x05 \x03(\t\"B\n\x10TokenizeResponse\x12.\n\tencodings\x18\x01 \x03(\x0b\x32\x1b.maas.tokenizer.v1.Encoding\"\x19\n\nIdSequence\x12\x0b\n\x03ids\x18\x01 \x03(\x03\"b\n\x11\x44\x65tokenizeRequest\x12\x30\n\tsequences\x18\x01 \x03(\x0b\x32\x1d.maas.tokenizer.v1.IdSequence\x12\x1b\n\x13keep_special_tokens\x18\x02 \x01(\x08\"#\n\x12\x44\x65tokenizeResponse\x12\r\n\x05texts\x18\x01 \x03(\t*a\n\x07Padding\x12\x17\n\x13PADDING_UNSPECIFIED\x10\x00\x12\x13\n\x0fPADDING_LONGEST\x10\x01\x12\x16\n\x12PADDING_MAX_LENGTH\x10\x02\x12\x10\n\x0cPADDING_NONE\x10\x03\x32\xc2\x01\n\x10TokenizerService\x12S\n\x08Tokenize\x12\".maas.tokenizer.v1.TokenizeRequest\x1a#.maas.tokenizer.v1.TokenizeResponse\x12Y\n\nDetokenize\x12$.maas.tokenizer.v1.DetokenizeRequest\x1a%.maas.tokenizer.v1.DetokenizeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!maas/tokenizer/v1/tokenizer.proto\x12\x11maas.tokenizer.v1\"\x9d\x01\n\x0fTokenizeRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x12\n\ntext_pairs\x18\x02 \x03(\t\x12\x12\n\nmax_length\x18\x03 \x01(\r\x12\x17\n\ntruncation\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12+\n\x07padding\x18\x05 \x01(\x0e\x32\x1a.maas.tokenizer.v1.PaddingB\r\n\x0b_truncation\"\x89\x01\n\x08\x45ncoding\x12\x11\n\tinput_ids\x18\x01 \x03(\x03\x12\x16\n\x0e\x61ttention_mask\x18\x02 \x03(\x03\x12\x16\n\x0etoken_type_ids\x18\x03 \x03(\x03\x12\x15\n\roffset_starts\x18\x04 \x03(\r\x12\x13\n\x0boffset_ends\x18\x05 \x03(\r\x12\x0e\n\x06tokens\x18\x06 \x03(\t\"B\n\x10TokenizeResponse\x12.\n\tencodings\x18\x01 \x03(\x0b\x32\x1b.maas.tokenizer.v1.Encoding\"\x19\n\nIdSequence\x12\x0b\n\x03ids\x18\x01 \x03(\x03\"b\n\x11\x44\x65tokenizeRequest\x12\x30\n\tsequences\x18\x01 \x03(\x0b\x32\x1d.maas.tokenizer.v1.IdSequence\x12\x1b\n\x13keep_special_tokens\x18\x02 \x01(\x08\"#\n\x12\x44\x65tokenizeResponse\x12\r\n\x05texts\x18\x01 \x03(\t*a\n\x07Padding\x12\x17\n\x13PADDING_UNSPECIFIED\x10\x00\x12\x13\n\x0fPADDING_LONGEST\x10\x01\x12\x16\n\x12PADDING_MAX_LENGTH\x10\x02\x12\x10\n\x0cPADDING_NONE\x10\x03\x32\xc2\x01\n\x10TokenizerService\x12S\n\x08Tokenize\x12\".maas.tokenizer.v1.TokenizeRequest\x1a#.maas.tokenizer.v1.TokenizeResponse\x12Y\n\nDetokenize\x12$.maas.tokenizer.v1.DetokenizeRequest\x1a%.maas.tokenizer.v1.DetokenizeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'maas.tokenizer.v1.tokenizer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PADDING']._serialized_start=626
-  _globals['_PADDING']._serialized_end=723
+  _globals['_PADDING']._serialized_start=588
+  _globals['_PADDING']._serialized_end=685
   _globals['_TOKENIZEREQUEST']._serialized_start=57
   _globals['_TOKENIZEREQUEST']._serialized_end=214
-  _globals['_OFFSET']._serialized_start=216
-  _globals['_OFFSET']._serialized_end=252
-  _globals['_ENCODING']._serialized_start=255
-  _globals['_ENCODING']._serialized_end=392
-  _globals['_TOKENIZERESPONSE']._serialized_start=394
-  _globals['_TOKENIZERESPONSE']._serialized_end=460
-  _globals['_IDSEQUENCE']._serialized_start=462
-  _globals['_IDSEQUENCE']._serialized_end=487
-  _globals['_DETOKENIZEREQUEST']._serialized_start=489
-  _globals['_DETOKENIZEREQUEST']._serialized_end=587
-  _globals['_DETOKENIZERESPONSE']._serialized_start=589
-  _globals['_DETOKENIZERESPONSE']._serialized_end=624
-  _globals['_TOKENIZERSERVICE']._serialized_start=726
-  _globals['_TOKENIZERSERVICE']._serialized_end=920
+  _globals['_ENCODING']._serialized_start=217
+  _globals['_ENCODING']._serialized_end=354
+  _globals['_TOKENIZERESPONSE']._serialized_start=356
+  _globals['_TOKENIZERESPONSE']._serialized_end=422
+  _globals['_IDSEQUENCE']._serialized_start=424
+  _globals['_IDSEQUENCE']._serialized_end=449
+  _globals['_DETOKENIZEREQUEST']._serialized_start=451
+  _globals['_DETOKENIZEREQUEST']._serialized_end=549
+  _globals['_DETOKENIZERESPONSE']._serialized_start=551
+  _globals['_DETOKENIZERESPONSE']._serialized_end=586
+  _globals['_TOKENIZERSERVICE']._serialized_start=688
+  _globals['_TOKENIZERSERVICE']._serialized_end=882
 # @@protoc_insertion_point(module_scope)

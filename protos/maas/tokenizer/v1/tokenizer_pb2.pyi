@@ -32,27 +32,21 @@ class TokenizeRequest(_message.Message):
     padding: Padding
     def __init__(self, texts: _Optional[_Iterable[str]] = ..., text_pairs: _Optional[_Iterable[str]] = ..., max_length: _Optional[int] = ..., truncation: _Optional[bool] = ..., padding: _Optional[_Union[Padding, str]] = ...) -> None: ...
 
-class Offset(_message.Message):
-    __slots__ = ("start", "end")
-    START_FIELD_NUMBER: _ClassVar[int]
-    END_FIELD_NUMBER: _ClassVar[int]
-    start: int
-    end: int
-    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...
-
 class Encoding(_message.Message):
-    __slots__ = ("input_ids", "attention_mask", "token_type_ids", "offsets", "tokens")
+    __slots__ = ("input_ids", "attention_mask", "token_type_ids", "offset_starts", "offset_ends", "tokens")
     INPUT_IDS_FIELD_NUMBER: _ClassVar[int]
     ATTENTION_MASK_FIELD_NUMBER: _ClassVar[int]
     TOKEN_TYPE_IDS_FIELD_NUMBER: _ClassVar[int]
-    OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_STARTS_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_ENDS_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     input_ids: _containers.RepeatedScalarFieldContainer[int]
     attention_mask: _containers.RepeatedScalarFieldContainer[int]
     token_type_ids: _containers.RepeatedScalarFieldContainer[int]
-    offsets: _containers.RepeatedCompositeFieldContainer[Offset]
+    offset_starts: _containers.RepeatedScalarFieldContainer[int]
+    offset_ends: _containers.RepeatedScalarFieldContainer[int]
     tokens: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, input_ids: _Optional[_Iterable[int]] = ..., attention_mask: _Optional[_Iterable[int]] = ..., token_type_ids: _Optional[_Iterable[int]] = ..., offsets: _Optional[_Iterable[_Union[Offset, _Mapping]]] = ..., tokens: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, input_ids: _Optional[_Iterable[int]] = ..., attention_mask: _Optional[_Iterable[int]] = ..., token_type_ids: _Optional[_Iterable[int]] = ..., offset_starts: _Optional[_Iterable[int]] = ..., offset_ends: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TokenizeResponse(_message.Message):
     __slots__ = ("encodings",)

@@ -1,0 +1,101 @@
+"""A closed-loop load generator: N callers, each sending its next request when the last returns."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """What one load point measured. Latencies are in milliseconds."""
+
+    concurrency: int
+    completed: int
+    failed: int
+    seconds: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+    @property
+    def throughput(self) -> float:
+        """Completed calls per second."""
+        return self.completed / self.seconds if self.seconds else 0.0
+
+
+def summarize(concurrency: int, latencies: list[float], failed: int, seconds: float) -> LoadResult:
+    """Build a LoadResult from per-call latencies in seconds."""
+    ms = np.asarray(latencies) * 1000 if latencies else np.zeros(1)
+    p50, p95, p99 = np.percentile(ms, [50, 95, 99])
+    return LoadResult(concurrency, len(latencies), failed, seconds, float(p50), float(p95), float(p99))
+
+
+async def closed_loop(
+    call: Callable[[], Awaitable[object]],
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    max_calls: int = 1_000_000,
+) -> LoadResult:
+    """Run `concurrency` callers for `warmup` seconds (not measured), then `duration` seconds.
+
+    Bounded in time and in count: each phase ends at its deadline or after `max_calls` calls.
+
+    Args:
+        call: makes one request; an exception counts as a failed call.
+        concurrency: callers running at once.
+        duration: measured seconds.
+        warmup: seconds run first and discarded.
+        max_calls: most calls per phase.
+
+    Returns:
+        Throughput and latency percentiles of the measured phase.
+    """
+
+    async def phase(seconds: float) -> tuple[list[float], int, float]:
+        latencies: list[float] = []
+        failed = 0
+        started = time.perf_counter()
+        deadline = started + seconds
+
+        async def caller() -> None:
+            nonlocal failed
+            while time.perf_counter() < deadline and len(latencies) + failed < max_calls:
+                t0 = time.perf_counter()
+                try:
+                    await call()
+                except Exception:
+                    failed += 1
+                    continue
+                latencies.append(time.perf_counter() - t0)
+
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+        return latencies, failed, time.perf_counter() - started
+
+    if warmup > 0:
+        await phase(warmup)
+    latencies, failed, elapsed = await phase(duration)
+    return summarize(concurrency, latencies, failed, elapsed)
+
+
+def in_process(fn: Callable[[], object], duration: float, warmup: float, max_calls: int = 1_000_000) -> LoadResult:
+    """Call `fn` back to back on this thread: the no-serving baseline (concurrency 1)."""
+
+    def phase(seconds: float) -> tuple[list[float], float]:
+        latencies: list[float] = []
+        started = time.perf_counter()
+        deadline = started + seconds
+        while time.perf_counter() < deadline and len(latencies) < max_calls:
+            t0 = time.perf_counter()
+            fn()
+            latencies.append(time.perf_counter() - t0)
+        return latencies, time.perf_counter() - started
+
+    phase(warmup)
+    latencies, elapsed = phase(duration)
+    return summarize(1, latencies, 0, elapsed)

@@ -1,0 +1,23 @@
+"""`maas bench`: run every benchmark and write the report."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from services.bench.report import Section, render
+from services.bench.settings import BenchConfig
+from services.bench.tokenizer import tokenizer_section
+from services.common.settings import REPO_ROOT
+
+
+async def run_bench(config: BenchConfig, output: Path, command: str) -> list[Section]:
+    """Run every scenario, write the markdown report to `output` and return the sections."""
+    sections = [await tokenizer_section(config)]
+    await asyncio.to_thread(_write, output, render(sections, command, REPO_ROOT))
+    return sections
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")

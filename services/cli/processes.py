@@ -1,0 +1,61 @@
+"""Run maas services as child processes and read their `READY <service> <address>` lines."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+STOP_TIMEOUT_SECONDS = 30.0
+
+
+async def spawn(service: str, *args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+    """Start `maas run SERVICE ARGS...` with stdout piped (for its READY line) and stderr inherited."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.cli.main",
+        "run",
+        service,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+
+
+async def read_ready(process: asyncio.subprocess.Process, service: str, timeout: float = 120) -> str:
+    """Wait for `READY <service> ...` on the process's stdout and return what follows it.
+
+    Raises:
+        RuntimeError: the process exited first.
+        TimeoutError: no READY line within `timeout` seconds.
+    """
+
+    async def scan() -> str:
+        assert process.stdout is not None
+        async for raw in process.stdout:
+            words = raw.decode(errors="replace").split()
+            if words[:2] == ["READY", service]:
+                return " ".join(words[2:])
+        raise RuntimeError(f"{service} exited with status {await process.wait()} before it was ready")
+
+    return await asyncio.wait_for(scan(), timeout)
+
+
+@asynccontextmanager
+async def running(service: str, *args: str, env: dict[str, str] | None = None) -> AsyncIterator[str]:
+    """Run a service for the duration of the block; yields its address; SIGTERM (then kill) on exit."""
+    process = await spawn(service, *args, env=env)
+    try:
+        yield await read_ready(process, service)
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), STOP_TIMEOUT_SECONDS)
+            except TimeoutError:
+                process.kill()
+                await process.wait()

@@ -1,0 +1,36 @@
+"""`maas bench --quick` end to end, so the harness and its report cannot rot."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+from tests.conftest import PYTHON, REPO_ROOT
+
+
+def test_quick_bench_writes_a_report_with_every_row(model_repository: Path, tmp_path: Path):
+    output = tmp_path / "benchmarks.md"
+    command = [
+        PYTHON,
+        "-m",
+        "services.cli.main",
+        "bench",
+        "--quick",
+        "--repository",
+        str(model_repository),
+        "--output",
+        str(output),
+    ]
+    subprocess.run(command, cwd=REPO_ROOT, check=True, timeout=120, capture_output=True)
+    report = output.read_text()
+    assert "- command: `maas bench --quick" in report and re.search(r"- git: [0-9a-f]{7}", report)
+    rows = re.findall(r"^\| ([^|]+) \| (\d+) \| ([\d,]+) \| ([\d.]+) \| [\d.]+ \| [\d.]+ \| (\d+) \|$", report, re.M)
+    measured = {(label, int(c)) for label, c, *_ in rows}
+    for concurrency in (1, 8):
+        for label in ("echo (v2)", "tokenizer (v2 ModelInfer)", "tokenizer (typed Tokenize)"):
+            assert (label, concurrency) in measured
+    assert ("in-process `tokenizers` encode_batch", 1) in measured
+    for label, _, throughput, p50, failed in rows:
+        assert int(throughput.replace(",", "")) > 0 and float(p50) > 0 and failed == "0", label
+    assert "Tokenizing adds" in report
