@@ -59,16 +59,19 @@ class WordPieceTokenizer:
             Exception: `tokenizers` cannot parse it.
         """
         self._json = (directory / TOKENIZER_FILE).read_text(encoding="utf-8")
-        self._plain = self._configured(None)
+        self._plain = self._configured(None, padded=False)
         self.vocab_size = self._plain.get_vocab_size()
         self.pad_id = self._plain.token_to_id(PAD_TOKEN)
         self._cls_id = self._plain.token_to_id(CLS_TOKEN)
         self._sep_id = self._plain.token_to_id(SEP_TOKEN)
-        self._truncating = lru_cache(maxsize=TRUNCATING_TOKENIZERS_CACHED)(self._configured)
+        self._cached = lru_cache(maxsize=TRUNCATING_TOKENIZERS_CACHED)(self._configured)
 
-    def _configured(self, max_length: int | None) -> Tokenizer:
+    def _configured(self, max_length: int | None, padded: bool) -> Tokenizer:
         tokenizer = Tokenizer.from_str(self._json)
-        tokenizer.no_padding()
+        if padded:
+            tokenizer.enable_padding(pad_id=self._plain.token_to_id(PAD_TOKEN), pad_token=PAD_TOKEN)
+        else:
+            tokenizer.no_padding()
         if max_length is None:
             tokenizer.no_truncation()
         else:
@@ -99,10 +102,9 @@ class WordPieceTokenizer:
             ValueError: max_length is out of range, pairs do not match texts, or an input is longer
                 than max_length with truncation off.
         """
-        if not 2 <= max_length <= MAX_LENGTH_LIMIT:
-            raise ValueError(f"max_length must be in [2, {MAX_LENGTH_LIMIT}], got {max_length}")
+        _check_max_length(max_length)
         if pairs is None:
-            tokenizer = self._truncating(max_length) if truncation else self._plain
+            tokenizer = self._cached(max_length, padded=False) if truncation else self._plain
             encoded = [
                 Encoding(e.ids, e.attention_mask, e.type_ids, e.offsets, e.tokens)
                 for e in tokenizer.encode_batch(list(texts))
@@ -114,6 +116,31 @@ class WordPieceTokenizer:
             raise ValueError(f"an input has {longest} tokens, over max_length {max_length}, and truncation is off")
         width = {Padding.LONGEST: longest, Padding.MAX_LENGTH: max_length, Padding.NONE: 0}[padding]
         return [self._padded(e, width) for e in encoded]
+
+    def encode_arrays(
+        self,
+        texts: Sequence[str],
+        pairs: Sequence[str] | None = None,
+        max_length: int = DEFAULT_MAX_LENGTH,
+        truncation: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`encode` padded to the longest, as INT64 [N, L] ids, attention mask and token type ids.
+
+        Single texts take a faster path that pads in `tokenizers` and builds no offsets or tokens.
+
+        Raises:
+            ValueError: as `encode`.
+        """
+        if pairs is not None:
+            return to_arrays(self.encode(texts, pairs, max_length, truncation, Padding.LONGEST))
+        _check_max_length(max_length)
+        raw = self._cached(max_length if truncation else None, padded=True).encode_batch(list(texts))
+        shape = (len(raw), len(raw[0].ids) if raw else 0)
+        if shape[1] > max_length:
+            raise ValueError(f"an input has {shape[1]} tokens, over max_length {max_length}, and truncation is off")
+        ids = np.array([e.ids for e in raw], dtype=np.int64).reshape(shape)
+        mask = np.array([e.attention_mask for e in raw], dtype=np.int64).reshape(shape)
+        return ids, mask, np.zeros(shape, dtype=np.int64)
 
     def _encode_pairs(
         self, texts: Sequence[str], pairs: Sequence[str], max_length: int, truncation: bool
@@ -164,6 +191,11 @@ class WordPieceTokenizer:
             if bad:
                 raise ValueError(f"sequence {i} has ids outside [0, {self.vocab_size}): {bad[:5]}")
         return self._plain.decode_batch([list(ids) for ids in sequences], skip_special_tokens=skip_special_tokens)
+
+
+def _check_max_length(max_length: int) -> None:
+    if not 2 <= max_length <= MAX_LENGTH_LIMIT:
+        raise ValueError(f"max_length must be in [2, {MAX_LENGTH_LIMIT}], got {max_length}")
 
 
 def truncate_pair(first: int, second: int, budget: int) -> tuple[int, int]:

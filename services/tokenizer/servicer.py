@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -17,8 +18,9 @@ from services.common.interceptor import label_model
 from services.common.models import InferRequest, InferResult, TensorSpec, VersionedModel
 from services.common.repository import read_version, version_dirs
 from services.common.settings import TextLimits
-from services.tokenizer.model import MAX_LENGTH_LIMIT, Padding, WordPieceTokenizer, to_arrays
+from services.tokenizer.model import MAX_LENGTH_LIMIT, Padding, WordPieceTokenizer
 
+T = TypeVar("T")
 MODEL_NAME = "tokenizer"
 PLATFORM = "huggingface_tokenizers"
 INPUTS = (TensorSpec("TEXT", "BYTES", (-1,)), TensorSpec("TEXT_PAIR", "BYTES", (-1,), optional=True))
@@ -73,10 +75,10 @@ def decode_utf8(field: str, items: np.ndarray) -> list[str]:
     return texts
 
 
-def encode(tokenizer: WordPieceTokenizer, *args, **kwargs):
-    """`WordPieceTokenizer.encode`, with its ValueError as INVALID_ARGUMENT."""
+def invalid_on_value_error(fn: Callable[..., T], *args: Any) -> T:
+    """Call `fn`, turning its ValueError into INVALID_ARGUMENT."""
     try:
-        return tokenizer.encode(*args, **kwargs)
+        return fn(*args)
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
 
@@ -135,8 +137,9 @@ class TokenizerModel(VersionedModel):
         truncation = request.parameters.get("truncation", True)
         if not isinstance(truncation, bool):
             raise InvalidInput(f"parameter 'truncation' must be a bool, got {truncation!r}")
-        encodings = encode(tokenizer, decode_utf8("TEXT", texts), pairs, max_length, truncation, Padding.LONGEST)
-        ids, mask, types = to_arrays(encodings)
+        ids, mask, types = invalid_on_value_error(
+            tokenizer.encode_arrays, decode_utf8("TEXT", texts), pairs, max_length, truncation
+        )
         outputs = [
             Tensor("INPUT_IDS", "INT64", ids),
             Tensor("ATTENTION_MASK", "INT64", mask),
@@ -161,7 +164,9 @@ class TokenizerServicer(pb_grpc.TokenizerServiceServicer):
         max_length = check_max_length(request.max_length or limits.default_max_length)
         truncation = request.truncation if request.HasField("truncation") else True
         tokenizer: WordPieceTokenizer = self._model.loaded("")
-        encodings = encode(tokenizer, list(request.texts), pairs, max_length, truncation, PADDING[request.padding])
+        encodings = invalid_on_value_error(
+            tokenizer.encode, list(request.texts), pairs, max_length, truncation, PADDING[request.padding]
+        )
         return pb.TokenizeResponse(
             encodings=[
                 pb.Encoding(
@@ -185,8 +190,7 @@ class TokenizerServicer(pb_grpc.TokenizerServiceServicer):
                 f"sequences has {len(request.sequences)} entries; the limit is {self._model.limits.max_texts}"
             )
         tokenizer: WordPieceTokenizer = self._model.loaded("")
-        try:
-            texts = tokenizer.decode([s.ids for s in request.sequences], not request.keep_special_tokens)
-        except ValueError as exc:
-            raise InvalidInput(str(exc)) from None
+        texts = invalid_on_value_error(
+            tokenizer.decode, [s.ids for s in request.sequences], not request.keep_special_tokens
+        )
         return pb.DetokenizeResponse(texts=texts)

@@ -205,3 +205,12 @@ async def test_invalid_utf8_in_a_typed_string_field_is_invalid_argument(tokenize
         await assert_status(raw_call(field_one_bad_utf8), grpc.StatusCode.INVALID_ARGUMENT, "not a valid protobuf")
         ok = await raw_call(pb.TokenizeRequest(texts=["fine"]).SerializeToString())
         assert len(ok.encodings) == 1
+
+
+async def test_v2_truncation_parameter(v2):
+    request = bytes_request([LONG, "short"], max_length=8)
+    assert outputs(await v2.ModelInfer(request))["INPUT_IDS"].shape == (2, 8)
+    request.parameters["truncation"].bool_param = False
+    await assert_status(v2.ModelInfer(request), grpc.StatusCode.INVALID_ARGUMENT, "over max_length 8")
+    request.parameters["truncation"].string_param = "no"
+    await assert_status(v2.ModelInfer(request), grpc.StatusCode.INVALID_ARGUMENT, "'truncation' must be a bool")

@@ -363,3 +363,22 @@ async def test_metrics_count_requests_by_model_and_code(v2, echo_server: GrpcSer
     after = _scrape(echo_server.metrics_port)
     assert after[ok] - before.get(ok, 0) == 2
     assert after[invalid] - before.get(invalid, 0) == 1
+
+
+async def test_unparseable_request_bytes_are_invalid_argument(channel, v2):
+    infer = channel.unary_unary(
+        "/inference.GRPCInferenceService/ModelInfer",
+        request_serializer=lambda body: body,
+        response_deserializer=pb.ModelInferResponse.FromString,
+    )
+    await assert_status(infer(b"\x0a\xff\xff\xff"), grpc.StatusCode.INVALID_ARGUMENT, "not a valid protobuf message")
+    stream = channel.stream_stream(
+        "/inference.GRPCInferenceService/ModelStreamInfer",
+        request_serializer=lambda body: body,
+        response_deserializer=pb.ModelStreamInferResponse.FromString,
+    )
+    call = stream(iter([b"\x0a\xff\xff\xff"]))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        [r async for r in call]
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    await assert_still_serving(v2)
