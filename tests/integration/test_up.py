@@ -36,40 +36,34 @@ async def test_up_serves_the_tokenizer_and_stops_cleanly_on_sigterm(model_reposi
         assert await asyncio.wait_for(up.process.wait(), 30) == 0
 
 
-async def test_up_fails_when_a_service_cannot_start(model_repository: Path):
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        env = {**os.environ, **free_ports(model_repository), "MAAS_TOKENIZER_PORT": str(taken.getsockname()[1])}
-        process = await asyncio.create_subprocess_exec(
-            PYTHON,
-            "-m",
-            "services.cli.main",
-            "up",
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode == 1
-    assert b"READY all" not in stdout
-    assert b"tokenizer exited before it was ready" in stderr
-
-
-async def test_up_fails_with_a_clear_message_when_the_tokenizer_was_never_exported(tmp_path: Path):
-    env = {**os.environ, **free_ports(tmp_path)}
+async def run_up_to_failure(env: dict[str, str]) -> bytes:
+    """Run `maas up` expecting it to fail; return its stderr."""
     process = await asyncio.create_subprocess_exec(
         PYTHON,
         "-m",
         "services.cli.main",
         "up",
         cwd=REPO_ROOT,
-        env=env,
+        env={**os.environ, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 1
+    assert b"READY all" not in stdout
+    return stderr
+
+
+async def test_up_fails_when_a_service_cannot_start(model_repository: Path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {**free_ports(model_repository), "MAAS_TOKENIZER_PORT": str(taken.getsockname()[1])}
+        stderr = await run_up_to_failure(env)
+    assert b"tokenizer exited before it was ready" in stderr
+
+
+async def test_up_fails_with_a_clear_message_when_the_tokenizer_was_never_exported(tmp_path: Path):
+    stderr = await run_up_to_failure(free_ports(tmp_path))
     assert b"run `maas models export-tokenizer`" in stderr
     assert b"Traceback" not in stderr
