@@ -56,3 +56,22 @@ class MetricsServer:
         """Stop serving and release the port."""
         self._httpd.shutdown()
         self._httpd.server_close()
+
+
+BATCH_ROWS = Histogram(
+    "maas_batch_size",
+    "Rows per model execution of the dynamic batcher, by model.",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+QUEUE_SECONDS = Histogram(
+    "maas_batch_queue_seconds",
+    "Time a request waited in the dynamic batcher's queue, by model.",
+    ["model"],
+    buckets=LATENCY_BUCKETS,
+)
+CANCELLED = Counter(
+    "maas_batch_cancelled",
+    "Requests dropped from a batcher queue because their caller cancelled (or its deadline passed).",
+    ["model"],
+)

@@ -6,10 +6,11 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from services.common.codec import Tensor
 from services.common.errors import InvalidInput, ModelNotFound, ModelNotReady
+from services.common.stats import VersionStats
 
 Parameter = bool | int | float | str
 
@@ -49,11 +50,49 @@ class InferRequest:
 
 @dataclass
 class InferResult:
-    """A model's answer: its outputs, the version that produced them and the items it inferred."""
+    """A model's answer: its outputs, the version that produced them and the rows it inferred.
+
+    `batched` is True when a dynamic batcher ran the request and recorded the execution itself.
+    """
 
     outputs: list[Tensor]
     version: str
     batch_size: int = 1
+    batched: bool = False
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Which versions a model loads by default: the newest `count`, all, or a specific list."""
+
+    kind: Literal["latest", "all", "specific"] = "latest"
+    count: int = 1
+    versions: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> VersionPolicy:
+        """Parse "latest", "latest:N", "all" or "specific:V1,V2,...".
+
+        Raises:
+            ValueError: anything else.
+        """
+        kind, _, argument = text.strip().partition(":")
+        if kind == "latest" and (not argument or (argument.isdigit() and int(argument) > 0)):
+            return cls("latest", int(argument or 1))
+        if kind == "all" and not argument:
+            return cls("all")
+        versions = tuple(v.strip() for v in argument.split(","))
+        if kind == "specific" and argument and all(v.isdigit() for v in versions):
+            return cls("specific", versions=versions)
+        raise ValueError(f"version policy '{text}': expected latest, latest:N, all or specific:V1,V2")
+
+    def select(self, available: list[str]) -> list[str]:
+        """The versions to load out of `available` (oldest first)."""
+        if self.kind == "all":
+            return list(available)
+        if self.kind == "specific":
+            return [v for v in available if v in self.versions]
+        return available[-self.count :]
 
 
 @dataclass(frozen=True)
@@ -72,6 +111,15 @@ class ServedModel(ABC):
     platform: str
     inputs: tuple[TensorSpec, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()
+
+    def __init__(self) -> None:
+        self._stats: dict[str, VersionStats] = {}
+
+    def version_stats(self, version: str) -> VersionStats:
+        """The statistics of one version, created on first use."""
+        if version not in self._stats:
+            self._stats[version] = VersionStats()
+        return self._stats[version]
 
     @abstractmethod
     def index(self) -> list[VersionState]:
@@ -146,7 +194,9 @@ class VersionedModel(ServedModel):
     (`load_version`); this class keeps the index, resolves versions and loads and unloads.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, policy: VersionPolicy | None = None) -> None:
+        super().__init__()
+        self.policy = policy or VersionPolicy()
         self._loaded: dict[str, Any] = {}
         self._lock = asyncio.Lock()
 
@@ -163,8 +213,8 @@ class VersionedModel(ServedModel):
         """
 
     def default_versions(self) -> list[str]:
-        """Versions loaded when a load names none: the newest."""
-        return self.available_versions()[-1:]
+        """Versions loaded when a load names none, as the version policy selects them."""
+        return self.policy.select(self.available_versions())
 
     def index(self) -> list[VersionState]:
         """Every available version, READY if loaded."""
@@ -188,8 +238,9 @@ class VersionedModel(ServedModel):
             return max(self._loaded, key=_version_key)
         if version not in self._loaded:
             self._check_exists(version)
-            raise ModelNotReady(
-                f"model '{self.name}' version {version} is not loaded; load it with RepositoryModelLoad"
+            raise ModelNotFound(
+                f"model '{self.name}' version {version} is not loaded; loaded versions: "
+                f"{', '.join(sorted_versions(self._loaded)) or 'none'}"
             )
         return version
 
@@ -209,13 +260,18 @@ class VersionedModel(ServedModel):
                     self._loaded[v] = await self.load_version(v)
 
     async def unload(self, version: str) -> None:
-        """Unload `version`, or every version for ""."""
+        """Unload `version`, or every version for "". Calls already holding a version finish on it."""
         async with self._lock:
-            if not version:
-                self._loaded.clear()
-                return
-            self._check_exists(version)
-            self._loaded.pop(version, None)
+            versions = list(self._loaded) if not version else [version]
+            if version:
+                self._check_exists(version)
+            for v in versions:
+                released = self._loaded.pop(v, None)
+                if released is not None:
+                    await self.release_version(released)
+
+    async def release_version(self, loaded: Any) -> None:
+        """Free what `load_version` returned once its version is unloaded; nothing by default."""
 
 
 def _version_key(version: str) -> tuple[int, str]:

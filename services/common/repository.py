@@ -3,22 +3,28 @@
 A version's config names its tensors, labels, the metrics its training measured, the data it came
 from, and the SHA-256 of every file it ships; a version whose files do not match is refused.
 Weights are safetensors only: loading a model never runs code from the model files.
+
+An optional `<repo>/<model>/model.json` sets the model's version policy, e.g.
+`{"version_policy": "latest:2"}` (also `latest`, `all`, `specific:1,3`; default `latest`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+from abc import abstractmethod
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from services.common.errors import InvalidInput
-from services.common.models import TensorSpec, sorted_versions
+from services.common.errors import InvalidInput, ModelNotFound
+from services.common.models import TensorSpec, VersionedModel, VersionPolicy, sorted_versions
 
 CONFIG_FILE = "config.json"
+MODEL_FILE = "model.json"
 FORBIDDEN_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".bin", ".ckpt", ".joblib", ".npy", ".npz")
 
 
@@ -56,6 +62,9 @@ class VersionConfig(BaseModel):
     name: str
     version: int = Field(ge=1)
     platform: str
+    architecture: dict[str, Any] = Field(
+        default_factory=dict, description="Which network the serving code builds, and its hyperparameters."
+    )
     inputs: list[TensorConfig]
     outputs: list[TensorConfig]
     labels: list[str] = []
@@ -77,6 +86,39 @@ class VersionConfig(BaseModel):
                 f"{self.name} version {self.version}: config declares inputs {declared[0]} and outputs "
                 f"{declared[1]}, but this server serves inputs {list(inputs)} and outputs {list(outputs)}"
             )
+
+
+class ModelFile(BaseModel):
+    """`<repo>/<model>/model.json`: settings of the model across versions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version_policy: str = "latest"
+
+    @field_validator("version_policy")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        VersionPolicy.parse(value)
+        return value
+
+
+def _describe(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
+
+
+def read_policy(repository: Path, model: str) -> VersionPolicy:
+    """The version policy in `<repository>/<model>/model.json`, or `latest` without one.
+
+    Raises:
+        RepositoryError: the file is not valid.
+    """
+    path = repository / model / MODEL_FILE
+    if not path.is_file():
+        return VersionPolicy()
+    try:
+        return VersionPolicy.parse(ModelFile.model_validate_json(path.read_bytes()).version_policy)
+    except ValidationError as exc:
+        raise RepositoryError(f"{path}: {_describe(exc)}") from None
 
 
 def sha256_of(path: Path) -> str:
@@ -114,8 +156,10 @@ def read_version(directory: Path, model: str) -> VersionConfig:
         config = VersionConfig.model_validate_json(config_path.read_bytes())
     except FileNotFoundError:
         raise RepositoryError(f"{directory}: no {CONFIG_FILE}") from None
-    except (ValidationError, json.JSONDecodeError) as exc:
-        raise RepositoryError(f"{config_path}: invalid config: {exc}") from None
+    except ValidationError as exc:
+        raise RepositoryError(f"{config_path}: invalid config: {_describe(exc)}") from None
+    except json.JSONDecodeError as exc:
+        raise RepositoryError(f"{config_path}: not JSON: {exc}") from None
     if config.name != model or str(config.version) != directory.name:
         raise RepositoryError(
             f"{config_path}: says {config.name} version {config.version}, but lives in {model}/{directory.name}"
@@ -133,3 +177,59 @@ def read_version(directory: Path, model: str) -> VersionConfig:
         if sha256_of(path) != expected:
             raise RepositoryError(f"{directory}: {name} does not match the SHA-256 in {CONFIG_FILE}")
     return config
+
+
+class RepositoryModel(VersionedModel):
+    """A model served from `<repo>/<name>/<version>/`: each version's config and files are checked,
+    then `build` turns the directory into what serves it."""
+
+    missing_hint = ""
+
+    def __init__(self, repository: Path) -> None:
+        """Read the model's version policy from the repository.
+
+        Raises:
+            RepositoryError: `model.json` is invalid.
+        """
+        super().__init__(read_policy(repository, self.name))
+        self.repository = repository
+        self.configs: dict[str, VersionConfig] = {}
+
+    def available_versions(self) -> list[str]:
+        """Versions present under `<repository>/<name>/`."""
+        return version_dirs(self.repository, self.name)
+
+    def default_versions(self) -> list[str]:
+        """The policy's versions.
+
+        Raises:
+            ModelNotFound: the repository holds no version of the model, or none the policy selects.
+        """
+        versions = super().default_versions()
+        if not versions:
+            raise ModelNotFound(
+                f"no versions of model '{self.name}' in {self.repository / self.name} for policy "
+                f"{self.policy.kind}{self.missing_hint}"
+            )
+        return versions
+
+    async def load_version(self, version: str) -> Any:
+        """Check the version directory against its config and the served tensors, then build it.
+
+        Raises:
+            RepositoryError: the directory or config is unusable (the message says why).
+        """
+        directory = self.repository / self.name / version
+        config = await asyncio.to_thread(read_version, directory, self.name)
+        config.check_tensors(self.inputs, self.outputs)
+        built = await asyncio.to_thread(self.build, directory, config)
+        self.configs[version] = config
+        return built
+
+    @abstractmethod
+    def build(self, directory: Path, config: VersionConfig) -> Any:
+        """Load a checked version directory (runs on a worker thread).
+
+        Raises:
+            RepositoryError: the files do not match the config.
+        """

@@ -8,10 +8,12 @@ at import time. Two settings are global to every service: `MAAS_MODEL_REPOSITORY
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.batcher import BatchingConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 METRICS_PORT_OFFSET = 1000
@@ -63,6 +65,19 @@ class GatewaySettings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="MAAS_GATEWAY_")
     port: int = Field(50051, ge=0, le=65535)
+
+
+class BatchingSettings(BaseSettings):
+    """Dynamic batching and compute threads of a model service."""
+
+    max_batch_size: int = Field(32, ge=1, description="Rows per model execution; 1 turns batching off.")
+    max_queue_delay_ms: float = Field(2.0, ge=0, description="Longest a request waits for others to join it.")
+    max_queue_size: int = Field(1024, ge=1, description="Requests waiting per model version; more is refused.")
+    num_threads: int = Field(1, ge=1, description="torch intra-op threads per process.")
+
+    def batching(self, **sequence: Any) -> BatchingConfig:
+        """The batcher's config from these settings; `sequence` sets pad/length_aware/fixed_length."""
+        return BatchingConfig(self.max_batch_size, self.max_queue_delay_ms, self.max_queue_size, **sequence)
 
 
 class TextLimits(BaseSettings):

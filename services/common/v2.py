@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from importlib.metadata import version as package_version
 
 import grpc
@@ -42,28 +41,6 @@ def _version_parameter(parameters) -> str:
     return str(value)
 
 
-@dataclass
-class _Duration:
-    count: int = 0
-    ns: int = 0
-
-    def add(self, ns: int) -> None:
-        self.count += 1
-        self.ns += ns
-
-    def to_proto(self) -> pb.StatisticDuration:
-        return pb.StatisticDuration(count=self.count, ns=self.ns)
-
-
-@dataclass
-class _VersionStats:
-    success: _Duration
-    fail: _Duration
-    inference_count: int = 0
-    execution_count: int = 0
-    last_inference_ms: int = 0
-
-
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """`inference.GRPCInferenceService` over a `ModelRegistry`."""
 
@@ -72,13 +49,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._lifecycle = lifecycle
         self._server_name = server_name
         self._server_version = package_version("maas")
-        self._stats: dict[tuple[str, str], _VersionStats] = {}
-
-    def _stats_for(self, model: str, version: str) -> _VersionStats:
-        key = (model, version)
-        if key not in self._stats:
-            self._stats[key] = _VersionStats(_Duration(), _Duration())
-        return self._stats[key]
 
     def _model(self, name: str) -> ServedModel:
         model = self._models.get(name)
@@ -139,7 +109,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         model = self._model(request.model_name)
         version = model.resolve(request.model_version)
-        stats = self._stats_for(model.name, version)
+        stats = model.version_stats(version)
         started = time.perf_counter_ns()
         try:
             inputs = decode_inputs(request)
@@ -159,12 +129,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             response = pb.ModelInferResponse(model_name=model.name, model_version=result.version, id=request.id)
             encode_outputs(response, outputs)
         except BaseException:
-            stats.fail.add(time.perf_counter_ns() - started)
+            stats.record_request(False, time.perf_counter_ns() - started, 0)
             raise
-        stats.success.add(time.perf_counter_ns() - started)
-        stats.inference_count += result.batch_size
-        stats.execution_count += 1
-        stats.last_inference_ms = time.time_ns() // 1_000_000
+        elapsed = time.perf_counter_ns() - started
+        if not result.batched:
+            stats.record_execution(result.batch_size, elapsed)
+        stats.record_request(True, elapsed, result.batch_size)
         return response
 
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext):
@@ -176,16 +146,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 if request.version not in versions:
                     raise ModelNotFound(f"model '{model.name}' has no version '{request.version}'")
                 versions = [request.version]
-            for version in versions:
-                stats = self._stats_for(model.name, version)
-                response.model_stats.add(
-                    name=model.name,
-                    version=version,
-                    last_inference=stats.last_inference_ms,
-                    inference_count=stats.inference_count,
-                    execution_count=stats.execution_count,
-                    inference_stats=pb.InferStatistics(success=stats.success.to_proto(), fail=stats.fail.to_proto()),
-                )
+            response.model_stats.extend(model.version_stats(v).to_proto(model.name, v) for v in versions)
         return response
 
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext):

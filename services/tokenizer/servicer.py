@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -13,10 +12,10 @@ import numpy as np
 from maas.tokenizer.v1 import tokenizer_pb2 as pb
 from maas.tokenizer.v1 import tokenizer_pb2_grpc as pb_grpc
 from services.common.codec import Tensor
-from services.common.errors import InvalidInput, ModelNotFound, Overloaded
+from services.common.errors import InvalidInput, Overloaded
 from services.common.interceptor import label_model
-from services.common.models import InferRequest, InferResult, TensorSpec, VersionedModel
-from services.common.repository import read_version, version_dirs
+from services.common.models import InferRequest, InferResult, TensorSpec
+from services.common.repository import RepositoryModel, VersionConfig
 from services.common.settings import TextLimits
 from services.tokenizer.model import MAX_LENGTH_LIMIT, Padding, WordPieceTokenizer
 
@@ -83,7 +82,7 @@ def invalid_on_value_error(fn: Callable[..., T], *args: Any) -> T:
         raise InvalidInput(str(exc)) from None
 
 
-class TokenizerModel(VersionedModel):
+class TokenizerModel(RepositoryModel):
     """v2 model `tokenizer`: TEXT (+ TEXT_PAIR) BYTES [N] -> INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS INT64 [N, L].
 
     Request parameters: `max_length` (default from settings, at most 512), `truncation` (default true).
@@ -95,31 +94,15 @@ class TokenizerModel(VersionedModel):
     inputs = INPUTS
     outputs = OUTPUTS
 
+    missing_hint = "; run `maas models export-tokenizer`"
+
     def __init__(self, repository: Path, limits: TextLimits) -> None:
-        super().__init__()
-        self._repository = repository
+        super().__init__(repository)
         self.limits = limits
 
-    def available_versions(self) -> list[str]:
-        """Versions under `<repository>/tokenizer/`."""
-        return version_dirs(self._repository, MODEL_NAME)
-
-    def default_versions(self) -> list[str]:
-        """The newest version.
-
-        Raises:
-            ModelNotFound: the repository holds no tokenizer.
-        """
-        versions = super().default_versions()
-        if not versions:
-            raise ModelNotFound(f"no tokenizer in {self._repository / MODEL_NAME}; run `maas models export-tokenizer`")
-        return versions
-
-    async def load_version(self, version: str) -> WordPieceTokenizer:
-        """Check the version directory and load its tokenizer.json."""
-        directory = self._repository / MODEL_NAME / version
-        read_version(directory, MODEL_NAME).check_tensors(self.inputs, self.outputs)
-        return await asyncio.to_thread(WordPieceTokenizer, directory)
+    def build(self, directory: Path, config: VersionConfig) -> WordPieceTokenizer:
+        """Load the version's tokenizer.json."""
+        return WordPieceTokenizer(directory)
 
     async def infer(self, request: InferRequest) -> InferResult:
         """Tokenize the TEXT (and TEXT_PAIR) elements."""

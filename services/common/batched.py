@@ -1,0 +1,53 @@
+"""Repository models served through a dynamic batcher: one batcher per loaded version."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from pathlib import Path
+
+from services.common.batcher import Arrays, BatchingConfig, DynamicBatcher, Predict
+from services.common.codec import Tensor
+from services.common.models import InferRequest, InferResult
+from services.common.repository import RepositoryModel, VersionConfig
+
+
+class BatchedModel(RepositoryModel):
+    """A repository model whose versions run behind a `DynamicBatcher`.
+
+    Subclasses build a version's predict function (numpy in, numpy out) and may check input values
+    in `check_values`, which runs before a request joins a batch.
+    """
+
+    def __init__(self, repository: Path, batching: BatchingConfig) -> None:
+        super().__init__(repository)
+        self.batching = batching
+
+    @abstractmethod
+    def build(self, directory: Path, config: VersionConfig) -> Predict:
+        """Load a checked version and return its predict function (runs on a worker thread)."""
+
+    def check_values(self, inputs: Arrays, config: VersionConfig) -> None:
+        """Refuse unacceptable values before batching (shapes and dtypes are already checked).
+
+        Raises:
+            InvalidInput: a value is out of range.
+        """
+
+    async def load_version(self, version: str) -> DynamicBatcher:
+        """Build the version and put a batcher in front of it."""
+        predict = await super().load_version(version)
+        return DynamicBatcher(self.name, predict, self.batching, self.version_stats(version))
+
+    async def release_version(self, loaded: DynamicBatcher) -> None:
+        """Let the version's queued requests finish, then stop its batcher."""
+        await loaded.close()
+
+    async def infer(self, request: InferRequest) -> InferResult:
+        """Check values, queue the request, and return this request's rows of every output."""
+        batcher: DynamicBatcher = self.loaded(request.version)
+        inputs = {name: tensor.array for name, tensor in request.inputs.items()}
+        self.check_values(inputs, self.configs[request.version])
+        outputs = await batcher.submit(inputs)
+        rows = next(iter(inputs.values())).shape[0]
+        tensors = [Tensor(spec.name, spec.datatype, outputs[spec.name]) for spec in self.outputs]
+        return InferResult(outputs=tensors, version=request.version, batch_size=rows, batched=True)

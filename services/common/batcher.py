@@ -1,0 +1,215 @@
+"""The dynamic batcher: concurrent requests to one model version run as one batch.
+
+Each request is validated before it joins the queue and gets exactly its own rows back. A full queue
+refuses at once (RESOURCE_EXHAUSTED) instead of making everyone wait longer; a cancelled caller's
+request is dropped before it runs; if a batch fails, its requests are rerun one by one so a poisoned
+request fails alone. In length-aware mode, sequence inputs are padded only to the longest request in
+the batch, and a batch is filled with requests of lengths close to the oldest one's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from services.common import metrics
+from services.common.errors import Overloaded
+from services.common.stats import VersionStats
+
+Arrays = dict[str, np.ndarray]
+Predict = Callable[[Arrays], Arrays]
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """How requests are grouped. `max_batch_size` 1 turns batching off.
+
+    Attributes:
+        max_batch_size: most rows per model execution.
+        max_queue_delay_ms: longest the oldest queued request waits for others to join it.
+        max_queue_size: most requests waiting; one more is refused with RESOURCE_EXHAUSTED.
+        pad: inputs whose second dimension is a sequence, with their pad value.
+        length_aware: pad sequences to the longest in the batch and group similar lengths; if False,
+            pad every sequence to `fixed_length` (or the longest, if longer).
+        fixed_length: the padded length when not length-aware.
+    """
+
+    max_batch_size: int = 32
+    max_queue_delay_ms: float = 2.0
+    max_queue_size: int = 1024
+    pad: Mapping[str, int] = field(default_factory=dict)
+    length_aware: bool = True
+    fixed_length: int = 0
+
+
+@dataclass(eq=False)
+class _Request:
+    inputs: Arrays
+    rows: int
+    length: int
+    shapes: tuple
+    future: asyncio.Future
+    enqueued_ns: int = field(default_factory=time.perf_counter_ns)
+
+
+class DynamicBatcher:
+    """Batches requests for one loaded model version and runs them on a worker thread."""
+
+    def __init__(self, name: str, predict: Predict, config: BatchingConfig, stats: VersionStats) -> None:
+        """Args:
+        name: model name, for metrics.
+        predict: runs the model on a batch; returns outputs whose first dimension is the batch's rows.
+        config: batching settings.
+        stats: where executions and queue times are recorded.
+        """
+        self._name = name
+        self._predict = predict
+        self._config = config
+        self._stats = stats
+        self._pending: deque[_Request] = deque()
+        self._arrived = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{name}")
+        self._worker: asyncio.Task | None = None
+        self._closing = False
+
+    async def submit(self, inputs: Arrays) -> Arrays:
+        """Queue one validated request and wait for its outputs.
+
+        Args:
+            inputs: input name -> array with the request's rows first.
+
+        Returns:
+            Output name -> this request's rows of the output.
+
+        Raises:
+            Overloaded: the queue is full.
+            Exception: whatever the model raised for this request alone.
+        """
+        if len(self._pending) >= self._config.max_queue_size:
+            raise Overloaded(f"model '{self._name}' has {len(self._pending)} requests queued, its limit; retry shortly")
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._run(), name=f"batcher-{self._name}")
+        first = next(iter(inputs.values()))
+        padded = self._config.pad
+        request = _Request(
+            inputs=inputs,
+            rows=first.shape[0],
+            length=max((inputs[n].shape[1] for n in padded if n in inputs), default=0),
+            shapes=tuple((n, a.dtype.str, a.shape[2:] if n in padded else a.shape[1:]) for n, a in inputs.items()),
+            future=asyncio.get_running_loop().create_future(),
+        )
+        self._pending.append(request)
+        self._arrived.set()
+        return await request.future
+
+    async def close(self) -> None:
+        """Finish every queued request, then stop the worker thread."""
+        self._closing = True
+        self._arrived.set()
+        if self._worker is not None:
+            await self._worker
+        self._executor.shutdown(wait=True)
+
+    async def _run(self) -> None:
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            await self._fill(self._pending[0])
+            batch = self._take()
+            if batch:
+                await self._execute(batch)
+
+    async def _fill(self, oldest: _Request) -> None:
+        """Wait until a batch is full or the oldest request has waited its maximum."""
+        deadline = oldest.enqueued_ns + int(self._config.max_queue_delay_ms * 1e6)
+        while not self._closing and sum(r.rows for r in self._pending) < self._config.max_batch_size:
+            remaining = (deadline - time.perf_counter_ns()) / 1e9
+            if remaining <= 0:
+                return
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take(self) -> list[_Request]:
+        """Pick the next batch: the oldest live request, then compatible ones, closest lengths first."""
+        live = [r for r in self._pending if not r.future.done()]
+        dropped = len(self._pending) - len(live)
+        if dropped:
+            metrics.CANCELLED.labels(self._name).inc(dropped)
+        if not live:
+            self._pending.clear()
+            return []
+        anchor, others = live[0], [r for r in live[1:] if r.shapes == live[0].shapes]
+        if self._config.pad and self._config.length_aware:
+            others.sort(key=lambda r: abs(r.length - anchor.length))
+        batch, rows = [anchor], anchor.rows
+        for request in others:
+            if rows + request.rows > self._config.max_batch_size:
+                continue
+            batch.append(request)
+            rows += request.rows
+        chosen = set(map(id, batch))
+        self._pending = deque(r for r in live if id(r) not in chosen)
+        return batch
+
+    def _collate(self, batch: list[_Request]) -> Arrays:
+        """Pad and concatenate the batch's inputs (always a fresh, writable array, as torch wants)."""
+        config = self._config
+        longest = max(r.length for r in batch)
+        width = longest if config.length_aware else max(longest, config.fixed_length)
+        collated = {}
+        for name in batch[0].inputs:
+            arrays = [r.inputs[name] for r in batch]
+            if name in config.pad:
+                arrays = [
+                    np.pad(
+                        a, [(0, 0), (0, width - a.shape[1])] + [(0, 0)] * (a.ndim - 2), constant_values=config.pad[name]
+                    )
+                    for a in arrays
+                ]
+            collated[name] = np.concatenate(arrays)
+        return collated
+
+    def _predict_rows(self, batch: Arrays, rows: int) -> Arrays:
+        outputs = self._predict(batch)
+        for name, array in outputs.items():
+            if array.shape[0] != rows:
+                raise RuntimeError(f"model '{self._name}' returned {array.shape[0]} rows of {name} for {rows} inputs")
+        return outputs
+
+    async def _execute(self, batch: list[_Request]) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter_ns()
+        rows = sum(r.rows for r in batch)
+        waits = [started - r.enqueued_ns for r in batch]
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._predict_rows, self._collate(batch), rows)
+        except Exception as exc:
+            if len(batch) > 1:
+                for request in batch:
+                    await self._execute([request])
+            elif not batch[0].future.done():
+                batch[0].future.set_exception(exc)
+            return
+        compute = time.perf_counter_ns() - started
+        self._stats.record_execution(rows, compute, waits)
+        metrics.BATCH_ROWS.labels(self._name).observe(rows)
+        for wait in waits:
+            metrics.QUEUE_SECONDS.labels(self._name).observe(wait / 1e9)
+        offset = 0
+        for request in batch:
+            if not request.future.done():
+                request.future.set_result({n: a[offset : offset + request.rows] for n, a in outputs.items()})
+            offset += request.rows

@@ -1,0 +1,44 @@
+"""Torch weights in safetensors: saved and loaded without ever unpickling anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from services.common.repository import RepositoryError
+
+
+def save_weights(module: torch.nn.Module, path: Path) -> None:
+    """Write a module's state dict as safetensors."""
+    save_file({name: tensor.detach().contiguous() for name, tensor in module.state_dict().items()}, str(path))
+
+
+def load_weights(module: torch.nn.Module, path: Path) -> torch.nn.Module:
+    """Load safetensors into `module`, refusing any mismatch with its architecture.
+
+    Returns:
+        The module, in eval mode.
+
+    Raises:
+        RepositoryError: the file is not safetensors, or its tensors' names or shapes differ from the
+            module's (the config describes another architecture than the weights hold).
+    """
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise RepositoryError(f"{path}: not a readable safetensors file ({exc})") from None
+    expected = module.state_dict()
+    problems = [f"missing {k}" for k in sorted(set(expected) - set(state))]
+    problems += [f"unexpected {k}" for k in sorted(set(state) - set(expected))]
+    problems += [
+        f"{k} is {list(state[k].shape)} in the file but {list(v.shape)} in the architecture"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if problems:
+        raise RepositoryError(f"{path} does not match the architecture in config.json: {'; '.join(problems[:6])}")
+    module.load_state_dict(state, strict=True)
+    return module.eval()

@@ -1,0 +1,122 @@
+"""The dynamic batcher on its own: batching, overflow, poisoned and cancelled requests, padding."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from services.common import metrics
+from services.common.batcher import BatchingConfig, DynamicBatcher
+from services.common.errors import InvalidInput, Overloaded
+from services.common.stats import VersionStats
+
+
+class Recorder:
+    """A predict function that doubles X and remembers every batch it saw."""
+
+    def __init__(self, gate: threading.Event | None = None) -> None:
+        self.batches: list[np.ndarray] = []
+        self.gate = gate
+
+    def __call__(self, inputs):
+        if self.gate is not None:
+            self.gate.wait(10)
+        x = inputs["X"]
+        self.batches.append(x.copy())
+        if np.isnan(x).any():
+            raise InvalidInput("X holds NaN")
+        return {"Y": x * 2}
+
+
+def row(value: float, width: int = 3) -> dict[str, np.ndarray]:
+    return {"X": np.full((1, width), value, dtype=np.float32)}
+
+
+async def test_concurrent_single_row_calls_are_served_in_batches():
+    predict, stats = Recorder(), VersionStats()
+    batcher = DynamicBatcher("t", predict, BatchingConfig(max_batch_size=8, max_queue_delay_ms=50), stats)
+    results = await asyncio.gather(*(batcher.submit(row(i)) for i in range(16)))
+    assert [r["Y"][0, 0] for r in results] == [2.0 * i for i in range(16)]
+    sizes = [len(b) for b in predict.batches]
+    assert max(sizes) > 1 and sum(sizes) == 16 and max(sizes) <= 8
+    assert stats.execution_count == len(sizes) and stats.queue.count == 16
+    await batcher.close()
+
+
+async def test_full_queue_refuses_at_once_without_delaying_accepted_requests():
+    gate = threading.Event()
+    predict = Recorder(gate)
+    config = BatchingConfig(max_batch_size=1, max_queue_delay_ms=0, max_queue_size=3)
+    batcher = DynamicBatcher("t", predict, config, VersionStats())
+    running = asyncio.ensure_future(batcher.submit(row(0)))
+    await asyncio.sleep(0.05)
+    queued = [asyncio.ensure_future(batcher.submit(row(i))) for i in (1, 2, 3)]
+    await asyncio.sleep(0)
+    started = time.perf_counter()
+    with pytest.raises(Overloaded, match="3 requests queued"):
+        await batcher.submit(row(9))
+    assert time.perf_counter() - started < 0.05
+    gate.set()
+    results = await asyncio.gather(running, *queued)
+    assert [r["Y"][0, 0] for r in results] == [0.0, 2.0, 4.0, 6.0]
+    await batcher.close()
+
+
+async def test_a_poisoned_request_fails_alone():
+    predict = Recorder()
+    batcher = DynamicBatcher("t", predict, BatchingConfig(max_batch_size=8, max_queue_delay_ms=50), VersionStats())
+    values = [1.0, 2.0, float("nan"), 4.0, 5.0]
+    outcomes = await asyncio.gather(*(batcher.submit(row(v)) for v in values), return_exceptions=True)
+    assert isinstance(outcomes[2], InvalidInput)
+    assert [o["Y"][0, 0] for i, o in enumerate(outcomes) if i != 2] == [2.0, 4.0, 8.0, 10.0]
+    assert len(predict.batches[0]) == 5, "they were batched together first"
+    await batcher.close()
+
+
+async def test_a_cancelled_callers_request_is_dropped_before_it_runs():
+    predict = Recorder()
+    batcher = DynamicBatcher("drop", predict, BatchingConfig(max_batch_size=8, max_queue_delay_ms=200), VersionStats())
+    before = metrics.CANCELLED.labels("drop")._value.get()
+    kept = asyncio.ensure_future(batcher.submit(row(1)))
+    dropped = asyncio.ensure_future(batcher.submit(row(7)))
+    await asyncio.sleep(0.02)
+    dropped.cancel()
+    assert (await kept)["Y"][0, 0] == 2.0
+    seen = np.concatenate(predict.batches)[:, 0].tolist()
+    assert seen == [1.0]
+    assert metrics.CANCELLED.labels("drop")._value.get() - before == 1
+    await batcher.close()
+
+
+async def test_length_aware_batches_group_similar_lengths_and_pad_to_the_longest():
+    predict = Recorder()
+    config = BatchingConfig(max_batch_size=2, max_queue_delay_ms=30, pad={"X": 0})
+    batcher = DynamicBatcher("t", predict, config, VersionStats())
+    lengths = [3, 50, 4, 48]
+    results = await asyncio.gather(*(batcher.submit(row(1, width)) for width in lengths))
+    assert sorted(b.shape[1] for b in predict.batches) == [4, 50]
+    assert [r["Y"].shape[1] for r in results] == [4, 50, 4, 50]
+    assert results[0]["Y"][0].tolist() == [2, 2, 2, 0]
+    await batcher.close()
+
+
+async def test_fixed_padding_pads_every_sequence_to_the_fixed_length():
+    predict = Recorder()
+    config = BatchingConfig(max_batch_size=4, max_queue_delay_ms=20, pad={"X": 0}, length_aware=False, fixed_length=64)
+    batcher = DynamicBatcher("t", predict, config, VersionStats())
+    await asyncio.gather(*(batcher.submit(row(1, width)) for width in (3, 9)))
+    assert {b.shape[1] for b in predict.batches} == {64}
+    await batcher.close()
+
+
+async def test_close_finishes_queued_requests():
+    predict = Recorder()
+    batcher = DynamicBatcher("t", predict, BatchingConfig(max_batch_size=2, max_queue_delay_ms=100), VersionStats())
+    pending = [asyncio.ensure_future(batcher.submit(row(i))) for i in range(5)]
+    await asyncio.sleep(0)
+    await batcher.close()
+    assert [(await p)["Y"][0, 0] for p in pending] == [0.0, 2.0, 4.0, 6.0, 8.0]
