@@ -7,7 +7,11 @@ STAMP := $(VENV)/.maas-installed
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: venv up test bench protos lint
+MAAS := $(VENV)/bin/maas
+# What the services serve, made when missing: the tokenizer exported, the vision CNN trained (~4 min).
+MODELS := $(MAAS) models export-tokenizer --if-missing && $(MAAS) train vision --if-missing
+
+.PHONY: venv models up test bench protos lint
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,16 +21,18 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
-up: $(STAMP)
-	$(VENV)/bin/maas models export-tokenizer --if-missing
-	$(VENV)/bin/maas up
+models: $(STAMP)
+	$(MODELS)
+
+up: models
+	$(MAAS) up
 
 test: $(STAMP)
+	$(MODELS) --no-progress
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)
-	$(VENV)/bin/maas models export-tokenizer --if-missing
-	$(VENV)/bin/maas bench
+bench: models
+	$(MAAS) bench
 
 protos: $(STAMP)
 	$(PY) scripts/gen_protos.py

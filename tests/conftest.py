@@ -52,13 +52,20 @@ def v2(channel: grpc.aio.Channel) -> grpc_service_pb2_grpc.GRPCInferenceServiceS
     return grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
 
 
+TINY_VISION_IMAGES = 4000
+
+
 @pytest.fixture(scope="session")
 def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model repository holding what the tests serve: the exported tokenizer."""
+    """A model repository holding what the tests serve: the exported tokenizer and a vision CNN
+    trained for two epochs on 4,000 images (seconds; the default recipe is tested separately)."""
     from services.tokenizer.export import export_tokenizer
+    from services.vision.recipe import Recipe
+    from services.vision.train import train
 
     repository = tmp_path_factory.mktemp("model_repository")
     export_tokenizer(repository)
+    train(Recipe(epochs=2, train_limit=TINY_VISION_IMAGES), repository, progress=False)
     return repository
 
 
@@ -71,6 +78,19 @@ async def tokenizer_server(model_repository: Path) -> AsyncIterator[GrpcServer]:
     settings = TokenizerSettings(
         port=0, metrics_port=0, model_repository=model_repository, max_texts=64, max_text_bytes=4096
     )
+    server = build_server(settings)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def vision_server(model_repository: Path) -> AsyncIterator[GrpcServer]:
+    """The vision service on a free port over the tiny CNN, with a low image limit."""
+    from services.common.settings import VisionSettings
+    from services.vision.hosting import build_server
+
+    settings = VisionSettings(port=0, metrics_port=0, model_repository=model_repository, max_images=256)
     server = build_server(settings)
     await server.start()
     yield server

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from pathlib import Path
 
@@ -11,10 +12,13 @@ from services.bench.run import run_bench
 from services.bench.settings import BenchConfig
 from services.cli import registry
 from services.cli.up import up
-from services.common.repository import version_dirs
-from services.common.settings import REPO_ROOT, TokenizerSettings
+from services.common.repository import CONFIG_FILE, version_dirs
+from services.common.settings import REPO_ROOT, TokenizerSettings, VisionSettings
 from services.tokenizer.export import MODEL_NAME as TOKENIZER
 from services.tokenizer.export import export_tokenizer
+from services.vision.data import DEFAULT_DATA_DIR as VISION_DATA_DIR
+from services.vision.recipe import Recipe as VisionRecipe
+from services.vision.spec import MODEL_NAME as VISION
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,6 +32,17 @@ def _parser() -> argparse.ArgumentParser:
 
     start = commands.add_parser("up", help="start every service on this machine; Ctrl-C drains and stops them")
     start.add_argument("--grace", type=float, default=15.0, help="seconds each service gets to drain on stop")
+
+    train = commands.add_parser("train", help="train a model and publish it as the repository's next version")
+    train_models = train.add_subparsers(dest="model", required=True)
+    vision = train_models.add_parser("vision", help="the Fashion-MNIST CNN (fashion_cnn)")
+    vision.add_argument("--epochs", type=int, default=VisionRecipe.epochs, help="passes over the training set")
+    vision.add_argument("--seed", type=int, default=VisionRecipe.seed, help="random seed")
+    vision.add_argument("--train-limit", type=int, default=0, help="train on this many images only (quick runs)")
+    vision.add_argument("--data-dir", type=Path, default=VISION_DATA_DIR, help="directory with the idx .gz files")
+    vision.add_argument("--repository", type=Path, help="repository root (default: MAAS_MODEL_REPOSITORY)")
+    vision.add_argument("--if-missing", action="store_true", help="do nothing if a version already exists")
+    vision.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     bench = commands.add_parser("bench", help="run the benchmarks and write docs/benchmarks.md")
     bench.add_argument("--quick", action="store_true", help="about two seconds of load: checks the harness")
@@ -58,6 +73,24 @@ def _export_tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    # Imported here: torch is heavy, and absent from the tokenizer and gateway images.
+    from services.vision.train import train
+
+    repository = args.repository or VisionSettings().model_repository
+    if args.if_missing and version_dirs(repository, VISION):
+        return 0
+    recipe = VisionRecipe(epochs=args.epochs, seed=args.seed, train_limit=args.train_limit)
+    try:
+        target = train(recipe, repository, args.data_dir, progress=not args.no_progress)
+    except (FileNotFoundError, ValueError) as exc:
+        sys.stderr.write(f"maas: {exc}\n")
+        return 1
+    accuracy = json.loads((target / CONFIG_FILE).read_text())["metrics"]["test_accuracy"]
+    sys.stdout.write(f"published {target} (test accuracy {accuracy:.2%})\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the `maas` command line.
 
@@ -74,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "models":
         return _export_tokenizer(args)
+    if args.command == "train":
+        return _train(args)
     if args.command == "bench":
         repository = args.repository or TokenizerSettings().model_repository
         config = BenchConfig.quick(repository) if args.quick else BenchConfig(repository)

@@ -1,4 +1,8 @@
-"""The services `maas run` can start, and the order `maas up` starts them in."""
+"""The services `maas run` can start, and the order `maas up` starts them in.
+
+Each builder imports its service when called, so that starting one service never imports another's
+dependencies (the tokenizer and gateway images carry no torch).
+"""
 
 from __future__ import annotations
 
@@ -8,20 +12,32 @@ from typing import Any
 from services.common.echo import EchoModel
 from services.common.models import ModelRegistry
 from services.common.server import GrpcServer, serve
-from services.common.settings import EchoSettings, TokenizerSettings
-from services.tokenizer.hosting import build_server as build_tokenizer
+from services.common.settings import EchoSettings, TokenizerSettings, VisionSettings
 
 
 def _echo_server(overrides: dict[str, Any]) -> GrpcServer:
     return GrpcServer("echo-server", EchoSettings(**overrides), ModelRegistry([EchoModel()]))
 
 
+def _tokenizer(overrides: dict[str, Any]) -> GrpcServer:
+    from services.tokenizer.hosting import build_server
+
+    return build_server(TokenizerSettings(**overrides))
+
+
+def _vision(overrides: dict[str, Any]) -> GrpcServer:
+    from services.vision.hosting import build_server
+
+    return build_server(VisionSettings(**overrides))
+
+
 SERVICES: dict[str, Callable[[dict[str, Any]], GrpcServer]] = {
     "echo-server": _echo_server,
-    "tokenizer": lambda overrides: build_tokenizer(TokenizerSettings(**overrides)),
+    "tokenizer": _tokenizer,
+    "vision": _vision,
 }
 
-UP_GROUPS = [["tokenizer"]]
+UP_GROUPS = [["tokenizer"], ["vision"]]
 
 
 async def run_service(name: str, overrides: dict[str, Any]) -> None:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import tempfile
 from abc import abstractmethod
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -142,6 +144,32 @@ def write_version(directory: Path, config: VersionConfig) -> None:
     """Write `config.json` into `directory`, recording the SHA-256 of each file it lists."""
     config.files = {name: sha256_of(directory / name) for name in config.files}
     (directory / CONFIG_FILE).write_text(config.model_dump_json(indent=2) + "\n", encoding="utf-8")
+
+
+def publish_version(repository: Path, config: VersionConfig, write_files: Callable[[Path], None]) -> Path:
+    """Write a new version as `<repository>/<name>/<next version>/`, appearing all at once.
+
+    The files are written to a hidden staging directory first, then renamed into place, so a server
+    listing versions never sees a half-written one. `config.version` is set to the next free number.
+
+    Args:
+        repository: repository root.
+        config: the version's config; its `files` name what `write_files` writes.
+        write_files: writes the version's files into the directory it is given.
+
+    Returns:
+        The published version directory.
+    """
+    root = repository / config.name
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
+    write_files(staging)
+    existing = version_dirs(repository, config.name)
+    config.version = int(existing[-1]) + 1 if existing else 1
+    write_version(staging, config)
+    target = root / str(config.version)
+    staging.rename(target)
+    return target
 
 
 def read_version(directory: Path, model: str) -> VersionConfig:

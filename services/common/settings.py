@@ -71,7 +71,9 @@ class BatchingSettings(BaseSettings):
     """Dynamic batching and compute threads of a model service."""
 
     max_batch_size: int = Field(32, ge=1, description="Rows per model execution; 1 turns batching off.")
-    max_queue_delay_ms: float = Field(2.0, ge=0, description="Longest a request waits for others to join it.")
+    max_queue_delay_ms: float = Field(
+        0.0, ge=0, description="Longest a request waits for others; 0 runs at once when idle, batching under load."
+    )
     max_queue_size: int = Field(1024, ge=1, description="Requests waiting per model version; more is refused.")
     num_threads: int = Field(1, ge=1, description="torch intra-op threads per process.")
 
@@ -95,11 +97,13 @@ class TokenizerSettings(TextLimits, ServiceSettings):
     port: int = Field(50052, ge=0, le=65535)
 
 
-class VisionSettings(ServiceSettings):
+class VisionSettings(BatchingSettings, ServiceSettings):
     """The vision (CNN) service."""
 
     model_config = SettingsConfigDict(env_prefix="MAAS_VISION_")
     port: int = Field(50053, ge=0, le=65535)
+    max_images: int = Field(1024, ge=1, description="Images per request; more is RESOURCE_EXHAUSTED.")
+    max_image_bytes: int = Field(4 << 20, ge=1, description="Bytes per encoded image; more is RESOURCE_EXHAUSTED.")
 
 
 class TextSettings(ServiceSettings):

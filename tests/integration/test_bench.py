@@ -31,6 +31,15 @@ def test_quick_bench_writes_a_report_with_every_row(model_repository: Path, tmp_
         for label in ("echo (v2)", "tokenizer (v2 ModelInfer)", "tokenizer (typed Tokenize)"):
             assert (label, concurrency) in measured
     assert ("in-process `tokenizers` encode_batch", 1) in measured
+    for label, concurrency in (
+        ("echo (v2)", 1),
+        ("fashion_cnn, batching on", 1),
+        ("fashion_cnn, batching on", 8),
+        ("fashion_cnn, batching off", 8),
+        ("in-process forward, batch 1", 1),
+        ("in-process forward, batch 32", 1),
+    ):
+        assert (label, concurrency) in measured
     for label, _, throughput, p50, failed in rows:
         assert int(throughput.replace(",", "")) > 0 and float(p50) > 0 and failed == "0", label
-    assert "Tokenizing adds" in report
+    assert "Tokenizing adds" in report and "fashion_cnn adds" in report and "batching on serves" in report

@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 
 from maas.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
+from maas.vision.v1 import vision_pb2, vision_pb2_grpc
 from tests.conftest import PYTHON, REPO_ROOT
 from tests.integration.processes import maas_process, read_ready
 
@@ -21,13 +22,21 @@ def free_ports(repository: Path) -> dict[str, str]:
         "MAAS_MODEL_REPOSITORY": str(repository),
         "MAAS_TOKENIZER_PORT": "0",
         "MAAS_TOKENIZER_METRICS_PORT": "0",
+        "MAAS_VISION_PORT": "0",
+        "MAAS_VISION_METRICS_PORT": "0",
     }
 
 
-async def test_up_serves_the_tokenizer_and_stops_cleanly_on_sigterm(model_repository: Path):
+async def test_up_serves_every_service_and_stops_cleanly_on_sigterm(model_repository: Path):
     async with maas_process("up", ready="tokenizer", env=free_ports(model_repository)) as up:
         assert up.address.startswith("127.0.0.1:")
+        vision = await read_ready(up.process, "vision")
         assert await read_ready(up.process, "all") == ""
+        async with grpc.aio.insecure_channel(vision) as channel:
+            stub = vision_pb2_grpc.VisionServiceStub(channel)
+            image = vision_pb2.Image(raw=vision_pb2.RawImage(pixels=[0.0] * 784))
+            response = await stub.ClassifyImage(vision_pb2.ClassifyImageRequest(images=[image]))
+            assert response.model_version == "1"
         async with grpc.aio.insecure_channel(up.address) as channel:
             stub = tokenizer_pb2_grpc.TokenizerServiceStub(channel)
             response = await stub.Tokenize(tokenizer_pb2.TokenizeRequest(texts=["up and running"]))

@@ -1,0 +1,139 @@
+"""Vision servicers: the v2 model `fashion_cnn` and the typed `maas.vision.v1` API."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import grpc
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from maas.common.v1 import common_pb2
+from maas.vision.v1 import vision_pb2 as pb
+from maas.vision.v1 import vision_pb2_grpc as pb_grpc
+from services.common.batched import BatchedModel
+from services.common.batcher import Arrays, Predict
+from services.common.codec import Tensor
+from services.common.errors import InvalidInput, Overloaded
+from services.common.interceptor import label_model
+from services.common.models import InferRequest
+from services.common.repository import RepositoryError, VersionConfig
+from services.common.settings import VisionSettings
+from services.vision.model import ARCHITECTURE, Classifier
+from services.vision.spec import INPUTS, MODEL_NAME, OUTPUTS, PLATFORM, SIDE
+
+MAX_DECODED_PIXELS = 4096 * 4096
+ENCODINGS = ("PNG", "JPEG")
+
+
+class FashionModel(BatchedModel):
+    """v2 model `fashion_cnn`: IMAGE FP32 [N, 1, 28, 28] in [0, 1] -> PROBABILITIES FP32 [N, 10]."""
+
+    name = MODEL_NAME
+    platform = PLATFORM
+    inputs = INPUTS
+    outputs = OUTPUTS
+    missing_hint = "; run `maas train vision`"
+
+    def __init__(self, repository: Path, settings: VisionSettings) -> None:
+        super().__init__(repository, settings.batching())
+        self.max_images = settings.max_images
+
+    def build(self, directory: Path, config: VersionConfig) -> Predict:
+        """Load the CNN of a version."""
+        if config.architecture.get("name") != ARCHITECTURE:
+            raise RepositoryError(
+                f"{directory}: architecture {config.architecture.get('name')!r} is not {ARCHITECTURE!r}"
+            )
+        classifier = Classifier(directory, config.architecture.get("hyperparameters", {}))
+        return lambda inputs: {"PROBABILITIES": classifier.probabilities(inputs["IMAGE"])}
+
+    def check_values(self, inputs: Arrays, config: VersionConfig) -> None:
+        """Refuse empty or oversized batches, NaN/Inf, and pixels outside the declared range."""
+        images = inputs["IMAGE"]
+        if images.shape[0] > self.max_images:
+            raise Overloaded(f"IMAGE holds {images.shape[0]} images; the limit is {self.max_images} per request")
+        if images.shape[0] == 0:
+            raise InvalidInput("IMAGE holds no images")
+        finite = np.isfinite(images).reshape(len(images), -1).all(axis=1)
+        if not finite.all():
+            raise InvalidInput(f"IMAGE {int(np.argmin(finite))} holds NaN or Inf")
+        low, high = config.inputs[0].range or (0.0, 1.0)
+        if images.min() < low or images.max() > high:
+            raise InvalidInput(
+                f"IMAGE values must lie in [{low:g}, {high:g}] (pixel / 255); got [{images.min():g}, {images.max():g}]"
+            )
+
+
+def decode_image(index: int, image: pb.Image, max_bytes: int) -> np.ndarray:
+    """One typed-API image as float32 [1, 28, 28] in [0, 1].
+
+    Encoded images (PNG or JPEG) are converted to grayscale and resized to 28x28 if needed;
+    Fashion-MNIST images are light garments on a black background.
+
+    Raises:
+        InvalidInput: no image, a raw tensor that is not 28x28, or bytes that are not a readable PNG/JPEG.
+        Overloaded: the encoded image is over the byte limit.
+    """
+    which = image.WhichOneof("source")
+    if which == "raw":
+        raw = image.raw
+        if (raw.height or SIDE, raw.width or SIDE) != (SIDE, SIDE) or len(raw.pixels) != SIDE * SIDE:
+            raise InvalidInput(
+                f"images[{index}]: a raw image must be 28x28 (784 pixels); got {raw.height}x{raw.width} "
+                f"with {len(raw.pixels)} pixels"
+            )
+        return np.asarray(raw.pixels, dtype=np.float32).reshape(1, SIDE, SIDE)
+    if which != "encoded":
+        raise InvalidInput(f"images[{index}] has neither encoded bytes nor a raw image")
+    if len(image.encoded) > max_bytes:
+        raise Overloaded(f"images[{index}] is {len(image.encoded)} bytes; the limit is {max_bytes}")
+    try:
+        with Image.open(io.BytesIO(image.encoded)) as decoded:
+            if decoded.format not in ENCODINGS:
+                raise InvalidInput(f"images[{index}] is {decoded.format}; send PNG or JPEG")
+            if decoded.width * decoded.height > MAX_DECODED_PIXELS:
+                raise InvalidInput(f"images[{index}] is {decoded.width}x{decoded.height}, over 4096x4096")
+            gray = decoded.convert("L")
+            if gray.size != (SIDE, SIDE):
+                gray = gray.resize((SIDE, SIDE), Image.Resampling.LANCZOS)
+            return (np.asarray(gray, dtype=np.float32) / 255.0).reshape(1, SIDE, SIDE)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InvalidInput(f"images[{index}] is not a readable PNG or JPEG ({exc})") from None
+
+
+def top_labels(probabilities: np.ndarray, labels: list[str], top_k: int) -> list[common_pb2.Classification]:
+    """The `top_k` most probable labels of each row, most probable first."""
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
+    return [
+        common_pb2.Classification(
+            labels=[common_pb2.Label(name=labels[i], index=int(i), probability=float(row[i])) for i in best]
+        )
+        for row, best in zip(probabilities, order, strict=True)
+    ]
+
+
+class VisionServicer(pb_grpc.VisionServiceServicer):
+    """`maas.vision.v1.VisionService` over `FashionModel` (same batcher, same statistics)."""
+
+    def __init__(self, model: FashionModel, settings: VisionSettings) -> None:
+        self._model = model
+        self._max_image_bytes = settings.max_image_bytes
+
+    async def ClassifyImage(
+        self, request: pb.ClassifyImageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ClassifyImageResponse:
+        label_model(MODEL_NAME)
+        if len(request.images) > self._model.max_images:
+            raise Overloaded(f"{len(request.images)} images; the limit is {self._model.max_images} per request")
+        if not request.images:
+            raise InvalidInput("no images in the request")
+        version = self._model.resolve(request.model_version)
+        images = np.stack([decode_image(i, image, self._max_image_bytes) for i, image in enumerate(request.images)])
+        result = await self._model.infer(InferRequest({"IMAGE": Tensor("IMAGE", "FP32", images)}, version))
+        labels = self._model.configs[version].labels
+        top_k = min(request.top_k or 1, len(labels))
+        return pb.ClassifyImageResponse(
+            results=top_labels(result.outputs[0].array, labels, top_k), model_version=version
+        )

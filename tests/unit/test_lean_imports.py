@@ -1,0 +1,15 @@
+"""The torch-free images stay torch-free: the CLI and the tokenizer never import torch."""
+
+from __future__ import annotations
+
+import subprocess
+
+from tests.conftest import PYTHON, REPO_ROOT
+
+
+def test_cli_and_tokenizer_import_without_torch():
+    code = (
+        "import sys, services.cli.main, services.tokenizer.hosting, services.common.server; "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    subprocess.run([PYTHON, "-c", code], cwd=REPO_ROOT, check=True, timeout=60)
