@@ -37,7 +37,7 @@ class FashionModel(BatchedModel):
     missing_hint = "; run `maas train vision`"
 
     def __init__(self, repository: Path, settings: VisionSettings) -> None:
-        super().__init__(repository, settings.batching())
+        super().__init__(repository, settings.batching(inline_when_idle=True))
         self.max_images = settings.max_images
 
     def build(self, directory: Path, config: VersionConfig) -> Predict:

@@ -120,3 +120,22 @@ async def test_close_finishes_queued_requests():
     await asyncio.sleep(0)
     await batcher.close()
     assert [(await p)["Y"][0, 0] for p in pending] == [0.0, 2.0, 4.0, 6.0, 8.0]
+
+
+async def test_inline_when_idle_skips_the_worker_thread_only_when_nothing_else_is_waiting():
+    threads: list[str] = []
+
+    def predict(inputs):
+        threads.append(threading.current_thread().name)
+        time.sleep(0.005)
+        return {"Y": inputs["X"] * 2}
+
+    config = BatchingConfig(max_batch_size=8, inline_when_idle=True)
+    batcher = DynamicBatcher("inline", predict, config, VersionStats())
+    alone = await batcher.submit(row(3))
+    assert alone["Y"][0, 0] == 6.0 and threads == [threading.current_thread().name]
+    threads.clear()
+    busy = await asyncio.gather(*(batcher.submit(row(i)) for i in range(6)))
+    assert [r["Y"][0, 0] for r in busy] == [2.0 * i for i in range(6)]
+    assert any(name.startswith("batch-inline") for name in threads), "queued requests ran on the worker thread"
+    await batcher.close()
