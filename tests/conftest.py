@@ -57,15 +57,20 @@ TINY_VISION_IMAGES = 4000
 
 @pytest.fixture(scope="session")
 def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model repository holding what the tests serve: the exported tokenizer and a vision CNN
-    trained for two epochs on 4,000 images (seconds; the default recipe is tested separately)."""
+    """A model repository holding what the tests serve: the exported tokenizer and MiniLM, a vision
+    CNN trained for two epochs on 4,000 images and a sentiment head trained on 200 reviews (seconds;
+    the default recipes are tested separately)."""
     from services.tokenizer.export import export_tokenizer
+    from services.transformer import train as transformer
+    from services.transformer.export import export_minilm
     from services.vision.recipe import Recipe
     from services.vision.train import train
 
     repository = tmp_path_factory.mktemp("model_repository")
     export_tokenizer(repository)
     train(Recipe(epochs=2, train_limit=TINY_VISION_IMAGES), repository, progress=False)
+    export_minilm(repository)
+    transformer.train(transformer.Recipe(train_limit=200, test_limit=50), repository, progress=False)
     return repository
 
 
@@ -91,6 +96,19 @@ async def vision_server(model_repository: Path) -> AsyncIterator[GrpcServer]:
     from services.vision.hosting import build_server
 
     settings = VisionSettings(port=0, metrics_port=0, model_repository=model_repository, max_images=256)
+    server = build_server(settings)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def transformer_server(model_repository: Path) -> AsyncIterator[GrpcServer]:
+    """The transformer service on a free port, with a low sequence limit."""
+    from services.common.settings import TransformerSettings
+    from services.transformer.hosting import build_server
+
+    settings = TransformerSettings(port=0, metrics_port=0, model_repository=model_repository, max_texts=32)
     server = build_server(settings)
     await server.start()
     yield server

@@ -17,5 +17,5 @@ class BenchConfig:
 
     @classmethod
     def quick(cls, repository: Path) -> BenchConfig:
-        """A run of about two seconds of load, so a test keeps the harness from rotting."""
-        return cls(repository, concurrencies=(1, 8), duration=0.25, warmup=0.05)
+        """A short run (half a second per load point), so a test keeps the harness from rotting."""
+        return cls(repository, concurrencies=(1, 8), duration=0.5, warmup=0.1)

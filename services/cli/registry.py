@@ -12,7 +12,7 @@ from typing import Any
 from services.common.echo import EchoModel
 from services.common.models import ModelRegistry
 from services.common.server import GrpcServer, serve
-from services.common.settings import EchoSettings, TokenizerSettings, VisionSettings
+from services.common.settings import EchoSettings, TokenizerSettings, TransformerSettings, VisionSettings
 
 
 def _echo_server(overrides: dict[str, Any]) -> GrpcServer:
@@ -31,13 +31,20 @@ def _vision(overrides: dict[str, Any]) -> GrpcServer:
     return build_server(VisionSettings(**overrides))
 
 
+def _transformer(overrides: dict[str, Any]) -> GrpcServer:
+    from services.transformer.hosting import build_server
+
+    return build_server(TransformerSettings(**overrides))
+
+
 SERVICES: dict[str, Callable[[dict[str, Any]], GrpcServer]] = {
     "echo-server": _echo_server,
     "tokenizer": _tokenizer,
     "vision": _vision,
+    "transformer": _transformer,
 }
 
-UP_GROUPS = [["tokenizer"], ["vision"]]
+UP_GROUPS = [["tokenizer"], ["vision", "transformer"]]
 
 
 async def run_service(name: str, overrides: dict[str, Any]) -> None:

@@ -14,8 +14,8 @@ from services.common.repository import RepositoryModel, VersionConfig
 class BatchedModel(RepositoryModel):
     """A repository model whose versions run behind a `DynamicBatcher`.
 
-    Subclasses build a version's predict function (numpy in, numpy out) and may check input values
-    in `check_values`, which runs before a request joins a batch.
+    Subclasses build a version's predict function (numpy in, numpy out) and may check and normalise
+    input values in `prepare`, which runs before a request joins a batch.
     """
 
     def __init__(self, repository: Path, batching: BatchingConfig) -> None:
@@ -26,12 +26,14 @@ class BatchedModel(RepositoryModel):
     def build(self, directory: Path, config: VersionConfig) -> Predict:
         """Load a checked version and return its predict function (runs on a worker thread)."""
 
-    def check_values(self, inputs: Arrays, config: VersionConfig) -> None:
-        """Refuse unacceptable values before batching (shapes and dtypes are already checked).
+    def prepare(self, inputs: Arrays, config: VersionConfig) -> Arrays:
+        """Check values (shapes and dtypes are already checked) and return the arrays to batch.
 
         Raises:
             InvalidInput: a value is out of range.
+            Overloaded: the request is over a size limit.
         """
+        return inputs
 
     async def load_version(self, version: str) -> DynamicBatcher:
         """Build the version and put a batcher in front of it."""
@@ -46,7 +48,7 @@ class BatchedModel(RepositoryModel):
         """Check values, queue the request, and return this request's rows of every output."""
         batcher: DynamicBatcher = self.loaded(request.version)
         inputs = {name: tensor.array for name, tensor in request.inputs.items()}
-        self.check_values(inputs, self.configs[request.version])
+        inputs = self.prepare(inputs, self.configs[request.version])
         outputs = await batcher.submit(inputs)
         rows = next(iter(inputs.values())).shape[0]
         tensors = [Tensor(spec.name, spec.datatype, outputs[spec.name]) for spec in self.outputs]

@@ -167,6 +167,9 @@ def publish_version(repository: Path, config: VersionConfig, write_files: Callab
     existing = version_dirs(repository, config.name)
     config.version = int(existing[-1]) + 1 if existing else 1
     write_version(staging, config)
+    for path in staging.iterdir():
+        path.chmod(0o644)
+    staging.chmod(0o755)
     target = root / str(config.version)
     staging.rename(target)
     return target

@@ -113,8 +113,11 @@ class TextSettings(ServiceSettings):
     port: int = Field(50054, ge=0, le=65535)
 
 
-class TransformerSettings(ServiceSettings):
+class TransformerSettings(BatchingSettings, ServiceSettings):
     """The transformer (MiniLM) service."""
 
     model_config = SettingsConfigDict(env_prefix="MAAS_TRANSFORMER_")
     port: int = Field(50055, ge=0, le=65535)
+    max_texts: int = Field(256, ge=1, description="Sequences per request; more is RESOURCE_EXHAUSTED.")
+    length_aware: bool = Field(True, description="Pad batches to their longest sequence (else to fixed_length).")
+    fixed_length: int = Field(256, ge=1, le=512, description="Padded length when length_aware is off.")

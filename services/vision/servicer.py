@@ -9,7 +9,6 @@ import grpc
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from maas.common.v1 import common_pb2
 from maas.vision.v1 import vision_pb2 as pb
 from maas.vision.v1 import vision_pb2_grpc as pb_grpc
 from services.common.batched import BatchedModel
@@ -20,6 +19,7 @@ from services.common.interceptor import label_model
 from services.common.models import InferRequest
 from services.common.repository import RepositoryError, VersionConfig
 from services.common.settings import VisionSettings
+from services.common.typed import top_labels
 from services.vision.model import ARCHITECTURE, Classifier
 from services.vision.spec import INPUTS, MODEL_NAME, OUTPUTS, PLATFORM, SIDE
 
@@ -49,7 +49,7 @@ class FashionModel(BatchedModel):
         classifier = Classifier(directory, config.architecture.get("hyperparameters", {}))
         return lambda inputs: {"PROBABILITIES": classifier.probabilities(inputs["IMAGE"])}
 
-    def check_values(self, inputs: Arrays, config: VersionConfig) -> None:
+    def prepare(self, inputs: Arrays, config: VersionConfig) -> Arrays:
         """Refuse empty or oversized batches, NaN/Inf, and pixels outside the declared range."""
         images = inputs["IMAGE"]
         if images.shape[0] > self.max_images:
@@ -64,6 +64,7 @@ class FashionModel(BatchedModel):
             raise InvalidInput(
                 f"IMAGE values must lie in [{low:g}, {high:g}] (pixel / 255); got [{images.min():g}, {images.max():g}]"
             )
+        return inputs
 
 
 def decode_image(index: int, image: pb.Image, max_bytes: int) -> np.ndarray:
@@ -101,17 +102,6 @@ def decode_image(index: int, image: pb.Image, max_bytes: int) -> np.ndarray:
             return (np.asarray(gray, dtype=np.float32) / 255.0).reshape(1, SIDE, SIDE)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InvalidInput(f"images[{index}] is not a readable PNG or JPEG ({exc})") from None
-
-
-def top_labels(probabilities: np.ndarray, labels: list[str], top_k: int) -> list[common_pb2.Classification]:
-    """The `top_k` most probable labels of each row, most probable first."""
-    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
-    return [
-        common_pb2.Classification(
-            labels=[common_pb2.Label(name=labels[i], index=int(i), probability=float(row[i])) for i in best]
-        )
-        for row, best in zip(probabilities, order, strict=True)
-    ]
 
 
 class VisionServicer(pb_grpc.VisionServiceServicer):

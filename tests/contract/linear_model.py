@@ -40,9 +40,10 @@ class LinearModel(BatchedModel):
 
         return predict
 
-    def check_values(self, inputs: Arrays, config: VersionConfig) -> None:
+    def prepare(self, inputs: Arrays, config: VersionConfig) -> Arrays:
         if not np.isfinite(inputs["X"]).all():
             raise InvalidInput("X must be finite")
+        return inputs
 
 
 def make_version(repository: Path, version: int, scale: float, in_features: int = 4, **config_changes) -> Path:

@@ -17,6 +17,15 @@ from tests.conftest import PYTHON, REPO_ROOT
 from tests.integration.processes import maas_process, read_ready
 
 
+async def read_ready_any(process: asyncio.subprocess.Process) -> tuple[str, str]:
+    """The next READY line's service and address."""
+    async for raw in process.stdout:
+        words = raw.decode().split()
+        if words[:1] == ["READY"]:
+            return words[1], " ".join(words[2:])
+    raise AssertionError("maas up exited before the next READY line")
+
+
 def free_ports(repository: Path) -> dict[str, str]:
     return {
         "MAAS_MODEL_REPOSITORY": str(repository),
@@ -24,13 +33,20 @@ def free_ports(repository: Path) -> dict[str, str]:
         "MAAS_TOKENIZER_METRICS_PORT": "0",
         "MAAS_VISION_PORT": "0",
         "MAAS_VISION_METRICS_PORT": "0",
+        "MAAS_TRANSFORMER_PORT": "0",
+        "MAAS_TRANSFORMER_METRICS_PORT": "0",
     }
 
 
 async def test_up_serves_every_service_and_stops_cleanly_on_sigterm(model_repository: Path):
     async with maas_process("up", ready="tokenizer", env=free_ports(model_repository)) as up:
         assert up.address.startswith("127.0.0.1:")
-        vision = await read_ready(up.process, "vision")
+        ready = {}
+        for _ in range(2):
+            line = await read_ready_any(up.process)
+            ready[line[0]] = line[1]
+        assert set(ready) == {"vision", "transformer"}
+        vision = ready["vision"]
         assert await read_ready(up.process, "all") == ""
         async with grpc.aio.insecure_channel(vision) as channel:
             stub = vision_pb2_grpc.VisionServiceStub(channel)

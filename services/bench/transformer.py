@@ -1,0 +1,109 @@
+"""Transformer benchmark: minilm_embed batching on vs off, length-aware vs fixed padding, and in-process."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+import grpc
+import numpy as np
+import torch
+
+from maas.inference import grpc_service_pb2 as v2pb
+from maas.inference import grpc_service_pb2_grpc
+from services.bench.loadgen import closed_loop, in_process
+from services.bench.report import Row, Section
+from services.bench.settings import BenchConfig
+from services.cli.processes import running
+from services.common.codec import Tensor, encode_inputs
+from services.common.repository import read_version, version_dirs
+from services.tokenizer.model import WordPieceTokenizer
+from services.transformer.model import Encoder
+from services.transformer.spec import EMBED_MODEL
+from services.transformer.train import reviews
+
+REVIEWS = 64
+BATCH = 32
+
+
+def _requests(ids: np.ndarray, mask: np.ndarray) -> list[v2pb.ModelInferRequest]:
+    """One request per review, each at its own length (as a tokenizer returns it)."""
+    requests = []
+    for row in range(len(ids)):
+        length = int(mask[row].sum())
+        request = v2pb.ModelInferRequest(model_name=EMBED_MODEL)
+        encode_inputs(
+            request,
+            [
+                Tensor("INPUT_IDS", "INT64", ids[row : row + 1, :length]),
+                Tensor("ATTENTION_MASK", "INT64", mask[row : row + 1, :length]),
+            ],
+        )
+        requests.append(request)
+    return requests
+
+
+async def _served(config: BenchConfig, env: dict[str, str], requests, concurrency: int):
+    env = {"MAAS_TRANSFORMER_METRICS_PORT": "0", "MAAS_MODEL_REPOSITORY": str(config.repository), **env}
+    async with running("transformer", "--port", "0", env=env) as address, grpc.aio.insecure_channel(address) as ch:
+        stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(ch)
+        cycle = itertools.cycle(requests)
+        return await closed_loop(lambda: stub.ModelInfer(next(cycle)), concurrency, config.duration, config.warmup)
+
+
+async def transformer_section(config: BenchConfig) -> Section:
+    """Measure minilm_embed served three ways at the highest concurrency, and in-process."""
+    high = max(config.concurrencies)
+    texts, _ = reviews("testing_data")
+    tokenizer = WordPieceTokenizer(config.repository / "tokenizer" / version_dirs(config.repository, "tokenizer")[-1])
+    ids, mask, _ = tokenizer.encode_arrays(texts[:REVIEWS])
+    lengths = mask.sum(1)
+    section = Section(
+        title="Transformer (minilm_embed)",
+        note=(
+            f"One request = one real fine-food review, tokenized at its own length ({REVIEWS} reviews in turn: "
+            f"median {int(np.median(lengths))} tokens, max {int(lengths.max())}). The service runs as its own "
+            f"process with 1 torch thread. Batching on = up to {BATCH} sequences per execution; length-aware pads "
+            "each batch to its longest sequence, fixed pads every sequence to 256; off = MAX_BATCH_SIZE 1. "
+            f"The in-process row embeds the same reviews in batches of {BATCH}, padded to each batch's longest, "
+            "on one thread (req/s there counts sequences)."
+        ),
+    )
+    requests = _requests(ids, mask)
+    points = [
+        ("batching on, length-aware", {}),
+        ("batching on, fixed padding (256)", {"MAAS_TRANSFORMER_LENGTH_AWARE": "false"}),
+        ("batching off", {"MAAS_TRANSFORMER_MAX_BATCH_SIZE": "1"}),
+    ]
+    for label, env in points:
+        section.rows.append(Row(label, await _served(config, env, requests, high)))
+    version = version_dirs(config.repository, EMBED_MODEL)[-1]
+    directory = config.repository / EMBED_MODEL / version
+    encoder = Encoder(directory, read_version(directory, EMBED_MODEL).architecture["bert"])
+    batches = itertools.cycle(range(0, REVIEWS, BATCH))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+
+    def embed_batch() -> None:
+        start = next(batches)
+        width = int(lengths[start : start + BATCH].max())
+        encoder.embed(ids[start : start + BATCH, :width], mask[start : start + BATCH, :width])
+
+    try:
+        result = in_process(embed_batch, config.duration, config.warmup)
+    finally:
+        torch.set_num_threads(threads)
+    sequences = Row(f"in-process embed, batch {BATCH}", replace(result, completed=result.completed * BATCH))
+    section.rows.append(sequences)
+    on = section.row("batching on, length-aware", high).throughput
+    fixed = section.row("batching on, fixed padding (256)", high).throughput
+    off = section.row("batching off", high).throughput
+    local = sequences.result.throughput
+    section.findings = [
+        f"At concurrency {high}, batching serves {on / off:.1f}x the requests of no batching "
+        f"({on:,.1f} vs {off:,.1f} req/s; target: at least 3x).",
+        f"Length-aware padding serves {on / fixed:.1f}x fixed padding to 256 on real review lengths.",
+        f"Served reaches {on / local:.0%} of in-process throughput at batch {BATCH} ({local:,.1f} sequences/s; "
+        "target: at least 70%).",
+    ]
+    return section

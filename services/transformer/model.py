@@ -1,0 +1,84 @@
+"""all-MiniLM-L6-v2 sentence embeddings and the sentiment head over them. No gRPC, no Ray.
+
+The encoder is transformers' `BertModel` built from the BERT config kept in the version's
+config.json (data, not code) with weights from safetensors; sentence embeddings are the
+attention-masked mean of the last hidden states, L2-normalised, as sentence-transformers computes them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import BertConfig, BertModel
+
+from services.common.torch_weights import load_weights
+from services.transformer.spec import EMBEDDING_SIZE
+
+ENCODER_ARCHITECTURE = "bert_mean_pooling"
+HEAD_ARCHITECTURE = "linear_head"
+WEIGHTS_FILE = "model.safetensors"
+HEAD_FILE = "head.safetensors"
+
+
+def build_encoder(bert_config: dict) -> BertModel:
+    """An untrained encoder of the given BERT shape (no pooler: sentence embeddings use mean pooling)."""
+    return BertModel(BertConfig(**bert_config), add_pooling_layer=False).eval()
+
+
+class Encoder:
+    """A loaded encoder version: token ids in, sentence embeddings out."""
+
+    def __init__(self, directory: Path, bert_config: dict) -> None:
+        """Load the version's weights.
+
+        Raises:
+            RepositoryError: the weights do not fit the BERT config.
+        """
+        self.vocab_size = int(bert_config["vocab_size"])
+        self.bert = load_weights(build_encoder(bert_config), directory / WEIGHTS_FILE)
+
+    @torch.inference_mode()
+    def embed_tensor(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> torch.Tensor:
+        """Mean-pooled, L2-normalised embeddings [N, 384] for INT64 ids and mask [N, L]."""
+        ids, mask = torch.from_numpy(input_ids), torch.from_numpy(attention_mask)
+        hidden = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+        return nn.functional.normalize(pooled, p=2, dim=1)
+
+    def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """`embed_tensor` as float32 numpy."""
+        return self.embed_tensor(input_ids, attention_mask).numpy()
+
+
+class SentimentHead(nn.Module):
+    """A linear classifier over sentence embeddings."""
+
+    def __init__(self, classes: int = 2) -> None:
+        super().__init__()
+        self.linear = nn.Linear(EMBEDDING_SIZE, classes)
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch of embeddings."""
+        return self.linear(embeddings)
+
+
+class Sentiment:
+    """A loaded sentiment version: an encoder and the head trained over its embeddings."""
+
+    def __init__(self, encoder: Encoder, directory: Path, classes: int) -> None:
+        """Load the head's weights.
+
+        Raises:
+            RepositoryError: the weights do not fit the head.
+        """
+        self.encoder = encoder
+        self.head = load_weights(SentimentHead(classes), directory / HEAD_FILE)
+
+    @torch.inference_mode()
+    def probabilities(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Class probabilities [N, classes]."""
+        return torch.softmax(self.head(self.encoder.embed_tensor(input_ids, attention_mask)), dim=1).numpy()

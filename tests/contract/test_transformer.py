@@ -1,0 +1,181 @@
+"""The transformer service over gRPC: parity with sentence-transformers, typed API, v2, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import numpy as np
+import pytest
+
+from maas.common.v1 import common_pb2
+from maas.inference import grpc_service_pb2 as v2pb
+from maas.inference import grpc_service_pb2_grpc
+from maas.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
+from maas.transformer.v1 import transformer_pb2 as pb
+from maas.transformer.v1 import transformer_pb2_grpc
+from services.common.server import GrpcServer
+from services.tokenizer.export import source_directory
+from tests.contract.test_v2_echo import assert_status
+
+TEXTS = [
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "The new movie is awesome!",
+    "Caf\u00e9 cr\u00e8me br\u00fbl\u00e9e \u2014 \u6f22\u5b57 \U0001f600",
+    "This product arrived broken and the seller never answered my emails. " * 12,
+    "ok",
+]
+
+
+@pytest.fixture(scope="module")
+def reference() -> np.ndarray:
+    """sentence-transformers' own encode of TEXTS, from the package's files."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(source_directory()), device="cpu").encode(TEXTS, normalize_embeddings=True)
+
+
+@pytest.fixture
+async def stubs(tokenizer_server: GrpcServer, transformer_server: GrpcServer):
+    async with (
+        grpc.aio.insecure_channel(f"127.0.0.1:{tokenizer_server.port}") as tokenizer,
+        grpc.aio.insecure_channel(f"127.0.0.1:{transformer_server.port}") as transformer,
+    ):
+        yield (
+            tokenizer_pb2_grpc.TokenizerServiceStub(tokenizer),
+            transformer_pb2_grpc.TransformerServiceStub(transformer),
+            grpc_service_pb2_grpc.GRPCInferenceServiceStub(transformer),
+        )
+
+
+async def token_arrays(tokenizer, texts) -> tuple[np.ndarray, np.ndarray]:
+    response = await tokenizer.Tokenize(tokenizer_pb2.TokenizeRequest(texts=texts))
+    ids = np.array([e.input_ids for e in response.encodings], dtype=np.int64)
+    return ids, np.array([e.attention_mask for e in response.encodings], dtype=np.int64)
+
+
+def sequence_request(model: str, ids: np.ndarray, mask: np.ndarray, datatype: str = "INT64") -> v2pb.ModelInferRequest:
+    request = v2pb.ModelInferRequest(model_name=model)
+    for name, array in (("INPUT_IDS", ids), ("ATTENTION_MASK", mask)):
+        request.inputs.add(name=name, datatype=datatype, shape=array.shape)
+        request.raw_input_contents.append(array.astype("<i8" if datatype == "INT64" else "<i4").tobytes())
+    return request
+
+
+def output(response) -> np.ndarray:
+    return np.frombuffer(response.raw_output_contents[0], "<f4").reshape(list(response.outputs[0].shape))
+
+
+async def test_served_embeddings_match_sentence_transformers(stubs, reference):
+    tokenizer, _, v2 = stubs
+    ids, mask = await token_arrays(tokenizer, TEXTS)
+    served = output(await v2.ModelInfer(sequence_request("minilm_embed", ids, mask)))
+    assert served.shape == (len(TEXTS), 384)
+    cosines = (served * reference).sum(axis=1) / np.linalg.norm(served, axis=1) / np.linalg.norm(reference, axis=1)
+    assert cosines.min() >= 0.9999, cosines
+    assert float(served[0] @ served[1]) == pytest.approx(0.755, abs=0.005)
+
+
+async def test_typed_embed_and_classify(stubs):
+    tokenizer, typed, _ = stubs
+    encodings = (await tokenizer.Tokenize(tokenizer_pb2.TokenizeRequest(texts=TEXTS[:3]))).encodings
+    items = [common_pb2.TokenizedText(input_ids=e.input_ids) for e in encodings]
+    embedded = await typed.Embed(pb.EmbedRequest(items=items))
+    assert embedded.model_version == "1" and len(embedded.embeddings) == 3
+    assert np.linalg.norm(embedded.embeddings[0].values) == pytest.approx(1.0, abs=1e-5)
+    classified = await typed.ClassifyText(pb.ClassifyTextRequest(items=items))
+    assert classified.model_version == "1"
+    for result in classified.results:
+        assert sorted(label.name for label in result.labels) == ["great", "other"]
+        assert sum(label.probability for label in result.labels) == pytest.approx(1.0, abs=1e-5)
+    top = await typed.ClassifyText(pb.ClassifyTextRequest(items=items, top_k=1))
+    assert [len(r.labels) for r in top.results] == [1, 1, 1]
+
+
+async def test_padding_and_batching_do_not_change_embeddings(stubs):
+    tokenizer, _, v2 = stubs
+    ids, mask = await token_arrays(tokenizer, TEXTS)
+    alone = [
+        output(await v2.ModelInfer(sequence_request("minilm_embed", ids[i : i + 1], mask[i : i + 1])))
+        for i in range(len(TEXTS))
+    ]
+    together = await asyncio.gather(
+        *(v2.ModelInfer(sequence_request("minilm_embed", ids[i : i + 1], mask[i : i + 1])) for i in range(len(TEXTS)))
+    )
+    for single, batched in zip(alone, together, strict=True):
+        np.testing.assert_allclose(output(batched), single, atol=2e-5)
+    wide_ids = np.pad(ids[:1], [(0, 0), (0, 100)])
+    wide_mask = np.pad(mask[:1], [(0, 0), (0, 100)])
+    np.testing.assert_allclose(
+        output(await v2.ModelInfer(sequence_request("minilm_embed", wide_ids, wide_mask))), alone[0], atol=2e-5
+    )
+
+
+async def test_sentiment_probabilities(stubs):
+    tokenizer, _, v2 = stubs
+    ids, mask = await token_arrays(tokenizer, TEXTS)
+    probs = output(await v2.ModelInfer(sequence_request("minilm_sentiment", ids, mask)))
+    assert probs.shape == (len(TEXTS), 2)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def _ids(rows: int, length: int, value: int = 2023) -> np.ndarray:
+    ids = np.full((rows, length), value, dtype=np.int64)
+    ids[:, 0], ids[:, -1] = 101, 102
+    return ids
+
+
+BAD = {
+    "id at the vocabulary size": (
+        lambda: (_ids(2, 5, 30522), np.ones((2, 5), np.int64)),
+        "INVALID_ARGUMENT",
+        ["[0, 30522)", "30522"],
+    ),
+    "negative id": (lambda: (_ids(1, 5, -3), np.ones((1, 5), np.int64)), "INVALID_ARGUMENT", ["[0, 30522)", "-3"]),
+    "ids and mask differ in shape": (
+        lambda: (_ids(2, 5), np.ones((2, 4), np.int64)),
+        "INVALID_ARGUMENT",
+        ["INPUT_IDS is [2, 5] but ATTENTION_MASK is [2, 4]"],
+    ),
+    "empty batch": (lambda: (_ids(0, 5), np.ones((0, 5), np.int64)), "INVALID_ARGUMENT", ["empty batch"]),
+    "longer than 512": (
+        lambda: (_ids(1, 513), np.ones((1, 513), np.int64)),
+        "INVALID_ARGUMENT",
+        ["513 tokens", "at most 512"],
+    ),
+    "mask not 0/1": (lambda: (_ids(1, 5), np.full((1, 5), 2, np.int64)), "INVALID_ARGUMENT", ["only 0 and 1"]),
+    "a row without tokens": (
+        lambda: (_ids(2, 5), np.array([[1] * 5, [0] * 5])),
+        "INVALID_ARGUMENT",
+        ["row 1 has no tokens"],
+    ),
+    "too many sequences": (
+        lambda: (_ids(33, 5), np.ones((33, 5), np.int64)),
+        "RESOURCE_EXHAUSTED",
+        ["33 sequences", "limit is 32"],
+    ),
+}
+
+
+@pytest.mark.parametrize("model", ["minilm_embed", "minilm_sentiment"])
+@pytest.mark.parametrize("case", list(BAD))
+async def test_bad_input_gets_documented_status_and_server_keeps_serving(stubs, model, case):
+    _, _, v2 = stubs
+    build, code, fragments = BAD[case]
+    ids, mask = build()
+    await assert_status(v2.ModelInfer(sequence_request(model, ids, mask)), grpc.StatusCode[code], *fragments)
+    assert output(await v2.ModelInfer(sequence_request(model, _ids(1, 4), np.ones((1, 4), np.int64)))).shape[0] == 1
+
+
+async def test_wrong_dtype_and_typed_mistakes(stubs):
+    _, typed, v2 = stubs
+    request = sequence_request("minilm_embed", _ids(1, 4), np.ones((1, 4), np.int64), datatype="INT32")
+    await assert_status(v2.ModelInfer(request), grpc.StatusCode.INVALID_ARGUMENT, "must be INT64, got INT32")
+    await assert_status(typed.Embed(pb.EmbedRequest()), grpc.StatusCode.INVALID_ARGUMENT, "no items")
+    bad_mask = common_pb2.TokenizedText(input_ids=[101, 2023, 102], attention_mask=[1, 1])
+    await assert_status(
+        typed.Embed(pb.EmbedRequest(items=[bad_mask])), grpc.StatusCode.INVALID_ARGUMENT, "2 mask entries for 3 ids"
+    )
+    pinned = pb.ClassifyTextRequest(items=[common_pb2.TokenizedText(input_ids=[101, 102])], model_version="4")
+    await assert_status(typed.ClassifyText(pinned), grpc.StatusCode.NOT_FOUND, "no version '4'")
