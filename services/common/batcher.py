@@ -38,6 +38,9 @@ class BatchingConfig:
         length_aware: pad sequences to the longest in the batch and group similar lengths; if False,
             pad every sequence to `fixed_length` (or the longest, if longer).
         fixed_length: the padded length when not length-aware.
+        max_batch_tokens: in length-aware mode, most rows x padded length per batch (0: no limit), so
+            long sequences run in small batches and short ones in large batches. A request over the
+            budget on its own still runs, alone.
         inline_when_idle: run a request on the event loop's thread, skipping the worker-thread round
             trip (about 0.2 ms), when it is the only one queued and nothing runs: low latency when
             idle, batching under load. Only for models that take well under a millisecond, since
@@ -50,6 +53,7 @@ class BatchingConfig:
     pad: Mapping[str, int] = field(default_factory=dict)
     length_aware: bool = True
     fixed_length: int = 0
+    max_batch_tokens: int = 0
     inline_when_idle: bool = False
 
 
@@ -175,12 +179,14 @@ class DynamicBatcher:
         anchor, others = live[0], [r for r in live[1:] if r.shapes == live[0].shapes]
         if self._config.pad and self._config.length_aware:
             others.sort(key=lambda r: abs(r.length - anchor.length))
-        batch, rows = [anchor], anchor.rows
+        budget = self._config.max_batch_tokens if self._config.pad and self._config.length_aware else 0
+        batch, rows, width = [anchor], anchor.rows, anchor.length
         for request in others:
-            if rows + request.rows > self._config.max_batch_size:
+            wider = max(width, request.length)
+            if rows + request.rows > self._config.max_batch_size or (budget and (rows + request.rows) * wider > budget):
                 continue
             batch.append(request)
-            rows += request.rows
+            rows, width = rows + request.rows, wider
         chosen = set(map(id, batch))
         self._pending = deque(r for r in live if id(r) not in chosen)
         return batch

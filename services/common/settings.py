@@ -121,3 +121,6 @@ class TransformerSettings(BatchingSettings, ServiceSettings):
     max_texts: int = Field(256, ge=1, description="Sequences per request; more is RESOURCE_EXHAUSTED.")
     length_aware: bool = Field(True, description="Pad batches to their longest sequence (else to fixed_length).")
     fixed_length: int = Field(256, ge=1, le=512, description="Padded length when length_aware is off.")
+    max_batch_tokens: int = Field(
+        2048, ge=0, description="Length-aware: most rows x padded length per batch (0: only MAX_BATCH_SIZE)."
+    )

@@ -57,7 +57,12 @@ class _SequenceModel(BatchedModel):
     inputs = SEQUENCE_INPUTS
 
     def __init__(self, repository: Path, settings: TransformerSettings, encoders: EncoderCache) -> None:
-        batching = settings.batching(pad=PAD, length_aware=settings.length_aware, fixed_length=settings.fixed_length)
+        batching = settings.batching(
+            pad=PAD,
+            length_aware=settings.length_aware,
+            fixed_length=settings.fixed_length,
+            max_batch_tokens=settings.max_batch_tokens,
+        )
         super().__init__(repository, batching)
         self.max_rows = settings.max_texts
         self._encoders = encoders

@@ -139,3 +139,15 @@ async def test_inline_when_idle_skips_the_worker_thread_only_when_nothing_else_i
     assert [r["Y"][0, 0] for r in busy] == [2.0 * i for i in range(6)]
     assert any(name.startswith("batch-inline") for name in threads), "queued requests ran on the worker thread"
     await batcher.close()
+
+
+async def test_token_budget_keeps_long_sequences_in_small_batches():
+    predict = Recorder()
+    config = BatchingConfig(max_batch_size=8, max_queue_delay_ms=30, pad={"X": 0}, max_batch_tokens=64)
+    batcher = DynamicBatcher("t", predict, config, VersionStats())
+    widths = [4] * 8 + [30] * 4
+    await asyncio.gather(*(batcher.submit(row(1, w)) for w in widths))
+    shapes = sorted(b.shape for b in predict.batches)
+    assert all(rows * width <= 64 for rows, width in shapes), shapes
+    assert (8, 4) in shapes and sum(rows for rows, _ in shapes) == 12
+    await batcher.close()
