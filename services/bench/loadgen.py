@@ -99,3 +99,39 @@ def in_process(fn: Callable[[], object], duration: float, warmup: float, max_cal
     phase(warmup)
     latencies, elapsed = phase(duration)
     return summarize(1, latencies, 0, elapsed)
+
+
+async def interleaved(
+    calls: dict[str, Callable[[], Awaitable[object]]], duration: float, warmup: float, max_rounds: int = 1_000_000
+) -> dict[str, LoadResult]:
+    """One caller alternating between `calls` (concurrency 1), so every call sees the same machine.
+
+    On a shared, noisy machine, measuring one call for seconds and then the other lets drift between
+    the two periods pass for a difference between them; alternating call by call does not.
+
+    Returns:
+        Label -> its calls' throughput (as if each had the whole time) and latency percentiles.
+    """
+
+    async def phase(seconds: float) -> tuple[dict[str, list[float]], dict[str, int], float]:
+        latencies: dict[str, list[float]] = {label: [] for label in calls}
+        failed = dict.fromkeys(calls, 0)
+        started = time.perf_counter()
+        deadline = started + seconds
+        rounds = 0
+        while time.perf_counter() < deadline and rounds < max_rounds:
+            rounds += 1
+            for label, call in calls.items():
+                t0 = time.perf_counter()
+                try:
+                    await call()
+                except Exception:
+                    failed[label] += 1
+                    continue
+                latencies[label].append(time.perf_counter() - t0)
+        return latencies, failed, time.perf_counter() - started
+
+    if warmup > 0:
+        await phase(warmup)
+    latencies, failed, elapsed = await phase(duration)
+    return {label: summarize(1, latencies[label], failed[label], sum(latencies[label]) or elapsed) for label in calls}

@@ -8,7 +8,7 @@ import torch
 
 from maas.inference import grpc_service_pb2 as v2pb
 from maas.inference import grpc_service_pb2_grpc
-from services.bench.loadgen import closed_loop, in_process
+from services.bench.loadgen import closed_loop, in_process, interleaved
 from services.bench.report import Row, Section
 from services.bench.settings import BenchConfig
 from services.cli.processes import running
@@ -27,20 +27,24 @@ def _request(model: str, image: np.ndarray) -> v2pb.ModelInferRequest:
     return request
 
 
-async def _served(config: BenchConfig, max_batch_size: int, points: list[tuple[str, str, int]], image) -> list[Row]:
+async def _served(config: BenchConfig, max_batch_size: int, concurrencies: list[int], image) -> list[Row]:
+    """Rows for one server: echo and fashion_cnn alternated at concurrency 1, then each concurrency."""
     env = {
         "MAAS_VISION_METRICS_PORT": "0",
         "MAAS_MODEL_REPOSITORY": str(config.repository),
         "MAAS_VISION_MAX_BATCH_SIZE": str(max_batch_size),
     }
+    label = f"fashion_cnn, batching {'on' if max_batch_size > 1 else 'off'}"
     rows = []
     async with running("vision", "--port", "0", env=env) as address, grpc.aio.insecure_channel(address) as channel:
         stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        for label, model, concurrency in points:
-            request = _request(model, image)
-            result = await closed_loop(
-                lambda r=request: stub.ModelInfer(r), concurrency, config.duration, config.warmup
-            )
+        echo, model = _request("echo", image), _request(MODEL_NAME, image)
+        if 1 in concurrencies:
+            pair = {"echo (v2)": lambda: stub.ModelInfer(echo), label: lambda: stub.ModelInfer(model)}
+            results = await interleaved(pair, config.duration, config.warmup)
+            rows += [Row(name, result) for name, result in results.items()]
+        for concurrency in (c for c in concurrencies if c > 1):
+            result = await closed_loop(lambda: stub.ModelInfer(model), concurrency, config.duration, config.warmup)
             rows.append(Row(label, result))
     return rows
 
@@ -50,7 +54,8 @@ async def vision_section(config: BenchConfig) -> Section:
     section = Section(
         title="Vision (fashion_cnn)",
         note=(
-            "One request = one Fashion-MNIST test image (IMAGE FP32 [1,1,28,28]); `echo` gets the same request. "
+            "One request = one Fashion-MNIST test image (IMAGE FP32 [1,1,28,28]); `echo` gets the same request, "
+            "alternating call by call with fashion_cnn at concurrency 1 so both see the same machine. "
             f"The service runs as its own process with 1 torch thread; batching on = up to {BATCHED} rows per "
             "execution, dispatched as soon as the model is free (no queue delay); off = MAX_BATCH_SIZE 1. "
             f"In-process rows run the same network on one thread at batch 1 and {BATCHED} (req/s there counts calls)."
@@ -59,10 +64,8 @@ async def vision_section(config: BenchConfig) -> Section:
     images, _ = load_split("test")
     image = images[:1]
     high = max(config.concurrencies)
-    on = [("echo (v2)", "echo", 1), ("fashion_cnn, batching on", MODEL_NAME, 1)]
-    on += [("fashion_cnn, batching on", MODEL_NAME, c) for c in config.concurrencies if c > 1]
-    section.rows += await _served(config, BATCHED, on, image)
-    section.rows += await _served(config, 1, [("fashion_cnn, batching off", MODEL_NAME, high)], image)
+    section.rows += await _served(config, BATCHED, list(config.concurrencies), image)
+    section.rows += await _served(config, 1, [high], image)
     version = version_dirs(config.repository, MODEL_NAME)[-1]
     directory = config.repository / MODEL_NAME / version
     classifier = Classifier(directory, read_version(directory, MODEL_NAME).architecture["hyperparameters"])

@@ -123,6 +123,8 @@ class DynamicBatcher:
     async def _alone(self, request: _Request) -> bool:
         """Yield once so that requests already received can queue too; then claim `request` for
         inline execution if it is still the only one and nothing runs."""
+        if self._busy or len(self._pending) > 1:
+            return False
         try:
             await asyncio.sleep(0)
         except asyncio.CancelledError:
