@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
@@ -21,6 +22,16 @@ PYTHON = sys.executable
 TEST_MESSAGE_LIMIT = 1 << 20
 
 
+@asynccontextmanager
+async def started(server: GrpcServer) -> AsyncIterator[GrpcServer]:
+    """Start `server` for the duration of the block, then drain and stop it."""
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
 def free_port() -> int:
     """Return a loopback TCP port that was free a moment ago."""
     with socket.socket() as sock:
@@ -32,10 +43,8 @@ def free_port() -> int:
 async def echo_server() -> AsyncIterator[GrpcServer]:
     """The runtime with only `echo`, on a free port, with the production interceptor."""
     settings = EchoSettings(port=0, metrics_port=0, max_message_bytes=TEST_MESSAGE_LIMIT, drain_grace_seconds=2)
-    server = GrpcServer("echo-server", settings, ModelRegistry([EchoModel()]))
-    await server.start()
-    yield server
-    await server.stop()
+    async with started(GrpcServer("echo-server", settings, ModelRegistry([EchoModel()]))) as server:
+        yield server
 
 
 @pytest.fixture
@@ -83,10 +92,8 @@ async def tokenizer_server(model_repository: Path) -> AsyncIterator[GrpcServer]:
     settings = TokenizerSettings(
         port=0, metrics_port=0, model_repository=model_repository, max_texts=64, max_text_bytes=4096
     )
-    server = build_server(settings)
-    await server.start()
-    yield server
-    await server.stop()
+    async with started(build_server(settings)) as server:
+        yield server
 
 
 @pytest.fixture
@@ -96,10 +103,8 @@ async def vision_server(model_repository: Path) -> AsyncIterator[GrpcServer]:
     from services.vision.hosting import build_server
 
     settings = VisionSettings(port=0, metrics_port=0, model_repository=model_repository, max_images=256)
-    server = build_server(settings)
-    await server.start()
-    yield server
-    await server.stop()
+    async with started(build_server(settings)) as server:
+        yield server
 
 
 @pytest.fixture
@@ -109,7 +114,5 @@ async def transformer_server(model_repository: Path) -> AsyncIterator[GrpcServer
     from services.transformer.hosting import build_server
 
     settings = TransformerSettings(port=0, metrics_port=0, model_repository=model_repository, max_texts=32)
-    server = build_server(settings)
-    await server.start()
-    yield server
-    await server.stop()
+    async with started(build_server(settings)) as server:
+        yield server
