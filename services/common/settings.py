@@ -22,7 +22,7 @@ METRICS_PORT_OFFSET = 1000
 class ServiceSettings(BaseSettings):
     """Settings every gRPC service shares. Subclasses set the env prefix and the default port."""
 
-    model_config = SettingsConfigDict(extra="ignore", frozen=True, protected_namespaces=())
+    model_config = SettingsConfigDict(env_prefix="MAAS_", extra="ignore", frozen=True, protected_namespaces=())
 
     host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 in containers.")
     port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
