@@ -8,6 +8,7 @@ the request id, and the traceback goes to the log, never to the caller.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
 import time
@@ -40,6 +41,9 @@ class CallInfo:
     model: str = ""
     started: float = field(default_factory=time.perf_counter)
 
+
+_REQUEST_ID_PREFIX = uuid.uuid4().hex[:16]
+_request_counter = itertools.count(1)
 
 _call_var: ContextVar[CallInfo | None] = ContextVar("maas_call", default=None)
 
@@ -104,10 +108,12 @@ async def _parsed_stream(method: str, messages: AsyncIterator[Any]) -> AsyncIter
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
+    # The caller's id if it sent a sane one; otherwise a per-process random prefix and a counter,
+    # unique across processes without a system call per request.
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_KEY and isinstance(value, str) and _REQUEST_ID_PATTERN.fullmatch(value):
             return value
-    return uuid.uuid4().hex
+    return f"{_REQUEST_ID_PREFIX}{next(_request_counter):016x}"
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
@@ -195,7 +201,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         request_id_var.set(call.request_id)
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
         self._lifecycle.enter()
-        metrics.IN_FLIGHT.labels(method).inc()
+        metrics.in_flight(method).inc()
         return call
 
     def _gate(self) -> None:
@@ -203,9 +209,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             raise Unavailable("server is shutting down; retry on another replica")
 
     def _record(self, call: CallInfo, code: grpc.StatusCode) -> None:
-        metrics.IN_FLIGHT.labels(call.method).dec()
-        metrics.REQUESTS.labels(call.method, call.model, code.name).inc()
-        metrics.REQUEST_SECONDS.labels(call.method, call.model).observe(time.perf_counter() - call.started)
+        metrics.in_flight(call.method).dec()
+        metrics.requests(call.method, call.model, code.name).inc()
+        metrics.request_seconds(call.method, call.model).observe(time.perf_counter() - call.started)
 
     async def _fail(self, call: CallInfo, exc: BaseException, context: grpc.aio.ServicerContext) -> None:
         """Record the call's outcome and turn `exc` into a status; returns only to let `exc` propagate."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from functools import lru_cache
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -22,6 +23,12 @@ REQUEST_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 IN_FLIGHT = Gauge("maas_grpc_requests_in_flight", "gRPC calls being served, by method.", ["method"])
+
+# Label lookups cost microseconds per call; the label sets are small (methods x served models x codes),
+# so each series is looked up once.
+requests = lru_cache(maxsize=4096)(REQUESTS.labels)
+request_seconds = lru_cache(maxsize=4096)(REQUEST_SECONDS.labels)
+in_flight = lru_cache(maxsize=1024)(IN_FLIGHT.labels)
 
 
 SHUTDOWN_POLL_SECONDS = 0.05

@@ -56,15 +56,16 @@ class FashionModel(BatchedModel):
             raise Overloaded(f"IMAGE holds {images.shape[0]} images; the limit is {self.max_images} per request")
         if images.shape[0] == 0:
             raise InvalidInput("IMAGE holds no images")
+        low, high = config.inputs[0].range or (0.0, 1.0)
+        smallest, largest = images.min(), images.max()
+        if smallest >= low and largest <= high:
+            return inputs
         finite = np.isfinite(images).reshape(len(images), -1).all(axis=1)
         if not finite.all():
             raise InvalidInput(f"IMAGE {int(np.argmin(finite))} holds NaN or Inf")
-        low, high = config.inputs[0].range or (0.0, 1.0)
-        if images.min() < low or images.max() > high:
-            raise InvalidInput(
-                f"IMAGE values must lie in [{low:g}, {high:g}] (pixel / 255); got [{images.min():g}, {images.max():g}]"
-            )
-        return inputs
+        raise InvalidInput(
+            f"IMAGE values must lie in [{low:g}, {high:g}] (pixel / 255); got [{smallest:g}, {largest:g}]"
+        )
 
 
 def decode_image(index: int, image: pb.Image, max_bytes: int) -> np.ndarray:
