@@ -40,9 +40,10 @@ class BatchedModel(RepositoryModel):
         predict = await super().load_version(version)
         return DynamicBatcher(self.name, predict, self.batching, self.version_stats(version))
 
-    async def release_version(self, loaded: DynamicBatcher) -> None:
+    async def release_version(self, version: str, loaded: DynamicBatcher) -> None:
         """Let the version's queued requests finish, then stop its batcher."""
         await loaded.close()
+        await super().release_version(version, loaded)
 
     async def infer(self, request: InferRequest) -> InferResult:
         """Check values, queue the request, and return this request's rows of every output."""

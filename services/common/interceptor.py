@@ -121,16 +121,24 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, lifecycle: Lifecycle) -> None:
         self._lifecycle = lifecycle
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
         method = handler_call_details.method
+        if method in self._wrapped:
+            return self._wrapped[method]
+        handler = await continuation(handler_call_details)
         if handler is None or method.startswith(UNGATED_PREFIXES):
             return handler
+        self._wrapped[method] = self._wrap(handler, method)
+        return self._wrapped[method]
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """The handler with every call going through this interceptor (built once per method)."""
         short = method.rsplit("/", 1)[-1]
         deserializer = _tolerant(handler.request_deserializer)
         if handler.unary_unary:

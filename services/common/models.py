@@ -268,9 +268,9 @@ class VersionedModel(ServedModel):
             for v in versions:
                 released = self._loaded.pop(v, None)
                 if released is not None:
-                    await self.release_version(released)
+                    await self.release_version(v, released)
 
-    async def release_version(self, loaded: Any) -> None:
+    async def release_version(self, version: str, loaded: Any) -> None:
         """Free what `load_version` returned once its version is unloaded; nothing by default."""
 
 

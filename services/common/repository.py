@@ -257,6 +257,10 @@ class RepositoryModel(VersionedModel):
         self.configs[version] = config
         return built
 
+    async def release_version(self, version: str, loaded: Any) -> None:
+        """Forget the unloaded version's config."""
+        self.configs.pop(version, None)
+
     @abstractmethod
     def build(self, directory: Path, config: VersionConfig) -> Any:
         """Load a checked version directory (runs on a worker thread).

@@ -112,8 +112,7 @@ class WordPieceTokenizer:
         else:
             encoded = self._encode_pairs(texts, pairs, max_length, truncation)
         longest = max((len(e.input_ids) for e in encoded), default=0)
-        if longest > max_length:
-            raise ValueError(f"an input has {longest} tokens, over max_length {max_length}, and truncation is off")
+        _check_fits(longest, max_length)
         width = {Padding.LONGEST: longest, Padding.MAX_LENGTH: max_length, Padding.NONE: 0}[padding]
         return [self._padded(e, width) for e in encoded]
 
@@ -136,8 +135,7 @@ class WordPieceTokenizer:
         _check_max_length(max_length)
         raw = self._cached(max_length if truncation else None, padded=True).encode_batch(list(texts))
         shape = (len(raw), len(raw[0].ids) if raw else 0)
-        if shape[1] > max_length:
-            raise ValueError(f"an input has {shape[1]} tokens, over max_length {max_length}, and truncation is off")
+        _check_fits(shape[1], max_length)
         ids = np.array([e.ids for e in raw], dtype=np.int64).reshape(shape)
         mask = np.array([e.attention_mask for e in raw], dtype=np.int64).reshape(shape)
         return ids, mask, np.zeros(shape, dtype=np.int64)
@@ -196,6 +194,11 @@ class WordPieceTokenizer:
 def _check_max_length(max_length: int) -> None:
     if not 2 <= max_length <= MAX_LENGTH_LIMIT:
         raise ValueError(f"max_length must be in [2, {MAX_LENGTH_LIMIT}], got {max_length}")
+
+
+def _check_fits(longest: int, max_length: int) -> None:
+    if longest > max_length:
+        raise ValueError(f"an input has {longest} tokens, over max_length {max_length}, and truncation is off")
 
 
 def truncate_pair(first: int, second: int, budget: int) -> tuple[int, int]:

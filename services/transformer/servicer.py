@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -75,6 +76,11 @@ class _SequenceModel(BatchedModel):
         encoder = self._encoders.get(directory, config.architecture["bert"])
         self._vocab_sizes[version] = encoder.vocab_size
         return encoder
+
+    async def release_version(self, version: str, loaded: Any) -> None:
+        """Also forget the unloaded version's vocabulary size."""
+        await super().release_version(version, loaded)
+        self._vocab_sizes.pop(version, None)
 
     def prepare(self, inputs: Arrays, config: VersionConfig) -> Arrays:
         """Check ids and mask, and drop the padding columns no sequence uses.

@@ -67,7 +67,7 @@ def unload(version: str) -> pb.RepositoryModelUnloadRequest:
     return request
 
 
-async def test_swap_versions_under_steady_load_without_a_failed_request(v2, repository: Path):
+async def test_swap_versions_under_steady_load_without_a_failed_request(v2, repository: Path, server: GrpcServer):
     seen: list[tuple[float, str, float]] = []
     failures: list[Exception] = []
     stop = asyncio.Event()
@@ -104,6 +104,7 @@ async def test_swap_versions_under_steady_load_without_a_failed_request(v2, repo
     assert not ready.ready
     index = await v2.RepositoryIndex(pb.RepositoryIndexRequest())
     assert [(m.version, m.state) for m in index.models if m.name == "linear"] == [("1", "UNAVAILABLE"), ("2", "READY")]
+    assert set(server.models.get("linear").configs) == {"2"}, "an unloaded version leaves nothing behind"
 
 
 def metric(port: int, name: str) -> float:
