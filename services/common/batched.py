@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import abstractmethod
+from dataclasses import replace
 from pathlib import Path
 
 from services.common.batcher import Arrays, BatchingConfig, DynamicBatcher, Predict
@@ -34,6 +35,16 @@ class BatchedModel(RepositoryModel):
             Overloaded: the request is over a size limit.
         """
         return inputs
+
+    def reconfigure(self, **limits: float) -> None:
+        """Change batching limits of every loaded version (and of versions loaded later).
+
+        Args:
+            limits: `BatchingConfig` fields to change, e.g. `max_batch_size`, `max_queue_delay_ms`.
+        """
+        self.batching = replace(self.batching, **limits)
+        for batcher in self._loaded.values():
+            batcher.reconfigure(self.batching)
 
     async def load_version(self, version: str) -> DynamicBatcher:
         """Build the version and put a batcher in front of it."""

@@ -149,6 +149,11 @@ class DynamicBatcher:
         self._pending.popleft()
         return True
 
+    def reconfigure(self, config: BatchingConfig) -> None:
+        """Batch by `config` from the next batch on; requests already queued keep their place."""
+        self._config = config
+        self._arrived.set()
+
     async def close(self) -> None:
         """Finish every queued request, then stop the worker thread."""
         self._closing = True

@@ -10,8 +10,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -25,6 +24,7 @@ from services.common.lifecycle import Lifecycle
 from services.common.logs import configure_logging
 from services.common.metrics import MetricsServer
 from services.common.models import ModelRegistry
+from services.common.service import Service, TypedService
 from services.common.settings import ServiceSettings
 from services.common.v2 import SERVICE_NAME as V2_SERVICE_NAME
 from services.common.v2 import InferenceServicer
@@ -32,15 +32,6 @@ from services.common.v2 import InferenceServicer
 log = logging.getLogger(__name__)
 
 IDLE_STOP_GRACE_SECONDS = 1.0
-
-
-@dataclass(frozen=True)
-class TypedService:
-    """A typed `maas.<service>.v1` servicer and how to add it to a server."""
-
-    full_name: str
-    servicer: object
-    add_to_server: Callable[[object, grpc.aio.Server], None]
 
 
 def host_port(host: str, port: int) -> str:
@@ -67,6 +58,11 @@ class GrpcServer:
         self._server: grpc.aio.Server | None = None
         self._metrics: MetricsServer | None = None
         self.port = 0
+
+    @classmethod
+    def of(cls, service: Service, settings: ServiceSettings) -> GrpcServer:
+        """The server of a hosting-neutral `Service`."""
+        return cls(service.name, settings, service.models, service.typed_services)
 
     @property
     def metrics_port(self) -> int:

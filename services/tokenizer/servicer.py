@@ -12,11 +12,13 @@ import numpy as np
 from maas.tokenizer.v1 import tokenizer_pb2 as pb
 from maas.tokenizer.v1 import tokenizer_pb2_grpc as pb_grpc
 from services.common.codec import Tensor
+from services.common.echo import EchoModel
 from services.common.errors import InvalidInput, Overloaded
 from services.common.interceptor import label_model
-from services.common.models import InferRequest, InferResult, TensorSpec
+from services.common.models import InferRequest, InferResult, ModelRegistry, TensorSpec
 from services.common.repository import RepositoryModel, VersionConfig
-from services.common.settings import TextLimits
+from services.common.service import Service, TypedService
+from services.common.settings import TextLimits, TokenizerSettings
 from services.tokenizer.model import MAX_LENGTH_LIMIT, Padding, WordPieceTokenizer
 
 T = TypeVar("T")
@@ -177,3 +179,14 @@ class TokenizerServicer(pb_grpc.TokenizerServiceServicer):
             tokenizer.decode, [s.ids for s in request.sequences], not request.keep_special_tokens
         )
         return pb.DetokenizeResponse(texts=texts)
+
+
+def build_service(settings: TokenizerSettings) -> Service:
+    """The tokenizer service: typed TokenizerService, v2 `tokenizer` and `echo`."""
+    model = TokenizerModel(settings.model_repository, settings)
+    typed = TypedService(
+        full_name=pb.DESCRIPTOR.services_by_name["TokenizerService"].full_name,
+        servicer=TokenizerServicer(model),
+        add_to_server=pb_grpc.add_TokenizerServiceServicer_to_server,
+    )
+    return Service("tokenizer", ModelRegistry([EchoModel(), model]), [typed])

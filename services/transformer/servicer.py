@@ -16,10 +16,12 @@ from maas.transformer.v1 import transformer_pb2_grpc as pb_grpc
 from services.common.batched import BatchedModel
 from services.common.batcher import Arrays, Predict
 from services.common.codec import Tensor
+from services.common.echo import EchoModel
 from services.common.errors import InvalidInput, Overloaded
 from services.common.interceptor import label_model
-from services.common.models import InferRequest
+from services.common.models import InferRequest, ModelRegistry
 from services.common.repository import RepositoryError, VersionConfig, read_version
+from services.common.service import Service, TypedService
 from services.common.settings import TransformerSettings
 from services.common.typed import top_labels
 from services.transformer.model import ENCODER_ARCHITECTURE, HEAD_ARCHITECTURE, Encoder, Sentiment
@@ -195,3 +197,16 @@ class TransformerServicer(pb_grpc.TransformerServiceServicer):
         return pb.ClassifyTextResponse(
             results=top_labels(result.outputs[0].array, labels, top_k), model_version=version
         )
+
+
+def build_service(settings: TransformerSettings) -> Service:
+    """The transformer service: typed TransformerService, v2 `minilm_embed`, `minilm_sentiment` and `echo`."""
+    encoders = EncoderCache()
+    embed = EmbedModel(settings.model_repository, settings, encoders)
+    sentiment = SentimentModel(settings.model_repository, settings, encoders)
+    typed = TypedService(
+        full_name=pb.DESCRIPTOR.services_by_name["TransformerService"].full_name,
+        servicer=TransformerServicer(embed, sentiment),
+        add_to_server=pb_grpc.add_TransformerServiceServicer_to_server,
+    )
+    return Service("transformer", ModelRegistry([EchoModel(), embed, sentiment]), [typed])

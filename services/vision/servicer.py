@@ -14,10 +14,12 @@ from maas.vision.v1 import vision_pb2_grpc as pb_grpc
 from services.common.batched import BatchedModel
 from services.common.batcher import Arrays, Predict
 from services.common.codec import Tensor
+from services.common.echo import EchoModel
 from services.common.errors import InvalidInput, Overloaded
 from services.common.interceptor import label_model
-from services.common.models import InferRequest
+from services.common.models import InferRequest, ModelRegistry
 from services.common.repository import RepositoryError, VersionConfig
+from services.common.service import Service, TypedService
 from services.common.settings import VisionSettings
 from services.common.typed import top_labels
 from services.vision.model import ARCHITECTURE, Classifier
@@ -128,3 +130,14 @@ class VisionServicer(pb_grpc.VisionServiceServicer):
         return pb.ClassifyImageResponse(
             results=top_labels(result.outputs[0].array, labels, top_k), model_version=version
         )
+
+
+def build_service(settings: VisionSettings) -> Service:
+    """The vision service: typed VisionService, v2 `fashion_cnn` and `echo`."""
+    model = FashionModel(settings.model_repository, settings)
+    typed = TypedService(
+        full_name=pb.DESCRIPTOR.services_by_name["VisionService"].full_name,
+        servicer=VisionServicer(model, settings),
+        add_to_server=pb_grpc.add_VisionServiceServicer_to_server,
+    )
+    return Service("vision", ModelRegistry([EchoModel(), model]), [typed])
