@@ -58,3 +58,9 @@ class DownstreamError(MaasError):
         super().__init__(details)
         self.grpc_code = code
         self.target = target
+
+
+class DeadlineExceeded(MaasError):
+    """The caller's deadline passed before the work was done; the work was dropped."""
+
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED

@@ -8,12 +8,13 @@ at import time. Two settings are global to every service: `MAAS_MODEL_REPOSITORY
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.common.batcher import BatchingConfig
+if TYPE_CHECKING:
+    from services.common.batcher import BatchingConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 METRICS_PORT_OFFSET = 1000
@@ -129,6 +130,10 @@ class BatchingSettings(BaseSettings):
 
     def batching(self, **sequence: Any) -> BatchingConfig:
         """The batcher's config from these settings; `sequence` sets pad/length_aware/fixed_length."""
+        # Imported here: the batcher imports telemetry, which imports these settings, and settings
+        # must import on their own (a Ray worker unpickling a settings object imports this module first).
+        from services.common.batcher import BatchingConfig
+
         return BatchingConfig(self.max_batch_size, self.max_queue_delay_ms, self.max_queue_size, **sequence)
 
 
@@ -173,4 +178,50 @@ class TransformerSettings(BatchingSettings, ServiceSettings):
     fixed_length: int = Field(256, ge=1, le=512, description="Padded length when length_aware is off.")
     max_batch_tokens: int = Field(
         2048, ge=0, description="Length-aware: most rows x padded length per batch (0: only MAX_BATCH_SIZE)."
+    )
+
+
+class RaySettings(BaseSettings):
+    """The ray hosting: the Ray cluster, Serve's proxies, and the replicas of every service's deployment.
+
+    Read from `MAAS_RAY_*`. The defaults suit a shared laptop: a local Ray on loopback with a small
+    object store, fractional CPUs per replica, one to two replicas per service.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MAAS_RAY_", extra="ignore", frozen=True)
+
+    address: str = Field("", description="Ray cluster to join (e.g. `auto`); empty starts a local one.")
+    num_cpus: int = Field(4, ge=1, description="Logical CPUs a local Ray offers its replicas.")
+    num_gpus: int = Field(0, ge=0, description="GPUs a local Ray offers (0 on a CPU-only machine).")
+    object_store_memory: int = Field(
+        200 * 1024 * 1024, ge=80 * 1024 * 1024, description="Bytes of a local Ray's object store (kept small)."
+    )
+    native_proxy: bool = Field(True, description="Start Serve's own gRPC proxy beside the maas fronts.")
+    grpc_port: int = Field(9000, ge=0, le=65535, description="Port of Serve's gRPC proxy (0 picks a free one).")
+    http_port: int = Field(8000, ge=0, le=65535, description="Port of Serve's HTTP proxy (unused by maas; loopback).")
+    front_calls_in_flight: int = Field(
+        2, ge=1, description="Replica calls a front keeps in flight per RPC; requests beyond go together."
+    )
+    front_max_requests_per_call: int = Field(64, ge=1, description="Most requests a front sends in one replica call.")
+    min_replicas: int = Field(1, ge=1, description="Fewest replicas per deployment.")
+    max_replicas: int = Field(2, ge=1, description="Most replicas per deployment.")
+    target_ongoing_requests: float = Field(
+        1.0,
+        gt=0,
+        description="Calls in flight per replica the autoscaler aims for (a front's call carries many requests).",
+    )
+    max_ongoing_requests: int = Field(
+        64, ge=1, description="Requests a replica takes at once; high, so its dynamic batcher sees a full batch."
+    )
+    upscale_delay_s: float = Field(3.0, ge=0, description="Load must stay high this long before a replica is added.")
+    downscale_delay_s: float = Field(30.0, ge=0, description="Load must stay low this long before one is removed.")
+    look_back_period_s: float = Field(2.0, gt=0, description="Window the autoscaler averages load over.")
+    replica_num_cpus: float = Field(0.5, gt=0, description="Logical CPUs per replica (fractions allowed).")
+    replica_num_gpus: float = Field(
+        0.0, ge=0, description="GPUs per replica of the torch services (fractions share a GPU); 0 on CPU."
+    )
+    health_check_period_s: float = Field(2.0, gt=0, description="How often Serve asks a replica whether it is healthy.")
+    health_check_timeout_s: float = Field(30.0, gt=0, description="How long a health check may take.")
+    graceful_shutdown_timeout_s: float = Field(
+        10.0, ge=0, description="How long a replica being removed gets to finish its requests."
     )

@@ -1,0 +1,107 @@
+"""Serve applications: one per service, an autoscaling deployment of its replica class.
+
+`build_app` is what `maas run ray` and the tests deploy; `app_builder` is the `import_path` target
+of the Serve config (`maas serve-config`, KubeRay's serveConfigV2), which passes its `args`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from services.common.settings import BatchingSettings, RaySettings, ServiceSettings
+from services.ray.catalog import hosted
+from services.ray.replica import REPLICAS
+
+
+def deployment_options(service: str, ray: RaySettings) -> dict[str, Any]:
+    """The Serve deployment options of a service's replicas, from the ray settings.
+
+    Args:
+        service: the service name.
+        ray: the ray hosting's settings.
+
+    Returns:
+        Options for `Deployment.options` (also the deployment's entry in a Serve config).
+    """
+    gpus = ray.replica_num_gpus if hosted(service).uses_torch else 0.0
+    return {
+        "num_replicas": "auto",
+        "autoscaling_config": {
+            "min_replicas": ray.min_replicas,
+            "initial_replicas": ray.min_replicas,
+            "max_replicas": max(ray.max_replicas, ray.min_replicas),
+            "target_ongoing_requests": ray.target_ongoing_requests,
+            "upscale_delay_s": ray.upscale_delay_s,
+            "downscale_delay_s": ray.downscale_delay_s,
+            "look_back_period_s": ray.look_back_period_s,
+            "metrics_interval_s": min(1.0, ray.look_back_period_s),
+        },
+        "max_ongoing_requests": ray.max_ongoing_requests,
+        "ray_actor_options": {"num_cpus": ray.replica_num_cpus, "num_gpus": gpus},
+        "health_check_period_s": ray.health_check_period_s,
+        "health_check_timeout_s": ray.health_check_timeout_s,
+        "graceful_shutdown_timeout_s": ray.graceful_shutdown_timeout_s,
+    }
+
+
+def user_config(settings: ServiceSettings, versions: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """The `user_config` replicas start with: batching limits from the service's settings, and the
+    versions to serve (default: each model's version policy).
+
+    Args:
+        settings: the service's settings.
+        versions: model -> versions to serve.
+
+    Returns:
+        A `ReplicaConfig`-shaped dict.
+    """
+    config: dict[str, Any] = {"versions": dict(versions or {})}
+    if isinstance(settings, BatchingSettings):
+        config["batching"] = {
+            "max_batch_size": settings.max_batch_size,
+            "max_queue_delay_ms": settings.max_queue_delay_ms,
+            "max_queue_size": settings.max_queue_size,
+        }
+    return config
+
+
+def build_app(
+    service: str,
+    settings: ServiceSettings | None = None,
+    ray: RaySettings | None = None,
+    versions: dict[str, list[str]] | None = None,
+) -> Application:
+    """A service's Serve application.
+
+    Args:
+        service: the service name (`tokenizer`, `vision`, `transformer`).
+        settings: its settings; default: read from its environment variables.
+        ray: the ray hosting's settings; default: read from `MAAS_RAY_*`.
+        versions: model -> versions to serve (the initial `user_config`).
+
+    Returns:
+        The bound application, ready for `serve.run`.
+    """
+    spec = hosted(service)
+    settings = settings or spec.settings()
+    ray = ray or RaySettings()
+    deployment = serve.deployment(REPLICAS[service], name=service).options(
+        **deployment_options(service, ray), user_config=user_config(settings, versions)
+    )
+    return deployment.bind(settings)
+
+
+def app_builder(args: dict[str, Any]) -> Application:
+    """The Serve config's application builder.
+
+    Args:
+        args: `service` (its name) and optionally `settings` (overrides of its settings).
+
+    Returns:
+        The service's application; the config's `deployments` entry overrides its options.
+    """
+    spec = hosted(args["service"])
+    return build_app(spec.name, spec.settings(**args.get("settings", {})))

@@ -1,0 +1,100 @@
+"""Start and stop Ray and Serve for the ray hosting, and deploy services onto it.
+
+Set up for a shared machine: usage stats off, Serve's access log off, the object store capped, every
+Ray process on loopback, and token auth off for a local cluster (Ray 2.60 turns it on by default; a
+local cluster on loopback is reachable only from this machine). Ray is stopped by handle
+(`serve.shutdown()`, `ray.shutdown()`), never by a broad kill.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from services.common.settings import RaySettings, ServiceSettings
+from services.ray.apps import build_app
+from services.ray.catalog import SERVICES, V2_SERVICER_FUNCTION
+
+log = logging.getLogger(__name__)
+
+LOCAL_RAY_ENVIRONMENT = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+}
+
+
+def grpc_servicer_functions() -> list[str]:
+    """The servicer functions Serve's gRPC proxy registers: v2 and every typed API."""
+    return [V2_SERVICER_FUNCTION, *(spec.servicer_function for spec in SERVICES.values())]
+
+
+def serve_options(settings: RaySettings) -> dict:
+    """Serve's cluster-wide options: proxies on loopback (or none), no access log."""
+    return {
+        "proxy_location": "HeadOnly" if settings.native_proxy else "Disabled",
+        "http_options": {"host": "127.0.0.1", "port": settings.http_port},
+        "grpc_options": {"port": settings.grpc_port, "grpc_servicer_functions": grpc_servicer_functions()},
+        "logging_config": {"enable_access_log": False},
+    }
+
+
+def start(settings: RaySettings) -> None:
+    """Start (or join) Ray and start Serve on it.
+
+    Args:
+        settings: the ray hosting's settings; an empty `address` starts a local Ray.
+    """
+    if settings.address:
+        ray.init(address=settings.address, log_to_driver=False)
+    else:
+        for key, value in LOCAL_RAY_ENVIRONMENT.items():
+            os.environ.setdefault(key, value)
+        ray.init(
+            num_cpus=settings.num_cpus,
+            num_gpus=settings.num_gpus,
+            object_store_memory=settings.object_store_memory,
+            include_dashboard=False,
+            log_to_driver=False,
+            _node_ip_address="127.0.0.1",
+        )
+    serve.start(**serve_options(settings))
+
+
+def stop() -> None:
+    """Shut Serve down, then disconnect from Ray (stopping a local Ray this process started)."""
+    if ray.is_initialized():
+        serve.shutdown()
+        ray.shutdown()
+
+
+def deploy(
+    apps: dict[str, ServiceSettings],
+    settings: RaySettings,
+    versions: dict[str, dict[str, list[str]]] | None = None,
+) -> dict[str, DeploymentHandle]:
+    """Deploy services as Serve applications, all at once, and wait until every one is running.
+
+    Args:
+        apps: service name -> its settings.
+        settings: the ray hosting's settings.
+        versions: service -> model -> versions to serve (default: the version policies).
+
+    Returns:
+        Service name -> the handle of its deployment.
+
+    Raises:
+        RuntimeError: an application failed to deploy (the message holds Serve's reason).
+    """
+    versions = versions or {}
+    targets = [
+        serve.RunTarget(build_app(name, service_settings, settings, versions.get(name)), name, f"/{name}")
+        for name, service_settings in apps.items()
+    ]
+    handles = serve.run_many(targets, wait_for_applications_running=True)
+    return dict(zip(apps, handles, strict=True))

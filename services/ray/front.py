@@ -1,0 +1,219 @@
+"""The maas front of the ray hosting: our grpc.aio server, calling replicas by `DeploymentHandle`.
+
+The front is the same `GrpcServer` the grpc hosting runs (interceptor, health, metrics, drain), with
+servicers that forward each RPC's request message to the service's Serve deployment and return its
+response message. Validation, batching and errors all happen in the replica, in the same servicer
+code as the grpc hosting, so both hostings answer alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from ray.serve.handle import DeploymentHandle
+
+from maas.inference import grpc_service_pb2 as pb
+from maas.inference import grpc_service_pb2_grpc as pb_grpc
+from services.common.interceptor import CallInfo, current_call, label_model, status_of
+from services.common.models import ModelRegistry
+from services.common.server import GrpcServer
+from services.common.service import TypedService
+from services.common.settings import RaySettings, ServiceSettings
+from services.ray.catalog import HostedService
+from services.ray.errors import unwrapped
+
+
+class _Coalescer:
+    """Sends the calls of one replica method that arrive while others are in flight as one replica call.
+
+    A call goes out at once when fewer than `max_calls` are in flight (so a lone request never
+    waits); otherwise it waits for the next free slot and goes with the others waiting, up to
+    `max_items`. Ray's cost per call is far above our servicers' cost per request, so this is what
+    makes the handle path fast under load.
+    """
+
+    def __init__(self, replicas: DeploymentHandle, method: str, max_calls: int, max_items: int) -> None:
+        self._handle = replicas.options(method_name="batch")
+        self._method = method
+        self._max_calls = max_calls
+        self._max_items = max_items
+        self._waiting: deque[tuple[Any, float | None, asyncio.Future]] = deque()
+        self._in_flight = 0
+        self._sending: set[asyncio.Task] = set()
+
+    async def call(self, request: Any) -> Any:
+        call = current_call()
+        timeout = None if call is None or call.deadline is None else max(0.0, call.deadline - time.monotonic())
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((request, timeout, future))
+        self._dispatch()
+        return await future
+
+    def _dispatch(self) -> None:
+        while self._waiting and self._in_flight < self._max_calls:
+            batch = []
+            while self._waiting and len(batch) < self._max_items:
+                item = self._waiting.popleft()
+                if not item[2].done():
+                    batch.append(item)
+            if batch:
+                self._in_flight += 1
+                task = asyncio.create_task(self._send(batch))
+                self._sending.add(task)
+                task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[tuple[Any, float | None, asyncio.Future]]) -> None:
+        try:
+            results = await self._handle.remote(self._method, [(request, timeout) for request, timeout, _ in batch])
+        except Exception as exc:
+            error = unwrapped(exc)
+            results = [(False, error)] * len(batch)
+        finally:
+            self._in_flight -= 1
+            self._dispatch()
+        for (_, _, future), (ok, value) in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+
+class ReplicaClient:
+    """Calls one deployment's replica methods by name; Ray's errors are unwrapped here, once."""
+
+    def __init__(self, handle: DeploymentHandle, max_calls: int, max_items: int) -> None:
+        """Args:
+        handle: the deployment's handle.
+        max_calls: replica calls in flight per method before requests are sent together.
+        max_items: most requests per replica call.
+        """
+        self._handle = handle
+        self._max_calls = max_calls
+        self._max_items = max_items
+        self._methods: dict[str, _Coalescer] = {}
+
+    async def call(self, method: str, request: Any) -> Any:
+        """Answer `request` with the replicas' `method` (a v2 RPC's name, or `typed:<RPC>`).
+
+        Within the caller's deadline: the replica drops work whose deadline has passed.
+
+        Raises:
+            MaasError: the replica's own error, or Overloaded / Unavailable from Ray.
+        """
+        if method not in self._methods:
+            self._methods[method] = _Coalescer(self._handle, method, self._max_calls, self._max_items)
+        return await self._methods[method].call(request)
+
+
+class ForwardingInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """`inference.GRPCInferenceService`, answered by the deployment's replicas.
+
+    Model loading is the deployment's `user_config` under the ray hosting (every replica, also those
+    the autoscaler adds later), so RepositoryModelLoad/Unload are not served here.
+    """
+
+    def __init__(self, replicas: ReplicaClient) -> None:
+        self._replicas = replicas
+
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext):
+        return await self._replicas.call("ServerLive", request)
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext):
+        return await self._replicas.call("ServerReady", request)
+
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext):
+        return await self._replicas.call("ServerMetadata", request)
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext):
+        label_model(request.name)
+        return await self._replicas.call("ModelReady", request)
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext):
+        label_model(request.name)
+        return await self._replicas.call("ModelMetadata", request)
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext):
+        label_model(request.model_name)
+        return await self._replicas.call("ModelInfer", request)
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        call = current_call() or CallInfo(method="ModelStreamInfer", request_id="-")
+        async for request in request_iterator:
+            try:
+                response = await self._replicas.call("ModelInfer", request)
+            except Exception as exc:
+                _code, details = status_of(exc, call)
+                yield pb.ModelStreamInferResponse(
+                    error_message=details,
+                    infer_response=pb.ModelInferResponse(model_name=request.model_name, id=request.id),
+                )
+                continue
+            yield pb.ModelStreamInferResponse(infer_response=response)
+
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext):
+        label_model(request.name)
+        return await self._replicas.call("ModelStatistics", request)
+
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext):
+        return await self._replicas.call("RepositoryIndex", request)
+
+
+def forwarding_typed_service(spec: HostedService, replicas: ReplicaClient) -> TypedService:
+    """The service's typed servicer, each RPC forwarded to the replicas' `typed` method.
+
+    Args:
+        spec: the hosted service.
+        replicas: the client of its deployment.
+
+    Returns:
+        A `TypedService` to add to the front.
+    """
+    module = importlib.import_module(spec.typed_grpc)
+    base = getattr(module, f"{spec.typed_service}Servicer")
+
+    def forward(method: str, model: str):
+        async def rpc(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            label_model(model)
+            return await replicas.call(f"typed:{method}", request)
+
+        rpc.__name__ = method
+        return rpc
+
+    methods = {method: forward(method, model) for method, model in spec.typed_models.items()}
+    servicer = type(f"Forwarding{spec.typed_service}Servicer", (base,), methods)()
+    pb2 = importlib.import_module(spec.typed_grpc.removesuffix("_grpc"))
+    return TypedService(
+        full_name=pb2.DESCRIPTOR.services_by_name[spec.typed_service].full_name,
+        servicer=servicer,
+        add_to_server=getattr(module, f"add_{spec.typed_service}Servicer_to_server"),
+    )
+
+
+class RayFront(GrpcServer):
+    """A service's gRPC front under the ray hosting: same contract, replicas behind a handle."""
+
+    def __init__(
+        self, spec: HostedService, settings: ServiceSettings, handle: DeploymentHandle, ray: RaySettings
+    ) -> None:
+        """Args:
+        spec: the hosted service.
+        settings: its settings (host, port, limits of the front's server).
+        handle: the handle of its deployment.
+        ray: the ray hosting's settings (how the front sends requests together).
+        """
+        self._replicas = ReplicaClient(handle, ray.front_calls_in_flight, ray.front_max_requests_per_call)
+        super().__init__(spec.name, settings, ModelRegistry([]), [forwarding_typed_service(spec, self._replicas)])
+
+    def inference_servicer(self) -> pb_grpc.GRPCInferenceServiceServicer:
+        """v2 answered by the replicas."""
+        return ForwardingInferenceServicer(self._replicas)
