@@ -83,36 +83,102 @@ def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repository
 
 
-@pytest.fixture
-async def tokenizer_server(model_repository: Path) -> AsyncIterator[GrpcServer]:
-    """The tokenizer service on a free port, low text limits so they are cheap to exceed."""
+HOSTINGS = ["grpc", pytest.param("ray", marks=[pytest.mark.ray, pytest.mark.slow])]
+
+
+def tokenizer_settings(repository: Path):
+    """The tokenizer's test settings: a free port, low text limits so they are cheap to exceed."""
     from services.common.settings import TokenizerSettings
-    from services.tokenizer.hosting import build_server
 
-    settings = TokenizerSettings(
-        port=0, metrics_port=0, model_repository=model_repository, max_texts=64, max_text_bytes=4096
-    )
-    async with started(build_server(settings)) as server:
-        yield server
+    return TokenizerSettings(port=0, metrics_port=0, model_repository=repository, max_texts=64, max_text_bytes=4096)
 
 
-@pytest.fixture
-async def vision_server(model_repository: Path) -> AsyncIterator[GrpcServer]:
-    """The vision service on a free port over the tiny CNN, with a low image limit."""
+def vision_settings(repository: Path):
+    """The vision service's test settings: a free port, the tiny CNN, a low image limit."""
     from services.common.settings import VisionSettings
-    from services.vision.hosting import build_server
 
-    settings = VisionSettings(port=0, metrics_port=0, model_repository=model_repository, max_images=256)
-    async with started(build_server(settings)) as server:
+    return VisionSettings(port=0, metrics_port=0, model_repository=repository, max_images=256)
+
+
+def transformer_settings(repository: Path):
+    """The transformer's test settings: a free port, a low sequence limit."""
+    from services.common.settings import TransformerSettings
+
+    return TransformerSettings(port=0, metrics_port=0, model_repository=repository, max_texts=32)
+
+
+SETTINGS = {"tokenizer": tokenizer_settings, "vision": vision_settings, "transformer": transformer_settings}
+
+
+def ray_test_settings(**overrides):
+    """Ray settings for tests: free ports for Serve's proxies, small logical CPU counts."""
+    from services.common.settings import RaySettings
+
+    return RaySettings(grpc_port=free_port(), http_port=free_port(), **overrides)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray with Serve for the whole session (start-up costs 10-30 s), stopped by handle."""
+    from services.ray import cluster
+
+    settings = ray_test_settings(min_replicas=1, max_replicas=1)
+    cluster.start(settings)
+    try:
+        yield settings
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_apps(ray_cluster, model_repository: Path) -> dict:
+    """The tokenizer, vision and transformer Serve applications, with the grpc fixtures' settings."""
+    from services.ray import cluster
+
+    return cluster.deploy({name: make(model_repository) for name, make in SETTINGS.items()}, ray_cluster)
+
+
+@pytest.fixture(params=HOSTINGS)
+def hosting(request: pytest.FixtureRequest) -> str:
+    """The hosting a service fixture runs under: `grpc` (its own server) or `ray` (Serve replicas behind
+    the maas front)."""
+    return request.param
+
+
+@asynccontextmanager
+async def hosted(name: str, hosting: str, repository: Path, request: pytest.FixtureRequest) -> AsyncIterator:
+    """Run service `name` under `hosting` for the block; yields its server (with `.port`)."""
+    import importlib
+
+    settings = SETTINGS[name](repository)
+    if hosting == "grpc":
+        server = importlib.import_module(f"services.{name}.hosting").build_server(settings)
+    else:
+        from services.ray.catalog import SERVICES
+        from services.ray.front import RayFront
+
+        handles = request.getfixturevalue("ray_apps")
+        server = RayFront(SERVICES[name], settings, handles[name], request.getfixturevalue("ray_cluster"))
+    async with started(server) as running:
+        yield running
+
+
+@pytest.fixture
+async def tokenizer_server(model_repository: Path, hosting: str, request) -> AsyncIterator[GrpcServer]:
+    """The tokenizer service on a free port under each hosting."""
+    async with hosted("tokenizer", hosting, model_repository, request) as server:
         yield server
 
 
 @pytest.fixture
-async def transformer_server(model_repository: Path) -> AsyncIterator[GrpcServer]:
-    """The transformer service on a free port, with a low sequence limit."""
-    from services.common.settings import TransformerSettings
-    from services.transformer.hosting import build_server
+async def vision_server(model_repository: Path, hosting: str, request) -> AsyncIterator[GrpcServer]:
+    """The vision service on a free port under each hosting, over the tiny CNN."""
+    async with hosted("vision", hosting, model_repository, request) as server:
+        yield server
 
-    settings = TransformerSettings(port=0, metrics_port=0, model_repository=model_repository, max_texts=32)
-    async with started(build_server(settings)) as server:
+
+@pytest.fixture
+async def transformer_server(model_repository: Path, hosting: str, request) -> AsyncIterator[GrpcServer]:
+    """The transformer service on a free port under each hosting."""
+    async with hosted("transformer", hosting, model_repository, request) as server:
         yield server

@@ -37,7 +37,6 @@ def deployment_options(service: str, ray: RaySettings) -> dict[str, Any]:
             "upscale_delay_s": ray.upscale_delay_s,
             "downscale_delay_s": ray.downscale_delay_s,
             "look_back_period_s": ray.look_back_period_s,
-            "metrics_interval_s": min(1.0, ray.look_back_period_s),
         },
         "max_ongoing_requests": ray.max_ongoing_requests,
         "ray_actor_options": {"num_cpus": ray.replica_num_cpus, "num_gpus": gpus},

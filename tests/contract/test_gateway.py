@@ -354,7 +354,7 @@ def spans() -> AsyncIterator[InMemorySpanExporter]:
     telemetry.shutdown()
 
 
-async def test_one_trace_holds_gateway_tokenizer_and_model_spans(spans, stubs):
+async def test_one_trace_holds_gateway_tokenizer_and_model_spans(spans, stubs, hosting):
     await stubs["typed"].ClassifyText(
         pb.ClassifyTextRequest(texts=REVIEWS[:2]), metadata=(("x-request-id", "trace-me"),)
     )
@@ -376,7 +376,8 @@ async def test_one_trace_holds_gateway_tokenizer_and_model_spans(spans, stubs):
         assert server.attributes["maas.request_id"] == "trace-me"
     model = servers["maas.transformer.v1.TransformerService/ClassifyText"]
     assert model.attributes["maas.model"] == "minilm_sentiment"
-    assert model.attributes["maas.batch_size"] >= 2 and "maas.queue_us" in model.attributes
+    if hosting == "grpc":  # under ray the batcher runs in a replica, which records no spans (README)
+        assert model.attributes["maas.batch_size"] >= 2 and "maas.queue_us" in model.attributes
 
 
 @needs_text
