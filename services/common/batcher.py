@@ -87,6 +87,9 @@ class DynamicBatcher:
         self._worker: asyncio.Task | None = None
         self._busy = False
         self._closing = False
+        self._batch_rows = metrics.BATCH_ROWS.labels(name)
+        self._queue_seconds = metrics.QUEUE_SECONDS.labels(name)
+        self._cancelled = metrics.CANCELLED.labels(name)
 
     async def submit(self, inputs: Arrays) -> Arrays:
         """Queue one validated request and wait for its outputs.
@@ -174,7 +177,7 @@ class DynamicBatcher:
         live = [r for r in self._pending if not r.future.done()]
         dropped = len(self._pending) - len(live)
         if dropped:
-            metrics.CANCELLED.labels(self._name).inc(dropped)
+            self._cancelled.inc(dropped)
         if not live:
             self._pending.clear()
             return []
@@ -220,10 +223,9 @@ class DynamicBatcher:
 
     def _record(self, rows: int, compute_ns: int, waits: list[int]) -> None:
         self._stats.record_execution(rows, compute_ns, waits)
-        metrics.BATCH_ROWS.labels(self._name).observe(rows)
-        queue_seconds = metrics.QUEUE_SECONDS.labels(self._name)
+        self._batch_rows.observe(rows)
         for wait in waits:
-            queue_seconds.observe(wait / 1e9)
+            self._queue_seconds.observe(wait / 1e9)
 
     def _run_inline(self, request: _Request) -> Arrays:
         started = time.perf_counter_ns()
