@@ -38,13 +38,15 @@ def test_quick_bench_writes_a_report_with_every_row(model_repository: Path, tmp_
         ("fashion_cnn, batching off", 8),
         ("in-process forward, batch 1", 1),
         ("in-process forward, batch 32", 1),
-        ("batching on, length-aware", 8),
-        ("batching on, fixed padding (256)", 8),
-        ("batching off", 8),
+        ("reviews, batching on, length-aware", 8),
+        ("reviews, batching on, fixed padding (256)", 8),
+        ("reviews, batching off", 8),
+        ("short texts, batching on, length-aware", 8),
+        ("short texts, batching off", 8),
         ("in-process embed, batch 32", 1),
     ):
         assert (label, concurrency) in measured
     for label, _, throughput, p50, failed in rows:
         assert int(throughput.replace(",", "")) > 0 and float(p50) > 0 and failed == "0", label
     assert "Tokenizing adds" in report and "fashion_cnn adds" in report and "batching on serves" in report
-    assert "Length-aware padding serves" in report
+    assert "Length-aware padding serves" in report and "on short texts, batching serves" in report
