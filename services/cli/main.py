@@ -6,9 +6,10 @@ import argparse
 import asyncio
 import json
 import sys
+import tempfile
 from pathlib import Path
 
-from services.cli import registry
+from services.cli import infer, registry
 from services.cli.up import up
 from services.common.repository import CONFIG_FILE, version_dirs
 from services.common.settings import REPO_ROOT, ServiceSettings
@@ -50,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     for trainer in (vision, transformer):
         _repository_options(trainer)
         trainer.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    infer.add_parser(commands)
 
     bench = commands.add_parser("bench", help="run the benchmarks and write docs/benchmarks.md")
     bench.add_argument("--quick", action="store_true", help="half a second per load point: checks the harness")
@@ -125,7 +128,17 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(run_bench(config, args.output, command))
         sys.stdout.write(f"wrote {args.output}\n")
         return 0
-    return asyncio.run(up(registry.up_groups(), grace=args.grace))
+    if args.command == "infer":
+        return infer.infer(args)
+    from services.gateway.routing import RoutingError
+
+    with tempfile.TemporaryDirectory(prefix="maas-up-") as workdir:
+        try:
+            environment = registry.up_environment(Path(workdir))
+        except RoutingError as exc:
+            sys.stderr.write(f"maas up: {exc}\n")
+            return 1
+        return asyncio.run(up(registry.up_groups(), grace=args.grace, environment=environment))
 
 
 if __name__ == "__main__":

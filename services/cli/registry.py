@@ -6,13 +6,21 @@ dependencies (the tokenizer and gateway images carry no torch).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from services.common.echo import EchoModel
 from services.common.models import ModelRegistry
 from services.common.server import GrpcServer, serve
-from services.common.settings import EchoSettings, TokenizerSettings, TransformerSettings, VisionSettings
+from services.common.settings import (
+    EchoSettings,
+    GatewaySettings,
+    TokenizerSettings,
+    TransformerSettings,
+    VisionSettings,
+)
 
 
 def _echo_server(overrides: dict[str, Any]) -> GrpcServer:
@@ -37,19 +45,59 @@ def _transformer(overrides: dict[str, Any]) -> GrpcServer:
     return build_server(TransformerSettings(**overrides))
 
 
+def _gateway(overrides: dict[str, Any]) -> GrpcServer:
+    from services.gateway.hosting import build_server
+
+    return build_server(GatewaySettings(**overrides))
+
+
 SERVICES: dict[str, Callable[[dict[str, Any]], GrpcServer]] = {
     "echo-server": _echo_server,
+    "gateway": _gateway,
     "tokenizer": _tokenizer,
     "vision": _vision,
     "transformer": _transformer,
 }
 
-UP_GROUPS = [["tokenizer"], ["vision", "transformer"]]
+UP_GROUPS = [["tokenizer"], ["vision", "transformer"], ["gateway"]]
+ROUTING_FILE = "routing.yaml"
 
 
 async def run_service(name: str, overrides: dict[str, Any]) -> None:
-    """Build service `name` from its settings (env, then `overrides`) and serve until signalled."""
-    await serve(SERVICES[name](overrides))
+    """Build service `name` from its settings (env, then `overrides`) and serve until signalled.
+
+    Raises:
+        SystemExit: the service's configuration is unusable (the message is logged).
+    """
+    from services.gateway.routing import RoutingError
+
+    try:
+        server = SERVICES[name](overrides)
+    except RoutingError as exc:
+        sys.stderr.write(f"{name}: {exc}\n")
+        raise SystemExit(1) from None
+    await serve(server)
+
+
+def up_environment(workdir: Path) -> Callable[[str, dict[str, str]], dict[str, str]]:
+    """The extra environment `maas up` gives each service: the gateway gets a routing file that
+    points the configured targets at the services `maas up` started (written into `workdir`).
+
+    Raises:
+        RoutingError: the configured routing file cannot be used.
+    """
+    from services.gateway.routing import load_routing
+
+    routing = load_routing(GatewaySettings().routing_file)
+
+    def environment(service: str, ready: dict[str, str]) -> dict[str, str]:
+        if service != "gateway":
+            return {}
+        path = workdir / ROUTING_FILE
+        path.write_text(routing.with_addresses(ready).to_yaml(), encoding="utf-8")
+        return {"MAAS_GATEWAY_ROUTING_FILE": str(path)}
+
+    return environment
 
 
 def up_groups() -> list[list[str]]:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 
 from services.cli.processes import spawn
 
@@ -38,8 +39,8 @@ class _Child:
             self.ready.set_exception(RuntimeError(f"{self.service} exited before it was ready"))
 
 
-async def _spawn(service: str) -> _Child:
-    return _Child(service, await spawn(service))
+async def _spawn(service: str, env: dict[str, str]) -> _Child:
+    return _Child(service, await spawn(service, env=env))
 
 
 async def _stop(children: list[_Child], grace: float) -> None:
@@ -55,12 +56,16 @@ async def _stop(children: list[_Child], grace: float) -> None:
             await child.process.wait()
 
 
-async def up(groups: list[list[str]], grace: float) -> int:
+async def up(
+    groups: list[list[str]], grace: float, environment: Callable[[str, dict[str, str]], dict[str, str]]
+) -> int:
     """Start `groups` of services in order and supervise them until a signal or a child's death.
 
     Args:
         groups: service names; every service of a group is ready before the next group starts.
         grace: seconds a child gets to drain after SIGTERM before it is killed.
+        environment: extra environment of a service, given the addresses of the services already
+            ready (the gateway's routing comes from them).
 
     Returns:
         0 after a clean stop on a signal, 1 if a service failed.
@@ -72,10 +77,11 @@ async def up(groups: list[list[str]], grace: float) -> int:
         loop.add_signal_handler(signum, stop.set)
     children: list[_Child] = []
     relays: list[asyncio.Task] = []
+    ready: dict[str, str] = {}
     status = 0
     try:
         for group in groups:
-            started = [await _spawn(service) for service in group]
+            started = [await _spawn(service, environment(service, dict(ready))) for service in group]
             children.extend(started)
             relays.extend(asyncio.create_task(child.relay()) for child in started)
             waiting = asyncio.gather(*(child.ready for child in started))
@@ -85,7 +91,7 @@ async def up(groups: list[list[str]], grace: float) -> int:
                 waiting.cancel()
                 return 0
             stopping.cancel()
-            waiting.result()
+            ready.update(zip(group, waiting.result(), strict=True))
         sys.stdout.write("READY all\n")
         sys.stdout.flush()
         exits = [asyncio.create_task(child.process.wait()) for child in children]

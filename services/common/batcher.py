@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from services.common import metrics
+from services.common import metrics, telemetry
 from services.common.errors import Overloaded
 from services.common.stats import VersionStats
 
@@ -65,6 +65,9 @@ class _Request:
     shapes: tuple
     future: asyncio.Future
     enqueued_ns: int = field(default_factory=time.perf_counter_ns)
+    queue_ns: int = 0
+    compute_ns: int = 0
+    batch_rows: int = 0
 
 
 class DynamicBatcher:
@@ -102,6 +105,8 @@ class DynamicBatcher:
 
         Raises:
             Overloaded: the queue is full.
+            asyncio.CancelledError: the caller cancelled (or its deadline passed), while the request
+                was queued or running; counted in `maas_batch_cancelled_total`.
             Exception: whatever the model raised for this request alone.
         """
         if len(self._pending) >= self._config.max_queue_size:
@@ -118,10 +123,19 @@ class DynamicBatcher:
             future=asyncio.get_running_loop().create_future(),
         )
         self._pending.append(request)
-        if self._config.inline_when_idle and await self._alone(request):
-            return self._run_inline(request)
-        self._arrived.set()
-        return await request.future
+        try:
+            if self._config.inline_when_idle and await self._alone(request):
+                outputs = self._run_inline(request)
+            else:
+                self._arrived.set()
+                outputs = await request.future
+        except asyncio.CancelledError:
+            self._cancelled.inc()
+            raise
+        telemetry.set_attributes(
+            batch_size=request.batch_rows, queue_us=request.queue_ns // 1000, compute_us=request.compute_ns // 1000
+        )
+        return outputs
 
     async def _alone(self, request: _Request) -> bool:
         """Yield once so that requests already received can queue too; then claim `request` for
@@ -175,9 +189,6 @@ class DynamicBatcher:
     def _take(self) -> list[_Request]:
         """Pick the next batch: the oldest live request, then compatible ones, closest lengths first."""
         live = [r for r in self._pending if not r.future.done()]
-        dropped = len(self._pending) - len(live)
-        if dropped:
-            self._cancelled.inc(dropped)
         if not live:
             self._pending.clear()
             return []
@@ -230,7 +241,9 @@ class DynamicBatcher:
     def _run_inline(self, request: _Request) -> Arrays:
         started = time.perf_counter_ns()
         outputs = self._predict_rows(self._collate([request]), request.rows)
-        self._record(request.rows, time.perf_counter_ns() - started, [started - request.enqueued_ns])
+        request.queue_ns, request.compute_ns = started - request.enqueued_ns, time.perf_counter_ns() - started
+        request.batch_rows = request.rows
+        self._record(request.rows, request.compute_ns, [request.queue_ns])
         return outputs
 
     async def _execute(self, batch: list[_Request]) -> None:
@@ -250,9 +263,11 @@ class DynamicBatcher:
             return
         finally:
             self._busy = False
-        self._record(rows, time.perf_counter_ns() - started, waits)
+        compute_ns = time.perf_counter_ns() - started
+        self._record(rows, compute_ns, waits)
         offset = 0
-        for request in batch:
+        for request, waited in zip(batch, waits, strict=True):
+            request.queue_ns, request.compute_ns, request.batch_rows = waited, compute_ns, rows
             if not request.future.done():
                 request.future.set_result({n: a[offset : offset + request.rows] for n, a in outputs.items()})
             offset += request.rows

@@ -253,3 +253,18 @@ def encode_inputs(request: pb.ModelInferRequest, tensors: Iterable[Tensor]) -> N
     for tensor in tensors:
         request.inputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.array.shape)
         request.raw_input_contents.append(raw_bytes(tensor))
+
+
+def decode_outputs(response: pb.ModelInferResponse) -> dict[str, Tensor]:
+    """Decode the outputs of a ModelInferResponse with raw_output_contents (the client side).
+
+    Returns:
+        Output name -> tensor, in response order.
+
+    Raises:
+        InvalidInput: an output's data does not match its datatype and shape.
+    """
+    return {
+        out.name: Tensor(out.name, out.datatype, _decode_raw(out.name, out.datatype, list(out.shape), raw))
+        for out, raw in zip(response.outputs, response.raw_output_contents, strict=True)
+    }

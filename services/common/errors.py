@@ -49,3 +49,12 @@ class Unauthenticated(MaasError):
     """Missing or wrong credentials."""
 
     grpc_code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class DownstreamError(MaasError):
+    """A call to another service failed: its status code and details pass through unchanged."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, target: str) -> None:
+        super().__init__(details)
+        self.grpc_code = code
+        self.target = target

@@ -20,8 +20,8 @@ from typing import Any
 
 import grpc
 
-from services.common import metrics
-from services.common.errors import InvalidInput, MaasError, Unavailable
+from services.common import metrics, telemetry
+from services.common.errors import DownstreamError, InvalidInput, MaasError, Unavailable
 from services.common.lifecycle import Lifecycle
 from services.common.logs import request_id_var
 
@@ -34,12 +34,19 @@ _REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 @dataclass
 class CallInfo:
-    """What the interceptor knows about the current call; handlers may fill in `model`."""
+    """What the interceptor knows about the current call; handlers may fill in `model`.
+
+    `deadline` is the caller's deadline on the `time.monotonic()` clock (None: the caller set
+    none), so that calls this one makes downstream can take what is left of it. `span` is the
+    call's tracing span while tracing is on.
+    """
 
     method: str
     request_id: str
     model: str = ""
     started: float = field(default_factory=time.perf_counter)
+    deadline: float | None = None
+    span: Any = None
 
 
 _REQUEST_ID_PREFIX = uuid.uuid4().hex[:16]
@@ -63,10 +70,13 @@ def label_model(model: str) -> None:
 def status_of(exc: Exception, call: CallInfo) -> tuple[grpc.StatusCode, str]:
     """Map an exception raised while serving `call` to the status and details a caller sees.
 
-    A `MaasError` keeps its code and message; NotImplementedError is UNIMPLEMENTED; anything else
-    is logged with its traceback and becomes INTERNAL "internal error" with the request id.
+    A `MaasError` keeps its code and message (a downstream service's status passes through
+    unchanged, INTERNAL included); NotImplementedError is UNIMPLEMENTED; anything else is logged
+    with its traceback and becomes INTERNAL "internal error" with the request id.
     """
-    if isinstance(exc, MaasError) and exc.grpc_code is not grpc.StatusCode.INTERNAL:
+    if isinstance(exc, DownstreamError) or (
+        isinstance(exc, MaasError) and exc.grpc_code is not grpc.StatusCode.INTERNAL
+    ):
         return exc.grpc_code, str(exc)
     if isinstance(exc, NotImplementedError):
         return grpc.StatusCode.UNIMPLEMENTED, f"{call.method} is not implemented by this service"
@@ -139,37 +149,38 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         """The handler with every call going through this interceptor (built once per method)."""
-        short = method.rsplit("/", 1)[-1]
         deserializer = _tolerant(handler.request_deserializer)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, short, streaming_request=False),
+                self._wrap_unary(handler.unary_unary, method, streaming_request=False),
                 deserializer,
                 handler.response_serializer,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                self._wrap_unary(handler.stream_unary, short, streaming_request=True),
+                self._wrap_unary(handler.stream_unary, method, streaming_request=True),
                 deserializer,
                 handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream, short, streaming_request=False),
+                self._wrap_stream(handler.unary_stream, method, streaming_request=False),
                 deserializer,
                 handler.response_serializer,
             )
         return grpc.stream_stream_rpc_method_handler(
-            self._wrap_stream(handler.stream_stream, short, streaming_request=True),
+            self._wrap_stream(handler.stream_stream, method, streaming_request=True),
             deserializer,
             handler.response_serializer,
         )
 
     def _wrap_unary(
-        self, behavior: Callable[..., Awaitable[Any]], method: str, streaming_request: bool
+        self, behavior: Callable[..., Awaitable[Any]], full_method: str, streaming_request: bool
     ) -> Callable[..., Awaitable[Any]]:
+        method = full_method.rsplit("/", 1)[-1]
+
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            call = self._begin(method, context)
+            call = self._begin(method, full_method, context)
             try:
                 self._gate()
                 request = _parsed_stream(method, request) if streaming_request else _parsed(method, request)
@@ -185,10 +196,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         return unary
 
     def _wrap_stream(
-        self, behavior: Callable[..., AsyncIterator[Any]], method: str, streaming_request: bool
+        self, behavior: Callable[..., AsyncIterator[Any]], full_method: str, streaming_request: bool
     ) -> Callable[..., Any]:
+        method = full_method.rsplit("/", 1)[-1]
+
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            call = self._begin(method, context)
+            call = self._begin(method, full_method, context)
             try:
                 self._gate()
                 request = _parsed_stream(method, request) if streaming_request else _parsed(method, request)
@@ -203,8 +216,16 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
         return stream
 
-    def _begin(self, method: str, context: grpc.aio.ServicerContext) -> CallInfo:
-        call = CallInfo(method=method, request_id=_request_id(context))
+    def _begin(self, method: str, full_method: str, context: grpc.aio.ServicerContext) -> CallInfo:
+        remaining = context.time_remaining()
+        call = CallInfo(
+            method=method,
+            request_id=_request_id(context),
+            deadline=None if remaining is None else time.monotonic() + remaining,
+        )
+        if telemetry.enabled():
+            call.span = telemetry.start_server_span(full_method, context.invocation_metadata())
+            call.span.set_attribute("maas.request_id", call.request_id)
         _call_var.set(call)
         request_id_var.set(call.request_id)
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
@@ -216,7 +237,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if self._lifecycle.draining:
             raise Unavailable("server is shutting down; retry on another replica")
 
-    def _record(self, call: CallInfo, code: grpc.StatusCode) -> None:
+    def _record(self, call: CallInfo, code: grpc.StatusCode, details: str = "") -> None:
+        if call.span is not None:
+            if call.model:
+                call.span.set_attribute("maas.model", call.model)
+            telemetry.end_span(call.span, code.name, code.value[0], details)
         metrics.in_flight(call.method).dec()
         metrics.requests(call.method, call.model, code.name).inc()
         metrics.request_seconds(call.method, call.model).observe(time.perf_counter() - call.started)
@@ -231,5 +256,5 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             self._record(call, context.code() or grpc.StatusCode.UNKNOWN)
             return
         code, details = status_of(exc, call)
-        self._record(call, code)
+        self._record(call, code, details)
         await context.abort(code, details, trailing_metadata=trailing)

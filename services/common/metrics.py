@@ -79,6 +79,6 @@ QUEUE_SECONDS = Histogram(
 )
 CANCELLED = Counter(
     "maas_batch_cancelled",
-    "Requests dropped from a batcher queue because their caller cancelled (or its deadline passed).",
+    "Requests whose caller cancelled (or whose deadline passed) while they were queued or running, by model.",
     ["model"],
 )

@@ -292,6 +292,9 @@ class ModelRegistry:
     def __iter__(self):
         return iter(self._models.values())
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._models
+
     def get(self, name: str) -> ServedModel:
         """Return the model called `name`.
 

@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from maas.inference import grpc_service_pb2_grpc
+from services.common import telemetry
 from services.common.errors import MaasError
 from services.common.interceptor import ServerInterceptor
 from services.common.lifecycle import Lifecycle
@@ -72,6 +73,10 @@ class GrpcServer:
         """The Prometheus port bound (0 before start)."""
         return self._metrics.port if self._metrics else 0
 
+    def inference_servicer(self) -> grpc_service_pb2_grpc.GRPCInferenceServiceServicer:
+        """The Open Inference Protocol servicer: over this server's own models (the gateway routes)."""
+        return InferenceServicer(self.models, self.lifecycle)
+
     @property
     def service_names(self) -> list[str]:
         """Full names of the services this server answers for in health checks."""
@@ -94,9 +99,7 @@ class GrpcServer:
                 ("grpc.http2.min_ping_interval_without_data_ms", 5000),
             ],
         )
-        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.models, self.lifecycle), self._server
-        )
+        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.inference_servicer(), self._server)
         for service in self._typed_services:
             service.add_to_server(service.servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -152,9 +155,15 @@ async def serve(server: GrpcServer) -> None:
     """Run `server` until SIGTERM or SIGINT, then drain it.
 
     Prints `READY <name> <host>:<port>` on stdout once every model is loaded and the server is
-    SERVING, for a parent process (`maas up`) or a test to read.
+    SERVING, for a parent process (`maas up`) or a test to read. Traces if the `OTEL_*` settings
+    ask for it, and flushes the last spans before returning.
     """
     configure_logging(server.settings.log_format, server.settings.log_level)
+    try:
+        telemetry.configure(server.name)
+    except ValueError as exc:
+        log.error("%s failed to start: %s", server.name, exc)
+        raise SystemExit(1) from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -169,3 +178,4 @@ async def serve(server: GrpcServer) -> None:
     sys.stdout.flush()
     await stop.wait()
     await server.stop()
+    telemetry.shutdown()

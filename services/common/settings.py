@@ -65,6 +65,56 @@ class GatewaySettings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="MAAS_GATEWAY_")
     port: int = Field(50051, ge=0, le=65535)
+    routing_file: Path = Field(
+        REPO_ROOT / "services" / "gateway" / "routing.yaml",
+        description="YAML routing file: which target (gRPC address) serves which model.",
+    )
+    default_timeout_seconds: float = Field(
+        30.0, gt=0, description="Deadline of downstream calls when the caller set none."
+    )
+    default_text_model: Literal["lstm", "transformer"] = Field(
+        "transformer", description="Text model of ClassifyText calls that name none."
+    )
+    stream_chunk_size: int = Field(32, ge=1, le=256, description="Texts per downstream call in StreamClassifyText.")
+    stream_concurrency: int = Field(4, ge=1, description="StreamClassifyText chunks in flight at once per call.")
+    max_stream_texts: int = Field(100_000, ge=1, description="Texts per StreamClassifyText call; more is refused.")
+
+
+class TracingSettings(BaseSettings):
+    """OpenTelemetry's standard `OTEL_*` variables, as far as maas reads them.
+
+    Tracing is off unless `OTEL_TRACES_EXPORTER` names `otlp` or `console`, or an OTLP endpoint is set
+    (`OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) and `OTEL_TRACES_EXPORTER`
+    is not `none`. `OTEL_SDK_DISABLED=true` turns it off whatever else is set. The OTLP exporter reads
+    the rest of its `OTEL_EXPORTER_OTLP_*` settings (headers, timeouts, ...) itself.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="OTEL_", extra="ignore", frozen=True)
+
+    sdk_disabled: bool = False
+    traces_exporter: str = ""
+    exporter_otlp_endpoint: str = ""
+    exporter_otlp_traces_endpoint: str = ""
+    exporter_otlp_protocol: Literal["grpc", "http/protobuf"] = "grpc"
+    service_name: str = ""
+
+    def exporters(self) -> list[str]:
+        """The span exporters to run: `otlp` and/or `console`, or none when tracing is off.
+
+        Raises:
+            ValueError: `OTEL_TRACES_EXPORTER` names an exporter maas does not support.
+        """
+        if self.sdk_disabled:
+            return []
+        named = [name.strip() for name in self.traces_exporter.split(",") if name.strip()]
+        if not named:
+            return ["otlp"] if self.exporter_otlp_endpoint or self.exporter_otlp_traces_endpoint else []
+        if named == ["none"]:
+            return []
+        unknown = [name for name in named if name not in ("otlp", "console")]
+        if unknown:
+            raise ValueError(f"OTEL_TRACES_EXPORTER: unsupported {', '.join(unknown)}; use otlp, console or none")
+        return named
 
 
 class BatchingSettings(BaseSettings):

@@ -44,9 +44,19 @@ def test_quick_bench_writes_a_report_with_every_row(model_repository: Path, tmp_
         ("short texts, batching on, length-aware", 8),
         ("short texts, batching off", 8),
         ("in-process embed, batch 32", 1),
+        ("echo at the gateway (one hop)", 1),
+        ("echo at the transformer (one hop)", 1),
+        ("tokenizer, through the gateway", 1),
+        ("minilm_embed, direct", 1),
+        ("minilm_embed, through the gateway", 1),
+        ("minilm_embed, direct", 16),
+        ("minilm_embed, through the gateway", 16),
     ):
         assert (label, concurrency) in measured
     for label, _, throughput, p50, failed in rows:
         assert int(throughput.replace(",", "")) > 0 and float(p50) > 0 and failed == "0", label
     assert "Tokenizing adds" in report and "fashion_cnn adds" in report and "batching on serves" in report
     assert "Length-aware padding serves" in report and "on short texts, batching serves" in report
+    assert re.search(r"The gateway adds -?[\d.]+ ms p50 to `minilm_embed`", report)
+    assert re.search(r"of its direct throughput", report)
+    assert re.search(r"The gateway spends [\d,]+ µs of CPU per request", report)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 
+from maas.gateway.v1 import gateway_pb2_grpc
 from maas.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 from maas.vision.v1 import vision_pb2, vision_pb2_grpc
 from tests.conftest import PYTHON, REPO_ROOT
@@ -35,6 +36,8 @@ def free_ports(repository: Path) -> dict[str, str]:
         "MAAS_VISION_METRICS_PORT": "0",
         "MAAS_TRANSFORMER_PORT": "0",
         "MAAS_TRANSFORMER_METRICS_PORT": "0",
+        "MAAS_GATEWAY_PORT": "0",
+        "MAAS_GATEWAY_METRICS_PORT": "0",
     }
 
 
@@ -42,10 +45,10 @@ async def test_up_serves_every_service_and_stops_cleanly_on_sigterm(model_reposi
     async with maas_process("up", ready="tokenizer", env=free_ports(model_repository)) as up:
         assert up.address.startswith("127.0.0.1:")
         ready = {}
-        for _ in range(2):
+        for _ in range(3):
             line = await read_ready_any(up.process)
             ready[line[0]] = line[1]
-        assert set(ready) == {"vision", "transformer"}
+        assert set(ready) == {"vision", "transformer", "gateway"}
         vision = ready["vision"]
         assert await read_ready(up.process, "all") == ""
         async with grpc.aio.insecure_channel(vision) as channel:
@@ -57,6 +60,10 @@ async def test_up_serves_every_service_and_stops_cleanly_on_sigterm(model_reposi
             stub = tokenizer_pb2_grpc.TokenizerServiceStub(channel)
             response = await stub.Tokenize(tokenizer_pb2.TokenizeRequest(texts=["up and running"]))
             assert response.encodings[0].tokens == ["[CLS]", "up", "and", "running", "[SEP]"]
+        async with grpc.aio.insecure_channel(ready["gateway"]) as channel:
+            stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+            response = await stub.Tokenize(tokenizer_pb2.TokenizeRequest(texts=["via the gateway"]))
+            assert response.encodings[0].tokens == ["[CLS]", "via", "the", "gateway", "[SEP]"]
         up.process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(up.process.wait(), 30) == 0
 

@@ -92,6 +92,20 @@ async def test_a_cancelled_callers_request_is_dropped_before_it_runs():
     await batcher.close()
 
 
+async def test_a_call_cancelled_while_its_batch_runs_is_counted_at_once():
+    gate = threading.Event()
+    batcher = DynamicBatcher("inflight", Recorder(gate), BatchingConfig(max_queue_delay_ms=0), VersionStats())
+    before = metrics.CANCELLED.labels("inflight")._value.get()
+    running = asyncio.ensure_future(batcher.submit(row(3)))
+    await asyncio.sleep(0.05)
+    running.cancel()
+    await asyncio.sleep(0)
+    assert metrics.CANCELLED.labels("inflight")._value.get() - before == 1
+    gate.set()
+    assert (await batcher.submit(row(4)))["Y"][0, 0] == 8.0
+    await batcher.close()
+
+
 async def test_length_aware_batches_group_similar_lengths_and_pad_to_the_longest():
     predict = Recorder()
     config = BatchingConfig(max_batch_size=2, max_queue_delay_ms=30, pad={"X": 0})
