@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -42,3 +43,35 @@ def load_weights(module: torch.nn.Module, path: Path) -> torch.nn.Module:
         raise RepositoryError(f"{path} does not match the architecture in config.json: {'; '.join(problems[:6])}")
     module.load_state_dict(state, strict=True)
     return module.eval()
+
+
+DYNAMIC_INT8 = "dynamic_int8"
+QUANTIZED_LAYERS = {DYNAMIC_INT8: (torch.nn.LSTM, torch.nn.Linear)}
+
+
+def quantize(module: torch.nn.Module, scheme: str | None) -> torch.nn.Module:
+    """Apply a version's quantization scheme to its loaded fp32 module (weights stay fp32 on disk).
+
+    `dynamic_int8`: torch's dynamic quantization of every LSTM and Linear layer (int8 weights,
+    activations quantized per batch at run time); embeddings and everything else stay fp32.
+
+    Args:
+        module: the loaded module, in eval mode.
+        scheme: the config's `quantization`; None leaves the module as it is.
+
+    Returns:
+        The module to serve.
+
+    Raises:
+        RepositoryError: an unknown scheme.
+    """
+    if scheme is None:
+        return module
+    if scheme not in QUANTIZED_LAYERS:
+        raise RepositoryError(f"unknown quantization {scheme!r}; known: {', '.join(QUANTIZED_LAYERS)}")
+    from torch.ao.quantization import quantize_dynamic
+
+    # torch.ao marks eager quantization deprecated but still ships it; torchao has no dynamic LSTM.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (DeprecationWarning, UserWarning, FutureWarning))
+        return quantize_dynamic(module, set(QUANTIZED_LAYERS[scheme]), dtype=torch.qint8).eval()
