@@ -12,7 +12,7 @@ from typing import Any
 from services.common.echo import EchoModel
 from services.common.models import ModelRegistry
 from services.common.server import GrpcServer, serve
-from services.common.settings import EchoSettings, TokenizerSettings, TransformerSettings, VisionSettings
+from services.common.settings import EchoSettings, TextSettings, TokenizerSettings, TransformerSettings, VisionSettings
 
 
 def _echo_server(overrides: dict[str, Any]) -> GrpcServer:
@@ -31,6 +31,12 @@ def _vision(overrides: dict[str, Any]) -> GrpcServer:
     return build_server(VisionSettings(**overrides))
 
 
+def _text(overrides: dict[str, Any]) -> GrpcServer:
+    from services.text.hosting import build_server
+
+    return build_server(TextSettings(**overrides))
+
+
 def _transformer(overrides: dict[str, Any]) -> GrpcServer:
     from services.transformer.hosting import build_server
 
@@ -41,10 +47,11 @@ SERVICES: dict[str, Callable[[dict[str, Any]], GrpcServer]] = {
     "echo-server": _echo_server,
     "tokenizer": _tokenizer,
     "vision": _vision,
+    "text": _text,
     "transformer": _transformer,
 }
 
-UP_GROUPS = [["tokenizer"], ["vision", "transformer"]]
+UP_GROUPS = [["tokenizer"], ["vision", "text", "transformer"]]
 
 
 async def run_service(name: str, overrides: dict[str, Any]) -> None:
