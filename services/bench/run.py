@@ -14,10 +14,16 @@ from services.common.settings import REPO_ROOT
 async def run_bench(config: BenchConfig, output: Path, command: str) -> list[Section]:
     """Run every scenario, write the markdown report to `output` and return the sections."""
     # Imported here: these benchmarks need torch, which `maas` itself must not import.
+    from services.bench.text import text_section
     from services.bench.transformer import transformer_section
     from services.bench.vision import vision_section
 
-    sections = [await tokenizer_section(config), await vision_section(config), await transformer_section(config)]
+    sections = [
+        await tokenizer_section(config),
+        await vision_section(config),
+        await transformer_section(config),
+        await text_section(config),
+    ]
     await asyncio.to_thread(_write, output, render(sections, command, REPO_ROOT))
     return sections
 

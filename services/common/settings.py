@@ -122,6 +122,12 @@ class TextSettings(SequenceSettings, ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="MAAS_TEXT_")
     port: int = Field(50054, ge=0, le=65535)
+    max_batch_tokens: int = Field(
+        0,
+        ge=0,
+        description="Length-aware: most rows x padded length per batch (0: only MAX_BATCH_SIZE). An LSTM's time "
+        "per batch grows with its longest sequence and little with its rows, so by default there is no budget.",
+    )
 
 
 class TransformerSettings(SequenceSettings, ServiceSettings):
