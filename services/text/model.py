@@ -1,6 +1,6 @@
 """The review LSTM: architecture and inference. No gRPC, no Ray.
 
-A bidirectional LSTM over WordPiece ids. Its embedding table holds only the ids seen often enough
+An LSTM reading WordPiece ids in both directions. Its embedding table holds only the ids seen often enough
 in training: a lookup buffer maps each of the tokenizer's ids to a row (row 0 is [PAD], row 1 every
 id without a row of its own). Padding never changes a result.
 """
@@ -66,7 +66,7 @@ def build(hyperparameters: dict) -> ReviewLSTM:
     return ReviewLSTM(**hyperparameters)
 
 
-def right_aligned(ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def tokens_first(ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Move each row's masked-in tokens to its front, in order (a no-op for right-padded rows).
 
     Returns:
@@ -95,6 +95,6 @@ class Classifier:
     def probabilities(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """Softmax probabilities, float32 [N, classes], for INT64 ids and 0/1 mask [N, L], every row
         holding at least one token."""
-        ids, lengths = right_aligned(input_ids, attention_mask)
+        ids, lengths = tokens_first(input_ids, attention_mask)
         logits = self.network(torch.from_numpy(ids), torch.from_numpy(lengths))
         return torch.softmax(logits, dim=1).numpy()

@@ -32,7 +32,12 @@ class ReviewModel(SequenceModel):
             raise RepositoryError(
                 f"{directory}: architecture {config.architecture.get('name')!r} is not {ARCHITECTURE!r}"
             )
-        classifier = Classifier(directory, config.architecture.get("hyperparameters", {}), config.quantization)
+        try:
+            classifier = Classifier(directory, config.architecture.get("hyperparameters", {}), config.quantization)
+        except (KeyError, TypeError) as exc:
+            raise RepositoryError(
+                f"{directory}: architecture hyperparameters do not build the LSTM ({exc!r})"
+            ) from None
         self.vocab_sizes[directory.name] = classifier.vocab_size
         return lambda inputs: {"PROBABILITIES": classifier.probabilities(inputs["INPUT_IDS"], inputs["ATTENTION_MASK"])}
 
