@@ -16,7 +16,7 @@ import numpy as np
 
 from maas.inference import grpc_service_pb2 as v2pb
 from maas.inference import grpc_service_pb2_grpc
-from services.bench.loadgen import closed_loop, interleaved
+from services.bench.loadgen import alternating, interleaved
 from services.bench.report import Row, Section
 from services.bench.settings import BenchConfig
 from services.bench.tokenizer import REVIEWS
@@ -59,7 +59,8 @@ async def gateway_section(config: BenchConfig) -> Section:
             f"hop (the gateway answers it itself) and `echo` at the transformer the same hop to a model service. "
             f"`{MODEL}` gets one review tokenized at its own length ({len(REVIEWS[0])} characters). Gateway CPU is "
             "the gateway process's CPU time over the requests it served at concurrency "
-            f"{CONCURRENCY} (Prometheus `process_cpu_seconds_total`)."
+            f"{CONCURRENCY} (Prometheus `process_cpu_seconds_total`). At concurrency {CONCURRENCY}, direct and "
+            "through-the-gateway loads take turns in four rounds, so drift on a shared machine falls on both."
         ),
     )
     env = {"MAAS_MODEL_REPOSITORY": str(config.repository)}
@@ -112,16 +113,18 @@ async def gateway_section(config: BenchConfig) -> Section:
         }
         results = await interleaved(calls, config.duration, config.warmup)
         section.rows += [Row(label, result) for label, result in results.items()]
-        section.rows.append(
-            Row(
-                f"{MODEL}, direct",
-                await closed_loop(lambda: direct.ModelInfer(model), CONCURRENCY, config.duration, config.warmup),
-            )
-        )
         cpu_before, calls_before = await asyncio.to_thread(_scrape, metrics_port)
-        result = await closed_loop(lambda: via.ModelInfer(model), CONCURRENCY, config.duration, config.warmup)
+        loaded = await alternating(
+            {
+                f"{MODEL}, direct": lambda: direct.ModelInfer(model),
+                f"{MODEL}, through the gateway": lambda: via.ModelInfer(model),
+            },
+            CONCURRENCY,
+            config.duration,
+            config.warmup,
+        )
         cpu_after, calls_after = await asyncio.to_thread(_scrape, metrics_port)
-        section.rows.append(Row(f"{MODEL}, through the gateway", result))
+        section.rows += [Row(label, result) for label, result in loaded.items()]
     cpu_us = (cpu_after - cpu_before) / max(calls_after - calls_before, 1) * 1e6
     added = section.row(f"{MODEL}, through the gateway", 1).p50_ms - section.row(f"{MODEL}, direct", 1).p50_ms
     added_tokenizer = (

@@ -135,3 +135,51 @@ async def interleaved(
         await phase(warmup)
     latencies, failed, elapsed = await phase(duration)
     return {label: summarize(1, latencies[label], failed[label], sum(latencies[label]) or elapsed) for label in calls}
+
+
+async def alternating(
+    calls: dict[str, Callable[[], Awaitable[object]]],
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    rounds: int = 4,
+) -> dict[str, LoadResult]:
+    """Closed loops at `concurrency` taking turns: each round runs every call for `duration / rounds`
+    seconds, so slow drift of a shared machine falls on every call alike (concurrency > 1's answer to
+    `interleaved`).
+
+    Returns:
+        Label -> throughput and latency percentiles over all its rounds.
+    """
+    latencies: dict[str, list[float]] = {label: [] for label in calls}
+    failed = dict.fromkeys(calls, 0)
+    seconds = dict.fromkeys(calls, 0.0)
+
+    async def window(call: Callable[[], Awaitable[object]], length: float, into: list[float]) -> tuple[int, float]:
+        errors = 0
+        started = time.perf_counter()
+        deadline = started + length
+
+        async def caller() -> None:
+            nonlocal errors
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                try:
+                    await call()
+                except Exception:
+                    errors += 1
+                    continue
+                into.append(time.perf_counter() - t0)
+
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+        return errors, time.perf_counter() - started
+
+    for call in calls.values():
+        if warmup > 0:
+            await window(call, warmup, [])
+    for _ in range(rounds):
+        for label, call in calls.items():
+            errors, elapsed = await window(call, duration / rounds, latencies[label])
+            failed[label] += errors
+            seconds[label] += elapsed
+    return {label: summarize(concurrency, latencies[label], failed[label], seconds[label]) for label in calls}

@@ -90,6 +90,9 @@ class DynamicBatcher:
         self._worker: asyncio.Task | None = None
         self._busy = False
         self._closing = False
+        self._batch_rows = metrics.BATCH_ROWS.labels(name)
+        self._queue_seconds = metrics.QUEUE_SECONDS.labels(name)
+        self._cancelled = metrics.CANCELLED.labels(name)
 
     async def submit(self, inputs: Arrays) -> Arrays:
         """Queue one validated request and wait for its outputs.
@@ -127,7 +130,7 @@ class DynamicBatcher:
                 self._arrived.set()
                 outputs = await request.future
         except asyncio.CancelledError:
-            metrics.CANCELLED.labels(self._name).inc()
+            self._cancelled.inc()
             raise
         telemetry.set_attributes(
             batch_size=request.batch_rows, queue_us=request.queue_ns // 1000, compute_us=request.compute_ns // 1000
@@ -236,10 +239,9 @@ class DynamicBatcher:
 
     def _record(self, rows: int, compute_ns: int, waits: list[int]) -> None:
         self._stats.record_execution(rows, compute_ns, waits)
-        metrics.BATCH_ROWS.labels(self._name).observe(rows)
-        queue_seconds = metrics.QUEUE_SECONDS.labels(self._name)
+        self._batch_rows.observe(rows)
         for wait in waits:
-            queue_seconds.observe(wait / 1e9)
+            self._queue_seconds.observe(wait / 1e9)
 
     def _run_inline(self, request: _Request) -> Arrays:
         started = time.perf_counter_ns()

@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.common.service import Service
-from services.common.settings import ServiceSettings, TokenizerSettings, TransformerSettings, VisionSettings
+from services.common.settings import (
+    ServiceSettings,
+    TextSettings,
+    TokenizerSettings,
+    TransformerSettings,
+    VisionSettings,
+)
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,15 @@ SERVICES: dict[str, HostedService] = {
         typed_grpc="maas.vision.v1.vision_pb2_grpc",
         typed_service="VisionService",
         typed_models={"ClassifyImage": "fashion_cnn"},
+        uses_torch=True,
+    ),
+    "text": HostedService(
+        name="text",
+        settings=TextSettings,
+        builder="services.text.servicer:build_service",
+        typed_grpc="maas.text.v1.text_pb2_grpc",
+        typed_service="TextService",
+        typed_models={"ClassifyText": "review_lstm"},
         uses_torch=True,
     ),
     "transformer": HostedService(

@@ -224,6 +224,16 @@ class VisionReplica(ServiceReplica):
         return await self.typed("ClassifyImage", request, grpc_context)
 
 
+class TextReplica(ServiceReplica):
+    """The text service in a replica."""
+
+    service = "text"
+
+    async def ClassifyText(self, request: Any, grpc_context: Any = None) -> Any:
+        """maas.text.v1 ClassifyText."""
+        return await self.typed("ClassifyText", request, grpc_context)
+
+
 class TransformerReplica(ServiceReplica):
     """The transformer service in a replica."""
 
@@ -239,5 +249,5 @@ class TransformerReplica(ServiceReplica):
 
 
 REPLICAS: dict[str, type[ServiceReplica]] = {
-    replica.service: replica for replica in (TokenizerReplica, VisionReplica, TransformerReplica)
+    replica.service: replica for replica in (TokenizerReplica, VisionReplica, TextReplica, TransformerReplica)
 }

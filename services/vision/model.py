@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.fx.experimental.optimization import fuse
+from torch.nn import functional
 
 from services.common.torch_weights import load_weights
 
@@ -54,18 +54,39 @@ def build(hyperparameters: dict) -> FashionCNN:
 
 
 class Classifier:
-    """A loaded version: images in, class probabilities out. Batch norms are folded into the
-    convolutions before them (same results, a third less time per image)."""
+    """A loaded version: images in, class probabilities out.
+
+    At load, the trained network becomes a flat list of tensor operations: each batch norm folded
+    into the convolution before it, max pooling moved ahead of the ReLU (both commute, so results are
+    identical on a quarter of the values), dropout gone, and no module dispatch per call. At batch 1
+    module dispatch costs about as much as the arithmetic.
+    """
 
     def __init__(self, directory: Path, hyperparameters: dict) -> None:
-        """Load the version's weights into its architecture.
+        """Load the version's weights into its architecture and fold them for inference.
 
         Raises:
             RepositoryError: the weights do not fit the architecture.
         """
-        self.network = fuse(load_weights(build(hyperparameters), directory / WEIGHTS_FILE))
+        network = load_weights(build(hyperparameters), directory / WEIGHTS_FILE)
+        self._convolutions = [_fold(block[0], block[1]) for block in network.features]
+        linears = [layer for layer in network.classifier if isinstance(layer, nn.Linear)]
+        self._linears = [(layer.weight.detach(), layer.bias.detach()) for layer in linears]
 
     @torch.inference_mode()
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Softmax probabilities, float32 [N, 10], for float32 images [N, 1, 28, 28] in [0, 1]."""
-        return torch.softmax(self.network(torch.from_numpy(images)), dim=1).numpy()
+        hidden = torch.from_numpy(images)
+        for weight, bias in self._convolutions:
+            hidden = torch.relu_(functional.max_pool2d(functional.conv2d(hidden, weight, bias, padding=1), 2))
+        hidden = hidden.flatten(1)
+        (weight, bias), (out_weight, out_bias) = self._linears
+        hidden = torch.relu_(functional.linear(hidden, weight, bias))
+        return torch.softmax(functional.linear(hidden, out_weight, out_bias), dim=1).numpy()
+
+
+@torch.no_grad()
+def _fold(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight and bias of one convolution equal to `conv` (no bias) followed by `norm` in eval mode."""
+    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+    return conv.weight * scale[:, None, None, None], norm.bias - norm.running_mean * scale
