@@ -39,12 +39,18 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run one service in the foreground until SIGTERM or Ctrl-C")
-    run.add_argument("service", choices=sorted(registry.SERVICES))
+    run.add_argument("service", choices=sorted([*registry.SERVICES, "ray"]), help="`ray`: every model service on Ray")
     run.add_argument("--host", help="address to bind (default: the service's setting, 127.0.0.1)")
     run.add_argument("--port", type=int, help="gRPC port (default: the service's setting; 0 picks one)")
 
     start = commands.add_parser("up", help="start every service on this machine; Ctrl-C drains and stops them")
     start.add_argument("--grace", type=float, default=15.0, help="seconds each service gets to drain on stop")
+    start.add_argument(
+        "--runtime", choices=["grpc", "ray"], default="grpc", help="model services as processes, or on a local Ray"
+    )
+
+    serve_config = commands.add_parser("serve-config", help="write the Serve config (KubeRay serveConfigV2)")
+    serve_config.add_argument("--output", type=Path, help="path (default: helm/maas/files/serve-config.yaml)")
 
     models = commands.add_parser("models", help="put pretrained files into the model repository")
     exports = models.add_subparsers(dest="target", required=True)
@@ -161,6 +167,20 @@ def main(argv: list[str] | None = None) -> int:
         The process exit status.
     """
     args = _parser().parse_args(argv)
+    if args.command == "run" and args.service == "ray":
+        from services.ray.host import run_ray
+
+        asyncio.run(run_ray())
+        return 0
+    if args.command == "serve-config":
+        from services.common.settings import RaySettings
+        from services.ray.serve_config import SERVE_CONFIG_FILE, render
+
+        output = args.output or SERVE_CONFIG_FILE
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(render(RaySettings()), encoding="utf-8")
+        sys.stdout.write(f"wrote {output}\n")
+        return 0
     if args.command == "run":
         overrides = {key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None}
         asyncio.run(registry.run_service(args.service, overrides))
@@ -187,7 +207,12 @@ def main(argv: list[str] | None = None) -> int:
         except RoutingError as exc:
             sys.stderr.write(f"maas up: {exc}\n")
             return 1
-        return asyncio.run(up(registry.up_groups(), grace=args.grace, environment=environment))
+        hosts = {}
+        if args.runtime == "ray":
+            from services.ray.host import available_services
+
+            hosts["ray"] = available_services()
+        return asyncio.run(up(registry.up_groups(args.runtime), args.grace, environment, hosts))
 
 
 if __name__ == "__main__":

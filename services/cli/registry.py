@@ -108,6 +108,13 @@ def up_environment(workdir: Path) -> Callable[[str, dict[str, str]], dict[str, s
     return environment
 
 
-def up_groups() -> list[list[str]]:
-    """Services `maas up` starts, in groups: each group is ready before the next one starts."""
+def up_groups(runtime: str = "grpc") -> list[list[str]]:
+    """Services `maas up` starts, in groups: each group is ready before the next one starts.
+
+    Args:
+        runtime: `grpc` (one process per service) or `ray` (one `maas run ray` process hosting the model
+            services on a local Ray Serve, then the gateway).
+    """
+    if runtime == "ray":
+        return [["ray"], ["gateway"]]
     return UP_GROUPS

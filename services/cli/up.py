@@ -21,26 +21,32 @@ KILL_MARGIN_SECONDS = 5.0
 
 
 class _Child:
-    def __init__(self, service: str, process: asyncio.subprocess.Process) -> None:
+    def __init__(self, service: str, process: asyncio.subprocess.Process, reports: list[str]) -> None:
         self.service = service
         self.process = process
         self.ready = asyncio.get_running_loop().create_future()
+        self._reports = reports
+        self._addresses: dict[str, str] = {}
 
     async def relay(self) -> None:
-        """Copy the child's stdout to ours, resolving `ready` at its READY line."""
+        """Copy the child's stdout to ours, resolving `ready` (service -> address) once every service
+        it hosts has printed its READY line."""
         assert self.process.stdout is not None
         async for raw in self.process.stdout:
             line = raw.decode(errors="replace")
             sys.stdout.write(line)
             sys.stdout.flush()
-            if line.startswith("READY ") and not self.ready.done():
-                self.ready.set_result(line.split()[-1])
+            words = line.split()
+            if len(words) == 3 and words[0] == "READY" and words[1] in self._reports:
+                self._addresses[words[1]] = words[2]
+                if len(self._addresses) == len(self._reports) and not self.ready.done():
+                    self.ready.set_result(dict(self._addresses))
         if not self.ready.done():
             self.ready.set_exception(RuntimeError(f"{self.service} exited before it was ready"))
 
 
-async def _spawn(service: str, env: dict[str, str]) -> _Child:
-    return _Child(service, await spawn(service, env=env))
+async def _spawn(service: str, env: dict[str, str], reports: list[str]) -> _Child:
+    return _Child(service, await spawn(service, env=env), reports)
 
 
 async def _stop(children: list[_Child], grace: float) -> None:
@@ -57,7 +63,10 @@ async def _stop(children: list[_Child], grace: float) -> None:
 
 
 async def up(
-    groups: list[list[str]], grace: float, environment: Callable[[str, dict[str, str]], dict[str, str]]
+    groups: list[list[str]],
+    grace: float,
+    environment: Callable[[str, dict[str, str]], dict[str, str]],
+    hosts: dict[str, list[str]] | None = None,
 ) -> int:
     """Start `groups` of services in order and supervise them until a signal or a child's death.
 
@@ -66,6 +75,8 @@ async def up(
         grace: seconds a child gets to drain after SIGTERM before it is killed.
         environment: extra environment of a service, given the addresses of the services already
             ready (the gateway's routing comes from them).
+        hosts: a child that hosts several services (`ray`) -> the services it reports READY;
+            any other child reports itself.
 
     Returns:
         0 after a clean stop on a signal, 1 if a service failed.
@@ -81,7 +92,10 @@ async def up(
     status = 0
     try:
         for group in groups:
-            started = [await _spawn(service, environment(service, dict(ready))) for service in group]
+            started = [
+                await _spawn(service, environment(service, dict(ready)), (hosts or {}).get(service, [service]))
+                for service in group
+            ]
             children.extend(started)
             relays.extend(asyncio.create_task(child.relay()) for child in started)
             waiting = asyncio.gather(*(child.ready for child in started))
@@ -91,7 +105,8 @@ async def up(
                 waiting.cancel()
                 return 0
             stopping.cancel()
-            ready.update(zip(group, waiting.result(), strict=True))
+            for addresses in waiting.result():
+                ready.update(addresses)
         sys.stdout.write("READY all\n")
         sys.stdout.flush()
         exits = [asyncio.create_task(child.process.wait()) for child in children]
