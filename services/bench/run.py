@@ -15,6 +15,7 @@ async def run_bench(config: BenchConfig, output: Path, command: str) -> list[Sec
     """Run every scenario, write the markdown report to `output` and return the sections."""
     # Imported here: these benchmarks need torch, which `maas` itself must not import.
     from services.bench.gateway import gateway_section
+    from services.bench.ray_hosting import ray_section
     from services.bench.text import text_section
     from services.bench.transformer import transformer_section
     from services.bench.vision import vision_section
@@ -25,6 +26,7 @@ async def run_bench(config: BenchConfig, output: Path, command: str) -> list[Sec
         await transformer_section(config),
         await text_section(config),
         await gateway_section(config),
+        await ray_section(config),
     ]
     await asyncio.to_thread(_write, output, render(sections, command, REPO_ROOT))
     return sections

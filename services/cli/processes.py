@@ -46,11 +46,16 @@ async def read_ready(process: asyncio.subprocess.Process, service: str, timeout:
 
 
 @asynccontextmanager
-async def running(service: str, *args: str, env: dict[str, str] | None = None) -> AsyncIterator[str]:
-    """Run a service for the duration of the block; yields its address; SIGTERM (then kill) on exit."""
+async def running(
+    service: str, *args: str, env: dict[str, str] | None = None, ready_as: str | None = None
+) -> AsyncIterator[str]:
+    """Run a service for the duration of the block; yields its address; SIGTERM (then kill) on exit.
+
+    `ready_as` names the READY line to wait for when the process hosts other services (`ray`).
+    """
     process = await spawn(service, *args, env=env)
     try:
-        yield await read_ready(process, service)
+        yield await read_ready(process, ready_as or service)
     finally:
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)

@@ -202,6 +202,9 @@ class RaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MAAS_RAY_", extra="ignore", frozen=True)
 
     address: str = Field("", description="Ray cluster to join (e.g. `auto`); empty starts a local one.")
+    services: list[str] = Field(
+        default_factory=list, description='Services `maas run ray` hosts, e.g. `["vision"]`; empty: all with models.'
+    )
     num_cpus: int = Field(4, ge=1, description="Logical CPUs a local Ray offers its replicas.")
     num_gpus: int = Field(0, ge=0, description="GPUs a local Ray offers (0 on a CPU-only machine).")
     object_store_memory: int = Field(

@@ -49,7 +49,7 @@ async def run_ray(services: list[str] | None = None) -> None:
         SystemExit: Ray or an application failed to start (the reason is logged).
     """
     ray = RaySettings()
-    names = services or available_services()
+    names = services or ray.services or available_services()
     settings = {name: SERVICES[name].settings() for name in names}
     configure_logging(next(iter(settings.values())).log_format if settings else "text", "INFO")
     stop = asyncio.Event()

@@ -54,6 +54,9 @@ def test_quick_bench_writes_a_report_with_every_row(model_repository: Path, tmp_
         ("minilm_embed, through the gateway", 1),
         ("minilm_embed, direct", 16),
         ("minilm_embed, through the gateway", 16),
+        ("grpc hosting (own process)", 16),
+        ("ray, default path (maas front, DeploymentHandle)", 16),
+        ("ray, Serve's native gRPC proxy", 16),
     ):
         assert (label, concurrency) in measured
     for model in ("review_lstm", "minilm_embed"):
@@ -66,6 +69,7 @@ def test_quick_bench_writes_a_report_with_every_row(model_repository: Path, tmp_
     assert "Length-aware padding serves" in report and "on short texts, batching serves" in report
     assert re.search(r"The gateway adds -?[\d.]+ ms p50 to `minilm_embed`", report)
     assert re.search(r"of its direct throughput", report)
+    assert re.search(r"the ray default path serves [\d.]+x the requests of Serve's native proxy", report)
     assert re.search(r"The gateway spends [\d,]+ µs of CPU per request", report)
     assert (
         "no batching for the LSTM" in report
