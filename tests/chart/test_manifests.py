@@ -163,16 +163,26 @@ def test_every_setting_of_the_settings_class_can_be_set_from_values(service: str
 
 @pytest.mark.parametrize("values", VALUES, ids=values_id)
 def test_container_commands_are_ones_the_cli_accepts(values: Path | None):
-    for doc, _ in workloads(render(values)):
+    docs = render(values)
+    services = {
+        f"{doc['metadata']['name']}.{doc['metadata']['namespace']}.svc.cluster.local": doc
+        for doc in of_kind(docs, "Service")
+    }
+    for doc, _ in workloads(docs):
         box = container(doc)
         assert box["command"] == ["maas"]
         parsed = _parser().parse_args([str(arg) for arg in box["args"]])
         if doc["kind"] == "Deployment":
             assert (parsed.command, parsed.service) == ("run", component(doc))
-        else:
-            assert parsed.command == "health"
-            ports = sorted(int(address.rsplit(":", 1)[1]) for address in parsed.addresses)
-            assert ports == sorted(CONTRACT.values())
+            continue
+        assert parsed.command == "health"
+        checked = {}
+        for address in parsed.addresses:
+            host, port = address.rsplit(":", 1)
+            (grpc_port,) = [p["port"] for p in services[host]["spec"]["ports"] if p["name"] == "grpc"]
+            assert int(port) == grpc_port
+            checked[component(services[host])] = address
+        assert set(checked) == set(CONTRACT)
 
 
 def test_resources_and_gpus_land_where_the_values_say():
