@@ -8,10 +8,11 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.t
 PYTEST_ARGS ?=
 
 MAAS := $(VENV)/bin/maas
-# What the services serve, made when missing (once; ~6 min on 2 cores): the tokenizer and MiniLM
-# exported, the vision CNN and the MiniLM sentiment head trained.
+# What the services serve, made when missing (once; ~7 min on 2 cores): the tokenizer and MiniLM
+# exported, the vision CNN, the review LSTM (fp32, then int8 beside it) and the MiniLM sentiment head trained.
 MODELS = $(MAAS) models export-tokenizer --if-missing && $(MAAS) models export-minilm --if-missing \
-	&& $(MAAS) train vision --if-missing $(1) && $(MAAS) train transformer --if-missing $(1)
+	&& $(MAAS) train vision --if-missing $(1) && $(MAAS) train text --if-missing $(1) \
+	&& $(MAAS) train text --quantize int8 --if-missing $(1) && $(MAAS) train transformer --if-missing $(1)
 
 .PHONY: venv models up test bench protos lint
 

@@ -62,13 +62,18 @@ def v2(channel: grpc.aio.Channel) -> grpc_service_pb2_grpc.GRPCInferenceServiceS
 
 
 TINY_VISION_IMAGES = 4000
+TINY_TEXT_REVIEWS = 800
 
 
 @pytest.fixture(scope="session")
 def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model repository holding what the tests serve: the exported tokenizer and MiniLM, a vision
-    CNN trained for two epochs on 4,000 images and a sentiment head trained on 200 reviews (seconds;
-    the default recipes are tested separately)."""
+    CNN trained for two epochs on 4,000 images, a review LSTM trained for two epochs on 800 reviews
+    with its int8 version beside it, and a sentiment head trained on 200 reviews (seconds; the
+    default recipes are tested separately)."""
+    from services.common.torch_weights import DYNAMIC_INT8
+    from services.text import train as text
+    from services.text.recipe import Recipe as TextRecipe
     from services.tokenizer.export import export_tokenizer
     from services.transformer import train as transformer
     from services.transformer.export import export_minilm
@@ -78,6 +83,8 @@ def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repository = tmp_path_factory.mktemp("model_repository")
     export_tokenizer(repository)
     train(Recipe(epochs=2, train_limit=TINY_VISION_IMAGES), repository, progress=False)
+    text.train(TextRecipe(epochs=2, train_limit=TINY_TEXT_REVIEWS, test_limit=200), repository, progress=False)
+    text.quantize_version(repository, DYNAMIC_INT8, test_limit=200)
     export_minilm(repository)
     transformer.train(transformer.Recipe(train_limit=200, test_limit=50), repository, progress=False)
     return repository
@@ -114,5 +121,16 @@ async def transformer_server(model_repository: Path) -> AsyncIterator[GrpcServer
     from services.transformer.hosting import build_server
 
     settings = TransformerSettings(port=0, metrics_port=0, model_repository=model_repository, max_texts=32)
+    async with started(build_server(settings)) as server:
+        yield server
+
+
+@pytest.fixture
+async def text_server(model_repository: Path) -> AsyncIterator[GrpcServer]:
+    """The text service on a free port over the tiny LSTM (fp32 and int8), with a low sequence limit."""
+    from services.common.settings import TextSettings
+    from services.text.hosting import build_server
+
+    settings = TextSettings(port=0, metrics_port=0, model_repository=model_repository, max_texts=32)
     async with started(build_server(settings)) as server:
         yield server

@@ -15,6 +15,7 @@ async def run_bench(config: BenchConfig, output: Path, command: str) -> list[Sec
     """Run every scenario, write the markdown report to `output` and return the sections."""
     # Imported here: these benchmarks need torch, which `maas` itself must not import.
     from services.bench.gateway import gateway_section
+    from services.bench.text import text_section
     from services.bench.transformer import transformer_section
     from services.bench.vision import vision_section
 
@@ -22,6 +23,7 @@ async def run_bench(config: BenchConfig, output: Path, command: str) -> list[Sec
         await tokenizer_section(config),
         await vision_section(config),
         await transformer_section(config),
+        await text_section(config),
         await gateway_section(config),
     ]
     await asyncio.to_thread(_write, output, render(sections, command, REPO_ROOT))

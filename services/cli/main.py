@@ -13,13 +13,25 @@ from services.cli import infer, registry
 from services.cli.up import up
 from services.common.repository import CONFIG_FILE, version_dirs
 from services.common.settings import REPO_ROOT, ServiceSettings
+from services.text.recipe import Recipe as TextRecipe
 from services.vision.data import DEFAULT_DATA_DIR as VISION_DATA_DIR
 from services.vision.recipe import Recipe as VisionRecipe
+
+QUANTIZATION_SCHEMES = {"int8": "dynamic_int8"}
 
 
 def _repository_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repository", type=Path, help="repository root (default: MAAS_MODEL_REPOSITORY)")
     parser.add_argument("--if-missing", action="store_true", help="do nothing if the model has a version already")
+
+
+def _quantize_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quantize",
+        choices=sorted(QUANTIZATION_SCHEMES),
+        help="instead: publish the newest fp32 version again as a version quantized at load "
+        "(int8: dynamic int8 LSTM/Linear layers), with its measured accuracy",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,7 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="put pretrained files into the model repository")
     exports = models.add_subparsers(dest="target", required=True)
     _repository_options(exports.add_parser("export-tokenizer", help="MiniLM's tokenizer files -> tokenizer/"))
-    _repository_options(exports.add_parser("export-minilm", help="all-MiniLM-L6-v2's encoder -> minilm_embed/"))
+    minilm = exports.add_parser("export-minilm", help="all-MiniLM-L6-v2's encoder -> minilm_embed/")
+    _repository_options(minilm)
+    _quantize_option(minilm)
+    minilm.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     train = commands.add_parser("train", help="train a model and publish it as the repository's next version")
     trainers = train.add_subparsers(dest="target", required=True)
@@ -46,9 +61,15 @@ def _parser() -> argparse.ArgumentParser:
     vision.add_argument("--seed", type=int, default=VisionRecipe.seed, help="random seed")
     vision.add_argument("--train-limit", type=int, default=0, help="train on this many images only (quick runs)")
     vision.add_argument("--data-dir", type=Path, default=VISION_DATA_DIR, help="directory with the idx .gz files")
+    text = trainers.add_parser("text", help="the review LSTM over WordPiece ids (review_lstm)")
+    text.add_argument("--epochs", type=int, default=TextRecipe.epochs, help="passes over the training reviews")
+    text.add_argument("--seed", type=int, default=TextRecipe.seed, help="random seed")
+    text.add_argument("--train-limit", type=int, default=0, help="train on this many reviews only (quick runs)")
     transformer = trainers.add_parser("transformer", help="the sentiment head over MiniLM (minilm_sentiment)")
     transformer.add_argument("--train-limit", type=int, default=0, help="train on this many reviews only")
-    for trainer in (vision, transformer):
+    for trainer in (text, transformer):
+        _quantize_option(trainer)
+    for trainer in (vision, text, transformer):
         _repository_options(trainer)
         trainer.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -61,6 +82,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _has_version(repository: Path, model: str, scheme: str | None) -> bool:
+    """Whether `model` has a version quantized by `scheme` (None: any version at all)."""
+    versions = version_dirs(repository, model)
+    if scheme is None:
+        return bool(versions)
+    configs = (json.loads((repository / model / v / CONFIG_FILE).read_text()) for v in versions)
+    return any(config.get("quantization") == scheme for config in configs)
+
+
 def _make(args: argparse.Namespace) -> int:
     """`maas models ...` and `maas train ...`: make a model version unless --if-missing finds one.
 
@@ -68,12 +98,21 @@ def _make(args: argparse.Namespace) -> int:
     tokenizer and gateway images.
     """
     repository = args.repository or ServiceSettings().model_repository
+    scheme = QUANTIZATION_SCHEMES.get(getattr(args, "quantize", None) or "")
+    progress = not getattr(args, "no_progress", False)
     if args.target == "export-tokenizer":
         from services.tokenizer.export import MODEL_NAME
         from services.tokenizer.export import export_tokenizer as make
     elif args.target == "export-minilm":
-        from services.transformer.export import export_minilm as make
         from services.transformer.spec import EMBED_MODEL as MODEL_NAME
+
+        if scheme:
+            from services.transformer.train import quantize_embed
+
+            def make(repo: Path) -> Path:
+                return quantize_embed(repo, scheme, progress=progress)
+        else:
+            from services.transformer.export import export_minilm as make
     elif args.target == "vision":
         from services.vision.spec import MODEL_NAME
         from services.vision.train import train
@@ -81,15 +120,25 @@ def _make(args: argparse.Namespace) -> int:
         recipe = VisionRecipe(epochs=args.epochs, seed=args.seed, train_limit=args.train_limit)
 
         def make(repo: Path) -> Path:
-            return train(recipe, repo, args.data_dir, progress=not args.no_progress)
-    else:
-        from services.transformer.spec import SENTIMENT_MODEL as MODEL_NAME
-        from services.transformer.train import Recipe, train
+            return train(recipe, repo, args.data_dir, progress=progress)
+    elif args.target == "text":
+        from services.text.spec import MODEL_NAME
+        from services.text.train import quantize_version, train
+
+        text_recipe = TextRecipe(epochs=args.epochs, seed=args.seed, train_limit=args.train_limit)
 
         def make(repo: Path) -> Path:
-            return train(Recipe(train_limit=args.train_limit), repo, progress=not args.no_progress)
+            return quantize_version(repo, scheme) if scheme else train(text_recipe, repo, progress=progress)
+    else:
+        from services.transformer.spec import SENTIMENT_MODEL as MODEL_NAME
+        from services.transformer.train import Recipe, quantize_sentiment, train
 
-    if args.if_missing and version_dirs(repository, MODEL_NAME):
+        def make(repo: Path) -> Path:
+            if scheme:
+                return quantize_sentiment(repo, scheme, progress=progress)
+            return train(Recipe(train_limit=args.train_limit), repo, progress=progress)
+
+    if args.if_missing and _has_version(repository, MODEL_NAME, scheme):
         return 0
     try:
         target = make(repository)

@@ -17,6 +17,7 @@ from services.common.server import GrpcServer, serve
 from services.common.settings import (
     EchoSettings,
     GatewaySettings,
+    TextSettings,
     TokenizerSettings,
     TransformerSettings,
     VisionSettings,
@@ -39,6 +40,12 @@ def _vision(overrides: dict[str, Any]) -> GrpcServer:
     return build_server(VisionSettings(**overrides))
 
 
+def _text(overrides: dict[str, Any]) -> GrpcServer:
+    from services.text.hosting import build_server
+
+    return build_server(TextSettings(**overrides))
+
+
 def _transformer(overrides: dict[str, Any]) -> GrpcServer:
     from services.transformer.hosting import build_server
 
@@ -56,10 +63,11 @@ SERVICES: dict[str, Callable[[dict[str, Any]], GrpcServer]] = {
     "gateway": _gateway,
     "tokenizer": _tokenizer,
     "vision": _vision,
+    "text": _text,
     "transformer": _transformer,
 }
 
-UP_GROUPS = [["tokenizer"], ["vision", "transformer"], ["gateway"]]
+UP_GROUPS = [["tokenizer"], ["vision", "text", "transformer"], ["gateway"]]
 ROUTING_FILE = "routing.yaml"
 
 

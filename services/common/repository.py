@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import shutil
 import tempfile
 from abc import abstractmethod
 from collections.abc import Callable
@@ -268,3 +269,56 @@ class RepositoryModel(VersionedModel):
         Raises:
             RepositoryError: the files do not match the config.
         """
+
+
+def publish_quantized(
+    repository: Path, model: str, scheme: str, measure: Callable[[Path, VersionConfig], tuple[dict, dict]]
+) -> Path:
+    """Publish the newest unquantized version of `model` again as the next version, quantized by `scheme`.
+
+    The weights are copied unchanged (plain tensors in safetensors); the new config records the
+    scheme, and the serving code quantizes at load. A model without a `model.json` gets one with
+    the policy `latest:2`, so the quantized version is served beside the one it came from.
+
+    Args:
+        repository: repository root.
+        model: model name.
+        scheme: the quantization scheme to record (e.g. `dynamic_int8`).
+        measure: given the source version's directory and config, returns the quantized model's
+            metrics and extra provenance to record.
+
+    Returns:
+        The new version's directory.
+
+    Raises:
+        FileNotFoundError: the model has no unquantized version to start from.
+    """
+    sources = [
+        (directory, read_version(directory, model))
+        for directory in (repository / model / v for v in reversed(version_dirs(repository, model)))
+    ]
+    source = next(((d, c) for d, c in sources if c.quantization is None), None)
+    if source is None:
+        raise FileNotFoundError(f"no unquantized version of {model} in {repository} to quantize")
+    directory, config = source
+    metrics, provenance = measure(directory, config)
+    quantized = config.model_copy(
+        update={
+            "quantization": scheme,
+            "metrics": metrics,
+            "data": {**config.data, "quantized_from": f"{model}/{directory.name}", **provenance},
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "files": dict.fromkeys(config.files, ""),
+        },
+        deep=True,
+    )
+
+    def copy_files(staging: Path) -> None:
+        for name in config.files:
+            shutil.copyfile(directory / name, staging / name)
+
+    published = publish_version(repository, quantized, copy_files)
+    policy = repository / model / MODEL_FILE
+    if not policy.exists():
+        policy.write_text(ModelFile(version_policy="latest:2").model_dump_json() + "\n", encoding="utf-8")
+    return published

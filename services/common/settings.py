@@ -141,6 +141,17 @@ class BatchingSettings(BaseSettings):
         return BatchingConfig(self.max_batch_size, self.max_queue_delay_ms, self.max_queue_size, **sequence)
 
 
+class SequenceSettings(BatchingSettings):
+    """Batching of a model over token ids, and how many sequences one request may hold."""
+
+    max_texts: int = Field(256, ge=1, description="Sequences per request; more is RESOURCE_EXHAUSTED.")
+    length_aware: bool = Field(True, description="Pad batches to their longest sequence (else to fixed_length).")
+    fixed_length: int = Field(256, ge=1, le=512, description="Padded length when length_aware is off.")
+    max_batch_tokens: int = Field(
+        2048, ge=0, description="Length-aware: most rows x padded length per batch (0: only MAX_BATCH_SIZE)."
+    )
+
+
 class TextLimits(BaseSettings):
     """Limits on text a service takes in one request."""
 
@@ -165,21 +176,21 @@ class VisionSettings(BatchingSettings, ServiceSettings):
     max_image_bytes: int = Field(4 << 20, ge=1, description="Bytes per encoded image; more is RESOURCE_EXHAUSTED.")
 
 
-class TextSettings(ServiceSettings):
+class TextSettings(SequenceSettings, ServiceSettings):
     """The text (LSTM) service."""
 
     model_config = SettingsConfigDict(env_prefix="MAAS_TEXT_")
     port: int = Field(50054, ge=0, le=65535)
+    max_batch_tokens: int = Field(
+        0,
+        ge=0,
+        description="Length-aware: most rows x padded length per batch (0: only MAX_BATCH_SIZE). An LSTM's time "
+        "per batch grows with its longest sequence and little with its rows, so by default there is no budget.",
+    )
 
 
-class TransformerSettings(BatchingSettings, ServiceSettings):
+class TransformerSettings(SequenceSettings, ServiceSettings):
     """The transformer (MiniLM) service."""
 
     model_config = SettingsConfigDict(env_prefix="MAAS_TRANSFORMER_")
     port: int = Field(50055, ge=0, le=65535)
-    max_texts: int = Field(256, ge=1, description="Sequences per request; more is RESOURCE_EXHAUSTED.")
-    length_aware: bool = Field(True, description="Pad batches to their longest sequence (else to fixed_length).")
-    fixed_length: int = Field(256, ge=1, le=512, description="Padded length when length_aware is off.")
-    max_batch_tokens: int = Field(
-        2048, ge=0, description="Length-aware: most rows x padded length per batch (0: only MAX_BATCH_SIZE)."
-    )

@@ -9,9 +9,10 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 from services.common.repository import TensorConfig, VersionConfig, publish_version
+from services.common.sequences import SEQUENCE_INPUTS
 from services.tokenizer.export import SOURCE_PACKAGE, source_directory
 from services.transformer.model import ENCODER_ARCHITECTURE, WEIGHTS_FILE, build_encoder
-from services.transformer.spec import EMBED_MODEL, EMBED_OUTPUTS, PLATFORM, SEQUENCE_INPUTS
+from services.transformer.spec import EMBED_MODEL, EMBED_OUTPUTS, PLATFORM
 
 BERT_CONFIG_SKIPPED = ("architectures", "transformers_version", "gradient_checkpointing", "use_cache")
 

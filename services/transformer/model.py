@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel
 
-from services.common.torch_weights import load_weights
+from services.common.torch_weights import load_weights, quantize
 from services.transformer.spec import EMBEDDING_SIZE
 
 ENCODER_ARCHITECTURE = "bert_mean_pooling"
@@ -31,14 +31,14 @@ def build_encoder(bert_config: dict) -> BertModel:
 class Encoder:
     """A loaded encoder version: token ids in, sentence embeddings out."""
 
-    def __init__(self, directory: Path, bert_config: dict) -> None:
-        """Load the version's weights.
+    def __init__(self, directory: Path, bert_config: dict, quantization: str | None = None) -> None:
+        """Load the version's weights, quantized by `quantization` (a config's scheme) if given.
 
         Raises:
-            RepositoryError: the weights do not fit the BERT config.
+            RepositoryError: the weights do not fit the BERT config, or the quantization is unknown.
         """
         self.vocab_size = int(bert_config["vocab_size"])
-        self.bert = load_weights(build_encoder(bert_config), directory / WEIGHTS_FILE)
+        self.bert = quantize(load_weights(build_encoder(bert_config), directory / WEIGHTS_FILE), quantization)
 
     @torch.inference_mode()
     def embed_tensor(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> torch.Tensor:
@@ -69,14 +69,14 @@ class SentimentHead(nn.Module):
 class Sentiment:
     """A loaded sentiment version: an encoder and the head trained over its embeddings."""
 
-    def __init__(self, encoder: Encoder, directory: Path, classes: int) -> None:
-        """Load the head's weights.
+    def __init__(self, encoder: Encoder, directory: Path, classes: int, quantization: str | None = None) -> None:
+        """Load the head's weights, quantized by `quantization` (a config's scheme) if given.
 
         Raises:
-            RepositoryError: the weights do not fit the head.
+            RepositoryError: the weights do not fit the head, or the quantization is unknown.
         """
         self.encoder = encoder
-        self.head = load_weights(SentimentHead(classes), directory / HEAD_FILE)
+        self.head = quantize(load_weights(SentimentHead(classes), directory / HEAD_FILE), quantization)
 
     @torch.inference_mode()
     def probabilities(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:

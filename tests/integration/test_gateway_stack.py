@@ -5,7 +5,6 @@ cancel downstream work, and one trace across processes collected by an in-test O
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import re
 import signal
@@ -35,8 +34,6 @@ from tests.contract.test_vision import png
 from tests.integration.test_up import free_ports
 from tests.interop.test_tritonclient import run_script
 
-TEXT_MERGED = importlib.util.find_spec("services.text") is not None
-needs_text = pytest.mark.skipif(not TEXT_MERGED, reason="the text (LSTM) service is not on this branch yet")
 MODELS = [
     "echo",
     "tokenizer",
@@ -254,18 +251,8 @@ def test_maas_infer_prints_readable_results(stack: Stack, shirt):
     assert image.splitlines()[1].split()[0] == label and "fashion_cnn, version 1" in image
     embed = maas_infer(stack.gateway, "embed", "a sentence")
     assert re.search(r"^  384 dimensions, norm 1\.000: \[", embed, re.M)
-    failed = subprocess.run(
-        [PYTHON, "-m", "services.cli.main", "infer", "text", "x", "--model", "lstm", "--address", stack.gateway],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    if not TEXT_MERGED:
-        assert failed.returncode == 1 and failed.stderr.startswith("maas infer: NOT_FOUND: model 'review_lstm'")
 
 
-@needs_text
 async def test_lstm_models_and_pipeline_through_the_gateway(stack: Stack):
     seen = await run_script("tritonclient_gateway.py", stack.gateway, *LSTM_MODELS)
     for model in LSTM_MODELS:

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import grpc
 
+from maas.common.v1 import common_pb2
 from maas.gateway.v1 import gateway_pb2_grpc
+from maas.text.v1 import text_pb2, text_pb2_grpc
 from maas.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 from maas.vision.v1 import vision_pb2, vision_pb2_grpc
 from tests.conftest import PYTHON, REPO_ROOT
@@ -34,6 +36,8 @@ def free_ports(repository: Path) -> dict[str, str]:
         "MAAS_TOKENIZER_METRICS_PORT": "0",
         "MAAS_VISION_PORT": "0",
         "MAAS_VISION_METRICS_PORT": "0",
+        "MAAS_TEXT_PORT": "0",
+        "MAAS_TEXT_METRICS_PORT": "0",
         "MAAS_TRANSFORMER_PORT": "0",
         "MAAS_TRANSFORMER_METRICS_PORT": "0",
         "MAAS_GATEWAY_PORT": "0",
@@ -45,10 +49,10 @@ async def test_up_serves_every_service_and_stops_cleanly_on_sigterm(model_reposi
     async with maas_process("up", ready="tokenizer", env=free_ports(model_repository)) as up:
         assert up.address.startswith("127.0.0.1:")
         ready = {}
-        for _ in range(3):
+        for _ in range(4):
             line = await read_ready_any(up.process)
             ready[line[0]] = line[1]
-        assert set(ready) == {"vision", "transformer", "gateway"}
+        assert set(ready) == {"vision", "text", "transformer", "gateway"}
         vision = ready["vision"]
         assert await read_ready(up.process, "all") == ""
         async with grpc.aio.insecure_channel(vision) as channel:
@@ -56,6 +60,11 @@ async def test_up_serves_every_service_and_stops_cleanly_on_sigterm(model_reposi
             image = vision_pb2.Image(raw=vision_pb2.RawImage(pixels=[0.0] * 784))
             response = await stub.ClassifyImage(vision_pb2.ClassifyImageRequest(images=[image]))
             assert response.model_version == "1"
+        async with grpc.aio.insecure_channel(ready["text"]) as channel:
+            stub = text_pb2_grpc.TextServiceStub(channel)
+            item = common_pb2.TokenizedText(input_ids=[101, 2307, 11937, 16329, 102])
+            response = await stub.ClassifyText(text_pb2.ClassifyTextRequest(items=[item]))
+            assert len(response.results[0].labels) == 2
         async with grpc.aio.insecure_channel(up.address) as channel:
             stub = tokenizer_pb2_grpc.TokenizerServiceStub(channel)
             response = await stub.Tokenize(tokenizer_pb2.TokenizeRequest(texts=["up and running"]))

@@ -1,0 +1,100 @@
+"""The review LSTM: architecture and inference. No gRPC, no Ray.
+
+An LSTM reading WordPiece ids in both directions. Its embedding table holds only the ids seen often enough
+in training: a lookup buffer maps each of the tokenizer's ids to a row (row 0 is [PAD], row 1 every
+id without a row of its own). Padding never changes a result.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from services.common.torch_weights import load_weights, quantize
+
+ARCHITECTURE = "review_bilstm"
+WEIGHTS_FILE = "model.safetensors"
+PAD_ROW = 0
+UNKNOWN_ROW = 1
+
+
+class ReviewLSTM(nn.Module):
+    """Embedding, an LSTM reading each review forwards and one reading it backwards, then each
+    direction's last state and its max over time -> logits.
+
+    Two one-way LSTMs over right-padded, per-row reversed ids rather than one bidirectional LSTM
+    over packed sequences: padding after a row's tokens cannot reach the states that are read, and
+    it runs about 2.5x faster on a CPU than packing.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        rows: int,
+        embedding: int = 64,
+        hidden: int = 64,
+        dropout: float = 0.4,
+        classes: int = 2,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("id_to_row", torch.full((vocab_size,), UNKNOWN_ROW, dtype=torch.int64))
+        self.embedding = nn.Embedding(rows, embedding, padding_idx=PAD_ROW)
+        self.forwards = nn.LSTM(embedding, hidden, batch_first=True)
+        self.backwards = nn.LSTM(embedding, hidden, batch_first=True)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(4 * hidden, classes)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Logits [N, classes] for right-padded ids [N, L] with `lengths` [N] (each >= 1)."""
+        positions = torch.arange(ids.shape[1])
+        valid = positions < lengths[:, None]
+        reversed_ids = ids.gather(1, torch.where(valid, lengths[:, None] - 1 - positions, positions))
+        last = lengths - 1
+        rows = torch.arange(ids.shape[0])
+        features = []
+        for lstm, tokens in ((self.forwards, ids), (self.backwards, reversed_ids)):
+            states, _ = lstm(self.dropout(self.embedding(self.id_to_row[tokens])))
+            features += [states[rows, last], states.masked_fill(~valid[..., None], float("-inf")).amax(dim=1)]
+        return self.classifier(self.dropout(torch.cat(features, dim=1)))
+
+
+def build(hyperparameters: dict) -> ReviewLSTM:
+    """The architecture a version's config describes."""
+    return ReviewLSTM(**hyperparameters)
+
+
+def tokens_first(ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Move each row's masked-in tokens to its front, in order (a no-op for right-padded rows).
+
+    Returns:
+        Ids and lengths [N].
+    """
+    lengths = mask.sum(axis=1)
+    if (mask[:, 1:] <= mask[:, :-1]).all():
+        return ids, lengths
+    order = np.argsort(-mask, axis=1, kind="stable")
+    return np.take_along_axis(ids, order, axis=1), lengths
+
+
+class Classifier:
+    """A loaded version: token ids in, class probabilities out."""
+
+    def __init__(self, directory: Path, hyperparameters: dict, quantization: str | None = None) -> None:
+        """Load the version's weights into its architecture, quantized if its config says so.
+
+        Raises:
+            RepositoryError: the weights do not fit the architecture, or the quantization is unknown.
+        """
+        self.vocab_size = int(hyperparameters["vocab_size"])
+        self.network = quantize(load_weights(build(hyperparameters), directory / WEIGHTS_FILE), quantization)
+
+    @torch.inference_mode()
+    def probabilities(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Softmax probabilities, float32 [N, classes], for INT64 ids and 0/1 mask [N, L], every row
+        holding at least one token."""
+        ids, lengths = tokens_first(input_ids, attention_mask)
+        logits = self.network(torch.from_numpy(ids), torch.from_numpy(lengths))
+        return torch.softmax(logits, dim=1).numpy()

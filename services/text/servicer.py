@@ -1,0 +1,62 @@
+"""Text servicers: the v2 model `review_lstm` and the typed `maas.text.v1` API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+
+from maas.text.v1 import text_pb2 as pb
+from maas.text.v1 import text_pb2_grpc as pb_grpc
+from services.common.batcher import Predict
+from services.common.interceptor import label_model
+from services.common.models import InferRequest
+from services.common.repository import RepositoryError, VersionConfig
+from services.common.sequences import SequenceModel, padded
+from services.common.typed import top_labels
+from services.text.model import ARCHITECTURE, Classifier
+from services.text.spec import MODEL_NAME, OUTPUTS, PLATFORM
+
+
+class ReviewModel(SequenceModel):
+    """v2 model `review_lstm`: INPUT_IDS, ATTENTION_MASK INT64 [N, L] -> PROBABILITIES FP32 [N, 2]."""
+
+    name = MODEL_NAME
+    platform = PLATFORM
+    outputs = OUTPUTS
+    missing_hint = "; run `maas train text`"
+
+    def build(self, directory: Path, config: VersionConfig) -> Predict:
+        """Load the LSTM of a version, quantized as its config says."""
+        if config.architecture.get("name") != ARCHITECTURE:
+            raise RepositoryError(
+                f"{directory}: architecture {config.architecture.get('name')!r} is not {ARCHITECTURE!r}"
+            )
+        try:
+            classifier = Classifier(directory, config.architecture.get("hyperparameters", {}), config.quantization)
+        except (KeyError, TypeError) as exc:
+            raise RepositoryError(
+                f"{directory}: architecture hyperparameters do not build the LSTM ({exc!r})"
+            ) from None
+        self.vocab_sizes[directory.name] = classifier.vocab_size
+        return lambda inputs: {"PROBABILITIES": classifier.probabilities(inputs["INPUT_IDS"], inputs["ATTENTION_MASK"])}
+
+
+class TextServicer(pb_grpc.TextServiceServicer):
+    """`maas.text.v1.TextService` over `ReviewModel` (same batcher, same statistics)."""
+
+    def __init__(self, model: ReviewModel) -> None:
+        self._model = model
+
+    async def ClassifyText(
+        self, request: pb.ClassifyTextRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ClassifyTextResponse:
+        label_model(MODEL_NAME)
+        inputs = padded(request.items, self._model.max_rows)
+        version = self._model.resolve(request.model_version)
+        result = await self._model.infer(InferRequest(inputs, version))
+        labels = self._model.configs[version].labels
+        top_k = min(request.top_k or len(labels), len(labels))
+        return pb.ClassifyTextResponse(
+            results=top_labels(result.outputs[0].array, labels, top_k), model_version=version
+        )
