@@ -32,6 +32,7 @@ from services.common.errors import Overloaded, Unauthenticated
 
 AUTHORIZATION_KEY = "authorization"
 BEARER = "bearer "
+FLOAT_SLACK = 1e-9
 
 
 class KeysFileError(ValueError):
@@ -108,8 +109,8 @@ class TokenBucket:
         now = self._clock()
         self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
         self._stamp = now
-        if self._tokens >= 1:
-            self._tokens -= 1
+        if self._tokens >= 1 - FLOAT_SLACK:
+            self._tokens = max(0.0, self._tokens - 1)
             return 0.0
         return (1 - self._tokens) / self.rate
 
@@ -168,7 +169,7 @@ class ApiKeys:
             if wait:
                 raise Overloaded(
                     f"API key '{key.name}' is over its rate limit of {key.bucket.rate:g} calls/s "
-                    f"(burst {key.bucket.burst}); retry in {wait:.3f} s"
+                    f"(burst {key.bucket.burst}); retry in {math.ceil(wait * 1000) / 1000:.3f} s"
                 )
         return key.name
 
