@@ -14,8 +14,10 @@ class WeightedPicker:
     than in blocks, and with no randomness."""
 
     def __init__(self, weights: Sequence[int]) -> None:
-        """Args:
-        weights: one non-negative weight per backend, not all 0.
+        """Start a picker over backends with these weights.
+
+        Args:
+            weights: one non-negative weight per backend, not all 0.
         """
         self.weights = list(weights)
         self._current = [0] * len(self.weights)
@@ -47,10 +49,12 @@ class RetryBudget:
     """
 
     def __init__(self, ratio: float, min_per_second: float, clock: Callable[[], float] = time.monotonic) -> None:
-        """Args:
-        ratio: retries allowed per call made (0.2: one retry for every five calls).
-        min_per_second: retries allowed a second whatever the traffic (so rare calls can retry too).
-        clock: seconds on a monotonic clock (tests pass their own).
+        """Start with a full budget.
+
+        Args:
+            ratio: retries allowed per call made (0.2: one retry for every five calls).
+            min_per_second: retries allowed a second whatever the traffic (so rare calls can retry too).
+            clock: seconds on a monotonic clock (tests pass their own).
         """
         self.ratio = ratio
         self.min_per_second = min_per_second
