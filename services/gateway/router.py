@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import grpc
 import numpy as np
 from prometheus_client import Counter
 
@@ -41,7 +42,7 @@ KEEP_VERSION = frozenset({"ModelStatistics"})
 
 RETRIES = Counter(
     "maas_gateway_retries_total",
-    "Downstream calls the gateway retried, by model and why the failed try surely did not run.",
+    "Downstream calls the gateway retried, by model and why: unreachable, refused, or in_flight (if allowed).",
     ["model", "reason"],
 )
 RETRIES_DENIED = Counter(
@@ -212,15 +213,17 @@ class Router:
                 if wait is None:
                     raise
                 avoid.add(index)
-                log.info("retrying %s after %s on %s: %s", model, exc.not_run.value, exc.target, exc)
-                RETRIES.labels(model, exc.not_run.value).inc()
+                why = exc.not_run.value if exc.not_run else "in_flight"
+                log.info("retrying %s after %s on %s: %s", model, why, exc.target, exc)
+                RETRIES.labels(model, why).inc()
                 await asyncio.sleep(wait)
             attempt += 1
             route = self._routes.get(model, route)
 
     def _retry_wait(self, model: str, route: Route, exc: DownstreamError, attempt: int) -> float | None:
         """Seconds to wait before retrying after `exc`, or None if the call must fail now."""
-        if exc.not_run is None or attempt >= route.spec.retries.attempts:
+        lost = exc.grpc_code is grpc.StatusCode.UNAVAILABLE and route.spec.retries.in_flight
+        if (exc.not_run is None and not lost) or attempt >= route.spec.retries.attempts:
             return None
         wait = 0.0
         if exc.not_run is NotRun.UNREACHABLE:

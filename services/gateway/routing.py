@@ -117,6 +117,13 @@ class Retries(BaseModel):
     )
     budget_ratio: float = Field(0.2, ge=0, le=1, description="Retries may add this fraction of the route's calls...")
     budget_min_per_second: float = Field(10.0, ge=0, description="...plus this many retries per second.")
+    in_flight: bool = Field(
+        False,
+        description=(
+            "Also retry calls that were sent and then lost with their replica (UNAVAILABLE, may have run): "
+            "only for models without side effects, since such a call may run twice."
+        ),
+    )
 
 
 class ModelRoute(BaseModel):

@@ -2,8 +2,9 @@
 started again on its port. SIGTERM (what kubelet and `kill PID` send): the replica drains, the
 gateway stops sending to it and retries the calls it refused, so no call fails. SIGKILL: only the
 calls on their way to it or in flight on it when it died fail — they were sent and may have run, so
-they are never retried — at most one per caller, none sent after it was gone. Either way it gets
-calls again soon after it is back."""
+they are not retried — at most one per caller, none sent after it was gone; unless the route allows
+retrying calls lost in flight (`retries.in_flight`, for models without side effects), when none fail.
+Either way it gets calls again soon after it is back."""
 
 from __future__ import annotations
 
@@ -47,15 +48,19 @@ async def start_replica(version: str, port: int = 0) -> tuple[asyncio.subprocess
     return process, int(address.rsplit(":", 1)[1])
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
-async def test_a_replica_stopped_mid_load(tmp_path: Path, signum: signal.Signals):
+@pytest.mark.parametrize(
+    ("signum", "in_flight"),
+    [(signal.SIGTERM, False), (signal.SIGKILL, False), (signal.SIGKILL, True)],
+    ids=["sigterm", "sigkill", "sigkill-retry-in-flight"],
+)
+async def test_a_replica_stopped_mid_load(tmp_path: Path, signum: signal.Signals, in_flight: bool):
     one, one_port = await start_replica("1")
     two, two_port = await start_replica("2")
     processes = [one, two]
     routing = tmp_path / "routing.yaml"
     routing.write_text(
         f"targets: {{pool: {{endpoints: ['127.0.0.1:{one_port}', '127.0.0.1:{two_port}']}}}}\n"
-        "models: {pool: {target: pool}}\n"
+        f"models: {{pool: {{target: pool, retries: {{in_flight: {str(in_flight).lower()}}}}}}}\n"
     )
     settings = GatewaySettings(port=0, metrics_port=0, routing_file=routing)
     try:
@@ -93,7 +98,7 @@ async def test_a_replica_stopped_mid_load(tmp_path: Path, signum: signal.Signals
         before,
         returned - back,
     )
-    if signum == signal.SIGTERM:
+    if signum == signal.SIGTERM or in_flight:
         assert failed == []
     else:
         assert len(failed) <= CONCURRENCY, failed
