@@ -13,6 +13,8 @@ from pydantic_settings import BaseSettings
 
 from services.cli.main import _parser
 from services.common import settings as settings_module
+from services.common.auth import load_api_keys
+from services.gateway.routing import parse_routing
 from tests.chart.conftest import CI_VALUES, of_kind, pod_labels, render, values_id, workloads
 
 VALUES = [None, *CI_VALUES]
@@ -24,7 +26,7 @@ SETTINGS = {
     "text": settings_module.TextSettings,
     "transformer": settings_module.TransformerSettings,
 }
-SET_BY_CHART = {"host", "port", "metrics_port", "model_repository", "log_format"}
+SET_BY_CHART = {"host", "port", "metrics_port", "model_repository", "log_format", "routing_file", "api_keys_file"}
 
 
 def component(doc: dict) -> str:
@@ -247,3 +249,41 @@ def test_the_model_repository_comes_from_a_pvc_when_the_values_say_so():
         assert env_of(doc)["MAAS_MODEL_REPOSITORY"] == "/models"
         assert {"name": "models", "mountPath": "/models", "readOnly": True} in container(doc)["volumeMounts"]
     assert not of_kind(render(), "PersistentVolumeClaim")
+
+
+@pytest.mark.parametrize("values", VALUES, ids=values_id)
+def test_the_gateways_routing_and_keys_files_load_with_the_gateways_own_parsers(values: Path | None, tmp_path: Path):
+    docs = render(values)
+    (configmap,) = of_kind(docs, "ConfigMap")
+    routing = parse_routing(configmap["data"]["routing.yaml"], "the routing ConfigMap")
+    services = {
+        f"{doc['metadata']['name']}.{doc['metadata']['namespace']}.svc.cluster.local": component(doc)
+        for doc in of_kind(docs, "Service")
+    }
+    for name, target in routing.targets.items():
+        host, port = target.address.removeprefix("dns:///").rsplit(":", 1)
+        assert services[host] == name and int(port) == CONTRACT[name]
+    assert set(routing.models) == {
+        "tokenizer",
+        "fashion_cnn",
+        "review_lstm",
+        "minilm_embed",
+        "minilm_sentiment",
+    }
+    (gateway,) = [doc for doc in of_kind(docs, "Deployment") if component(doc) == "gateway"]
+    env = env_of(gateway)
+    assert env["MAAS_GATEWAY_ROUTING_FILE"] == "/etc/maas/routing/routing.yaml"
+    secrets = of_kind(docs, "Secret")
+    if values is None or values.name != "auth-values.yaml":
+        assert not secrets and "MAAS_GATEWAY_API_KEYS_FILE" not in env
+        return
+    assert routing.models["fashion_cnn"].timeout_seconds == 2 and routing.models["fashion_cnn"].retries.in_flight
+    (secret,) = secrets
+    keys_file = tmp_path / "api-keys.yaml"
+    keys_file.write_text(secret["stringData"]["api-keys.yaml"])
+    keys = load_api_keys(keys_file)
+    assert len(keys) == 2
+    assert keys.check([("authorization", "Bearer a-long-random-string-for-ci")]) == "ci"
+    volumes = {v["name"]: v for v in gateway["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["api-keys"]["secret"]["secretName"] == secret["metadata"]["name"]
+    assert env["MAAS_GATEWAY_API_KEYS_FILE"] == "/etc/maas/auth/api-keys.yaml"

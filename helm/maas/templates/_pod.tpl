@@ -20,6 +20,10 @@
 {{- if eq .service "gateway" }}
 - name: MAAS_GATEWAY_ROUTING_FILE
   value: /etc/maas/routing/routing.yaml
+{{- if .values.auth.enabled }}
+- name: MAAS_GATEWAY_API_KEYS_FILE
+  value: /etc/maas/auth/api-keys.yaml
+{{- end }}
 {{- end }}
 {{- with .root.Values.tracing.otlpEndpoint }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
