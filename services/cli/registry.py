@@ -77,11 +77,12 @@ async def run_service(name: str, overrides: dict[str, Any]) -> None:
     Raises:
         SystemExit: the service's configuration is unusable (the message is logged).
     """
+    from services.common.auth import KeysFileError
     from services.gateway.routing import RoutingError
 
     try:
         server = SERVICES[name](overrides)
-    except RoutingError as exc:
+    except (RoutingError, KeysFileError) as exc:
         sys.stderr.write(f"{name}: {exc}\n")
         raise SystemExit(1) from None
     await serve(server)

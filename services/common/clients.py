@@ -2,13 +2,19 @@
 
 A channel resolves its target (`dns:///host:port`) to every address and spreads calls over them
 with round_robin, so a headless Kubernetes Service spreads load over every pod (gRPC keeps its
-connections open, so kube-proxy alone would pin a client to one pod). Every call takes its timeout
-from what is left of the deadline of the call being served, carries its request id and trace
-context, and translates a failure once, into `DownstreamError` with the status unchanged.
+connections open, so kube-proxy alone would pin a client to one pod). Each address's connection is
+health-checked (`grpc.health.v1`, service ""), so a replica that is draining or loading gets no new
+calls, and a lost connection is re-dialled with a short backoff, so a replica that comes back gets
+calls again within about a second. Every call takes its timeout from what is left of the deadline of
+the call being served, carries its request id and trace context, and translates a failure once, into
+`DownstreamError` with the status unchanged and whether the call surely did not run downstream.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -16,20 +22,38 @@ from typing import Any, TypeVar
 import grpc
 
 from services.common import telemetry
-from services.common.errors import DownstreamError
+from services.common.errors import NOT_RUN_KEY, DownstreamError, NotRun
 from services.common.interceptor import REQUEST_ID_KEY, current_call
 
 S = TypeVar("S")
 
 KEEPALIVE_MS = 30_000
 KEEPALIVE_TIMEOUT_MS = 10_000
+RECONNECT_BACKOFF_MS = 100
+MAX_RECONNECT_BACKOFF_MS = 1_000
+SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}})
+UNREACHABLE_DETAILS = ("connections to all backends failing", "DNS resolution failed")
+"""How gRPC's round_robin and resolver word a call they failed before sending it: no address was
+connected and healthy, or the name did not resolve. gRPC gives the application no structured flag
+for "never sent", and these are the statuses its own load balancer and resolver produce, so the
+words are the signal; a contract test pins them."""
 
 
-def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
-    """Options of a long-lived channel to a maas service: round_robin over every resolved address,
-    keepalive pings so dead connections are noticed, and the service message limits."""
+def channel_options(
+    max_message_bytes: int, max_reconnect_backoff_ms: int = MAX_RECONNECT_BACKOFF_MS
+) -> list[tuple[str, Any]]:
+    """Options of a long-lived channel to a maas service: round_robin over every resolved address
+    that is connected and reports SERVING, short reconnect backoff (gRPC's default grows to 120 s),
+    keepalive pings so dead connections are noticed, and the service message limits.
+
+    Args:
+        max_message_bytes: largest message sent or received.
+        max_reconnect_backoff_ms: longest wait between attempts to re-dial a lost address.
+    """
     return [
-        ("grpc.lb_policy_name", "round_robin"),
+        ("grpc.service_config", SERVICE_CONFIG),
+        ("grpc.initial_reconnect_backoff_ms", min(RECONNECT_BACKOFF_MS, max_reconnect_backoff_ms)),
+        ("grpc.max_reconnect_backoff_ms", max_reconnect_backoff_ms),
         ("grpc.keepalive_time_ms", KEEPALIVE_MS),
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.keepalive_permit_without_calls", 1),
@@ -53,7 +77,14 @@ def remaining_seconds(default: float) -> float:
 class Downstream:
     """One named target and its long-lived channel; every call to it goes through `call`."""
 
-    def __init__(self, name: str, target: str, max_message_bytes: int, default_timeout: float) -> None:
+    def __init__(
+        self,
+        name: str,
+        target: str,
+        max_message_bytes: int,
+        default_timeout: float,
+        max_reconnect_backoff_ms: int = MAX_RECONNECT_BACKOFF_MS,
+    ) -> None:
         """Open a channel to `target`, connecting lazily.
 
         Args:
@@ -61,12 +92,18 @@ class Downstream:
             target: a gRPC target, e.g. `dns:///tokenizer.maas.svc:50052`.
             max_message_bytes: largest message sent or received.
             default_timeout: timeout of calls made while serving a call without a deadline.
+            max_reconnect_backoff_ms: longest wait between attempts to re-dial a lost address.
         """
         self.name = name
         self.target = target
-        self.channel = grpc.aio.insecure_channel(target, options=channel_options(max_message_bytes))
+        self.channel = grpc.aio.insecure_channel(
+            target, options=channel_options(max_message_bytes, max_reconnect_backoff_ms)
+        )
         self._default_timeout = default_timeout
         self._stubs: dict[type, Any] = {}
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def stub(self, stub_class: Callable[[grpc.aio.Channel], S]) -> S:
         """The stub of one service on this channel (made once)."""
@@ -74,33 +111,66 @@ class Downstream:
             self._stubs[stub_class] = stub_class(self.channel)
         return self._stubs[stub_class]
 
-    async def call(self, rpc: Callable[..., Awaitable[Any]], request: Any, method: str) -> Any:
+    async def call(
+        self, rpc: Callable[..., Awaitable[Any]], request: Any, method: str, timeout: float | None = None
+    ) -> Any:
         """Make one unary call with the rest of the caller's deadline, its request id and trace.
 
         Args:
             rpc: a unary method of a stub from `stub`.
             request: the request message.
             method: the full method name, `/package.Service/Method`, for the trace.
+            timeout: at most this many seconds, even if the caller's deadline leaves more.
 
         Returns:
             The response message.
 
         Raises:
-            DownstreamError: the call failed; it carries the status code and details unchanged.
+            DownstreamError: the call failed; it carries the status code and details unchanged, and
+                `not_run` when the call surely did not run downstream.
         """
         metadata: list[tuple[str, str]] = []
         call = current_call()
         if call is not None:
             metadata.append((REQUEST_ID_KEY, call.request_id))
-        timeout = remaining_seconds(self._default_timeout)
-        with telemetry.client_span(method, self.name, metadata) as span:
-            try:
-                return await rpc(request, timeout=timeout, metadata=metadata)
-            except grpc.aio.AioRpcError as exc:
-                if span is not None:
-                    span.set_attribute("rpc.grpc.status_code", exc.code().value[0])
-                raise DownstreamError(exc.code(), exc.details() or exc.code().name, self.name) from None
+        left = remaining_seconds(self._default_timeout)
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            with telemetry.client_span(method, self.name, metadata) as span:
+                try:
+                    return await rpc(
+                        request, timeout=left if timeout is None else min(left, timeout), metadata=metadata
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    if span is not None:
+                        span.set_attribute("rpc.grpc.status_code", exc.code().value[0])
+                    details = exc.details() or exc.code().name
+                    raise DownstreamError(exc.code(), details, self.name, _not_run(exc, details)) from None
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
 
-    async def close(self) -> None:
-        """Close the channel; calls in flight on it are cancelled."""
+    async def close(self, grace: float = 0.0) -> None:
+        """Close the channel once its calls in flight finish, waiting at most `grace` seconds; calls
+        still in flight then are cancelled.
+
+        Args:
+            grace: seconds to wait for calls in flight.
+        """
+        if grace:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), grace)
         await self.channel.close()
+
+
+def _not_run(error: grpc.aio.AioRpcError, details: str) -> NotRun | None:
+    """Why a failed call surely did not run downstream, or None if it may have run."""
+    if error.code() is not grpc.StatusCode.UNAVAILABLE:
+        return None
+    if any(key == NOT_RUN_KEY for key, _value in error.trailing_metadata() or ()):
+        return NotRun.REFUSED
+    if details.startswith(UNREACHABLE_DETAILS):
+        return NotRun.UNREACHABLE
+    return None

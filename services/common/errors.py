@@ -6,15 +6,23 @@ it must say what was wrong in words a caller can act on, and never hold a traceb
 
 from __future__ import annotations
 
+import enum
 from typing import ClassVar
 
 import grpc
+
+NOT_RUN_KEY = "x-maas-not-run"
+"""Trailing metadata a server sends with a call it refused before running any of it (value: why)."""
 
 
 class MaasError(Exception):
     """Base of every error a caller may see. Raise a subclass; the base maps to INTERNAL."""
 
     grpc_code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        """Metadata sent with the status, beside the request id; none by default."""
+        return ()
 
 
 class InvalidInput(MaasError):
@@ -35,6 +43,14 @@ class Unavailable(MaasError):
     grpc_code = grpc.StatusCode.UNAVAILABLE
 
 
+class Draining(Unavailable):
+    """The server is shutting down and refused the call before running it: safe to retry elsewhere."""
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        """Says the call did not run (`x-maas-not-run: draining`), so a client may retry it."""
+        return ((NOT_RUN_KEY, "draining"),)
+
+
 class ModelNotReady(Unavailable):
     """The model exists but is not loaded, or is loading or unloading."""
 
@@ -51,13 +67,27 @@ class Unauthenticated(MaasError):
     grpc_code = grpc.StatusCode.UNAUTHENTICATED
 
 
-class DownstreamError(MaasError):
-    """A call to another service failed: its status code and details pass through unchanged."""
+class NotRun(enum.Enum):
+    """Why a failed downstream call surely did not run there."""
 
-    def __init__(self, code: grpc.StatusCode, details: str, target: str) -> None:
+    UNREACHABLE = "unreachable"
+    """No endpoint of the target could be reached, so the call was never sent."""
+    REFUSED = "refused"
+    """The target refused the call before running it (it was draining)."""
+
+
+class DownstreamError(MaasError):
+    """A call to another service failed: its status code and details pass through unchanged.
+
+    `not_run` says why the call surely did not run downstream (None: it may have run), which is
+    what decides whether it may be retried.
+    """
+
+    def __init__(self, code: grpc.StatusCode, details: str, target: str, not_run: NotRun | None = None) -> None:
         super().__init__(details)
         self.grpc_code = code
         self.target = target
+        self.not_run = not_run
 
 
 class DeadlineExceeded(MaasError):

@@ -1,6 +1,6 @@
-"""The one server interceptor: request ids, drain gate, metrics, and exception -> status mapping.
+"""The one server interceptor: request ids, drain gate, API keys, metrics, and exception -> status mapping.
 
-Every RPC except health checks and reflection passes through it. A `MaasError` becomes its
+Every RPC except health checks and reflection passes through it (so probes never need a key). A `MaasError` becomes its
 `grpc_code` with its message as details; anything unexpected becomes INTERNAL "internal error" with
 the request id, and the traceback goes to the log, never to the caller.
 """
@@ -21,7 +21,8 @@ from typing import Any
 import grpc
 
 from services.common import metrics, telemetry
-from services.common.errors import DownstreamError, InvalidInput, MaasError, Unavailable
+from services.common.auth import ApiKeys
+from services.common.errors import DownstreamError, Draining, InvalidInput, MaasError
 from services.common.lifecycle import Lifecycle
 from services.common.logs import request_id_var
 
@@ -127,10 +128,17 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps every gated handler: one place for ids, the drain gate, metrics and status mapping."""
+    """Wraps every gated handler: one place for ids, the drain gate, API keys, metrics and status mapping."""
 
-    def __init__(self, lifecycle: Lifecycle) -> None:
+    def __init__(self, lifecycle: Lifecycle, auth: ApiKeys | None = None) -> None:
+        """Gate calls on the server's lifecycle and, if given, on API keys.
+
+        Args:
+            lifecycle: the server's lifecycle (drain gate, calls in flight).
+            auth: API keys every call must present; None: calls need none.
+        """
         self._lifecycle = lifecycle
+        self._auth = auth
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
@@ -182,7 +190,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             call = self._begin(method, full_method, context)
             try:
-                self._gate()
+                self._gate(context)
                 request = _parsed_stream(method, request) if streaming_request else _parsed(method, request)
                 response = await behavior(request, context)
             except BaseException as exc:
@@ -203,7 +211,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             call = self._begin(method, full_method, context)
             try:
-                self._gate()
+                self._gate(context)
                 request = _parsed_stream(method, request) if streaming_request else _parsed(method, request)
                 async for response in behavior(request, context):
                     yield response
@@ -233,9 +241,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         metrics.in_flight(method).inc()
         return call
 
-    def _gate(self) -> None:
+    def _gate(self, context: grpc.aio.ServicerContext) -> None:
         if self._lifecycle.draining:
-            raise Unavailable("server is shutting down; retry on another replica")
+            raise Draining("server is shutting down; retry on another replica")
+        if self._auth is not None:
+            self._auth.check(context.invocation_metadata())
 
     def _record(self, call: CallInfo, code: grpc.StatusCode, details: str = "") -> None:
         if call.span is not None:
@@ -257,4 +267,6 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             return
         code, details = status_of(exc, call)
         self._record(call, code, details)
+        if isinstance(exc, MaasError):
+            trailing += exc.trailing_metadata()
         await context.abort(code, details, trailing_metadata=trailing)

@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from maas.inference import grpc_service_pb2_grpc
 from services.common import telemetry
+from services.common.auth import ApiKeys
 from services.common.errors import MaasError
 from services.common.interceptor import ServerInterceptor
 from services.common.lifecycle import Lifecycle
@@ -48,8 +49,10 @@ class GrpcServer:
         settings: ServiceSettings,
         models: ModelRegistry,
         typed_services: Sequence[TypedService] = (),
+        auth: ApiKeys | None = None,
     ) -> None:
         self.name = name
+        self._auth = auth
         self.settings = settings
         self.models = models
         self.lifecycle = Lifecycle()
@@ -86,7 +89,7 @@ class GrpcServer:
         """
         limit = self.settings.max_message_bytes
         self._server = grpc.aio.server(
-            interceptors=[ServerInterceptor(self.lifecycle)],
+            interceptors=[ServerInterceptor(self.lifecycle, self._auth)],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),

@@ -79,6 +79,15 @@ class GatewaySettings(ServiceSettings):
     stream_chunk_size: int = Field(32, ge=1, le=256, description="Texts per downstream call in StreamClassifyText.")
     stream_concurrency: int = Field(4, ge=1, description="StreamClassifyText chunks in flight at once per call.")
     max_stream_texts: int = Field(100_000, ge=1, description="Texts per StreamClassifyText call; more is refused.")
+    reload_interval_seconds: float = Field(
+        1.0, gt=0, le=60, description="How often the routing file is checked for a change (reloaded live)."
+    )
+    max_reconnect_backoff_seconds: float = Field(
+        1.0, ge=0.1, le=120, description="Longest wait between attempts to re-dial a lost downstream replica."
+    )
+    api_keys_file: Path | None = Field(
+        None, description="YAML file of API keys (and their rate limits); unset: calls need no key."
+    )
 
 
 class TracingSettings(BaseSettings):

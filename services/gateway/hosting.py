@@ -1,9 +1,14 @@
-"""The gateway as a standalone grpc.aio server: typed GatewayService, v2 routing, pipelines, echo."""
+"""The gateway as a standalone grpc.aio server: typed GatewayService, v2 routing, pipelines, echo,
+API keys, and the routing file reloaded live."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from maas.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from maas.inference import grpc_service_pb2_grpc
+from services.common.auth import ApiKeys, load_api_keys
 from services.common.echo import EchoModel
 from services.common.models import ModelRegistry
 from services.common.server import GrpcServer, TypedService
@@ -11,15 +16,32 @@ from services.common.settings import GatewaySettings
 from services.gateway.inference import GatewayInferenceServicer
 from services.gateway.pipelines import PIPELINES, PipelineModel
 from services.gateway.router import TOKENIZER, Router
-from services.gateway.routing import Routing, load_routing
+from services.gateway.routing import Routing, parse_routing, read_routing_text
 from services.gateway.servicer import GatewayServicer
+from services.gateway.watch import RoutingWatcher, digest
 
 
 class GatewayServer(GrpcServer):
-    """The gateway's server: routes v2 calls, and closes its channels once drained."""
+    """The gateway's server: routes v2 calls, follows its routing file, closes its channels once drained."""
 
-    def __init__(self, settings: GatewaySettings, router: Router) -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        router: Router,
+        watcher: RoutingWatcher | None = None,
+        auth: ApiKeys | None = None,
+    ) -> None:
+        """Serve the models `router` routes; the set of pipelines is fixed by the routing at start.
+
+        Args:
+            settings: the gateway's settings.
+            router: the router over the initial routing.
+            watcher: reloads the routing file while serving; None: the routing never changes.
+            auth: API keys calls must present; None: no key needed.
+        """
         self.router = router
+        self.watcher = watcher
+        self._watch: asyncio.Task | None = None
         pipelines = [
             PipelineModel(pipeline, router)
             for pipeline in PIPELINES
@@ -30,23 +52,41 @@ class GatewayServer(GrpcServer):
             servicer=GatewayServicer(router, settings),
             add_to_server=gateway_pb2_grpc.add_GatewayServiceServicer_to_server,
         )
-        super().__init__("gateway", settings, ModelRegistry([EchoModel(), *pipelines]), [typed])
+        super().__init__("gateway", settings, ModelRegistry([EchoModel(), *pipelines]), [typed], auth)
 
     def inference_servicer(self) -> grpc_service_pb2_grpc.GRPCInferenceServiceServicer:
         """Local models served here, every other model forwarded by the routing file."""
         return GatewayInferenceServicer(self.models, self.lifecycle, self.router)
 
+    async def start(self) -> None:
+        """Start serving, then start following the routing file."""
+        await super().start()
+        if self.watcher is not None:
+            self._watch = asyncio.get_running_loop().create_task(self.watcher.run())
+
     async def stop(self) -> None:
-        """Drain, stop, then close every downstream channel."""
+        """Stop following the routing file, drain, stop, then close every downstream channel."""
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
         await super().stop()
         await self.router.close()
 
 
 def build_server(settings: GatewaySettings, routing: Routing | None = None) -> GatewayServer:
-    """The gateway over `routing`, or over the routing file its settings name.
+    """The gateway over `routing` (fixed), or over the routing file its settings name (reloaded
+    when it changes); with API keys if its settings name a keys file.
 
     Raises:
         RoutingError: the routing file cannot be used.
+        KeysFileError: the API keys file cannot be used.
     """
-    routing = routing or load_routing(settings.routing_file)
-    return GatewayServer(settings, Router(routing, settings))
+    auth = load_api_keys(settings.api_keys_file) if settings.api_keys_file is not None else None
+    if routing is not None:
+        return GatewayServer(settings, Router(routing, settings), auth=auth)
+    path = settings.routing_file
+    text = read_routing_text(path)
+    router = Router(parse_routing(text, str(path)), settings)
+    watcher = RoutingWatcher(path, router, settings.reload_interval_seconds, digest(text))
+    return GatewayServer(settings, router, watcher, auth)

@@ -29,21 +29,22 @@ class GatewayInferenceServicer(InferenceServicer):
         self._local = models
         self._router = router
 
-    def _route(self, name: str):
-        """The downstream target of a routed model (labelling the call with it).
+    async def _forward(self, name: str, method: str, request):
+        """Forward a v2 call about a routed model by its route (labelling the call with the model).
 
         Raises:
             ModelNotFound: neither served here nor routed.
+            DownstreamError: the call failed (status unchanged).
         """
         if not self._router.routes(name):
             served = sorted({*(m.name for m in self._local), *self._router.routing.models})
             raise ModelNotFound(f"unknown model '{name}'; the gateway serves: {', '.join(served)}")
         label_model(name)
-        return self._router.owner(name)
+        return await self._router.v2(name, method, request)
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext):
         if request.name not in self._local:
-            return await self._router.v2(self._route(request.name), "ModelReady", request)
+            return await self._forward(request.name, "ModelReady", request)
         local = await super().ModelReady(request, context)
         model = self._local.get(request.name)
         if not local.ready or not isinstance(model, PipelineModel):
@@ -55,7 +56,7 @@ class GatewayInferenceServicer(InferenceServicer):
         if not self._router.routes(model):
             return False
         try:
-            response = await self._router.v2(self._router.owner(model), "ModelReady", pb.ModelReadyRequest(name=model))
+            response = await self._router.v2(model, "ModelReady", pb.ModelReadyRequest(name=model))
         except DownstreamError:
             return False
         return response.ready
@@ -70,12 +71,12 @@ class GatewayInferenceServicer(InferenceServicer):
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext):
         if request.name in self._local:
             return await super().ModelMetadata(request, context)
-        return await self._router.v2(self._route(request.name), "ModelMetadata", request)
+        return await self._forward(request.name, "ModelMetadata", request)
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext):
         if request.model_name in self._local:
             return await super().ModelInfer(request, context)
-        return await self._router.v2(self._route(request.model_name), "ModelInfer", request)
+        return await self._forward(request.model_name, "ModelInfer", request)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
@@ -87,7 +88,7 @@ class GatewayInferenceServicer(InferenceServicer):
                 if request.model_name in self._local:
                     response = await self._infer(request)
                 else:
-                    response = await self._router.v2(self._route(request.model_name), "ModelInfer", request)
+                    response = await self._forward(request.model_name, "ModelInfer", request)
             except Exception as exc:
                 _code, details = status_of(exc, call)
                 yield pb.ModelStreamInferResponse(
@@ -100,7 +101,7 @@ class GatewayInferenceServicer(InferenceServicer):
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext):
         """One model's statistics where it is served, or every model's: here and on every target."""
         if request.name and request.name not in self._local:
-            return await self._router.v2(self._route(request.name), "ModelStatistics", request)
+            return await self._forward(request.name, "ModelStatistics", request)
         response = await super().ModelStatistics(request, context)
         if request.name:
             return response
@@ -128,25 +129,26 @@ class GatewayInferenceServicer(InferenceServicer):
     async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext):
         if request.model_name in self._local:
             return await super().RepositoryModelLoad(request, context)
-        return await self._router.v2(self._route(request.model_name), "RepositoryModelLoad", request)
+        return await self._forward(request.model_name, "RepositoryModelLoad", request)
 
     async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext):
         if request.model_name in self._local:
             return await super().RepositoryModelUnload(request, context)
-        return await self._router.v2(self._route(request.model_name), "RepositoryModelUnload", request)
+        return await self._forward(request.model_name, "RepositoryModelUnload", request)
 
     async def _each_target(self, method: str, request, errors: dict[str, str] | None = None) -> dict:
         """Call `method` on every target at once; a target that fails answers None (and its details
         go into `errors`)."""
+        targets = self._router.targets
 
         async def one(name: str):
             try:
-                return await self._router.v2(self._router.targets[name], method, request)
+                return await self._router.v2_target(targets[name], method, request)
             except MaasError as exc:
                 log.warning("%s on %s failed: %s", method, name, exc)
                 if errors is not None:
                     errors[name] = str(exc)
                 return None
 
-        names = list(self._router.targets)
+        names = list(targets)
         return dict(zip(names, await asyncio.gather(*(one(name) for name in names)), strict=True))

@@ -84,29 +84,26 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
     ) -> tokenizer_pb2.TokenizeResponse:
         label_model(TOKENIZER)
         return await self._router.typed(
-            self._router.owner(TOKENIZER),
+            TOKENIZER,
+            "",
             tokenizer_pb2_grpc.TokenizerServiceStub,
             _service(tokenizer_pb2, "TokenizerService"),
             "Tokenize",
-            request,
+            lambda _version: request,
         )
 
     async def ClassifyImage(
         self, request: pb.ClassifyImageRequest, context: grpc.aio.ServicerContext
     ) -> pb.ClassifyImageResponse:
         label_model(VISION_MODEL)
-        vision = self._router.owner(VISION_MODEL)
-        downstream = vision_pb2.ClassifyImageRequest(
-            images=[vision_pb2.Image(encoded=image) for image in request.images],
-            top_k=request.top_k,
-            model_version=request.model_version,
-        )
+        images = [vision_pb2.Image(encoded=image) for image in request.images]
         response = await self._router.typed(
-            vision,
+            VISION_MODEL,
+            request.model_version,
             vision_pb2_grpc.VisionServiceStub,
             _service(vision_pb2, "VisionService"),
             "ClassifyImage",
-            downstream,
+            lambda version: vision_pb2.ClassifyImageRequest(images=images, top_k=request.top_k, model_version=version),
         )
         return pb.ClassifyImageResponse(results=response.results, model_version=response.model_version)
 
@@ -148,14 +145,16 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         label_model(TEXT_EMBED.model)
-        transformer = self._router.owner(TEXT_EMBED.model)
+        self._router.route(TEXT_EMBED.model)
         ids, mask = await self._router.tokenize(_texts(request.texts))
+        items = tokenized(ids, mask)
         response = await self._router.typed(
-            transformer,
+            TEXT_EMBED.model,
+            request.model_version,
             transformer_pb2_grpc.TransformerServiceStub,
             _service(transformer_pb2, "TransformerService"),
             "Embed",
-            transformer_pb2.EmbedRequest(items=tokenized(ids, mask), model_version=request.model_version),
+            lambda version: transformer_pb2.EmbedRequest(items=items, model_version=version),
         )
         return pb.EmbedResponse(embeddings=response.embeddings, model_version=response.model_version)
 
@@ -165,7 +164,14 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         if route is None:
             raise InvalidInput(f"unknown text model {model}; use TEXT_MODEL_LSTM or TEXT_MODEL_TRANSFORMER")
         label_model(route.model)
-        classifier = self._router.owner(route.model)
+        self._router.route(route.model)
         ids, mask = await self._router.tokenize(texts)
-        downstream = route.request(items=tokenized(ids, mask), top_k=top_k, model_version=version)
-        return await self._router.typed(classifier, route.stub, route.service, "ClassifyText", downstream)
+        items = tokenized(ids, mask)
+        return await self._router.typed(
+            route.model,
+            version,
+            route.stub,
+            route.service,
+            "ClassifyText",
+            lambda asked: route.request(items=items, top_k=top_k, model_version=asked),
+        )

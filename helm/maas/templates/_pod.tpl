@@ -1,0 +1,67 @@
+{{/* Environment of a service container: bind address, contract ports, repository, logs, tracing, settings. */}}
+{{- define "maas.env" -}}
+{{- $prefix := .contract.prefix -}}
+- name: {{ $prefix }}HOST
+  value: "0.0.0.0"
+- name: {{ $prefix }}PORT
+  value: {{ .contract.port | quote }}
+- name: {{ $prefix }}METRICS_PORT
+  value: {{ add .contract.port 1000 | quote }}
+- name: MAAS_MODEL_REPOSITORY
+  value: {{ .root.Values.modelRepository.path | quote }}
+- name: MAAS_LOG_FORMAT
+  value: {{ .root.Values.logFormat | quote }}
+- name: HOME
+  value: /tmp
+- name: PYTHONDONTWRITEBYTECODE
+  value: "1"
+- name: HF_HUB_OFFLINE
+  value: "1"
+{{- if eq .service "gateway" }}
+- name: MAAS_GATEWAY_ROUTING_FILE
+  value: /etc/maas/routing/routing.yaml
+{{- if .values.auth.enabled }}
+- name: MAAS_GATEWAY_API_KEYS_FILE
+  value: /etc/maas/auth/api-keys.yaml
+{{- end }}
+{{- end }}
+{{- with .root.Values.tracing.otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ . | quote }}
+- name: OTEL_SERVICE_NAME
+  value: {{ printf "maas-%s" $.service | quote }}
+{{- end }}
+{{- range $key, $value := .values.settings }}
+- name: {{ printf "%s%s" $prefix (upper $key) }}
+  value: {{ if kindIs "string" $value }}{{ $value | quote }}{{ else }}{{ toJson $value | quote }}{{ end }}
+{{- end }}
+{{- with .values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Native gRPC startup, readiness and liveness probes on the service's gRPC port. */}}
+{{- define "maas.probes" -}}
+{{- range $kind := list "startup" "readiness" "liveness" }}
+{{- $probe := index $.probes $kind }}
+{{- if $probe.enabled }}
+{{ $kind }}Probe:
+  grpc:
+    port: {{ $.port }}
+  periodSeconds: {{ $probe.periodSeconds }}
+  timeoutSeconds: {{ $probe.timeoutSeconds }}
+  failureThreshold: {{ $probe.failureThreshold }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Container resources, with `gpu` NVIDIA GPUs added to the limits (Kubernetes sets requests equal). */}}
+{{- define "maas.resources" -}}
+{{- $resources := deepCopy (.resources | default dict) -}}
+{{- if .gpu -}}
+{{- $limits := $resources.limits | default dict -}}
+{{- $_ := set $limits "nvidia.com/gpu" (int .gpu) -}}
+{{- $_ := set $resources "limits" $limits -}}
+{{- end -}}
+{{- toYaml $resources -}}
+{{- end -}}

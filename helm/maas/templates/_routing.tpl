@@ -1,0 +1,24 @@
+{{/* The gateway's routing file: a dns:/// target per enabled model service (its headless Service, so
+the gateway's round_robin spreads calls over every pod) and the models each one serves, with
+gateway.routes merged into each model's route. */}}
+{{- define "maas.routing" -}}
+{{- $owners := dict "tokenizer" (list "tokenizer") "vision" (list "fashion_cnn") "text" (list "review_lstm") "transformer" (list "minilm_embed" "minilm_sentiment") -}}
+{{- $targets := dict -}}
+{{- $models := dict -}}
+{{- range $service, $contract := include "maas.services" . | fromYaml -}}
+{{- $values := index $.Values $service -}}
+{{- if and (ne $service "gateway") $values.enabled -}}
+{{- $host := include "maas.serviceHost" (dict "root" $ "service" $service) -}}
+{{- $_ := set $targets $service (dict "address" (printf "dns:///%s:%v" $host $contract.port)) -}}
+{{- range $model := index $owners $service -}}
+{{- $_ := set $models $model (merge (dict "target" $service) (index $.Values.gateway.routes $model | default dict)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- range $model, $_ := .Values.gateway.routes -}}
+{{- if not (hasKey $models $model) -}}
+{{- fail (printf "gateway.routes.%s: no enabled service serves model %s" $model $model) -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml (dict "targets" $targets "models" $models) -}}
+{{- end -}}
