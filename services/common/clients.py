@@ -84,6 +84,7 @@ class Downstream:
         max_message_bytes: int,
         default_timeout: float,
         max_reconnect_backoff_ms: int = MAX_RECONNECT_BACKOFF_MS,
+        metadata: tuple[tuple[str, str], ...] = (),
     ) -> None:
         """Open a channel to `target`, connecting lazily.
 
@@ -93,9 +94,11 @@ class Downstream:
             max_message_bytes: largest message sent or received.
             default_timeout: timeout of calls made while serving a call without a deadline.
             max_reconnect_backoff_ms: longest wait between attempts to re-dial a lost address.
+            metadata: sent with every call (e.g. Serve's `application` for its gRPC proxy).
         """
         self.name = name
         self.target = target
+        self.metadata = metadata
         self.channel = grpc.aio.insecure_channel(
             target, options=channel_options(max_message_bytes, max_reconnect_backoff_ms)
         )
@@ -129,7 +132,7 @@ class Downstream:
             DownstreamError: the call failed; it carries the status code and details unchanged, and
                 `not_run` when the call surely did not run downstream.
         """
-        metadata: list[tuple[str, str]] = []
+        metadata: list[tuple[str, str]] = list(self.metadata)
         call = current_call()
         if call is not None:
             metadata.append((REQUEST_ID_KEY, call.request_id))

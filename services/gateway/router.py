@@ -22,7 +22,7 @@ from services.common.errors import DownstreamError, ModelNotFound, NotRun
 from services.common.models import Parameter
 from services.common.settings import GatewaySettings
 from services.common.v2 import SERVICE_NAME as V2_SERVICE_NAME
-from services.gateway.routing import ModelRoute, Routing
+from services.gateway.routing import ModelRoute, Routing, Target
 from services.gateway.traffic import RetryBudget, WeightedPicker
 
 log = logging.getLogger(__name__)
@@ -121,13 +121,14 @@ class Router:
         self.routing = routing
         self._apply(routing)
 
-    def _downstream(self, name: str, address: str) -> Downstream:
+    def _downstream(self, name: str, target: Target) -> Downstream:
         return Downstream(
             name,
-            address,
+            target.grpc_target,
             self._settings.max_message_bytes,
             self._settings.default_timeout_seconds,
             round(self._settings.max_reconnect_backoff_seconds * 1000),
+            tuple(target.metadata.items()),
         )
 
     def _apply(self, routing: Routing) -> list[Downstream]:
@@ -135,8 +136,11 @@ class Router:
         targets = {}
         for name, target in routing.targets.items():
             current = self.targets.get(name)
-            keep = current is not None and current.target == target.grpc_target
-            targets[name] = current if keep else self._downstream(name, target.grpc_target)
+            keep = current is not None and (current.target, current.metadata) == (
+                target.grpc_target,
+                tuple(target.metadata.items()),
+            )
+            targets[name] = current if keep else self._downstream(name, target)
         retired = [d for name, d in self.targets.items() if targets.get(name) is not d]
         self.routing = routing
         self.targets = targets

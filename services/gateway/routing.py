@@ -74,6 +74,10 @@ class Target(BaseModel):
     endpoints: tuple[str, ...] | None = Field(
         None, min_length=1, description="Several replicas as IP host:port; calls are spread over the live ones."
     )
+    metadata: dict[str, str] = Field(
+        default_factory=dict,
+        description="gRPC metadata sent with every call to the target, e.g. {application: vision} for Serve's proxy.",
+    )
 
     @model_validator(mode="after")
     def _one_form(self) -> Target:
