@@ -8,6 +8,8 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from maas.inference import grpc_service_pb2, grpc_service_pb2_grpc
+
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Add `maas health ADDRESS...` to the command line."""
@@ -15,6 +17,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     health.add_argument("addresses", nargs="+", help="host:port of each service")
     health.add_argument("--service", default="", help="health service name to ask for (default: the server)")
     health.add_argument("--timeout", type=float, default=5.0, help="seconds each check may take")
+    health.add_argument(
+        "--model", action="append", default=[], help="a v2 model that must be READY at the first address (repeatable)"
+    )
 
 
 def check(address: str, service: str, timeout: float) -> str:
@@ -28,13 +33,27 @@ def check(address: str, service: str, timeout: float) -> str:
     return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
 
+def model_ready(address: str, model: str, timeout: float) -> str:
+    """`READY` or `NOT_READY` as v2 ModelReady at `address` answers for `model`, or the status code that stopped it."""
+    with grpc.insecure_channel(address) as channel:
+        stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        try:
+            response = stub.ModelReady(grpc_service_pb2.ModelReadyRequest(name=model), timeout=timeout)
+        except grpc.RpcError as exc:
+            return exc.code().name
+    return "READY" if response.ready else "NOT_READY"
+
+
 def run(args: argparse.Namespace) -> int:
-    """Check every address; print one `<status> <address>` line each.
+    """Check every address, then every `--model` at the first address; print one line per check.
 
     Returns:
-        0 when every one is SERVING, else 1.
+        0 when every address is SERVING and every model READY, else 1.
     """
-    statuses = [check(address, args.service, args.timeout) for address in args.addresses]
-    for address, status in zip(args.addresses, statuses, strict=True):
-        sys.stdout.write(f"{status} {address}\n")
-    return 0 if all(status == "SERVING" for status in statuses) else 1
+    results = [(check(address, args.service, args.timeout), address) for address in args.addresses]
+    healthy = all(status == "SERVING" for status, _ in results)
+    for model in args.model:
+        results.append((model_ready(args.addresses[0], model, args.timeout), f"{model}@{args.addresses[0]}"))
+    for status, what in results:
+        sys.stdout.write(f"{status} {what}\n")
+    return 0 if healthy and all(status == "READY" for status, _ in results[len(args.addresses) :]) else 1

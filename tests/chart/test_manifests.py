@@ -8,6 +8,7 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_settings import BaseSettings
 
@@ -27,6 +28,15 @@ SETTINGS = {
     "transformer": settings_module.TransformerSettings,
 }
 SET_BY_CHART = {"host", "port", "metrics_port", "model_repository", "log_format", "routing_file", "api_keys_file"}
+
+
+RAY_MODELS = {"vision": ["fashion_cnn"], "text": ["review_lstm"], "transformer": ["minilm_embed", "minilm_sentiment"]}
+
+
+def ray_runtime(values: Path | None) -> set[str]:
+    """The services a values file moves to the `rayservice` runtime."""
+    given = yaml.safe_load(values.read_text()) if values else {}
+    return {name for name, block in given.items() if isinstance(block, dict) and block.get("runtime") == "rayservice"}
 
 
 def component(doc: dict) -> str:
@@ -65,7 +75,13 @@ def env_of(doc: dict) -> dict[str, str]:
 def test_selectors_select_exactly_their_components_pods(values: Path | None):
     docs = render(values)
     pods = {component(doc): pod_labels(doc) for doc in of_kind(docs, "Deployment")}
-    assert set(pods) == set(CONTRACT)
+    assert set(pods) == set(CONTRACT) - ray_runtime(values)
+    for rayservice in of_kind(docs, "RayService"):
+        cluster = rayservice["spec"]["rayClusterConfig"]
+        groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+        labels = [group["template"]["metadata"]["labels"] for group in groups]
+        assert all(group == labels[0] for group in labels)
+        pods["ray"] = labels[0]
     for deployment in of_kind(docs, "Deployment"):
         assert selects(deployment["spec"]["selector"], pod_labels(deployment))
     for kind, path in (("Service", ("spec", "selector")), ("PodDisruptionBudget", ("spec", "selector"))):
@@ -178,13 +194,15 @@ def test_container_commands_are_ones_the_cli_accepts(values: Path | None):
             assert (parsed.command, parsed.service) == ("run", component(doc))
             continue
         assert parsed.command == "health"
+        assert sorted(parsed.model) == sorted(m for name in ray_runtime(values) for m in RAY_MODELS[name])
+        assert parsed.addresses[0].split(".")[0].endswith("-gateway")
         checked = {}
         for address in parsed.addresses:
             host, port = address.rsplit(":", 1)
             (grpc_port,) = [p["port"] for p in services[host]["spec"]["ports"] if p["name"] == "grpc"]
             assert int(port) == grpc_port
             checked[component(services[host])] = address
-        assert set(checked) == set(CONTRACT)
+        assert set(checked) == set(CONTRACT) - ray_runtime(values)
 
 
 def test_resources_and_gpus_land_where_the_values_say():
@@ -260,9 +278,14 @@ def test_the_gateways_routing_and_keys_files_load_with_the_gateways_own_parsers(
         f"{doc['metadata']['name']}.{doc['metadata']['namespace']}.svc.cluster.local": component(doc)
         for doc in of_kind(docs, "Service")
     }
+    ray = ray_runtime(values)
     for name, target in routing.targets.items():
         host, port = target.address.removeprefix("dns:///").rsplit(":", 1)
-        assert services[host] == name and int(port) == CONTRACT[name]
+        if name in ray:
+            assert host.split(".")[0].endswith("-ray-serve") and port == "9000"
+            assert target.metadata == {"application": name}
+        else:
+            assert services[host] == name and int(port) == CONTRACT[name] and not target.metadata
     assert set(routing.models) == {
         "tokenizer",
         "fashion_cnn",

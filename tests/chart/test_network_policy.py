@@ -65,6 +65,14 @@ def _pods(docs: tuple[dict, ...]) -> dict[str, Pod]:
     for doc in of_kind(docs, "Deployment"):
         ports = {port["name"]: port["containerPort"] for port in container(doc)["ports"]}
         pods[component(doc)] = Pod(component(doc), NAMESPACE, pod_labels(doc), ports)
+    for rayservice in of_kind(docs, "RayService"):
+        cluster = rayservice["spec"]["rayClusterConfig"]
+        head = cluster["headGroupSpec"]["template"]
+        ports = {port["name"]: port["containerPort"] for port in head["spec"]["containers"][0]["ports"]}
+        pods["ray head"] = Pod("ray head", NAMESPACE, head["metadata"]["labels"], ports)
+        worker = cluster["workerGroupSpecs"][0]["template"]
+        pods["ray worker"] = Pod("ray worker", NAMESPACE, worker["metadata"]["labels"])
+    pods["kuberay operator"] = Pod("operator", "kuberay", {"app.kubernetes.io/name": "kuberay-operator"})
     (test,) = of_kind(docs, "Pod")
     pods["helm test"] = Pod("helm test", NAMESPACE, pod_labels(test))
     pods["prometheus"] = Pod("prometheus", "monitoring", {"app.kubernetes.io/name": "prometheus"})
@@ -85,7 +93,8 @@ def test_network_policies_admit_exactly_the_listed_peers(values: Path | None):
     policies = of_kind(docs, "NetworkPolicy")
     pods = _pods(docs)
     gateway_from = "client namespace" if values and values.name == "pvc-values.yaml" else None
-    for destination in ("gateway", *MODEL_SERVICES):
+    deployed = [name for name in ("gateway", *MODEL_SERVICES) if name in pods]
+    for destination in deployed:
         for port in ("grpc", "metrics"):
             allowed = {name for name, source in pods.items() if admitted(policies, source, pods[destination], port)}
             if port == "metrics":
@@ -95,3 +104,20 @@ def test_network_policies_admit_exactly_the_listed_peers(values: Path | None):
             else:
                 expected = {"gateway", "helm test"}
             assert allowed == expected, (destination, port)
+
+
+def test_ray_pods_admit_each_other_the_gateway_on_grpc_the_operator_and_the_scraper():
+    rayservice = next(path for path in CI_VALUES if path.name == "rayservice-values.yaml")
+    docs = render(rayservice)
+    policies, pods = of_kind(docs, "NetworkPolicy"), _pods(docs)
+    head = pods["ray head"]
+    expected = {
+        "grpc": {"gateway", "helm test", "ray head", "ray worker"},
+        "dashboard": {"kuberay operator", "ray head", "ray worker"},
+        "serve": {"kuberay operator", "ray head", "ray worker"},
+        "metrics": {"prometheus", "ray head", "ray worker"},
+        "gcs-server": {"ray head", "ray worker"},
+        "client": {"ray head", "ray worker"},
+    }
+    for port, allowed in expected.items():
+        assert {name for name, source in pods.items() if admitted(policies, source, head, port)} == allowed, port

@@ -94,3 +94,20 @@ app.kubernetes.io/component: {{ .service }}
 {{- define "maas.modelClaim" -}}
 {{- .Values.modelRepository.pvc.existingClaim | default (printf "%s-models" (include "maas.fullname" .)) -}}
 {{- end -}}
+
+{{/* The model services whose runtime is `rayservice`, as a list. */}}
+{{- define "maas.rayServices" -}}
+{{- $ray := list -}}
+{{- range $service := list "vision" "text" "transformer" -}}
+{{- $values := index $.Values $service -}}
+{{- if and $values.enabled (eq $values.runtime "rayservice") -}}
+{{- $ray = append $ray $service -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $ray -}}
+{{- end -}}
+
+{{/* DNS name of the Serve service (Serve's gRPC proxy on every Ray node). */}}
+{{- define "maas.rayServeHost" -}}
+{{- printf "%s.%s.svc.cluster.local" (include "maas.component.fullname" (dict "root" . "service" "ray-serve")) .Release.Namespace -}}
+{{- end -}}

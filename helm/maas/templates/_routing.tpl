@@ -1,6 +1,6 @@
 {{/* The gateway's routing file: a dns:/// target per enabled model service (its headless Service, so
-the gateway's round_robin spreads calls over every pod) and the models each one serves, with
-gateway.routes merged into each model's route. */}}
+the gateway's round_robin spreads calls over every pod; under `rayservice`, Serve's gRPC proxy with the
+service's `application` metadata) and the models each one serves, with gateway.routes merged in. */}}
 {{- define "maas.routing" -}}
 {{- $owners := dict "tokenizer" (list "tokenizer") "vision" (list "fashion_cnn") "text" (list "review_lstm") "transformer" (list "minilm_embed" "minilm_sentiment") -}}
 {{- $targets := dict -}}
@@ -8,8 +8,12 @@ gateway.routes merged into each model's route. */}}
 {{- range $service, $contract := include "maas.services" . | fromYaml -}}
 {{- $values := index $.Values $service -}}
 {{- if and (ne $service "gateway") $values.enabled -}}
+{{- if eq $values.runtime "rayservice" -}}
+{{- $_ := set $targets $service (dict "address" (printf "dns:///%s:9000" (include "maas.rayServeHost" $)) "metadata" (dict "application" $service)) -}}
+{{- else -}}
 {{- $host := include "maas.serviceHost" (dict "root" $ "service" $service) -}}
 {{- $_ := set $targets $service (dict "address" (printf "dns:///%s:%v" $host $contract.port)) -}}
+{{- end -}}
 {{- range $model := index $owners $service -}}
 {{- $_ := set $models $model (merge (dict "target" $service) (index $.Values.gateway.routes $model | default dict)) -}}
 {{- end -}}
