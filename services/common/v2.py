@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib.metadata import version as package_version
 
 import grpc
@@ -93,18 +93,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        call = current_call() or CallInfo(method="ModelStreamInfer", request_id="-")
-        async for request in request_iterator:
-            try:
-                response = await self._infer(request)
-            except Exception as exc:
-                _code, details = status_of(exc, call)
-                yield pb.ModelStreamInferResponse(
-                    error_message=details,
-                    infer_response=pb.ModelInferResponse(model_name=request.model_name, id=request.id),
-                )
-                continue
-            yield pb.ModelStreamInferResponse(infer_response=response)
+        async for response in stream_infer(request_iterator, self._infer):
+            yield response
 
     async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         model = self._model(request.model_name)
@@ -167,3 +157,32 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         model = self._model(request.model_name)
         await model.unload(_version_parameter(request.parameters))
         return pb.RepositoryModelUnloadResponse()
+
+
+async def stream_infer(
+    requests: AsyncIterator[pb.ModelInferRequest],
+    infer: Callable[[pb.ModelInferRequest], Awaitable[pb.ModelInferResponse]],
+) -> AsyncIterator[pb.ModelStreamInferResponse]:
+    """ModelStreamInfer over a unary infer: one response per request, in order. A failed request is an
+    `error_message` on its response (details as the interceptor would send them) and the stream goes
+    on, as Triton does.
+
+    Args:
+        requests: the stream's requests.
+        infer: answers one request.
+
+    Yields:
+        One stream response per request.
+    """
+    call = current_call() or CallInfo(method="ModelStreamInfer", request_id="-")
+    async for request in requests:
+        try:
+            response = await infer(request)
+        except Exception as exc:
+            _code, details = status_of(exc, call)
+            yield pb.ModelStreamInferResponse(
+                error_message=details,
+                infer_response=pb.ModelInferResponse(model_name=request.model_name, id=request.id),
+            )
+            continue
+        yield pb.ModelStreamInferResponse(infer_response=response)

@@ -11,10 +11,10 @@ import grpc
 
 from maas.inference import grpc_service_pb2 as pb
 from services.common.errors import DownstreamError, MaasError, ModelNotFound
-from services.common.interceptor import CallInfo, current_call, label_model, status_of
+from services.common.interceptor import label_model
 from services.common.lifecycle import Lifecycle
 from services.common.models import ModelRegistry
-from services.common.v2 import EXTENSIONS, InferenceServicer
+from services.common.v2 import EXTENSIONS, InferenceServicer, stream_infer
 from services.gateway.pipelines import PipelineModel
 from services.gateway.router import Router
 
@@ -82,21 +82,13 @@ class GatewayInferenceServicer(InferenceServicer):
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Each request served here or forwarded, answered in order; a failure is an error_message."""
-        call = current_call() or CallInfo(method="ModelStreamInfer", request_id="-")
-        async for request in request_iterator:
-            try:
-                if request.model_name in self._local:
-                    response = await self._infer(request)
-                else:
-                    response = await self._forward(request.model_name, "ModelInfer", request)
-            except Exception as exc:
-                _code, details = status_of(exc, call)
-                yield pb.ModelStreamInferResponse(
-                    error_message=details,
-                    infer_response=pb.ModelInferResponse(model_name=request.model_name, id=request.id),
-                )
-                continue
-            yield pb.ModelStreamInferResponse(infer_response=response)
+        async for response in stream_infer(request_iterator, self._infer_or_forward):
+            yield response
+
+    async def _infer_or_forward(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        if request.model_name in self._local:
+            return await self._infer(request)
+        return await self._forward(request.model_name, "ModelInfer", request)
 
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext):
         """One model's statistics where it is served, or every model's: here and on every target."""

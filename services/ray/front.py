@@ -20,11 +20,12 @@ from ray.serve.handle import DeploymentHandle
 
 from maas.inference import grpc_service_pb2 as pb
 from maas.inference import grpc_service_pb2_grpc as pb_grpc
-from services.common.interceptor import CallInfo, current_call, label_model, status_of
+from services.common.interceptor import current_call, label_model
 from services.common.models import ModelRegistry
 from services.common.server import GrpcServer
 from services.common.service import TypedService
 from services.common.settings import RaySettings, ServiceSettings
+from services.common.v2 import stream_infer
 from services.ray.catalog import HostedService
 from services.ray.errors import unwrapped
 
@@ -147,18 +148,8 @@ class ForwardingInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        call = current_call() or CallInfo(method="ModelStreamInfer", request_id="-")
-        async for request in request_iterator:
-            try:
-                response = await self._replicas.call("ModelInfer", request)
-            except Exception as exc:
-                _code, details = status_of(exc, call)
-                yield pb.ModelStreamInferResponse(
-                    error_message=details,
-                    infer_response=pb.ModelInferResponse(model_name=request.model_name, id=request.id),
-                )
-                continue
-            yield pb.ModelStreamInferResponse(infer_response=response)
+        async for response in stream_infer(request_iterator, lambda r: self._replicas.call("ModelInfer", r)):
+            yield response
 
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext):
         label_model(request.name)
