@@ -13,13 +13,12 @@ import grpc
 import numpy as np
 import torch
 
-from maas.inference import grpc_service_pb2 as v2pb
 from maas.inference import grpc_service_pb2_grpc
 from services.bench.loadgen import closed_loop, in_process, interleaved
 from services.bench.report import Row, Section
 from services.bench.settings import BenchConfig
+from services.bench.transformer import sequence_requests
 from services.cli.processes import running
-from services.common.codec import Tensor, encode_inputs
 from services.common.repository import MODEL_FILE, ModelFile, publish_quantized, read_version, version_dirs
 from services.common.reviews import reviews
 from services.common.torch_weights import DYNAMIC_INT8
@@ -30,23 +29,6 @@ from services.transformer.spec import EMBED_MODEL, SENTIMENT_MODEL
 
 REVIEWS = 64
 BATCH = 32
-
-
-def _requests(model: str, version: str, ids: np.ndarray, mask: np.ndarray) -> list[v2pb.ModelInferRequest]:
-    """One request per review, each at its own length (as a tokenizer returns it), pinned to `version`."""
-    requests = []
-    for row in range(len(ids)):
-        length = int(mask[row].sum())
-        request = v2pb.ModelInferRequest(model_name=model, model_version=version)
-        encode_inputs(
-            request,
-            [
-                Tensor("INPUT_IDS", "INT64", ids[row : row + 1, :length]),
-                Tensor("ATTENTION_MASK", "INT64", mask[row : row + 1, :length]),
-            ],
-        )
-        requests.append(request)
-    return requests
 
 
 def side_by_side(repository: Path, model: str, into: Path) -> dict[str, str]:
@@ -115,14 +97,18 @@ async def text_section(config: BenchConfig) -> Section:
         for model in ("tokenizer", SENTIMENT_MODEL):
             shutil.copytree(config.repository / model, repository / model, copy_function=os.link)
         versions = side_by_side(config.repository, MODEL_NAME, repository)
-        lstm = {f"review_lstm {p}, batching on": _requests(MODEL_NAME, v, ids, mask) for p, v in versions.items()}
+        lstm = {
+            f"review_lstm {p}, batching on": sequence_requests(MODEL_NAME, ids, mask, v) for p, v in versions.items()
+        }
         async with _service("text", repository) as address:
             await _load(config, address, section.rows, lstm, config.concurrencies)
         async with _service("text", repository, MAX_BATCH_SIZE="1") as address:
-            off = {"review_lstm fp32, batching off": _requests(MODEL_NAME, versions["fp32"], ids, mask)}
+            off = {"review_lstm fp32, batching off": sequence_requests(MODEL_NAME, ids, mask, versions["fp32"])}
             await _load(config, address, section.rows, off, [high])
         embed = side_by_side(config.repository, EMBED_MODEL, repository)
-        minilm = {f"minilm_embed {p}, batching on": _requests(EMBED_MODEL, v, ids, mask) for p, v in embed.items()}
+        minilm = {
+            f"minilm_embed {p}, batching on": sequence_requests(EMBED_MODEL, ids, mask, v) for p, v in embed.items()
+        }
         async with _service("transformer", repository) as address:
             await _load(config, address, section.rows, minilm, config.concurrencies)
         directory = repository / MODEL_NAME / versions["fp32"]

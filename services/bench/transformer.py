@@ -28,12 +28,12 @@ BATCH = 32
 SHORT_TOKENS = 24
 
 
-def _requests(ids: np.ndarray, mask: np.ndarray) -> list[v2pb.ModelInferRequest]:
-    """One request per review, each at its own length (as a tokenizer returns it)."""
+def sequence_requests(model: str, ids: np.ndarray, mask: np.ndarray, version: str = "") -> list[v2pb.ModelInferRequest]:
+    """One v2 request per row of `ids`, each at its own length (as a tokenizer returns it)."""
     requests = []
     for row in range(len(ids)):
         length = int(mask[row].sum())
-        request = v2pb.ModelInferRequest(model_name=EMBED_MODEL)
+        request = v2pb.ModelInferRequest(model_name=model, model_version=version)
         encode_inputs(
             request,
             [
@@ -82,7 +82,10 @@ async def transformer_section(config: BenchConfig) -> Section:
             "on one thread (req/s there counts sequences)."
         ),
     )
-    requests, short_requests = _requests(ids, mask), _requests(short_ids, short_mask)
+    requests, short_requests = (
+        sequence_requests(EMBED_MODEL, ids, mask),
+        sequence_requests(EMBED_MODEL, short_ids, short_mask),
+    )
     points = [
         ("reviews, batching on, length-aware", {}, requests),
         ("reviews, batching on, fixed padding (256)", {"MAAS_TRANSFORMER_LENGTH_AWARE": "false"}, requests),
