@@ -3,17 +3,13 @@
 Set up for a shared machine: usage stats off, Serve's access log off, the object store capped, every
 Ray process on loopback, and token auth off for a local cluster (Ray 2.60 turns it on by default; a
 local cluster on loopback is reachable only from this machine). Ray is stopped by handle
-(`serve.shutdown()`, `ray.shutdown()`), never by a broad kill; the agents a local raylet started,
-which `ray.shutdown()` leaves to notice their raylet's death (a minute or more, while they try to
-report it to the stopped GCS), are then killed by pid.
+(`serve.shutdown()`, `ray.shutdown()`), never by a broad kill.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
-from pathlib import Path
 
 import ray
 from ray import serve
@@ -70,50 +66,11 @@ def start(settings: RaySettings) -> None:
     serve.start(**serve_options(settings))
 
 
-def _children() -> dict[int, list[int]]:
-    """Parent pid -> child pids, from /proc."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rpartition(")")[2].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(parent, []).append(int(stat.parent.name))
-    return children
-
-
-def _raylet_descendants() -> set[int]:
-    """Every process below a raylet this process started (none when it joined a cluster)."""
-    children = _children()
-    found: set[int] = set()
-    todo = []
-    for pid in children.get(os.getpid(), []):
-        try:
-            if Path(f"/proc/{pid}/comm").read_text().strip() == "raylet":
-                todo.append(pid)
-        except OSError:
-            continue
-    while todo:
-        below = children.get(todo.pop(), [])
-        found.update(below)
-        todo.extend(below)
-    return found
-
-
 def stop() -> None:
-    """Shut Serve down, then disconnect from Ray (stopping a local Ray this process started, and the
-    processes its raylet started)."""
+    """Shut Serve down, then disconnect from Ray (stopping a local Ray this process started)."""
     if ray.is_initialized():
-        spawned = _raylet_descendants()
         serve.shutdown()
         ray.shutdown()
-        for pid in spawned:
-            # SIGKILL: an agent's SIGTERM handler runs on its event loop, which is blocked reporting
-            # the raylet's death to the stopped GCS.
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                continue
 
 
 def deploy(
