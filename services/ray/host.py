@@ -57,8 +57,12 @@ async def run_ray(services: list[str] | None = None) -> None:
     configure_logging(next(iter(settings.values())).log_format if settings else "text", "INFO")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+
+    def handle_signals() -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+
+    handle_signals()
     fronts: list[RayFront] = []
     try:
         for name, service_settings in settings.items():
@@ -68,6 +72,9 @@ async def run_ray(services: list[str] | None = None) -> None:
                 except DeviceError as exc:
                     raise DeviceError(f"{name}: {exc}") from None
         await asyncio.to_thread(cluster.start, ray)
+        # ray.init installs Ray's own failure handler for SIGTERM, which aborts the process before
+        # anything is drained or stopped; ours again.
+        handle_signals()
         handles = await asyncio.to_thread(cluster.deploy, settings, ray)
         for name in names:
             front = RayFront(SERVICES[name], settings[name], handles[name], ray)
