@@ -75,14 +75,17 @@ async def run_service(name: str, overrides: dict[str, Any]) -> None:
     """Build service `name` from its settings (env, then `overrides`) and serve until signalled.
 
     Raises:
-        SystemExit: the service's configuration is unusable (the message is logged).
+        SystemExit: the service's configuration is unusable (the message is written to stderr).
     """
+    from pydantic import ValidationError
+
     from services.common.auth import KeysFileError
+    from services.common.devices import DeviceError
     from services.gateway.routing import RoutingError
 
     try:
         server = SERVICES[name](overrides)
-    except (RoutingError, KeysFileError) as exc:
+    except (RoutingError, KeysFileError, DeviceError, ValidationError) as exc:
         sys.stderr.write(f"{name}: {exc}\n")
         raise SystemExit(1) from None
     await serve(server)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from abc import abstractmethod
 from dataclasses import replace
 from pathlib import Path
 
+from services.common import metrics
 from services.common.batcher import Arrays, BatchingConfig, DynamicBatcher, Predict
 from services.common.codec import Tensor
 from services.common.models import InferRequest, InferResult
 from services.common.repository import RepositoryModel, VersionConfig
+
+log = logging.getLogger(__name__)
 
 
 class BatchedModel(RepositoryModel):
@@ -22,10 +26,22 @@ class BatchedModel(RepositoryModel):
     def __init__(self, repository: Path, batching: BatchingConfig) -> None:
         super().__init__(repository)
         self.batching = batching
+        self.devices: dict[str, str] = {}
 
     @abstractmethod
     def build(self, directory: Path, config: VersionConfig) -> Predict:
         """Load a checked version and return its predict function (runs on a worker thread)."""
+
+    def record_device(self, version: str, device: str) -> None:
+        """Log the device a version was loaded on, and export it as `maas_model_version_device`.
+
+        Args:
+            version: the version being built.
+            device: its torch device (`cpu`, `cuda:N`).
+        """
+        self.devices[version] = device
+        metrics.MODEL_DEVICE.labels(self.name, version, device).set(1)
+        log.info("%s version %s loaded on %s", self.name, version, device)
 
     def prepare(self, inputs: Arrays, config: VersionConfig) -> Arrays:
         """Check values (shapes and dtypes are already checked) and return the arrays to batch.
@@ -54,6 +70,9 @@ class BatchedModel(RepositoryModel):
     async def release_version(self, version: str, loaded: DynamicBatcher) -> None:
         """Let the version's queued requests finish, then stop its batcher."""
         await loaded.close()
+        device = self.devices.pop(version, None)
+        if device is not None:
+            metrics.MODEL_DEVICE.remove(self.name, version, device)
         await super().release_version(version, loaded)
 
     async def infer(self, request: InferRequest) -> InferResult:

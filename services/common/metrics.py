@@ -82,3 +82,8 @@ CANCELLED = Counter(
     "Requests whose caller cancelled (or whose deadline passed) while they were queued or running, by model.",
     ["model"],
 )
+MODEL_DEVICE = Gauge(
+    "maas_model_version_device",
+    "1 for each loaded model version, labelled with the torch device it computes on (cpu, cuda:N).",
+    ["model", "version", "device"],
+)

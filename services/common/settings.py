@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common.devices import DEVICE_PATTERN
+
 if TYPE_CHECKING:
     from services.common.batcher import BatchingConfig
 
@@ -128,7 +130,7 @@ class TracingSettings(BaseSettings):
 
 
 class BatchingSettings(BaseSettings):
-    """Dynamic batching and compute threads of a model service."""
+    """Dynamic batching, compute threads and device of a model service."""
 
     max_batch_size: int = Field(32, ge=1, description="Rows per model execution; 1 turns batching off.")
     max_queue_delay_ms: float = Field(
@@ -136,6 +138,11 @@ class BatchingSettings(BaseSettings):
     )
     max_queue_size: int = Field(1024, ge=1, description="Requests waiting per model version; more is refused.")
     num_threads: int = Field(1, ge=1, description="torch intra-op threads per process.")
+    device: str = Field(
+        "auto",
+        pattern=DEVICE_PATTERN,
+        description="torch device: auto (cuda:0 when torch sees a CUDA device, else cpu), cpu, cuda or cuda:N.",
+    )
 
     def batching(self, **sequence: Any) -> BatchingConfig:
         """The batcher's config from these settings; `sequence` sets pad/length_aware/fixed_length."""

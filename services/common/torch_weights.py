@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -10,6 +11,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from services.common.repository import RepositoryError
+
+log = logging.getLogger(__name__)
+
+CPU = torch.device("cpu")
 
 
 def save_weights(module: torch.nn.Module, path: Path) -> None:
@@ -77,3 +82,23 @@ def quantize(module: torch.nn.Module, scheme: str | None) -> torch.nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", (DeprecationWarning, UserWarning, FutureWarning))
         return quantize_dynamic(module, layers, dtype=torch.qint8).eval()
+
+
+def serving_device(device: torch.device, scheme: str | None, version: Path) -> torch.device:
+    """The device a version runs on: the service's, except that a quantized version runs on the CPU.
+
+    torch's dynamic int8 kernels exist for CPUs only, so an int8 version on a CUDA service is served
+    on the CPU, with a warning, rather than refused: one repository then serves on CPU and GPU nodes.
+
+    Args:
+        device: the service's device.
+        scheme: the version's quantization (None: fp32).
+        version: the version's directory (named in the warning).
+
+    Returns:
+        `device`, or the CPU for a quantized version.
+    """
+    if scheme is None or device.type == "cpu":
+        return device
+    log.warning("%s is %s, which torch runs on a CPU only: serving it on cpu, not %s", version, scheme, device)
+    return CPU

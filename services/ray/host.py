@@ -12,12 +12,14 @@ import logging
 import signal
 import sys
 
+from services.common.devices import DeviceError
 from services.common.logs import configure_logging
 from services.common.server import host_port
-from services.common.settings import RaySettings
+from services.common.settings import BatchingSettings, RaySettings
 from services.ray import cluster
 from services.ray.catalog import SERVICES
 from services.ray.front import RayFront
+from services.ray.replica import replica_device
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,8 @@ async def run_ray(services: list[str] | None = None) -> None:
     """Host `services` (default: every one whose models exist) on Ray until signalled.
 
     Raises:
-        SystemExit: Ray or an application failed to start (the reason is logged).
+        SystemExit: a model service's `device` needs a GPU its replicas do not reserve, or Ray or an
+            application failed to start (the reason is logged).
     """
     ray = RaySettings()
     names = services or ray.services or available_services()
@@ -54,11 +57,24 @@ async def run_ray(services: list[str] | None = None) -> None:
     configure_logging(next(iter(settings.values())).log_format if settings else "text", "INFO")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+
+    def handle_signals() -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+
+    handle_signals()
     fronts: list[RayFront] = []
     try:
+        for name, service_settings in settings.items():
+            if SERVICES[name].uses_torch and isinstance(service_settings, BatchingSettings):
+                try:
+                    replica_device(service_settings.device, ray.replica_num_gpus > 0)
+                except DeviceError as exc:
+                    raise DeviceError(f"{name}: {exc}") from None
         await asyncio.to_thread(cluster.start, ray)
+        # ray.init installs Ray's own failure handler for SIGTERM, which aborts the process before
+        # anything is drained or stopped; ours again.
+        handle_signals()
         handles = await asyncio.to_thread(cluster.deploy, settings, ray)
         for name in names:
             front = RayFront(SERVICES[name], settings[name], handles[name], ray)
@@ -69,7 +85,7 @@ async def run_ray(services: list[str] | None = None) -> None:
         if ray.native_proxy:
             log.info("Serve's gRPC proxy on 127.0.0.1:%d (metadata `application: <service>`)", ray.grpc_port)
         await stop.wait()
-    except (RuntimeError, OSError) as exc:
+    except (RuntimeError, OSError, DeviceError) as exc:
         log.error("ray hosting failed to start: %s", exc)
         raise SystemExit(1) from None
     finally:

@@ -14,9 +14,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
+import ray
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.common.batched import BatchedModel
+from services.common.devices import DeviceError
 from services.common.errors import DeadlineExceeded, MaasError
 from services.common.interceptor import CallInfo, status_of
 from services.common.lifecycle import Lifecycle
@@ -55,6 +57,34 @@ class ReplicaConfig(BaseModel):
     batching: BatchingLimits = BatchingLimits()
 
 
+def replica_device(requested: str, reserves_gpu: bool) -> str:
+    """The `device` setting a replica builds its service with, given whether Ray reserved a GPU for it.
+
+    Ray sets `CUDA_VISIBLE_DEVICES` to the GPUs it assigns a replica with `num_gpus`, so there `auto`
+    finds them. Ray 2.60 leaves the variable alone for a replica given no GPU, which would then see
+    every GPU of its node: there `auto` means the CPU, and a CUDA device is refused, since Ray would
+    not account for the GPU it used.
+
+    Args:
+        requested: the service's `device` setting.
+        reserves_gpu: whether the replica holds a share of a GPU (`ray.get_gpu_ids()` is not empty).
+
+    Returns:
+        The setting to build the service with.
+
+    Raises:
+        DeviceError: a CUDA device is asked for but no GPU is reserved.
+    """
+    if reserves_gpu or requested == "cpu":
+        return requested
+    if requested == "auto":
+        return "cpu"
+    raise DeviceError(
+        f"device {requested!r}, but a replica reserves no GPU: set MAAS_RAY_REPLICA_NUM_GPUS (the deployment's "
+        "ray_actor_options.num_gpus), or use auto or cpu"
+    )
+
+
 class ServiceReplica:
     """Hosts one service's models, v2 servicer and typed servicer in a Serve replica."""
 
@@ -65,6 +95,9 @@ class ServiceReplica:
 
         Args:
             settings: the service's settings, as the grpc hosting would read them.
+
+        Raises:
+            DeviceError: the `device` setting asks for a GPU this replica was not given.
         """
         configure_logging(settings.log_format, settings.log_level)
         spec = hosted(self.service)
@@ -72,6 +105,7 @@ class ServiceReplica:
             import torch
 
             torch.set_num_threads(settings.num_threads)
+            settings = settings.model_copy(update={"device": replica_device(settings.device, bool(ray.get_gpu_ids()))})
         built = spec.build(settings)
         self._models = built.models
         self._lifecycle = Lifecycle()

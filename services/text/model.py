@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from services.common.torch_weights import load_weights, quantize
+from services.common.torch_weights import CPU, load_weights, quantize, serving_device
 
 ARCHITECTURE = "review_bilstm"
 WEIGHTS_FILE = "model.safetensors"
@@ -49,11 +49,11 @@ class ReviewLSTM(nn.Module):
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Logits [N, classes] for right-padded ids [N, L] with `lengths` [N] (each >= 1)."""
-        positions = torch.arange(ids.shape[1])
+        positions = torch.arange(ids.shape[1], device=ids.device)
         valid = positions < lengths[:, None]
         reversed_ids = ids.gather(1, torch.where(valid, lengths[:, None] - 1 - positions, positions))
         last = lengths - 1
-        rows = torch.arange(ids.shape[0])
+        rows = torch.arange(ids.shape[0], device=ids.device)
         features = []
         for lstm, tokens in ((self.forwards, ids), (self.backwards, reversed_ids)):
             states, _ = lstm(self.dropout(self.embedding(self.id_to_row[tokens])))
@@ -82,19 +82,30 @@ def tokens_first(ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndar
 class Classifier:
     """A loaded version: token ids in, class probabilities out."""
 
-    def __init__(self, directory: Path, hyperparameters: dict, quantization: str | None = None) -> None:
-        """Load the version's weights into its architecture, quantized if its config says so.
+    def __init__(
+        self, directory: Path, hyperparameters: dict, quantization: str | None = None, device: torch.device = CPU
+    ) -> None:
+        """Load the version's weights into its architecture, quantized if its config says so, onto
+        `device` (a quantized version stays on the CPU).
+
+        Args:
+            directory: the version's directory.
+            hyperparameters: the architecture's, from the version's config.
+            quantization: the version's quantization scheme, or None.
+            device: where the weights live and batches run.
 
         Raises:
             RepositoryError: the weights do not fit the architecture, or the quantization is unknown.
         """
         self.vocab_size = int(hyperparameters["vocab_size"])
-        self.network = quantize(load_weights(build(hyperparameters), directory / WEIGHTS_FILE), quantization)
+        self.device = serving_device(device, quantization, directory)
+        network = quantize(load_weights(build(hyperparameters), directory / WEIGHTS_FILE), quantization)
+        self.network = network.to(self.device)
 
     @torch.inference_mode()
     def probabilities(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        """Softmax probabilities, float32 [N, classes], for INT64 ids and 0/1 mask [N, L], every row
-        holding at least one token."""
+        """Softmax probabilities, float32 [N, classes] on the CPU, for INT64 ids and 0/1 mask [N, L],
+        every row holding at least one token."""
         ids, lengths = tokens_first(input_ids, attention_mask)
-        logits = self.network(torch.from_numpy(ids), torch.from_numpy(lengths))
-        return torch.softmax(logits, dim=1).numpy()
+        logits = self.network(torch.from_numpy(ids).to(self.device), torch.from_numpy(lengths).to(self.device))
+        return torch.softmax(logits, dim=1).cpu().numpy()

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
+import torch
 
 from maas.text.v1 import text_pb2 as pb
 from maas.text.v1 import text_pb2_grpc as pb_grpc
 from services.common.batcher import Predict
+from services.common.devices import select_device
 from services.common.echo import EchoModel
 from services.common.interceptor import label_model
 from services.common.models import InferRequest, ModelRegistry
@@ -29,6 +31,10 @@ class ReviewModel(SequenceModel):
     outputs = OUTPUTS
     missing_hint = "; run `maas train text`"
 
+    def __init__(self, repository: Path, settings: TextSettings, device: torch.device) -> None:
+        super().__init__(repository, settings)
+        self.device = device
+
     def build(self, directory: Path, config: VersionConfig) -> Predict:
         """Load the LSTM of a version, quantized as its config says."""
         if config.architecture.get("name") != ARCHITECTURE:
@@ -36,11 +42,14 @@ class ReviewModel(SequenceModel):
                 f"{directory}: architecture {config.architecture.get('name')!r} is not {ARCHITECTURE!r}"
             )
         try:
-            classifier = Classifier(directory, config.architecture.get("hyperparameters", {}), config.quantization)
+            classifier = Classifier(
+                directory, config.architecture.get("hyperparameters", {}), config.quantization, self.device
+            )
         except (KeyError, TypeError) as exc:
             raise RepositoryError(
                 f"{directory}: architecture hyperparameters do not build the LSTM ({exc!r})"
             ) from None
+        self.record_device(directory.name, str(classifier.device))
         self.vocab_sizes[directory.name] = classifier.vocab_size
         return lambda inputs: {"PROBABILITIES": classifier.probabilities(inputs["INPUT_IDS"], inputs["ATTENTION_MASK"])}
 
@@ -66,8 +75,12 @@ class TextServicer(pb_grpc.TextServiceServicer):
 
 
 def build_service(settings: TextSettings) -> Service:
-    """The text service: typed TextService, v2 `review_lstm` and `echo`."""
-    model = ReviewModel(settings.model_repository, settings)
+    """The text service: typed TextService, v2 `review_lstm` and `echo`.
+
+    Raises:
+        DeviceError: the `device` setting asks for a device this process does not see.
+    """
+    model = ReviewModel(settings.model_repository, settings, select_device(settings.device))
     typed = TypedService(
         full_name=pb.DESCRIPTOR.services_by_name["TextService"].full_name,
         servicer=TextServicer(model),

@@ -6,11 +6,13 @@ import threading
 from pathlib import Path
 
 import grpc
+import torch
 
 from maas.common.v1 import common_pb2
 from maas.transformer.v1 import transformer_pb2 as pb
 from maas.transformer.v1 import transformer_pb2_grpc as pb_grpc
 from services.common.batcher import Predict
+from services.common.devices import select_device
 from services.common.echo import EchoModel
 from services.common.interceptor import label_model
 from services.common.models import InferRequest, ModelRegistry
@@ -24,10 +26,11 @@ from services.transformer.spec import EMBED_MODEL, EMBED_OUTPUTS, PLATFORM, SENT
 
 
 class EncoderCache:
-    """Encoders loaded once per version directory and quantization, shared by the embedding and
-    sentiment models."""
+    """Encoders loaded once per version directory and quantization, on one device, shared by the
+    embedding and sentiment models."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
         self._encoders: dict[tuple[Path, str | None], Encoder] = {}
         self._lock = threading.Lock()
 
@@ -40,7 +43,7 @@ class EncoderCache:
         key = (directory.resolve(), quantization)
         with self._lock:
             if key not in self._encoders:
-                self._encoders[key] = Encoder(directory, bert_config, quantization)
+                self._encoders[key] = Encoder(directory, bert_config, quantization, self.device)
             return self._encoders[key]
 
 
@@ -73,6 +76,7 @@ class EmbedModel(_SequenceModel):
     def build(self, directory: Path, config: VersionConfig) -> Predict:
         """The version's encoder as a predict function, quantized as its config says."""
         encoder = self._encoder(directory, directory.name, config.quantization)
+        self.record_device(directory.name, str(encoder.device))
         return lambda inputs: {"EMBEDDING": encoder.embed(inputs["INPUT_IDS"], inputs["ATTENTION_MASK"])}
 
 
@@ -89,6 +93,7 @@ class SentimentModel(_SequenceModel):
             raise RepositoryError(f"{directory}: architecture is not {HEAD_ARCHITECTURE!r}")
         encoder = self._encoder(self.repository / config.architecture["encoder"], directory.name, config.quantization)
         sentiment = Sentiment(encoder, directory, len(config.labels), config.quantization)
+        self.record_device(directory.name, str(sentiment.device))
         return lambda inputs: {"PROBABILITIES": sentiment.probabilities(inputs["INPUT_IDS"], inputs["ATTENTION_MASK"])}
 
 
@@ -122,8 +127,12 @@ class TransformerServicer(pb_grpc.TransformerServiceServicer):
 
 
 def build_service(settings: TransformerSettings) -> Service:
-    """The transformer service: typed TransformerService, v2 `minilm_embed`, `minilm_sentiment` and `echo`."""
-    encoders = EncoderCache()
+    """The transformer service: typed TransformerService, v2 `minilm_embed`, `minilm_sentiment` and `echo`.
+
+    Raises:
+        DeviceError: the `device` setting asks for a device this process does not see.
+    """
+    encoders = EncoderCache(select_device(settings.device))
     embed = EmbedModel(settings.model_repository, settings, encoders)
     sentiment = SentimentModel(settings.model_repository, settings, encoders)
     typed = TypedService(

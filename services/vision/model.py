@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from services.common.torch_weights import load_weights
+from services.common.torch_weights import CPU, load_weights
 
 ARCHITECTURE = "fashion_cnn_v2"
 WEIGHTS_FILE = "model.safetensors"
@@ -62,27 +62,36 @@ class Classifier:
     module dispatch costs about as much as the arithmetic.
     """
 
-    def __init__(self, directory: Path, hyperparameters: dict) -> None:
-        """Load the version's weights into its architecture and fold them for inference.
+    def __init__(self, directory: Path, hyperparameters: dict, device: torch.device = CPU) -> None:
+        """Load the version's weights into its architecture, fold them for inference and move them
+        to `device`.
+
+        Args:
+            directory: the version's directory.
+            hyperparameters: the architecture's, from the version's config.
+            device: where the weights live and batches run.
 
         Raises:
             RepositoryError: the weights do not fit the architecture.
         """
+        self.device = device
         network = load_weights(build(hyperparameters), directory / WEIGHTS_FILE)
-        self._convolutions = [_fold(block[0], block[1]) for block in network.features]
+        self._convolutions = [
+            (weight.to(device), bias.to(device)) for weight, bias in (_fold(b[0], b[1]) for b in network.features)
+        ]
         linears = [layer for layer in network.classifier if isinstance(layer, nn.Linear)]
-        self._linears = [(layer.weight.detach(), layer.bias.detach()) for layer in linears]
+        self._linears = [(layer.weight.detach().to(device), layer.bias.detach().to(device)) for layer in linears]
 
     @torch.inference_mode()
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """Softmax probabilities, float32 [N, 10], for float32 images [N, 1, 28, 28] in [0, 1]."""
-        hidden = torch.from_numpy(images)
+        """Softmax probabilities, float32 [N, 10] on the CPU, for float32 images [N, 1, 28, 28] in [0, 1]."""
+        hidden = torch.from_numpy(images).to(self.device)
         for weight, bias in self._convolutions:
             hidden = torch.relu_(functional.max_pool2d(functional.conv2d(hidden, weight, bias, padding=1), 2))
         hidden = hidden.flatten(1)
         (weight, bias), (out_weight, out_bias) = self._linears
         hidden = torch.relu_(functional.linear(hidden, weight, bias))
-        return torch.softmax(functional.linear(hidden, out_weight, out_bias), dim=1).numpy()
+        return torch.softmax(functional.linear(hidden, out_weight, out_bias), dim=1).cpu().numpy()
 
 
 @torch.no_grad()

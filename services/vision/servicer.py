@@ -7,6 +7,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
 from maas.vision.v1 import vision_pb2 as pb
@@ -14,6 +15,7 @@ from maas.vision.v1 import vision_pb2_grpc as pb_grpc
 from services.common.batched import BatchedModel
 from services.common.batcher import Arrays, Predict
 from services.common.codec import Tensor
+from services.common.devices import select_device
 from services.common.echo import EchoModel
 from services.common.errors import InvalidInput, Overloaded
 from services.common.interceptor import label_model
@@ -38,9 +40,10 @@ class FashionModel(BatchedModel):
     outputs = OUTPUTS
     missing_hint = "; run `maas train vision`"
 
-    def __init__(self, repository: Path, settings: VisionSettings) -> None:
+    def __init__(self, repository: Path, settings: VisionSettings, device: torch.device) -> None:
         super().__init__(repository, settings.batching(inline_when_idle=True))
         self.max_images = settings.max_images
+        self.device = device
 
     def build(self, directory: Path, config: VersionConfig) -> Predict:
         """Load the CNN of a version."""
@@ -48,7 +51,8 @@ class FashionModel(BatchedModel):
             raise RepositoryError(
                 f"{directory}: architecture {config.architecture.get('name')!r} is not {ARCHITECTURE!r}"
             )
-        classifier = Classifier(directory, config.architecture.get("hyperparameters", {}))
+        classifier = Classifier(directory, config.architecture.get("hyperparameters", {}), self.device)
+        self.record_device(directory.name, str(classifier.device))
         return lambda inputs: {"PROBABILITIES": classifier.probabilities(inputs["IMAGE"])}
 
     def prepare(self, inputs: Arrays, config: VersionConfig) -> Arrays:
@@ -133,8 +137,12 @@ class VisionServicer(pb_grpc.VisionServiceServicer):
 
 
 def build_service(settings: VisionSettings) -> Service:
-    """The vision service: typed VisionService, v2 `fashion_cnn` and `echo`."""
-    model = FashionModel(settings.model_repository, settings)
+    """The vision service: typed VisionService, v2 `fashion_cnn` and `echo`.
+
+    Raises:
+        DeviceError: the `device` setting asks for a device this process does not see.
+    """
+    model = FashionModel(settings.model_repository, settings, select_device(settings.device))
     typed = TypedService(
         full_name=pb.DESCRIPTOR.services_by_name["VisionService"].full_name,
         servicer=VisionServicer(model, settings),

@@ -134,7 +134,7 @@ def _candidates(field_type: typing.Any, default: typing.Any) -> list[typing.Any]
         return [default + 1, default * 2, 1, 2] if default is not None else [1]
     if field_type is Path:
         return ["/etc/maas/elsewhere.yaml"]
-    return ["WARNING", "x"]
+    return ["WARNING", "x", "cpu"]
 
 
 def _other_value(settings: type[BaseSettings], name: str) -> typing.Any:

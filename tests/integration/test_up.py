@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import grpc
+import pytest
+from PIL import Image
 
 from maas.common.v1 import common_pb2
-from maas.gateway.v1 import gateway_pb2_grpc
+from maas.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from maas.text.v1 import text_pb2, text_pb2_grpc
 from maas.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 from maas.vision.v1 import vision_pb2, vision_pb2_grpc
-from tests.conftest import PYTHON, REPO_ROOT
+from tests.conftest import PYTHON, REPO_ROOT, free_port
 from tests.integration.processes import maas_process, read_ready
 
 
@@ -75,6 +79,84 @@ async def test_up_serves_every_service_and_stops_cleanly_on_sigterm(model_reposi
             assert response.encodings[0].tokens == ["[CLS]", "via", "the", "gateway", "[SEP]"]
         up.process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(up.process.wait(), 30) == 0
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid`, from /proc."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found.update(children)
+        todo.extend(children)
+    return found
+
+
+def alive(pids: set[int]) -> dict[int, str]:
+    """The processes among `pids` that still run (zombies count as gone), with their command lines."""
+    running = {}
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if state != "Z":
+            running[pid] = command
+    return running
+
+
+def ray_up_env(repository: Path) -> dict[str, str]:
+    """`maas up --runtime ray` on free ports with a small local Ray: one replica per service, no Serve
+    gRPC proxy (its HTTP proxy still starts, on a free loopback port)."""
+    return {
+        **free_ports(repository),
+        "MAAS_RAY_GRPC_PORT": str(free_port()),
+        "MAAS_RAY_HTTP_PORT": str(free_port()),
+        "MAAS_RAY_NATIVE_PROXY": "false",
+        "MAAS_RAY_MAX_REPLICAS": "1",
+    }
+
+
+def png(value: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (28, 28), value).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.slow
+async def test_up_on_ray_serves_every_model_through_the_gateway_and_stops_ray_on_sigterm(model_repository: Path):
+    async with maas_process("up", "--runtime", "ray", ready="tokenizer", env=ray_up_env(model_repository)) as up:
+        ready = {"tokenizer": up.address}
+        for _ in range(4):
+            service, address = await asyncio.wait_for(read_ready_any(up.process), 120)
+            ready[service] = address
+        assert set(ready) == {"tokenizer", "vision", "text", "transformer", "gateway"}
+        assert await read_ready(up.process, "all") == ""
+        ray_processes = descendants(up.process.pid)
+        assert any("raylet" in command for command in alive(ray_processes).values())
+        async with grpc.aio.insecure_channel(ready["gateway"]) as channel:
+            gateway = gateway_pb2_grpc.GatewayServiceStub(channel)
+            image = await gateway.ClassifyImage(gateway_pb2.ClassifyImageRequest(images=[png(0)]), timeout=30)
+            assert image.model_version == "1" and len(image.results[0].labels) == 1
+            for model in (gateway_pb2.TEXT_MODEL_LSTM, gateway_pb2.TEXT_MODEL_TRANSFORMER):
+                text = gateway_pb2.ClassifyTextRequest(texts=["Great coffee, would buy again."], model=model)
+                classified = await gateway.ClassifyText(text, timeout=30)
+                assert len(classified.results[0].labels) == 2, model
+            embedded = await gateway.Embed(gateway_pb2.EmbedRequest(texts=["a sentence"]), timeout=30)
+            assert len(embedded.embeddings[0].values) == 384
+        up.process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(up.process.wait(), 60) == 0
+        deadline = time.monotonic() + 30
+        while left := alive(ray_processes):
+            assert time.monotonic() < deadline, f"processes maas up started still run: {left}"
+            await asyncio.sleep(0.5)
 
 
 async def run_up_to_failure(env: dict[str, str]) -> bytes:
