@@ -49,17 +49,27 @@ async def _spawn(service: str, env: dict[str, str], reports: list[str]) -> _Chil
     return _Child(service, await spawn(service, env=env), reports)
 
 
-async def _stop(children: list[_Child], grace: float) -> None:
-    for child in children:
-        if child.process.returncode is None:
-            child.process.send_signal(signal.SIGTERM)
-    for child in children:
+async def _stop(children: list[_Child], grace: float) -> bool:
+    """SIGTERM every child still running and wait for it (killing one that outlives its grace).
+
+    Returns:
+        True if every child that was stopped here exited cleanly (status 0).
+    """
+    stopping = [child for child in children if child.process.returncode is None]
+    for child in stopping:
+        child.process.send_signal(signal.SIGTERM)
+    clean = True
+    for child in stopping:
         try:
             await asyncio.wait_for(child.process.wait(), grace + KILL_MARGIN_SECONDS)
         except TimeoutError:
             log.error("%s did not stop within %.0fs; killing it", child.service, grace + KILL_MARGIN_SECONDS)
             child.process.kill()
             await child.process.wait()
+        if child.process.returncode != 0:
+            log.error("%s exited with status %s while stopping", child.service, child.process.returncode)
+            clean = False
+    return clean
 
 
 async def up(
@@ -121,6 +131,7 @@ async def up(
         log.error("%s; stopping the others", exc)
         status = 1
     finally:
-        await _stop(children, grace)
+        if not await _stop(children, grace):
+            status = 1
         await asyncio.gather(*relays, return_exceptions=True)
     return status
