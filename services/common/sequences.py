@@ -13,9 +13,10 @@ from services.common.batched import BatchedModel
 from services.common.batcher import Arrays
 from services.common.codec import Tensor
 from services.common.errors import InvalidInput, Overloaded
-from services.common.models import TensorSpec
+from services.common.models import InferRequest, TensorSpec
 from services.common.repository import VersionConfig
 from services.common.settings import SequenceSettings
+from services.common.typed import top_labels
 
 MAX_SEQUENCE = 512
 SEQUENCE_INPUTS = (TensorSpec("INPUT_IDS", "INT64", (-1, -1)), TensorSpec("ATTENTION_MASK", "INT64", (-1, -1)))
@@ -45,6 +46,21 @@ class SequenceModel(BatchedModel):
         """Also forget the unloaded version's vocabulary size."""
         await super().release_version(version, loaded)
         self.vocab_sizes.pop(version, None)
+
+    async def classify(
+        self, items: Sequence[common_pb2.TokenizedText], top_k: int, model_version: str
+    ) -> tuple[list[common_pb2.Classification], str]:
+        """A typed ClassifyText on token ids: every item's top `top_k` labels (0: all) and the version used.
+
+        Raises:
+            InvalidInput / Overloaded: as `padded` and `prepare`.
+            ModelNotFound: `model_version` is not loaded.
+        """
+        inputs = padded(items, self.max_rows)
+        version = self.resolve(model_version)
+        result = await self.infer(InferRequest(inputs, version))
+        labels = self.configs[version].labels
+        return top_labels(result.outputs[0].array, labels, min(top_k or len(labels), len(labels))), version
 
     def prepare(self, inputs: Arrays, config: VersionConfig) -> Arrays:
         """Check ids and mask, and drop the padding columns no sequence uses.

@@ -13,12 +13,11 @@ from services.common.batcher import Predict
 from services.common.devices import select_device
 from services.common.echo import EchoModel
 from services.common.interceptor import label_model
-from services.common.models import InferRequest, ModelRegistry
+from services.common.models import ModelRegistry
 from services.common.repository import RepositoryError, VersionConfig
-from services.common.sequences import SequenceModel, padded
+from services.common.sequences import SequenceModel
 from services.common.service import Service, TypedService
 from services.common.settings import TextSettings
-from services.common.typed import top_labels
 from services.text.model import ARCHITECTURE, Classifier
 from services.text.spec import MODEL_NAME, OUTPUTS, PLATFORM
 
@@ -64,14 +63,8 @@ class TextServicer(pb_grpc.TextServiceServicer):
         self, request: pb.ClassifyTextRequest, context: grpc.aio.ServicerContext
     ) -> pb.ClassifyTextResponse:
         label_model(MODEL_NAME)
-        inputs = padded(request.items, self._model.max_rows)
-        version = self._model.resolve(request.model_version)
-        result = await self._model.infer(InferRequest(inputs, version))
-        labels = self._model.configs[version].labels
-        top_k = min(request.top_k or len(labels), len(labels))
-        return pb.ClassifyTextResponse(
-            results=top_labels(result.outputs[0].array, labels, top_k), model_version=version
-        )
+        results, version = await self._model.classify(request.items, request.top_k, request.model_version)
+        return pb.ClassifyTextResponse(results=results, model_version=version)
 
 
 def build_service(settings: TextSettings) -> Service:

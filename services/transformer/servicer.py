@@ -20,7 +20,6 @@ from services.common.repository import RepositoryError, VersionConfig, read_vers
 from services.common.sequences import SequenceModel, padded
 from services.common.service import Service, TypedService
 from services.common.settings import TransformerSettings
-from services.common.typed import top_labels
 from services.transformer.model import ENCODER_ARCHITECTURE, HEAD_ARCHITECTURE, Encoder, Sentiment
 from services.transformer.spec import EMBED_MODEL, EMBED_OUTPUTS, PLATFORM, SENTIMENT_MODEL, SENTIMENT_OUTPUTS
 
@@ -116,14 +115,8 @@ class TransformerServicer(pb_grpc.TransformerServiceServicer):
         self, request: pb.ClassifyTextRequest, context: grpc.aio.ServicerContext
     ) -> pb.ClassifyTextResponse:
         label_model(SENTIMENT_MODEL)
-        inputs = padded(request.items, self._sentiment.max_rows)
-        version = self._sentiment.resolve(request.model_version)
-        result = await self._sentiment.infer(InferRequest(inputs, version))
-        labels = self._sentiment.configs[version].labels
-        top_k = min(request.top_k or len(labels), len(labels))
-        return pb.ClassifyTextResponse(
-            results=top_labels(result.outputs[0].array, labels, top_k), model_version=version
-        )
+        results, version = await self._sentiment.classify(request.items, request.top_k, request.model_version)
+        return pb.ClassifyTextResponse(results=results, model_version=version)
 
 
 def build_service(settings: TransformerSettings) -> Service:

@@ -39,3 +39,24 @@ async def maas_process(*args: str, ready: str, env: dict[str, str] | None = None
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def run_failing(*args: str, env: dict[str, str]) -> tuple[bytes, bytes]:
+    """Run `maas ARGS...` to its end, expecting it to fail (exit status 1) within 60 s.
+
+    Returns:
+        Its stdout and stderr.
+    """
+    process = await asyncio.create_subprocess_exec(
+        PYTHON,
+        "-m",
+        "services.cli.main",
+        *args,
+        cwd=REPO_ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 1
+    return stdout, stderr

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import PYTHON, REPO_ROOT, free_port
+from tests.conftest import free_port
+from tests.integration.processes import run_failing
 
 pytestmark = [
     pytest.mark.slow,
@@ -20,18 +18,7 @@ pytestmark = [
 
 async def run_to_failure(*args: str, env: dict[str, str]) -> str:
     """Run `maas ARGS...` expecting it to fail at start; return its stderr."""
-    process = await asyncio.create_subprocess_exec(
-        PYTHON,
-        "-m",
-        "services.cli.main",
-        *args,
-        cwd=REPO_ROOT,
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode == 1
+    stdout, stderr = await run_failing(*args, env=env)
     assert b"READY" not in stdout
     assert b"Traceback" not in stderr
     return stderr.decode()

@@ -4,11 +4,9 @@ what their configs record, side by side in one server."""
 from __future__ import annotations
 
 import grpc
-import numpy as np
 
 from maas.inference import grpc_service_pb2 as pb
 from maas.inference import grpc_service_pb2_grpc
-from services.common.codec import Tensor, encode_inputs
 from services.common.repository import read_version, version_dirs
 from services.common.reviews import reviews
 from services.common.settings import TextSettings, TokenizerSettings
@@ -17,8 +15,8 @@ from services.text.recipe import Recipe
 from services.text.spec import MODEL_NAME
 from services.text.train import SERVING_CHECK
 from services.tokenizer.hosting import build_server as build_tokenizer
+from tests.integration.reviews import served_labels
 
-CHUNK = 25
 # int8 quantizes activations with one scale per batch: served batches differ from the evaluation's,
 # which may flip a review on the edge.
 TOLERANCE = {None: 0.005, "dynamic_int8": 0.01}
@@ -42,34 +40,18 @@ async def test_served_lstm_and_int8_reproduce_their_recorded_accuracy_on_the_che
     await tokenizer.start()
     await text.start()
     try:
-        async with (
-            grpc.aio.insecure_channel(f"127.0.0.1:{tokenizer.port}") as to_tokenizer,
-            grpc.aio.insecure_channel(f"127.0.0.1:{text.port}") as to_text,
-        ):
-            tokenize = grpc_service_pb2_grpc.GRPCInferenceServiceStub(to_tokenizer)
-            classify = grpc_service_pb2_grpc.GRPCInferenceServiceStub(to_text)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{text.port}") as channel:
             for config in (source, quantized):
                 load = pb.RepositoryModelLoadRequest(model_name=MODEL_NAME)
                 load.parameters["version"].string_param = str(config.version)
-                await classify.RepositoryModelLoad(load)
-            predictions = {source.version: [], quantized.version: []}
-            for start in range(0, len(texts), CHUNK):
-                request = pb.ModelInferRequest(model_name="tokenizer")
-                chunk = np.array([t.encode() for t in texts[start : start + CHUNK]], dtype=object)
-                encode_inputs(request, [Tensor("TEXT", "BYTES", chunk)])
-                ids = await tokenize.ModelInfer(request)
-                for version, found in predictions.items():
-                    forward = pb.ModelInferRequest(model_name=MODEL_NAME, model_version=str(version))
-                    for tensor, data in zip(ids.outputs[:2], ids.raw_output_contents[:2], strict=True):
-                        forward.inputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
-                        forward.raw_input_contents.append(data)
-                    probs = await classify.ModelInfer(forward)
-                    found.append(np.frombuffer(probs.raw_output_contents[0], "<f4").reshape(-1, 2).argmax(axis=1))
+                await grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel).RepositoryModelLoad(load)
+        versions = [str(source.version), str(quantized.version)]
+        predictions = await served_labels(tokenizer, text, texts, MODEL_NAME, versions)
     finally:
         await text.stop()
         await tokenizer.stop()
     for config in (source, quantized):
-        served = float((np.concatenate(predictions[config.version]) == labels).mean())
+        served = float((predictions[str(config.version)] == labels).mean())
         recorded = config.metrics[f"test_accuracy_first_{SERVING_CHECK}"]
         tolerance = TOLERANCE[config.quantization]
         assert abs(served - recorded) <= tolerance, f"version {config.version}: served {served}, recorded {recorded}"

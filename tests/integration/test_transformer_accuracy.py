@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import grpc
-import numpy as np
-
-from maas.inference import grpc_service_pb2 as pb
-from maas.inference import grpc_service_pb2_grpc
-from services.common.codec import Tensor, encode_inputs
 from services.common.repository import read_version, version_dirs
 from services.common.settings import TokenizerSettings, TransformerSettings
 from services.tokenizer.hosting import build_server as build_tokenizer
 from services.transformer.hosting import build_server as build_transformer
 from services.transformer.train import SERVING_CHECK, Recipe, reviews
-
-CHUNK = 25
+from tests.integration.reviews import served_labels
 
 
 async def test_served_head_reproduces_its_recorded_accuracy_on_the_check_subset():
@@ -31,27 +24,11 @@ async def test_served_head_reproduces_its_recorded_accuracy_on_the_check_subset(
     await tokenizer.start()
     await transformer.start()
     try:
-        async with (
-            grpc.aio.insecure_channel(f"127.0.0.1:{tokenizer.port}") as to_tokenizer,
-            grpc.aio.insecure_channel(f"127.0.0.1:{transformer.port}") as to_transformer,
-        ):
-            tokenize = grpc_service_pb2_grpc.GRPCInferenceServiceStub(to_tokenizer)
-            classify = grpc_service_pb2_grpc.GRPCInferenceServiceStub(to_transformer)
-            predictions = []
-            for start in range(0, len(texts), CHUNK):
-                request = pb.ModelInferRequest(model_name="tokenizer")
-                chunk = np.array([t.encode() for t in texts[start : start + CHUNK]], dtype=object)
-                encode_inputs(request, [Tensor("TEXT", "BYTES", chunk)])
-                ids = await tokenize.ModelInfer(request)
-                forward = pb.ModelInferRequest(model_name="minilm_sentiment")
-                for tensor, data in zip(ids.outputs[:2], ids.raw_output_contents[:2], strict=True):
-                    forward.inputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
-                    forward.raw_input_contents.append(data)
-                probs = await classify.ModelInfer(forward)
-                predictions.append(np.frombuffer(probs.raw_output_contents[0], "<f4").reshape(-1, 2).argmax(axis=1))
+        version = str(config.version)
+        predictions = (await served_labels(tokenizer, transformer, texts, "minilm_sentiment", [version]))[version]
     finally:
         await transformer.stop()
         await tokenizer.stop()
-    served = float((np.concatenate(predictions) == labels).mean())
+    served = float((predictions == labels).mean())
     recorded = config.metrics[f"test_accuracy_first_{SERVING_CHECK}"]
     assert abs(served - recorded) <= 0.005, f"served {served:.3f}, recorded {recorded:.3f}"

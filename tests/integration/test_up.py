@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import signal
 import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -20,8 +18,8 @@ from maas.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from maas.text.v1 import text_pb2, text_pb2_grpc
 from maas.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 from maas.vision.v1 import vision_pb2, vision_pb2_grpc
-from tests.conftest import PYTHON, REPO_ROOT, free_port
-from tests.integration.processes import maas_process, read_ready
+from tests.conftest import free_port
+from tests.integration.processes import maas_process, read_ready, run_failing
 
 
 async def read_ready_any(process: asyncio.subprocess.Process) -> tuple[str, str]:
@@ -161,18 +159,7 @@ async def test_up_on_ray_serves_every_model_through_the_gateway_and_stops_ray_on
 
 async def run_up_to_failure(env: dict[str, str]) -> bytes:
     """Run `maas up` expecting it to fail; return its stderr."""
-    process = await asyncio.create_subprocess_exec(
-        PYTHON,
-        "-m",
-        "services.cli.main",
-        "up",
-        cwd=REPO_ROOT,
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode == 1
+    stdout, stderr = await run_failing("up", env=env)
     assert b"READY all" not in stdout
     return stderr
 
