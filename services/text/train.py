@@ -13,7 +13,7 @@ from torch import nn
 from tqdm import tqdm
 
 from services.common.repository import TensorConfig, VersionConfig, publish_quantized, publish_version, version_dirs
-from services.common.reviews import LABELS, MAJORITY_BASELINE, SOURCE, reviews
+from services.common.reviews import LABELS, MAJORITY_BASELINE, SOURCE, review_splits, reviews
 from services.common.torch_weights import save_weights
 from services.text.model import ARCHITECTURE, PAD_ROW, UNKNOWN_ROW, WEIGHTS_FILE, Classifier, build
 from services.text.recipe import Recipe
@@ -102,12 +102,7 @@ def train(recipe: Recipe, repository: Path, progress: bool = True) -> Path:
     torch.set_num_threads(1)
     generator = np.random.default_rng(recipe.seed)
     tokenizer = newest_tokenizer(repository)
-    train_texts, train_labels = reviews("training_data")
-    test_texts, test_labels = reviews("testing_data")
-    if recipe.train_limit:
-        train_texts, train_labels = train_texts[: recipe.train_limit], train_labels[: recipe.train_limit]
-    if recipe.test_limit:
-        test_texts, test_labels = test_texts[: recipe.test_limit], test_labels[: recipe.test_limit]
+    train_texts, train_labels, test_texts, test_labels = review_splits(recipe.train_limit, recipe.test_limit)
     ids, lengths = encoded(tokenizer, train_texts, recipe.max_length)
     test_ids, test_lengths = encoded(tokenizer, test_texts, recipe.max_length)
     order = generator.permutation(len(train_labels))

@@ -20,7 +20,7 @@ from services.common.repository import (
     read_version,
     version_dirs,
 )
-from services.common.reviews import LABELS, MAJORITY_BASELINE, SOURCE, reviews
+from services.common.reviews import LABELS, MAJORITY_BASELINE, SOURCE, review_splits, reviews
 from services.common.sequences import SEQUENCE_INPUTS
 from services.common.torch_weights import load_weights, quantize, save_weights
 from services.tokenizer.model import DEFAULT_MAX_LENGTH, WordPieceTokenizer
@@ -128,12 +128,7 @@ def train(recipe: Recipe, repository: Path, progress: bool = True) -> Path:
     encoder_version = encoder_dir.name
     encoder = Encoder(encoder_dir, read_version(encoder_dir, EMBED_MODEL).architecture["bert"])
     tokenizer = WordPieceTokenizer(repository / "tokenizer" / version_dirs(repository, "tokenizer")[-1])
-    train_texts, train_labels = reviews("training_data")
-    test_texts, test_labels = reviews("testing_data")
-    if recipe.train_limit:
-        train_texts, train_labels = train_texts[: recipe.train_limit], train_labels[: recipe.train_limit]
-    if recipe.test_limit:
-        test_texts, test_labels = test_texts[: recipe.test_limit], test_labels[: recipe.test_limit]
+    train_texts, train_labels, test_texts, test_labels = review_splits(recipe.train_limit, recipe.test_limit)
     started = time.perf_counter()
     train_embeddings = embed_texts(encoder, tokenizer, train_texts, recipe.embed_batch, progress)
     test_embeddings = embed_texts(encoder, tokenizer, test_texts, recipe.embed_batch, progress)
