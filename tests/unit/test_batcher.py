@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from services.common import metrics
-from services.common.batcher import BatchingConfig, DynamicBatcher
+from services.common.batcher import LOAD_MEMORY_SECONDS, BatchingConfig, DynamicBatcher
 from services.common.errors import InvalidInput, Overloaded
 from services.common.stats import VersionStats
 
@@ -152,6 +152,26 @@ async def test_inline_when_idle_skips_the_worker_thread_only_when_nothing_else_i
     busy = await asyncio.gather(*(batcher.submit(row(i)) for i in range(6)))
     assert [r["Y"][0, 0] for r in busy] == [2.0 * i for i in range(6)]
     assert any(name.startswith("batch-inline") for name in threads), "queued requests ran on the worker thread"
+    await batcher.close()
+
+
+async def test_a_lone_request_right_after_a_batch_goes_to_the_worker_and_inline_resumes_once_load_is_gone():
+    threads: list[str] = []
+
+    def predict(inputs):
+        threads.append(threading.current_thread().name)
+        return {"Y": inputs["X"] * 2}
+
+    batcher = DynamicBatcher("load", predict, BatchingConfig(max_batch_size=8, inline_when_idle=True), VersionStats())
+    await asyncio.gather(*(batcher.submit(row(i)) for i in range(4)))
+    assert len(threads) < 4, "the concurrent requests were batched"
+    threads.clear()
+    await batcher.submit(row(1))
+    assert threads == ["batch-load_0"], "under load, even a lone request joins the worker's queue"
+    threads.clear()
+    await asyncio.sleep(LOAD_MEMORY_SECONDS * 2)
+    await batcher.submit(row(1))
+    assert threads == [threading.current_thread().name], "once the load is gone, a lone request runs inline again"
     await batcher.close()
 
 
