@@ -16,10 +16,11 @@ class Recipe:
     width: int = 16
     hidden: int = 128
     dropout: float = 0.3
+    downsample: str = "stride"
     seed: int = 0
     train_limit: int = 0
 
     @property
     def hyperparameters(self) -> dict:
         """The architecture's constructor arguments."""
-        return {"width": self.width, "hidden": self.hidden, "dropout": self.dropout}
+        return {"width": self.width, "hidden": self.hidden, "dropout": self.dropout, "downsample": self.downsample}
