@@ -235,10 +235,10 @@ class RaySettings(BaseSettings):
     front_max_requests_per_call: int = Field(64, ge=1, description="Most requests a front sends in one replica call.")
     min_replicas: int = Field(1, ge=1, description="Fewest replicas per deployment.")
     max_replicas: int = Field(2, ge=1, description="Most replicas per deployment.")
-    target_ongoing_requests: float = Field(
-        1.0,
+    target_ongoing_items: float = Field(
+        4.0,
         gt=0,
-        description="Calls in flight per replica the autoscaler aims for (a front's call carries many requests).",
+        description="Requests each replica should be working on, on average; the autoscaler adds replicas above it.",
     )
     max_ongoing_requests: int = Field(
         64, ge=1, description="Requests a replica takes at once; high, so its dynamic batcher sees a full batch."
