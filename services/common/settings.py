@@ -229,16 +229,18 @@ class RaySettings(BaseSettings):
     native_proxy: bool = Field(True, description="Start Serve's own gRPC proxy beside the maas fronts.")
     grpc_port: int = Field(9000, ge=0, le=65535, description="Port of Serve's gRPC proxy (0 picks a free one).")
     http_port: int = Field(8000, ge=0, le=65535, description="Port of Serve's HTTP proxy (unused by maas; loopback).")
-    front_calls_in_flight: int = Field(
-        2, ge=1, description="Replica calls a front keeps in flight per RPC; requests beyond go together."
+    front_calls_per_replica: int = Field(
+        1,
+        ge=1,
+        description="Replica calls a front keeps in flight per RPC and running replica; requests beyond go together.",
     )
     front_max_requests_per_call: int = Field(64, ge=1, description="Most requests a front sends in one replica call.")
     min_replicas: int = Field(1, ge=1, description="Fewest replicas per deployment.")
     max_replicas: int = Field(2, ge=1, description="Most replicas per deployment.")
-    target_ongoing_requests: float = Field(
-        1.0,
+    target_ongoing_items: float = Field(
+        4.0,
         gt=0,
-        description="Calls in flight per replica the autoscaler aims for (a front's call carries many requests).",
+        description="Requests each replica should be working on, on average; the autoscaler adds replicas above it.",
     )
     max_ongoing_requests: int = Field(
         64, ge=1, description="Requests a replica takes at once; high, so its dynamic batcher sees a full batch."

@@ -12,12 +12,16 @@ from ray import serve
 from ray.serve import Application
 
 from services.common.settings import BatchingSettings, RaySettings, ServiceSettings
+from services.ray.autoscaling import OngoingItemsPolicy
 from services.ray.catalog import hosted
 from services.ray.replica import REPLICAS
 
 
 def deployment_options(service: str, ray: RaySettings) -> dict[str, Any]:
     """The Serve deployment options of a service's replicas, from the ray settings.
+
+    Replicas autoscale on the requests they are working on (`services.ray.autoscaling`), not on
+    Serve's count of handle calls, since one call from the front carries many requests.
 
     Args:
         service: the service name.
@@ -33,7 +37,10 @@ def deployment_options(service: str, ray: RaySettings) -> dict[str, Any]:
             "min_replicas": ray.min_replicas,
             "initial_replicas": ray.min_replicas,
             "max_replicas": max(ray.max_replicas, ray.min_replicas),
-            "target_ongoing_requests": ray.target_ongoing_requests,
+            "policy": {
+                "policy_function": f"{OngoingItemsPolicy.__module__}:{OngoingItemsPolicy.__name__}",
+                "policy_kwargs": {"target_items_per_replica": ray.target_ongoing_items},
+            },
             "upscale_delay_s": ray.upscale_delay_s,
             "downscale_delay_s": ray.downscale_delay_s,
             "look_back_period_s": ray.look_back_period_s,

@@ -30,19 +30,42 @@ from services.ray.catalog import HostedService
 from services.ray.errors import unwrapped
 
 
+def running_replicas(handle: DeploymentHandle) -> int:
+    """The running replicas a handle's router routes to, read without a call to Serve.
+
+    Ray keeps them in private attributes (2.60: the router's request router's `curr_replicas`, or
+    `_running_replicas` before its first request), so they are read defensively.
+
+    Args:
+        handle: a deployment's handle.
+
+    Returns:
+        Their number; 1 while the router knows none (or Ray's internals differ).
+    """
+    router = getattr(getattr(handle, "_router", None), "_asyncio_router", None)
+    replicas = getattr(getattr(router, "_request_router", None), "curr_replicas", None)
+    if replicas is None:
+        replicas = getattr(router, "_running_replicas", None)
+    try:
+        return max(1, len(replicas))
+    except TypeError:
+        return 1
+
+
 class _Coalescer:
     """Sends the calls of one replica method that arrive while others are in flight as one replica call.
 
-    A call goes out at once when fewer than `max_calls` are in flight (so a lone request never
-    waits); otherwise it waits for the next free slot and goes with the others waiting, up to
-    `max_items`. Ray's cost per call is far above our servicers' cost per request, so this is what
-    makes the handle path fast under load.
+    A call goes out at once when fewer than `calls_per_replica` per running replica are in flight (so a
+    lone request never waits); otherwise it waits for the next free slot and goes with the others
+    waiting, up to `max_items`. Ray's cost per call is far above our servicers' cost per request, so
+    this is what makes the handle path fast under load. The slots follow the running replicas, so
+    each replica the autoscaler adds gets its own calls.
     """
 
-    def __init__(self, replicas: DeploymentHandle, method: str, max_calls: int, max_items: int) -> None:
+    def __init__(self, replicas: DeploymentHandle, method: str, calls_per_replica: int, max_items: int) -> None:
         self._handle = replicas.options(method_name="batch")
         self._method = method
-        self._max_calls = max_calls
+        self._calls_per_replica = calls_per_replica
         self._max_items = max_items
         self._waiting: deque[tuple[Any, float | None, asyncio.Future]] = deque()
         self._in_flight = 0
@@ -57,7 +80,8 @@ class _Coalescer:
         return await future
 
     def _dispatch(self) -> None:
-        while self._waiting and self._in_flight < self._max_calls:
+        max_calls = self._calls_per_replica * running_replicas(self._handle)
+        while self._waiting and self._in_flight < max_calls:
             batch = []
             while self._waiting and len(batch) < self._max_items:
                 item = self._waiting.popleft()
@@ -90,14 +114,15 @@ class _Coalescer:
 class ReplicaClient:
     """Calls one deployment's replica methods by name; Ray's errors are unwrapped here, once."""
 
-    def __init__(self, handle: DeploymentHandle, max_calls: int, max_items: int) -> None:
+    def __init__(self, handle: DeploymentHandle, calls_per_replica: int, max_items: int) -> None:
         """Args:
         handle: the deployment's handle.
-        max_calls: replica calls in flight per method before requests are sent together.
+        calls_per_replica: replica calls in flight per method and running replica before requests are
+            sent together.
         max_items: most requests per replica call.
         """
         self._handle = handle
-        self._max_calls = max_calls
+        self._calls_per_replica = calls_per_replica
         self._max_items = max_items
         self._methods: dict[str, _Coalescer] = {}
 
@@ -110,7 +135,7 @@ class ReplicaClient:
             MaasError: the replica's own error, or Overloaded / Unavailable from Ray.
         """
         if method not in self._methods:
-            self._methods[method] = _Coalescer(self._handle, method, self._max_calls, self._max_items)
+            self._methods[method] = _Coalescer(self._handle, method, self._calls_per_replica, self._max_items)
         return await self._methods[method].call(request)
 
 
@@ -202,7 +227,7 @@ class RayFront(GrpcServer):
         handle: the handle of its deployment.
         ray: the ray hosting's settings (how the front sends requests together).
         """
-        self._replicas = ReplicaClient(handle, ray.front_calls_in_flight, ray.front_max_requests_per_call)
+        self._replicas = ReplicaClient(handle, ray.front_calls_per_replica, ray.front_max_requests_per_call)
         super().__init__(spec.name, settings, ModelRegistry([]), [forwarding_typed_service(spec, self._replicas)])
 
     def inference_servicer(self) -> pb_grpc.GRPCInferenceServiceServicer:

@@ -26,6 +26,7 @@ from services.common.logs import configure_logging
 from services.common.models import VersionedModel
 from services.common.settings import BatchingSettings, ServiceSettings
 from services.common.v2 import InferenceServicer
+from services.ray.autoscaling import ONGOING_ITEMS, OngoingItems
 from services.ray.catalog import hosted
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ class ServiceReplica:
         built = spec.build(settings)
         self._models = built.models
         self._lifecycle = Lifecycle()
+        self._ongoing = OngoingItems()
         self._v2 = InferenceServicer(built.models, self._lifecycle)
         self._typed: dict[str, Handler] = {
             method: getattr(typed.servicer, method) for typed in built.typed_services for method in spec.typed_models
@@ -159,9 +161,18 @@ class ServiceReplica:
         if missing:
             raise RuntimeError(f"{self.service}: no version of {', '.join(missing)} is loaded")
 
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's hook for custom autoscaling metrics, read by `OngoingItemsPolicy`.
+
+        Returns:
+            `ongoing_items`: the mean number of requests this replica worked on since the last call.
+        """
+        return {ONGOING_ITEMS: self._ongoing.mean()}
+
     async def _serve(self, method: str, handler: Handler, request: Any, grpc_context: Any) -> Any:
         try:
-            return await handler(request, None)
+            with self._ongoing.working(1):
+                return await handler(request, None)
         except Exception as exc:
             if grpc_context is not None:
                 code, details = status_of(exc, CallInfo(method=method, request_id=grpc_context.request_id()))
@@ -187,7 +198,9 @@ class ServiceReplica:
         """
         _, typed, name = method.rpartition("typed:")
         handler = self._typed[name] if typed else getattr(self._v2, name)
-        return await asyncio.gather(*(self._answer(name, handler, request, timeout) for request, timeout in requests))
+        answers = (self._answer(name, handler, request, timeout) for request, timeout in requests)
+        with self._ongoing.working(len(requests)):
+            return await asyncio.gather(*answers)
 
     @staticmethod
     async def _answer(method: str, handler: Handler, request: Any, timeout: float | None) -> tuple[bool, Any]:

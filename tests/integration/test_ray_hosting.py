@@ -18,13 +18,13 @@ from maas.inference import grpc_service_pb2_grpc
 from services.common.settings import TokenizerSettings
 from services.ray.apps import build_app
 from services.ray.catalog import SERVICES
-from services.ray.front import RayFront
+from services.ray.front import RayFront, running_replicas
 from tests.conftest import ray_test_settings, started
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def running_replicas(app: str) -> int:
+def serve_running_replicas(app: str) -> int:
     """RUNNING replicas of the app's deployment, as Serve's status reports them."""
     deployment = serve.status().applications[app].deployments["tokenizer"]
     return deployment.replica_states.get("RUNNING", 0)
@@ -101,7 +101,7 @@ async def test_replicas_scale_1_to_2_under_load_and_back_without_a_failed_reques
     settings = TokenizerSettings(port=0, metrics_port=0, model_repository=two_versions)
     handle = serve.run(build_app("tokenizer", settings, ray), name="autoscaling", route_prefix="/autoscaling")
     try:
-        assert running_replicas("autoscaling") == 1
+        assert serve_running_replicas("autoscaling") == 1
         async with (
             started(RayFront(SERVICES["tokenizer"], settings, handle, ray)) as front,
             grpc.aio.insecure_channel(f"127.0.0.1:{front.port}") as channel,
@@ -109,11 +109,12 @@ async def test_replicas_scale_1_to_2_under_load_and_back_without_a_failed_reques
             stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
             slow = echo_request(100)
             heavy = Load(lambda: stub.ModelInfer(slow, timeout=30), concurrency=16)
-            await wait_until(lambda: running_replicas("autoscaling") == 2, timeout=90)
+            await wait_until(lambda: serve_running_replicas("autoscaling") == 2, timeout=90)
+            await wait_until(lambda: running_replicas(handle) == 2, timeout=30)
             await heavy.stop()
             quick = echo_request(0)
             light = Load(lambda: stub.ModelInfer(quick, timeout=30), concurrency=1)
-            await wait_until(lambda: running_replicas("autoscaling") == 1, timeout=90)
+            await wait_until(lambda: serve_running_replicas("autoscaling") == 1, timeout=90)
             await light.stop()
         assert heavy.ok > 16 and light.ok > 0
         assert not heavy.failures and not light.failures, (heavy.failures + light.failures)[:3]

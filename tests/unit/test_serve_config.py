@@ -37,6 +37,9 @@ def test_serve_config_is_a_valid_serve_deploy_config_for_every_service():
     for app in data["applications"]:
         (deployment,) = app["deployments"]
         assert deployment["num_replicas"] == "auto" and deployment["autoscaling_config"]["max_replicas"] >= 2
+        policy = deployment["autoscaling_config"]["policy"]
+        assert policy["policy_function"] == "services.ray.autoscaling:OngoingItemsPolicy"
+        assert policy["policy_kwargs"]["target_items_per_replica"] > 0
         assert set(deployment["ray_actor_options"]) == {"num_cpus", "num_gpus"}
         assert "versions" in deployment["user_config"]
     assert config.logging_config.enable_access_log is False
