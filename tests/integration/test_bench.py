@@ -41,8 +41,10 @@ def test_quick_bench_writes_a_report_with_every_row(model_repository: Path, tmp_
         ("reviews, batching on, length-aware", 8),
         ("reviews, batching on, fixed padding (256)", 8),
         ("reviews, batching off", 8),
-        ("short texts, batching on, length-aware", 8),
-        ("short texts, batching off", 8),
+        ("short texts, batching on, length-aware, 1 thread", 8),
+        ("short texts, batching off, 1 thread", 8),
+        ("short texts, batching on, length-aware, 2 threads", 8),
+        ("short texts, batching off, 2 threads", 8),
         ("in-process embed, batch 32", 1),
         ("review_lstm fp32, batching off", 8),
         ("in-process review_lstm fp32, batch 32", 1),
@@ -66,7 +68,11 @@ def test_quick_bench_writes_a_report_with_every_row(model_repository: Path, tmp_
     for label, _, throughput, p50, failed in rows:
         assert int(throughput.replace(",", "")) > 0 and float(p50) > 0 and failed == "0", label
     assert "Tokenizing adds" in report and "fashion_cnn adds" in report and "batching on serves" in report
-    assert "Length-aware padding serves" in report and "on short texts, batching serves" in report
+    assert (
+        "Length-aware padding serves" in report
+        and "on short texts, batching serves" in report
+        and "With the same threads" in report
+    )
     assert re.search(r"The gateway adds -?[\d.]+ ms p50 to `minilm_embed`", report)
     assert re.search(r"of its direct throughput", report)
     assert re.search(r"the ray default path serves [\d.]+x the requests of Serve's native proxy", report)
