@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+import sys
 import tempfile
 import urllib.request
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import grpc
@@ -20,7 +22,7 @@ from services.bench.loadgen import alternating, interleaved
 from services.bench.report import Row, Section
 from services.bench.settings import BenchConfig
 from services.bench.tokenizer import REVIEWS
-from services.cli.processes import running
+from services.cli.processes import read_ready, running
 from services.common.codec import Tensor, encode_inputs
 from services.gateway.routing import ModelRoute, Routing, Target
 
@@ -42,6 +44,19 @@ def _scrape(port: int) -> tuple[float, float]:
     return float(cpu.group(1)) if cpu else 0.0, float(calls.group(1)) if calls else 0.0
 
 
+@asynccontextmanager
+async def _relay(target: str) -> AsyncIterator[str]:
+    """Run the bare relay to `target` for the block; yields its address."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.bench.relay", target, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        yield await read_ready(process, "relay")
+    finally:
+        process.terminate()
+        await process.wait()
+
+
 def _request(model: str, tensors: list[Tensor]) -> v2pb.ModelInferRequest:
     request = v2pb.ModelInferRequest(model_name=model)
     encode_inputs(request, tensors)
@@ -60,7 +75,10 @@ async def gateway_section(config: BenchConfig) -> Section:
             f"`{MODEL}` gets one review tokenized at its own length ({len(REVIEWS[0])} characters). Gateway CPU is "
             "the gateway process's CPU time over the requests it served at concurrency "
             f"{CONCURRENCY} (Prometheus `process_cpu_seconds_total`). At concurrency {CONCURRENCY}, direct and "
-            "through-the-gateway loads take turns in four rounds, so drift on a shared machine falls on both."
+            "through-the-gateway loads take turns in four rounds, so drift on a shared machine falls on both. "
+            f"A bare relay (`services/bench/relay.py`: its own process passing `{MODEL}`'s ModelInfer bytes to the "
+            "transformer, no interceptor, no parsing, no routing) is the floor of any Python grpc.aio hop, "
+            "measured in the same alternation."
         ),
     )
     env = {"MAAS_MODEL_REPOSITORY": str(config.repository)}
@@ -86,6 +104,7 @@ async def gateway_section(config: BenchConfig) -> Section:
             "MAAS_GATEWAY_METRICS_PORT": str(metrics_port),
         }
         gateway = await stack.enter_async_context(running("gateway", "--port", "0", env=gateway_env))
+        relay = await stack.enter_async_context(_relay(transformer))
         via = grpc_service_pb2_grpc.GRPCInferenceServiceStub(
             await stack.enter_async_context(grpc.aio.insecure_channel(gateway))
         )
@@ -94,6 +113,9 @@ async def gateway_section(config: BenchConfig) -> Section:
         )
         direct = grpc_service_pb2_grpc.GRPCInferenceServiceStub(
             await stack.enter_async_context(grpc.aio.insecure_channel(transformer))
+        )
+        bare = grpc_service_pb2_grpc.GRPCInferenceServiceStub(
+            await stack.enter_async_context(grpc.aio.insecure_channel(relay))
         )
         texts = Tensor("TEXT", "BYTES", np.array([REVIEWS[0].encode()], dtype=object))
         tokens = await tokenizer_v2.ModelInfer(_request("tokenizer", [texts]))
@@ -110,6 +132,7 @@ async def gateway_section(config: BenchConfig) -> Section:
             "tokenizer, through the gateway": lambda: via.ModelInfer(tokenize),
             f"{MODEL}, direct": lambda: direct.ModelInfer(model),
             f"{MODEL}, through the gateway": lambda: via.ModelInfer(model),
+            f"{MODEL}, through a bare relay": lambda: bare.ModelInfer(model),
         }
         results = await interleaved(calls, config.duration, config.warmup)
         section.rows += [Row(label, result) for label, result in results.items()]
@@ -131,11 +154,13 @@ async def gateway_section(config: BenchConfig) -> Section:
         section.row("tokenizer, through the gateway", 1).p50_ms - section.row("tokenizer, direct", 1).p50_ms
     )
     hop = section.row("echo at the transformer (one hop)", 1).p50_ms
+    floor = section.row(f"{MODEL}, through a bare relay", 1).p50_ms - section.row(f"{MODEL}, direct", 1).p50_ms
     via_high = section.row(f"{MODEL}, through the gateway", CONCURRENCY).throughput
     direct_high = section.row(f"{MODEL}, direct", CONCURRENCY).throughput
     section.findings = [
         f"The gateway adds {added:.2f} ms p50 to `{MODEL}` at concurrency 1 (target: at most 1.0 ms) and "
-        f"{added_tokenizer:.2f} ms to the tokenizer; one `echo` hop costs {hop:.2f} ms p50.",
+        f"{added_tokenizer:.2f} ms to the tokenizer; one `echo` hop costs {hop:.2f} ms p50. A bare relay adds "
+        f"{floor:.2f} ms to `{MODEL}`: the floor of a Python grpc.aio hop on this machine.",
         f"Through the gateway at concurrency {CONCURRENCY}, `{MODEL}` serves {via_high / direct_high:.0%} of its "
         f"direct throughput ({via_high:,.1f} vs {direct_high:,.1f} req/s; target: at least 80%).",
         f"The gateway spends {cpu_us:,.0f} µs of CPU per request at concurrency {CONCURRENCY}.",

@@ -54,6 +54,7 @@ def test_quick_bench_writes_a_report_with_every_row(model_repository: Path, tmp_
         ("tokenizer, through the gateway", 1),
         ("minilm_embed, direct", 1),
         ("minilm_embed, through the gateway", 1),
+        ("minilm_embed, through a bare relay", 1),
         ("minilm_embed, direct", 16),
         ("minilm_embed, through the gateway", 16),
         ("grpc hosting (own process)", 16),
@@ -74,6 +75,7 @@ def test_quick_bench_writes_a_report_with_every_row(model_repository: Path, tmp_
         and "With the same threads" in report
     )
     assert re.search(r"The gateway adds -?[\d.]+ ms p50 to `minilm_embed`", report)
+    assert re.search(r"A bare relay adds -?[\d.]+ ms to `minilm_embed`", report)
     assert re.search(r"of its direct throughput", report)
     assert re.search(r"the ray default path serves [\d.]+x the requests of Serve's native proxy", report)
     assert re.search(r"The gateway spends [\d,]+ µs of CPU per request", report)
