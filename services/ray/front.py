@@ -13,6 +13,7 @@ import importlib
 import time
 from collections import deque
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -52,6 +53,19 @@ def running_replicas(handle: DeploymentHandle) -> int:
         return 1
 
 
+@dataclass(frozen=True)
+class _Handles:
+    """A deployment's `batch` method over Serve's gRPC transport, and over Ray's actor calls.
+
+    Serve's gRPC transport to a replica refuses a message over 4 MiB
+    (`RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH`) with RESOURCE_EXHAUSTED; such a call is sent again
+    by actor call, which has no such limit (a request too large is refused before the replica runs it).
+    """
+
+    grpc: DeploymentHandle
+    by_reference: DeploymentHandle
+
+
 class _Coalescer:
     """Sends the calls of one replica method that arrive while others are in flight as one replica call.
 
@@ -62,8 +76,8 @@ class _Coalescer:
     each replica the autoscaler adds gets its own calls.
     """
 
-    def __init__(self, replicas: DeploymentHandle, method: str, calls_per_replica: int, max_items: int) -> None:
-        self._handle = replicas.options(method_name="batch")
+    def __init__(self, handles: _Handles, method: str, calls_per_replica: int, max_items: int) -> None:
+        self._handles = handles
         self._method = method
         self._calls_per_replica = calls_per_replica
         self._max_items = max_items
@@ -80,7 +94,7 @@ class _Coalescer:
         return await future
 
     def _dispatch(self) -> None:
-        max_calls = self._calls_per_replica * running_replicas(self._handle)
+        max_calls = self._calls_per_replica * running_replicas(self._handles.grpc)
         while self._waiting and self._in_flight < max_calls:
             batch = []
             while self._waiting and len(batch) < self._max_items:
@@ -94,8 +108,14 @@ class _Coalescer:
                 task.add_done_callback(self._sending.discard)
 
     async def _send(self, batch: list[tuple[Any, float | None, asyncio.Future]]) -> None:
+        requests = [(request, timeout) for request, timeout, _ in batch]
         try:
-            results = await self._handle.remote(self._method, [(request, timeout) for request, timeout, _ in batch])
+            try:
+                results = await self._handles.grpc.remote(self._method, requests)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    raise
+                results = await self._handles.by_reference.remote(self._method, requests)
         except Exception as exc:
             error = unwrapped(exc)
             results = [(False, error)] * len(batch)
@@ -112,19 +132,44 @@ class _Coalescer:
 
 
 class ReplicaClient:
-    """Calls one deployment's replica methods by name; Ray's errors are unwrapped here, once."""
+    """Calls one deployment's replica methods by name; Ray's errors are unwrapped here, once.
+
+    It routes with a handle of its own, opened on the front's event loop: Ray's default router runs
+    on a thread of its own and hands every call and answer across threads, and its handle calls go
+    through Ray's actor calls. Routing on the caller's loop and calling replicas over Serve's gRPC
+    transport (both private handle options in Ray 2.60) measured about 1.7x the front's throughput.
+    """
 
     def __init__(self, handle: DeploymentHandle, calls_per_replica: int, max_items: int) -> None:
         """Args:
-        handle: the deployment's handle.
+        handle: a handle of the deployment (only its name and application are used).
         calls_per_replica: replica calls in flight per method and running replica before requests are
             sent together.
         max_items: most requests per replica call.
         """
-        self._handle = handle
+        self._deployment = (handle.deployment_name, handle.app_name)
+        self._handles: _Handles | None = None
         self._calls_per_replica = calls_per_replica
         self._max_items = max_items
         self._methods: dict[str, _Coalescer] = {}
+
+    def open(self) -> None:
+        """Create the handle and its router on the running event loop (the loop every call runs on)."""
+        handle = DeploymentHandle(*self._deployment)
+        handle._init(_run_router_in_separate_loop=False)
+        batch = handle.options(method_name="batch")
+        self._handles = _Handles(batch.options(_by_reference=False), batch.options(_by_reference=True))
+
+    async def close(self) -> None:
+        """Stop the handle's router (its tasks on the event loop)."""
+        if self._handles is not None:
+            await self._handles.grpc.shutdown_async()
+            self._handles = None
+        self._methods.clear()
+
+    def running_replicas(self) -> int:
+        """The running replicas the router routes to (1 while unknown or not open)."""
+        return running_replicas(self._handles.grpc) if self._handles is not None else 1
 
     async def call(self, method: str, request: Any) -> Any:
         """Answer `request` with the replicas' `method` (a v2 RPC's name, or `typed:<RPC>`).
@@ -133,9 +178,12 @@ class ReplicaClient:
 
         Raises:
             MaasError: the replica's own error, or Overloaded / Unavailable from Ray.
+            RuntimeError: the client is not open.
         """
+        if self._handles is None:
+            raise RuntimeError("the replica client is not open")
         if method not in self._methods:
-            self._methods[method] = _Coalescer(self._handle, method, self._calls_per_replica, self._max_items)
+            self._methods[method] = _Coalescer(self._handles, method, self._calls_per_replica, self._max_items)
         return await self._methods[method].call(request)
 
 
@@ -233,3 +281,21 @@ class RayFront(GrpcServer):
     def inference_servicer(self) -> pb_grpc.GRPCInferenceServiceServicer:
         """v2 answered by the replicas."""
         return ForwardingInferenceServicer(self._replicas)
+
+    def running_replicas(self) -> int:
+        """The running replicas the front sends calls to (1 while it knows none)."""
+        return self._replicas.running_replicas()
+
+    async def start(self) -> None:
+        """Open the replica client on this event loop, then start serving (see `GrpcServer.start`).
+
+        Raises:
+            RuntimeError: the port could not be bound.
+        """
+        self._replicas.open()
+        await super().start()
+
+    async def stop(self) -> None:
+        """Drain and stop the server, then the replica client's router."""
+        await super().stop()
+        await self._replicas.close()

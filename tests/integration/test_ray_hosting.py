@@ -18,7 +18,7 @@ from maas.inference import grpc_service_pb2_grpc
 from services.common.settings import TokenizerSettings
 from services.ray.apps import build_app
 from services.ray.catalog import SERVICES
-from services.ray.front import RayFront, running_replicas
+from services.ray.front import RayFront
 from tests.conftest import ray_test_settings, started
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -110,7 +110,7 @@ async def test_replicas_scale_1_to_2_under_load_and_back_without_a_failed_reques
             slow = echo_request(100)
             heavy = Load(lambda: stub.ModelInfer(slow, timeout=30), concurrency=16)
             await wait_until(lambda: serve_running_replicas("autoscaling") == 2, timeout=90)
-            await wait_until(lambda: running_replicas(handle) == 2, timeout=30)
+            await wait_until(lambda: front.running_replicas() == 2, timeout=30)
             await heavy.stop()
             quick = echo_request(0)
             light = Load(lambda: stub.ModelInfer(quick, timeout=30), concurrency=1)
