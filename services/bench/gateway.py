@@ -9,8 +9,7 @@ import socket
 import sys
 import tempfile
 import urllib.request
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import grpc
@@ -22,7 +21,7 @@ from services.bench.loadgen import alternating, interleaved
 from services.bench.report import Row, Section
 from services.bench.settings import BenchConfig
 from services.bench.tokenizer import REVIEWS
-from services.cli.processes import read_ready, running
+from services.cli.processes import running, serving
 from services.common.codec import Tensor, encode_inputs
 from services.gateway.routing import ModelRoute, Routing, Target
 
@@ -42,19 +41,6 @@ def _scrape(port: int) -> tuple[float, float]:
     cpu = re.search(r"^process_cpu_seconds_total (\S+)$", text, re.M)
     calls = re.search(rf'^maas_grpc_requests_total{{code="OK",method="ModelInfer",model="{MODEL}"}} (\S+)$', text, re.M)
     return float(cpu.group(1)) if cpu else 0.0, float(calls.group(1)) if calls else 0.0
-
-
-@asynccontextmanager
-async def _relay(target: str) -> AsyncIterator[str]:
-    """Run the bare relay to `target` for the block; yields its address."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.bench.relay", target, stdout=asyncio.subprocess.PIPE
-    )
-    try:
-        yield await read_ready(process, "relay")
-    finally:
-        process.terminate()
-        await process.wait()
 
 
 def _request(model: str, tensors: list[Tensor]) -> v2pb.ModelInferRequest:
@@ -104,7 +90,10 @@ async def gateway_section(config: BenchConfig) -> Section:
             "MAAS_GATEWAY_METRICS_PORT": str(metrics_port),
         }
         gateway = await stack.enter_async_context(running("gateway", "--port", "0", env=gateway_env))
-        relay = await stack.enter_async_context(_relay(transformer))
+        relay_process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.bench.relay", transformer, stdout=asyncio.subprocess.PIPE
+        )
+        relay = await stack.enter_async_context(serving(relay_process, "relay"))
         via = grpc_service_pb2_grpc.GRPCInferenceServiceStub(
             await stack.enter_async_context(grpc.aio.insecure_channel(gateway))
         )

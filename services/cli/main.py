@@ -169,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = _parser().parse_args(argv)
     if args.command == "run" and args.service == "ray":
+        from services.ray import environment
+
+        environment.set_defaults(environment.TRANSPORT)
         from services.ray.host import run_ray
 
         asyncio.run(run_ray())

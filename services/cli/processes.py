@@ -53,9 +53,21 @@ async def running(
 
     `ready_as` names the READY line to wait for when the process hosts other services (`ray`).
     """
-    process = await spawn(service, *args, env=env)
+    async with serving(await spawn(service, *args, env=env), ready_as or service) as address:
+        yield address
+
+
+@asynccontextmanager
+async def serving(process: asyncio.subprocess.Process, ready: str) -> AsyncIterator[str]:
+    """Keep a started process for the duration of the block; yields the address of its `READY <ready>`
+    line; SIGTERM (then kill) on exit.
+
+    Args:
+        process: a child started with stdout piped.
+        ready: the name its READY line gives.
+    """
     try:
-        yield await read_ready(process, ready_as or service)
+        yield await read_ready(process, ready)
     finally:
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)

@@ -9,24 +9,17 @@ local cluster on loopback is reachable only from this machine). Ray is stopped b
 from __future__ import annotations
 
 import logging
-import os
 
 import ray
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from services.common.settings import RaySettings, ServiceSettings
+from services.ray import environment
 from services.ray.apps import build_app
 from services.ray.catalog import SERVICES, V2_SERVICER_FUNCTION
 
 log = logging.getLogger(__name__)
-
-LOCAL_RAY_ENVIRONMENT = {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
-}
 
 
 def grpc_servicer_functions() -> list[str]:
@@ -53,8 +46,7 @@ def start(settings: RaySettings) -> None:
     if settings.address:
         ray.init(address=settings.address, log_to_driver=False)
     else:
-        for key, value in LOCAL_RAY_ENVIRONMENT.items():
-            os.environ.setdefault(key, value)
+        environment.set_defaults({**environment.LOCAL_RAY, **environment.TRANSPORT})
         ray.init(
             num_cpus=settings.num_cpus,
             num_gpus=settings.num_gpus,

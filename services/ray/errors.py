@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grpc
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
@@ -18,14 +19,17 @@ def unwrapped(exc: BaseException) -> BaseException:
         exc: what awaiting a `DeploymentResponse` raised.
 
     Returns:
-        The replica's exception, Overloaded for Serve's back pressure, Unavailable when no replica
-        can take the call, or `exc` itself.
+        The replica's exception, Overloaded for Serve's back pressure or a call over the message limit
+        of Serve's gRPC transport to a replica (`services.ray.environment.TRANSPORT`), Unavailable when
+        no replica can take the call, or `exc` itself.
     """
     if isinstance(exc, RayTaskError):
         cause = exc.cause
         return cause if isinstance(cause, BaseException) else exc
     if isinstance(exc, BackPressureError):
         return Overloaded(f"every replica is at its request limit; retry shortly ({exc.message})")
+    if isinstance(exc, grpc.aio.AioRpcError) and exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return Overloaded(f"the call to a replica is over Ray's transport message limit ({exc.details()})")
     if isinstance(exc, DeploymentUnavailableError):
         return ModelNotReady(f"the deployment is unavailable: {exc.message}")
     if isinstance(exc, ActorDiedError | ActorUnavailableError | RayActorError):

@@ -13,7 +13,6 @@ import importlib
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -53,19 +52,6 @@ def running_replicas(handle: DeploymentHandle) -> int:
         return 1
 
 
-@dataclass(frozen=True)
-class _Handles:
-    """A deployment's `batch` method over Serve's gRPC transport, and over Ray's actor calls.
-
-    Serve's gRPC transport to a replica refuses a message over 4 MiB
-    (`RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH`) with RESOURCE_EXHAUSTED; such a call is sent again
-    by actor call, which has no such limit (a request too large is refused before the replica runs it).
-    """
-
-    grpc: DeploymentHandle
-    by_reference: DeploymentHandle
-
-
 class _Coalescer:
     """Sends the calls of one replica method that arrive while others are in flight as one replica call.
 
@@ -76,8 +62,8 @@ class _Coalescer:
     each replica the autoscaler adds gets its own calls.
     """
 
-    def __init__(self, handles: _Handles, method: str, calls_per_replica: int, max_items: int) -> None:
-        self._handles = handles
+    def __init__(self, handle: DeploymentHandle, method: str, calls_per_replica: int, max_items: int) -> None:
+        self._handle = handle
         self._method = method
         self._calls_per_replica = calls_per_replica
         self._max_items = max_items
@@ -94,7 +80,7 @@ class _Coalescer:
         return await future
 
     def _dispatch(self) -> None:
-        max_calls = self._calls_per_replica * running_replicas(self._handles.grpc)
+        max_calls = self._calls_per_replica * running_replicas(self._handle)
         while self._waiting and self._in_flight < max_calls:
             batch = []
             while self._waiting and len(batch) < self._max_items:
@@ -108,14 +94,8 @@ class _Coalescer:
                 task.add_done_callback(self._sending.discard)
 
     async def _send(self, batch: list[tuple[Any, float | None, asyncio.Future]]) -> None:
-        requests = [(request, timeout) for request, timeout, _ in batch]
         try:
-            try:
-                results = await self._handles.grpc.remote(self._method, requests)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    raise
-                results = await self._handles.by_reference.remote(self._method, requests)
+            results = await self._handle.remote(self._method, [(request, timeout) for request, timeout, _ in batch])
         except Exception as exc:
             error = unwrapped(exc)
             results = [(False, error)] * len(batch)
@@ -148,7 +128,7 @@ class ReplicaClient:
         max_items: most requests per replica call.
         """
         self._deployment = (handle.deployment_name, handle.app_name)
-        self._handles: _Handles | None = None
+        self._handle: DeploymentHandle | None = None
         self._calls_per_replica = calls_per_replica
         self._max_items = max_items
         self._methods: dict[str, _Coalescer] = {}
@@ -157,19 +137,18 @@ class ReplicaClient:
         """Create the handle and its router on the running event loop (the loop every call runs on)."""
         handle = DeploymentHandle(*self._deployment)
         handle._init(_run_router_in_separate_loop=False)
-        batch = handle.options(method_name="batch")
-        self._handles = _Handles(batch.options(_by_reference=False), batch.options(_by_reference=True))
+        self._handle = handle.options(method_name="batch", _by_reference=False)
 
     async def close(self) -> None:
         """Stop the handle's router (its tasks on the event loop)."""
-        if self._handles is not None:
-            await self._handles.grpc.shutdown_async()
-            self._handles = None
+        if self._handle is not None:
+            await self._handle.shutdown_async()
+            self._handle = None
         self._methods.clear()
 
     def running_replicas(self) -> int:
         """The running replicas the router routes to (1 while unknown or not open)."""
-        return running_replicas(self._handles.grpc) if self._handles is not None else 1
+        return running_replicas(self._handle) if self._handle is not None else 1
 
     async def call(self, method: str, request: Any) -> Any:
         """Answer `request` with the replicas' `method` (a v2 RPC's name, or `typed:<RPC>`).
@@ -180,10 +159,10 @@ class ReplicaClient:
             MaasError: the replica's own error, or Overloaded / Unavailable from Ray.
             RuntimeError: the client is not open.
         """
-        if self._handles is None:
+        if self._handle is None:
             raise RuntimeError("the replica client is not open")
         if method not in self._methods:
-            self._methods[method] = _Coalescer(self._handles, method, self._calls_per_replica, self._max_items)
+            self._methods[method] = _Coalescer(self._handle, method, self._calls_per_replica, self._max_items)
         return await self._methods[method].call(request)
 
 

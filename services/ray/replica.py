@@ -161,8 +161,11 @@ class ServiceReplica:
         if missing:
             raise RuntimeError(f"{self.service}: no version of {', '.join(missing)} is loaded")
 
-    def record_autoscaling_stats(self) -> dict[str, float]:
+    async def record_autoscaling_stats(self) -> dict[str, float]:
         """Serve's hook for custom autoscaling metrics, read by `OngoingItemsPolicy`.
+
+        A coroutine, so Serve runs it on the event loop the requests are counted on (a plain method
+        would run on a thread of Serve's pool, beside the counting).
 
         Returns:
             `ongoing_items`: the mean number of requests this replica worked on since the last call.

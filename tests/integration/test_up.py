@@ -10,14 +10,18 @@ import time
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from PIL import Image
 
 from maas.common.v1 import common_pb2
 from maas.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from maas.inference import grpc_service_pb2 as v2pb
+from maas.inference import grpc_service_pb2_grpc
 from maas.text.v1 import text_pb2, text_pb2_grpc
 from maas.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 from maas.vision.v1 import vision_pb2, vision_pb2_grpc
+from services.common.codec import Tensor, encode_inputs
 from tests.conftest import free_port
 from tests.integration.processes import maas_process, read_ready, run_failing
 
@@ -122,6 +126,10 @@ def ray_up_env(repository: Path) -> dict[str, str]:
     }
 
 
+LONG_TEXT = ("Great coffee, smooth and rich; I would buy it again. " * 40).encode()
+"""Over 256 tokens: 1,024 of them tokenize to three INT64 [1024, 256] outputs, 6 MiB."""
+
+
 def png(value: int) -> bytes:
     buffer = io.BytesIO()
     Image.new("L", (28, 28), value).save(buffer, format="PNG")
@@ -149,6 +157,14 @@ async def test_up_on_ray_serves_every_model_through_the_gateway_and_stops_ray_on
                 assert len(classified.results[0].labels) == 2, model
             embedded = await gateway.Embed(gateway_pb2.EmbedRequest(texts=["a sentence"]), timeout=30)
             assert len(embedded.embeddings[0].values) == 384
+        large = [("grpc.max_receive_message_length", 64 << 20)]
+        async with grpc.aio.insecure_channel(ready["tokenizer"], options=large) as channel:
+            texts = Tensor("TEXT", "BYTES", np.array([LONG_TEXT] * 1024, dtype=object))
+            request = v2pb.ModelInferRequest(model_name="tokenizer")
+            encode_inputs(request, [texts])
+            tokens = await grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=60)
+            assert tokens.ByteSize() > 4 << 20, "an answer over Ray's default 4 MiB transport limit"
+            assert list(tokens.outputs[0].shape) == [1024, 256]
         up.process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(up.process.wait(), 60) == 0
         deadline = time.monotonic() + 30
