@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from services.cli.processes import read_ready
+from services.cli.processes import serving
 from tests.conftest import PYTHON, REPO_ROOT
 
 
@@ -23,7 +23,11 @@ class ServiceProcess:
 
 @asynccontextmanager
 async def maas_process(*args: str, ready: str, env: dict[str, str] | None = None) -> AsyncIterator[ServiceProcess]:
-    """Run `maas ARGS...` until the block ends, waiting for its `READY <ready>` line first."""
+    """Run `maas ARGS...` until the block ends, waiting for its `READY <ready>` line first.
+
+    Stopped with SIGTERM (then killed), so that `maas up` stops its children too, even when the block
+    failed.
+    """
     process = await asyncio.create_subprocess_exec(
         PYTHON,
         "-m",
@@ -33,12 +37,8 @@ async def maas_process(*args: str, ready: str, env: dict[str, str] | None = None
         env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
     )
-    try:
-        yield ServiceProcess(process, await read_ready(process, ready))
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+    async with serving(process, ready) as address:
+        yield ServiceProcess(process, address)
 
 
 async def run_failing(*args: str, env: dict[str, str]) -> tuple[bytes, bytes]:

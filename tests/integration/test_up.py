@@ -21,9 +21,10 @@ from maas.inference import grpc_service_pb2_grpc
 from maas.text.v1 import text_pb2, text_pb2_grpc
 from maas.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 from maas.vision.v1 import vision_pb2, vision_pb2_grpc
+from services.cli.processes import read_ready
 from services.common.codec import Tensor, encode_inputs
 from tests.conftest import free_port
-from tests.integration.processes import maas_process, read_ready, run_failing
+from tests.integration.processes import maas_process, run_failing
 
 
 async def read_ready_any(process: asyncio.subprocess.Process) -> tuple[str, str]:
