@@ -36,7 +36,12 @@ class BatchingConfig:
 
     Attributes:
         max_batch_size: most rows per model execution.
-        max_queue_delay_ms: longest the oldest queued request waits for others to join it.
+        max_queue_delay_ms: longest the oldest queued request waits for others to join it, counted
+            from when it arrived or the model became free, whichever came later; and only while the
+            queue holds fewer rows than were in play when the last batch ended (that batch's rows,
+            whose callers' next requests are likely on their way, plus those already queued). So a
+            lone caller never waits, and under a closed loop of callers the batch after a batch waits
+            for them rather than running the one request that queued meanwhile alone.
         max_queue_size: most requests waiting; one more is refused with RESOURCE_EXHAUSTED.
         pad: inputs whose second dimension is a sequence, with their pad value.
         length_aware: pad sequences to the longest in the batch and group similar lengths; if False,
@@ -96,6 +101,8 @@ class DynamicBatcher:
         self._worker: asyncio.Task | None = None
         self._busy = False
         self._loaded_ns = -LOAD_MEMORY_NS
+        self._free_ns = 0
+        self._rows_in_play = 0
         self._closing = False
         self._batch_rows = metrics.BATCH_ROWS.labels(name)
         self._queue_seconds = metrics.QUEUE_SECONDS.labels(name)
@@ -174,21 +181,27 @@ class DynamicBatcher:
 
     async def _run(self) -> None:
         while True:
+            await self._arrived.wait()
             if not self._pending:
                 if self._closing:
                     return
                 self._arrived.clear()
-                await self._arrived.wait()
                 continue
             await self._fill(self._pending[0])
             batch = self._take()
+            if self._pending:
+                self._arrived.set()
             if batch:
                 await self._execute(batch)
 
     async def _fill(self, oldest: _Request) -> None:
-        """Wait until a batch is full or the oldest request has waited its maximum."""
-        deadline = oldest.enqueued_ns + int(self._config.max_queue_delay_ms * 1e6)
-        while not self._closing and sum(r.rows for r in self._pending) < self._config.max_batch_size:
+        """Wait for batch-mates until the queue holds as many rows as were in play when the last batch
+        ended (its rows, whose callers' next requests are likely on their way, and those already queued;
+        never more than a full batch), or until the oldest request has waited `max_queue_delay_ms` since
+        it arrived or the model became free, whichever came later."""
+        wanted = min(self._config.max_batch_size, max(self._rows_in_play, 1))
+        deadline = max(oldest.enqueued_ns, self._free_ns) + int(self._config.max_queue_delay_ms * 1e6)
+        while not self._closing and sum(r.rows for r in self._pending) < wanted:
             remaining = (deadline - time.perf_counter_ns()) / 1e9
             if remaining <= 0:
                 return
@@ -275,8 +288,10 @@ class DynamicBatcher:
             return
         finally:
             self._busy = False
+            self._free_ns = time.perf_counter_ns()
+            self._rows_in_play = rows + sum(r.rows for r in self._pending)
             if len(batch) > 1:
-                self._loaded_ns = time.perf_counter_ns()
+                self._loaded_ns = self._free_ns
         compute_ns = time.perf_counter_ns() - started
         self._record(rows, compute_ns, waits)
         offset = 0

@@ -134,7 +134,10 @@ class BatchingSettings(BaseSettings):
 
     max_batch_size: int = Field(32, ge=1, description="Rows per model execution; 1 turns batching off.")
     max_queue_delay_ms: float = Field(
-        0.0, ge=0, description="Longest a request waits for others; 0 runs at once when idle, batching under load."
+        0.0,
+        ge=0,
+        description="Longest a batch waits, once the model is free, for the callers of the last batch to come "
+        "back; 0 runs at once. A lone caller never waits.",
     )
     max_queue_size: int = Field(1024, ge=1, description="Requests waiting per model version; more is refused.")
     num_threads: int = Field(1, ge=1, description="torch intra-op threads per process.")
@@ -206,6 +209,13 @@ class TransformerSettings(SequenceSettings, ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="MAAS_TRANSFORMER_")
     port: int = Field(50055, ge=0, le=65535)
+    max_queue_delay_ms: float = Field(
+        10.0,
+        ge=0,
+        description="Longest a batch waits, once the model is free, for the callers of the last batch to come "
+        "back; 0 runs at once. A lone caller never waits. A MiniLM batch of 32 takes tens of milliseconds on "
+        "a CPU thread, and its callers' next requests take a few to arrive, so waiting for them fills batches.",
+    )
 
 
 class RaySettings(BaseSettings):

@@ -1,8 +1,9 @@
 """all-MiniLM-L6-v2 sentence embeddings and the sentiment head over them. No gRPC, no Ray.
 
-The encoder is transformers' `BertModel` built from the BERT config kept in the version's
-config.json (data, not code) with weights from safetensors; sentence embeddings are the
-attention-masked mean of the last hidden states, L2-normalised, as sentence-transformers computes them.
+The weights load into transformers' `BertModel`, built from the BERT config kept in the version's
+config.json (data, not code), from safetensors; sentence embeddings are the attention-masked mean of
+the last hidden states, L2-normalised, as sentence-transformers computes them. Batches run packed
+(`PackedEncoder`): a batch's real tokens only, never its padding, through the same layers.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 from transformers import BertConfig, BertModel
+from transformers.models.bert.modeling_bert import BertLayer
 
 from services.common.torch_weights import CPU, load_weights, quantize, serving_device
 from services.transformer.spec import EMBEDDING_SIZE
@@ -26,6 +28,84 @@ HEAD_FILE = "head.safetensors"
 def build_encoder(bert_config: dict) -> BertModel:
     """An untrained encoder of the given BERT shape (no pooler: sentence embeddings use mean pooling)."""
     return BertModel(BertConfig(**bert_config), add_pooling_layer=False).eval()
+
+
+class _PackedLayer(nn.Module):
+    """One BERT layer over packed tokens [T, hidden], with query, key and value in one matrix product."""
+
+    def __init__(self, layer: BertLayer, heads: int) -> None:
+        super().__init__()
+        attention = layer.attention
+        projections = (attention.self.query, attention.self.key, attention.self.value)
+        hidden = attention.self.query.in_features
+        self.heads = heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        with torch.no_grad():
+            self.qkv.weight.copy_(torch.cat([p.weight for p in projections]))
+            self.qkv.bias.copy_(torch.cat([p.bias for p in projections]))
+        self.attention_output, self.attention_norm = attention.output.dense, attention.output.LayerNorm
+        self.intermediate, self.activation = layer.intermediate.dense, layer.intermediate.intermediate_act_fn
+        self.output, self.output_norm = layer.output.dense, layer.output.LayerNorm
+
+    def forward(self, tokens: torch.Tensor, groups: list[tuple[int, int]]) -> torch.Tensor:
+        """The layer's output for `tokens` holding `groups`' sequences one after another.
+
+        Args:
+            tokens: [T, hidden], sequence after sequence.
+            groups: (sequences, length) runs of equal-length sequences, in the order of `tokens`;
+                attention runs within each sequence, one call per run.
+        """
+        total, hidden = tokens.shape
+        head_size = hidden // self.heads
+        qkv = self.qkv(tokens).view(total, 3, self.heads, head_size)
+        attended, start = [], 0
+        for sequences, length in groups:
+            run = qkv[start : start + sequences * length].view(sequences, length, 3, self.heads, head_size)
+            query, key, value = run.permute(2, 0, 3, 1, 4)
+            context = nn.functional.scaled_dot_product_attention(query, key, value)
+            attended.append(context.transpose(1, 2).reshape(sequences * length, hidden))
+            start += sequences * length
+        context = attended[0] if len(attended) == 1 else torch.cat(attended)
+        tokens = self.attention_norm(self.attention_output(context) + tokens)
+        return self.output_norm(self.output(self.activation(self.intermediate(tokens))) + tokens)
+
+
+class PackedEncoder(nn.Module):
+    """A loaded `BertModel`'s weights run over packed tokens, with mean pooling and L2 normalisation.
+
+    A padded batch spends compute on every padding token, in every layer; packed, a batch of 32 short
+    texts costs what its real tokens cost, and sequences of one length share one attention call.
+    Position ids stay each token's column, so any 0/1 mask gives what `BertModel` gives with it.
+    """
+
+    def __init__(self, bert: BertModel) -> None:
+        super().__init__()
+        self.embeddings = bert.embeddings
+        heads = bert.config.num_attention_heads
+        self.layers = nn.ModuleList(_PackedLayer(layer, heads) for layer in bert.encoder.layer)
+
+    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, device: torch.device) -> torch.Tensor:
+        """Normalised sentence embeddings [N, hidden] on `device`, for INT64 ids and 0/1 mask [N, L]
+        (every row with at least one token)."""
+        lengths = attention_mask.sum(1)
+        order = np.argsort(lengths, kind="stable")
+        rows, columns = np.nonzero(attention_mask[order])
+        run_lengths, run_sizes = np.unique(lengths[order], return_counts=True)
+        groups = list(zip(run_sizes.tolist(), run_lengths.tolist(), strict=True))
+        ids = torch.from_numpy(input_ids[order][rows, columns]).to(device)
+        positions = torch.from_numpy(columns).to(device)
+        embeddings = self.embeddings
+        tokens = embeddings.LayerNorm(
+            embeddings.word_embeddings(ids)
+            + embeddings.position_embeddings(positions)
+            + embeddings.token_type_embeddings.weight[0]
+        )
+        for layer in self.layers:
+            tokens = layer(tokens, groups)
+        sequences = torch.from_numpy(order[rows]).to(device)
+        sums = tokens.new_zeros(len(lengths), tokens.shape[1]).index_add_(0, sequences, tokens)
+        means = sums / torch.from_numpy(lengths).to(device, tokens.dtype).unsqueeze(1)
+        return nn.functional.normalize(means, p=2, dim=1)
 
 
 class Encoder:
@@ -48,19 +128,14 @@ class Encoder:
         """
         self.vocab_size = int(bert_config["vocab_size"])
         self.device = serving_device(device, quantization, directory)
-        encoder = quantize(load_weights(build_encoder(bert_config), directory / WEIGHTS_FILE), quantization)
-        self.bert = encoder.to(self.device)
+        bert = load_weights(build_encoder(bert_config), directory / WEIGHTS_FILE)
+        self.network = quantize(PackedEncoder(bert).eval(), quantization).to(self.device)
 
     @torch.inference_mode()
     def embed_tensor(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> torch.Tensor:
         """Mean-pooled, L2-normalised embeddings [N, 384], on the encoder's device, for INT64 ids and
-        mask [N, L]."""
-        ids = torch.from_numpy(input_ids).to(self.device)
-        mask = torch.from_numpy(attention_mask).to(self.device)
-        hidden = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-        return nn.functional.normalize(pooled, p=2, dim=1)
+        0/1 mask [N, L] (every row with at least one token)."""
+        return self.network(input_ids, attention_mask, self.device)
 
     def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """`embed_tensor` as float32 numpy on the CPU."""

@@ -25,7 +25,7 @@ from services.common.sequences import SEQUENCE_INPUTS
 from services.common.torch_weights import load_weights, quantize, save_weights
 from services.tokenizer.model import DEFAULT_MAX_LENGTH, WordPieceTokenizer
 from services.transformer.model import HEAD_ARCHITECTURE, HEAD_FILE, Encoder, SentimentHead
-from services.transformer.spec import EMBED_MODEL, PLATFORM, SENTIMENT_MODEL, SENTIMENT_OUTPUTS
+from services.transformer.spec import EMBED_MODEL, EMBEDDING_SIZE, PLATFORM, SENTIMENT_MODEL, SENTIMENT_OUTPUTS
 
 SERVING_CHECK = 200
 
@@ -50,7 +50,7 @@ def embed_texts(
     ids, mask, _ = tokenizer.encode_arrays(texts, max_length=DEFAULT_MAX_LENGTH)
     lengths = mask.sum(1)
     order = np.argsort(lengths, kind="stable")
-    embeddings = np.empty((len(texts), encoder.bert.config.hidden_size), dtype=np.float32)
+    embeddings = np.empty((len(texts), EMBEDDING_SIZE), dtype=np.float32)
     for start in tqdm(range(0, len(texts), batch), desc="embedding", disable=not progress, unit="batch"):
         index = order[start : start + batch]
         width = int(lengths[index].max())

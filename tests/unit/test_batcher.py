@@ -47,6 +47,43 @@ async def test_concurrent_single_row_calls_are_served_in_batches():
     await batcher.close()
 
 
+async def test_a_lone_caller_never_waits_for_batch_mates_that_are_not_coming():
+    predict = Recorder()
+    batcher = DynamicBatcher("lone", predict, BatchingConfig(max_batch_size=8, max_queue_delay_ms=500), VersionStats())
+    for value in range(3):
+        started = time.perf_counter()
+        assert (await batcher.submit(row(value)))["Y"][0, 0] == 2.0 * value
+        assert time.perf_counter() - started < 0.25, "a lone request waited the queue delay"
+    await batcher.close()
+
+
+async def test_after_a_batch_the_next_waits_for_its_callers_to_come_back():
+    sizes: list[int] = []
+
+    def predict(inputs):
+        sizes.append(len(inputs["X"]))
+        time.sleep(0.1)
+        return {"Y": inputs["X"] * 2}
+
+    batcher = DynamicBatcher("back", predict, BatchingConfig(max_batch_size=8, max_queue_delay_ms=50), VersionStats())
+
+    async def caller(value: float) -> None:
+        for _ in range(2):
+            await batcher.submit(row(value))
+
+    async def late() -> None:
+        await asyncio.sleep(0.02)
+        await batcher.submit(row(9))
+
+    await asyncio.gather(*(caller(value) for value in range(4)), late())
+    assert sizes == [4, 5], "the request that waited out its delay for the model did not run alone"
+    started = time.perf_counter()
+    await batcher.submit(row(9))
+    assert 0.04 < time.perf_counter() - started - 0.1 < 1, "when they do not come back, it waits the delay, no more"
+    assert sizes[-1] == 1
+    await batcher.close()
+
+
 async def test_full_queue_refuses_at_once_without_delaying_accepted_requests():
     gate = threading.Event()
     predict = Recorder(gate)
@@ -80,6 +117,8 @@ async def test_a_poisoned_request_fails_alone():
 async def test_a_cancelled_callers_request_is_dropped_before_it_runs():
     predict = Recorder()
     batcher = DynamicBatcher("drop", predict, BatchingConfig(max_batch_size=8, max_queue_delay_ms=200), VersionStats())
+    await asyncio.gather(*(batcher.submit(row(0)) for _ in range(4)))
+    predict.batches.clear()
     before = metrics.CANCELLED.labels("drop")._value.get()
     kept = asyncio.ensure_future(batcher.submit(row(1)))
     dropped = asyncio.ensure_future(batcher.submit(row(7)))
