@@ -163,7 +163,11 @@ class SequenceSettings(BatchingSettings):
     length_aware: bool = Field(True, description="Pad batches to their longest sequence (else to fixed_length).")
     fixed_length: int = Field(256, ge=1, le=512, description="Padded length when length_aware is off.")
     max_batch_tokens: int = Field(
-        2048, ge=0, description="Length-aware: most rows x padded length per batch (0: only MAX_BATCH_SIZE)."
+        0,
+        ge=0,
+        description="Length-aware: most rows x padded length per batch (0: only MAX_BATCH_SIZE). By default "
+        "there is no budget: an LSTM's time per batch grows with its longest sequence and little with its rows, "
+        "and MiniLM runs packed, so padding costs it nothing.",
     )
 
 
@@ -196,12 +200,6 @@ class TextSettings(SequenceSettings, ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="MAAS_TEXT_")
     port: int = Field(50054, ge=0, le=65535)
-    max_batch_tokens: int = Field(
-        0,
-        ge=0,
-        description="Length-aware: most rows x padded length per batch (0: only MAX_BATCH_SIZE). An LSTM's time "
-        "per batch grows with its longest sequence and little with its rows, so by default there is no budget.",
-    )
 
 
 class TransformerSettings(SequenceSettings, ServiceSettings):

@@ -68,7 +68,8 @@ def container(doc: dict) -> dict:
 
 
 def env_of(doc: dict) -> dict[str, str]:
-    return {item["name"]: item["value"] for item in container(doc)["env"]}
+    """The container's literal environment (entries taken from the Downward API left out)."""
+    return {item["name"]: item["value"] for item in container(doc)["env"] if "value" in item}
 
 
 @pytest.mark.parametrize("values", VALUES, ids=values_id)
@@ -222,6 +223,27 @@ def test_resources_and_gpus_land_where_the_values_say():
     assert env_of(by_name["transformer"])["MAAS_TRANSFORMER_MAX_BATCH_SIZE"] == "64"
     defaults = {component(doc): doc for doc in of_kind(render(), "Deployment")}
     assert all("nvidia.com/gpu" not in container(doc)["resources"]["limits"] for doc in defaults.values())
+
+
+def test_model_services_run_as_many_torch_threads_as_cpus_they_request():
+    sets = ("text.settings.num_threads=3", "vision.resources.requests.cpu=null")
+    by_name = {component(doc): doc for doc in of_kind(render(None, *sets), "Deployment")}
+    threads = {
+        name: [item for item in container(doc)["env"] if item["name"].endswith("_NUM_THREADS")]
+        for name, doc in by_name.items()
+    }
+    assert threads["transformer"] == [
+        {
+            "name": "MAAS_TRANSFORMER_NUM_THREADS",
+            "valueFrom": {
+                "resourceFieldRef": {"containerName": "transformer", "resource": "requests.cpu", "divisor": "1"}
+            },
+        }
+    ]
+    assert container(by_name["transformer"])["resources"]["requests"]["cpu"] == "2"
+    assert threads["text"] == [{"name": "MAAS_TEXT_NUM_THREADS", "value": "3"}], "a setting wins"
+    assert threads["vision"] == [], "no CPU request: the service's own default"
+    assert threads["gateway"] == threads["tokenizer"] == [], "no torch there"
 
 
 def test_autoscaling_off_sets_replicas_and_drops_hpas_and_pdbs():

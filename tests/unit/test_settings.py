@@ -62,12 +62,12 @@ def test_bad_values_are_refused_at_start(monkeypatch):
 def test_text_batches_by_rows_only_unless_told(monkeypatch):
     text, transformer = TextSettings(), TransformerSettings()
     assert (text.max_texts, text.length_aware, text.max_batch_tokens) == (256, True, 0)
-    assert transformer.max_batch_tokens == 2048
+    assert transformer.max_batch_tokens == 0
     monkeypatch.setenv("MAAS_TEXT_MAX_BATCH_TOKENS", "4096")
     monkeypatch.setenv("MAAS_TEXT_LENGTH_AWARE", "false")
     batching = TextSettings().batching(max_batch_tokens=TextSettings().max_batch_tokens)
     assert (batching.max_batch_tokens, TextSettings().length_aware, TransformerSettings().max_batch_tokens) == (
         4096,
         False,
-        2048,
+        0,
     )

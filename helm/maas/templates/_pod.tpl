@@ -1,4 +1,5 @@
-{{/* Environment of a service container: bind address, contract ports, repository, logs, tracing, settings. */}}
+{{/* Environment of a service container: bind address, contract ports, repository, logs, tracing, settings;
+     a model service's torch threads follow its CPU request unless its settings name them. */}}
 {{- define "maas.env" -}}
 {{- $prefix := .contract.prefix -}}
 - name: {{ $prefix }}HOST
@@ -34,6 +35,15 @@
 {{- range $key, $value := .values.settings }}
 - name: {{ printf "%s%s" $prefix (upper $key) }}
   value: {{ if kindIs "string" $value }}{{ $value | quote }}{{ else }}{{ toJson $value | quote }}{{ end }}
+{{- end }}
+{{- $cpu := dig "requests" "cpu" "" (.values.resources | default dict) }}
+{{- if and (has .service (list "vision" "text" "transformer")) $cpu (not (hasKey (.values.settings | default dict) "num_threads")) }}
+- name: {{ $prefix }}NUM_THREADS
+  valueFrom:
+    resourceFieldRef:
+      containerName: {{ .service }}
+      resource: requests.cpu
+      divisor: "1"
 {{- end }}
 {{- with .values.extraEnv }}
 {{ toYaml . }}
