@@ -37,11 +37,12 @@ class BatchingConfig:
     Attributes:
         max_batch_size: most rows per model execution.
         max_queue_delay_ms: longest the oldest queued request waits for others to join it, counted
-            from when it arrived or the model became free, whichever came later; and only while the
-            queue holds fewer rows than were in play when the last batch ended (that batch's rows,
-            whose callers' next requests are likely on their way, plus those already queued). So a
-            lone caller never waits, and under a closed loop of callers the batch after a batch waits
-            for them rather than running the one request that queued meanwhile alone.
+            from when the model became free (or from its arrival, if later), and only while the queue
+            holds fewer requests than there were callers in play when the last batch ended (that
+            batch's callers, whose next requests are likely on their way, plus those already queued).
+            So a lone caller never waits, nor does the first request after an idle spell, and under a
+            closed loop of callers the batch after a batch waits for them rather than running the
+            one request that queued meanwhile alone.
         max_queue_size: most requests waiting; one more is refused with RESOURCE_EXHAUSTED.
         pad: inputs whose second dimension is a sequence, with their pad value.
         length_aware: pad sequences to the longest in the batch and group similar lengths; if False,
@@ -102,7 +103,7 @@ class DynamicBatcher:
         self._busy = False
         self._loaded_ns = -LOAD_MEMORY_NS
         self._free_ns = 0
-        self._rows_in_play = 0
+        self._callers_in_play = 0
         self._closing = False
         self._batch_rows = metrics.BATCH_ROWS.labels(name)
         self._queue_seconds = metrics.QUEUE_SECONDS.labels(name)
@@ -195,13 +196,20 @@ class DynamicBatcher:
                 await self._execute(batch)
 
     async def _fill(self, oldest: _Request) -> None:
-        """Wait for batch-mates until the queue holds as many rows as were in play when the last batch
-        ended (its rows, whose callers' next requests are likely on their way, and those already queued;
-        never more than a full batch), or until the oldest request has waited `max_queue_delay_ms` since
-        it arrived or the model became free, whichever came later."""
-        wanted = min(self._config.max_batch_size, max(self._rows_in_play, 1))
-        deadline = max(oldest.enqueued_ns, self._free_ns) + int(self._config.max_queue_delay_ms * 1e6)
-        while not self._closing and sum(r.rows for r in self._pending) < wanted:
+        """Wait for batch-mates while the queue holds fewer requests than there were callers in play
+        when the last batch ended (its callers, whose next requests are likely on their way, and those
+        already queued) and less than a full batch, until the oldest request has waited
+        `max_queue_delay_ms` since the model became free (or since it arrived, if later). A request
+        that arrives after that window, as after an idle spell, finds no one to wait for."""
+        delay = int(self._config.max_queue_delay_ms * 1e6)
+        if oldest.enqueued_ns > self._free_ns + delay:
+            return
+        deadline = max(oldest.enqueued_ns, self._free_ns) + delay
+        while (
+            not self._closing
+            and len(self._pending) < self._callers_in_play
+            and sum(r.rows for r in self._pending) < self._config.max_batch_size
+        ):
             remaining = (deadline - time.perf_counter_ns()) / 1e9
             if remaining <= 0:
                 return
@@ -269,6 +277,7 @@ class DynamicBatcher:
         request.queue_ns, request.compute_ns = started - request.enqueued_ns, time.perf_counter_ns() - started
         request.batch_rows = request.rows
         self._record(request.rows, request.compute_ns, [request.queue_ns])
+        self._free_ns, self._callers_in_play = time.perf_counter_ns(), 1
         return outputs
 
     async def _execute(self, batch: list[_Request]) -> None:
@@ -289,7 +298,7 @@ class DynamicBatcher:
         finally:
             self._busy = False
             self._free_ns = time.perf_counter_ns()
-            self._rows_in_play = rows + sum(r.rows for r in self._pending)
+            self._callers_in_play = sum(not r.future.done() for r in (*batch, *self._pending))
             if len(batch) > 1:
                 self._loaded_ns = self._free_ns
         compute_ns = time.perf_counter_ns() - started

@@ -57,6 +57,10 @@ def user_config(settings: ServiceSettings, versions: dict[str, list[str]] | None
     """The `user_config` replicas start with: batching limits from the service's settings, and the
     versions to serve (default: each model's version policy).
 
+    The queue delay is 0 unless the settings set it: the front keeps requests that arrive while its
+    call to a replica is in flight for its next call, so a replica waiting for batch-mates would wait
+    for requests that cannot come before its own batch returns.
+
     Args:
         settings: the service's settings.
         versions: model -> versions to serve.
@@ -68,7 +72,9 @@ def user_config(settings: ServiceSettings, versions: dict[str, list[str]] | None
     if isinstance(settings, BatchingSettings):
         config["batching"] = {
             "max_batch_size": settings.max_batch_size,
-            "max_queue_delay_ms": settings.max_queue_delay_ms,
+            "max_queue_delay_ms": settings.max_queue_delay_ms
+            if "max_queue_delay_ms" in settings.model_fields_set
+            else 0.0,
             "max_queue_size": settings.max_queue_size,
         }
     return config

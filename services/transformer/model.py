@@ -9,15 +9,18 @@ the last hidden states, L2-normalised, as sentence-transformers computes them. B
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 from transformers import BertConfig, BertModel
-from transformers.models.bert.modeling_bert import BertLayer
 
 from services.common.torch_weights import CPU, load_weights, quantize, serving_device
 from services.transformer.spec import EMBEDDING_SIZE
+
+if TYPE_CHECKING:
+    from transformers.models.bert.modeling_bert import BertLayer
 
 ENCODER_ARCHITECTURE = "bert_mean_pooling"
 HEAD_ARCHITECTURE = "linear_head"
@@ -54,6 +57,9 @@ class _PackedLayer(nn.Module):
             tokens: [T, hidden], sequence after sequence.
             groups: (sequences, length) runs of equal-length sequences, in the order of `tokens`;
                 attention runs within each sequence, one call per run.
+
+        Returns:
+            The layer's hidden states [T, hidden], in the order of `tokens`.
         """
         total, hidden = tokens.shape
         head_size = hidden // self.heads
@@ -85,8 +91,16 @@ class PackedEncoder(nn.Module):
         self.layers = nn.ModuleList(_PackedLayer(layer, heads) for layer in bert.encoder.layer)
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, device: torch.device) -> torch.Tensor:
-        """Normalised sentence embeddings [N, hidden] on `device`, for INT64 ids and 0/1 mask [N, L]
-        (every row with at least one token)."""
+        """Embed a padded batch, packing it first.
+
+        Args:
+            input_ids: INT64 token ids [N, L].
+            attention_mask: 0/1 [N, L], every row with at least one 1.
+            device: where the network's weights are.
+
+        Returns:
+            Mean-pooled, L2-normalised sentence embeddings [N, hidden] on `device`, in the rows' order.
+        """
         lengths = attention_mask.sum(1)
         order = np.argsort(lengths, kind="stable")
         rows, columns = np.nonzero(attention_mask[order])

@@ -49,11 +49,19 @@ async def test_concurrent_single_row_calls_are_served_in_batches():
 
 async def test_a_lone_caller_never_waits_for_batch_mates_that_are_not_coming():
     predict = Recorder()
-    batcher = DynamicBatcher("lone", predict, BatchingConfig(max_batch_size=8, max_queue_delay_ms=500), VersionStats())
-    for value in range(3):
+    config = BatchingConfig(max_batch_size=8, max_queue_delay_ms=300)
+    batcher = DynamicBatcher("lone", predict, config, VersionStats())
+
+    async def timed(inputs: dict[str, np.ndarray]) -> float:
         started = time.perf_counter()
-        assert (await batcher.submit(row(value)))["Y"][0, 0] == 2.0 * value
-        assert time.perf_counter() - started < 0.25, "a lone request waited the queue delay"
+        await batcher.submit(inputs)
+        return time.perf_counter() - started
+
+    four_rows = {"X": np.ones((4, 3), dtype=np.float32)}
+    assert max([await timed(row(1)), await timed(four_rows), await timed(row(2)), await timed(row(3))]) < 0.15
+    await asyncio.gather(*(batcher.submit(row(0)) for _ in range(8)))
+    await asyncio.sleep(0.4)
+    assert await timed(row(4)) < 0.15, "the first request after an idle spell waited for the burst's callers"
     await batcher.close()
 
 

@@ -53,6 +53,8 @@ def test_an_int8_encoder_runs_packed_and_stays_close_to_fp32(tmp_path):
     mask = np.ones_like(ids)
     mask[1, 6:] = 0
     exact = Encoder(tmp_path, BERT).embed(ids, mask)
-    quantized = Encoder(tmp_path, BERT, "dynamic_int8").embed(ids, mask)
-    assert quantized.shape == (4, 32)
+    int8 = Encoder(tmp_path, BERT, "dynamic_int8")
+    assert isinstance(int8.network.layers[0].qkv, torch.ao.nn.quantized.dynamic.Linear)
+    quantized = int8.embed(ids, mask)
+    assert quantized.shape == (4, 32) and not np.array_equal(exact, quantized)
     assert (exact * quantized).sum(1).min() > 0.98
