@@ -115,14 +115,16 @@ async def transformer_section(config: BenchConfig) -> Section:
     directory = config.repository / EMBED_MODEL / version
     encoder = Encoder(directory, read_version(directory, EMBED_MODEL).architecture["bert"])
     workloads = {"reviews": (ids, mask), "short texts": (short_ids, short_mask)}
+    local: dict[tuple[str, int], float] = {}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         for texts_label, arrays in workloads.items():
             for batch in (BATCH, 1):
                 result = in_process(_embedder(encoder, *arrays, batch), config.duration, config.warmup)
-                label = f"in-process, {texts_label}, batch {batch}"
-                section.rows.append(Row(label, replace(result, completed=result.completed * batch)))
+                result = replace(result, completed=result.completed * batch)
+                section.rows.append(Row(f"in-process, {texts_label}, batch {batch}", result))
+                local[texts_label, batch] = result.throughput
     finally:
         torch.set_num_threads(threads)
     on = section.row("reviews, batching on, length-aware", high).throughput
@@ -132,11 +134,6 @@ async def transformer_section(config: BenchConfig) -> Section:
     short_off = {t: section.row(_short_label("off", t), high).throughput for t in SHORT_THREADS}
     best_on, best_off = max(short_on, key=short_on.get), max(short_off, key=short_off.get)
     same = "; ".join(f"{short_on[t] / short_off[t]:.1f}x with {_threads(t)} each" for t in SHORT_THREADS)
-    local = {
-        (texts_label, batch): section.row(f"in-process, {texts_label}, batch {batch}", 1).throughput
-        for texts_label in workloads
-        for batch in (BATCH, 1)
-    }
     ceiling = {texts_label: local[texts_label, BATCH] / local[texts_label, 1] for texts_label in workloads}
     section.findings = [
         f"At concurrency {high} on short texts, batching serves {short_on[best_on] / short_off[best_off]:.1f}x the "

@@ -24,8 +24,8 @@ from services.common.stats import VersionStats
 
 Arrays = dict[str, np.ndarray]
 LOAD_MEMORY_SECONDS = 0.005
-"""How long after a batch of several requests the service counts as under load (no inline runs):
-well above the time a caller under load takes to send its next request after an answer."""
+"""How long after a batch that left several callers in play the service counts as under load (no
+inline runs): well above the time a caller under load takes to send its next request after an answer."""
 LOAD_MEMORY_NS = int(LOAD_MEMORY_SECONDS * 1e9)
 Predict = Callable[[Arrays], Arrays]
 
@@ -52,9 +52,9 @@ class BatchingConfig:
             long sequences run in small batches and short ones in large batches. A request over the
             budget on its own still runs, alone.
         inline_when_idle: run a request on the event loop's thread, skipping the worker-thread round
-            trip (about 0.2 ms), when it is the only one queued, nothing runs, and no batch of several
-            requests ran in the last `LOAD_MEMORY_SECONDS`: low latency when idle, batching under
-            load. (Right after a batch, the first of its callers' next requests arrives alone; run
+            trip (about 0.2 ms), when it is the only one queued, nothing runs, and no batch that left
+            several callers in play ended in the last `LOAD_MEMORY_SECONDS`: low latency when idle,
+            batching under load. (Right after a batch, the first of its callers' next requests arrives alone; run
             inline, it would hold the event loop while the others arrive, one by one.) Only for models
             that take well under a millisecond, since the event loop waits while they run.
     """
@@ -101,7 +101,6 @@ class DynamicBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{name}")
         self._worker: asyncio.Task | None = None
         self._busy = False
-        self._loaded_ns = -LOAD_MEMORY_NS
         self._free_ns = 0
         self._callers_in_play = 0
         self._closing = False
@@ -155,7 +154,8 @@ class DynamicBatcher:
     async def _alone(self, request: _Request) -> bool:
         """Yield once so that requests already received can queue too; then claim `request` for
         inline execution if it is still the only one, nothing runs, and the service is not under load."""
-        if self._busy or len(self._pending) > 1 or time.perf_counter_ns() - self._loaded_ns < LOAD_MEMORY_NS:
+        loaded = self._callers_in_play > 1 and time.perf_counter_ns() - self._free_ns < LOAD_MEMORY_NS
+        if self._busy or len(self._pending) > 1 or loaded:
             return False
         try:
             await asyncio.sleep(0)
@@ -299,8 +299,6 @@ class DynamicBatcher:
             self._busy = False
             self._free_ns = time.perf_counter_ns()
             self._callers_in_play = sum(not r.future.done() for r in (*batch, *self._pending))
-            if len(batch) > 1:
-                self._loaded_ns = self._free_ns
         compute_ns = time.perf_counter_ns() - started
         self._record(rows, compute_ns, waits)
         offset = 0

@@ -129,16 +129,17 @@ class TracingSettings(BaseSettings):
         return named
 
 
+QUEUE_DELAY = (
+    "Longest a batch waits, once the model is free, for the callers of the last batch to come back; 0 runs at "
+    "once. A lone caller never waits."
+)
+
+
 class BatchingSettings(BaseSettings):
     """Dynamic batching, compute threads and device of a model service."""
 
     max_batch_size: int = Field(32, ge=1, description="Rows per model execution; 1 turns batching off.")
-    max_queue_delay_ms: float = Field(
-        0.0,
-        ge=0,
-        description="Longest a batch waits, once the model is free, for the callers of the last batch to come "
-        "back; 0 runs at once. A lone caller never waits.",
-    )
+    max_queue_delay_ms: float = Field(0.0, ge=0, description=QUEUE_DELAY)
     max_queue_size: int = Field(1024, ge=1, description="Requests waiting per model version; more is refused.")
     num_threads: int = Field(1, ge=1, description="torch intra-op threads per process.")
     device: str = Field(
@@ -210,9 +211,8 @@ class TransformerSettings(SequenceSettings, ServiceSettings):
     max_queue_delay_ms: float = Field(
         10.0,
         ge=0,
-        description="Longest a batch waits, once the model is free, for the callers of the last batch to come "
-        "back; 0 runs at once. A lone caller never waits. A MiniLM batch of 32 takes tens of milliseconds on "
-        "a CPU thread, and its callers' next requests take a few to arrive, so waiting for them fills batches.",
+        description=f"{QUEUE_DELAY} A MiniLM batch of 32 takes tens of milliseconds on a CPU thread, and its "
+        "callers' next requests take a few to arrive, so waiting for them fills batches.",
     )
 
 

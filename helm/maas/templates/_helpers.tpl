@@ -95,10 +95,15 @@ app.kubernetes.io/component: {{ .service }}
 {{- .Values.modelRepository.pvc.existingClaim | default (printf "%s-models" (include "maas.fullname" .)) -}}
 {{- end -}}
 
+{{/* The model services (those running torch), as a list. */}}
+{{- define "maas.modelServices" -}}
+{{- toJson (list "vision" "text" "transformer") -}}
+{{- end -}}
+
 {{/* The model services whose runtime is `rayservice`, as a list. */}}
 {{- define "maas.rayServices" -}}
 {{- $ray := list -}}
-{{- range $service := list "vision" "text" "transformer" -}}
+{{- range $service := include "maas.modelServices" . | fromJsonArray -}}
 {{- $values := index $.Values $service -}}
 {{- if and $values.enabled (eq $values.runtime "rayservice") -}}
 {{- $ray = append $ray $service -}}

@@ -37,7 +37,8 @@
   value: {{ if kindIs "string" $value }}{{ $value | quote }}{{ else }}{{ toJson $value | quote }}{{ end }}
 {{- end }}
 {{- $cpu := dig "requests" "cpu" "" (.values.resources | default dict) }}
-{{- if and (has .service (list "vision" "text" "transformer")) $cpu (not (hasKey (.values.settings | default dict) "num_threads")) }}
+{{- $model := has .service (include "maas.modelServices" . | fromJsonArray) }}
+{{- if and $model $cpu (not (hasKey (.values.settings | default dict) "num_threads")) }}
 - name: {{ $prefix }}NUM_THREADS
   valueFrom:
     resourceFieldRef:
