@@ -22,14 +22,13 @@ from tests.chart.conftest import (
     render,
     values_id,
 )
-from tests.conftest import REPO_ROOT
 
 VALUES = [None, *CI_VALUES]
-CRDS = REPO_ROOT.parent / "shared" / "crds"
+CRDS = Path(__file__).parent / "crds"
 
 
 def crd_schema(file: str, version: str) -> dict:
-    """The openAPIV3Schema of one version of a CRD in ../shared/crds."""
+    """The openAPIV3Schema of one version of a CRD in tests/chart/crds (see its README)."""
     crd = yaml.safe_load((CRDS / file).read_text())
     (served,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
     return served["schema"]["openAPIV3Schema"]
