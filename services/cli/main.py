@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
 
-from services.cli import health, infer, registry
+from services.cli import delivery, health, infer, registry
 from services.cli.up import up
 from services.common.repository import CONFIG_FILE, version_dirs
-from services.common.settings import REPO_ROOT, ServiceSettings
+from services.common.settings import REPO_ROOT, ProcessSettings, ServiceSettings
 from services.text.recipe import Recipe as TextRecipe
 from services.vision.data import DEFAULT_DATA_DIR as VISION_DATA_DIR
 from services.vision.recipe import Recipe as VisionRecipe
@@ -52,8 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     serve_config = commands.add_parser("serve-config", help="write the Serve config (KubeRay serveConfigV2)")
     serve_config.add_argument("--output", type=Path, help="path (default: helm/maas/files/serve-config.yaml)")
 
-    models = commands.add_parser("models", help="put pretrained files into the model repository")
+    models = commands.add_parser(
+        "models", help="the model repository: put pretrained files into it, install it where services read it"
+    )
     exports = models.add_subparsers(dest="target", required=True)
+    delivery.add_parsers(exports)
     _repository_options(exports.add_parser("export-tokenizer", help="MiniLM's tokenizer files -> tokenizer/"))
     minilm = exports.add_parser("export-minilm", help="all-MiniLM-L6-v2's encoder -> minilm_embed/")
     _repository_options(minilm)
@@ -167,7 +171,15 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         The process exit status.
     """
+    if os.getuid() == 0 and not ProcessSettings().allow_root:
+        sys.stderr.write(
+            "maas: refusing to run as root (uid 0): this image runs as uid 10001 "
+            "(podman run --user 10001; on Kubernetes runAsUser: 10001)\n"
+        )
+        return 1
     args = _parser().parse_args(argv)
+    if args.command == "models" and args.target in delivery.COMMANDS:
+        return delivery.run(args)
     if args.command == "run" and args.service == "ray":
         from services.ray import environment
 
