@@ -90,6 +90,11 @@ app.kubernetes.io/component: {{ .service }}
 {{- printf "%s.%s.svc.cluster.local" (include "maas.component.fullname" .) .root.Release.Namespace -}}
 {{- end -}}
 
+{{/* Image reference of the model-repository image; also the marker its install writes (source `pvc`). */}}
+{{- define "maas.modelRepositoryImage" -}}
+{{- include "maas.image" (dict "root" . "values" .Values.modelRepository) -}}
+{{- end -}}
+
 {{/* Name of the model repository claim. */}}
 {{- define "maas.modelClaim" -}}
 {{- .Values.modelRepository.pvc.existingClaim | default (printf "%s-models" (include "maas.fullname" .)) -}}

@@ -1,5 +1,6 @@
 {{/* The pod spec of a Ray head or worker: KubeRay supplies the `ray start` command; the pod gets the
-model services' settings, the model repository, a memory-backed /dev/shm and a writable /tmp. */}}
+model services' settings, the model repository (delivered by an init container), a memory-backed
+/dev/shm and a writable /tmp. */}}
 {{- define "maas.rayPod" -}}
 {{- $root := .root -}}
 serviceAccountName: {{ include "maas.serviceAccountName" $root }}
@@ -18,6 +19,8 @@ nodeSelector:
 tolerations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
+initContainers:
+  {{- include "maas.modelInit" (dict "root" $root "image" .image "pullPolicy" .pullPolicy) | nindent 2 }}
 containers:
   - name: {{ .name }}
     image: {{ .image }}
@@ -62,11 +65,7 @@ containers:
         mountPath: /dev/shm
       - name: tmp
         mountPath: /tmp
-      {{- if eq $root.Values.modelRepository.source "pvc" }}
-      - name: models
-        mountPath: {{ $root.Values.modelRepository.path }}
-        readOnly: true
-      {{- end }}
+      {{- include "maas.modelMount" $root | nindent 6 }}
 volumes:
   - name: shm
     emptyDir:
@@ -74,10 +73,5 @@ volumes:
       sizeLimit: {{ $root.Values.ray.shmSize }}
   - name: tmp
     emptyDir: {}
-  {{- if eq $root.Values.modelRepository.source "pvc" }}
-  - name: models
-    persistentVolumeClaim:
-      claimName: {{ include "maas.modelClaim" $root }}
-      readOnly: true
-  {{- end }}
+  {{- include "maas.modelVolume" $root | nindent 2 }}
 {{- end -}}
