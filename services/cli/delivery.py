@@ -33,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
     """Run `maas models install` or `maas models wait`; print one line saying what happened.
 
     Returns:
-        0 on success, 1 when the repository is missing or unsound, or the wait timed out.
+        0 on success, 1 when the repository is missing or unsound, the destination cannot be written, or
+        the wait timed out.
     """
     try:
         if args.target == "install":
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             wait_for_install(args.repository, args.marker, args.timeout)
             sys.stdout.write(f"{args.repository}: model repository {args.marker} is installed\n")
-    except (RepositoryError, TimeoutError) as exc:
+    except (RepositoryError, TimeoutError, OSError) as exc:
         sys.stderr.write(f"maas models {args.target}: {exc}\n")
         return 1
     return 0

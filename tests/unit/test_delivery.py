@@ -98,6 +98,10 @@ def test_the_cli_prints_one_line_and_exits_nonzero_on_failure(source: Path, tmp_
     assert main(["models", "install", str(tmp_path / "absent"), str(target)]) == 1
     err = capsys.readouterr().err
     assert err == f"maas models install: no model repository at {tmp_path / 'absent'}\n"
+    (tmp_path / "a-file").write_text("")
+    assert main(["models", "install", str(source), str(tmp_path / "a-file" / "models")]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("maas models install: [Errno 20] Not a directory:")
 
 
 def test_an_image_refuses_to_run_maas_as_root(monkeypatch: pytest.MonkeyPatch, capsys):
