@@ -21,7 +21,7 @@ K8S_TOOLS := $(VENV)/.k8s-tools
 # Podman and buildah get their own store (PODMAN_ROOT) and the settings this kind of machine needs
 # (containers/containers.conf: host network, cgroupfs, runc). Images build FROM a Debian base made
 # with debootstrap unless BASE_IMAGE names one; WHEELS offers a local wheel directory (the CPU torch
-# wheel) to pip inside the builds.
+# wheel) to take torch from when `make images` downloads the wheels its builds install.
 PODMAN_ROOT ?= /var/tmp/maas-podman
 export CONTAINERS_CONF := $(CURDIR)/containers/containers.conf
 export CONTAINERS_STORAGE_CONF := $(PODMAN_ROOT)/storage.conf

@@ -2,7 +2,8 @@
 
 Without --base-image, a Debian bookworm base is made once with `debootstrap --variant=minbase` from
 Debian's packages (no registry image can be pulled where this is developed) and every image is built
-FROM it. Each build is timed; the reference, build time and size of every image are recorded in
+FROM it. Every wheel the CPU images install is downloaded once into build/wheelhouse, which the builds
+install from (and only from). Each build is timed; the reference, build time and size of every image are recorded in
 build/images.json, which `make e2e-containers` reads; each build's output is in build/image-logs/.
 
 Usage: python scripts/build_images.py [TARGET ...] [--base-image REF] [--registry localhost] ...
@@ -20,6 +21,8 @@ import time
 import tomllib
 from pathlib import Path
 
+from image_requirements import requirements
+
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ("gateway", "tokenizer", "models", "models-ray", "model-repository")
 CUDA_TARGET = "models-cuda"
@@ -28,6 +31,9 @@ BASE_PACKAGES = "python3,python3-venv,ca-certificates"
 TRIMMED = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "var/lib/apt/lists", "var/cache/apt")
 RECORD = ROOT / "build" / "images.json"
 LOGS = ROOT / "build" / "image-logs"
+WHEELHOUSE = ROOT / "build" / "wheelhouse"
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+EXTRAS = {"gateway": [], "tokenizer": [], "model-repository": [], "models": ["models"], "models-ray": ["models", "ray"]}
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
@@ -84,15 +90,40 @@ def make_base(ref: str, mirror: str) -> float:
     return time.monotonic() - started
 
 
+def fill_wheelhouse(targets: list[str], args: argparse.Namespace) -> float:
+    """Download every wheel the CPU images install into build/wheelhouse, unless it already holds what
+    these requirements and constraints resolve to.
+
+    Torch comes from `args.wheels` when given, else from PyTorch's CPU index.
+
+    Returns:
+        Seconds it took (0 when the wheelhouse was complete).
+    """
+    extras = sorted({extra for target in targets for extra in EXTRAS[target]})
+    wanted = ["setuptools>=69", *requirements(str(ROOT / "pyproject.toml"), extras)]
+    sources = ["--find-links", str(args.wheels)] if args.wheels else ["--extra-index-url", TORCH_CPU_INDEX]
+    inputs = json.dumps([wanted, sources, (ROOT / "constraints.txt").read_text()])
+    stamp = WHEELHOUSE / ".complete"
+    if stamp.exists() and inputs in stamp.read_text().splitlines():
+        return 0.0
+    started = time.monotonic()
+    download = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check"]
+    download += ["--only-binary=:all:", "--dest", WHEELHOUSE, "-c", ROOT / "constraints.txt", *sources]
+    subprocess.run([*download, *wanted], check=True)
+    with stamp.open("a") as done:
+        done.write(inputs + "\n")
+    return time.monotonic() - started
+
+
 def build_command(target: str, ref: str, base: str, args: argparse.Namespace) -> list[str]:
-    """The `podman build` of one target."""
+    """The `podman build` of one target; the CPU targets install from the wheelhouse only."""
     command = ["podman", "build", "--target", target, "--tag", ref, "--file", ROOT / "Containerfile"]
     build_args = {"BASE_IMAGE": base, "VERSION": project_version(), "REVISION": revision(), "SOURCE": args.source}
     if CA_BUNDLE.is_file():
         command += ["--volume", f"{CA_BUNDLE}:{CA_BUNDLE}:ro"]
-    if args.wheels and target != CUDA_TARGET:
-        command += ["--volume", f"{args.wheels}:/opt/wheels:ro"]
-        build_args |= {"PIP_FIND_LINKS": "/opt/wheels", "TORCH_INDEX_URL": ""}
+    if target != CUDA_TARGET:
+        command += ["--volume", f"{WHEELHOUSE}:/opt/wheelhouse:ro"]
+        build_args |= {"WHEELHOUSE": "/opt/wheelhouse", "TORCH_INDEX_URL": ""}
     if target == "model-repository":
         command += ["--build-context", f"models={args.model_repository.resolve()}"]
     command += [f"--build-arg={name}={value}" for name, value in build_args.items()]
@@ -111,7 +142,7 @@ def main() -> int:
     parser.add_argument("--source", default="https://github.com/maas/maas", help="OCI source label")
     parser.add_argument("--model-repository", type=Path, default=ROOT / "model_repository", help="what to ship")
     parser.add_argument(
-        "--wheels", type=Path, help="a directory of wheels (e.g. the CPU torch wheel) offered to pip in the builds"
+        "--wheels", type=Path, help="a directory of wheels to take torch from (default: PyTorch's CPU index)"
     )
     args = parser.parse_args()
     args.targets = args.targets or list(TARGETS)
@@ -129,6 +160,12 @@ def main() -> int:
     if "model-repository" in args.targets and not args.model_repository.is_dir():
         sys.stderr.write(f"build_images: no model repository at {args.model_repository}: run `make models`\n")
         return 1
+    cpu_targets = [target for target in args.targets if target != CUDA_TARGET]
+    if cpu_targets:
+        seconds = fill_wheelhouse(cpu_targets, args)
+        if seconds:
+            record["downloads"] = {"wheelhouse": str(WHEELHOUSE.relative_to(ROOT)), "seconds": round(seconds, 1)}
+            sys.stdout.write(f"downloaded the wheels into {WHEELHOUSE} in {seconds:.0f} s\n")
     for target in args.targets:
         ref = f"{args.registry}/maas/{target}:{project_version()}"
         log = LOGS / f"{target}.log"

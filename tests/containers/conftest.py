@@ -9,5 +9,5 @@ from tests.containers.podman import built_images
 
 @pytest.fixture(scope="session")
 def images() -> dict[str, dict]:
-    """build/images.json: image name -> reference, build seconds and size, checked against podman's store."""
+    """The built images: name -> reference, build seconds and size, checked against podman's store."""
     return built_images()

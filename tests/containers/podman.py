@@ -44,16 +44,21 @@ def podman(*args: str, timeout: float = 120, check: bool = True) -> subprocess.C
     return done
 
 
+def recorded() -> dict[str, dict]:
+    """build/images.json as `make images` wrote it: each image, the base image and the downloads."""
+    return json.loads(RECORD.read_text()) if RECORD.exists() else {}
+
+
 def built_images() -> dict[str, dict]:
-    """What `make images` recorded in build/images.json, checked against podman's store and this commit.
+    """The images `make images` recorded in build/images.json (name -> reference, build seconds, size),
+    checked against podman's store and this commit.
 
     Raises:
         AssertionError: an image is missing, or was built from another commit (run `make images`).
     """
     assert RECORD.exists(), f"{RECORD} is missing: run `make images` first"
-    record = json.loads(RECORD.read_text())
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
-    images = {name: entry for name, entry in record.items() if name != "base"}
+    images = {name: entry for name, entry in recorded().items() if name not in ("base", "downloads")}
     assert set(REQUIRED) <= set(images), f"build/images.json lacks {set(REQUIRED) - set(images)}: run `make images`"
     for name, entry in images.items():
         found = podman("image", "inspect", "--format", "{{json .Labels}}", entry["image"], check=False)
@@ -62,7 +67,7 @@ def built_images() -> dict[str, dict]:
         assert revision.startswith(head.stdout.strip()), (
             f"{name} was built from {revision}, the work tree is at {head.stdout.strip()}: run `make images`"
         )
-    return record
+    return images
 
 
 def free_port_pair() -> int:

@@ -10,12 +10,11 @@ import tomllib
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.containers.podman import READ_ONLY, RECORD, REQUIRED, RUN_FLAGS, podman
+from tests.containers.podman import READ_ONLY, REQUIRED, RUN_FLAGS, podman, recorded
 
 pytestmark = pytest.mark.containers
 
-RECORDED = json.loads(RECORD.read_text()) if RECORD.exists() else {}
-IMAGES = [*REQUIRED, *sorted(set(RECORDED) - set(REQUIRED) - {"base"})]
+IMAGES = [*REQUIRED, *sorted(set(recorded()) - set(REQUIRED) - {"base", "downloads"})]
 SIZE_LIMITS = {"gateway": 350e6, "tokenizer": 350e6, "models": 1.8e9, "models-ray": 2.5e9}
 TORCH_FREE = {"gateway", "tokenizer", "model-repository"}
 # What uid 10001 cannot search (root's home, private keys) it cannot write into either.
