@@ -14,7 +14,7 @@ import yaml
 from services.gateway.routing import parse_routing
 from services.ray.catalog import hosted
 from tests.chart import kuberay
-from tests.chart.conftest import CHART, CI_VALUES, of_kind, render, rayservice_of, write_values
+from tests.chart.conftest import CHART, CI_VALUES, of_kind, rayservice_of, render, write_values
 from tests.conftest import REPO_ROOT
 
 RAYSERVICE = next(path for path in CI_VALUES if path.name == "rayservice-values.yaml")
