@@ -90,8 +90,10 @@ def test_kuberays_serve_service_has_the_port_the_gateway_dials():
     dialled = {routing.targets[name].address for name in applications(rayservice)}
     assert len(dialled) == 1
     host, port = dialled.pop().removeprefix("dns:///").rsplit(":", 1)
-    assert host == service["metadata"]["name"]
-    (serving,) = [p for p in ports.values() if p["port"] == int(port)]
+    assert host.split(".")[0] == service["metadata"]["name"]
+    matching = [p for p in ports.values() if p["port"] == int(port)]
+    assert len(matching) == 1, f"KubeRay's serve Service has no port {port}: {sorted(ports)}"
+    (serving,) = matching
     assert serving["targetPort"] in (head_ports[serving["name"]], serving["name"]), "the port reaches the proxy"
     assert head_ports[serving["name"]] == serve_config(rayservice)["grpc_options"]["port"]
     assert serving["appProtocol"] == "kubernetes.io/h2c"
