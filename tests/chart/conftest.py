@@ -20,6 +20,7 @@ CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 RELEASE, NAMESPACE = "rel", "maas"
 KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")
 CORE_GROUPS = ("v1", "apps/v1", "autoscaling/v2", "policy/v1", "networking.k8s.io/v1")
+SERVICES = ("gateway", "tokenizer", "vision", "text", "transformer")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -96,6 +97,23 @@ def rayservice_of(docs: tuple[dict, ...]) -> dict:
     """The one RayService among `docs`."""
     (rayservice,) = of_kind(docs, "RayService")
     return rayservice
+
+
+def every_component(block: dict, ray_service: str) -> dict:
+    """Values giving `block` to every service, the Ray head and the Ray workers, `ray_service` moved to Ray."""
+    values = {service: dict(block) for service in SERVICES}
+    values[ray_service]["runtime"] = "rayservice"
+    values["ray"] = {"head": dict(block), "workers": dict(block)}
+    return values
+
+
+def component_pods(docs: tuple[dict, ...]) -> dict[str, dict]:
+    """The pod spec of each component: each Deployment's by component, `ray head` and `ray workers`."""
+    specs = {component(doc): pod_spec(doc) for doc in of_kind(docs, "Deployment")}
+    cluster = rayservice_of(docs)["spec"]["rayClusterConfig"]
+    specs["ray head"] = cluster["headGroupSpec"]["template"]["spec"]
+    specs["ray workers"] = cluster["workerGroupSpecs"][0]["template"]["spec"]
+    return specs
 
 
 def values_id(values: Path | None) -> str:

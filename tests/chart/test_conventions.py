@@ -12,11 +12,13 @@ import pytest
 from services.gateway.routing import parse_routing
 from tests.chart.conftest import (
     CI_VALUES,
+    SERVICES,
     component,
+    component_pods,
     container,
+    every_component,
     of_kind,
     pod_labels,
-    pod_spec,
     rayservice_of,
     render,
     write_values,
@@ -27,7 +29,6 @@ AUTH = next(path for path in CI_VALUES if path.name == "auth-values.yaml")
 PVC = next(path for path in CI_VALUES if path.name == "pvc-values.yaml")
 PARENT = next(path for path in CI_VALUES if path.name == "parent-values.yaml")
 GPU_POOL = next(path for path in CI_VALUES if path.name == "gpu-deployment-values.yaml")
-SERVICES = ("gateway", "tokenizer", "vision", "text", "transformer")
 
 
 def test_global_image_registry_wins_over_each_images_own(tmp_path: Path):
@@ -76,14 +77,7 @@ def test_extra_volumes_mounts_init_containers_and_sidecars_reach_every_pod(tmp_p
         "initContainers": [{"name": "wait", "image": "busybox:1.37", "securityContext": locked}],
         "sidecars": [{"name": "agent", "image": "agent:1", "securityContext": locked}],
     }
-    values = {service: dict(extras) for service in SERVICES}
-    values["text"]["runtime"] = "rayservice"
-    values["ray"] = {"head": dict(extras), "workers": dict(extras)}
-    docs = render(write_values(tmp_path, values))
-    specs = {component(doc): pod_spec(doc) for doc in of_kind(docs, "Deployment")}
-    cluster = rayservice_of(docs)["spec"]["rayClusterConfig"]
-    specs["ray head"] = cluster["headGroupSpec"]["template"]["spec"]
-    specs["ray workers"] = cluster["workerGroupSpecs"][0]["template"]["spec"]
+    specs = component_pods(render(write_values(tmp_path, every_component(extras, "text"))))
     assert len(specs) == 6
     for name, spec in specs.items():
         main, *sidecars = spec["containers"]

@@ -10,15 +10,14 @@ import pytest
 
 from tests.chart.conftest import (
     CI_VALUES,
+    SERVICES,
     component,
+    component_pods,
+    every_component,
     of_kind,
-    pod_spec,
-    rayservice_of,
     render,
     write_values,
 )
-
-SERVICES = ("gateway", "tokenizer", "vision", "text", "transformer")
 
 
 def test_a_fractional_gpu_under_deployment_is_refused(tmp_path: Path):
@@ -46,14 +45,7 @@ def test_every_component_takes_the_scheduling_keys(tmp_path: Path):
         "nodeSelector": {"nvidia.com/gpu.present": "true"},
         "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
     }
-    values = {service: dict(keys) for service in SERVICES}
-    values["vision"]["runtime"] = "rayservice"
-    values["ray"] = {"head": dict(keys), "workers": dict(keys)}
-    docs = render(write_values(tmp_path, values))
-    specs = {component(doc): pod_spec(doc) for doc in of_kind(docs, "Deployment")}
-    cluster = rayservice_of(docs)["spec"]["rayClusterConfig"]
-    specs["ray head"] = cluster["headGroupSpec"]["template"]["spec"]
-    specs["ray workers"] = cluster["workerGroupSpecs"][0]["template"]["spec"]
+    specs = component_pods(render(write_values(tmp_path, every_component(keys, "vision"))))
     assert set(specs) == {*SERVICES, "ray head", "ray workers"} - {"vision"}
     for name, spec in specs.items():
         owner = "ray" if name.startswith("ray") else name
