@@ -13,6 +13,7 @@ import yaml
 
 from services.cli.main import _parser
 from tests.chart.conftest import CHART, CI_VALUES, helm, of_kind, render
+from tests.chart.pod_security import restricted_violations
 from tests.chart.test_manifests import component, env_of
 from tests.conftest import REPO_ROOT
 
@@ -86,6 +87,7 @@ def test_source_pvc_fills_the_claim_with_a_hook_job_and_pods_wait_for_its_marker
     assert "before-hook-creation" in annotations["helm.sh/hook-delete-policy"]
     spec = job["spec"]["template"]["spec"]
     assert spec["restartPolicy"] == "Never" and spec["securityContext"]["runAsUser"] == 10001
+    assert restricted_violations(spec) == []
     assert spec["automountServiceAccountToken"] is False
     (install,) = spec["containers"]
     assert_locked_down(install)
