@@ -32,6 +32,7 @@ from services.gateway.routing import parse_routing
 from tests.chart.conftest import of_kind, render
 from tests.conftest import PYTHON, REPO_ROOT
 from tests.containers.podman import (
+    REQUIRED,
     RUN_FLAGS,
     START_ORDER,
     ChartService,
@@ -284,11 +285,12 @@ def write_report(
         size = int(podman("image", "inspect", "--format", "{{.Size}}", entry["image"]).stdout)
         label = f"`{entry['image']}` (debootstrap)" if name == "base" else f"`{entry['image']}`"
         lines.append(f"| {label} | {size / 1e6:,.0f} MB | {budgets.get(name, '')} | {entry['build_seconds']:.0f} s |")
-    seconds = sum(entry["build_seconds"] for entry in built.values()) + record.get("downloads", {}).get("seconds", 0)
+    downloads = record.get("downloads", {}).get("seconds", 0)
+    seconds = downloads + sum(entry["build_seconds"] for name, entry in built.items() if name in ("base", *REQUIRED))
     lines += [
         "",
-        f"Downloading the wheelhouse took {record.get('downloads', {}).get('seconds', 0):.0f} s; base, downloads "
-        f"and builds {seconds / 60:.1f} min in all. Build times are those `make images` recorded in "
+        f"Downloading the wheelhouse took {downloads:.0f} s; the base, the downloads and the builds of "
+        f"`make images` {seconds / 60:.1f} min in all. Build times are those recorded in "
         "build/images.json: a cached layer costs nothing, so an image built after another that shares its layers "
         "shows only its own steps, and a rebuild after a code change only the last ones.",
         "",
