@@ -28,34 +28,46 @@ class Duration:
 
 @dataclass
 class VersionStats:
-    """Counters of one model version. Thread-safe: batches finish on worker threads."""
+    """Counters of one model version. Thread-safe: batches finish on worker threads.
+
+    As Triton counts them, queue and compute durations are per request (a request's compute is the
+    run of the batch it was in), and batch statistics per execution. The compute input, infer and
+    output counts agree (perf_analyzer checks that they do) unless a request fails after its model ran.
+    """
 
     success: Duration = field(default_factory=Duration)
     fail: Duration = field(default_factory=Duration)
     queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
     compute: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
     batches: dict[int, Duration] = field(default_factory=dict)
     inference_count: int = 0
     execution_count: int = 0
     last_inference_ms: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def record_request(self, ok: bool, ns: int, items: int) -> None:
-        """A request finished: `items` rows inferred (if ok) in `ns` nanoseconds end to end."""
+    def record_request(self, ok: bool, ns: int, items: int, input_ns: int = 0, output_ns: int = 0) -> None:
+        """A request finished: `items` rows inferred (if ok) in `ns` nanoseconds end to end, of which
+        `input_ns` went to decoding its inputs and `output_ns` to encoding its outputs."""
         with self._lock:
             if ok:
                 self.success.add(ns)
+                self.compute_input.add(input_ns)
+                self.compute_output.add(output_ns)
                 self.inference_count += items
                 self.last_inference_ms = time.time_ns() // 1_000_000
             else:
                 self.fail.add(ns)
 
     def record_execution(self, batch_size: int, compute_ns: int, queue_ns: list[int] | None = None) -> None:
-        """The model ran once on `batch_size` rows; `queue_ns` holds each request's wait, if batched."""
+        """The model ran once on `batch_size` rows for the requests whose waits `queue_ns` holds (one
+        unqueued request if None)."""
         with self._lock:
             self.execution_count += 1
-            self.compute.add(compute_ns)
             self.batches.setdefault(batch_size, Duration()).add(compute_ns)
+            requests = 1 if queue_ns is None else len(queue_ns)
+            self.compute.add(compute_ns * requests, requests)
             for waited in queue_ns or ():
                 self.queue.add(waited)
 
@@ -72,7 +84,9 @@ class VersionStats:
                     success=self.success.to_proto(),
                     fail=self.fail.to_proto(),
                     queue=self.queue.to_proto(),
+                    compute_input=self.compute_input.to_proto(),
                     compute_infer=self.compute.to_proto(),
+                    compute_output=self.compute_output.to_proto(),
                 ),
                 batch_stats=[
                     pb.InferBatchStatistics(batch_size=size, compute_infer=duration.to_proto())

@@ -181,7 +181,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             inputs = decode_inputs(request)
             model.check_inputs(inputs)
             parameters = {key: parameter_value(value) for key, value in request.parameters.items()}
+            decoded = time.perf_counter_ns()
             result = await model.infer(InferRequest(inputs=inputs, version=version, parameters=parameters))
+            inferred = time.perf_counter_ns()
             outputs = result.outputs
             if request.outputs:
                 produced = {tensor.name: tensor for tensor in outputs}
@@ -197,10 +199,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except BaseException:
             stats.record_request(False, time.perf_counter_ns() - started, 0)
             raise
-        elapsed = time.perf_counter_ns() - started
+        done = time.perf_counter_ns()
         if not result.batched:
-            stats.record_execution(result.batch_size, elapsed)
-        stats.record_request(True, elapsed, result.batch_size)
+            stats.record_execution(result.batch_size, inferred - decoded)
+        stats.record_request(True, done - started, result.batch_size, decoded - started, done - inferred)
         return response
 
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext):

@@ -124,6 +124,9 @@ async def test_concurrent_requests_are_batched_and_statistics_show_it(v2, server
     assert stats.execution_count < 40, "requests shared executions"
     assert max(b.batch_size for b in stats.batch_stats) > 2
     assert stats.inference_stats.queue.count == 40 and stats.inference_stats.compute_infer.ns > 0
+    per_request = stats.inference_stats
+    counts = [per_request.compute_input.count, per_request.compute_infer.count, per_request.compute_output.count]
+    assert counts == [40, 40, 40], "per request, as Triton counts them (perf_analyzer checks they agree)"
     port = server.metrics_port
     assert metric(port, 'maas_batch_size_count{model="linear"}') - batches_before == stats.execution_count
     assert metric(port, 'maas_batch_size_sum{model="linear"}') - rows_before == 80
