@@ -60,15 +60,14 @@ class VersionStats:
             else:
                 self.fail.add(ns)
 
-    def record_execution(self, batch_size: int, compute_ns: int, queue_ns: list[int] | None = None) -> None:
-        """The model ran once on `batch_size` rows for the requests whose waits `queue_ns` holds (one
-        unqueued request if None)."""
+    def record_execution(self, batch_size: int, compute_ns: int, queue_ns: list[int]) -> None:
+        """The model ran once on `batch_size` rows for the requests whose waits `queue_ns` holds (0 for
+        a request that was never queued)."""
         with self._lock:
             self.execution_count += 1
             self.batches.setdefault(batch_size, Duration()).add(compute_ns)
-            requests = 1 if queue_ns is None else len(queue_ns)
-            self.compute.add(compute_ns * requests, requests)
-            for waited in queue_ns or ():
+            self.compute.add(compute_ns * len(queue_ns), len(queue_ns))
+            for waited in queue_ns:
                 self.queue.add(waited)
 
     def to_proto(self, name: str, version: str) -> pb.ModelStatistics:

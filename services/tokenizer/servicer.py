@@ -15,7 +15,7 @@ from services.common.codec import Tensor
 from services.common.echo import EchoModel
 from services.common.errors import InvalidInput, Overloaded
 from services.common.interceptor import label_model
-from services.common.models import BatchLimits, InferRequest, InferResult, ModelRegistry, TensorSpec
+from services.common.models import InferRequest, InferResult, ModelRegistry, TensorSpec
 from services.common.repository import RepositoryModel, VersionConfig
 from services.common.service import Service, TypedService
 from services.common.settings import TextLimits, TokenizerSettings
@@ -101,10 +101,6 @@ class TokenizerModel(RepositoryModel):
     def __init__(self, repository: Path, limits: TextLimits) -> None:
         super().__init__(repository)
         self.limits = limits
-
-    def batch_limits(self) -> BatchLimits:
-        """A request's texts run as one batch, up to the per-request limit."""
-        return BatchLimits(max_batch_size=self.limits.max_texts)
 
     def build(self, directory: Path, config: VersionConfig) -> WordPieceTokenizer:
         """Load the version's tokenizer.json."""

@@ -41,16 +41,15 @@ def test_every_version_policy_is_reported(tmp_path: Path, policy: str | None, ch
         assert reported.latest.num_versions == (2 if policy else 1)
 
 
-def test_a_model_without_a_batcher_reports_its_request_limit_and_echo_no_batch_dimension(tmp_path: Path):
-    limits = TokenizerSettings(max_texts=64)
-    config = model_config(TokenizerModel(tmp_path, limits))
-    assert config.max_batch_size == 64 and config.WhichOneof("scheduling_choice") is None
+def test_a_model_without_a_batcher_keeps_every_dimension(tmp_path: Path):
+    config = model_config(TokenizerModel(tmp_path, TokenizerSettings()))
+    assert config.max_batch_size == 0 and config.WhichOneof("scheduling_choice") is None
     assert [(i.name, i.data_type, list(i.dims), i.optional) for i in config.input] == [
-        ("TEXT", config_pb.TYPE_STRING, [], False),
-        ("TEXT_PAIR", config_pb.TYPE_STRING, [], True),
+        ("TEXT", config_pb.TYPE_STRING, [-1], False),
+        ("TEXT_PAIR", config_pb.TYPE_STRING, [-1], True),
     ]
     assert {o.name: list(o.dims) for o in config.output} == {
-        n: [-1] for n in ("INPUT_IDS", "ATTENTION_MASK", "TOKEN_TYPE_IDS")
+        n: [-1, -1] for n in ("INPUT_IDS", "ATTENTION_MASK", "TOKEN_TYPE_IDS")
     }
     echo = model_config(EchoModel())
     assert (echo.name, echo.platform, echo.max_batch_size, len(echo.input)) == ("echo", "maas_echo", 0, 0)
