@@ -6,12 +6,14 @@
   the library path set.
 - `triton`: real Triton 2.51: PyPI nvidia-pytriton 0.7.0 bundles `tritonserver` and its Python
   backend. The backend's stub links the system's libpython3.11, so this venv is made from
-  `/usr/bin/python3.11`; `.peers/bin/tritonserver` runs the server with its libraries on the path.
+  `/usr/bin/python3.11`, and its Python 3.11 stub is put where the backend looks for it (as PyTriton
+  does at start); `.peers/bin/tritonserver` runs the server with its libraries on the path.
 - `kserve`: KServe 0.21's ModelServer (v2 gRPC).
 
-The two serving peers also get CPU torch 2.13.0 and what the project's model code imports: their
-models load the same safetensors weights with the same code the maas services run.
-A venv is rebuilt only when its pinned requirements change.
+The two serving peers also get CPU torch 2.13.0 and what the project's model code imports, and a
+`.pth` file that puts this repository on their path: their models load the same safetensors weights
+with the same code the maas services run. A launcher puts its venv's `bin` first on PATH (the Python
+backend's stub finds its interpreter there). A venv is rebuilt only when its pinned requirements change.
 
 Usage: python scripts/peers.py [--root DIR] perf_analyzer|triton|kserve ...
 """
@@ -55,15 +57,21 @@ LAUNCHERS = {
 binary under `bin/`."""
 
 
-def _site_packages(venv: Path) -> Path:
+def site_packages(venv: Path) -> Path:
+    """The venv's site-packages."""
     return venv / "lib" / "python3.11" / "site-packages"
 
 
+def triton_backends(venv: Path) -> Path:
+    """The backend directory of the triton peer's venv (tritonserver's `--backend-directory`)."""
+    return site_packages(venv) / "pytriton" / "tritonserver" / "backends"
+
+
 def _launcher(venv: Path, binary: str, libraries: str) -> str:
-    site = _site_packages(venv)
+    site = site_packages(venv)
     path = venv / binary if binary.startswith("bin/") else site / binary
     library_path = f"{site / libraries}${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}"
-    return f'#!/bin/sh\nLD_LIBRARY_PATH="{library_path}" exec "{path}" "$@"\n'
+    return f'#!/bin/sh\nPATH="{venv / "bin"}:$PATH" LD_LIBRARY_PATH="{library_path}" exec "{path}" "$@"\n'
 
 
 def install(peer: str, root: Path) -> Path:
@@ -90,6 +98,11 @@ def install(peer: str, root: Path) -> Path:
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode:
                 raise RuntimeError(f"{peer}: {' '.join(command[:4])} ... failed:\n{done.stderr.strip()[-2000:]}")
+        if MODEL_CODE[0] in requirements:
+            (site_packages(venv) / "maas-repository.pth").write_text(f"{REPO_ROOT}\n{REPO_ROOT / 'protos'}\n")
+        if peer == "triton":
+            stub = triton_backends(venv).parent / "python_backend_stubs" / "3.11" / "triton_python_backend_stub"
+            shutil.copy(stub, triton_backends(venv) / "python" / stub.name)
         stamp.write_text(wanted)
     if peer in LAUNCHERS:
         name, binary, libraries = LAUNCHERS[peer]

@@ -146,7 +146,7 @@ async def run(model: str, address: str, concurrency: int, window_ms: int = 1000,
         output = raw.decode(errors="replace")
         if process.returncode or "error" in output.lower() or not report.is_file():
             raise PerfAnalyzerError(
-                f"perf_analyzer on {model} at {address} (exit status {process.returncode}): {output[-1500:]}"
+                f"perf_analyzer on {model} at {address} (exit status {process.returncode}):\n{output[-1500:]}"
             )
         (row,) = csv.DictReader(report.read_text().splitlines())
     return PerfResult(
