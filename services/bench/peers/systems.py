@@ -30,6 +30,7 @@ from maas.inference import grpc_service_pb2 as pb
 from maas.inference import grpc_service_pb2_grpc
 from maas.inference import model_config_pb2 as config_pb
 from services.bench.peers.cpu import tree_ticks
+from services.cli.processes import stop
 from services.common.models import TensorSpec
 from services.common.sequences import SEQUENCE_INPUTS
 from services.common.settings import REPO_ROOT, ServiceSettings, TransformerSettings, VisionSettings
@@ -44,7 +45,6 @@ THREADS = 1
 TRITON_MAX_BATCH = 32
 TRITON_QUEUE_DELAY_US = 100
 READY_TIMEOUT_SECONDS = 300
-STOP_TIMEOUT_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -97,13 +97,7 @@ async def _process(
         yield process
     finally:
         tree = [pid for pid in tree_ticks([process.pid]) if pid != process.pid]
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), STOP_TIMEOUT_SECONDS)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await stop(process)
         for pid in tree:
             with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -131,26 +125,32 @@ async def wait_ready(
     raise RuntimeError(f"{address} did not serve {model} (exit status {process.returncode}); its log ends:\n{tail}")
 
 
-def _maas_env(repository: Path) -> dict[str, str]:
-    return {"MAAS_MODEL_REPOSITORY": str(repository)}
-
-
 @asynccontextmanager
-async def maas_grpc(model: str, repository: Path, logs: Path) -> AsyncIterator[Server]:
-    """`maas run <service>` with its default settings."""
-    hosted, port = MODELS[model], free_port()
-    env = {**_maas_env(repository), **dict([hosted.env("metrics_port", "0")])}
-    log = logs / f"maas-{hosted.service}.log"
-    maas = [sys.executable, "-m", "services.cli.main", "run", hosted.service, "--port", str(port)]
-    async with _process(maas, log, env) as process:
+async def _server(
+    label: str, args: list[str], port: int, model: str, log: Path, env: dict[str, str] | None = None, also=()
+) -> AsyncIterator[Server]:
+    """Run a server process listening on loopback `port` until the block ends; yields it once it serves
+    `model`. `also` names processes (already running) that serve with it."""
+    async with _process(args, log, env) as process:
         address = f"127.0.0.1:{port}"
         await wait_ready(process, address, model, log)
-        yield Server("maas grpc", address, (process.pid,))
+        yield Server(label, address, (process.pid, *also))
 
 
-@asynccontextmanager
-async def maas_gateway(model: str, service: Server, logs: Path) -> AsyncIterator[Server]:
-    """`maas run gateway` routing `model` to the running grpc service."""
+def _maas(*args: str) -> list[str]:
+    return [sys.executable, "-m", "services.cli.main", *args]
+
+
+def maas_grpc(model: str, repository: Path, logs: Path) -> AbstractAsyncContextManager[Server]:
+    """`maas run <service>` with its default settings."""
+    hosted, port = MODELS[model], free_port()
+    env = {"MAAS_MODEL_REPOSITORY": str(repository), **dict([hosted.env("metrics_port", "0")])}
+    args = _maas("run", hosted.service, "--port", str(port))
+    return _server("maas grpc", args, port, model, logs / f"maas-{hosted.service}.log", env)
+
+
+def maas_gateway(model: str, service: Server, logs: Path) -> AbstractAsyncContextManager[Server]:
+    """`maas run gateway` routing `model` to the running grpc service (both are the server)."""
     routing = Routing(
         targets={"service": Target(address=f"dns:///{service.address}")},
         models={model: ModelRoute(target="service")},
@@ -158,20 +158,15 @@ async def maas_gateway(model: str, service: Server, logs: Path) -> AsyncIterator
     (logs / "routing.yaml").write_text(routing.to_yaml(), encoding="utf-8")
     port = free_port()
     env = {"MAAS_GATEWAY_ROUTING_FILE": str(logs / "routing.yaml"), "MAAS_GATEWAY_METRICS_PORT": "0"}
-    log = logs / "maas-gateway.log"
-    gateway = [sys.executable, "-m", "services.cli.main", "run", "gateway", "--port", str(port)]
-    async with _process(gateway, log, env) as process:
-        address = f"127.0.0.1:{port}"
-        await wait_ready(process, address, model, log)
-        yield Server("maas gateway", address, (process.pid, *service.pids))
+    args = _maas("run", "gateway", "--port", str(port))
+    return _server("maas gateway", args, port, model, logs / "maas-gateway.log", env, service.pids)
 
 
-@asynccontextmanager
-async def maas_ray(model: str, repository: Path, logs: Path) -> AsyncIterator[Server]:
+def maas_ray(model: str, repository: Path, logs: Path) -> AbstractAsyncContextManager[Server]:
     """`maas run ray` hosting the model's service alone: one replica behind the maas front."""
     hosted, port = MODELS[model], free_port()
     env = {
-        **_maas_env(repository),
+        "MAAS_MODEL_REPOSITORY": str(repository),
         **dict([hosted.env("port", str(port)), hosted.env("metrics_port", "0")]),
         "MAAS_RAY_SERVICES": json.dumps([hosted.service]),
         "MAAS_RAY_MIN_REPLICAS": "1",
@@ -179,11 +174,7 @@ async def maas_ray(model: str, repository: Path, logs: Path) -> AsyncIterator[Se
         "MAAS_RAY_GRPC_PORT": str(free_port()),
         "MAAS_RAY_HTTP_PORT": str(free_port()),
     }
-    log = logs / "maas-ray.log"
-    async with _process([sys.executable, "-m", "services.cli.main", "run", "ray"], log, env) as process:
-        address = f"127.0.0.1:{port}"
-        await wait_ready(process, address, model, log)
-        yield Server("maas ray", address, (process.pid,))
+    return _server("maas ray", _maas("run", "ray"), port, model, logs / "maas-ray.log", env)
 
 
 def _tensors(specs: tuple[TensorSpec, ...], kind: str) -> str:
@@ -221,13 +212,12 @@ def triton_repository(model: str, directory: Path, into: Path) -> Path:
     return into
 
 
-@asynccontextmanager
-async def triton(model: str, directory: Path, logs: Path) -> AsyncIterator[Server]:
+def triton(model: str, directory: Path, logs: Path) -> AbstractAsyncContextManager[Server]:
     """Real Triton 2.51 (`.peers/bin/tritonserver`), gRPC on loopback, HTTP and metrics off."""
     repository = triton_repository(model, directory, logs / "triton-models")
     backends = PEERS / "triton" / "lib" / "python3.11" / "site-packages" / "pytriton" / "tritonserver" / "backends"
     port = free_port()
-    server = [
+    args = [
         str(PEERS / "bin" / "tritonserver"),
         f"--model-repository={repository}",
         f"--backend-directory={backends}",
@@ -236,38 +226,23 @@ async def triton(model: str, directory: Path, logs: Path) -> AsyncIterator[Serve
         "--allow-http=false",
         "--allow-metrics=false",
     ]
-    log = logs / "triton.log"
-    async with _process(server, log) as process:
-        address = f"127.0.0.1:{port}"
-        await wait_ready(process, address, model, log)
-        yield Server("Triton 2.51", address, (process.pid,))
+    return _server("Triton 2.51", args, port, model, logs / "triton.log")
 
 
-@asynccontextmanager
-async def kserve(model: str, directory: Path, logs: Path) -> AsyncIterator[Server]:
+def kserve(model: str, directory: Path, logs: Path) -> AbstractAsyncContextManager[Server]:
     """KServe 0.21's ModelServer in the kserve peer's venv."""
     port = free_port()
     script = str(REPO_ROOT / "scripts" / "peers" / "kserve_server.py")
-    python = str(PEERS / "kserve" / "bin" / "python")
-    log = logs / "kserve.log"
-    async with _process(
-        [python, script, model, str(directory), str(port), str(free_port()), str(THREADS)], log
-    ) as process:
-        address = f"127.0.0.1:{port}"
-        await wait_ready(process, address, model, log)
-        yield Server("KServe 0.21", address, (process.pid,))
+    args = [str(PEERS / "kserve" / "bin" / "python"), script, model, str(directory), str(port), str(free_port())]
+    return _server("KServe 0.21", [*args, str(THREADS)], port, model, logs / "kserve.log")
 
 
-@asynccontextmanager
-async def serve_proxy(model: str, directory: Path, logs: Path) -> AsyncIterator[Server]:
+def serve_proxy(model: str, directory: Path, logs: Path) -> AbstractAsyncContextManager[Server]:
     """Ray Serve's native gRPC proxy in front of a `@serve.batch` deployment, on its own local Ray."""
     port = free_port()
     script = str(REPO_ROOT / "scripts" / "peers" / "serve_app.py")
-    log = logs / "serve.log"
-    async with _process([sys.executable, script, model, str(directory), str(port), str(THREADS)], log) as process:
-        address = f"127.0.0.1:{port}"
-        await wait_ready(process, address, model, log)
-        yield Server("Ray Serve proxy", address, (process.pid,))
+    args = [sys.executable, script, model, str(directory), str(port), str(THREADS)]
+    return _server("Ray Serve proxy", args, port, model, logs / "serve.log")
 
 
 PeerStarter = Callable[[str, Path, Path], AbstractAsyncContextManager[Server]]
