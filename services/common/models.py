@@ -52,7 +52,8 @@ class InferRequest:
 class InferResult:
     """A model's answer: its outputs, the version that produced them and the rows it inferred.
 
-    `batched` is True when a dynamic batcher ran the request and recorded the execution itself.
+    `batched` is True when a dynamic batcher ran the request and recorded the execution, and the
+    request's queue and compute, itself.
     """
 
     outputs: list[Tensor]

@@ -31,8 +31,10 @@ class VersionStats:
     """Counters of one model version. Thread-safe: batches finish on worker threads.
 
     As Triton counts them, queue and compute durations are per request (a request's compute is the
-    run of the batch it was in), and batch statistics per execution. The compute input, infer and
-    output counts agree (perf_analyzer checks that they do) unless a request fails after its model ran.
+    run of the batch it was in), and batch statistics per execution. A request's queue and compute are
+    recorded when it gets its rows, and its input and output when it is answered, with no await in
+    between: read on the event loop, the compute input, infer and output counts agree (perf_analyzer
+    stops if they do not), unless a request failed after its model ran.
     """
 
     success: Duration = field(default_factory=Duration)
@@ -60,15 +62,18 @@ class VersionStats:
             else:
                 self.fail.add(ns)
 
-    def record_execution(self, batch_size: int, compute_ns: int, queue_ns: list[int]) -> None:
-        """The model ran once on `batch_size` rows for the requests whose waits `queue_ns` holds (0 for
-        a request that was never queued)."""
+    def record_compute(self, queue_ns: int, compute_ns: int) -> None:
+        """A request got its rows: it waited `queue_ns` (0 if it never queued) and the run that computed
+        them took `compute_ns`."""
+        with self._lock:
+            self.queue.add(queue_ns)
+            self.compute.add(compute_ns)
+
+    def record_execution(self, batch_size: int, compute_ns: int) -> None:
+        """The model ran once on `batch_size` rows in `compute_ns`."""
         with self._lock:
             self.execution_count += 1
             self.batches.setdefault(batch_size, Duration()).add(compute_ns)
-            self.compute.add(compute_ns * len(queue_ns), len(queue_ns))
-            for waited in queue_ns:
-                self.queue.add(waited)
 
     def to_proto(self, name: str, version: str) -> pb.ModelStatistics:
         """As a v2 ModelStatistics entry."""

@@ -201,7 +201,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise
         done = time.perf_counter_ns()
         if not result.batched:
-            stats.record_execution(result.batch_size, inferred - decoded, [0])
+            stats.record_execution(result.batch_size, inferred - decoded)
+            stats.record_compute(0, inferred - decoded)
         stats.record_request(True, done - started, result.batch_size, decoded - started, done - inferred)
         return response
 

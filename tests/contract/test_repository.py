@@ -133,6 +133,18 @@ async def test_concurrent_requests_are_batched_and_statistics_show_it(v2, server
     assert metric(port, 'maas_batch_queue_seconds_count{model="linear"}') - queued_before == 40
 
 
+async def test_statistics_read_under_load_count_every_request_once_in_each_compute_phase(v2):
+    requests = asyncio.gather(*(v2.ModelInfer(linear_request()) for _ in range(300)))
+    snapshots = []
+    while not requests.done():
+        stats = await v2.ModelStatistics(pb.ModelStatisticsRequest(name="linear", version="1"))
+        snapshots.append(stats.model_stats[0].inference_stats)
+    await requests
+    assert len(snapshots) > 3, "read while requests were in flight"
+    for seen in snapshots:
+        assert seen.compute_input.count == seen.compute_infer.count == seen.compute_output.count, seen
+
+
 async def test_values_are_checked_before_batching(v2):
     request = linear_request()
     request.raw_input_contents[0] = np.array([[1, np.nan, 1, 1]], dtype="<f4").tobytes()

@@ -66,7 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         "torch": f"{torch.__version__}, {torch.get_num_threads()} thread(s) in-process",
     }
     command = " ".join(["python -m services.bench.peers", *(argv if argv is not None else sys.argv[1:])])
-    context = Context(command, versions, load_before, _load(), (time.monotonic() - started) / 60)
+    longer = "; ".join(f"{model}'s points {factor:g} times as long" for model, factor in config.longer.items())
+    timing = (
+        f"the load generator {config.warmup:g} s of warm-up, then {config.duration:g} s measured; perf_analyzer "
+        f"three {config.window_ms} ms windows; {longer}"
+    )
+    context = Context(command, timing, versions, load_before, _load(), (time.monotonic() - started) / 60)
     args.output.write_text(render(runs, context, REPO_ROOT, plots) + "\n", encoding="utf-8")
     sys.stdout.write(f"wrote {args.output} and {', '.join(plots.values())}\n")
     return 0

@@ -19,6 +19,7 @@ class Context:
     """What the page says about the run besides the numbers."""
 
     command: str
+    timing: str
     versions: dict[str, str]
     load_before: str
     load_after: str
@@ -113,13 +114,13 @@ def plot(run: ModelRun, path: Path) -> None:
     styles = {"perf_analyzer": "-", "loadgen": "--", "-": ":"}
     for index, system in enumerate([IN_PROCESS, *_systems(run)]):
         for client in ("-",) if system == IN_PROCESS else CLIENTS:
-            points = sorted(
-                (m.throughput, m.p99_ms)
-                for m in run.measurements
-                if m.system == system and m.client == client and not m.error and m.throughput
+            measured = sorted(
+                (m for m in run.measurements if m.system == system and m.client == client and not m.error),
+                key=lambda m: m.concurrency,
             )
-            if not points:
+            if not measured:
                 continue
+            points = [(m.throughput, m.p99_ms) for m in measured]
             label = system if system == IN_PROCESS else f"{system} ({client})"
             color = "black" if system == IN_PROCESS else colors(index)
             axes.plot(*zip(*points, strict=True), styles[client], marker="o", color=color, label=label)
@@ -175,6 +176,7 @@ def render(runs: list[ModelRun], context: Context, root: Path, plots: dict[str, 
         "- **Clients.** Stock `perf_analyzer` 2.41 (C++, synchronous, one thread per request in flight; three",
         "  windows per point) and the project's load generator (`services/bench/loadgen.py`, one grpc.aio",
         "  channel, Python). Both run on the same 2 cores as the servers, so a client's own CPU takes from them.",
+        f"  Each point: {context.timing}.",
         "- **Server CPU per request.** User plus system time of the server's process trees from /proc (Triton's",
         "  Python stubs, Ray's raylet and workers included) during steady load, divided by the requests served then.",
         "- **In-process** is the model called directly at batch = concurrency: the most a server could reach.",
