@@ -85,9 +85,11 @@ def install(peer: str, root: Path) -> Path:
         The venv's directory.
 
     Raises:
-        RuntimeError: the venv could not be made or pip failed.
+        RuntimeError: the venv's Python is missing, the venv could not be made or pip failed.
     """
     python, requirements, options = PEERS[peer]
+    if not Path(python).is_file():
+        raise RuntimeError(f"{peer}: its venv is made from {python}: apt-get install python3.11 python3.11-venv")
     venv = root / peer
     wanted = hashlib.sha256("\n".join([python, *requirements, *options]).encode()).hexdigest()
     stamp = venv / STAMP
