@@ -14,9 +14,12 @@ MODELS = $(MAAS) models export-tokenizer --if-missing && $(MAAS) models export-m
 	&& $(MAAS) train vision --if-missing $(1) && $(MAAS) train text --if-missing $(1) \
 	&& $(MAAS) train text --quantize int8 --if-missing $(1) && $(MAAS) train transformer --if-missing $(1)
 
-.PHONY: venv models up test bench protos lint manifests images images-cuda e2e-containers
+.PHONY: venv models up test bench bench-peers protos lint manifests images images-cuda e2e-containers
 
 K8S_TOOLS := $(VENV)/.k8s-tools
+# Benchmark peers, each in its own venv under .peers/ (scripts/peers.py). perf_analyzer also needs
+# Debian's libb64-0d (apt-get install libb64-0d).
+PERF_ANALYZER := .peers/bin/perf_analyzer
 
 # Podman and buildah get their own store (PODMAN_ROOT) and the settings this kind of machine needs
 # (containers/containers.conf: host network, cgroupfs, runc). Images build FROM a Debian base made
@@ -42,18 +45,27 @@ $(K8S_TOOLS): $(STAMP) scripts/k8s_tools.py
 	$(PY) scripts/k8s_tools.py
 	touch $@
 
+$(PERF_ANALYZER): $(STAMP) scripts/peers.py
+	$(PY) scripts/peers.py perf_analyzer
+	touch $@
+
 models: $(STAMP)
 	$(call MODELS)
 
 up: models
 	$(MAAS) up
 
-test: $(STAMP) $(K8S_TOOLS)
+test: $(STAMP) $(K8S_TOOLS) $(PERF_ANALYZER)
 	$(call MODELS,--no-progress)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: models
 	$(MAAS) bench
+
+# Writes docs/peers.md: maas beside Triton, KServe and Ray Serve's proxy, on the same weights (~30 min).
+bench-peers: models $(PERF_ANALYZER)
+	$(PY) scripts/peers.py triton kserve
+	$(PY) -m services.bench.peers
 
 $(CONTAINERS_STORAGE_CONF):
 	mkdir -p $(PODMAN_ROOT)
