@@ -14,7 +14,8 @@ import yaml
 from services.cli.main import _parser
 from tests.chart.conftest import CHART, CI_VALUES, helm, of_kind, render
 from tests.chart.pod_security import restricted_violations
-from tests.chart.test_manifests import component, env_of
+from tests.chart.test_manifests import component
+from tests.chart.test_pod_security import pods as release_pods
 from tests.conftest import REPO_ROOT
 
 PVC = next(path for path in CI_VALUES if path.name == "pvc-values.yaml")
@@ -77,8 +78,16 @@ def test_the_init_container_copies_from_where_the_image_holds_the_repository():
     assert str(cli(init).source) == copied_to.group(1)
 
 
-def test_source_pvc_fills_the_claim_with_a_hook_job_and_pods_wait_for_its_marker():
-    docs = render(PVC)
+PVC_CASES = {
+    "pvc-values": (PVC, (), "registry.example.com/maas/model-repository@sha256:", "/models"),
+    "rayservice": (RAYSERVICE, ("modelRepository.source=pvc",), DEFAULT_MODELS_IMAGE, "/opt/maas/model_repository"),
+}
+
+
+@pytest.mark.parametrize("case", PVC_CASES)
+def test_source_pvc_fills_the_claim_with_a_hook_job_and_pods_wait_for_its_marker(case: str):
+    values, sets, image_prefix, path = PVC_CASES[case]
+    docs = render(values, *sets)
     (claim,) = of_kind(docs, "PersistentVolumeClaim")
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
     (job,) = of_kind(docs, "Job")
@@ -92,26 +101,61 @@ def test_source_pvc_fills_the_claim_with_a_hook_job_and_pods_wait_for_its_marker
     (install,) = spec["containers"]
     assert_locked_down(install)
     image = install["image"]
-    assert image.startswith("registry.example.com/maas/model-repository@sha256:")
+    assert image.startswith(image_prefix)
     args = cli(install)
-    assert (args.target, args.marker) == ("install", image)
+    assert (args.target, str(args.source), args.marker) == ("install", "/opt/maas/model_repository", image)
     volumes = {volume["name"]: volume for volume in spec["volumes"]}
     assert volumes["models"]["persistentVolumeClaim"] == {"claimName": claim["metadata"]["name"]}
     assert {"name": "models", "mountPath": str(args.destination)} in install["volumeMounts"]
 
-    for name, pod in pod_specs(docs).items():
+    pods = pod_specs(docs)
+    assert ("ray-head" in pods) == (values == RAYSERVICE)
+    for name, pod in pods.items():
         if name == "gateway":
             continue
         (box,) = pod["containers"]
         (wait,) = pod["initContainers"]
         assert wait["image"] == box["image"], "the pod's own image waits: no extra pull"
+        assert_locked_down(wait)
         waiting = cli(wait)
-        assert (waiting.target, str(waiting.repository), waiting.marker) == ("wait", "/models", image)
-        assert {"name": "models", "mountPath": "/models", "readOnly": True} in wait["volumeMounts"]
-        assert {"name": "models", "mountPath": "/models", "readOnly": True} in box["volumeMounts"]
+        assert (waiting.target, str(waiting.repository), waiting.marker) == ("wait", path, image)
+        assert waiting.timeout == 600
+        assert {"name": "models", "mountPath": path, "readOnly": True} in wait["volumeMounts"]
+        assert {"name": "models", "mountPath": path, "readOnly": True} in box["volumeMounts"]
+        assert {"name": "MAAS_MODEL_REPOSITORY", "value": path} in box["env"]
         claimed = {v["name"]: v for v in pod["volumes"]}["models"]["persistentVolumeClaim"]
         assert claimed == {"claimName": claim["metadata"]["name"], "readOnly": True}
-    assert all(env_of(doc)["MAAS_MODEL_REPOSITORY"] == "/models" for doc in of_kind(docs, "Deployment"))
+
+
+def test_an_existing_claim_is_filled_and_mounted_and_none_is_created():
+    docs = render(PVC, "modelRepository.pvc.existingClaim=shared-models")
+    assert not of_kind(docs, "PersistentVolumeClaim")
+    (job,) = of_kind(docs, "Job")
+    claims = [{v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}["models"]]
+    claims += [
+        {v["name"]: v for v in pod["volumes"]}["models"] for name, pod in pod_specs(docs).items() if name != "gateway"
+    ]
+    assert len(claims) == 5
+    assert {claim["persistentVolumeClaim"]["claimName"] for claim in claims} == {"shared-models"}
+
+
+@pytest.mark.parametrize("source", ["image", "pvc"])
+@pytest.mark.parametrize("values", [None, RAYSERVICE], ids=["deployments", "rayservice"])
+def test_every_pod_that_copies_or_waits_for_the_repository_meets_the_restricted_standard(
+    values: Path | None, source: str
+):
+    docs = render(values, f"modelRepository.source={source}")
+    jobs = {job["metadata"]["name"]: job["spec"]["template"]["spec"] for job in of_kind(docs, "Job")}
+    assert len(jobs) == (source == "pvc")
+    pods = {name: spec for name, (spec, _) in release_pods(docs).items()} | jobs
+    assert ("ray head" in pods) == (values == RAYSERVICE)
+    delivering = {
+        name
+        for name, pod in pods.items()
+        if any(box["name"] == "model-repository" for box in pod.get("initContainers", []))
+    }
+    assert delivering == set(pods) - {"rel-maas-gateway", "rel-maas-test", *jobs}
+    assert {name: restricted_violations(pod) for name, pod in pods.items()} == {name: [] for name in pods}
 
 
 def test_notes_say_how_the_repository_arrives():

@@ -44,6 +44,17 @@ def podman(*args: str, timeout: float = 120, check: bool = True) -> subprocess.C
     return done
 
 
+def one_line(done: subprocess.CompletedProcess) -> str:
+    """The single line a failed container printed (stdout and stderr together).
+
+    Raises:
+        AssertionError: the container succeeded, or printed other than one line.
+    """
+    lines = (done.stdout + done.stderr).splitlines()
+    assert done.returncode != 0 and len(lines) == 1, (done.returncode, lines)
+    return lines[0]
+
+
 def recorded() -> dict[str, dict]:
     """build/images.json as `make images` wrote it: each image, the base image and the downloads."""
     return json.loads(RECORD.read_text()) if RECORD.exists() else {}
@@ -130,10 +141,11 @@ class ChartService:
         return {**self.env, **{self.prefix + key: value for key, value in ports.items()}}
 
 
-def chart_services() -> dict[str, ChartService]:
-    """Every service of `helm template` of the chart's defaults, with its init container if it has one."""
+def chart_services(*sets: str) -> dict[str, ChartService]:
+    """Every service of `helm template` of the chart's defaults (with `--set` overrides `sets`), with its
+    init container if it has one."""
     services = {}
-    for doc in of_kind(render(), "Deployment"):
+    for doc in of_kind(render(None, *sets), "Deployment"):
         spec = doc["spec"]["template"]["spec"]
         (box,) = spec["containers"]
         name = doc["metadata"]["labels"]["app.kubernetes.io/component"]

@@ -5,23 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.containers.podman import READ_ONLY, RUN_FLAGS, chart_services, free_port_pair, podman
+from tests.containers.podman import READ_ONLY, RUN_FLAGS, chart_services, free_port_pair, one_line, podman
 
 pytestmark = pytest.mark.containers
 
 TAMPERED = "localhost/maas/model-repository:tampered"
-
-
-def one_line(done: subprocess.CompletedProcess) -> str:
-    """The single line a failed container printed (stdout and stderr together)."""
-    lines = (done.stdout + done.stderr).splitlines()
-    assert done.returncode != 0 and len(lines) == 1, (done.returncode, lines)
-    return lines[0]
 
 
 def message(line: str) -> str:
