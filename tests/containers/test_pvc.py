@@ -42,11 +42,10 @@ def run_job(claim: Path) -> subprocess.CompletedProcess:
     return podman("run", "--rm", *RUN_FLAGS, "--volume", f"{claim}:{mount['mountPath']}", box["image"], *command)
 
 
-def wait_for_job(service: ChartService, claim: Path, timeout: str | None = None) -> subprocess.CompletedProcess:
-    """Run the service's init container with `claim` mounted read-only; `timeout` replaces its `--timeout`."""
+def wait_for_job(service: ChartService, claim: Path, timeout: str) -> subprocess.CompletedProcess:
+    """Run the service's init container with `claim` mounted read-only, its `--timeout` cut to `timeout`."""
     command = list(service.init_command)
-    if timeout is not None:
-        command[command.index("--timeout") + 1] = timeout
+    command[command.index("--timeout") + 1] = timeout
     volume = f"{claim}:{service.init_mount}:ro"
     return podman("run", "--rm", *RUN_FLAGS, "--volume", volume, service.init_image, *command, check=False)
 
@@ -73,7 +72,7 @@ def test_pods_wait_for_the_jobs_marker_then_serve_from_the_claim_read_only(image
 
     with containers() as started:
         for name, service in services.items():
-            waited = wait_for_job(service, claim)
+            waited = wait_for_job(service, claim, timeout="10")
             assert waited.returncode == 0 and waited.stdout == f"{path}: model repository {marker} is installed\n"
             port = free_port_pair()
             started.append(Container(start(service, port, claim, None), name, f"127.0.0.1:{port}"))
