@@ -26,6 +26,7 @@ import grpc
 from services.common import telemetry
 from services.common.errors import NOT_RUN_KEY, DownstreamError, NotRun
 from services.common.interceptor import REQUEST_ID_KEY, current_call
+from services.common.tls import ClientTls, aio_channel
 
 S = TypeVar("S")
 
@@ -94,6 +95,8 @@ class Downstream:
         max_reconnect_backoff_ms: int = MAX_RECONNECT_BACKOFF_MS,
         metadata: tuple[tuple[str, str], ...] = (),
         min_resolution_interval_ms: int = MIN_RESOLUTION_INTERVAL_MS,
+        tls: ClientTls | None = None,
+        tls_stamp: object = None,
     ) -> None:
         """Open a channel to `target`, connecting lazily.
 
@@ -105,12 +108,20 @@ class Downstream:
             max_reconnect_backoff_ms: longest wait between attempts to re-dial a lost address.
             metadata: sent with every call (e.g. Serve's `application` for its gRPC proxy).
             min_resolution_interval_ms: shortest time between two resolutions of a `dns:` target.
+            tls: the CA to trust and the certificate to present; None or no files: plaintext.
+            tls_stamp: what the TLS files looked like when read (kept in `tls_stamp`, to notice a rotation).
+
+        Raises:
+            TlsFilesError: a TLS file cannot be used.
         """
         self.name = name
         self.target = target
         self.metadata = metadata
-        self.channel = grpc.aio.insecure_channel(
-            target, options=channel_options(max_message_bytes, max_reconnect_backoff_ms, min_resolution_interval_ms)
+        self.tls_stamp = tls_stamp
+        self.channel = aio_channel(
+            target,
+            tls or ClientTls(),
+            channel_options(max_message_bytes, max_reconnect_backoff_ms, min_resolution_interval_ms),
         )
         self._default_timeout = default_timeout
         self._stubs: dict[type, Any] = {}
