@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from maas.inference import grpc_service_pb2 as pb
 from maas.inference import grpc_service_pb2_grpc
+from services.common.auth import ApiKeys, KeyEntry
 from services.common.echo import EchoModel
 from services.common.models import ModelRegistry
 from services.common.server import GrpcServer
@@ -21,10 +22,11 @@ from services.common.settings import EchoSettings, GatewaySettings
 from services.common.tls import ClientTls, aio_channel
 from services.gateway.hosting import build_server
 from tests.certs import Authority
-from tests.conftest import started
+from tests.conftest import PYTHON, REPO_ROOT, started
 from tests.traffic.replica import ReplicaEcho
 
 CALL_TIMEOUT = 5
+API_KEY = "a-test-key-of-enough-length"
 
 
 def _server(settings: EchoSettings, model: EchoModel | None = None) -> GrpcServer:
@@ -219,3 +221,48 @@ async def test_the_gateway_dials_again_with_a_rotated_client_certificate(tmp_pat
                 assert reply.model_version == "1"
                 return
             pytest.fail("the gateway never dialled with the rotated certificate")
+
+
+async def _maas(*args: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        PYTHON,
+        "-m",
+        "services.cli.main",
+        *args,
+        cwd=REPO_ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 60)
+    return process.returncode, out.decode()
+
+
+async def test_maas_health_and_infer_take_tls_files_and_an_api_key(tmp_path: Path, pki):
+    ca = pki["ca"]
+    leaf, client = ca.issue("server", server=True), ca.issue("client", server=False)
+    settings = EchoSettings(
+        port=0, metrics_port=0, tls_cert_file=leaf.cert, tls_key_file=leaf.key, tls_client_ca_file=ca.ca_file
+    )
+    auth = ApiKeys([KeyEntry(name="ci", key=API_KEY)])
+    server = GrpcServer("echo-server", settings, ModelRegistry([EchoModel()]), auth=auth)
+    async with started(server):
+        address = f"localhost:{server.port}"
+        files = ("--tls-ca", str(ca.ca_file), "--tls-cert", str(client.cert), "--tls-key", str(client.key))
+        status, out = await _maas("health", address, "--model", "echo", *files, "--api-key", API_KEY)
+        assert (status, out.split()) == (0, ["SERVING", address, "READY", f"echo@{address}"])
+        status, out = await _maas("health", address, "--model", "echo", *files)
+        assert status == 1 and f"UNAUTHENTICATED echo@{address}" in out
+        status, out = await _maas("health", address, "--tls-ca", str(ca.ca_file), "--timeout", "1")
+        assert status == 1 and out.split() == ["DEADLINE_EXCEEDED", address]
+
+    routing = tmp_path / "routing.yaml"
+    routing.write_text("targets: {}\nmodels: {}\n")
+    gateway_settings = GatewaySettings(
+        port=0, metrics_port=0, routing_file=routing, tls_cert_file=leaf.cert, tls_key_file=leaf.key
+    )
+    async with started(build_server(gateway_settings)) as gateway:
+        address = f"localhost:{gateway.port}"
+        status, out = await _maas("infer", "embed", "a sentence", "--address", address, "--tls-ca", str(ca.ca_file))
+        assert status == 1 and "NOT_FOUND: model 'minilm_embed' is not routed" in out
+        status, out = await _maas("infer", "embed", "a sentence", "--address", address)
+        assert status == 1 and "UNAVAILABLE" in out
