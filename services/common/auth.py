@@ -167,9 +167,11 @@ class ApiKeys:
         if key.bucket is not None:
             wait = key.bucket.take()
             if wait:
+                retry = math.ceil(wait * 1000) / 1000
                 raise Overloaded(
                     f"API key '{key.name}' is over its rate limit of {key.bucket.rate:g} calls/s "
-                    f"(burst {key.bucket.burst}); retry in {math.ceil(wait * 1000) / 1000:.3f} s"
+                    f"(burst {key.bucket.burst}); retry in {retry:.3f} s",
+                    retry_delay=retry,
                 )
         return key.name
 

@@ -25,7 +25,7 @@ import grpc
 
 from services.common import telemetry
 from services.common.errors import NOT_RUN_KEY, DownstreamError, NotRun
-from services.common.interceptor import REQUEST_ID_KEY, current_call
+from services.common.interceptor import REQUEST_ID_KEY, STATUS_DETAILS_KEY, current_call
 from services.common.tls import ClientTls, aio_channel
 
 S = TypeVar("S")
@@ -170,7 +170,9 @@ class Downstream:
                     if span is not None:
                         span.set_attribute("rpc.grpc.status_code", exc.code().value[0])
                     details = exc.details() or exc.code().name
-                    raise DownstreamError(exc.code(), details, self.name, _not_run(exc, details)) from None
+                    raise DownstreamError(
+                        exc.code(), details, self.name, _not_run(exc, details), _status_details(exc)
+                    ) from None
         finally:
             self._in_flight -= 1
             if not self._in_flight:
@@ -187,6 +189,14 @@ class Downstream:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), grace)
         await self.channel.close()
+
+
+def _status_details(error: grpc.aio.AioRpcError) -> bytes | None:
+    """The `google.rpc.Status` a failed call carried in its trailing metadata, if any."""
+    for key, value in error.trailing_metadata() or ():
+        if key == STATUS_DETAILS_KEY and isinstance(value, bytes):
+            return value
+    return None
 
 
 def _not_run(error: grpc.aio.AioRpcError, details: str) -> NotRun | None:

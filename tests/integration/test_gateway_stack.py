@@ -176,7 +176,7 @@ async def test_typed_stubs_reach_every_rpc(stack: Stack, shirt):
 
 def cancelled_count(port: int, model: str) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    match = re.search(rf'^maas_batch_cancelled_total{{model="{model}"}} (\S+)$', text, re.M)
+    match = re.search(rf'^maas_batch_cancelled_total{{model="{model}",version="[^"]*"}} (\S+)$', text, re.M)
     return float(match.group(1)) if match else 0.0
 
 
