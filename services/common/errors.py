@@ -84,6 +84,12 @@ class Unauthenticated(MaasError):
     grpc_code = grpc.StatusCode.UNAUTHENTICATED
 
 
+class PermissionDenied(MaasError):
+    """The caller is known but may not make this call (its API key lacks the role)."""
+
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class NotRun(enum.Enum):
     """Why a failed downstream call surely did not run there."""
 

@@ -241,7 +241,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             call = self._begin(method, full_method, context)
             try:
-                self._gate(context)
+                self._gate(context, method)
                 request = _parsed_stream(method, request) if streaming_request else _parsed(method, request)
                 response = await behavior(request, context)
             except BaseException as exc:
@@ -264,7 +264,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             call = self._begin(method, full_method, context)
             try:
-                self._gate(context)
+                self._gate(context, method)
                 request = _parsed_stream(method, request) if streaming_request else _parsed(method, request)
                 async for response in behavior(request, context):
                     yield response
@@ -294,11 +294,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         metrics.in_flight(method).inc()
         return call
 
-    def _gate(self, context: grpc.aio.ServicerContext) -> None:
+    def _gate(self, context: grpc.aio.ServicerContext, method: str) -> None:
         if self._lifecycle.draining:
             raise Draining("server is shutting down; retry on another replica")
         if self._auth is not None:
-            self._auth.check(context.invocation_metadata())
+            self._auth.check(context.invocation_metadata(), method)
 
     def _record(self, call: CallInfo, code: grpc.StatusCode, details: str = "") -> None:
         if call.span is not None:

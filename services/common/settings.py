@@ -129,6 +129,12 @@ class GatewaySettings(ServiceSettings):
     api_keys_file: Path | None = Field(
         None, description="YAML file of API keys (their roles and rate limits); unset: calls need no key."
     )
+    rate_limit_replicas: int = Field(
+        1,
+        ge=1,
+        description="Gateway replicas sharing each API key's rate limit: each takes 1/N of the key's rate and "
+        "burst (the chart sets the replica count it knows).",
+    )
     downstream_tls_ca_file: Path | None = Field(
         None, description="PEM CA the model services' certificates chain to; set: the gateway dials them with TLS."
     )
