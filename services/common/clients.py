@@ -118,6 +118,7 @@ class Downstream:
         self.target = target
         self.metadata = metadata
         self.tls_stamp = tls_stamp
+        self.tls = tls is not None and tls.enabled
         self.channel = aio_channel(
             target,
             tls or ClientTls(),

@@ -133,7 +133,7 @@ class Router:
             round(self._settings.max_reconnect_backoff_seconds * 1000),
             tuple(target.metadata.items()),
             round(self._settings.dns_min_resolution_interval_s * 1000),
-            self._tls,
+            None if target.plaintext else self._tls,
             self._tls_stamp,
         )
 
@@ -142,10 +142,11 @@ class Router:
         targets = {}
         for name, target in routing.targets.items():
             current = self.targets.get(name)
-            keep = current is not None and (current.target, current.metadata, current.tls_stamp) == (
+            keep = current is not None and (current.target, current.metadata, current.tls_stamp, current.tls) == (
                 target.grpc_target,
                 tuple(target.metadata.items()),
                 self._tls_stamp,
+                not target.plaintext and self._tls.enabled,
             )
             targets[name] = current if keep else self._downstream(name, target)
         retired = [d for name, d in self.targets.items() if targets.get(name) is not d]

@@ -266,3 +266,23 @@ async def test_maas_health_and_infer_take_tls_files_and_an_api_key(tmp_path: Pat
         assert status == 1 and "NOT_FOUND: model 'minilm_embed' is not routed" in out
         status, out = await _maas("infer", "embed", "a sentence", "--address", address)
         assert status == 1 and "UNAVAILABLE" in out
+
+
+async def test_a_plaintext_target_is_dialled_without_tls_beside_tls_ones(tmp_path: Path, pki):
+    async with started(_server(EchoSettings(port=0, metrics_port=0), ReplicaEcho("pool", ["1"]))) as replica:
+        routing = tmp_path / "routing.yaml"
+        routing.write_text(
+            f"targets: {{pool: {{address: 'dns:///localhost:{replica.port}', plaintext: true}}}}\n"
+            "models: {pool: {target: pool}}\n"
+        )
+        settings = GatewaySettings(
+            port=0, metrics_port=0, routing_file=routing, downstream_tls_ca_file=pki["ca"].ca_file
+        )
+        request = pb.ModelInferRequest(model_name="pool")
+        request.inputs.add(name="X", datatype="INT64", shape=[1]).contents.int64_contents.append(7)
+        async with (
+            started(build_server(settings)) as gateway,
+            grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel,
+        ):
+            reply = await grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=5)
+    assert reply.model_version == "1"
