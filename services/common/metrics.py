@@ -116,6 +116,11 @@ CANCELLED = Counter(
     "version.",
     ["model", "version"],
 )
+MODEL_READY = Gauge(
+    "maas_model_ready",
+    "1 while a call naming no version would be served (a version of the model is loaded), else 0, by model.",
+    ["model"],
+)
 MODEL_DEVICE = Gauge(
     "maas_model_version_device",
     "1 for each loaded model version, labelled with the torch device it computes on (cpu, cuda:N).",

@@ -17,7 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from maas.inference import grpc_service_pb2_grpc
-from services.common import telemetry
+from services.common import metrics, telemetry
 from services.common.auth import ApiKeys
 from services.common.errors import MaasError
 from services.common.interceptor import ServerInterceptor
@@ -143,6 +143,8 @@ class GrpcServer:
             await self._health_server.start()
         await self._server.start()
         self._metrics = MetricsServer(self.settings.host, self.settings.metrics_bind_port)
+        for model in self.models:
+            metrics.MODEL_READY.labels(model.name).set_function(lambda model=model: float(model.is_ready()))
         for model in self.models:
             await model.load("")
         self.lifecycle.mark_serving()

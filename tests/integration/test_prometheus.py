@@ -1,6 +1,7 @@
 """A real Prometheus server (Debian package `prometheus`; `.ci/run` installs it) scrapes a running service
 on loopback, and its query API answers what an operator asks: requests by model and version (a canary
-beside its baseline), per-version batcher compute time and queue depth."""
+beside its baseline), per-version batcher compute time and queue depth; and it runs every query the
+chart ships (the Grafana dashboard's panels, the alerts, KEDA's triggers) against the real metrics."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from services.common.batcher import BatchingConfig
 from services.common.models import ModelRegistry
 from services.common.server import GrpcServer
 from services.common.settings import EchoSettings
+from tests.chart.conftest import CHART, NAMESPACE, RELEASE, of_kind, render
 from tests.conftest import free_port, started
 from tests.contract.linear_model import LinearModel, make_version
 from tests.contract.test_repository import linear_request
@@ -27,6 +29,7 @@ from tests.contract.test_repository import linear_request
 pytestmark = pytest.mark.slow
 
 SCRAPE_SECONDS = 1
+JOB = f"{RELEASE}-maas-vision"
 WAIT_SECONDS = 60
 
 
@@ -55,16 +58,38 @@ async def _ready(port: int) -> None:
     pytest.fail(f"prometheus did not get ready within {WAIT_SECONDS} s")
 
 
-async def _until(port: int, expression: str, expected: dict[str, float]) -> dict[str, float]:
-    """Query until the answer by version equals `expected` (scrapes come every second)."""
+async def _until(port: int, expression: str, expected: dict[str, float] | None) -> dict[str, float]:
+    """Query until the answer by version equals `expected` (None: has two versions; scrapes come every second)."""
     seen: dict[str, float] = {}
     deadline = time.monotonic() + WAIT_SECONDS
     while time.monotonic() < deadline:
         seen = _by_version(await asyncio.to_thread(_query, port, expression))
-        if seen == expected:
+        if seen == expected or (expected is None and len(seen) == 2):
             return seen
         await asyncio.sleep(0.5)
     return seen
+
+
+def _the_charts_queries_run(port: int) -> None:
+    """Every PromQL expression the chart renders runs on the real metrics, as the chart's own objects
+    select them (namespace and job labels as the ServiceMonitor sets them)."""
+    dashboard = json.loads((CHART / "files" / "grafana-dashboard.json").read_text())
+    variables = {"$namespace": NAMESPACE, "$job": JOB, "$__rate_interval": "1m"}
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            expression = target["expr"]
+            for name, value in variables.items():
+                expression = expression.replace(name, value)
+            results = _query(port, expression)
+            if panel["title"].startswith(("Calls per second", "Batcher queue depth")):
+                assert {r["metric"].get("version") for r in results} >= {"1", "2"}, panel["title"]
+    docs = render(None, "vision.autoscaling.keda.enabled=true")
+    (rule,) = of_kind(docs, "PrometheusRule")
+    for alert in rule["spec"]["groups"][0]["rules"]:
+        _query(port, alert["expr"])
+    (scaled,) = of_kind(docs, "ScaledObject")
+    (value,) = _query(port, scaled["spec"]["triggers"][0]["metadata"]["query"])
+    assert float(value["value"][1]) == 0, "the vision queue-depth trigger reads the service's (empty) queues"
 
 
 @pytest.fixture
@@ -87,7 +112,9 @@ async def test_prometheus_scrapes_requests_by_model_and_version(tmp_path: Path, 
         config.write_text(
             f"global: {{scrape_interval: {SCRAPE_SECONDS}s, evaluation_interval: {SCRAPE_SECONDS}s}}\n"
             "scrape_configs:\n"
-            f"  - job_name: linear\n    static_configs: [{{targets: ['127.0.0.1:{server.metrics_port}']}}]\n"
+            f"  - job_name: {JOB}\n"
+            f"    static_configs: [{{targets: ['127.0.0.1:{server.metrics_port}'],"
+            f" labels: {{namespace: {NAMESPACE}}}}}]\n"
         )
         port = free_port()
         prometheus = await asyncio.create_subprocess_exec(
@@ -116,6 +143,9 @@ async def test_prometheus_scrapes_requests_by_model_and_version(tmp_path: Path, 
             assert set(computed) == {"1", "2"} and all(count >= 1 for count in computed.values())
             assert _by_version(_query(port, "maas_batch_queue_depth")) == {"1": 0, "2": 0}
             assert _by_version(_query(port, "maas_batch_queue_limit")) == {"1": 1024, "2": 1024}
+            rates = f"sum by (version) (rate({served}[1m]))"
+            assert set(await _until(port, rates, None)) == {"1", "2"}, "rates need two scrapes"
+            _the_charts_queries_run(port)
         finally:
             prometheus.terminate()
             try:
