@@ -14,7 +14,7 @@ MODELS = $(MAAS) models export-tokenizer --if-missing && $(MAAS) models export-m
 	&& $(MAAS) train vision --if-missing $(1) && $(MAAS) train text --if-missing $(1) \
 	&& $(MAAS) train text --quantize int8 --if-missing $(1) && $(MAAS) train transformer --if-missing $(1)
 
-.PHONY: venv models up test bench protos lint manifests
+.PHONY: venv models up test bench protos lint manifests reliability
 
 K8S_TOOLS := $(VENV)/.k8s-tools
 
@@ -43,6 +43,13 @@ test: $(STAMP) $(K8S_TOOLS)
 
 bench: models
 	$(MAAS) bench
+
+# Faults and sustained load on loopback, bounded in time, every process stopped by its pid; writes
+# docs/reliability.md (about 15 minutes; RELIABILITY_ARGS=--short is CI's run, the soak cut to 60 s).
+RELIABILITY_ARGS ?=
+reliability: $(STAMP)
+	$(call MODELS,--no-progress)
+	$(PY) -m services.reliability $(RELIABILITY_ARGS)
 
 manifests: $(K8S_TOOLS)
 	$(PY) scripts/render_manifests.py
