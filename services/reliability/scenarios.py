@@ -57,9 +57,8 @@ class Figure:
 
     def shown(self) -> str:
         """The value with its unit."""
-        return (
-            f"{self.value:,.2f} {self.unit}".strip() if isinstance(self.value, float) else f"{self.value} {self.unit}"
-        )
+        number = f"{self.value:,.2f}" if isinstance(self.value, float) else f"{self.value:,}"
+        return f"{number} {self.unit}".strip()
 
 
 @dataclass
