@@ -22,6 +22,7 @@ from maas.gateway.v1 import gateway_pb2_grpc
 from maas.inference import grpc_service_pb2 as v2pb
 from maas.inference import grpc_service_pb2_grpc
 from maas.vision.v1 import vision_pb2, vision_pb2_grpc
+from services.bench.loadgen import sequence_requests
 from services.common.codec import Tensor, encode_inputs
 from services.common.settings import REPO_ROOT
 from services.reliability.harness import (
@@ -212,19 +213,7 @@ def _embed_requests(repository: Path, count: int, tokens: int) -> list[v2pb.Mode
     texts, _ = reviews("testing_data")
     tokenizer = WordPieceTokenizer(_newest(repository / "tokenizer"))
     ids, mask, _ = tokenizer.encode_arrays(texts[:count], max_length=tokens)
-    requests = []
-    for row in range(len(ids)):
-        length = int(mask[row].sum())
-        request = v2pb.ModelInferRequest(model_name="minilm_embed")
-        encode_inputs(
-            request,
-            [
-                Tensor("INPUT_IDS", "INT64", ids[row : row + 1, :length]),
-                Tensor("ATTENTION_MASK", "INT64", mask[row : row + 1, :length]),
-            ],
-        )
-        requests.append(request)
-    return requests
+    return sequence_requests("minilm_embed", ids, mask)
 
 
 def _newest(model: Path) -> Path:

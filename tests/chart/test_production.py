@@ -199,6 +199,21 @@ def test_promtool_accepts_the_alerting_rules(tmp_path: Path, promtool: str):
 
 
 SERIES = f'namespace="{NAMESPACE}",job="{RELEASE}-maas-vision",model="fashion_cnn"'
+
+
+def _alert(name: str, severity: str, summary: str, version: str | None = None) -> dict:
+    """One alert of `fashion_cnn` on the vision job that promtool must see firing at 15 minutes."""
+    labels = {"severity": severity, "namespace": NAMESPACE, "job": f"{RELEASE}-maas-vision", "model": "fashion_cnn"}
+    if version is not None:
+        labels["version"] = version
+    summary = f"{RELEASE}-maas-vision: {summary}"
+    return {
+        "eval_time": "15m",
+        "alertname": name,
+        "exp_alerts": [{"exp_labels": labels, "exp_annotations": {"summary": summary}}],
+    }
+
+
 ALERT_TESTS = {
     "rule_files": ["rules.yaml"],
     "evaluation_interval": "1m",
@@ -215,79 +230,11 @@ ALERT_TESTS = {
                 {"series": f'maas_batch_queue_limit{{{SERIES},version="1"}}', "values": "1024x20"},
             ],
             "alert_rule_test": [
-                {
-                    "eval_time": "15m",
-                    "alertname": "MaasHighErrorRatio",
-                    "exp_alerts": [
-                        {
-                            "exp_labels": {
-                                "severity": "critical",
-                                "namespace": NAMESPACE,
-                                "job": f"{RELEASE}-maas-vision",
-                                "model": "fashion_cnn",
-                                "version": "2",
-                            },
-                            "exp_annotations": {
-                                "summary": f"{RELEASE}-maas-vision: 33.33% of fashion_cnn version 2 calls fail"
-                            },
-                        }
-                    ],
-                },
-                {
-                    "eval_time": "15m",
-                    "alertname": "MaasModelNotReady",
-                    "exp_alerts": [
-                        {
-                            "exp_labels": {
-                                "severity": "critical",
-                                "namespace": NAMESPACE,
-                                "job": f"{RELEASE}-maas-vision",
-                                "model": "fashion_cnn",
-                            },
-                            "exp_annotations": {
-                                "summary": f"{RELEASE}-maas-vision: model fashion_cnn has no version loaded"
-                            },
-                        }
-                    ],
-                },
+                _alert("MaasHighErrorRatio", "critical", "33.33% of fashion_cnn version 2 calls fail", "2"),
+                _alert("MaasModelNotReady", "critical", "model fashion_cnn has no version loaded"),
                 {"eval_time": "3m", "alertname": "MaasModelNotReady", "exp_alerts": []},
-                {
-                    "eval_time": "15m",
-                    "alertname": "MaasBatchQueueFull",
-                    "exp_alerts": [
-                        {
-                            "exp_labels": {
-                                "severity": "critical",
-                                "namespace": NAMESPACE,
-                                "job": f"{RELEASE}-maas-vision",
-                                "model": "fashion_cnn",
-                                "version": "1",
-                            },
-                            "exp_annotations": {
-                                "summary": f"{RELEASE}-maas-vision: fashion_cnn version 1 refuses calls, "
-                                "its queue is full"
-                            },
-                        }
-                    ],
-                },
-                {
-                    "eval_time": "15m",
-                    "alertname": "MaasBatchQueueFilling",
-                    "exp_alerts": [
-                        {
-                            "exp_labels": {
-                                "severity": "warning",
-                                "namespace": NAMESPACE,
-                                "job": f"{RELEASE}-maas-vision",
-                                "model": "fashion_cnn",
-                                "version": "1",
-                            },
-                            "exp_annotations": {
-                                "summary": f"{RELEASE}-maas-vision: fashion_cnn version 1 queue is 97.66% full"
-                            },
-                        }
-                    ],
-                },
+                _alert("MaasBatchQueueFull", "critical", "fashion_cnn version 1 refuses calls, its queue is full", "1"),
+                _alert("MaasBatchQueueFilling", "warning", "fashion_cnn version 1 queue is 97.66% full", "1"),
             ],
         }
     ],

@@ -46,6 +46,30 @@ async def _live(port: int, tls: ClientTls | None) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
+def _mtls_replica(ca: Authority):
+    """A replica serving `pool` that requires client certificates from `ca`, for the block."""
+    leaf = ca.issue("pool", server=True)
+    settings = EchoSettings(
+        port=0, metrics_port=0, tls_cert_file=leaf.cert, tls_key_file=leaf.key, tls_client_ca_file=ca.ca_file
+    )
+    return started(_server(settings, ReplicaEcho("pool", ["1"])))
+
+
+def _routing_to(directory: Path, port: int, plaintext: bool = False) -> Path:
+    routing = directory / "routing.yaml"
+    extra = ", plaintext: true" if plaintext else ""
+    routing.write_text(
+        f"targets: {{pool: {{address: 'dns:///localhost:{port}'{extra}}}}}\nmodels: {{pool: {{target: pool}}}}\n"
+    )
+    return routing
+
+
+def _pool_request() -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="pool")
+    request.inputs.add(name="X", datatype="INT64", shape=[1]).contents.int64_contents.append(7)
+    return request
+
+
 @pytest.fixture
 def pki(tmp_path: Path) -> dict[str, Authority]:
     return {"ca": Authority(tmp_path, "ca"), "other": Authority(tmp_path, "other")}
@@ -131,21 +155,10 @@ async def test_a_bad_key_pair_stops_the_server_at_start_with_the_files_named(pki
 
 async def test_the_gateway_dials_a_model_service_that_requires_its_client_certificate(tmp_path: Path, pki):
     ca = pki["ca"]
-    service_leaf, gateway_leaf = ca.issue("pool", server=True), ca.issue("gateway", server=False)
-    replica_settings = EchoSettings(
-        port=0,
-        metrics_port=0,
-        tls_cert_file=service_leaf.cert,
-        tls_key_file=service_leaf.key,
-        tls_client_ca_file=ca.ca_file,
-    )
-    async with started(_server(replica_settings, ReplicaEcho("pool", ["1"]))) as replica:
-        routing = tmp_path / "routing.yaml"
-        routing.write_text(
-            f"targets: {{pool: {{address: 'dns:///localhost:{replica.port}'}}}}\nmodels: {{pool: {{target: pool}}}}\n"
-        )
-        request = pb.ModelInferRequest(model_name="pool")
-        request.inputs.add(name="X", datatype="INT64", shape=[1]).contents.int64_contents.append(7)
+    gateway_leaf = ca.issue("gateway", server=False)
+    async with _mtls_replica(ca) as replica:
+        routing = _routing_to(tmp_path, replica.port)
+        request = _pool_request()
 
         async def infer(settings: GatewaySettings) -> grpc.StatusCode:
             async with (
@@ -174,21 +187,10 @@ async def test_the_gateway_dials_a_model_service_that_requires_its_client_certif
 
 async def test_the_gateway_dials_again_with_a_rotated_client_certificate(tmp_path: Path, pki):
     ca = pki["ca"]
-    service_leaf = ca.issue("pool", server=True)
     cert, key = tmp_path / "client.crt", tmp_path / "client.key"
     pki["other"].issue("gateway", server=False, cert=cert, key=key)
-    replica_settings = EchoSettings(
-        port=0,
-        metrics_port=0,
-        tls_cert_file=service_leaf.cert,
-        tls_key_file=service_leaf.key,
-        tls_client_ca_file=ca.ca_file,
-    )
-    async with started(_server(replica_settings, ReplicaEcho("pool", ["1"]))) as replica:
-        routing = tmp_path / "routing.yaml"
-        routing.write_text(
-            f"targets: {{pool: {{address: 'dns:///localhost:{replica.port}'}}}}\nmodels: {{pool: {{target: pool}}}}\n"
-        )
+    async with _mtls_replica(ca) as replica:
+        routing = _routing_to(tmp_path, replica.port)
         settings = GatewaySettings(
             port=0,
             metrics_port=0,
@@ -270,16 +272,11 @@ async def test_maas_health_and_infer_take_tls_files_and_an_api_key(tmp_path: Pat
 
 async def test_a_plaintext_target_is_dialled_without_tls_beside_tls_ones(tmp_path: Path, pki):
     async with started(_server(EchoSettings(port=0, metrics_port=0), ReplicaEcho("pool", ["1"]))) as replica:
-        routing = tmp_path / "routing.yaml"
-        routing.write_text(
-            f"targets: {{pool: {{address: 'dns:///localhost:{replica.port}', plaintext: true}}}}\n"
-            "models: {pool: {target: pool}}\n"
-        )
+        routing = _routing_to(tmp_path, replica.port, plaintext=True)
         settings = GatewaySettings(
             port=0, metrics_port=0, routing_file=routing, downstream_tls_ca_file=pki["ca"].ca_file
         )
-        request = pb.ModelInferRequest(model_name="pool")
-        request.inputs.add(name="X", datatype="INT64", shape=[1]).contents.int64_contents.append(7)
+        request = _pool_request()
         async with (
             started(build_server(settings)) as gateway,
             grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel,
