@@ -26,6 +26,7 @@ async def run(repository: Path, durations: scenarios.Durations) -> list[scenario
         ("SIGTERM", lambda: scenarios.replica_stopped(repository, durations, signal.SIGTERM)),
         ("SIGKILL", lambda: scenarios.replica_stopped(repository, durations, signal.SIGKILL)),
         ("overload", lambda: scenarios.overload(repository, durations)),
+        ("fuzz", lambda: scenarios.fuzz(durations)),
         ("soak", lambda: scenarios.soak(repository, durations)),
         ("health under preprocessing", lambda: scenarios.health_under_preprocessing(repository, durations)),
     ):
