@@ -1,5 +1,6 @@
-"""A real Prometheus server (Debian package `prometheus`; `.ci/run` installs it) scrapes a running service
-on loopback, and its query API answers what an operator asks: requests by model and version (a canary
+"""A real Prometheus server (Debian package `prometheus`; `.ci/run` installs it) scrapes a running
+service on loopback (a process of its own, `tests/integration/linear_server.py`, so its counters start
+at zero), and its query API answers what an operator asks: requests by model and version (a canary
 beside its baseline), per-version batcher compute time and queue depth; and it runs every query the
 chart ships (the Grafana dashboard's panels, the alerts, KEDA's triggers) against the real metrics."""
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -17,13 +19,10 @@ import grpc
 import pytest
 
 from maas.inference import grpc_service_pb2_grpc
-from services.common.batcher import BatchingConfig
-from services.common.models import ModelRegistry
-from services.common.server import GrpcServer
-from services.common.settings import EchoSettings
+from services.cli.processes import serving
 from tests.chart.conftest import CHART, NAMESPACE, RELEASE, of_kind, render
-from tests.conftest import free_port, started
-from tests.contract.linear_model import LinearModel, make_version
+from tests.conftest import REPO_ROOT, free_port
+from tests.contract.linear_model import make_version
 from tests.contract.test_repository import linear_request
 
 pytestmark = pytest.mark.slow
@@ -105,15 +104,23 @@ async def test_prometheus_scrapes_requests_by_model_and_version(tmp_path: Path, 
     for version, scale in ((1, 1.0), (2, 2.0)):
         make_version(repository, version, scale)
     (repository / "linear" / "model.json").write_text('{"version_policy": "all"}')
-    model = LinearModel(repository, BatchingConfig(max_batch_size=8))
-    server = GrpcServer("linear", EchoSettings(port=0, metrics_port=0), ModelRegistry([model]))
-    async with started(server), grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    metrics_port = free_port()
+    server = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.integration.linear_server",
+        str(repository),
+        str(metrics_port),
+        cwd=REPO_ROOT,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    async with serving(server, "linear") as address, grpc.aio.insecure_channel(address) as channel:
         config = tmp_path / "prometheus.yml"
         config.write_text(
             f"global: {{scrape_interval: {SCRAPE_SECONDS}s, evaluation_interval: {SCRAPE_SECONDS}s}}\n"
             "scrape_configs:\n"
             f"  - job_name: {JOB}\n"
-            f"    static_configs: [{{targets: ['127.0.0.1:{server.metrics_port}'],"
+            f"    static_configs: [{{targets: ['127.0.0.1:{metrics_port}'],"
             f" labels: {{namespace: {NAMESPACE}}}}}]\n"
         )
         port = free_port()
