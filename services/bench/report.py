@@ -45,7 +45,7 @@ def _cpu_model() -> str:
 
 
 def git_revision(root: Path) -> str:
-    """The short commit of `root`, noting uncommitted changes."""
+    """The short commit of `root`, marked if tracked files changed since."""
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False).stdout.strip()
