@@ -283,3 +283,21 @@ async def test_a_plaintext_target_is_dialled_without_tls_beside_tls_ones(tmp_pat
         ):
             reply = await grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=5)
     assert reply.model_version == "1"
+
+
+async def test_the_gateway_can_require_its_callers_certificates(tmp_path: Path, pki):
+    ca = pki["ca"]
+    leaf, caller = ca.issue("gateway", server=True), ca.issue("caller", server=False)
+    routing = tmp_path / "routing.yaml"
+    routing.write_text("targets: {}\nmodels: {}\n")
+    settings = GatewaySettings(
+        port=0,
+        metrics_port=0,
+        routing_file=routing,
+        tls_cert_file=leaf.cert,
+        tls_key_file=leaf.key,
+        tls_client_ca_file=ca.ca_file,
+    )
+    async with started(build_server(settings)) as gateway:
+        assert await _live(gateway.port, ClientTls(ca.ca_file, caller.cert, caller.key)) is grpc.StatusCode.OK
+        assert await _live(gateway.port, ClientTls(ca.ca_file)) is grpc.StatusCode.UNAVAILABLE
