@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from services.cli.main import _parser
-from tests.chart.conftest import CHART, CI_VALUES, helm, of_kind, render
+from tests.chart.conftest import CHART, CI_VALUES, container, helm, of_kind, render
 from tests.chart.pod_security import restricted_violations
 from tests.chart.test_manifests import component
 from tests.chart.test_pod_security import pods as release_pods
@@ -181,3 +181,27 @@ def test_the_images_the_chart_names_are_the_containerfiles_targets_at_the_projec
         for target in ("gateway", "tokenizer", "models", "models-cuda", "models-ray", "model-repository")
     }
     assert {ref.split("/")[-1].split(":")[0] for ref in named} <= targets
+
+
+def exposed_ports() -> dict[str, set[int]]:
+    """The ports each Containerfile stage EXPOSEs, those of the stage it builds on included."""
+    stages: dict[str, set[int]] = {}
+    current: set[int] = set()
+    for line in CONTAINERFILE.splitlines():
+        if found := re.fullmatch(r"FROM (\S+) AS (\S+)", line):
+            current = stages[found.group(2)] = set(stages.get(found.group(1), ()))
+        elif line.startswith("EXPOSE "):
+            current |= {int(port) for port in line.split()[1:]}
+    return stages
+
+
+def test_each_service_image_exposes_the_ports_its_containers_open():
+    opened: dict[str, set[int]] = {}
+    for doc in of_kind(render(), "Deployment"):
+        box = container(doc)
+        target = box["image"].rsplit("/", 1)[1].split(":")[0]
+        opened.setdefault(target, set()).update(port["containerPort"] for port in box["ports"])
+    exposed = exposed_ports()
+    assert opened.keys() == {"gateway", "tokenizer", "models"}
+    assert {target: exposed[target] for target in opened} == opened
+    assert exposed["models-cuda"] == exposed["models"]
