@@ -44,6 +44,31 @@ def podman(*args: str, timeout: float = 120, check: bool = True) -> subprocess.C
     return done
 
 
+def run_once(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+    """`podman run ARGS` to its end, detached; return its exit status and its output from the container's log.
+
+    Attached, podman 4.3 sometimes loses the whole output of a container that exits at once (seen under
+    load: a status of 1 and empty stderr); the log conmon writes keeps stdout and stderr apart and whole.
+    The container is removed by its id.
+
+    Raises:
+        subprocess.CalledProcessError: `check` and the container (or podman) failed.
+    """
+    created = podman("run", "--detach", *args, timeout=timeout, check=check)
+    if created.returncode:
+        return created
+    container = created.stdout.strip()
+    try:
+        status = int(podman("wait", container, timeout=timeout).stdout.strip())
+        logs = podman("logs", container, timeout=timeout)
+    finally:
+        podman("rm", "--force", container, check=False)
+    done = subprocess.CompletedProcess(["podman", "run", *args], status, logs.stdout, logs.stderr)
+    if check and status:
+        raise subprocess.CalledProcessError(status, done.args, done.stdout, done.stderr)
+    return done
+
+
 def one_line(done: subprocess.CompletedProcess) -> str:
     """The single line a failed container printed (stdout and stderr together).
 

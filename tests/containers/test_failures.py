@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.containers.podman import READ_ONLY, RUN_FLAGS, chart_services, free_port_pair, one_line, podman
+from tests.containers.podman import READ_ONLY, RUN_FLAGS, chart_services, free_port_pair, one_line, podman, run_once
 
 pytestmark = pytest.mark.containers
 
@@ -24,7 +24,7 @@ def message(line: str) -> str:
 def test_a_service_without_its_model_repository_fails_in_one_line(images: dict):
     vision = chart_services()["vision"]
     env = [f"--env={name}={value}" for name, value in vision.bound(free_port_pair()).items()]
-    done = podman("run", "--rm", *RUN_FLAGS, *env, vision.image, *vision.command, check=False)
+    done = run_once(*RUN_FLAGS, *env, vision.image, *vision.command, check=False)
     assert message(one_line(done)) == (
         "vision failed to start: no versions of model 'fashion_cnn' in /opt/maas/model_repository/fashion_cnn "
         "for policy latest; run `maas train vision`"
@@ -34,9 +34,7 @@ def test_a_service_without_its_model_repository_fails_in_one_line(images: dict):
 def test_installing_a_missing_model_repository_fails_in_one_line(images: dict, tmp_path: Path):
     vision = chart_services()["vision"]
     command = [*vision.init_command[:3], "/opt/maas/elsewhere", vision.init_mount]
-    done = podman(
-        "run",
-        "--rm",
+    done = run_once(
         *RUN_FLAGS,
         "--volume",
         f"{tmp_path}:{vision.init_mount}",
@@ -67,9 +65,7 @@ def test_a_tampered_model_repository_image_fails_the_init_step_in_one_line(tampe
     delivered = tmp_path / "models"
     delivered.mkdir()
     os.chown(delivered, 10001, 10001)
-    done = podman(
-        "run",
-        "--rm",
+    done = run_once(
         *RUN_FLAGS,
         "--volume",
         f"{delivered}:{vision.init_mount}",
@@ -86,7 +82,5 @@ def test_a_tampered_model_repository_image_fails_the_init_step_in_one_line(tampe
 
 @pytest.mark.parametrize("name", ["gateway", "tokenizer", "models", "models-ray", "model-repository"])
 def test_an_image_run_as_root_refuses_in_one_line(images: dict, name: str):
-    done = podman(
-        "run", "--rm", *READ_ONLY, "--user", "0", images[name]["image"], "maas", "run", "gateway", check=False
-    )
+    done = run_once(*READ_ONLY, "--user", "0", images[name]["image"], "maas", "run", "gateway", check=False)
     assert one_line(done).startswith("maas: refusing to run as root (uid 0): this image runs as uid 10001")

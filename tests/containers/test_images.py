@@ -10,7 +10,7 @@ import tomllib
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.containers.podman import READ_ONLY, REQUIRED, RUN_FLAGS, podman, recorded
+from tests.containers.podman import READ_ONLY, REQUIRED, RUN_FLAGS, podman, recorded, run_once
 
 pytestmark = pytest.mark.containers
 
@@ -40,7 +40,7 @@ def shell(image: str, script: str, *flags: str) -> str:
     Raises:
         subprocess.CalledProcessError: the script failed.
     """
-    return podman("run", "--rm", *flags, image, "sh", "-c", script).stdout
+    return run_once(*flags, image, "sh", "-c", script).stdout
 
 
 @pytest.mark.parametrize("name", IMAGES)
@@ -61,7 +61,7 @@ def test_python_311_and_torch_only_where_it_belongs(image: str, name: str):
         "print(json.dumps([list(sys.version_info[:2]), torch and torch.__version__, torch and torch.version.cuda, "
         "bool(importlib.util.find_spec('ray'))]))"
     )
-    python, torch, cuda, ray = json.loads(podman("run", "--rm", *RUN_FLAGS, image, "python3", "-c", probe).stdout)
+    python, torch, cuda, ray = json.loads(run_once(*RUN_FLAGS, image, "python3", "-c", probe).stdout)
     assert python == [3, 11]
     if name in TORCH_FREE:
         assert torch is None and not ray

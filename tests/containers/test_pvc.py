@@ -20,7 +20,7 @@ from tests.containers.podman import (
     containers,
     free_port_pair,
     one_line,
-    podman,
+    run_once,
     start,
     wait_serving,
 )
@@ -39,7 +39,7 @@ def run_job(claim: Path) -> subprocess.CompletedProcess:
     (box,) = job["spec"]["template"]["spec"]["containers"]
     (mount,) = [mount for mount in box["volumeMounts"] if mount["name"] == "models"]
     command = [*box["command"], *map(str, box["args"])]
-    return podman("run", "--rm", *RUN_FLAGS, "--volume", f"{claim}:{mount['mountPath']}", box["image"], *command)
+    return run_once(*RUN_FLAGS, "--volume", f"{claim}:{mount['mountPath']}", box["image"], *command)
 
 
 def wait_for_job(service: ChartService, claim: Path, timeout: str) -> subprocess.CompletedProcess:
@@ -47,7 +47,7 @@ def wait_for_job(service: ChartService, claim: Path, timeout: str) -> subprocess
     command = list(service.init_command)
     command[command.index("--timeout") + 1] = timeout
     volume = f"{claim}:{service.init_mount}:ro"
-    return podman("run", "--rm", *RUN_FLAGS, "--volume", volume, service.init_image, *command, check=False)
+    return run_once(*RUN_FLAGS, "--volume", volume, service.init_image, *command, check=False)
 
 
 def test_pods_wait_for_the_jobs_marker_then_serve_from_the_claim_read_only(images: dict, tmp_path: Path):

@@ -44,6 +44,7 @@ from tests.containers.podman import (
     podman,
     recorded,
     routing_file,
+    run_once,
     start,
     wait_serving,
 )
@@ -189,7 +190,7 @@ def test_the_charts_helm_test_command_finds_every_container_serving(stack: Pods)
     for arg in map(str, box["args"]):
         found = re.fullmatch(r"rel-maas-(\w+)(\.maas(\.svc\.cluster\.local)?)?:\d+", arg)
         args.append(stack.address(found.group(1)) if found else arg)
-    done = podman("run", "--rm", *RUN_FLAGS, box["image"], *box["command"], *args, check=False)
+    done = run_once(*RUN_FLAGS, box["image"], *box["command"], *args, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert sorted(done.stdout.splitlines()) == sorted(f"SERVING {stack.address(name)}" for name in START_ORDER)
 
