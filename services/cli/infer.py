@@ -15,7 +15,7 @@ from maas.common.v1 import common_pb2
 from maas.gateway.v1 import gateway_pb2 as pb
 from maas.gateway.v1 import gateway_pb2_grpc
 from services.common.server import host_port
-from services.common.settings import GatewaySettings
+from services.gateway.spec import GatewaySettings
 
 TEXT_MODELS = {"lstm": pb.TEXT_MODEL_LSTM, "transformer": pb.TEXT_MODEL_TRANSFORMER}
 MODEL_NAMES = {value: key for key, value in TEXT_MODELS.items()}

@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run one service in the foreground until SIGTERM or Ctrl-C")
-    run.add_argument("service", choices=sorted([*registry.SERVICES, "ray"]), help="`ray`: every model service on Ray")
+    run.add_argument("service", choices=sorted([*registry.RUNNABLE, "ray"]), help="`ray`: every model service on Ray")
     run.add_argument("--host", help="address to bind (default: the service's setting, 127.0.0.1)")
     run.add_argument("--port", type=int, help="gRPC port (default: the service's setting; 0 picks one)")
 
@@ -108,8 +108,8 @@ def _make(args: argparse.Namespace) -> int:
     scheme = QUANTIZATION_SCHEMES.get(getattr(args, "quantize", None) or "")
     progress = not getattr(args, "no_progress", False)
     if args.target == "export-tokenizer":
-        from services.tokenizer.export import MODEL_NAME
         from services.tokenizer.export import export_tokenizer as make
+        from services.tokenizer.spec import MODEL_NAME
     elif args.target == "export-minilm":
         from services.transformer.spec import EMBED_MODEL as MODEL_NAME
 

@@ -149,7 +149,7 @@ class Downstream:
                     if span is not None:
                         span.set_attribute("rpc.grpc.status_code", exc.code().value[0])
                     details = exc.details() or exc.code().name
-                    raise DownstreamError(exc.code(), details, self.name, _not_run(exc, details)) from None
+                    raise DownstreamError(exc.code().name, details, self.name, _not_run(exc, details)) from None
         finally:
             self._in_flight -= 1
             if not self._in_flight:

@@ -14,7 +14,8 @@ from services.common.codec import decode_inputs, encode_outputs
 from services.common.errors import InvalidInput, ModelNotFound
 from services.common.interceptor import CallInfo, current_call, label_model, status_of
 from services.common.lifecycle import Lifecycle
-from services.common.models import InferRequest, ModelRegistry, Parameter, ServedModel
+from services.common.model import Parameter
+from services.common.versions import ModelRegistry, ModelVersions
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 EXTENSIONS = ("model_repository", "statistics")
@@ -50,7 +51,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._server_name = server_name
         self._server_version = package_version("maas")
 
-    def _model(self, name: str) -> ServedModel:
+    def _model(self, name: str) -> ModelVersions:
         model = self._models.get(name)
         label_model(name)
         return model
@@ -98,14 +99,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         model = self._model(request.model_name)
-        version = model.resolve(request.model_version)
-        stats = model.version_stats(version)
+        loaded = model.get(request.model_version)
+        stats = loaded.stats
         started = time.perf_counter_ns()
         try:
             inputs = decode_inputs(request)
             model.check_inputs(inputs)
             parameters = {key: parameter_value(value) for key, value in request.parameters.items()}
-            result = await model.infer(InferRequest(inputs=inputs, version=version, parameters=parameters))
+            result = await loaded.infer(inputs, parameters)
             outputs = result.outputs
             if request.outputs:
                 produced = {tensor.name: tensor for tensor in outputs}
@@ -116,7 +117,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                         f"model '{model.name}' has no output {', '.join(missing)}; outputs: {', '.join(produced)}"
                     )
                 outputs = [produced[name] for name in wanted]
-            response = pb.ModelInferResponse(model_name=model.name, model_version=result.version, id=request.id)
+            response = pb.ModelInferResponse(model_name=model.name, model_version=loaded.version, id=request.id)
             encode_outputs(response, outputs)
         except BaseException:
             stats.record_request(False, time.perf_counter_ns() - started, 0)

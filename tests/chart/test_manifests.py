@@ -13,19 +13,23 @@ from pydantic import BaseModel, ValidationError
 from pydantic_settings import BaseSettings
 
 from services.cli.main import _parser
-from services.common import settings as settings_module
 from services.common.auth import load_api_keys
 from services.gateway.routing import parse_routing
+from services.gateway.spec import GatewaySettings
+from services.text.spec import TextSettings
+from services.tokenizer.spec import TokenizerSettings
+from services.transformer.spec import TransformerSettings
+from services.vision.spec import VisionSettings
 from tests.chart.conftest import CI_VALUES, of_kind, pod_labels, render, values_id, workloads
 
 VALUES = [None, *CI_VALUES]
 CONTRACT = {"gateway": 50051, "tokenizer": 50052, "vision": 50053, "text": 50054, "transformer": 50055}
 SETTINGS = {
-    "gateway": settings_module.GatewaySettings,
-    "tokenizer": settings_module.TokenizerSettings,
-    "vision": settings_module.VisionSettings,
-    "text": settings_module.TextSettings,
-    "transformer": settings_module.TransformerSettings,
+    "gateway": GatewaySettings,
+    "tokenizer": TokenizerSettings,
+    "vision": VisionSettings,
+    "text": TextSettings,
+    "transformer": TransformerSettings,
 }
 SET_BY_CHART = {"host", "port", "metrics_port", "model_repository", "log_format", "routing_file", "api_keys_file"}
 

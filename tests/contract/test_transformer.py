@@ -187,9 +187,9 @@ async def test_wrong_dtype_and_typed_mistakes(stubs):
 
 
 async def test_int8_versions_of_minilm_are_served_beside_fp32(model_repository: Path, tmp_path: Path):
-    from services.common.settings import TransformerSettings
+    from services.common.server import build_server
     from services.common.torch_weights import DYNAMIC_INT8
-    from services.transformer.hosting import build_server
+    from services.transformer.spec import SPEC, TransformerSettings
     from services.transformer.train import quantize_embed, quantize_sentiment
 
     for model in ("tokenizer", "minilm_embed", "minilm_sentiment"):
@@ -205,7 +205,10 @@ async def test_int8_versions_of_minilm_are_served_beside_fp32(model_repository: 
     assert sentiment_config.architecture["encoder"] == "minilm_embed/1"
     settings = TransformerSettings(port=0, metrics_port=0, model_repository=tmp_path)
     ids, mask = _ids(3, 12), np.ones((3, 12), np.int64)
-    async with started(build_server(settings)) as server, grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+    async with (
+        started(build_server(SPEC, settings)) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch,
+    ):
         v2 = grpc_service_pb2_grpc.GRPCInferenceServiceStub(ch)
         index = await v2.RepositoryIndex(v2pb.RepositoryIndexRequest(ready=True))
         assert sorted((m.name, m.version) for m in index.models if m.name != "echo") == [

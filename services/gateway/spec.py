@@ -1,0 +1,45 @@
+"""The gateway, declared once: the public entry point, routing to every other service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import REPO_ROOT, ServiceSettings
+from services.common.spec import ServiceSpec
+
+ROUTING_FILE = REPO_ROOT / "services" / "gateway" / "routing.yaml"
+
+
+class GatewaySettings(ServiceSettings):
+    """The gateway: the public entry point."""
+
+    model_config = SettingsConfigDict(env_prefix="MAAS_GATEWAY_")
+    port: int = Field(50051, ge=0, le=65535)
+    routing_file: Path = Field(
+        ROUTING_FILE, description="YAML routing file: which target (gRPC address) serves which model."
+    )
+    default_timeout_seconds: float = Field(
+        30.0, gt=0, description="Deadline of downstream calls when the caller set none."
+    )
+    default_text_model: Literal["lstm", "transformer"] = Field(
+        "transformer", description="Text model of ClassifyText calls that name none."
+    )
+    stream_chunk_size: int = Field(32, ge=1, le=256, description="Texts per downstream call in StreamClassifyText.")
+    stream_concurrency: int = Field(4, ge=1, description="StreamClassifyText chunks in flight at once per call.")
+    max_stream_texts: int = Field(100_000, ge=1, description="Texts per StreamClassifyText call; more is refused.")
+    reload_interval_seconds: float = Field(
+        1.0, gt=0, le=60, description="How often the routing file is checked for a change (reloaded live)."
+    )
+    max_reconnect_backoff_seconds: float = Field(
+        1.0, ge=0.1, le=120, description="Longest wait between attempts to re-dial a lost downstream replica."
+    )
+    api_keys_file: Path | None = Field(
+        None, description="YAML file of API keys (and their rate limits); unset: calls need no key."
+    )
+
+
+SPEC = ServiceSpec(name="gateway", settings=GatewaySettings, server="services.gateway.hosting:build_server", group=2)
