@@ -15,8 +15,9 @@ from typing import Any
 from services.common import metrics
 from services.common.batcher import BatchingConfig, DynamicBatcher
 from services.common.codec import Tensor
+from services.common.errors import MaasError
 from services.common.model import Arrays, Batching, Parameters, SharedPool, TensorSpec, Version
-from services.common.repository import read_model_file, read_version, version_dirs
+from services.common.repository import RepositoryError, read_model_file, read_version, version_dirs
 from services.common.stats import VersionStats
 from services.common.versions import InferResult, LoadedVersion, ModelVersions
 
@@ -99,7 +100,8 @@ class RepositoryLoader:
         """Check the version directory against its config and the class's tensors, then load it.
 
         Raises:
-            RepositoryError: the directory or config is unusable (the message says why).
+            RepositoryError: the directory or config is unusable, or the class failed to load it (the
+                message says why).
         """
         directory = self._repository / self._name / version
         config = await asyncio.to_thread(read_version, directory, self._name)
@@ -107,6 +109,12 @@ class RepositoryLoader:
         context = Version(self._name, directory, config, self._device, self._settings, self._pool)
         try:
             model = await asyncio.to_thread(self._cls.load, context)
+        except MaasError:
+            context.release()
+            raise
+        except Exception as exc:
+            context.release()
+            raise RepositoryError(f"{directory}: {self._cls.__name__}.load failed: {exc!r}") from exc
         except BaseException:
             context.release()
             raise

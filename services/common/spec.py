@@ -9,13 +9,18 @@ file, the chart's list of services) derive from the specs.
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from services.common.model import TensorSpec
-from services.common.settings import ServiceSettings
+from services.common.settings import ServedModelSettings, ServiceSettings
+
+MODEL_ATTRIBUTES = ("name", "inputs", "outputs", "load", "predict")
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}"
 
 
 def import_object(reference: str, app_dir: str = "") -> Any:
@@ -175,3 +180,42 @@ class ServiceSpec:
         if self.env_prefix:
             return self.settings(_env_prefix=self.env_prefix, **overrides)
         return self.settings(**overrides)
+
+
+def user_spec(reference: str, name: str = "", app_dir: str = "") -> ServiceSpec:
+    """The spec of a model you serve yourself (`maas serve module:Class`): one model, the v2 API, and
+    settings read from `MAAS_<NAME>_*` (the name upper-cased, `-` as `_`).
+
+    Args:
+        reference: the model class, `module:Class` (see `services.common.model`).
+        name: the name to serve it under (its service, its v2 model, its directory in the repository);
+            default: the class's `name`.
+        app_dir: a directory to import the module from (default: only what is importable already).
+
+    Returns:
+        The service's spec.
+
+    Raises:
+        ImportError: the module or class cannot be imported.
+        ValueError: the reference is malformed, the class lacks part of the lifecycle, or the name is not
+            letters, digits, `_` and `-`.
+    """
+    cls = import_object(reference, app_dir)
+    missing = [attribute for attribute in MODEL_ATTRIBUTES if not hasattr(cls, attribute)]
+    if missing:
+        raise ValueError(
+            f"{reference} is not a model class: it has no {', '.join(missing)} (see services.common.model)"
+        )
+    name = name or cls.name
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise ValueError(
+            f"model name {name!r}: use letters, digits, '_' and '-' (at most 63), starting with one of the first two"
+        )
+    prefix = "MAAS_" + re.sub(r"[^A-Za-z0-9]", "_", name).upper() + "_"
+    return ServiceSpec(
+        name=name,
+        settings=ServedModelSettings,
+        models=(ModelSpec(name, reference, app_dir=app_dir),),
+        torch=importlib.util.find_spec("torch") is not None,
+        env_prefix=prefix,
+    )

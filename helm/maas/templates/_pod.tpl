@@ -37,7 +37,7 @@
   value: {{ if kindIs "string" $value }}{{ $value | quote }}{{ else }}{{ toJson $value | quote }}{{ end }}
 {{- end }}
 {{- $cpu := dig "requests" "cpu" "" (.values.resources | default dict) }}
-{{- $model := has .service (include "maas.modelServices" . | fromJsonArray) }}
+{{- $model := .contract.torch }}
 {{- if and $model $cpu (not (hasKey (.values.settings | default dict) "num_threads")) }}
 - name: {{ $prefix }}NUM_THREADS
   valueFrom:

@@ -2,7 +2,6 @@
 the gateway's round_robin spreads calls over every pod; under `rayservice`, Serve's gRPC proxy with the
 service's `application` metadata) and the models each one serves, with gateway.routes merged in. */}}
 {{- define "maas.routing" -}}
-{{- $owners := dict "tokenizer" (list "tokenizer") "vision" (list "fashion_cnn") "text" (list "review_lstm") "transformer" (list "minilm_embed" "minilm_sentiment") -}}
 {{- $targets := dict -}}
 {{- $models := dict -}}
 {{- range $service, $contract := include "maas.services" . | fromYaml -}}
@@ -14,7 +13,7 @@ service's `application` metadata) and the models each one serves, with gateway.r
 {{- $host := include "maas.serviceHost" (dict "root" $ "service" $service) -}}
 {{- $_ := set $targets $service (dict "address" (printf "dns:///%s:%v" $host $contract.port)) -}}
 {{- end -}}
-{{- range $model := index $owners $service -}}
+{{- range $model := $contract.models -}}
 {{- $_ := set $models $model (merge (dict "target" $service) (index $.Values.gateway.routes $model | default dict)) -}}
 {{- end -}}
 {{- end -}}
