@@ -8,9 +8,6 @@ specs by `maas generate`), and every top-level values block naming a `model` (a 
 {{- if not (regexMatch "^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$" $name) -}}
 {{- fail (printf "%s: a model's values key is its Kubernetes name: lowercase letters, digits and '-'" $name) -}}
 {{- end -}}
-{{- if hasKey $services $name -}}
-{{- fail (printf "%s: maas's own service has no `model`; a model you serve needs a name of its own" $name) -}}
-{{- end -}}
 {{- $prefix := printf "MAAS_%s_" ($name | upper | replace "-" "_") -}}
 {{- $_ := set $services $name (dict "port" $block.port "prefix" $prefix "models" (list $name) "torch" true "model" $block.model) -}}
 {{- end -}}
