@@ -81,11 +81,17 @@ def train(repository: Path, epochs: int = 3, train_limit: int = 0, seed: int = 0
         outputs=[TensorConfig.of(spec) for spec in SoftmaxRegression.outputs],
         labels=list(LABELS),
         metrics={"test_accuracy": accuracy(weights, bias, test_images, test_labels)},
-        data={"source": "Fashion-MNIST (Debian dataset-fashion-mnist)", "train_examples": len(labels), "epochs": epochs},
+        data={
+            "source": "Fashion-MNIST (Debian dataset-fashion-mnist)",
+            "train_examples": len(labels),
+            "epochs": epochs,
+        },
         files={WEIGHTS_FILE: ""},
     )
     return publish_version(
-        repository, config, lambda directory: save_file({"weights": weights, "bias": bias}, str(directory / WEIGHTS_FILE))
+        repository,
+        config,
+        lambda directory: save_file({"weights": weights, "bias": bias}, str(directory / WEIGHTS_FILE)),
     )
 
 
