@@ -176,7 +176,7 @@ def serve_model(
     model_file = read_model_file(settings.model_repository, name)
     traits: Batching | None = getattr(cls, "batching", Batching())
     batching = None if traits is None else settings.batching(pad=traits.pad, inline_when_idle=traits.inline_when_idle)
-    loader = RepositoryLoader(cls, name, settings, device, pool or SharedPool(), batching)
+    loader = RepositoryLoader(cls, name, settings, device, SharedPool() if pool is None else pool, batching)
     hint = f" in {settings.model_repository / name}" + (f"; run `{make}`" if make else "")
     return ModelVersions(
         name,

@@ -105,9 +105,6 @@ class SharedPool:
         self._objects: dict[Hashable, tuple[Any, int]] = {}
         self._lock = threading.Lock()
 
-    def __len__(self) -> int:
-        return len(self._objects)
-
     def take(self, key: Hashable, make: Callable[[], T]) -> T:
         """The object under `key`, made by `make` if no holder has it yet; the caller must `drop` it.
 

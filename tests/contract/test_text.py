@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 from pathlib import Path
 
@@ -152,3 +153,32 @@ async def test_an_unknown_quantization_is_refused_with_its_name(model_repository
             1,
             2,
         )
+
+
+async def test_the_int8_version_answers_only_requests_that_ask_for_it(stubs, model_repository: Path):
+    """`make up` publishes int8 beside fp32; serving it by default is the operator's choice (model.json)."""
+    assert json.loads((model_repository / MODEL / "model.json").read_text())["default_version"] == "1"
+    tokenizer, _, v2 = stubs
+    ids, mask = await token_arrays(tokenizer, TEXTS)
+    assert (await v2.ModelInfer(sequence_request(MODEL, ids, mask))).model_version == "1"
+    assert (await v2.ModelInfer(pinned(ids, mask, "2"))).model_version == "2"
+
+
+@pytest.mark.parametrize(
+    ("model_file", "default"),
+    [('{"version_policy": "latest:2"}', "1"), ('{"version_policy": "latest:2", "default_version": "2"}', "2")],
+    ids=["none named: the newest that is not quantized", "the operator names int8"],
+)
+async def test_the_default_version_is_the_one_model_json_names(
+    model_repository: Path, tmp_path: Path, model_file: str, default: str
+):
+    shutil.copytree(model_repository / MODEL, tmp_path / MODEL)
+    (tmp_path / MODEL / "model.json").write_text(model_file)
+    settings = TextSettings(port=0, metrics_port=0, model_repository=tmp_path)
+    async with (
+        started(build_server(SPEC, settings)) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        typed = text_pb2_grpc.TextServiceStub(channel)
+        request = pb.ClassifyTextRequest(items=[common_pb2.TokenizedText(input_ids=[101, 2307, 102])])
+        assert (await typed.ClassifyText(request)).model_version == default
