@@ -170,7 +170,7 @@ class RaySettings(BaseSettings):
 
     address: str = Field("", description="Ray cluster to join (e.g. `auto`); empty starts a local one.")
     services: list[str] = Field(
-        default_factory=list, description='Services `maas run ray` hosts, e.g. `["vision"]`; empty: all with models.'
+        default_factory=list, description='Services `maas run ray` hosts, as a JSON list of names; empty: every service whose models exist.'
     )
     num_cpus: int = Field(4, ge=1, description="Logical CPUs a local Ray offers its replicas.")
     num_gpus: int = Field(0, ge=0, description="GPUs a local Ray offers (0 on a CPU-only machine).")

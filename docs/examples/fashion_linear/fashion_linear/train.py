@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +104,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
     args = parser.parse_args()
     directory = train(args.repository, args.epochs, args.train_limit, data_dir=args.data_dir)
-    print(f"published {directory}")
+    sys.stdout.write(f"published {directory}\n")
 
 
 if __name__ == "__main__":
