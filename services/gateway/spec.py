@@ -37,6 +37,13 @@ class GatewaySettings(ServiceSettings):
     max_reconnect_backoff_seconds: float = Field(
         1.0, ge=0.1, le=120, description="Longest wait between attempts to re-dial a lost downstream replica."
     )
+    dns_min_resolution_interval_s: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="Shortest time between two DNS resolutions of a `dns:` target: gRPC resolves again when a "
+        "connection closes (the servers' MAX_CONNECTION_AGE_S), at most this often.",
+    )
     api_keys_file: Path | None = Field(
         None, description="YAML file of API keys (and their rate limits); unset: calls need no key."
     )

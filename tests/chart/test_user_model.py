@@ -13,8 +13,8 @@ import yaml
 from services.cli.main import _parser
 from services.common.spec import user_spec
 from services.gateway.routing import parse_routing
-from tests.chart.conftest import CHART, NAMESPACE, RELEASE, helm, of_kind, render
-from tests.chart.test_manifests import component, container, env_of
+from tests.chart.conftest import CHART, NAMESPACE, RELEASE, component, container, helm, of_kind, render
+from tests.chart.test_manifests import env_of
 from tests.chart.test_network_policy import _pods, admitted
 from tests.conftest import REPO_ROOT
 from tests.contract.test_user_model import EXAMPLE, NAME, REFERENCE
