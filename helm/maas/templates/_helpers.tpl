@@ -1,10 +1,14 @@
 {{/* The services of the chart: maas's own, from files/services.yaml (generated from the services'
 specs by `maas generate`), and every top-level values block naming a `model` (a model served by
-`maas serve`), each with its port, env prefix, v2 models, whether it runs torch, and (user models) its class. */}}
+`maas serve`), each with its port, env prefix, v2 models, whether it runs torch, and (user models) its class.
+A user model's block takes the keys it leaves out from files/user-model-defaults.yaml (the chart's
+defaults of a model service, generated from values.yaml by `maas generate`). */}}
 {{- define "maas.services" -}}
 {{- $services := .Files.Get "files/services.yaml" | fromYaml -}}
+{{- $defaults := .Files.Get "files/user-model-defaults.yaml" | fromYaml -}}
 {{- range $name, $block := .Values -}}
 {{- if and (kindIs "map" $block) (hasKey $block "model") -}}
+{{- $_ := merge $block (deepCopy $defaults) -}}
 {{- if not (regexMatch "^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$" $name) -}}
 {{- fail (printf "%s: a model's values key is its Kubernetes name: lowercase letters, digits and '-'" $name) -}}
 {{- end -}}
