@@ -58,7 +58,10 @@ def fashion_images() -> np.ndarray:
 
 
 def settings_of(spec: ServiceSpec, repository: Path):
-    return spec.read_settings(port=0, metrics_port=0, model_repository=repository, max_batch_size=16)
+    """Test settings: a free port, batches of up to 16 that wait up to 20 ms for the callers of the last one."""
+    return spec.read_settings(
+        port=0, metrics_port=0, model_repository=repository, max_batch_size=16, max_queue_delay_ms=20
+    )
 
 
 @pytest.fixture(scope="module")
@@ -140,14 +143,23 @@ async def test_answers_what_the_class_computes_for_every_version(v2, user_reposi
     assert not np.allclose(one, two), "each version computes with its own weights"
 
 
+CALLERS, CALLS_EACH = 16, 8
+
+
 async def test_concurrent_requests_batch_and_each_gets_its_own_rows(v2, user_repository: Path, fashion_images):
     before = (await v2.ModelStatistics(pb.ModelStatisticsRequest(name=NAME, version="1"))).model_stats[0]
-    responses = await asyncio.gather(*(v2.ModelInfer(image_request(fashion_images[i : i + 1])) for i in range(48)))
-    rows = np.concatenate([probabilities(r) for r in responses])
-    np.testing.assert_allclose(rows, reference(user_repository, "1", fashion_images[:48]), atol=1e-6)
+    expected = reference(user_repository, "1", fashion_images[:CALLERS])
+
+    async def caller(row: int) -> None:
+        for _ in range(CALLS_EACH):
+            response = await v2.ModelInfer(image_request(fashion_images[row : row + 1]))
+            np.testing.assert_allclose(probabilities(response), expected[row : row + 1], atol=1e-6)
+
+    await asyncio.gather(*(caller(row) for row in range(CALLERS)))
     after = (await v2.ModelStatistics(pb.ModelStatisticsRequest(name=NAME, version="1"))).model_stats[0]
-    assert after.inference_count - before.inference_count == 48
-    assert after.execution_count - before.execution_count < 48, "requests shared executions"
+    calls = CALLERS * CALLS_EACH
+    assert after.inference_count - before.inference_count == calls
+    assert after.execution_count - before.execution_count < calls, "requests shared executions"
     assert max(b.batch_size for b in after.batch_stats) > 1
 
 

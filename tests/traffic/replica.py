@@ -15,13 +15,18 @@ from services.common.echo import echo_model
 from services.common.repository import VersionPolicy
 from services.common.server import GrpcServer, serve
 from services.common.settings import EchoSettings
-from services.common.versions import ModelRegistry
+from services.common.versions import ModelRegistry, ModelVersions
+
+
+def replica_echo(name: str, versions: list[str]) -> ModelVersions:
+    """`echo` under `name`, serving every one of `versions`."""
+    return echo_model(name, versions, VersionPolicy.parse("all"))
 
 
 def replica(name: str, versions: list[str], port: int = 0, drain_grace_seconds: float = 2.0) -> GrpcServer:
-    """A server on loopback serving `echo` under `name`, with every one of `versions` loaded."""
+    """A server on loopback serving `replica_echo(name, versions)`."""
     settings = EchoSettings(port=port, metrics_port=0, drain_grace_seconds=drain_grace_seconds)
-    return GrpcServer("replica", settings, ModelRegistry([echo_model(name, versions, VersionPolicy.parse("all"))]))
+    return GrpcServer("replica", settings, ModelRegistry([replica_echo(name, versions)]))
 
 
 def main() -> None:
