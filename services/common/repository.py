@@ -135,6 +135,20 @@ class VersionConfig(BaseModel):
                 f"{declared[1]}, but this server serves inputs {list(inputs)} and outputs {list(outputs)}"
             )
 
+    def network(self, name: str, directory: Path) -> dict[str, Any]:
+        """The `architecture` entry, checked to name the network the serving code builds.
+
+        Args:
+            name: the architecture the serving code builds.
+            directory: the version's directory (named in the message).
+
+        Raises:
+            RepositoryError: the config names another architecture.
+        """
+        if self.architecture.get("name") != name:
+            raise RepositoryError(f"{directory}: architecture {self.architecture.get('name')!r} is not {name!r}")
+        return self.architecture
+
 
 class ModelFile(BaseModel):
     """`<repo>/<model>/model.json`: settings of the model across versions."""

@@ -128,11 +128,7 @@ class Classifier:
                 not build the LSTM.
         """
         config = version.config
-        if config.architecture.get("name") != ARCHITECTURE:
-            raise RepositoryError(
-                f"{version.directory}: architecture {config.architecture.get('name')!r} is not {ARCHITECTURE!r}"
-            )
-        hyperparameters = config.architecture.get("hyperparameters", {})
+        hyperparameters = config.network(ARCHITECTURE, version.directory).get("hyperparameters", {})
         try:
             return cls(
                 version.directory,

@@ -20,7 +20,7 @@ from torch import nn
 from transformers import BertConfig, BertModel
 
 from services.common.model import Arrays, Parameters, Version
-from services.common.repository import RepositoryError, read_version
+from services.common.repository import read_version
 from services.common.sequences import SEQUENCE_BATCHING, checked_sequences
 from services.common.torch_weights import CPU, load_weights, quantize, serving_device
 from services.transformer.spec import (
@@ -190,10 +190,8 @@ def shared_encoder(version: Version, directory: Path, quantization: str | None) 
         RepositoryError: the directory is not a usable encoder version.
     """
     config = version.config if directory == version.directory else read_version(directory, EMBED_MODEL)
-    if config.architecture.get("name") != ENCODER_ARCHITECTURE:
-        raise RepositoryError(f"{directory}: architecture is not {ENCODER_ARCHITECTURE!r}")
+    bert = config.network(ENCODER_ARCHITECTURE, directory)["bert"]
     scheme = quantization or config.quantization
-    bert = config.architecture["bert"]
     device = torch.device(version.device)
     return version.share((directory.resolve(), scheme), lambda: Encoder(directory, bert, scheme, device))
 
@@ -263,10 +261,10 @@ class SentimentClassifier:
             RepositoryError: the config names another architecture, or the files do not fit it.
         """
         config = version.config
-        if config.architecture.get("name") != HEAD_ARCHITECTURE:
-            raise RepositoryError(f"{version.directory}: architecture is not {HEAD_ARCHITECTURE!r}")
-        repository = version.directory.parents[1]
-        encoder = shared_encoder(version, repository / config.architecture["encoder"], config.quantization)
+        encoder_directory = (
+            version.directory.parents[1] / config.network(HEAD_ARCHITECTURE, version.directory)["encoder"]
+        )
+        encoder = shared_encoder(version, encoder_directory, config.quantization)
         return cls(encoder, version.directory, len(config.labels), config.quantization, version.settings.max_texts)
 
     def prepare(self, inputs: Arrays, parameters: Parameters) -> Arrays:

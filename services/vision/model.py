@@ -131,13 +131,10 @@ class Classifier:
             RepositoryError: the config names another architecture, or the weights do not fit it.
         """
         config = version.config
-        if config.architecture.get("name") != ARCHITECTURE:
-            raise RepositoryError(
-                f"{version.directory}: architecture {config.architecture.get('name')!r} is not {ARCHITECTURE!r}"
-            )
+        architecture = config.network(ARCHITECTURE, version.directory)
         return cls(
             version.directory,
-            config.architecture.get("hyperparameters", {}),
+            architecture.get("hyperparameters", {}),
             torch.device(version.device),
             version.settings.max_images,
             config.inputs[0].range or (0.0, 1.0),
