@@ -19,7 +19,7 @@ from services.common.errors import MaasError
 from services.common.model import Arrays, Batching, Parameters, SharedPool, TensorSpec, Version
 from services.common.repository import RepositoryError, read_model_file, read_version, version_dirs
 from services.common.stats import VersionStats
-from services.common.versions import InferResult, LoadedVersion, ModelVersions
+from services.common.versions import BatchLimits, InferResult, LoadedVersion, ModelVersions
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,12 @@ class RepositoryLoader:
             metrics.MODEL_DEVICE.remove(self._name, version, device)
 
         return LoadedVersion(version, stats, served.infer, config, model, close)
+
+    def batch_limits(self) -> BatchLimits:
+        """The dynamic batcher's limits, or no batch dimension for a class that runs each request alone."""
+        if self._batching is None:
+            return BatchLimits()
+        return BatchLimits(self._batching.max_batch_size, True, self._batching.max_queue_delay_ms)
 
     def reconfigure(self, **limits: float) -> None:
         """Change batching limits of every loaded version, and of versions loaded later.

@@ -24,12 +24,29 @@ from services.common.stats import VersionStats
 class InferResult:
     """A loaded version's answer: its outputs and the rows it inferred.
 
-    `batched` is True when a dynamic batcher ran the request and recorded the execution itself.
+    `batched` is True when a dynamic batcher ran the request and recorded the execution, and the
+    request's queue and compute, itself.
     """
 
     outputs: list[Tensor]
     batch_size: int = 1
     batched: bool = False
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """How a model takes batches, as the v2 ModelConfig reports it.
+
+    Attributes:
+        max_batch_size: most rows (the first dimension of every tensor) the model runs at once; 0 when
+            its tensors have no batch dimension.
+        dynamic: whether a dynamic batcher gathers concurrent requests into one run.
+        max_queue_delay_ms: longest the oldest queued request waits for others to join its batch.
+    """
+
+    max_batch_size: int = 0
+    dynamic: bool = False
+    max_queue_delay_ms: float = 0.0
 
 
 Infer = Callable[[dict[str, Tensor], Parameters], Awaitable[InferResult]]
@@ -75,6 +92,9 @@ class Loader(Protocol):
 
     def reconfigure(self, **limits: float) -> None:
         """Change batching limits of the loaded versions and of those loaded later (if it batches)."""
+
+    def batch_limits(self) -> BatchLimits:
+        """How its versions batch (no batch dimension when they do not)."""
 
 
 @dataclass(frozen=True)
@@ -249,6 +269,10 @@ class ModelVersions:
         """
         self.loader.reconfigure(**limits)
 
+    def batch_limits(self) -> BatchLimits:
+        """How the model batches, as its loader says."""
+        return self.loader.batch_limits()
+
     def _choose_default(self) -> None:
         """The default: `default_version` while loaded, else the newest loaded version that is not
         quantized (a quantized variant never becomes the default by being newest), else the newest."""
@@ -290,6 +314,10 @@ class FixedVersions:
 
     def reconfigure(self, **limits: float) -> None:
         """Nothing batches here, so there is nothing to change."""
+
+    def batch_limits(self) -> BatchLimits:
+        """No batch dimension: a request's tensors are whatever it sends."""
+        return BatchLimits()
 
 
 class ModelRegistry:

@@ -47,9 +47,11 @@ class LinearModel:
             return {"Y": self.module(torch.from_numpy(batch["X"])).numpy()}
 
 
-def linear(repository: Path) -> ModelVersions:
-    """`LinearModel` served from `repository`, batching up to 16 rows with a 5 ms queue delay."""
-    settings = ModelServiceSettings(model_repository=repository, max_batch_size=16, max_queue_delay_ms=5)
+def linear(repository: Path, max_batch_size: int = 16, max_queue_delay_ms: float = 5) -> ModelVersions:
+    """`LinearModel` served from `repository`, batching up to 16 rows with a 5 ms queue delay by default."""
+    settings = ModelServiceSettings(
+        model_repository=repository, max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms
+    )
     return serve_model(LinearModel, settings)
 
 
