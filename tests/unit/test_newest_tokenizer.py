@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from services.tokenizer.model import newest_tokenizer
 from tests.conftest import PYTHON, REPO_ROOT
 
 COMMANDS = [
@@ -20,6 +19,8 @@ COMMANDS = [
 
 
 def test_newest_tokenizer_without_one_is_file_not_found_with_the_fix(tmp_path: Path):
+    from services.tokenizer.model import newest_tokenizer
+
     (tmp_path / "tokenizer").mkdir()
     with pytest.raises(FileNotFoundError, match=r"no tokenizer in .*: run `maas models export-tokenizer`"):
         newest_tokenizer(tmp_path)

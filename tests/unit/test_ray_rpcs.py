@@ -1,17 +1,15 @@
 """Under the ray hosting, one mechanism makes both ends of every RPC: the replica's methods and the front's
-forwarding servicers come from the same list, read from the protos; and the front refuses a Ray its
-private-attribute reads were not written for."""
+forwarding servicers come from the same list, read from the protos."""
 
 from __future__ import annotations
 
 import pytest
-import ray
 from ray.serve.handle import DeploymentHandle
 
 from maas.inference import grpc_service_pb2
 from services.catalog import model_services
 from services.common.spec import ServiceSpec, user_spec
-from services.ray.front import RAY_VERSION, ReplicaClient, forwarding_servicers, require_ray
+from services.ray.front import ReplicaClient, forwarding_servicers
 from services.ray.replica import ServiceReplica, replica_class
 from services.ray.rpcs import NOT_FORWARDED, rpcs
 from tests.contract.test_user_model import EXAMPLE, REFERENCE
@@ -41,10 +39,3 @@ def test_replica_methods_and_front_servicers_come_from_the_protos_of_the_service
     forwarded_typed = {m for s in typed_services for m in vars(type(s.servicer)) if not m.startswith("_")}
     assert forwarded_typed == typed
     assert [s.full_name for s in typed_services] == ([spec.typed.full_name] if spec.typed else [])
-
-
-def test_the_front_refuses_another_ray_with_what_to_do():
-    require_ray(ray.__version__)
-    assert ray.__version__ == RAY_VERSION
-    with pytest.raises(RuntimeError, match=r"Ray 2\.60\.0 .*Ray 2\.61\.0 is installed: install ray\[serve\]==2\.60\.0"):
-        require_ray("2.61.0")
