@@ -47,7 +47,7 @@ def request(model: str, tensors: list[Tensor]) -> v2pb.ModelInferRequest:
 
 
 async def start(stack: AsyncExitStack, tree: Path, service: str, env: dict[str, str]) -> str:
-    """`maas run SERVICE --port 0` from `tree`'s own code; returns its address."""
+    """`maas run SERVICE --port 0` from `tree`'s own code and stubs; returns its address."""
     prefix = f"MAAS_{service.upper()}_"
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -58,7 +58,12 @@ async def start(stack: AsyncExitStack, tree: Path, service: str, env: dict[str, 
         "--port",
         "0",
         cwd=tree,
-        env={**os.environ, "PYTHONPATH": str(tree), f"{prefix}METRICS_PORT": "0", **env},
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join((str(tree), str(tree / "protos"))),
+            f"{prefix}METRICS_PORT": "0",
+            **env,
+        },
         stdout=subprocess.PIPE,
     )
     return await stack.enter_async_context(serving(process, service))
