@@ -123,7 +123,7 @@ class RepositoryLoader:
         if self._batching is None:
             served: Batched | Direct = Direct(model, self._cls.outputs)
         else:
-            batcher = DynamicBatcher(self._name, model.predict, self._batching, stats)
+            batcher = DynamicBatcher(self._name, model.predict, self._batching, stats, version)
             self._batchers[version] = batcher
             served = Batched(model, self._cls.outputs, batcher)
 

@@ -72,12 +72,18 @@ class TensorSpec:
             InvalidInput: the datatype or shape differs.
         """
         if tensor.datatype != self.datatype:
-            raise InvalidInput(f"input '{self.name}' must be {self.datatype}, got {tensor.datatype}")
+            raise InvalidInput(
+                f"input '{self.name}' must be {self.datatype}, got {tensor.datatype}",
+                field=f"inputs[{self.name}].datatype",
+            )
         shape = tensor.array.shape
         if len(shape) != len(self.shape) or any(
             want not in (-1, got) for want, got in zip(self.shape, shape, strict=True)
         ):
-            raise InvalidInput(f"input '{self.name}' must have shape {list(self.shape)}, got {list(shape)}")
+            raise InvalidInput(
+                f"input '{self.name}' must have shape {list(self.shape)}, got {list(shape)}",
+                field=f"inputs[{self.name}].shape",
+            )
 
 
 @dataclass(frozen=True)

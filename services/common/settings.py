@@ -57,6 +57,28 @@ class ServiceSettings(BaseSettings):
         "text", validation_alias=AliasChoices("MAAS_LOG_FORMAT", "log_format"), description="Log line format."
     )
     log_level: str = Field("INFO", description="Python logging level name.")
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate chain to serve TLS with (with tls_key_file); re-read when it changes."
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
+    tls_client_ca_file: Path | None = Field(
+        None, description="PEM CA(s) that callers' certificates must chain to: set, callers need one (mTLS)."
+    )
+    health_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Plaintext port serving grpc.health.v1 and nothing else (for kubelet's gRPC probes, which "
+        "cannot speak TLS); unset: none; 0 picks a free one.",
+    )
+
+    @model_validator(mode="after")
+    def _tls_files_pair(self) -> ServiceSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file (mTLS) needs tls_cert_file and tls_key_file")
+        return self
 
     @property
     def metrics_bind_port(self) -> int:

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from services.common.codec import Tensor
 from services.common.errors import InvalidInput, ModelNotFound, ModelNotReady
+from services.common.interceptor import label_version
 from services.common.model import Parameters, TensorSpec
 from services.common.repository import VersionConfig, VersionPolicy, sorted_versions, version_key
 from services.common.stats import VersionStats
@@ -168,23 +169,23 @@ class ModelVersions:
         return bool(self._loaded) if not version else version in self._loaded
 
     def get(self, version: str) -> LoadedVersion:
-        """The loaded version a request for `version` is served by ("" = the default).
+        """The loaded version a request for `version` is served by ("" = the default); the call being
+        served is labelled with it (its metrics carry the version).
 
         Raises:
             ModelNotFound: no such version, or it is not loaded.
             ModelNotReady: `version` is "" and no version is loaded.
         """
-        if not version:
-            if self._default is None:
-                raise ModelNotReady(f"model '{self.name}' has no version loaded")
-            return self._default
-        loaded = self._loaded.get(version)
+        loaded = self._default if not version else self._loaded.get(version)
         if loaded is None:
+            if not version:
+                raise ModelNotReady(f"model '{self.name}' has no version loaded")
             self._check_exists(version)
             raise ModelNotFound(
                 f"model '{self.name}' version {version} is not loaded; loaded versions: "
                 f"{', '.join(sorted_versions(self._loaded)) or 'none'}"
             )
+        label_version(self.name, loaded.version)
         return loaded
 
     def resolve(self, version: str) -> str:
@@ -204,7 +205,8 @@ class ModelVersions:
             if name not in declared:
                 unexpected = sorted(set(inputs) - set(declared))
                 raise InvalidInput(
-                    f"model '{self.name}' has no input {', '.join(unexpected)}; inputs: {', '.join(declared)}"
+                    f"model '{self.name}' has no input {', '.join(unexpected)}; inputs: {', '.join(declared)}",
+                    field="inputs",
                 )
         for spec in self.inputs:
             tensor = inputs.get(spec.name)
@@ -212,7 +214,8 @@ class ModelVersions:
                 if spec.optional:
                     continue
                 raise InvalidInput(
-                    f"model '{self.name}' needs input '{spec.name}' ({spec.datatype} {list(spec.shape)})"
+                    f"model '{self.name}' needs input '{spec.name}' ({spec.datatype} {list(spec.shape)})",
+                    field=f"inputs[{spec.name}]",
                 )
             spec.check(tensor)
 

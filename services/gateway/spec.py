@@ -10,6 +10,7 @@ from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import REPO_ROOT, ServiceSettings
 from services.common.spec import ServiceSpec
+from services.common.tls import ClientTls
 
 ROUTING_FILE = REPO_ROOT / "services" / "gateway" / "routing.yaml"
 
@@ -45,8 +46,29 @@ class GatewaySettings(ServiceSettings):
         "connection closes (the servers' MAX_CONNECTION_AGE_S), at most this often.",
     )
     api_keys_file: Path | None = Field(
-        None, description="YAML file of API keys (and their rate limits); unset: calls need no key."
+        None, description="YAML file of API keys (their roles and rate limits); unset: calls need no key."
     )
+    rate_limit_replicas: int = Field(
+        1,
+        ge=1,
+        description="Gateway replicas sharing each API key's rate limit: each takes 1/N of the key's rate and "
+        "burst (the chart sets the replica count it knows).",
+    )
+    downstream_tls_ca_file: Path | None = Field(
+        None, description="PEM CA the model services' certificates chain to; set: the gateway dials them with TLS."
+    )
+    downstream_tls_cert_file: Path | None = Field(
+        None, description="PEM certificate the gateway presents to the model services (mTLS), with its key."
+    )
+    downstream_tls_key_file: Path | None = Field(None, description="PEM private key of downstream_tls_cert_file.")
+
+    def downstream_tls(self) -> ClientTls:
+        """The TLS files the gateway dials the model services with (none named: plaintext).
+
+        Raises:
+            TlsFilesError: a certificate is named without its key, or a key without its certificate.
+        """
+        return ClientTls(self.downstream_tls_ca_file, self.downstream_tls_cert_file, self.downstream_tls_key_file)
 
 
 SPEC = ServiceSpec(name="gateway", settings=GatewaySettings, server="services.gateway.hosting:build_server", group=2)

@@ -59,7 +59,10 @@ class TokenizerServicer(pb_grpc.TokenizerServiceServicer):
     ) -> pb.DetokenizeResponse:
         label_model(MODEL_NAME)
         if len(request.sequences) > self._limits.max_texts:
-            raise Overloaded(f"sequences has {len(request.sequences)} entries; the limit is {self._limits.max_texts}")
+            raise Overloaded(
+                f"sequences has {len(request.sequences)} entries; the limit is {self._limits.max_texts}",
+                field="sequences",
+            )
         tokenizer: WordPieceTokenizer = self._model.get("").model
         texts = invalid_on_value_error(
             tokenizer.decode, [s.ids for s in request.sequences], not request.keep_special_tokens

@@ -149,18 +149,22 @@ class Classifier:
         """
         images = inputs["IMAGE"]
         if images.shape[0] > self.max_images:
-            raise Overloaded(f"IMAGE holds {images.shape[0]} images; the limit is {self.max_images} per request")
+            raise Overloaded(
+                f"IMAGE holds {images.shape[0]} images; the limit is {self.max_images} per request",
+                field="inputs[IMAGE]",
+            )
         if images.shape[0] == 0:
-            raise InvalidInput("IMAGE holds no images")
+            raise InvalidInput("IMAGE holds no images", field="inputs[IMAGE]")
         low, high = self.value_range
         smallest, largest = images.min(), images.max()
         if smallest >= low and largest <= high:
             return inputs
         finite = np.isfinite(images).reshape(len(images), -1).all(axis=1)
         if not finite.all():
-            raise InvalidInput(f"IMAGE {int(np.argmin(finite))} holds NaN or Inf")
+            raise InvalidInput(f"IMAGE {int(np.argmin(finite))} holds NaN or Inf", field="inputs[IMAGE]")
         raise InvalidInput(
-            f"IMAGE values must lie in [{low:g}, {high:g}] (pixel / 255); got [{smallest:g}, {largest:g}]"
+            f"IMAGE values must lie in [{low:g}, {high:g}] (pixel / 255); got [{smallest:g}, {largest:g}]",
+            field="inputs[IMAGE]",
         )
 
     def predict(self, batch: Arrays) -> Arrays:

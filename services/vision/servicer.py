@@ -37,25 +37,30 @@ def decode_image(index: int, image: pb.Image, max_bytes: int) -> np.ndarray:
         if (raw.height or SIDE, raw.width or SIDE) != (SIDE, SIDE) or len(raw.pixels) != SIDE * SIDE:
             raise InvalidInput(
                 f"images[{index}]: a raw image must be 28x28 (784 pixels); got {raw.height}x{raw.width} "
-                f"with {len(raw.pixels)} pixels"
+                f"with {len(raw.pixels)} pixels",
+                field=f"images[{index}].raw",
             )
         return np.asarray(raw.pixels, dtype=np.float32).reshape(1, SIDE, SIDE)
     if which != "encoded":
-        raise InvalidInput(f"images[{index}] has neither encoded bytes nor a raw image")
+        raise InvalidInput(f"images[{index}] has neither encoded bytes nor a raw image", field=f"images[{index}]")
     if len(image.encoded) > max_bytes:
-        raise Overloaded(f"images[{index}] is {len(image.encoded)} bytes; the limit is {max_bytes}")
+        raise Overloaded(
+            f"images[{index}] is {len(image.encoded)} bytes; the limit is {max_bytes}", field=f"images[{index}]"
+        )
     try:
         with Image.open(io.BytesIO(image.encoded)) as decoded:
             if decoded.format not in ENCODINGS:
-                raise InvalidInput(f"images[{index}] is {decoded.format}; send PNG or JPEG")
+                raise InvalidInput(f"images[{index}] is {decoded.format}; send PNG or JPEG", field=f"images[{index}]")
             if decoded.width * decoded.height > MAX_DECODED_PIXELS:
-                raise InvalidInput(f"images[{index}] is {decoded.width}x{decoded.height}, over 4096x4096")
+                raise InvalidInput(
+                    f"images[{index}] is {decoded.width}x{decoded.height}, over 4096x4096", field=f"images[{index}]"
+                )
             gray = decoded.convert("L")
             if gray.size != (SIDE, SIDE):
                 gray = gray.resize((SIDE, SIDE), Image.Resampling.LANCZOS)
             return (np.asarray(gray, dtype=np.float32) / 255.0).reshape(1, SIDE, SIDE)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InvalidInput(f"images[{index}] is not a readable PNG or JPEG ({exc})") from None
+        raise InvalidInput(f"images[{index}] is not a readable PNG or JPEG ({exc})", field=f"images[{index}]") from None
 
 
 class VisionServicer(pb_grpc.VisionServiceServicer):
@@ -71,9 +76,11 @@ class VisionServicer(pb_grpc.VisionServiceServicer):
     ) -> pb.ClassifyImageResponse:
         label_model(MODEL_NAME)
         if len(request.images) > self._max_images:
-            raise Overloaded(f"{len(request.images)} images; the limit is {self._max_images} per request")
+            raise Overloaded(
+                f"{len(request.images)} images; the limit is {self._max_images} per request", field="images"
+            )
         if not request.images:
-            raise InvalidInput("no images in the request")
+            raise InvalidInput("no images in the request", field="images")
         loaded = self._model.get(request.model_version)
         images = np.stack([decode_image(i, image, self._max_image_bytes) for i, image in enumerate(request.images)])
         result = await loaded.infer({"IMAGE": Tensor("IMAGE", "FP32", images)}, {})

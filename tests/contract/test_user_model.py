@@ -144,23 +144,29 @@ async def test_answers_what_the_class_computes_for_every_version(v2, user_reposi
 
 
 CALLERS, CALLS_EACH = 16, 8
+BLOCKER_COPIES = 16
+"""The first call carries 16 copies of the 64 test images (1,024 rows): the callers' first requests queue
+while it runs, however fast the machine answers one row."""
 
 
 async def test_concurrent_requests_batch_and_each_gets_its_own_rows(v2, user_repository: Path, fashion_images):
     before = (await v2.ModelStatistics(pb.ModelStatisticsRequest(name=NAME, version="1"))).model_stats[0]
     expected = reference(user_repository, "1", fashion_images[:CALLERS])
+    blocker = np.tile(fashion_images, (BLOCKER_COPIES, 1))
 
     async def caller(row: int) -> None:
         for _ in range(CALLS_EACH):
             response = await v2.ModelInfer(image_request(fashion_images[row : row + 1]))
             np.testing.assert_allclose(probabilities(response), expected[row : row + 1], atol=1e-6)
 
-    await asyncio.gather(*(caller(row) for row in range(CALLERS)))
+    first = asyncio.ensure_future(v2.ModelInfer(image_request(blocker)))
+    await asyncio.gather(first, *(caller(row) for row in range(CALLERS)))
+    np.testing.assert_allclose(probabilities(first.result()), reference(user_repository, "1", blocker), atol=1e-6)
     after = (await v2.ModelStatistics(pb.ModelStatisticsRequest(name=NAME, version="1"))).model_stats[0]
     calls = CALLERS * CALLS_EACH
-    assert after.inference_count - before.inference_count == calls
-    assert after.execution_count - before.execution_count < calls, "requests shared executions"
-    assert max(b.batch_size for b in after.batch_stats) > 1
+    assert after.inference_count - before.inference_count == calls + len(blocker)
+    assert after.execution_count - before.execution_count < calls + 1, "requests shared executions"
+    assert max(b.batch_size for b in after.batch_stats if b.batch_size <= CALLERS) > 1
 
 
 BAD = {
@@ -206,5 +212,5 @@ async def test_batch_metrics_and_a_trace_span_name_the_model(v2, user_server: Gr
     (span,) = [s for s in exporter.get_finished_spans() if s.name.endswith("/ModelInfer")]
     assert span.attributes["maas.model"] == NAME and span.attributes["maas.batch_size"] == 2
     port = user_server.metrics_port
-    assert metric(port, f'maas_batch_size_count{{model="{NAME}"}}') >= 1
+    assert metric(port, f'maas_batch_size_count{{model="{NAME}",version="2"}}') >= 1
     assert metric(port, f'maas_model_version_device{{device="cpu",model="{NAME}",version="2"}}') == 1.0
