@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -15,6 +16,7 @@ from maas.common.v1 import common_pb2
 from maas.gateway.v1 import gateway_pb2 as pb
 from maas.gateway.v1 import gateway_pb2_grpc
 from services.cli import connection
+from services.common import timing
 from services.common.server import host_port
 from services.common.tls import TlsFilesError, secure_channel
 from services.gateway.spec import GatewaySettings
@@ -40,6 +42,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     for parser in (text, image, embed):
         parser.add_argument("--address", help="gateway address (default: MAAS_GATEWAY_HOST:MAAS_GATEWAY_PORT)")
         parser.add_argument("--timeout", type=float, default=30.0, help="deadline of the call, in seconds")
+        parser.add_argument(
+            "--timing", action="store_true", help="print where the call's time went, per hop (maas-timing)"
+        )
         connection.add_options(parser)
 
 
@@ -53,29 +58,70 @@ def _embedding(values: Sequence[float]) -> str:
     return f"  {len(vector)} dimensions, norm {np.linalg.norm(vector):.3f}: [{shown}, ...]"
 
 
+HOP_PARTS = (("queue_us", "queue"), ("batch_wait_us", "batch wait"), ("compute_us", "compute"))
+
+
+def timing_lines(entries: Sequence[str]) -> list[str]:
+    """The `maas-timing` entries of a call as readable lines, one per hop, in the order the hops answered.
+
+    Args:
+        entries: the call's trailing `maas-timing` values.
+    """
+    lines = ["where the time went (ms):"]
+    for entry in entries:
+        values = timing.parse(entry)
+        served = values.get("model", "")
+        if served and "version" in values:
+            served += f" v{values['version']}"
+        parts = [f"{label} {int(values[key]) / 1000:.3f}" for key, label in HOP_PARTS if key in values]
+        if "batch_size" in values:
+            parts.append(f"batch {values['batch_size']}")
+        if "downstream_us" in values:
+            parts.append(f"downstream {int(values['downstream_us']) / 1000:.3f}")
+        parts.append(f"total {int(values.get('total_us', 0)) / 1000:.3f}")
+        lines.append(f"  {values.get('hop', '?'):<12} {served:<22} " + ", ".join(parts))
+    return lines
+
+
 def _call(stub: gateway_pb2_grpc.GatewayServiceStub, args: argparse.Namespace) -> tuple[list[str], str]:
     """Make the call `args` describe; return the lines to print and what served it."""
     metadata = connection.metadata(args)
+    if args.timing:
+        metadata = (*metadata, (timing.TIMING_KEY, "1"))
+    trailers: list[str] = []
+
+    def send(method: Any, request: Any) -> Any:
+        if not args.timing:
+            return method(request, timeout=args.timeout, metadata=metadata)
+        response, call = method.with_call(request, timeout=args.timeout, metadata=metadata)
+        trailers.extend(value for key, value in call.trailing_metadata() or () if key == timing.TIMING_KEY)
+        return response
+
+    lines, served = _answer(stub, args, send)
+    return [*lines, *(timing_lines(trailers) if args.timing else ())], served
+
+
+def _answer(
+    stub: gateway_pb2_grpc.GatewayServiceStub, args: argparse.Namespace, send: Callable[[Any, Any], Any]
+) -> tuple[list[str], str]:
     if args.kind == "text":
         model = TEXT_MODELS.get(args.model, pb.TEXT_MODEL_UNSPECIFIED)
         request = pb.ClassifyTextRequest(texts=args.texts, model=model, top_k=args.top_k)
-        response = stub.ClassifyText(request, timeout=args.timeout, metadata=metadata)
+        response = send(stub.ClassifyText, request)
         lines = [
             line for text, result in zip(args.texts, response.results, strict=True) for line in (text, *_labels(result))
         ]
         return lines, f"{MODEL_NAMES.get(response.model, 'text')} model, version {response.model_version}"
     if args.kind == "image":
         images = [path.read_bytes() for path in args.images]
-        response = stub.ClassifyImage(
-            pb.ClassifyImageRequest(images=images, top_k=args.top_k), timeout=args.timeout, metadata=metadata
-        )
+        response = send(stub.ClassifyImage, pb.ClassifyImageRequest(images=images, top_k=args.top_k))
         lines = [
             line
             for path, result in zip(args.images, response.results, strict=True)
             for line in (str(path), *_labels(result))
         ]
         return lines, f"fashion_cnn, version {response.model_version}"
-    response = stub.Embed(pb.EmbedRequest(texts=args.texts), timeout=args.timeout, metadata=metadata)
+    response = send(stub.Embed, pb.EmbedRequest(texts=args.texts))
     lines = [
         line
         for text, embedding in zip(args.texts, response.embeddings, strict=True)

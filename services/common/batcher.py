@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from services.common import metrics, telemetry
+from services.common import metrics, timing
 from services.common.errors import Overloaded
 from services.common.stats import VersionStats
 
@@ -80,6 +80,7 @@ class _Request:
     future: asyncio.Future
     enqueued_ns: int = field(default_factory=time.perf_counter_ns)
     queue_ns: int = 0
+    batch_wait_ns: int = 0
     compute_ns: int = 0
     batch_rows: int = 0
 
@@ -111,6 +112,8 @@ class DynamicBatcher:
         self._callers_in_play = 0
         self._closing = False
         self._ns_per_row = 0.0
+        self._held_from_ns = 0
+        self._held_until_ns = 0
         self._batch_rows = metrics.BATCH_ROWS.labels(name, version)
         self._queue_seconds = metrics.QUEUE_SECONDS.labels(name, version)
         self._compute_seconds = metrics.COMPUTE_SECONDS.labels(name, version)
@@ -161,10 +164,8 @@ class DynamicBatcher:
         except asyncio.CancelledError:
             self._cancelled.inc()
             raise
-        self._stats.record_compute(request.queue_ns, request.compute_ns)
-        telemetry.set_attributes(
-            batch_size=request.batch_rows, queue_us=request.queue_ns // 1000, compute_us=request.compute_ns // 1000
-        )
+        self._stats.record_compute(request.queue_ns + request.batch_wait_ns, request.compute_ns)
+        timing.record(request.queue_ns, request.batch_wait_ns, request.compute_ns, request.batch_rows)
         return outputs
 
     async def _alone(self, request: _Request) -> bool:
@@ -214,6 +215,7 @@ class DynamicBatcher:
                     return
                 self._arrived.clear()
                 continue
+            self._held_from_ns = self._held_until_ns = 0
             await self._fill(self._pending[0])
             batch = self._take()
             if self._pending:
@@ -236,14 +238,18 @@ class DynamicBatcher:
             and len(self._pending) < self._callers_in_play
             and sum(r.rows for r in self._pending) < self._config.max_batch_size
         ):
-            remaining = (deadline - time.perf_counter_ns()) / 1e9
+            now = time.perf_counter_ns()
+            remaining = (deadline - now) / 1e9
             if remaining <= 0:
                 return
+            self._held_from_ns = self._held_from_ns or now
             self._arrived.clear()
             try:
                 await asyncio.wait_for(self._arrived.wait(), remaining)
             except TimeoutError:
                 return
+            finally:
+                self._held_until_ns = time.perf_counter_ns()
 
     def _take(self) -> list[_Request]:
         """Pick the next batch: the oldest live request, then compatible ones, closest lengths first."""
@@ -313,6 +319,7 @@ class DynamicBatcher:
         started = time.perf_counter_ns()
         rows = sum(r.rows for r in batch)
         waits = [started - r.enqueued_ns for r in batch]
+        held = [max(0, self._held_until_ns - max(self._held_from_ns, r.enqueued_ns)) for r in batch]
         self._busy = True
         try:
             outputs = await loop.run_in_executor(self._executor, self._predict_rows, self._collate(batch), rows)
@@ -330,8 +337,9 @@ class DynamicBatcher:
         compute_ns = time.perf_counter_ns() - started
         self._record(rows, compute_ns, waits)
         offset = 0
-        for request, waited in zip(batch, waits, strict=True):
-            request.queue_ns, request.compute_ns, request.batch_rows = waited, compute_ns, rows
+        for request, waited, wait in zip(batch, waits, held, strict=True):
+            request.queue_ns, request.batch_wait_ns = waited - wait, wait
+            request.compute_ns, request.batch_rows = compute_ns, rows
             if not request.future.done():
                 request.future.set_result({n: a[offset : offset + request.rows] for n, a in outputs.items()})
             offset += request.rows
