@@ -22,12 +22,14 @@ class Row:
 
 @dataclass
 class Section:
-    """A benchmark scenario: a title, how to read it, its rows and what to compare."""
+    """A benchmark scenario: a title, how to read it, its rows, a table of other measurements (markdown
+    lines), and what to compare."""
 
     title: str
     note: str
     rows: list[Row] = field(default_factory=list)
     findings: list[str] = field(default_factory=list)
+    table: list[str] = field(default_factory=list)
 
     def row(self, label: str, concurrency: int) -> LoadResult:
         """The result of the row called `label` at `concurrency`."""
@@ -77,6 +79,8 @@ def render(sections: list[Section], command: str, root: Path) -> str:
     ]
     for section in sections:
         lines += [f"## {section.title}", "", section.note, ""]
+        if section.table:
+            lines += [*section.table, ""]
         lines += [
             "| what | concurrency | req/s | p50 ms | p95 ms | p99 ms | failed |",
             "|---|---:|---:|---:|---:|---:|---:|",

@@ -16,6 +16,7 @@ async def run_bench(config: BenchConfig, output: Path, command: str) -> list[Sec
     # Imported here: these benchmarks need torch, which `maas` itself must not import.
     from services.bench.gateway import gateway_section
     from services.bench.ray_hosting import ray_section
+    from services.bench.startup import startup_section
     from services.bench.text import text_section
     from services.bench.transformer import transformer_section
     from services.bench.vision import vision_section
@@ -27,6 +28,7 @@ async def run_bench(config: BenchConfig, output: Path, command: str) -> list[Sec
         await text_section(config),
         await gateway_section(config),
         await ray_section(config),
+        await startup_section(config),
     ]
     await asyncio.to_thread(_write, output, render(sections, command, REPO_ROOT))
     return sections

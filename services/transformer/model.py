@@ -87,15 +87,21 @@ def packed_state(bert: dict[str, torch.Tensor], bert_config: dict, path: Path) -
     return state
 
 
+def _uninitialised_embedding(rows: int, width: int) -> nn.Embedding:
+    """An embedding table whose weights are loaded next: not drawn at random first (on the `meta` device,
+    a random draw would import torch's compiler, seconds of start-up)."""
+    return nn.Embedding(rows, width, _weight=torch.empty(rows, width))
+
+
 class _Embeddings(nn.Module):
     """BERT's embeddings: word, position and token type, summed and normalised."""
 
     def __init__(self, config: dict) -> None:
         super().__init__()
         hidden = config["hidden_size"]
-        self.word_embeddings = nn.Embedding(config["vocab_size"], hidden)
-        self.position_embeddings = nn.Embedding(config.get("max_position_embeddings", 512), hidden)
-        self.token_type_embeddings = nn.Embedding(config.get("type_vocab_size", 2), hidden)
+        self.word_embeddings = _uninitialised_embedding(config["vocab_size"], hidden)
+        self.position_embeddings = _uninitialised_embedding(config.get("max_position_embeddings", 512), hidden)
+        self.token_type_embeddings = _uninitialised_embedding(config.get("type_vocab_size", 2), hidden)
         self.LayerNorm = nn.LayerNorm(hidden, eps=config.get("layer_norm_eps", 1e-12))
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

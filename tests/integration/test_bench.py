@@ -22,7 +22,7 @@ def test_quick_bench_writes_a_report_with_every_row(model_repository: Path, tmp_
         "--output",
         str(output),
     ]
-    subprocess.run(command, cwd=REPO_ROOT, check=True, timeout=240, capture_output=True)
+    subprocess.run(command, cwd=REPO_ROOT, check=True, timeout=280, capture_output=True)
     report = output.read_text()
     assert "- command: `maas bench --quick" in report and re.search(r"- git: [0-9a-f]{7}", report)
     rows = re.findall(r"^\| ([^|]+) \| (\d+) \| ([\d,]+) \| ([\d.]+) \| [\d.]+ \| [\d.]+ \| (\d+) \|$", report, re.M)
@@ -63,6 +63,8 @@ def test_quick_bench_writes_a_report_with_every_row(model_repository: Path, tmp_
         ("grpc hosting (own process)", 16),
         ("ray, default path (maas front, DeploymentHandle)", 16),
         ("ray, Serve's native gRPC proxy", 16),
+        ("fashion_cnn, not asked", 16),
+        ("fashion_cnn, maas-timing: 1", 16),
     ):
         assert (label, concurrency) in measured
     for model in ("review_lstm", "minilm_embed"):
@@ -87,3 +89,7 @@ def test_quick_bench_writes_a_report_with_every_row(model_repository: Path, tmp_
         and "review_lstm int8 serves" in report
         and "minilm_embed int8 serves" in report
     )
+    for service in ("tokenizer", "vision", "text", "transformer"):
+        assert re.search(rf"^\| {service} \| grpc \| [\d.]+ \| [\d.]+ \|$", report, re.M), service
+    assert re.search(r"Cold start, grpc hosting \(median; target\): tokenizer [\d.]+ s", report)
+    assert re.search(r"callers asking for `maas-timing` get [\d.]+% of the throughput", report)
