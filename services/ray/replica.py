@@ -45,6 +45,7 @@ class BatchingLimits(BaseModel):
     max_batch_size: int | None = Field(None, ge=1)
     max_queue_delay_ms: float | None = Field(None, ge=0)
     max_queue_size: int | None = Field(None, ge=1)
+    max_latency_ms: float | None = Field(None, ge=0)
 
 
 class ReplicaConfig(BaseModel):

@@ -228,3 +228,27 @@ async def test_maas_infer_timing_prints_every_hop(stack, image, tmp_path: Path, 
     assert table[1].split()[:3] == ["vision", "fashion_cnn", "v1"], out
     assert "queue" in table[1] and "batch wait" in table[1] and "compute" in table[1] and "batch 1" in table[1]
     assert table[2].split()[0] == "gateway" and "downstream" in table[2], out
+
+
+@pytest.mark.parametrize("hosting", ["grpc"])
+async def test_a_target_the_model_cannot_meet_refuses_with_retry_info(model_repository: Path, image, hosting):
+    """fashion_cnn under a 10 µs target: once its batches' cost is learned, requests are refused at once
+    with RESOURCE_EXHAUSTED and a RetryInfo; none is served late."""
+    from services.catalog import SERVICES
+    from services.common.batchcost import MIN_BATCHES
+    from services.common.server import build_server
+    from tests.conftest import vision_settings
+    from tests.contract.test_error_details import _refusal
+
+    settings = vision_settings(model_repository).model_copy(update={"max_latency_ms": 0.01})
+    async with (
+        started(build_server(SERVICES["vision"], settings)) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        v2 = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        request = v2_request("fashion_cnn", Tensor("IMAGE", "FP32", image))
+        for _ in range(MIN_BATCHES):
+            await v2.ModelInfer(request)
+        code, details, found = await _refusal(v2.ModelInfer(request))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "0.01 ms target" in details, details
+        assert found["RetryInfo"].retry_delay.ToTimedelta().total_seconds() > 0
