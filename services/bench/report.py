@@ -81,10 +81,11 @@ def render(sections: list[Section], command: str, root: Path) -> str:
         lines += [f"## {section.title}", "", section.note, ""]
         if section.table:
             lines += [*section.table, ""]
-        lines += [
-            "| what | concurrency | req/s | p50 ms | p95 ms | p99 ms | failed |",
-            "|---|---:|---:|---:|---:|---:|---:|",
-        ]
+        if section.rows:
+            lines += [
+                "| what | concurrency | req/s | p50 ms | p95 ms | p99 ms | failed |",
+                "|---|---:|---:|---:|---:|---:|---:|",
+            ]
         for row in section.rows:
             r = row.result
             lines.append(

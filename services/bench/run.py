@@ -10,11 +10,15 @@ from services.bench.settings import BenchConfig
 from services.bench.tokenizer import tokenizer_section
 from services.common.settings import REPO_ROOT
 
+LATENCY_PLOT = "latency-step.png"
+"""The latency-target benchmark's plot, beside the report."""
+
 
 async def run_bench(config: BenchConfig, output: Path, command: str) -> list[Section]:
     """Run every scenario, write the markdown report to `output` and return the sections."""
     # Imported here: these benchmarks need torch, which `maas` itself must not import.
     from services.bench.gateway import gateway_section
+    from services.bench.latency import latency_section
     from services.bench.ray_hosting import ray_section
     from services.bench.startup import startup_section
     from services.bench.text import text_section
@@ -29,6 +33,7 @@ async def run_bench(config: BenchConfig, output: Path, command: str) -> list[Sec
         await gateway_section(config),
         await ray_section(config),
         await startup_section(config),
+        await latency_section(config, output.parent / LATENCY_PLOT),
     ]
     await asyncio.to_thread(_write, output, render(sections, command, REPO_ROOT))
     return sections

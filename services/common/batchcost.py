@@ -14,7 +14,14 @@ DECAY = 0.98
 MIN_BATCHES = 5
 """Batches observed before the fit is trusted."""
 MARGIN_SIGMAS = 3.0
-"""The margin: this many standard deviations of the fit's recent errors."""
+"""The margin: this many standard deviations of the fit's recent errors (estimated from their mean
+absolute value, which one stalled batch moves less than it moves their variance)."""
+CLIP_ERRORS = 6.0
+"""Once the fit is trusted, a batch slower than its prediction by more than this many mean errors (or
+60% of the prediction, if more) counts as only that slow: a batch stalled by something else on the
+machine must not teach the fit that every batch is slow. A machine that really slows down still moves
+the fit, by that much per batch."""
+GAUSSIAN_SIGMA_PER_MEAN_ERROR = math.sqrt(math.pi / 2)
 
 
 class BatchCost:
@@ -27,7 +34,7 @@ class BatchCost:
         """
         self._decay = decay
         self._w = self._x = self._y = self._xx = self._xy = 0.0
-        self._error_var = 0.0
+        self._mean_error = 0.0
         self.batches = 0
 
     @property
@@ -59,7 +66,7 @@ class BatchCost:
 
     def margin_ns(self) -> float:
         """How much longer than the line a slow batch takes (`MARGIN_SIGMAS` deviations of recent errors)."""
-        return MARGIN_SIGMAS * math.sqrt(self._error_var)
+        return MARGIN_SIGMAS * GAUSSIAN_SIGMA_PER_MEAN_ERROR * self._mean_error
 
     def bound_ns(self, work: float) -> float:
         """A batch of `work`'s time, with the margin: what a deadline must leave room for."""
@@ -68,9 +75,11 @@ class BatchCost:
     def observe(self, work: float, ns: float) -> None:
         """Add one batch: its work and its compute time in nanoseconds."""
         if self.batches:
-            error = ns - self.predict_ns(work)
+            predicted = self.predict_ns(work)
+            if self.ready:
+                ns = min(ns, predicted + CLIP_ERRORS * max(self._mean_error, 0.1 * predicted))
             weight = max(1 - self._decay, 1 / self.batches)
-            self._error_var = (1 - weight) * self._error_var + weight * error * error
+            self._mean_error = (1 - weight) * self._mean_error + weight * abs(ns - predicted)
         d = self._decay
         self._w = d * self._w + 1
         self._x = d * self._x + work

@@ -37,6 +37,10 @@ LOAD_MEMORY_SECONDS = 0.005
 inline runs): well above the time a caller under load takes to send its next request after an answer."""
 LOAD_MEMORY_NS = int(LOAD_MEMORY_SECONDS * 1e9)
 MIN_RETRY_SECONDS = 0.01
+PROBE_NS = 500_000_000
+"""A version with a latency target that has run nothing for this long runs a lone request even if its
+cost fit says it would be late: the fit sees the machine again (it may have been idle, or been fooled
+by stalled batches), rather than refusing everything for ever."""
 Predict = Callable[[Arrays], Arrays]
 
 
@@ -93,6 +97,7 @@ class _Request:
     work: int
     shapes: tuple
     future: asyncio.Future
+    probe: bool = False
     enqueued_ns: int = field(default_factory=time.perf_counter_ns)
     queue_ns: int = 0
     batch_wait_ns: int = 0
@@ -217,6 +222,9 @@ class DynamicBatcher:
             Overloaded: it would end late; the retry delay is how long the work ahead takes.
         """
         now = time.perf_counter_ns()
+        if not self._busy and not self._pending and now - self._free_ns > PROBE_NS:
+            request.probe = True
+            return
         ahead = self._running_left_ns(now) + self._drain_ns(self._pending, request)
         if now + ahead <= request.enqueued_ns + self._config.max_latency_ms * 1e6:
             return
@@ -323,7 +331,7 @@ class DynamicBatcher:
         target = self._config.max_latency_ms * 1e6
         now = time.perf_counter_ns()
         if target and self._cost.ready:
-            live = [r for r in live if not self._late(r, now + self._cost.bound_ns(r.work) - r.enqueued_ns)]
+            live = [r for r in live if r.probe or not self._late(r, now + self._cost.bound_ns(r.work) - r.enqueued_ns)]
         if not live:
             self._pending.clear()
             return []

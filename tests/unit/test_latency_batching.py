@@ -11,7 +11,7 @@ import pytest
 
 from services.common import timing
 from services.common.batchcost import MIN_BATCHES, BatchCost
-from services.common.batcher import BatchingConfig, DynamicBatcher
+from services.common.batcher import PROBE_NS, BatchingConfig, DynamicBatcher
 from services.common.errors import Overloaded
 from services.common.stats import VersionStats
 
@@ -111,3 +111,26 @@ async def test_concurrent_callers_are_batched_within_the_target():
     await asyncio.gather(*(caller() for _ in range(8)))
     assert max(model.rows[MIN_BATCHES:]) > 1
     await batcher.close()
+
+
+async def test_after_refusing_everything_for_a_while_one_lone_request_runs_so_the_fit_sees_the_machine_again():
+    model = Sleeper(0.03)
+    batcher = await learned(model, BatchingConfig(max_batch_size=8, max_latency_ms=10))
+    with pytest.raises(Overloaded):
+        await batcher.submit(row())
+    await asyncio.sleep(PROBE_NS / 1e9 + 0.05)
+    runs = len(model.rows)
+    await batcher.submit(row())
+    assert len(model.rows) == runs + 1
+    with pytest.raises(Overloaded):
+        await batcher.submit(row())
+    await batcher.close()
+
+
+def test_one_stalled_batch_moves_the_fit_and_its_margin_only_a_little():
+    cost = BatchCost()
+    for _ in range(50):
+        cost.observe(1, 2e5)
+    before = cost.bound_ns(1)
+    cost.observe(1, 8e6)
+    assert cost.bound_ns(1) < 2 * before
