@@ -99,6 +99,7 @@ class _Request:
     future: asyncio.Future
     probe: bool = False
     enqueued_ns: int = field(default_factory=time.perf_counter_ns)
+    arrived_ns: int = 0
     queue_ns: int = 0
     batch_wait_ns: int = 0
     compute_ns: int = 0
@@ -182,6 +183,7 @@ class DynamicBatcher:
             shapes=tuple((n, a.dtype.str, a.shape[2:] if n in padded else a.shape[1:]) for n, a in inputs.items()),
             future=asyncio.get_running_loop().create_future(),
         )
+        request.arrived_ns = timing.arrival_ns() or request.enqueued_ns
         if self._config.max_latency_ms and self._cost.ready:
             self._admit(request)
         self._pending.append(request)
@@ -226,7 +228,7 @@ class DynamicBatcher:
             request.probe = True
             return
         ahead = self._running_left_ns(now) + self._drain_ns(self._pending, request)
-        if now + ahead <= request.enqueued_ns + self._config.max_latency_ms * 1e6:
+        if now + ahead <= request.arrived_ns + self._config.max_latency_ms * 1e6:
             return
         self._shed.inc()
         raise Overloaded(
@@ -301,7 +303,7 @@ class DynamicBatcher:
             window = int(self._config.max_latency_ms * 1e6 - self._cost.bound_ns(full))
             if oldest.enqueued_ns > self._free_ns + window:
                 return
-            deadline = oldest.enqueued_ns + window
+            deadline = oldest.arrived_ns + window
         else:
             delay = int(self._config.max_queue_delay_ms * 1e6)
             if oldest.enqueued_ns > self._free_ns + delay:
@@ -331,12 +333,12 @@ class DynamicBatcher:
         target = self._config.max_latency_ms * 1e6
         now = time.perf_counter_ns()
         if target and self._cost.ready:
-            live = [r for r in live if r.probe or not self._late(r, now + self._cost.bound_ns(r.work) - r.enqueued_ns)]
+            live = [r for r in live if r.probe or not self._late(r, now + self._cost.bound_ns(r.work) - r.arrived_ns)]
         if not live:
             self._pending.clear()
             return []
         anchor, others = live[0], [r for r in live[1:] if r.shapes == live[0].shapes]
-        budget_ns = anchor.enqueued_ns + target - now if target and self._cost.ready else math.inf
+        budget_ns = min(r.arrived_ns for r in live) + target - now if target and self._cost.ready else math.inf
         if self._config.pad and self._config.length_aware:
             others.sort(key=lambda r: abs(r.length - anchor.length))
         budget = self._config.max_batch_tokens if self._config.pad and self._config.length_aware else 0

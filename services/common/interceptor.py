@@ -308,6 +308,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if telemetry.enabled():
             call.span = telemetry.start_server_span(full_method, metadata)
             call.span.set_attribute("maas.request_id", call.request_id)
+        timing.arrive(time.perf_counter_ns())
         if timing_asked or call.span is not None:
             call.timing = timing.begin()
         _call_var.set(call)

@@ -85,6 +85,18 @@ class Timing:
 
 
 _timing_var: ContextVar[Timing | None] = ContextVar("maas_timing", default=None)
+_arrival_var: ContextVar[int] = ContextVar("maas_arrival", default=0)
+
+
+def arrive(ns: int) -> None:
+    """Note when the current call reached this service (`time.perf_counter_ns()`): a latency target
+    counts from there, so the time the call spent before reaching the batcher counts too."""
+    _arrival_var.set(ns)
+
+
+def arrival_ns() -> int:
+    """When the current call reached this service (0: not noted)."""
+    return _arrival_var.get()
 
 
 def begin() -> Timing:

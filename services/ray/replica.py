@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -208,6 +209,7 @@ class ServiceReplica:
     async def _answer(
         method: str, handler: Handler, request: Any, timeout: float | None, timed: bool
     ) -> tuple[bool, Any, timing.Timing | None]:
+        timing.arrive(time.perf_counter_ns())
         recorded = timing.begin() if timed else None
         try:
             return True, await asyncio.wait_for(handler(request, None), timeout), recorded
