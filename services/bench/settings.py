@@ -35,5 +35,5 @@ class BenchConfig:
             warmup=0.1,
             cold_starts=1,
             cold_start_hostings=("grpc",),
-            static_delays_ms=(0.0, 2.0),
+            static_delays_ms=(0.0,),
         )
