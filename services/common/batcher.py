@@ -294,7 +294,9 @@ class DynamicBatcher:
         when the last batch ended (its callers, whose next requests are likely on their way, and those
         already queued) and less than a full batch, until the oldest request has waited
         `max_queue_delay_ms` since the model became free (or since it arrived, if later). A request
-        that arrives after that window, as after an idle spell, finds no one to wait for."""
+        that arrives after that window, as after an idle spell, finds no one to wait for. With a latency
+        target the window is instead what the target leaves after a full batch's cost (with its margin),
+        counted from the oldest request's arrival; no waiting until the cost is known."""
         if self._config.max_latency_ms:
             if not self._cost.ready:
                 return
