@@ -21,7 +21,7 @@ K8S_TOOLS := $(VENV)/.k8s-tools
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[models,ray,ops,dev]'
+	$(PIP) -e '.[models,ray,ops,dev,bench]'
 	touch $@
 
 venv: $(STAMP)

@@ -135,6 +135,7 @@ class GrpcServer:
         self._metrics = MetricsServer(self.settings.host, self.settings.metrics_bind_port)
         for model in self.models:
             await model.load("")
+        await self.prepare()
         self.lifecycle.mark_serving()
         for service in ("", *self.service_names):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -145,6 +146,13 @@ class GrpcServer:
             self.metrics_port,
             extra={"port": self.port, "metrics_port": self.metrics_port},
         )
+
+    async def prepare(self) -> None:
+        """Whatever must be ready before the server reports SERVING, once its models are loaded; nothing here.
+
+        Raises:
+            OSError: an address could not be bound.
+        """
 
     async def stop(self) -> None:
         """Drain and stop: NOT_SERVING, refuse new calls, let calls in flight finish within the grace."""

@@ -106,6 +106,12 @@ class GatewaySettings(ServiceSettings):
     api_keys_file: Path | None = Field(
         None, description="YAML file of API keys (and their rate limits); unset: calls need no key."
     )
+    http_enabled: bool = Field(
+        True, description="Serve the Open Inference Protocol's REST binding beside gRPC, on http_port."
+    )
+    http_port: int = Field(
+        8080, ge=0, le=65535, description="Port of the REST binding (HTTP/1.1, JSON and binary tensors); 0 picks one."
+    )
 
 
 class TracingSettings(BaseSettings):

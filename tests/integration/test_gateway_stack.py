@@ -5,6 +5,7 @@ cancel downstream work, and one trace across processes collected by an in-test O
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -32,6 +33,7 @@ from services.vision.data import LABELS, load_split
 from tests.conftest import PYTHON, REPO_ROOT, free_port
 from tests.contract.test_vision import png
 from tests.integration.test_up import free_ports
+from tests.interop.samples import REVIEWS
 from tests.interop.test_tritonclient import run_script
 
 MODELS = [
@@ -74,6 +76,7 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
 class Stack:
     ready: dict[str, str]
     transformer_metrics: int
+    http: str
     receiver: OtlpReceiver
     process: subprocess.Popen = field(repr=False)
 
@@ -86,10 +89,12 @@ class Stack:
 def stack(model_repository: Path) -> Iterator[Stack]:
     receiver = OtlpReceiver()
     metrics = free_port()
+    http = free_port()
     env = {
         **os.environ,
         **free_ports(model_repository),
         "MAAS_TRANSFORMER_METRICS_PORT": str(metrics),
+        "MAAS_GATEWAY_HTTP_PORT": str(http),
         "OTEL_TRACES_EXPORTER": "otlp",
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
         "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
@@ -107,7 +112,7 @@ def stack(model_repository: Path) -> Iterator[Stack]:
             if words[:1] == ["READY"]:
                 ready[words[1]] = words[2]
         assert "gateway" in ready, f"maas up stopped before READY all: {ready}"
-        yield Stack(ready, metrics, receiver, process)
+        yield Stack(ready, metrics, f"127.0.0.1:{http}", receiver, process)
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -152,6 +157,59 @@ async def test_stock_tritonclient_reaches_every_model_and_pipeline(stack: Stack)
     assert {"tokenizer", "fashion_cnn", "minilm_embed", "text_embed"} <= set(seen["statistics"])
     assert seen["error"]["status"] == "StatusCode.INVALID_ARGUMENT" and "[0, 1]" in seen["error"]["message"]
     assert seen["unknown"]["status"] == "StatusCode.NOT_FOUND" and "no_such_model" in seen["unknown"]["message"]
+
+
+async def test_stock_tritonclient_http_reaches_every_model_and_pipeline(stack: Stack):
+    seen = await run_script("tritonclient_http.py", stack.http, *MODELS, *LSTM_MODELS)
+    assert seen["live"] and seen["ready"] and seen["server"]["name"] == "maas"
+    assert {*MODELS, *LSTM_MODELS} <= {m["name"] for m in seen["index"]}
+    for model in (*MODELS, *LSTM_MODELS):
+        got = seen["models"][model]
+        assert got["ready"] and got["id"] == f"id-{model}" and got["gzip_equal"], (model, got)
+        assert got["binary"] == got["json"], model
+    assert seen["models"]["echo"]["json"] == [r.decode() for r in REVIEWS]
+    assert seen["models"]["tokenizer"]["json"][0][:4] == [101, 2307, 11937, 16329]
+    assert seen["models"]["fashion_cnn"]["shape"] == [2, 10]
+    for model in ("minilm_embed", "text_embed"):
+        assert np.linalg.norm(seen["models"][model]["json"], axis=1) == pytest.approx([1, 1], abs=1e-4)
+    for model in ("minilm_sentiment", "review_sentiment_minilm", "review_lstm", "review_sentiment_lstm"):
+        assert np.sum(seen["models"][model]["json"], axis=1) == pytest.approx([1, 1], abs=1e-5)
+    assert seen["models"]["text_embed"]["inputs"] == ["TEXT"]
+    assert {"tokenizer", "fashion_cnn", "minilm_embed", "text_embed"} <= set(seen["statistics"])
+    assert seen["out_of_range"]["status"] == "400" and "[0, 1]" in seen["out_of_range"]["message"]
+    assert seen["unknown"]["status"] == "404" and "no_such_model" in seen["unknown"]["message"]
+    assert seen["unknown_version"]["status"] == "404" and "'9'" in seen["unknown_version"]["message"]
+    assert seen["wrong_input"]["status"] == "400" and "IMAGE" in seen["wrong_input"]["message"]
+    assert seen["unknown_ready"] is False
+
+
+def test_curl_classifies_a_review_with_json(stack: Stack):
+    body = json.dumps(
+        {"inputs": [{"name": "TEXT", "shape": [1], "datatype": "BYTES", "data": ["Great taffy at a great price."]}]}
+    )
+    command = ["curl", "-sS", "-X", "POST", "-H", "Content-Type: application/json", "--data", body]
+    url = f"http://{stack.http}/v2/models/review_sentiment_minilm/infer"
+    answer = json.loads(subprocess.run([*command, url], capture_output=True, text=True, check=True, timeout=30).stdout)
+    (output,) = answer["outputs"]
+    assert answer["model_name"] == "review_sentiment_minilm" and output["name"] == "PROBABILITIES"
+    assert output["shape"] == [1, 2] and sum(output["data"]) == pytest.approx(1, abs=1e-5)
+    refused = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            *command[3:],
+            f"http://{stack.http}/v2/models/x/infer",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    assert refused.stdout == "404"
 
 
 async def test_typed_stubs_reach_every_rpc(stack: Stack, shirt):
