@@ -284,6 +284,7 @@ class HttpServer:
             timeout_graceful_shutdown=STOP_GRACE_SECONDS,
         )
         self._server = _Server(self._config)
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
         self._task: asyncio.Task | None = None
         self.port = 0
 

@@ -54,9 +54,10 @@ def main(url: str, models: list[str]) -> int:
             outputs = [triton.InferRequestedOutput(output, binary_data=binary)]
             result = client.infer(model, inputs, outputs=outputs, request_id=f"id-{model}")
             array = result.as_numpy(output)
-            got["binary" if binary else "json"] = (
-                array.tolist() if array.dtype != np.object_ else [v.decode() for v in array]
-            )
+            values = array.reshape(-1).tolist()
+            if array.dtype == np.object_:
+                values = [v.decode() if isinstance(v, bytes) else v for v in values]
+            got["binary" if binary else "json"] = np.array(values, dtype=object).reshape(array.shape).tolist()
             got["shape"] = list(array.shape)
             got["id"] = result.get_response()["id"]
             got["version"] = result.get_response()["model_version"]
