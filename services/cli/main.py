@@ -7,9 +7,12 @@ import asyncio
 import json
 import sys
 import tempfile
+from importlib.metadata import version as package_version
 from pathlib import Path
 
-from services.cli import health, infer, registry
+import shtab
+
+from services.cli import health, infer, listing, registry
 from services.cli.up import up
 from services.common.repository import CONFIG_FILE, version_dirs
 from services.common.settings import REPO_ROOT, ServiceSettings
@@ -18,6 +21,7 @@ from services.vision.data import DEFAULT_DATA_DIR as VISION_DATA_DIR
 from services.vision.recipe import Recipe as VisionRecipe
 
 QUANTIZATION_SCHEMES = {"int8": "dynamic_int8"}
+COMPLETION_SHELLS = ("bash", "zsh", "tcsh")
 
 
 def _repository_options(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +40,7 @@ def _quantize_option(parser: argparse.ArgumentParser) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maas", description="Model as a service: run and operate maas.")
+    parser.add_argument("--version", action="version", version=f"maas {package_version('maas')}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run one service in the foreground until SIGTERM or Ctrl-C")
@@ -52,8 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     serve_config = commands.add_parser("serve-config", help="write the Serve config (KubeRay serveConfigV2)")
     serve_config.add_argument("--output", type=Path, help="path (default: helm/maas/files/serve-config.yaml)")
 
-    models = commands.add_parser("models", help="put pretrained files into the model repository")
+    models = commands.add_parser("models", help="list the model repository, or put pretrained files into it")
     exports = models.add_subparsers(dest="target", required=True)
+    listing.add_parser(exports)
     _repository_options(exports.add_parser("export-tokenizer", help="MiniLM's tokenizer files -> tokenizer/"))
     minilm = exports.add_parser("export-minilm", help="all-MiniLM-L6-v2's encoder -> minilm_embed/")
     _repository_options(minilm)
@@ -81,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
 
     infer.add_parser(commands)
     health.add_parser(commands)
+
+    completion = commands.add_parser("completion", help="print a shell completion script for maas")
+    completion.add_argument("shell", choices=COMPLETION_SHELLS, help="e.g. `source <(maas completion bash)`")
 
     bench = commands.add_parser("bench", help="run the benchmarks and write docs/benchmarks.md")
     bench.add_argument("--quick", action="store_true", help="half a second per load point: checks the harness")
@@ -189,8 +198,13 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None}
         asyncio.run(registry.run_service(args.service, overrides))
         return 0
+    if args.command == "models" and args.target == "list":
+        return listing.run(args, args.repository or ServiceSettings().model_repository)
     if args.command in ("models", "train"):
         return _make(args)
+    if args.command == "completion":
+        sys.stdout.write(shtab.complete(_parser(), shell=args.shell))
+        return 0
     if args.command == "bench":
         from services.bench.run import run_bench
         from services.bench.settings import BenchConfig

@@ -312,6 +312,20 @@ def test_maas_infer_prints_readable_results(stack: Stack, shirt):
     assert re.search(r"^  384 dimensions, norm 1\.000: \[", embed, re.M)
 
 
+def test_maas_infer_json_carries_every_value(stack: Stack, shirt):
+    text = json.loads(maas_infer(stack.gateway, "text", "Great taffy at a great price.", "No.", "--json"))
+    assert (text["model"], text["version"], text["address"]) == ("transformer", "1", stack.gateway)
+    assert [r["input"] for r in text["results"]] == ["Great taffy at a great price.", "No."]
+    for result in text["results"]:
+        assert {label["name"] for label in result["labels"]} == {"great", "other"}
+        assert sum(label["probability"] for label in result["labels"]) == pytest.approx(1, abs=1e-5)
+    path, label = shirt
+    image = json.loads(maas_infer(stack.gateway, "image", str(path), "--top-k", "1", "--json"))
+    assert image["model"] == "fashion_cnn" and image["results"][0]["labels"][0]["name"] == label
+    embed = json.loads(maas_infer(stack.gateway, "embed", "a sentence", "--json"))
+    assert np.linalg.norm(embed["results"][0]["embedding"]) == pytest.approx(1, abs=1e-4) and embed["milliseconds"] > 0
+
+
 async def test_lstm_models_and_pipeline_through_the_gateway(stack: Stack):
     seen = await run_script("tritonclient_gateway.py", stack.gateway, *LSTM_MODELS)
     for model in LSTM_MODELS:
