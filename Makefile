@@ -42,7 +42,7 @@ test: $(STAMP) $(K8S_TOOLS)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: models
-	$(MAAS) bench
+	$(MAAS) bench --output docs/benchmarks.md
 
 manifests: $(K8S_TOOLS)
 	$(PY) scripts/render_manifests.py
