@@ -15,7 +15,7 @@ from pathlib import Path
 import shtab
 
 from services.bench.run import SECTIONS
-from services.cli import health, infer, listing, registry
+from services.cli import health, infer, listing, registry, status
 from services.cli.up import up
 from services.common.repository import CONFIG_FILE, version_dirs
 from services.common.settings import REPO_ROOT, ServiceSettings
@@ -92,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
 
     infer.add_parser(commands)
     health.add_parser(commands)
+    status.add_parser(commands)
 
     completion = commands.add_parser("completion", help="print a shell completion script for maas")
     completion.add_argument("shell", choices=COMPLETION_SHELLS, help="e.g. `source <(maas completion bash)`")
@@ -296,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         return infer.infer(args)
     if args.command == "health":
         return health.run(args)
+    if args.command == "status":
+        return status.run(args)
     from services.gateway.routing import RoutingError
 
     with tempfile.TemporaryDirectory(prefix="maas-up-") as workdir:

@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from maas.common.v1 import common_pb2_grpc
 from maas.inference import grpc_service_pb2_grpc
 from services.common import telemetry
 from services.common.auth import ApiKeys
@@ -27,6 +28,8 @@ from services.common.metrics import MetricsServer
 from services.common.models import ModelRegistry
 from services.common.service import Service, TypedService
 from services.common.settings import ServiceSettings
+from services.common.status import SERVICE_NAME as STATUS_SERVICE_NAME
+from services.common.status import StatusServicer
 from services.common.v2 import SERVICE_NAME as V2_SERVICE_NAME
 from services.common.v2 import InferenceServicer
 
@@ -104,6 +107,10 @@ class GrpcServer:
         """The Open Inference Protocol servicer: over this server's own models (the gateway routes)."""
         return InferenceServicer(self.models, self.lifecycle)
 
+    def status_servicer(self) -> common_pb2_grpc.StatusServiceServicer:
+        """`maas.common.v1.StatusService`: this server and its models."""
+        return StatusServicer(self.name, self.models, self.lifecycle, lambda: host_port(self.settings.host, self.port))
+
     @property
     def service_names(self) -> list[str]:
         """Full names of the services this server answers for in health checks."""
@@ -119,11 +126,12 @@ class GrpcServer:
             interceptors=[ServerInterceptor(self.lifecycle, self._auth)], options=server_options(self.settings)
         )
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.inference_servicer(), self._server)
+        common_pb2_grpc.add_StatusServiceServicer_to_server(self.status_servicer(), self._server)
         for service in self._typed_services:
             service.add_to_server(service.servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
-            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
+            [*self.service_names, STATUS_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
         )
         for service in ("", *self.service_names):
             await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)

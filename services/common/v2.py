@@ -101,6 +101,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         version = model.resolve(request.model_version)
         stats = model.version_stats(version)
         started = time.perf_counter_ns()
+        stats.in_flight += 1
         try:
             inputs = decode_inputs(request)
             model.check_inputs(inputs)
@@ -121,6 +122,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except BaseException:
             stats.record_request(False, time.perf_counter_ns() - started, 0)
             raise
+        finally:
+            stats.in_flight -= 1
         elapsed = time.perf_counter_ns() - started
         if not result.batched:
             stats.record_execution(result.batch_size, elapsed)

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 
+from maas.common.v1 import common_pb2_grpc
 from maas.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from maas.inference import grpc_service_pb2_grpc
 from services.common.auth import ApiKeys, load_api_keys
@@ -20,6 +21,7 @@ from services.gateway.rest import HttpServer, RestBinding
 from services.gateway.router import TOKENIZER, Router
 from services.gateway.routing import Routing, parse_routing, read_routing_text
 from services.gateway.servicer import GatewayServicer
+from services.gateway.status import GatewayStatusServicer
 from services.gateway.watch import RoutingWatcher, digest
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,10 @@ class GatewayServer(GrpcServer):
     def inference_servicer(self) -> grpc_service_pb2_grpc.GRPCInferenceServiceServicer:
         """Local models served here, every other model forwarded by the routing file."""
         return self.v2
+
+    def status_servicer(self) -> common_pb2_grpc.StatusServiceServicer:
+        """The gateway's own status, then every target's."""
+        return GatewayStatusServicer(super().status_servicer(), self.router)
 
     async def start(self) -> None:
         """Start serving, then start following the routing file."""

@@ -7,10 +7,13 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import PYTHON, REPO_ROOT
 from tests.integration.processes import maas_output, maas_process, run_failing
 
 
+@pytest.mark.timeout(900)
 def test_quick_bench_writes_a_report_with_every_row(model_repository: Path, tmp_path: Path):
     output = tmp_path / "benchmarks.md"
     command = [
@@ -25,7 +28,7 @@ def test_quick_bench_writes_a_report_with_every_row(model_repository: Path, tmp_
         str(output),
         "--no-progress",
     ]
-    subprocess.run(command, cwd=REPO_ROOT, check=True, timeout=300, capture_output=True)
+    subprocess.run(command, cwd=REPO_ROOT, check=True, timeout=600, capture_output=True)
     report = output.read_text()
     assert re.search(r"^_Measured by `maas bench --quick .*` at git [0-9a-f]{7}", report, re.M)
     charts = re.findall(r"^!\[[^]]+\]\((benchmarks/[a-z0-9-]+\.png)\)$", report, re.M)
