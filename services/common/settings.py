@@ -106,6 +106,12 @@ class GatewaySettings(ServiceSettings):
     api_keys_file: Path | None = Field(
         None, description="YAML file of API keys (and their rate limits); unset: calls need no key."
     )
+    connect_timeout_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="At start, how long the gateway waits for its channels to every target to connect before it "
+        "reports SERVING anyway (a target still down is logged and connected later).",
+    )
     http_enabled: bool = Field(
         True, description="Serve the Open Inference Protocol's REST binding beside gRPC, on http_port."
     )

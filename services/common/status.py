@@ -23,9 +23,10 @@ from services.common.models import ModelRegistry
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["StatusService"].full_name
 
 
-def server_id(replica: str = "") -> str:
-    """This process's id in a status answer: `<hostname>/<pid>`, and `/<replica>` for a Ray replica."""
-    return f"{socket.gethostname()}/{os.getpid()}" + (f"/{replica}" if replica else "")
+def server_id(service: str, replica: str = "") -> str:
+    """A server's id in a status answer: `<hostname>/<pid>/<service>`, and `/<replica>` for a Ray replica (one
+    process may run several servers: `maas run ray` runs every service's front)."""
+    return f"{socket.gethostname()}/{os.getpid()}/{service}" + (f"/{replica}" if replica else "")
 
 
 def versions_of(models: ModelRegistry, server: str) -> list[pb.VersionStatus]:
@@ -82,7 +83,7 @@ class StatusServicer(pb_grpc.StatusServiceServicer):
         self._lifecycle = lifecycle
         self._address = address
         self._hosting = hosting
-        self._id = server_id(replica)
+        self._id = server_id(service, replica)
         self._started = time.monotonic()
 
     def server(self) -> pb.ServerStatus:

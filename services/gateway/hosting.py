@@ -80,11 +80,13 @@ class GatewayServer(GrpcServer):
             self._watch = asyncio.get_running_loop().create_task(self.watcher.run())
 
     async def prepare(self) -> None:
-        """Serve HTTP before reporting SERVING (its readiness route answers 503 until then).
+        """Connect to every target and serve HTTP before reporting SERVING, so the first call finds its channel
+        connected (the HTTP readiness route answers 503 until SERVING).
 
         Raises:
             OSError: the HTTP port could not be bound.
         """
+        await self.router.connect(self.settings.connect_timeout_seconds)
         if self.http is not None:
             await self.http.start()
             log.info("gateway serving HTTP on %s", host_port(self.settings.host, self.http.port))

@@ -332,6 +332,32 @@ class Router:
         outputs = await self.infer(TOKENIZER, [Tensor("TEXT", "BYTES", texts)], parameters=parameters)
         return outputs["INPUT_IDS"].array, outputs["ATTENTION_MASK"].array
 
+    async def connect(self, timeout: float) -> list[str]:
+        """Connect the channel to every target, waiting at most `timeout` seconds in all.
+
+        Args:
+            timeout: seconds to wait.
+
+        Returns:
+            The targets still not connected (they keep trying in the background; each is logged).
+        """
+
+        async def ready(downstream: Downstream) -> bool:
+            try:
+                await asyncio.wait_for(downstream.channel.channel_ready(), timeout)
+            except TimeoutError:
+                return False
+            return True
+
+        names = list(self.targets)
+        connected = await asyncio.gather(*(ready(self.targets[name]) for name in names))
+        missing = [name for name, ok in zip(names, connected, strict=True) if not ok]
+        for name in missing:
+            log.warning(
+                "target %s (%s) not connected after %.1f s; serving anyway", name, self.targets[name].target, timeout
+            )
+        return missing
+
     async def close(self) -> None:
         """Close every channel, retiring ones included."""
         for downstream in self.targets.values():

@@ -45,7 +45,13 @@ def routing(**targets: tuple[int, list[str]]) -> Routing:
 async def rest_gateway(routes: Routing, **settings) -> GatewayServer:
     return build_server(
         GatewaySettings(
-            port=0, metrics_port=0, http_port=0, max_message_bytes=TEST_MESSAGE_LIMIT, drain_grace_seconds=2, **settings
+            port=0,
+            metrics_port=0,
+            http_port=0,
+            max_message_bytes=TEST_MESSAGE_LIMIT,
+            drain_grace_seconds=2,
+            connect_timeout_seconds=0.5,
+            **settings,
         ),
         routes,
     )

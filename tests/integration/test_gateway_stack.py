@@ -333,3 +333,50 @@ async def test_lstm_models_and_pipeline_through_the_gateway(stack: Stack):
         assert np.sum(seen["models"][model]["value"], axis=1) == pytest.approx([1, 1], abs=1e-5)
     text = maas_infer(stack.gateway, "text", "Great taffy at a great price.", "--model", "lstm")
     assert re.search(r"^\(lstm model, version \d+; ", text, re.M)
+
+
+async def test_maas_status_lists_every_model_version_with_device_and_load(stack: Stack):
+    slow = v2pb.ModelInferRequest(model_name="echo")
+    encode_inputs(slow, [Tensor("X", "INT32", np.array([1], dtype=np.int32))])
+    slow.parameters["delay_ms"].int64_param = 3000
+    async with grpc.aio.insecure_channel(stack.gateway) as channel:
+        v2 = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        calls = [asyncio.ensure_future(v2.ModelInfer(slow, timeout=30)) for _ in range(3)]
+        await asyncio.sleep(0.5)
+        status = await asyncio.to_thread(maas_status, stack.gateway, "--json")
+        await asyncio.gather(*calls)
+    document = json.loads(status)
+    servers = {server["id"]: server for server in document["servers"]}
+    assert sorted(server["service"] for server in servers.values()) == [
+        "gateway",
+        "text",
+        "tokenizer",
+        "transformer",
+        "vision",
+    ]
+    for service, address in stack.ready.items():
+        (server,) = [s for s in servers.values() if s["service"] == service]
+        assert server["address"] == address and server["ready"] and server["pid"] > 0 and server["hosting"] == "grpc"
+    versions = {(v["model"], v["version"], servers[v["server"]]["service"]): v for v in document["versions"]}
+    for model, service in (
+        ("fashion_cnn", "vision"),
+        ("minilm_embed", "transformer"),
+        ("minilm_sentiment", "transformer"),
+        ("review_lstm", "text"),
+    ):
+        entry = versions[(model, "1", service)]
+        assert entry["state"] == "READY" and entry["device"] == "cpu" and int(entry["execution_count"]) >= 1, entry
+    assert versions[("tokenizer", "1", "tokenizer")]["state"] == "READY"
+    assert {("review_lstm", "2", "text"), ("text_embed", "1", "gateway"), ("echo", "1", "vision")} <= set(versions)
+    gateway = versions[("echo", "1", "gateway")]
+    assert gateway["in_flight"] == 3, "the slow calls are in flight at the gateway's echo"
+    (server,) = [s for s in servers.values() if s["service"] == "gateway"]
+    assert server["calls_in_flight"] >= 4
+    table = maas_status(stack.gateway).splitlines()
+    assert table[0].split()[:4] == ["MODEL", "VERSION", "STATE", "DEVICE"]
+    assert any(line.split()[:4] == ["fashion_cnn", "1", "READY", "cpu"] for line in table)
+
+
+def maas_status(address: str, *args: str) -> str:
+    command = [PYTHON, "-m", "services.cli.main", "status", "--address", address, *args]
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=60).stdout
