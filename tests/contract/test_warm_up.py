@@ -33,6 +33,13 @@ async def test_every_version_ran_once_before_the_service_was_ready(
             ready = {(m.name, m.version) for m in index.models if m.name != "echo"}
             assert {name for name, _ in ready} == MODELS[service]
             stats = await v2.ModelStatistics(pb.ModelStatisticsRequest())
+            status = await common_pb2_grpc.StatusServiceStub(channel).Status(common_pb2.StatusRequest())
+        (serving,) = {v.server for v in status.versions if (v.model, v.version) in ready}
+        (host,) = [s for s in status.servers if s.id == serving]
+        assert host.service == service and host.hosting == hosting and host.ready
+        assert {(v.model, v.version) for v in status.versions if v.state == "READY" and v.model != "echo"} == ready
+        if service != "tokenizer":
+            assert all(v.device == "cpu" for v in status.versions if v.model != "echo" and v.state == "READY")
         checked = [entry for entry in stats.model_stats if (entry.name, entry.version) in ready]
         assert len(checked) == len(ready)
         for entry in checked:
