@@ -32,6 +32,24 @@ def parameter_value(parameter: pb.InferParameter | pb.ModelRepositoryParameter) 
     return getattr(parameter, which)
 
 
+def set_parameter(key: str, value: object, parameter: pb.InferParameter) -> None:
+    """Set a v2 parameter's oneof from a Python value.
+
+    Raises:
+        InvalidInput: the value is not a bool, a 64-bit integer, a float or a string.
+    """
+    if isinstance(value, bool):
+        parameter.bool_param = value
+    elif isinstance(value, int) and -(2**63) <= value < 2**63:
+        parameter.int64_param = value
+    elif isinstance(value, float):
+        parameter.double_param = value
+    elif isinstance(value, str):
+        parameter.string_param = value
+    else:
+        raise InvalidInput(f"parameter '{key}' must be a boolean, a 64-bit integer, a number or a string")
+
+
 def _version_parameter(parameters) -> str:
     if "version" not in parameters:
         return ""

@@ -27,6 +27,7 @@ from google.protobuf.message import Message
 from maas.inference import grpc_service_pb2 as pb
 from services.common.codec import FIXED_DTYPES, decode_bytes, element_count, encode_bytes
 from services.common.errors import InvalidInput
+from services.common.v2 import set_parameter
 
 HEADER_LENGTH = "inference-header-content-length"
 BINARY_DATA_SIZE = "binary_data_size"
@@ -63,25 +64,12 @@ def _object(value: Any, where: str) -> dict:
     return value
 
 
-def _parameter(key: str, value: Any, target: pb.InferParameter) -> None:
-    if isinstance(value, bool):
-        target.bool_param = value
-    elif isinstance(value, int) and -(2**63) <= value < 2**63:
-        target.int64_param = value
-    elif isinstance(value, float):
-        target.double_param = value
-    elif isinstance(value, str):
-        target.string_param = value
-    else:
-        raise InvalidInput(f"parameter '{key}' must be a boolean, a 64-bit integer, a number or a string")
-
-
 def _parameters(value: Any, where: str, into) -> dict[str, Any]:
     """Copy a JSON `parameters` object into a v2 parameter map, leaving out the HTTP-only ones; return it."""
     parameters = _object(value if value is not None else {}, f"{where} 'parameters'")
     for key, item in parameters.items():
         if key not in HTTP_ONLY_PARAMETERS:
-            _parameter(key, item, into[key])
+            set_parameter(key, item, into[key])
     return parameters
 
 

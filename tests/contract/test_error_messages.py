@@ -23,7 +23,7 @@ from maas.vision.v1 import vision_pb2, vision_pb2_grpc
 from services.common.codec import Tensor, encode_inputs
 from services.gateway.hosting import build_server
 from tests.conftest import started
-from tests.contract.test_gateway import gateway_settings, routing
+from tests.contract.test_gateway import every_service, gateway_settings
 
 LEAKS = re.compile(r"object at 0x|Traceback|<class |<module |services\.\w|_pb2|Error\(|\bself\b|NoneType")
 """What a user must never read in details(): Python reprs, tracebacks, module and class names."""
@@ -104,12 +104,7 @@ def check(what: str, code: grpc.StatusCode, details: str) -> None:
 async def test_bad_inputs_get_details_that_speak_to_the_user(
     tokenizer_server, vision_server, text_server, transformer_server, hosting
 ):
-    targets = routing(
-        tokenizer=f"127.0.0.1:{tokenizer_server.port}",
-        vision=f"127.0.0.1:{vision_server.port}",
-        text=f"127.0.0.1:{text_server.port}",
-        transformer=f"127.0.0.1:{transformer_server.port}",
-    )
+    targets = every_service(tokenizer_server, vision_server, text_server, transformer_server)
     async with (
         started(build_server(gateway_settings(), targets)) as gateway,
         grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as through,

@@ -11,7 +11,7 @@ from maas.inference import grpc_service_pb2 as pb
 from maas.inference import grpc_service_pb2_grpc
 from services.gateway.hosting import build_server
 from tests.conftest import started
-from tests.contract.test_gateway import gateway_settings, routing
+from tests.contract.test_gateway import every_service, gateway_settings
 
 MODELS = {
     "tokenizer": {"tokenizer"},
@@ -55,12 +55,7 @@ async def test_every_version_ran_once_before_the_service_was_ready(
 async def test_the_gateways_channels_are_connected_when_it_reports_serving(
     tokenizer_server, vision_server, text_server, transformer_server, hosting
 ):
-    targets = routing(
-        tokenizer=f"127.0.0.1:{tokenizer_server.port}",
-        vision=f"127.0.0.1:{vision_server.port}",
-        text=f"127.0.0.1:{text_server.port}",
-        transformer=f"127.0.0.1:{transformer_server.port}",
-    )
+    targets = every_service(tokenizer_server, vision_server, text_server, transformer_server)
     async with started(build_server(gateway_settings(connect_timeout_seconds=30), targets)) as gateway:
         states = {name: target.channel.get_state() for name, target in gateway.router.targets.items()}
         assert states == dict.fromkeys(("tokenizer", "vision", "text", "transformer"), grpc.ChannelConnectivity.READY)
