@@ -61,7 +61,9 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def _git_revision(root: Path) -> str:
+def git_revision(root: Path) -> str:
+    """The short commit of `root`, marked if tracked files changed since."""
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False).stdout.strip()
 
@@ -147,7 +149,7 @@ def write_report(output: Path, sections: list[Section], command: str, root: Path
         command: the command line that measured them.
         root: the repository, for the revision.
     """
-    provenance = f"Measured by `{command}` at git {_git_revision(root)}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC."
+    provenance = f"Measured by `{command}` at git {git_revision(root)}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC."
     kept = _sections_of(output.read_text(encoding="utf-8")) if output.exists() else {}
     output.parent.mkdir(parents=True, exist_ok=True)
     for section in sections:

@@ -154,6 +154,8 @@ class DynamicBatcher:
             raise
         finally:
             self.in_flight -= 1
+        if request.counted:
+            self._stats.record_compute(request.queue_ns, request.compute_ns)
         telemetry.set_attributes(
             batch_size=request.batch_rows, queue_us=request.queue_ns // 1000, compute_us=request.compute_ns // 1000
         )
@@ -279,7 +281,7 @@ class DynamicBatcher:
         return outputs
 
     def _record(self, rows: int, compute_ns: int, waits: list[int]) -> None:
-        self._stats.record_execution(rows, compute_ns, waits)
+        self._stats.record_execution(rows, compute_ns)
         self._batch_rows.observe(rows)
         for wait in waits:
             self._queue_seconds.observe(wait / 1e9)
