@@ -46,7 +46,8 @@ async def test_every_version_ran_once_before_the_service_was_ready(
             if hosting == "grpc":
                 assert entry.execution_count == 1, (entry.name, entry.version)
                 assert (entry.inference_count, entry.inference_stats.success.count) == (0, 0), "warm-up is no request"
-                assert entry.inference_stats.queue.count == 0 and entry.inference_stats.compute_infer.count == 1
+                assert entry.inference_stats.queue.count == 0 and entry.inference_stats.compute_infer.count == 0
+                assert [(b.batch_size, b.compute_infer.count) for b in entry.batch_stats] == [(1, 1)]
             else:
                 assert entry.execution_count >= 1, (entry.name, entry.version)
 
