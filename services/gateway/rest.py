@@ -16,8 +16,10 @@ import contextlib
 import json
 import logging
 import socket
+import ssl
 import zlib
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -267,12 +269,28 @@ class _Server(uvicorn.Server):
 class HttpServer:
     """uvicorn serving an ASGI app on the running event loop, started and stopped by its owner."""
 
-    def __init__(self, app: Starlette, host: str, port: int) -> None:
+    def __init__(
+        self,
+        app: Starlette,
+        host: str,
+        port: int,
+        cert_file: Path | None = None,
+        key_file: Path | None = None,
+        client_ca_file: Path | None = None,
+    ) -> None:
         """Args:
         app: the ASGI application.
         host: address to bind.
         port: port to bind (0 picks one).
+        cert_file: PEM certificate chain to serve HTTPS with (with `key_file`); None: plain HTTP.
+        key_file: its private key.
+        client_ca_file: PEM CA(s) callers' certificates must chain to (mutual TLS); None: none asked for.
         """
+        tls = {}
+        if cert_file is not None:
+            tls = {"ssl_certfile": str(cert_file), "ssl_keyfile": str(key_file)}
+            if client_ca_file is not None:
+                tls |= {"ssl_ca_certs": str(client_ca_file), "ssl_cert_reqs": ssl.CERT_REQUIRED}
         self._config = uvicorn.Config(
             app,
             host=host,
@@ -282,6 +300,7 @@ class HttpServer:
             access_log=False,
             server_header=False,
             timeout_graceful_shutdown=STOP_GRACE_SECONDS,
+            **tls,
         )
         self._server = _Server(self._config)
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)

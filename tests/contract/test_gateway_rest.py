@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import ssl
 import struct
+import subprocess
 import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,7 +25,7 @@ from services.common.codec import Tensor, decode_outputs, encode_inputs
 from services.common.server import GrpcServer
 from services.common.settings import GatewaySettings
 from services.gateway.hosting import GatewayServer, build_server
-from services.gateway.rest import http_status
+from services.gateway.rest import HttpServer, RestBinding, http_status
 from services.gateway.routing import Routing
 from services.vision.data import load_split
 from tests.conftest import TEST_MESSAGE_LIMIT, free_port, started
@@ -339,3 +341,77 @@ async def test_a_draining_gateway_answers_503_and_finishes_calls_in_flight(gatew
     assert (await call(http, "GET", "/v2/health/ready"))[0] == 503
     assert (await in_flight)[0] == 200
     await stopping
+
+
+def certificates(directory: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl."""
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=ca",
+    )
+    for name, extension in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")):
+        run(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={name}",
+        )
+        (directory / f"{name}.ext").write_text(extension + "\n")
+        run(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "1",
+            "-extfile",
+            f"{name}.ext",
+        )
+    return {name: directory / name for name in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
+
+
+async def test_the_http_server_serves_https_and_requires_client_certificates(gateway, tmp_path: Path):
+    files = certificates(tmp_path)
+    binding = RestBinding(gateway.v2, gateway.lifecycle, None, TEST_MESSAGE_LIMIT)
+    server = HttpServer(binding.app(), "127.0.0.1", 0, files["server.pem"], files["server.key"], files["ca.pem"])
+    await server.start()
+    try:
+        url = f"https://127.0.0.1:{server.port}/v2/models/echo/infer"
+        trusted = ssl.create_default_context(cafile=str(files["ca.pem"]))
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(aiohttp.ClientError):
+                async with session.post(url, json={"inputs": X}, ssl=trusted) as response:
+                    await response.read()
+            trusted.load_cert_chain(files["client.pem"], files["client.key"])
+            async with session.post(url, json={"inputs": X}, ssl=trusted) as response:
+                assert response.status == 200 and (await response.json())["outputs"][0]["data"] == [1]
+    finally:
+        await server.stop()
