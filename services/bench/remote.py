@@ -1,13 +1,12 @@
 """`maas bench --address`: closed-loop load on one model of a running server (a gateway, or any service
-speaking the Open Inference Protocol over gRPC), at each concurrency in turn."""
+speaking the Open Inference Protocol over gRPC), at each concurrency in turn, with TLS and an API key if
+it needs them."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-
-import grpc
 
 from maas.inference import grpc_service_pb2 as pb
 from maas.inference import grpc_service_pb2_grpc
@@ -16,6 +15,7 @@ from services.bench.report import Row, Section
 from services.common.codec import encode_inputs
 from services.common.errors import InvalidInput
 from services.common.examples import example_tensors
+from services.common.tls import ClientTls, aio_channel
 from services.gateway.rest_codec import parse_infer
 
 
@@ -32,15 +32,17 @@ def read_request(path: Path, model: str) -> pb.ModelInferRequest:
         raise ValueError(f"{path}: {exc}") from None
 
 
-async def example_request(stub: grpc_service_pb2_grpc.GRPCInferenceServiceStub, model: str) -> pb.ModelInferRequest:
+async def example_request(
+    stub: grpc_service_pb2_grpc.GRPCInferenceServiceStub, model: str, metadata: tuple[tuple[str, str], ...] = ()
+) -> pb.ModelInferRequest:
     """A request of one example row built from the model's metadata (see `example_tensors`).
 
     Raises:
         grpc.aio.AioRpcError: the server does not know the model.
     """
-    metadata = await stub.ModelMetadata(pb.ModelMetadataRequest(name=model), timeout=10)
+    declared = await stub.ModelMetadata(pb.ModelMetadataRequest(name=model), timeout=10, metadata=metadata)
     request = pb.ModelInferRequest(model_name=model)
-    encode_inputs(request, example_tensors((t.name, t.datatype, list(t.shape)) for t in metadata.inputs))
+    encode_inputs(request, example_tensors((t.name, t.datatype, list(t.shape)) for t in declared.inputs))
     return request
 
 
@@ -52,6 +54,8 @@ async def measure(
     warmup: float,
     request: pb.ModelInferRequest | None = None,
     progress: bool = True,
+    tls: ClientTls | None = None,
+    metadata: tuple[tuple[str, str], ...] = (),
 ) -> Section:
     """Load `model` at `address` with ModelInfer calls, one closed loop per concurrency.
 
@@ -63,6 +67,8 @@ async def measure(
         warmup: seconds run first at each point, not measured.
         request: what to send (default: one example row from the model's metadata).
         progress: show a progress bar on stderr.
+        tls: TLS files to dial with (none: plaintext).
+        metadata: sent with every call (the API key).
 
     Returns:
         A section with one row per concurrency.
@@ -72,16 +78,18 @@ async def measure(
     """
     from tqdm import tqdm
 
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with aio_channel(address, tls or ClientTls()) as channel:
         stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        request = request or await example_request(stub, model)
+        request = request or await example_request(stub, model, metadata)
         request.model_name = model
-        await stub.ModelInfer(request, timeout=30)
+        await stub.ModelInfer(request, timeout=30, metadata=metadata)
         rows = []
         with tqdm(total=len(concurrencies), desc=model, unit="point", file=sys.stderr, disable=not progress) as bar:
             for concurrency in concurrencies:
                 bar.set_postfix_str(f"concurrency {concurrency}")
-                result = await closed_loop(lambda: stub.ModelInfer(request), concurrency, duration, warmup)
+                result = await closed_loop(
+                    lambda: stub.ModelInfer(request, metadata=metadata), concurrency, duration, warmup
+                )
                 rows.append(Row(model, result))
                 bar.update()
     shapes = ", ".join(f"{t.name} {t.datatype} {list(t.shape)}" for t in request.inputs)

@@ -17,8 +17,10 @@ import numpy as np
 from maas.common.v1 import common_pb2
 from maas.gateway.v1 import gateway_pb2 as pb
 from maas.gateway.v1 import gateway_pb2_grpc
+from services.cli import connection
 from services.common.server import host_port
 from services.common.settings import GatewaySettings
+from services.common.tls import TlsFilesError, secure_channel
 
 TEXT_MODELS = {"lstm": pb.TEXT_MODEL_LSTM, "transformer": pb.TEXT_MODEL_TRANSFORMER}
 MODEL_NAMES = {value: key for key, value in TEXT_MODELS.items()}
@@ -42,6 +44,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         parser.add_argument("--address", help="gateway address (default: MAAS_GATEWAY_HOST:MAAS_GATEWAY_PORT)")
         parser.add_argument("--timeout", type=float, default=30.0, help="deadline of the call, in seconds")
         parser.add_argument("--json", action="store_true", help="print one JSON object (every value, full precision)")
+        connection.add_options(parser)
 
 
 def _embedding(values: Sequence[float]) -> str:
@@ -76,10 +79,11 @@ def _labels(classification: common_pb2.Classification) -> list[dict[str, Any]]:
 
 def _call(stub: gateway_pb2_grpc.GatewayServiceStub, args: argparse.Namespace) -> Answer:
     """Make the call `args` describe."""
+    metadata = connection.metadata(args)
     if args.kind == "text":
         model = TEXT_MODELS.get(args.model, pb.TEXT_MODEL_UNSPECIFIED)
         request = pb.ClassifyTextRequest(texts=args.texts, model=model, top_k=args.top_k)
-        response = stub.ClassifyText(request, timeout=args.timeout)
+        response = stub.ClassifyText(request, timeout=args.timeout, metadata=metadata)
         results = [
             {"input": text, "labels": _labels(result)}
             for text, result in zip(args.texts, response.results, strict=True)
@@ -87,13 +91,15 @@ def _call(stub: gateway_pb2_grpc.GatewayServiceStub, args: argparse.Namespace) -
         return Answer(MODEL_NAMES.get(response.model, "text"), response.model_version, results)
     if args.kind == "image":
         images = [path.read_bytes() for path in args.images]
-        response = stub.ClassifyImage(pb.ClassifyImageRequest(images=images, top_k=args.top_k), timeout=args.timeout)
+        response = stub.ClassifyImage(
+            pb.ClassifyImageRequest(images=images, top_k=args.top_k), timeout=args.timeout, metadata=metadata
+        )
         results = [
             {"input": str(path), "labels": _labels(result)}
             for path, result in zip(args.images, response.results, strict=True)
         ]
         return Answer("fashion_cnn", response.model_version, results)
-    response = stub.Embed(pb.EmbedRequest(texts=args.texts), timeout=args.timeout)
+    response = stub.Embed(pb.EmbedRequest(texts=args.texts), timeout=args.timeout, metadata=metadata)
     results = [
         {"input": text, "embedding": list(embedding.values)}
         for text, embedding in zip(args.texts, response.embeddings, strict=True)
@@ -110,12 +116,12 @@ def infer(args: argparse.Namespace) -> int:
     settings = GatewaySettings()
     address = args.address or host_port(settings.host, settings.port)
     try:
-        with grpc.insecure_channel(address) as channel:
+        with secure_channel(address, connection.client_tls(args)) as channel:
             stub = gateway_pb2_grpc.GatewayServiceStub(channel)
             started = time.perf_counter()
             answer = _call(stub, args)
             elapsed = (time.perf_counter() - started) * 1000
-    except OSError as exc:
+    except (OSError, TlsFilesError) as exc:
         sys.stderr.write(f"maas infer: {exc}\n")
         return 1
     except grpc.RpcError as exc:

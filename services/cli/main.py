@@ -15,7 +15,7 @@ from pathlib import Path
 import shtab
 
 from services.bench.run import SECTIONS
-from services.cli import health, infer, listing, registry, status
+from services.cli import connection, health, infer, listing, registry, status
 from services.cli.up import up
 from services.common.repository import CONFIG_FILE, version_dirs
 from services.common.settings import REPO_ROOT, ServiceSettings
@@ -116,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     form = bench.add_mutually_exclusive_group()
     form.add_argument("--json", action="store_const", const="json", dest="form", help="print the rows as JSON")
     form.add_argument("--csv", action="store_const", const="csv", dest="form", help="print the rows as CSV")
+    connection.add_options(bench)
     return parser
 
 
@@ -231,6 +232,8 @@ def _bench(args: argparse.Namespace, command: str) -> int:
                         config.warmup,
                         request,
                         progress=not args.no_progress,
+                        tls=connection.client_tls(args),
+                        metadata=connection.metadata(args),
                     )
                 )
             ]

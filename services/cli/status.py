@@ -12,9 +12,11 @@ from google.protobuf import json_format
 
 from maas.common.v1 import common_pb2 as pb
 from maas.common.v1 import common_pb2_grpc as pb_grpc
+from services.cli import connection
 from services.cli.table import format_table
 from services.common.server import host_port
 from services.common.settings import GatewaySettings
+from services.common.tls import TlsFilesError, secure_channel
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -23,6 +25,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     status.add_argument("--address", help="gateway (or service) address (default: MAAS_GATEWAY_HOST:MAAS_GATEWAY_PORT)")
     status.add_argument("--timeout", type=float, default=15.0, help="deadline of the call, in seconds")
     status.add_argument("--json", action="store_true", help="print the answer as JSON")
+    connection.add_options(status)
 
 
 def render(response: pb.StatusResponse) -> str:
@@ -80,8 +83,12 @@ def run(args: argparse.Namespace) -> int:
     settings = GatewaySettings()
     address = args.address or host_port(settings.host, settings.port)
     try:
-        with grpc.insecure_channel(address) as channel:
-            response = pb_grpc.StatusServiceStub(channel).Status(pb.StatusRequest(), timeout=args.timeout)
+        with secure_channel(address, connection.client_tls(args)) as channel:
+            stub = pb_grpc.StatusServiceStub(channel)
+            response = stub.Status(pb.StatusRequest(), timeout=args.timeout, metadata=connection.metadata(args))
+    except (OSError, TlsFilesError) as exc:
+        sys.stderr.write(f"maas status: {exc}\n")
+        return 1
     except grpc.RpcError as exc:
         sys.stderr.write(f"maas status: {address}: {exc.code().name}: {exc.details()}\n")
         return 1

@@ -1,6 +1,7 @@
 """`maas up`: every service as its own process on this machine, supervised.
 
-Prints `READY <service> <host>:<port>` as each becomes healthy, then `READY all`. On Ctrl-C or
+Prints `READY <service> <host>:<port>` as each becomes healthy, then `READY all`. Each child's log lines
+(its stderr) are copied to ours prefixed with its service name (`vision | ...`). On Ctrl-C or
 SIGTERM every child is sent SIGTERM and drains; one that outlives its grace is killed. If a child
 dies, the rest are stopped and `maas up` exits non-zero.
 """
@@ -44,9 +45,17 @@ class _Child:
         if not self.ready.done():
             self.ready.set_exception(RuntimeError(f"{self.service} exited before it was ready"))
 
+    async def relay_logs(self) -> None:
+        """Copy the child's stderr to ours, each line prefixed with the service's name."""
+        assert self.process.stderr is not None
+        prefix = f"{self.service} | ".encode()
+        async for raw in self.process.stderr:
+            sys.stderr.buffer.write(prefix + raw)
+            sys.stderr.flush()
+
 
 async def _spawn(service: str, env: dict[str, str], reports: list[str]) -> _Child:
-    return _Child(service, await spawn(service, env=env), reports)
+    return _Child(service, await spawn(service, env=env, pipe_stderr=True), reports)
 
 
 async def _stop(children: list[_Child], grace: float) -> bool:
@@ -107,7 +116,9 @@ async def up(
                 for service in group
             ]
             children.extend(started)
-            relays.extend(asyncio.create_task(child.relay()) for child in started)
+            relays.extend(
+                asyncio.create_task(relay()) for child in started for relay in (child.relay, child.relay_logs)
+            )
             waiting = asyncio.gather(*(child.ready for child in started))
             stopping = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)

@@ -63,7 +63,14 @@ class GatewayServer(GrpcServer):
         self.http: HttpServer | None = None
         if settings.http_enabled:
             binding = RestBinding(self.v2, self.lifecycle, auth, settings.max_message_bytes)
-            self.http = HttpServer(binding.app(), settings.host, settings.http_port)
+            self.http = HttpServer(
+                binding.app(),
+                settings.host,
+                settings.http_port,
+                settings.tls_cert_file,
+                settings.tls_key_file,
+                settings.tls_client_ca_file,
+            )
 
     def inference_servicer(self) -> grpc_service_pb2_grpc.GRPCInferenceServiceServicer:
         """Local models served here, every other model forwarded by the routing file."""
@@ -111,7 +118,8 @@ def build_server(settings: GatewaySettings, routing: Routing | None = None) -> G
         RoutingError: the routing file cannot be used.
         KeysFileError: the API keys file cannot be used.
     """
-    auth = load_api_keys(settings.api_keys_file) if settings.api_keys_file is not None else None
+    keys = settings.api_keys_file
+    auth = load_api_keys(keys, settings.rate_limit_replicas) if keys is not None else None
     if routing is not None:
         return GatewayServer(settings, Router(routing, settings), auth=auth)
     path = settings.routing_file

@@ -228,7 +228,7 @@ class RestBinding:
             if self._lifecycle.draining:
                 raise Draining("server is shutting down; retry on another replica")
             if self._auth is not None:
-                self._auth.check(headers)
+                self._auth.check(headers, method)
             response = await handle()
         except asyncio.CancelledError:
             end_call(call, grpc.StatusCode.CANCELLED)

@@ -41,11 +41,13 @@ def check_texts(field: str, texts: Sequence[str], limits: TextLimits) -> None:
         Overloaded: too many texts, or a text over the byte limit.
     """
     if len(texts) > limits.max_texts:
-        raise Overloaded(f"{field} has {len(texts)} texts; the limit is {limits.max_texts} per request")
+        raise Overloaded(f"{field} has {len(texts)} texts; the limit is {limits.max_texts} per request", field=field)
     for i, text in enumerate(texts):
         size = len(text.encode()) if isinstance(text, str) else len(text)
         if size > limits.max_text_bytes:
-            raise Overloaded(f"{field}[{i}] is {size} bytes; the limit is {limits.max_text_bytes} per text")
+            raise Overloaded(
+                f"{field}[{i}] is {size} bytes; the limit is {limits.max_text_bytes} per text", field=f"{field}[{i}]"
+            )
 
 
 def check_max_length(value: int) -> int:
@@ -55,7 +57,9 @@ def check_max_length(value: int) -> int:
         InvalidInput: outside [2, 512].
     """
     if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= MAX_LENGTH_LIMIT:
-        raise InvalidInput(f"max_length must be an integer in [2, {MAX_LENGTH_LIMIT}], got {value!r}")
+        raise InvalidInput(
+            f"max_length must be an integer in [2, {MAX_LENGTH_LIMIT}], got {value!r}", field="max_length"
+        )
     return value
 
 
@@ -71,7 +75,8 @@ def decode_utf8(field: str, items: np.ndarray) -> list[str]:
             texts.append(item.decode("utf-8"))
         except UnicodeDecodeError as exc:
             raise InvalidInput(
-                f"{field}[{i}] is not valid UTF-8: byte 0x{item[exc.start]:02x} at offset {exc.start}"
+                f"{field}[{i}] is not valid UTF-8: byte 0x{item[exc.start]:02x} at offset {exc.start}",
+                field=f"{field}[{i}]",
             ) from None
     return texts
 
@@ -81,7 +86,7 @@ def invalid_on_value_error(fn: Callable[..., T], *args: Any) -> T:
     try:
         return fn(*args)
     except ValueError as exc:
-        raise InvalidInput(str(exc)) from None
+        raise InvalidInput(str(exc), field="inputs") from None
 
 
 class TokenizerModel(RepositoryModel):
@@ -116,12 +121,17 @@ class TokenizerModel(RepositoryModel):
             pairs = request.inputs["TEXT_PAIR"].array
             check_texts("TEXT_PAIR", pairs, self.limits)
             if len(pairs) != len(texts):
-                raise InvalidInput(f"TEXT_PAIR has {len(pairs)} elements for {len(texts)} in TEXT; give one per text")
+                raise InvalidInput(
+                    f"TEXT_PAIR has {len(pairs)} elements for {len(texts)} in TEXT; give one per text",
+                    field="inputs[TEXT_PAIR]",
+                )
             pairs = decode_utf8("TEXT_PAIR", pairs)
         max_length = check_max_length(request.parameters.get("max_length", self.limits.default_max_length))
         truncation = request.parameters.get("truncation", True)
         if not isinstance(truncation, bool):
-            raise InvalidInput(f"parameter 'truncation' must be a bool, got {truncation!r}")
+            raise InvalidInput(
+                f"parameter 'truncation' must be a bool, got {truncation!r}", field="parameters.truncation"
+            )
         ids, mask, types = invalid_on_value_error(
             tokenizer.encode_arrays, decode_utf8("TEXT", texts), pairs, max_length, truncation
         )
@@ -172,7 +182,8 @@ class TokenizerServicer(pb_grpc.TokenizerServiceServicer):
         label_model(MODEL_NAME)
         if len(request.sequences) > self._model.limits.max_texts:
             raise Overloaded(
-                f"sequences has {len(request.sequences)} entries; the limit is {self._model.limits.max_texts}"
+                f"sequences has {len(request.sequences)} entries; the limit is {self._model.limits.max_texts}",
+                field="sequences",
             )
         tokenizer: WordPieceTokenizer = self._model.loaded("")
         texts = invalid_on_value_error(

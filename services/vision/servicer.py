@@ -59,18 +59,22 @@ class FashionModel(BatchedModel):
         """Refuse empty or oversized batches, NaN/Inf, and pixels outside the declared range."""
         images = inputs["IMAGE"]
         if images.shape[0] > self.max_images:
-            raise Overloaded(f"IMAGE holds {images.shape[0]} images; the limit is {self.max_images} per request")
+            raise Overloaded(
+                f"IMAGE holds {images.shape[0]} images; the limit is {self.max_images} per request",
+                field="inputs[IMAGE]",
+            )
         if images.shape[0] == 0:
-            raise InvalidInput("IMAGE holds no images")
+            raise InvalidInput("IMAGE holds no images", field="inputs[IMAGE]")
         low, high = config.inputs[0].range or (0.0, 1.0)
         smallest, largest = images.min(), images.max()
         if smallest >= low and largest <= high:
             return inputs
         finite = np.isfinite(images).reshape(len(images), -1).all(axis=1)
         if not finite.all():
-            raise InvalidInput(f"IMAGE {int(np.argmin(finite))} holds NaN or Inf")
+            raise InvalidInput(f"IMAGE {int(np.argmin(finite))} holds NaN or Inf", field="inputs[IMAGE]")
         raise InvalidInput(
-            f"IMAGE values must lie in [{low:g}, {high:g}] (pixel / 255); got [{smallest:g}, {largest:g}]"
+            f"IMAGE values must lie in [{low:g}, {high:g}] (pixel / 255); got [{smallest:g}, {largest:g}]",
+            field="inputs[IMAGE]",
         )
 
 
@@ -90,19 +94,24 @@ def decode_image(index: int, image: pb.Image, max_bytes: int) -> np.ndarray:
         if (raw.height or SIDE, raw.width or SIDE) != (SIDE, SIDE) or len(raw.pixels) != SIDE * SIDE:
             raise InvalidInput(
                 f"images[{index}]: a raw image must be 28x28 (784 pixels); got {raw.height}x{raw.width} "
-                f"with {len(raw.pixels)} pixels"
+                f"with {len(raw.pixels)} pixels",
+                field=f"images[{index}].raw",
             )
         return np.asarray(raw.pixels, dtype=np.float32).reshape(1, SIDE, SIDE)
     if which != "encoded":
-        raise InvalidInput(f"images[{index}] has neither encoded bytes nor a raw image")
+        raise InvalidInput(f"images[{index}] has neither encoded bytes nor a raw image", field=f"images[{index}]")
     if len(image.encoded) > max_bytes:
-        raise Overloaded(f"images[{index}] is {len(image.encoded)} bytes; the limit is {max_bytes}")
+        raise Overloaded(
+            f"images[{index}] is {len(image.encoded)} bytes; the limit is {max_bytes}", field=f"images[{index}]"
+        )
     try:
         with Image.open(io.BytesIO(image.encoded)) as decoded:
             if decoded.format not in ENCODINGS:
-                raise InvalidInput(f"images[{index}] is {decoded.format}; send PNG or JPEG")
+                raise InvalidInput(f"images[{index}] is {decoded.format}; send PNG or JPEG", field=f"images[{index}]")
             if decoded.width * decoded.height > MAX_DECODED_PIXELS:
-                raise InvalidInput(f"images[{index}] is {decoded.width}x{decoded.height}, over 4096x4096")
+                raise InvalidInput(
+                    f"images[{index}] is {decoded.width}x{decoded.height}, over 4096x4096", field=f"images[{index}]"
+                )
             gray = decoded.convert("L")
             if gray.size != (SIDE, SIDE):
                 gray = gray.resize((SIDE, SIDE), Image.Resampling.LANCZOS)
@@ -110,12 +119,14 @@ def decode_image(index: int, image: pb.Image, max_bytes: int) -> np.ndarray:
     except UnidentifiedImageError:
         raise InvalidInput(
             f"images[{index}] is not a readable PNG or JPEG: its {len(image.encoded)} bytes are in no image format "
-            "this service reads; send the bytes of a PNG or JPEG file, or raw 28x28 pixels"
+            "this service reads; send the bytes of a PNG or JPEG file, or raw 28x28 pixels",
+            field=f"images[{index}]",
         ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidInput(
             f"images[{index}] is not a readable PNG or JPEG: the image is damaged or truncated ({exc}); send a whole "
-            "PNG or JPEG file"
+            "PNG or JPEG file",
+            field=f"images[{index}]",
         ) from None
 
 
@@ -131,9 +142,11 @@ class VisionServicer(pb_grpc.VisionServiceServicer):
     ) -> pb.ClassifyImageResponse:
         label_model(MODEL_NAME)
         if len(request.images) > self._model.max_images:
-            raise Overloaded(f"{len(request.images)} images; the limit is {self._model.max_images} per request")
+            raise Overloaded(
+                f"{len(request.images)} images; the limit is {self._model.max_images} per request", field="images"
+            )
         if not request.images:
-            raise InvalidInput("no images in the request")
+            raise InvalidInput("no images in the request", field="images")
         version = self._model.resolve(request.model_version)
         images = np.stack([decode_image(i, image, self._max_image_bytes) for i, image in enumerate(request.images)])
         result = await self._model.infer(InferRequest({"IMAGE": Tensor("IMAGE", "FP32", images)}, version))

@@ -25,7 +25,7 @@ from services.common.codec import Tensor, decode_outputs, encode_inputs
 from services.common.server import GrpcServer
 from services.common.settings import GatewaySettings
 from services.gateway.hosting import GatewayServer, build_server
-from services.gateway.rest import HttpServer, RestBinding, http_status
+from services.gateway.rest import http_status
 from services.gateway.routing import Routing
 from services.vision.data import load_split
 from tests.conftest import TEST_MESSAGE_LIMIT, free_port, started
@@ -398,20 +398,19 @@ def certificates(directory: Path) -> dict[str, Path]:
     return {name: directory / name for name in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
 
 
-async def test_the_http_server_serves_https_and_requires_client_certificates(gateway, tmp_path: Path):
+async def test_the_http_port_serves_https_with_the_gateways_tls_files(pool, tmp_path: Path):
     files = certificates(tmp_path)
-    binding = RestBinding(gateway.v2, gateway.lifecycle, None, TEST_MESSAGE_LIMIT)
-    server = HttpServer(binding.app(), "127.0.0.1", 0, files["server.pem"], files["server.key"], files["ca.pem"])
-    await server.start()
-    try:
-        url = f"https://127.0.0.1:{server.port}/v2/models/echo/infer"
+    tls = {"tls_cert_file": files["server.pem"], "tls_key_file": files["server.key"]}
+    routes = routing(pool=(pool.port, ["pool"]))
+    async with (
+        started(await rest_gateway(routes, **tls, tls_client_ca_file=files["ca.pem"])) as gateway,
+        aiohttp.ClientSession() as session,
+    ):
+        url = f"https://127.0.0.1:{gateway.http.port}/v2/models/echo/infer"
         trusted = ssl.create_default_context(cafile=str(files["ca.pem"]))
-        async with aiohttp.ClientSession() as session:
-            with pytest.raises(aiohttp.ClientError):
-                async with session.post(url, json={"inputs": X}, ssl=trusted) as response:
-                    await response.read()
-            trusted.load_cert_chain(files["client.pem"], files["client.key"])
+        with pytest.raises(aiohttp.ClientError):
             async with session.post(url, json={"inputs": X}, ssl=trusted) as response:
-                assert response.status == 200 and (await response.json())["outputs"][0]["data"] == [1]
-    finally:
-        await server.stop()
+                await response.read()
+        trusted.load_cert_chain(files["client.pem"], files["client.key"])
+        async with session.post(url, json={"inputs": X}, ssl=trusted) as response:
+            assert response.status == 200 and (await response.json())["outputs"][0]["data"] == [1]

@@ -114,9 +114,9 @@ def metric(port: int, name: str) -> float:
 
 
 async def test_concurrent_requests_are_batched_and_statistics_show_it(v2, server: GrpcServer):
-    batches_before = metric(server.metrics_port, 'maas_batch_size_count{model="linear"}')
-    rows_before = metric(server.metrics_port, 'maas_batch_size_sum{model="linear"}')
-    queued_before = metric(server.metrics_port, 'maas_batch_queue_seconds_count{model="linear"}')
+    batches_before = metric(server.metrics_port, 'maas_batch_size_count{model="linear",version="1"}')
+    rows_before = metric(server.metrics_port, 'maas_batch_size_sum{model="linear",version="1"}')
+    queued_before = metric(server.metrics_port, 'maas_batch_queue_seconds_count{model="linear",version="1"}')
     before = (await v2.ModelStatistics(pb.ModelStatisticsRequest(name="linear", version="1"))).model_stats[0]
     assert (before.execution_count, before.inference_count) == (1, 0), "warm-up: one execution, no request"
     responses = await asyncio.gather(*(v2.ModelInfer(linear_request(rows=2)) for _ in range(40)))
@@ -131,9 +131,9 @@ async def test_concurrent_requests_are_batched_and_statistics_show_it(v2, server
     assert counts == [40, 40, 40], "per request, as Triton counts them (perf_analyzer checks they agree)"
     port = server.metrics_port
     executions = stats.execution_count - before.execution_count
-    assert metric(port, 'maas_batch_size_count{model="linear"}') - batches_before == executions
-    assert metric(port, 'maas_batch_size_sum{model="linear"}') - rows_before == 80
-    assert metric(port, 'maas_batch_queue_seconds_count{model="linear"}') - queued_before == 40
+    assert metric(port, 'maas_batch_size_count{model="linear",version="1"}') - batches_before == executions
+    assert metric(port, 'maas_batch_size_sum{model="linear",version="1"}') - rows_before == 80
+    assert metric(port, 'maas_batch_queue_seconds_count{model="linear",version="1"}') - queued_before == 40
 
 
 async def test_statistics_read_under_load_count_every_request_once_in_each_compute_phase(v2):

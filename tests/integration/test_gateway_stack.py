@@ -235,7 +235,7 @@ async def test_typed_stubs_reach_every_rpc(stack: Stack, shirt):
 
 def cancelled_count(port: int, model: str) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    match = re.search(rf'^maas_batch_cancelled_total{{model="{model}"}} (\S+)$', text, re.M)
+    match = re.search(rf'^maas_batch_cancelled_total{{model="{model}",version="[^"]*"}} (\S+)$', text, re.M)
     return float(match.group(1)) if match else 0.0
 
 
@@ -380,3 +380,15 @@ async def test_maas_status_lists_every_model_version_with_device_and_load(stack:
 def maas_status(address: str, *args: str) -> str:
     command = [PYTHON, "-m", "services.cli.main", "status", "--address", address, *args]
     return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=60).stdout
+
+
+def test_maas_bench_loads_a_running_gateway(stack: Stack):
+    for model in ("review_sentiment_minilm", "review_sentiment_lstm", "text_embed"):
+        command = [PYTHON, "-m", "services.cli.main", "bench", "--address", stack.gateway, "--quick", "--no-progress"]
+        out = subprocess.run(
+            [*command, "--model", model], cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=120
+        ).stdout
+        rows = [line.strip("|").split("|") for line in out.splitlines() if line.startswith(f"| {model} |")]
+        assert [int(row[1]) for row in rows] == [1, 8], out
+        for row in rows:
+            assert float(row[2].replace(",", "")) > 0 and row[-1].strip() == "0", row
