@@ -18,8 +18,6 @@ from maas.common.v1 import common_pb2
 from maas.gateway.v1 import gateway_pb2 as pb
 from maas.gateway.v1 import gateway_pb2_grpc
 from services.cli import connection
-from services.common.server import host_port
-from services.common.settings import GatewaySettings
 from services.common.tls import TlsFilesError, secure_channel
 
 TEXT_MODELS = {"lstm": pb.TEXT_MODEL_LSTM, "transformer": pb.TEXT_MODEL_TRANSFORMER}
@@ -113,8 +111,7 @@ def infer(args: argparse.Namespace) -> int:
     Returns:
         0 on success; 1 if a file cannot be read or the gateway refused (the status is printed).
     """
-    settings = GatewaySettings()
-    address = args.address or host_port(settings.host, settings.port)
+    address = connection.gateway_address(args)
     try:
         with secure_channel(address, connection.client_tls(args)) as channel:
             stub = gateway_pb2_grpc.GatewayServiceStub(channel)

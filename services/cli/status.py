@@ -14,8 +14,6 @@ from maas.common.v1 import common_pb2 as pb
 from maas.common.v1 import common_pb2_grpc as pb_grpc
 from services.cli import connection
 from services.cli.table import format_table
-from services.common.server import host_port
-from services.common.settings import GatewaySettings
 from services.common.tls import TlsFilesError, secure_channel
 
 
@@ -80,8 +78,7 @@ def run(args: argparse.Namespace) -> int:
     Returns:
         0; 1 if the call failed (the status is printed).
     """
-    settings = GatewaySettings()
-    address = args.address or host_port(settings.host, settings.port)
+    address = connection.gateway_address(args)
     try:
         with secure_channel(address, connection.client_tls(args)) as channel:
             stub = pb_grpc.StatusServiceStub(channel)
