@@ -70,5 +70,6 @@ protos: $(STAMP)
 	$(PY) scripts/gen_protos.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check services scripts tests
-	$(VENV)/bin/ruff format --check services scripts tests
+	$(VENV)/bin/ruff check services scripts tests docs/examples
+	$(VENV)/bin/ruff format --check services scripts tests docs/examples
+	$(VENV)/bin/lint-imports

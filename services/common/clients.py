@@ -176,7 +176,7 @@ class Downstream:
                     not_run = _not_run(exc, details)
                     if not_run is NotRun.UNREACHABLE:
                         details = f"{UNREACHABLE_PREFIX} '{self.name}' ({details})"
-                    raise DownstreamError(exc.code(), details, self.name, not_run, _status_details(exc)) from None
+                    raise DownstreamError(exc.code().name, details, self.name, not_run, _status_details(exc)) from None
         finally:
             self._in_flight -= 1
             if not self._in_flight:

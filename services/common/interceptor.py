@@ -1,7 +1,7 @@
 """The one server interceptor: request ids, drain gate, API keys, metrics, and exception -> status mapping.
 
 Every RPC except health checks and reflection passes through it (so probes never need a key). A `MaasError` becomes its
-`grpc_code` with its message as details, and its `retry_delay` and `field` become `google.rpc.RetryInfo` and
+`code` with its message as details, and its `retry_delay` and `field` become `google.rpc.RetryInfo` and
 `google.rpc.BadRequest` details in a `google.rpc.Status` (trailing metadata `grpc-status-details-bin`, read by stock
 `grpcio-status`: `rpc_status.from_call`); anything unexpected becomes INTERNAL "internal error" with the request id,
 and the traceback goes to the log, never to the caller.
@@ -59,6 +59,8 @@ class CallInfo:
 _REQUEST_ID_PREFIX = uuid.uuid4().hex[:16]
 _request_counter = itertools.count(1)
 
+_STATUS_CODES = {code.name: code for code in grpc.StatusCode}
+
 _call_var: ContextVar[CallInfo | None] = ContextVar("maas_call", default=None)
 
 
@@ -72,6 +74,11 @@ def label_model(model: str) -> None:
     call = _call_var.get()
     if call is not None:
         call.model = model
+
+
+def status_code(exc: MaasError) -> grpc.StatusCode:
+    """The gRPC status a `MaasError` maps to (its `code`)."""
+    return _STATUS_CODES[exc.code]
 
 
 def label_version(model: str, version: str) -> None:
@@ -96,10 +103,8 @@ def status_of(exc: Exception, call: CallInfo) -> tuple[grpc.StatusCode, str]:
     unchanged, INTERNAL included); NotImplementedError is UNIMPLEMENTED; anything else is logged
     with its traceback and becomes INTERNAL "internal error" with the request id.
     """
-    if isinstance(exc, DownstreamError) or (
-        isinstance(exc, MaasError) and exc.grpc_code is not grpc.StatusCode.INTERNAL
-    ):
-        return exc.grpc_code, str(exc)
+    if isinstance(exc, DownstreamError) or (isinstance(exc, MaasError) and exc.code != "INTERNAL"):
+        return status_code(exc), str(exc)
     if isinstance(exc, NotImplementedError):
         return grpc.StatusCode.UNIMPLEMENTED, f"{call.method} is not implemented by this service"
     log.error("unhandled error in %s", call.method, exc_info=exc)

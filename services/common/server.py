@@ -25,14 +25,15 @@ from services.common.interceptor import ServerInterceptor
 from services.common.lifecycle import Lifecycle
 from services.common.logs import configure_logging
 from services.common.metrics import MetricsServer
-from services.common.models import ModelRegistry
-from services.common.service import Service, TypedService
+from services.common.service import Service, TypedService, build_service
 from services.common.settings import ServiceSettings
+from services.common.spec import ServiceSpec, import_object
 from services.common.status import SERVICE_NAME as STATUS_SERVICE_NAME
 from services.common.status import StatusServicer
 from services.common.tls import CertificateFiles, TlsFilesError
 from services.common.v2 import SERVICE_NAME as V2_SERVICE_NAME
 from services.common.v2 import InferenceServicer
+from services.common.versions import ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +219,18 @@ class GrpcServer:
             self._metrics.close()
         self._server = None
         log.info("%s stopped", self.name)
+
+
+def build_server(spec: ServiceSpec, settings: ServiceSettings) -> GrpcServer:
+    """A service's server under the grpc hosting: its own builder (the gateway's), or the server of its
+    models and typed API.
+
+    Raises:
+        DeviceError, RepositoryError, ImportError: see `build_service`; the gateway's builder raises its own.
+    """
+    if spec.server:
+        return import_object(spec.server)(settings)
+    return GrpcServer.of(build_service(spec, settings), settings)
 
 
 async def serve(server: GrpcServer) -> None:

@@ -1,9 +1,12 @@
-"""all-MiniLM-L6-v2 sentence embeddings and the sentiment head over them. No gRPC, no Ray.
+"""all-MiniLM-L6-v2 sentence embeddings and the sentiment head over them: the served models
+`minilm_embed` and `minilm_sentiment`. No gRPC, no Ray.
 
 The weights load into transformers' `BertModel`, built from the BERT config kept in the version's
 config.json (data, not code), from safetensors; sentence embeddings are the attention-masked mean of
 the last hidden states, L2-normalised, as sentence-transformers computes them. Batches run packed
-(`PackedEncoder`): a batch's real tokens only, never its padding, through the same layers.
+(`PackedEncoder`): a batch's real tokens only, never its padding, through the same layers. An encoder
+is loaded once per version directory and quantization, and shared by the loaded versions of both models
+that use it, for as long as one of them is loaded.
 """
 
 from __future__ import annotations
@@ -16,8 +19,19 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel
 
+from services.common.model import Arrays, Parameters, Version
+from services.common.repository import read_version
+from services.common.sequences import SEQUENCE_BATCHING, checked_sequences
 from services.common.torch_weights import CPU, load_weights, quantize, serving_device
-from services.transformer.spec import EMBEDDING_SIZE
+from services.transformer.spec import (
+    EMBED_MODEL,
+    EMBED_OUTPUTS,
+    EMBEDDING_SIZE,
+    INPUTS,
+    PLATFORM,
+    SENTIMENT_MODEL,
+    SENTIMENT_OUTPUTS,
+)
 
 if TYPE_CHECKING:
     from transformers.models.bert.modeling_bert import BertLayer
@@ -168,10 +182,65 @@ class SentimentHead(nn.Module):
         return self.linear(embeddings)
 
 
-class Sentiment:
-    """A loaded sentiment version: an encoder and the head trained over its embeddings."""
+def shared_encoder(version: Version, directory: Path, quantization: str | None) -> Encoder:
+    """The encoder of a `minilm_embed` version directory, loaded once for every version that uses it,
+    quantized if either its config or `quantization` says so.
 
-    def __init__(self, encoder: Encoder, directory: Path, classes: int, quantization: str | None = None) -> None:
+    Raises:
+        RepositoryError: the directory is not a usable encoder version.
+    """
+    config = version.config if directory == version.directory else read_version(directory, EMBED_MODEL)
+    bert = config.network(ENCODER_ARCHITECTURE, directory)["bert"]
+    scheme = quantization or config.quantization
+    device = torch.device(version.device)
+    return version.share((directory.resolve(), scheme), lambda: Encoder(directory, bert, scheme, device))
+
+
+class Embedder:
+    """v2 model `minilm_embed`: INPUT_IDS, ATTENTION_MASK INT64 [N, L] -> EMBEDDING FP32 [N, 384]."""
+
+    name = EMBED_MODEL
+    platform = PLATFORM
+    inputs = INPUTS
+    outputs = EMBED_OUTPUTS
+    batching = SEQUENCE_BATCHING
+
+    def __init__(self, encoder: Encoder, max_texts: int = 256) -> None:
+        self.encoder = encoder
+        self.device = encoder.device
+        self.max_texts = max_texts
+
+    @classmethod
+    def load(cls, version: Version) -> Embedder:
+        """The version's encoder, quantized as its config says.
+
+        Raises:
+            RepositoryError: the weights do not fit the BERT config, or the quantization is unknown.
+        """
+        return cls(shared_encoder(version, version.directory, None), version.settings.max_texts)
+
+    def prepare(self, inputs: Arrays, parameters: Parameters) -> Arrays:
+        """Check ids and mask and drop unused padding (see `checked_sequences`)."""
+        return checked_sequences(inputs, self.encoder.vocab_size, self.max_texts)
+
+    def predict(self, batch: Arrays) -> Arrays:
+        """EMBEDDING of a batch of token ids."""
+        return {"EMBEDDING": self.encoder.embed(batch["INPUT_IDS"], batch["ATTENTION_MASK"])}
+
+
+class SentimentClassifier:
+    """v2 model `minilm_sentiment`: INPUT_IDS, ATTENTION_MASK INT64 [N, L] -> PROBABILITIES FP32 [N, 2]:
+    the encoder a head was trained on, and the head."""
+
+    name = SENTIMENT_MODEL
+    platform = PLATFORM
+    inputs = INPUTS
+    outputs = SENTIMENT_OUTPUTS
+    batching = SEQUENCE_BATCHING
+
+    def __init__(
+        self, encoder: Encoder, directory: Path, classes: int, quantization: str | None = None, max_texts: int = 256
+    ) -> None:
         """Load the head's weights, quantized by `quantization` (a config's scheme) if given, onto the
         encoder's device (a quantized head stays on the CPU).
 
@@ -179,9 +248,32 @@ class Sentiment:
             RepositoryError: the weights do not fit the head, or the quantization is unknown.
         """
         self.encoder = encoder
+        self.max_texts = max_texts
         self.device = serving_device(encoder.device, quantization, directory)
         head = quantize(load_weights(SentimentHead(classes), directory / HEAD_FILE), quantization)
         self.head = head.to(self.device)
+
+    @classmethod
+    def load(cls, version: Version) -> SentimentClassifier:
+        """The head of a version over the encoder its config names, both quantized as its config says.
+
+        Raises:
+            RepositoryError: the config names another architecture, or the files do not fit it.
+        """
+        config = version.config
+        encoder_directory = (
+            version.directory.parents[1] / config.network(HEAD_ARCHITECTURE, version.directory)["encoder"]
+        )
+        encoder = shared_encoder(version, encoder_directory, config.quantization)
+        return cls(encoder, version.directory, len(config.labels), config.quantization, version.settings.max_texts)
+
+    def prepare(self, inputs: Arrays, parameters: Parameters) -> Arrays:
+        """Check ids and mask and drop unused padding (see `checked_sequences`)."""
+        return checked_sequences(inputs, self.encoder.vocab_size, self.max_texts)
+
+    def predict(self, batch: Arrays) -> Arrays:
+        """PROBABILITIES of a batch of token ids."""
+        return {"PROBABILITIES": self.probabilities(batch["INPUT_IDS"], batch["ATTENTION_MASK"])}
 
     @torch.inference_mode()
     def probabilities(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from services.catalog import service
 from services.gateway.routing import parse_routing
-from services.ray.catalog import hosted
 from tests.chart import kuberay
 from tests.chart.conftest import CHART, CI_VALUES, of_kind, rayservice_of, render, write_values
 from tests.conftest import REPO_ROOT
@@ -158,7 +158,7 @@ def test_changing_a_services_settings_leaves_the_ray_cluster_alone():
     assert transformer["deployments"][0]["user_config"]["batching"]["max_batch_size"] == 16, "applied to live replicas"
     assert transformer["args"]["settings"] == {"max_texts": 64, "device": "cuda"}, "Serve redeploys its replicas"
     assert "max_texts" not in applications(before)["transformer"]["args"]["settings"]
-    settings = hosted("transformer").settings(**transformer["args"]["settings"])
+    settings = service("transformer").read_settings(**transformer["args"]["settings"])
     assert (settings.max_texts, settings.device) == (64, "cuda")
 
 
