@@ -4,6 +4,7 @@ queue delay found by a sweep in the same run, and a step of load with its p99 an
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
 from collections.abc import Callable
@@ -217,7 +218,7 @@ def _workloads(config: BenchConfig) -> list[Workload]:
     ]
 
 
-async def latency_section(config: BenchConfig, plot: Path) -> Section:
+async def latency_section(config: BenchConfig) -> Section:
     """Open-loop load against a latency target, beside the best static queue delay, and a load step."""
     seconds = config.duration * 2
     section = Section(
@@ -285,6 +286,7 @@ async def latency_section(config: BenchConfig, plot: Path) -> Section:
             f"{workload.model} step: worst served p99 per {WINDOW_S:g} s window outside the {SETTLE_S:g} s after "
             f"each change: {over:.2f} ms (T {target:.1f} ms).",
         ]
-    section.table = [*lines, "", f"![step: p99 and shed rate over time]({plot.name})"]
-    await asyncio.to_thread(_plot, plot, steps)
+    section.table = lines
+    section.figure = functools.partial(_plot, steps=steps)
+    section.caption = "the step's p99 and shed rate over time"
     return section

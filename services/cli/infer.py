@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,7 @@ from maas.gateway.v1 import gateway_pb2 as pb
 from maas.gateway.v1 import gateway_pb2_grpc
 from services.cli import connection
 from services.common import timing
-from services.common.server import host_port
 from services.common.tls import TlsFilesError, secure_channel
-from services.gateway.spec import GatewaySettings
 
 TEXT_MODELS = {"lstm": pb.TEXT_MODEL_LSTM, "transformer": pb.TEXT_MODEL_TRANSFORMER}
 MODEL_NAMES = {value: key for key, value in TEXT_MODELS.items()}
@@ -45,17 +45,36 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         parser.add_argument(
             "--timing", action="store_true", help="print where the call's time went, per hop (maas-timing)"
         )
+        parser.add_argument("--json", action="store_true", help="print one JSON object (every value, full precision)")
         connection.add_options(parser)
-
-
-def _labels(classification: common_pb2.Classification) -> list[str]:
-    return [f"  {label.name:<14} {label.probability:7.2%}" for label in classification.labels]
 
 
 def _embedding(values: Sequence[float]) -> str:
     vector = np.asarray(values, dtype=np.float32)
     shown = ", ".join(f"{v:+.4f}" for v in vector[:SHOWN_DIMENSIONS])
     return f"  {len(vector)} dimensions, norm {np.linalg.norm(vector):.3f}: [{shown}, ...]"
+
+
+@dataclass
+class Answer:
+    """What one `maas infer` call got: each input with its labels or embedding, and what served it."""
+
+    model: str
+    version: str
+    results: list[dict[str, Any]]
+    timing: list[str] = field(default_factory=list)
+    """The call's trailing `maas-timing` entries, one per hop (asked for with `--timing`)."""
+
+    def lines(self) -> list[str]:
+        """The human-readable lines: each input, then its labels or a summary of its embedding."""
+        lines = []
+        for result in self.results:
+            lines.append(result["input"])
+            if "embedding" in result:
+                lines.append(_embedding(result["embedding"]))
+            else:
+                lines += [f"  {label['name']:<14} {label['probability']:7.2%}" for label in result["labels"]]
+        return lines
 
 
 HOP_PARTS = (("queue_us", "queue"), ("batch_wait_us", "batch wait"), ("compute_us", "compute"))
@@ -83,8 +102,12 @@ def timing_lines(entries: Sequence[str]) -> list[str]:
     return lines
 
 
-def _call(stub: gateway_pb2_grpc.GatewayServiceStub, args: argparse.Namespace) -> tuple[list[str], str]:
-    """Make the call `args` describe; return the lines to print and what served it."""
+def _labels(classification: common_pb2.Classification) -> list[dict[str, Any]]:
+    return [{"name": label.name, "probability": label.probability} for label in classification.labels]
+
+
+def _call(stub: gateway_pb2_grpc.GatewayServiceStub, args: argparse.Namespace) -> Answer:
+    """Make the call `args` describe (asking for `maas-timing` with `--timing`)."""
     metadata = connection.metadata(args)
     if args.timing:
         metadata = (*metadata, (timing.TIMING_KEY, "1"))
@@ -97,37 +120,37 @@ def _call(stub: gateway_pb2_grpc.GatewayServiceStub, args: argparse.Namespace) -
         trailers.extend(value for key, value in call.trailing_metadata() or () if key == timing.TIMING_KEY)
         return response
 
-    lines, served = _answer(stub, args, send)
-    return [*lines, *(timing_lines(trailers) if args.timing else ())], served
+    answer = _answer(stub, args, send)
+    answer.timing = trailers
+    return answer
 
 
 def _answer(
     stub: gateway_pb2_grpc.GatewayServiceStub, args: argparse.Namespace, send: Callable[[Any, Any], Any]
-) -> tuple[list[str], str]:
+) -> Answer:
     if args.kind == "text":
         model = TEXT_MODELS.get(args.model, pb.TEXT_MODEL_UNSPECIFIED)
         request = pb.ClassifyTextRequest(texts=args.texts, model=model, top_k=args.top_k)
         response = send(stub.ClassifyText, request)
-        lines = [
-            line for text, result in zip(args.texts, response.results, strict=True) for line in (text, *_labels(result))
+        results = [
+            {"input": text, "labels": _labels(result)}
+            for text, result in zip(args.texts, response.results, strict=True)
         ]
-        return lines, f"{MODEL_NAMES.get(response.model, 'text')} model, version {response.model_version}"
+        return Answer(MODEL_NAMES.get(response.model, "text"), response.model_version, results)
     if args.kind == "image":
         images = [path.read_bytes() for path in args.images]
         response = send(stub.ClassifyImage, pb.ClassifyImageRequest(images=images, top_k=args.top_k))
-        lines = [
-            line
+        results = [
+            {"input": str(path), "labels": _labels(result)}
             for path, result in zip(args.images, response.results, strict=True)
-            for line in (str(path), *_labels(result))
         ]
-        return lines, f"fashion_cnn, version {response.model_version}"
+        return Answer("fashion_cnn", response.model_version, results)
     response = send(stub.Embed, pb.EmbedRequest(texts=args.texts))
-    lines = [
-        line
+    results = [
+        {"input": text, "embedding": list(embedding.values)}
         for text, embedding in zip(args.texts, response.embeddings, strict=True)
-        for line in (text, _embedding(embedding.values))
     ]
-    return lines, f"minilm_embed, version {response.model_version}"
+    return Answer("minilm_embed", response.model_version, results)
 
 
 def infer(args: argparse.Namespace) -> int:
@@ -136,13 +159,12 @@ def infer(args: argparse.Namespace) -> int:
     Returns:
         0 on success; 1 if a file cannot be read or the gateway refused (the status is printed).
     """
-    settings = GatewaySettings()
-    address = args.address or host_port(settings.host, settings.port)
+    address = connection.gateway_address(args)
     try:
         with secure_channel(address, connection.client_tls(args)) as channel:
             stub = gateway_pb2_grpc.GatewayServiceStub(channel)
             started = time.perf_counter()
-            lines, served = _call(stub, args)
+            answer = _call(stub, args)
             elapsed = (time.perf_counter() - started) * 1000
     except (OSError, TlsFilesError) as exc:
         sys.stderr.write(f"maas infer: {exc}\n")
@@ -150,5 +172,14 @@ def infer(args: argparse.Namespace) -> int:
     except grpc.RpcError as exc:
         sys.stderr.write(f"maas infer: {exc.code().name}: {exc.details()}\n")
         return 1
+    if args.json:
+        document = {"model": answer.model, "version": answer.version, "address": address, "milliseconds": elapsed}
+        if args.timing:
+            document["timing"] = [timing.parse(entry) for entry in answer.timing]
+        sys.stdout.write(json.dumps({**document, "results": answer.results}) + "\n")
+        return 0
+    served = f"{answer.model} model" if args.kind == "text" else answer.model
+    served += f", version {answer.version}"
+    lines = [*answer.lines(), *(timing_lines(answer.timing) if args.timing else ())]
     sys.stdout.write("\n".join([*lines, f"({served}; {elapsed:.1f} ms via {address})"]) + "\n")
     return 0

@@ -104,6 +104,7 @@ class _Request:
     batch_wait_ns: int = 0
     compute_ns: int = 0
     batch_rows: int = 0
+    counted: bool = True
 
 
 class DynamicBatcher:
@@ -132,6 +133,8 @@ class DynamicBatcher:
         self._free_ns = 0
         self._callers_in_play = 0
         self._closing = False
+        self.in_flight = 0
+        """Requests submitted and not yet answered (queued or running)."""
         self._ns_per_row = 0.0
         self._held_from_ns = 0
         self._held_until_ns = 0
@@ -147,11 +150,12 @@ class DynamicBatcher:
         metrics.QUEUE_DEPTH.labels(name, version).set_function(lambda: len(self._pending))
         metrics.QUEUE_LIMIT.labels(name, version).set(config.max_queue_size)
 
-    async def submit(self, inputs: Arrays) -> Arrays:
+    async def submit(self, inputs: Arrays, counted: bool = True) -> Arrays:
         """Queue one validated request and wait for its outputs.
 
         Args:
             inputs: input name -> array with the request's rows first.
+            counted: record the request's queue time in the statistics (not a warm-up's).
 
         Returns:
             Output name -> this request's rows of the output.
@@ -182,11 +186,13 @@ class DynamicBatcher:
             work=rows * length if length else rows,
             shapes=tuple((n, a.dtype.str, a.shape[2:] if n in padded else a.shape[1:]) for n, a in inputs.items()),
             future=asyncio.get_running_loop().create_future(),
+            counted=counted,
         )
         request.arrived_ns = timing.arrival_ns() or request.enqueued_ns
         if self._config.max_latency_ms and self._cost.ready:
             self._admit(request)
         self._pending.append(request)
+        self.in_flight += 1
         try:
             if self._config.inline_when_idle and await self._alone(request):
                 outputs = self._run_inline(request)
@@ -196,7 +202,10 @@ class DynamicBatcher:
         except asyncio.CancelledError:
             self._cancelled.inc()
             raise
-        self._stats.record_compute(request.queue_ns + request.batch_wait_ns, request.compute_ns)
+        finally:
+            self.in_flight -= 1
+        if request.counted:
+            self._stats.record_compute(request.queue_ns + request.batch_wait_ns, request.compute_ns)
         timing.record(request.queue_ns, request.batch_wait_ns, request.compute_ns, request.batch_rows)
         return outputs
 
@@ -215,6 +224,11 @@ class DynamicBatcher:
             return False
         self._pending.popleft()
         return True
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a batch."""
+        return len(self._pending)
 
     def _admit(self, request: _Request) -> None:
         """Refuse `request` if, behind the batch running and the requests queued, it would end after
@@ -411,7 +425,7 @@ class DynamicBatcher:
         outputs = self._predict_rows(self._collate([request]), request.rows)
         request.queue_ns, request.compute_ns = started - request.enqueued_ns, time.perf_counter_ns() - started
         request.batch_rows = request.rows
-        self._record(request.rows, request.work, request.compute_ns, [request.queue_ns])
+        self._record(request.rows, request.work, request.compute_ns, [request.queue_ns] if request.counted else [])
         self._free_ns, self._callers_in_play = time.perf_counter_ns(), 1
         return outputs
 
@@ -438,7 +452,9 @@ class DynamicBatcher:
             self._free_ns = time.perf_counter_ns()
             self._callers_in_play = sum(not r.future.done() for r in (*batch, *self._pending))
         compute_ns = time.perf_counter_ns() - started
-        self._record(rows, work, compute_ns, waits)
+        self._record(
+            rows, work, compute_ns, [wait for request, wait in zip(batch, waits, strict=True) if request.counted]
+        )
         offset = 0
         for request, waited, wait in zip(batch, waits, held, strict=True):
             request.queue_ns, request.batch_wait_ns = waited - wait, wait

@@ -122,15 +122,6 @@ def end_span(span: Span, code_name: str, code_value: int, details: str = "") -> 
     span.end()
 
 
-def set_attributes(**attributes: str | int | float) -> None:
-    """Set `maas.<name>` attributes on the current span, if tracing is on."""
-    if _tracer is None:
-        return
-    span = trace.get_current_span()
-    if span.is_recording():
-        span.set_attributes({f"maas.{key}": value for key, value in attributes.items()})
-
-
 @contextmanager
 def client_span(method: str, target: str, metadata: list[tuple[str, str]]) -> Iterator[Span | None]:
     """Trace an outgoing call: a CLIENT span, its context injected into `metadata` (W3C traceparent).

@@ -217,6 +217,7 @@ async def test_maas_infer_timing_prints_every_hop(stack, image, tmp_path: Path, 
         address=f"127.0.0.1:{stack['gateway'].port}",
         timeout=30.0,
         timing=True,
+        json=False,
         tls_ca=None,
         tls_cert=None,
         tls_key=None,
@@ -232,8 +233,9 @@ async def test_maas_infer_timing_prints_every_hop(stack, image, tmp_path: Path, 
 
 @pytest.mark.parametrize("hosting", ["grpc"])
 async def test_a_target_the_model_cannot_meet_refuses_with_retry_info(model_repository: Path, image, hosting):
-    """fashion_cnn under a 10 µs target: once its batches' cost is learned, requests are refused at once
-    with RESOURCE_EXHAUSTED and a RetryInfo; none is served late."""
+    """fashion_cnn under a 10 µs target: once its batches' cost is learned (its warm-up batch at load is
+    the first of them), requests are refused at once with RESOURCE_EXHAUSTED and a RetryInfo; none is
+    served late."""
     from services.catalog import SERVICES
     from services.common.batchcost import MIN_BATCHES
     from services.common.server import build_server
@@ -247,7 +249,7 @@ async def test_a_target_the_model_cannot_meet_refuses_with_retry_info(model_repo
     ):
         v2 = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
         request = v2_request("fashion_cnn", Tensor("IMAGE", "FP32", image))
-        for _ in range(MIN_BATCHES):
+        for _ in range(MIN_BATCHES - 1):
             await v2.ModelInfer(request)
         code, details, found = await _refusal(v2.ModelInfer(request))
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "0.01 ms target" in details, details
