@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
-from services.common import metrics, telemetry
+from services.common import metrics, telemetry, timing
 from services.common.auth import ApiKeys
 from services.common.errors import DownstreamError, Draining, InvalidInput, MaasError
 from services.common.lifecycle import Lifecycle
@@ -43,7 +43,8 @@ class CallInfo:
 
     `deadline` is the caller's deadline on the `time.monotonic()` clock (None: the caller set
     none), so that calls this one makes downstream can take what is left of it. `span` is the
-    call's tracing span while tracing is on.
+    call's tracing span while tracing is on. `timing` records where the call's time went while the
+    caller asked for it (`timing_asked`) or tracing is on.
     """
 
     method: str
@@ -54,6 +55,8 @@ class CallInfo:
     started: float = field(default_factory=time.perf_counter)
     deadline: float | None = None
     span: Any = None
+    timing: timing.Timing | None = None
+    timing_asked: bool = False
 
 
 _REQUEST_ID_PREFIX = uuid.uuid4().hex[:16]
@@ -174,17 +177,22 @@ async def _parsed_stream(method: str, messages: AsyncIterator[Any]) -> AsyncIter
         yield _parsed(method, message)
 
 
-def request_id(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
-    """The id of a call: the caller's `x-request-id` if it sent a sane one; otherwise a per-process random
-    prefix and a counter, unique across processes without a system call per request.
+def _request_id(metadata: Sequence[tuple[str, str | bytes]] | None) -> tuple[str, bool]:
+    """The id of a call, and whether it asks for `maas-timing`.
+
+    The id is the caller's `x-request-id` if it sent a sane one; otherwise a per-process random prefix and
+    a counter, unique across processes without a system call per request.
 
     Args:
         metadata: the call's metadata (gRPC invocation metadata, or HTTP headers with lower-case names).
     """
+    request_id, asked = "", False
     for key, value in metadata or ():
         if key == REQUEST_ID_KEY and isinstance(value, str) and _REQUEST_ID_PATTERN.fullmatch(value):
-            return value
-    return f"{_REQUEST_ID_PREFIX}{next(_request_counter):016x}"
+            request_id = value
+        elif key == timing.TIMING_KEY:
+            asked = timing.asked(value)
+    return request_id or f"{_REQUEST_ID_PREFIX}{next(_request_counter):016x}", asked
 
 
 def begin_call(
@@ -204,14 +212,19 @@ def begin_call(
     Returns:
         The call, current for the rest of the task.
     """
+    request_id, timing_asked = _request_id(metadata)
     call = CallInfo(
         method=method,
-        request_id=request_id(metadata),
+        request_id=request_id,
         deadline=None if remaining is None else time.monotonic() + remaining,
+        timing_asked=timing_asked,
     )
     if telemetry.enabled():
         call.span = telemetry.start_server_span(full_method, metadata)
         call.span.set_attribute("maas.request_id", call.request_id)
+    timing.arrive(time.perf_counter_ns())
+    if timing_asked or call.span is not None:
+        call.timing = timing.begin()
     _call_var.set(call)
     request_id_var.set(call.request_id)
     metrics.in_flight(method).inc()
@@ -229,6 +242,8 @@ def end_call(call: CallInfo, code: grpc.StatusCode, details: str = "") -> None:
     if call.span is not None:
         if call.model:
             call.span.set_attribute("maas.model", call.model)
+        if call.timing is not None:
+            call.span.set_attributes({f"maas.{key}": value for key, value in call.timing.attributes().items()})
         telemetry.end_span(call.span, code.name, code.value[0], details)
     metrics.in_flight(call.method).dec()
     if call.version_counted:
@@ -240,15 +255,17 @@ def end_call(call: CallInfo, code: grpc.StatusCode, details: str = "") -> None:
 class ServerInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every gated handler: one place for ids, the drain gate, API keys, metrics and status mapping."""
 
-    def __init__(self, lifecycle: Lifecycle, auth: ApiKeys | None = None) -> None:
+    def __init__(self, lifecycle: Lifecycle, auth: ApiKeys | None = None, hop: str = "") -> None:
         """Gate calls on the server's lifecycle and, if given, on API keys.
 
         Args:
             lifecycle: the server's lifecycle (drain gate, calls in flight).
             auth: API keys every call must present; None: calls need none.
+            hop: the service's name in `maas-timing` entries.
         """
         self._lifecycle = lifecycle
         self._auth = auth
+        self._hop = hop
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
@@ -310,6 +327,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 self._lifecycle.exit()
             if not call.version:
                 call.version = getattr(response, "model_version", "")
+            if call.timing_asked:
+                self._timed(call, context)
             end_call(call, grpc.StatusCode.OK)
             return response
 
@@ -341,6 +360,15 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
         self._lifecycle.enter()
         return call
+
+    def _timed(self, call: CallInfo, context: grpc.aio.ServicerContext) -> None:
+        """Put the call's timing in its trailing metadata (the caller asked for it)."""
+        assert call.timing is not None
+        total = round((time.perf_counter() - call.started) * 1e9)
+        entries = (*call.timing.hops, call.timing.entry(self._hop, call.model, call.version, total))
+        context.set_trailing_metadata(
+            ((REQUEST_ID_KEY, call.request_id), *((timing.TIMING_KEY, entry) for entry in entries))
+        )
 
     def _gate(self, context: grpc.aio.ServicerContext, method: str) -> None:
         if self._lifecycle.draining:

@@ -127,7 +127,8 @@ class GrpcServer:
             RuntimeError: the port could not be bound.
         """
         self._server = grpc.aio.server(
-            interceptors=[ServerInterceptor(self.lifecycle, self._auth)], options=server_options(self.settings)
+            interceptors=[ServerInterceptor(self.lifecycle, self._auth, self.name)],
+            options=server_options(self.settings),
         )
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.inference_servicer(), self._server)
         common_pb2_grpc.add_StatusServiceServicer_to_server(self.status_servicer(), self._server)

@@ -147,6 +147,13 @@ class ModelServiceSettings(ServiceSettings):
     max_batch_size: int = Field(32, ge=1, description="Rows per model execution; 1 turns batching off.")
     max_queue_delay_ms: float = Field(0.0, ge=0, description=QUEUE_DELAY)
     max_queue_size: int = Field(1024, ge=1, description="Requests waiting per model version; more is refused.")
+    max_latency_ms: float = Field(
+        0.0,
+        ge=0,
+        description="A p99 target for each request's queue, batch wait and compute, instead of MAX_QUEUE_DELAY_MS "
+        "(0: none). The batcher learns its batches' cost, waits and sizes batches to meet it, and refuses requests "
+        "that cannot meet it at once (RESOURCE_EXHAUSTED with a retry delay).",
+    )
     num_threads: int = Field(1, ge=1, description="torch intra-op threads per process.")
     device: str = Field(
         "auto",
@@ -180,6 +187,7 @@ class ModelServiceSettings(ServiceSettings):
             "length_aware": self.length_aware,
             "fixed_length": self.fixed_length,
             "max_batch_tokens": self.max_batch_tokens,
+            "max_latency_ms": self.max_latency_ms,
         }
         return BatchingConfig(**{**fields, **overrides})
 

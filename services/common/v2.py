@@ -11,6 +11,7 @@ import grpc
 from maas.inference import grpc_service_pb2 as pb
 from maas.inference import grpc_service_pb2_grpc as pb_grpc
 from maas.inference import model_config_pb2 as config_pb
+from services.common import timing
 from services.common.codec import decode_inputs, encode_outputs
 from services.common.errors import InvalidInput, ModelNotFound
 from services.common.interceptor import CallInfo, current_call, label_model, status_of
@@ -229,6 +230,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if not result.batched:
             stats.record_execution(result.batch_size, inferred - decoded)
             stats.record_compute(0, inferred - decoded)
+            timing.record(0, 0, inferred - decoded, result.batch_size)
         stats.record_request(True, done - started, result.batch_size, decoded - started, done - inferred)
         return response
 

@@ -6,6 +6,7 @@ import grpc
 
 from maas.tokenizer.v1 import tokenizer_pb2 as pb
 from maas.tokenizer.v1 import tokenizer_pb2_grpc as pb_grpc
+from services.common import timing
 from services.common.errors import Overloaded
 from services.common.interceptor import label_model
 from services.common.versions import ModelRegistry
@@ -37,9 +38,10 @@ class TokenizerServicer(pb_grpc.TokenizerServiceServicer):
         max_length = check_max_length(request.max_length or limits.default_max_length)
         truncation = request.truncation if request.HasField("truncation") else True
         tokenizer: WordPieceTokenizer = self._model.get("").model
-        encodings = invalid_on_value_error(
-            tokenizer.encode, list(request.texts), pairs, max_length, truncation, PADDING[request.padding]
-        )
+        with timing.computing(len(request.texts)):
+            encodings = invalid_on_value_error(
+                tokenizer.encode, list(request.texts), pairs, max_length, truncation, PADDING[request.padding]
+            )
         return pb.TokenizeResponse(
             encodings=[
                 pb.Encoding(
@@ -64,7 +66,8 @@ class TokenizerServicer(pb_grpc.TokenizerServiceServicer):
                 field="sequences",
             )
         tokenizer: WordPieceTokenizer = self._model.get("").model
-        texts = invalid_on_value_error(
-            tokenizer.decode, [s.ids for s in request.sequences], not request.keep_special_tokens
-        )
+        with timing.computing(len(request.sequences)):
+            texts = invalid_on_value_error(
+                tokenizer.decode, [s.ids for s in request.sequences], not request.keep_special_tokens
+            )
         return pb.DetokenizeResponse(texts=texts)
