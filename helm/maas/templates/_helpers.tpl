@@ -1,10 +1,22 @@
-{{/* The services of the chart, in start order, with their contract ports and env prefixes. */}}
+{{/* The services of the chart: maas's own, from files/services.yaml (generated from the services'
+specs by `maas generate`), and every top-level values block naming a `model` (a model served by
+`maas serve`), each with its port, env prefix, v2 models, whether it runs torch, and (user models) its class.
+A user model's block takes the keys it leaves out from files/user-model-defaults.yaml (the chart's
+defaults of a model service, generated from values.yaml by `maas generate`). */}}
 {{- define "maas.services" -}}
-gateway: {port: 50051, prefix: MAAS_GATEWAY_, models: true}
-tokenizer: {port: 50052, prefix: MAAS_TOKENIZER_}
-vision: {port: 50053, prefix: MAAS_VISION_}
-text: {port: 50054, prefix: MAAS_TEXT_}
-transformer: {port: 50055, prefix: MAAS_TRANSFORMER_}
+{{- $services := .Files.Get "files/services.yaml" | fromYaml -}}
+{{- $defaults := .Files.Get "files/user-model-defaults.yaml" | fromYaml -}}
+{{- range $name, $block := .Values -}}
+{{- if and (kindIs "map" $block) (hasKey $block "model") -}}
+{{- $_ := merge $block (deepCopy $defaults) -}}
+{{- if not (regexMatch "^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$" $name) -}}
+{{- fail (printf "%s: a model's values key is its Kubernetes name: lowercase letters, digits and '-'" $name) -}}
+{{- end -}}
+{{- $prefix := printf "MAAS_%s_" ($name | upper | replace "-" "_") -}}
+{{- $_ := set $services $name (dict "port" $block.port "prefix" $prefix "models" (list $name) "torch" true "model" $block.model) -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $services -}}
 {{- end -}}
 
 {{- define "maas.name" -}}
@@ -105,7 +117,13 @@ chart moves the objects to another namespace. */}}
 
 {{/* The model services (those running torch), as a list. */}}
 {{- define "maas.modelServices" -}}
-{{- toJson (list "vision" "text" "transformer") -}}
+{{- $torch := list -}}
+{{- range $service, $contract := include "maas.services" . | fromYaml -}}
+{{- if $contract.torch -}}
+{{- $torch = append $torch $service -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $torch -}}
 {{- end -}}
 
 {{/* The model services whose runtime is `rayservice`, as a list. */}}
@@ -168,9 +186,12 @@ runtimeClassName: {{ . }}
 
 {{/* Settings the chart sets itself, refused in a service's `settings`. */}}
 {{- define "maas.checkSettings" -}}
-{{- range $key := list "host" "port" "metrics_port" "model_repository" "log_format" "routing_file" "api_keys_file" }}
+{{- range $key := list "host" "port" "metrics_port" "model_repository" "log_format" "routing_file" "api_keys_file" "http_port" "http_enabled" }}
 {{- if hasKey ($.values.settings | default dict) $key }}
-{{- fail (printf "%s.settings.%s is set by the chart (ports are the contract's; see modelRepository, logFormat, gateway.routes and gateway.auth)" $.service $key) }}
+{{- fail (printf "%s.settings.%s is set by the chart (ports are the contract's; see modelRepository, logFormat, gateway.routes, gateway.auth and gateway.http)" $.service $key) }}
 {{- end }}
 {{- end }}
 {{- end -}}
+
+{{- /* The port the gateway's pods serve the REST binding on (MAAS_GATEWAY_HTTP_PORT). */}}
+{{- define "maas.gatewayHttpPort" -}}8080{{- end -}}
