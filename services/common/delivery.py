@@ -19,7 +19,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from services.common.repository import CONFIG_FILE, MODEL_FILE, RepositoryError, read_policy, read_version, version_dirs
+from services.common.repository import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    RepositoryError,
+    read_model_file,
+    read_version,
+    version_dirs,
+)
 
 MARKER_FILE = ".maas-installed"
 
@@ -90,7 +97,7 @@ def install(source: Path, target: Path, marker: str | None = None) -> list[str]:
     (target / MARKER_FILE).unlink(missing_ok=True)
     installed = []
     for model, versions in models.items():
-        read_policy(source, model)
+        read_model_file(source, model)
         (target / model).mkdir(exist_ok=True)
         for version in versions:
             _install_version(source / model / version, target / model / version, model)
