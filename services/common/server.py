@@ -212,14 +212,21 @@ class GrpcServer:
                 "%s: %d calls still in flight after %.1fs; cancelling them", self.name, self.lifecycle.in_flight, grace
             )
             remaining = 0.0
-        await self._server.stop(remaining)
+        await self.close(remaining)
+        log.info("%s stopped", self.name)
+
+    async def close(self, grace: float = 0.0) -> None:
+        """Stop serving at once (calls in flight get `grace` seconds) and close the health and metrics
+        endpoints."""
+        if self._server is None:
+            return
+        await self._server.stop(grace)
         if self._health_server is not None:
             await self._health_server.stop(0)
             self._health_server = None
         if self._metrics is not None:
             self._metrics.close()
         self._server = None
-        log.info("%s stopped", self.name)
 
 
 def build_server(spec: ServiceSpec, settings: ServiceSettings) -> GrpcServer:
@@ -254,8 +261,8 @@ async def serve(server: GrpcServer) -> None:
     try:
         await server.start()
     except (MaasError, OSError, RuntimeError, TlsFilesError) as exc:
+        await server.close()
         log.error("%s failed to start: %s", server.name, exc)
-        await server.stop()
         raise SystemExit(1) from None
     sys.stdout.write(f"READY {server.name} {host_port(server.settings.host, server.port)}\n")
     sys.stdout.flush()

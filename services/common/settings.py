@@ -23,6 +23,16 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 METRICS_PORT_OFFSET = 1000
 
 
+class ProcessSettings(BaseSettings):
+    """Settings of the `maas` process itself, whatever it runs."""
+
+    model_config = SettingsConfigDict(env_prefix="MAAS_", extra="ignore", frozen=True)
+
+    allow_root: bool = Field(
+        True, description="Whether `maas` may run as root (uid 0); the images set false, as they run as uid 10001."
+    )
+
+
 class ServiceSettings(BaseSettings):
     """Settings every gRPC service shares. Subclasses set the env prefix and the default port."""
 

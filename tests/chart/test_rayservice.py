@@ -65,7 +65,13 @@ def test_ray_pods_get_the_repository_shm_and_the_locked_down_context():
         assert "command" not in box, "KubeRay supplies `ray start`"
         volumes = {volume["name"]: volume for volume in spec["volumes"]}
         assert volumes["shm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "2Gi"}
-        assert {mount["mountPath"] for mount in box["volumeMounts"]} == {"/dev/shm", "/tmp"}
+        assert {mount["mountPath"] for mount in box["volumeMounts"]} == {
+            "/dev/shm",
+            "/tmp",
+            "/opt/maas/model_repository",
+        }
+        (init,) = spec["initContainers"]
+        assert init["args"][:2] == ["models", "install"] and init["image"].endswith("/maas/model-repository:0.1.0")
         assert box["securityContext"]["readOnlyRootFilesystem"] and spec["securityContext"]["runAsNonRoot"]
     worker = workers["template"]["spec"]
     assert worker["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
