@@ -26,8 +26,8 @@ def test_a_service_without_its_model_repository_fails_in_one_line(images: dict):
     env = [f"--env={name}={value}" for name, value in vision.bound(free_port_pair()).items()]
     done = run_once(*RUN_FLAGS, *env, vision.image, *vision.command, check=False)
     assert message(one_line(done)) == (
-        "vision failed to start: no versions of model 'fashion_cnn' in /opt/maas/model_repository/fashion_cnn "
-        "for policy latest; run `maas train vision`"
+        "vision failed to start: no versions of model 'fashion_cnn' for policy latest (available: none) in "
+        "/opt/maas/model_repository/fashion_cnn; run `maas train vision`"
     )
 
 

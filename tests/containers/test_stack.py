@@ -84,8 +84,10 @@ class Pods:
         return start(self.services[name], port, self.models.get(name), routing)
 
     def host_env(self, name: str, port: int) -> dict[str, str]:
-        """The same rendered environment for `maas run` on this machine, paths pointed at the same files."""
-        env = {**os.environ, **self.services[name].bound(port)}
+        """The same rendered environment for `maas run` on this machine, paths pointed at the same files
+        (no MAAS_ setting of this test session's own: the container has none)."""
+        inherited = {key: value for key, value in os.environ.items() if not key.startswith("MAAS_")}
+        env = {**inherited, **self.services[name].bound(port)}
         if name in self.models:
             env["MAAS_MODEL_REPOSITORY"] = str(self.models[name])
         if name == "gateway":
@@ -168,7 +170,10 @@ def cold_start_of_maas_run(pods: Pods, name: str, log: Path) -> float:
     return serving - began
 
 
-def test_cold_start_in_a_container_is_within_a_second_of_maas_run(pods: Pods, images: dict, tmp_path: Path):
+def test_cold_start_in_a_container_is_within_a_second_of_maas_run(stack: Pods, images: dict, tmp_path: Path):
+    """Each service starts beside the stack's containers, so the gateway dials targets that serve, as in
+    a deployment (with none it waits its connect timeout out before it reports SERVING)."""
+    pods = stack
     load_before = os.getloadavg()
     timings: dict[str, tuple[list[float], list[float]]] = {}
     for name in START_ORDER:
@@ -297,7 +302,8 @@ def write_report(
         "",
         f"Cold start: from starting the service (`podman run`, or `maas run` on this machine with the same "
         f"environment and the same delivered repository) to grpc.health.v1 SERVING; median of {COLD_START_RUNS}, "
-        "runs alternating. The init container's copy (delivery) runs before and is not counted.",
+        "runs alternating, each beside the stack's running containers (the gateway's targets serve, as in a "
+        "deployment). The init container's copy (delivery) runs before and is not counted.",
         "",
         "| service | image | container | `maas run` | container minus `maas run` | delivery (init container) |",
         "|---|---|---:|---:|---:|---:|",
