@@ -75,6 +75,10 @@ class BatchedModel(RepositoryModel):
             metrics.MODEL_DEVICE.remove(self.name, version, device)
         await super().release_version(version, loaded)
 
+    def admit(self, version: str) -> None:
+        """Refuse at once when the version's batcher queue is full."""
+        self.loaded(version).admit()
+
     async def infer(self, request: InferRequest) -> InferResult:
         """Check values, queue the request, and return this request's rows of every output."""
         batcher: DynamicBatcher = self.loaded(request.version)

@@ -123,8 +123,7 @@ class DynamicBatcher:
                 was queued or running; counted in `maas_batch_cancelled_total`.
             Exception: whatever the model raised for this request alone.
         """
-        if len(self._pending) >= self._config.max_queue_size:
-            raise Overloaded(f"model '{self._name}' has {len(self._pending)} requests queued, its limit; retry shortly")
+        self.admit()
         if self._worker is None:
             self._worker = asyncio.create_task(self._run(), name=f"batcher-{self._name}")
         first = next(iter(inputs.values()))
@@ -150,6 +149,15 @@ class DynamicBatcher:
             batch_size=request.batch_rows, queue_us=request.queue_ns // 1000, compute_us=request.compute_ns // 1000
         )
         return outputs
+
+    def admit(self) -> None:
+        """Refuse at once if the queue is full: cheap enough to run before a request is even decoded.
+
+        Raises:
+            Overloaded: the queue holds `max_queue_size` requests.
+        """
+        if len(self._pending) >= self._config.max_queue_size:
+            raise Overloaded(f"model '{self._name}' has {len(self._pending)} requests queued, its limit; retry shortly")
 
     async def _alone(self, request: _Request) -> bool:
         """Yield once so that requests already received can queue too; then claim `request` for

@@ -20,9 +20,15 @@ import ml_dtypes
 import numpy as np
 
 from maas.inference import grpc_service_pb2 as pb
-from services.common.errors import InvalidInput
+from services.common.errors import InvalidInput, Overloaded
 
 MAX_ELEMENTS = 1 << 31
+"""Most elements of one tensor; also the most its nonzero dimensions may multiply to, so that every
+accepted shape is one numpy can build (it refuses sizes over 2^63 bytes, even of empty arrays)."""
+MAX_DIMENSIONS = 64
+"""numpy's limit on dimensions (NPY_MAXDIMS)."""
+MAX_BYTES_ELEMENTS = 1 << 20
+"""Most BYTES elements in one request: each becomes a Python object of about 50 bytes, however short."""
 
 FIXED_DTYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype("?"),
@@ -94,27 +100,50 @@ def datatype_of(array: np.ndarray) -> str:
 
 
 def element_count(name: str, shape: Sequence[int]) -> int:
-    """Return the number of elements of `shape`, refusing negative dims and absurd sizes.
+    """Return the number of elements of `shape`, refusing shapes numpy cannot build and absurd sizes.
 
     Raises:
-        InvalidInput: a dimension is negative or the tensor is too large to be real.
+        InvalidInput: more than 64 dimensions, a negative dimension, or more than 2^31 elements (or
+            nonzero dimensions that multiply to more).
     """
+    if len(shape) > MAX_DIMENSIONS:
+        raise InvalidInput(f"input '{name}': shape has {len(shape)} dimensions; at most {MAX_DIMENSIONS}")
     if any(d < 0 for d in shape):
         raise InvalidInput(f"input '{name}': shape {list(shape)} has a negative dimension")
     count = prod(shape)
     if count > MAX_ELEMENTS:
-        raise InvalidInput(f"input '{name}': shape {list(shape)} has {count} elements, over {MAX_ELEMENTS}")
+        raise InvalidInput(f"input '{name}': shape {list(shape)} has {count} elements; at most {MAX_ELEMENTS}")
+    if prod(d for d in shape if d) > MAX_ELEMENTS:
+        raise InvalidInput(
+            f"input '{name}': shape {list(shape)} is too large: its nonzero dimensions multiply to over {MAX_ELEMENTS}"
+        )
     return count
 
 
-def decode_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
+def decode_bytes(name: str, raw: bytes, count: int, limit: int = MAX_BYTES_ELEMENTS) -> np.ndarray:
     """Split length-prefixed BYTES data into an object array of `count` elements.
+
+    Every element needs at least its 4-byte length, so a count the data cannot hold is refused
+    before anything is allocated; elements are then read one by one, each from bytes that are there.
+
+    Args:
+        name: the input's name, for errors.
+        raw: the input's raw contents.
+        count: the elements its shape declares.
+        limit: most elements allowed (what is left of the request's `MAX_BYTES_ELEMENTS`).
 
     Raises:
         InvalidInput: the data does not hold exactly `count` well-formed elements.
+        Overloaded: `count` is over `limit`.
     """
-    items = np.empty(count, dtype=object)
     view = memoryview(raw)
+    if count * _LENGTH_PREFIX.size > len(view):
+        raise InvalidInput(
+            f"input '{name}': {count} BYTES elements need at least {count * _LENGTH_PREFIX.size} bytes "
+            f"(a 4-byte length each), got {len(view)}"
+        )
+    _check_bytes_limit(name, count, limit)
+    elements = []
     offset = 0
     for i in range(count):
         if offset + 4 > len(view):
@@ -125,11 +154,24 @@ def decode_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
             raise InvalidInput(
                 f"input '{name}': BYTES element {i} declares {length} bytes but {len(view) - offset} remain"
             )
-        items[i] = bytes(view[offset : offset + length])
+        elements.append(bytes(view[offset : offset + length]))
         offset += length
     if offset != len(view):
         raise InvalidInput(f"input '{name}': {len(view) - offset} bytes left over after {count} BYTES elements")
-    return items
+    return _object_array(elements)
+
+
+def _check_bytes_limit(name: str, count: int, limit: int) -> None:
+    if count > limit:
+        raise Overloaded(
+            f"input '{name}': the request's BYTES inputs hold over {MAX_BYTES_ELEMENTS} elements, the limit per request"
+        )
+
+
+def _object_array(elements: list) -> np.ndarray:
+    array = np.empty(len(elements), dtype=object)
+    array[:] = elements
+    return array
 
 
 def encode_bytes(array: np.ndarray) -> bytes:
@@ -142,10 +184,12 @@ def encode_bytes(array: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
-def _decode_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> np.ndarray:
+def _decode_raw(
+    name: str, datatype: str, shape: list[int], raw: bytes, bytes_limit: int = MAX_BYTES_ELEMENTS
+) -> np.ndarray:
     count = element_count(name, shape)
     if datatype == "BYTES":
-        return decode_bytes(name, raw, count).reshape(shape)
+        return decode_bytes(name, raw, count, bytes_limit).reshape(shape)
     dtype = FIXED_DTYPES[datatype]
     expected = count * dtype.itemsize
     if len(raw) != expected:
@@ -158,7 +202,9 @@ def _decode_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> np.nd
     return array.reshape(shape)
 
 
-def _decode_contents(name: str, datatype: str, shape: list[int], contents: pb.InferTensorContents) -> np.ndarray:
+def _decode_contents(
+    name: str, datatype: str, shape: list[int], contents: pb.InferTensorContents, bytes_limit: int
+) -> np.ndarray:
     count = element_count(name, shape)
     field = CONTENTS_FIELD.get(datatype)
     if field is None:
@@ -170,9 +216,8 @@ def _decode_contents(name: str, datatype: str, shape: list[int], contents: pb.In
     if len(values) != count:
         raise InvalidInput(f"input '{name}': shape {shape} needs {count} values in {field}, got {len(values)}")
     if datatype == "BYTES":
-        array = np.empty(count, dtype=object)
-        array[:] = list(values)
-        return array.reshape(shape)
+        _check_bytes_limit(name, count, bytes_limit)
+        return _object_array(list(values)).reshape(shape)
     dtype = FIXED_DTYPES[datatype]
     if field in ("int_contents", "uint_contents") and count:
         wide = np.asarray(values, dtype=np.int64)
@@ -189,9 +234,13 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, Tensor]:
     Returns:
         Input name -> tensor.
 
+    Every size the request declares is checked against the data it carries before anything is
+    allocated for it.
+
     Raises:
         InvalidInput: unknown datatype, bad shape, data size mismatch, duplicate names, inputs
             without data, or raw and typed contents mixed in one request.
+        Overloaded: BYTES inputs with more than `MAX_BYTES_ELEMENTS` elements in all.
     """
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
@@ -199,6 +248,7 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, Tensor]:
             f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; give one per input"
         )
     tensors: dict[str, Tensor] = {}
+    bytes_left = MAX_BYTES_ELEMENTS
     for i, tensor in enumerate(request.inputs):
         name, datatype, shape = tensor.name, tensor.datatype, list(tensor.shape)
         if name in tensors:
@@ -211,11 +261,13 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, Tensor]:
                 f"input '{name}' sets contents while the request uses raw_input_contents; use one form for all inputs"
             )
         if raw:
-            array = _decode_raw(name, datatype, shape, raw[i])
+            array = _decode_raw(name, datatype, shape, raw[i], bytes_left)
         elif has_contents or element_count(name, shape) == 0:
-            array = _decode_contents(name, datatype, shape, tensor.contents)
+            array = _decode_contents(name, datatype, shape, tensor.contents, bytes_left)
         else:
             raise InvalidInput(f"input '{name}' has no data: set contents or raw_input_contents")
+        if datatype == "BYTES":
+            bytes_left -= array.size
         tensors[name] = Tensor(name, datatype, array)
     return tensors
 

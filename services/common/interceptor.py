@@ -113,9 +113,19 @@ def _parsed(method: str, message: Any) -> Any:
     return message
 
 
-async def _parsed_stream(method: str, messages: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    async for message in messages:
-        yield _parsed(method, message)
+class ParsedStream:
+    """A request stream whose undecodable messages raise InvalidInput one by one: after the error,
+    iterating goes on with the next message, so a handler may answer each bad message and carry on."""
+
+    def __init__(self, method: str, messages: AsyncIterator[Any]) -> None:
+        self._method = method
+        self._messages = aiter(messages)
+
+    def __aiter__(self) -> ParsedStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        return _parsed(self._method, await anext(self._messages))
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
@@ -191,7 +201,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             call = self._begin(method, full_method, context)
             try:
                 self._gate(context)
-                request = _parsed_stream(method, request) if streaming_request else _parsed(method, request)
+                request = ParsedStream(method, request) if streaming_request else _parsed(method, request)
                 response = await behavior(request, context)
             except BaseException as exc:
                 await self._fail(call, exc, context)
@@ -212,7 +222,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             call = self._begin(method, full_method, context)
             try:
                 self._gate(context)
-                request = _parsed_stream(method, request) if streaming_request else _parsed(method, request)
+                request = ParsedStream(method, request) if streaming_request else _parsed(method, request)
                 async for response in behavior(request, context):
                     yield response
             except BaseException as exc:

@@ -158,6 +158,15 @@ class ServedModel(ABC):
             ModelNotFound: no such version.
         """
 
+    def admit(self, version: str) -> None:
+        """Refuse a request for a resolved `version` that could not be queued now, before anything in
+        it is decoded or checked; admits every request by default.
+
+        Raises:
+            Overloaded: the version's queue is full.
+        """
+        return None
+
     def is_ready(self, version: str = "") -> bool:
         """True if a request for `version` would be served now."""
         ready = {v.version for v in self.index() if v.state == "READY"}

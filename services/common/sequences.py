@@ -56,8 +56,9 @@ class SequenceModel(BatchedModel):
             InvalidInput / Overloaded: as `padded` and `prepare`.
             ModelNotFound: `model_version` is not loaded.
         """
-        inputs = padded(items, self.max_rows)
         version = self.resolve(model_version)
+        self.admit(version)
+        inputs = padded(items, self.max_rows)
         result = await self.infer(InferRequest(inputs, version))
         labels = self.configs[version].labels
         return top_labels(result.outputs[0].array, labels, min(top_k or len(labels), len(labels))), version
@@ -99,15 +100,20 @@ class SequenceModel(BatchedModel):
 def padded(items: Sequence[common_pb2.TokenizedText], limit: int) -> dict[str, Tensor]:
     """Typed items as INPUT_IDS and ATTENTION_MASK tensors, padded with 0 to the longest.
 
+    Lengths are checked before anything is allocated.
+
     Raises:
-        InvalidInput: no items, or an item whose mask length differs from its ids'.
+        InvalidInput: no items, an item over 512 tokens, or an item whose mask length differs from its ids'.
         Overloaded: more items than `limit`.
     """
     if len(items) > limit:
         raise Overloaded(f"{len(items)} items; the limit is {limit} per request")
     if not items:
         raise InvalidInput("no items in the request")
-    width = max(len(item.input_ids) for item in items)
+    lengths = [len(item.input_ids) for item in items]
+    width = max(lengths)
+    if width > MAX_SEQUENCE:
+        raise InvalidInput(f"items[{lengths.index(width)}] has {width} tokens; at most {MAX_SEQUENCE}")
     ids = np.zeros((len(items), width), dtype=np.int64)
     mask = np.zeros((len(items), width), dtype=np.int64)
     for row, item in enumerate(items):

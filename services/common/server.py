@@ -74,7 +74,7 @@ class GrpcServer:
 
     def inference_servicer(self) -> grpc_service_pb2_grpc.GRPCInferenceServiceServicer:
         """The Open Inference Protocol servicer: over this server's own models (the gateway routes)."""
-        return InferenceServicer(self.models, self.lifecycle)
+        return InferenceServicer(self.models, self.lifecycle, inline_max_bytes=self.settings.inline_max_bytes)
 
     @property
     def service_names(self) -> list[str]:

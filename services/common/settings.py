@@ -35,6 +35,13 @@ class ServiceSettings(BaseSettings):
     max_message_bytes: int = Field(
         64 * 1024 * 1024, gt=0, description="Largest gRPC message received or sent; larger is RESOURCE_EXHAUSTED."
     )
+    inline_max_bytes: int = Field(
+        64 * 1024,
+        ge=0,
+        description="Requests with at most this much text, image or tensor data (bytes; pixels for images) are "
+        "prepared on the event loop; larger ones on worker threads, a chunk at a time, so that health checks and "
+        "other callers never wait behind them.",
+    )
     drain_grace_seconds: float = Field(
         10.0, gt=0, description="On SIGTERM, how long in-flight calls get to finish before the server stops."
     )
@@ -177,6 +184,15 @@ class TextLimits(BaseSettings):
 
     max_texts: int = Field(1024, gt=0, description="Texts per request; more is RESOURCE_EXHAUSTED.")
     max_text_bytes: int = Field(100_000, gt=0, description="UTF-8 bytes per text; more is RESOURCE_EXHAUSTED.")
+    max_request_bytes: int = Field(
+        1 << 20, gt=0, description="UTF-8 bytes of all texts (and pairs) per request; more is RESOURCE_EXHAUSTED."
+    )
+    max_request_tokens: int = Field(
+        1024 * 512,
+        gt=0,
+        description="Token ids per Detokenize request (what the largest Tokenize answer holds); more is "
+        "RESOURCE_EXHAUSTED.",
+    )
     default_max_length: int = Field(256, ge=2, le=512, description="Tokens per sequence when a request names none.")
 
 
@@ -194,6 +210,12 @@ class VisionSettings(BatchingSettings, ServiceSettings):
     port: int = Field(50053, ge=0, le=65535)
     max_images: int = Field(1024, ge=1, description="Images per request; more is RESOURCE_EXHAUSTED.")
     max_image_bytes: int = Field(4 << 20, ge=1, description="Bytes per encoded image; more is RESOURCE_EXHAUSTED.")
+    max_image_pixels: int = Field(
+        4096 * 4096, ge=1, description="Pixels per encoded image, as its header declares; more is RESOURCE_EXHAUSTED."
+    )
+    max_request_pixels: int = Field(
+        1 << 25, ge=1, description="Pixels of all encoded images per request; more is RESOURCE_EXHAUSTED."
+    )
 
 
 class TextSettings(SequenceSettings, ServiceSettings):

@@ -56,7 +56,7 @@ class GatewayServer(GrpcServer):
 
     def inference_servicer(self) -> grpc_service_pb2_grpc.GRPCInferenceServiceServicer:
         """Local models served here, every other model forwarded by the routing file."""
-        return GatewayInferenceServicer(self.models, self.lifecycle, self.router)
+        return GatewayInferenceServicer(self.models, self.lifecycle, self.router, self.settings.inline_max_bytes)
 
     async def start(self) -> None:
         """Start serving, then start following the routing file."""

@@ -111,10 +111,23 @@ class WordPieceTokenizer:
             ]
         else:
             encoded = self._encode_pairs(texts, pairs, max_length, truncation)
-        longest = max((len(e.input_ids) for e in encoded), default=0)
-        _check_fits(longest, max_length)
+        _check_fits(max((len(e.input_ids) for e in encoded), default=0), max_length)
+        return self.pad(encoded, padding, max_length)
+
+    def pad(self, encodings: Sequence[Encoding], padding: Padding, max_length: int) -> list[Encoding]:
+        """Pad the encodings of one call (e.g. encoded in parts with `Padding.NONE`) as `padding` asks.
+
+        Args:
+            encodings: encodings at most `max_length` long.
+            padding: to the longest of them, to `max_length`, or not at all; pads use id 0.
+            max_length: the call's max_length.
+
+        Returns:
+            The padded encodings.
+        """
+        longest = max((len(e.input_ids) for e in encodings), default=0)
         width = {Padding.LONGEST: longest, Padding.MAX_LENGTH: max_length, Padding.NONE: 0}[padding]
-        return [self._padded(e, width) for e in encoded]
+        return [self._padded(e, width) for e in encodings]
 
     def encode_arrays(
         self,

@@ -11,6 +11,7 @@ import numpy as np
 
 from maas.tokenizer.v1 import tokenizer_pb2 as pb
 from maas.tokenizer.v1 import tokenizer_pb2_grpc as pb_grpc
+from services.common import offload
 from services.common.codec import Tensor
 from services.common.echo import EchoModel
 from services.common.errors import InvalidInput, Overloaded
@@ -19,7 +20,7 @@ from services.common.models import InferRequest, InferResult, ModelRegistry, Ten
 from services.common.repository import RepositoryModel, VersionConfig
 from services.common.service import Service, TypedService
 from services.common.settings import TextLimits, TokenizerSettings
-from services.tokenizer.model import MAX_LENGTH_LIMIT, Padding, WordPieceTokenizer
+from services.tokenizer.model import MAX_LENGTH_LIMIT, Encoding, Padding, WordPieceTokenizer
 
 T = TypeVar("T")
 MODEL_NAME = "tokenizer"
@@ -34,18 +35,53 @@ PADDING = {
 }
 
 
-def check_texts(field: str, texts: Sequence[str], limits: TextLimits) -> None:
-    """Refuse requests over the text limits.
+def check_texts(field: str, texts: Sequence[str | bytes], limits: TextLimits) -> list[int]:
+    """Refuse too many texts, or a text over the byte limit.
+
+    Returns:
+        Each text's size in UTF-8 bytes.
 
     Raises:
         Overloaded: too many texts, or a text over the byte limit.
     """
     if len(texts) > limits.max_texts:
         raise Overloaded(f"{field} has {len(texts)} texts; the limit is {limits.max_texts} per request")
-    for i, text in enumerate(texts):
-        size = len(text.encode()) if isinstance(text, str) else len(text)
+    sizes = [len(text.encode()) if isinstance(text, str) else len(text) for text in texts]
+    for i, size in enumerate(sizes):
         if size > limits.max_text_bytes:
             raise Overloaded(f"{field}[{i}] is {size} bytes; the limit is {limits.max_text_bytes} per text")
+    return sizes
+
+
+def text_costs(
+    limits: TextLimits, texts: tuple[str, Sequence[str | bytes]], pairs: tuple[str, Sequence[str | bytes]] | None
+) -> list[int]:
+    """Check a request's texts (and second texts) against the limits, before any of them is tokenized.
+
+    Args:
+        limits: the limits.
+        texts: the texts' field name and the texts.
+        pairs: the second texts' field name and the second texts, or None.
+
+    Returns:
+        Each text's size in UTF-8 bytes, with its second text's.
+
+    Raises:
+        InvalidInput: second texts given, but not one per text.
+        Overloaded: as `check_texts`, or more bytes in all than the request limit.
+    """
+    costs = check_texts(*texts, limits)
+    if pairs is not None:
+        if len(pairs[1]) != len(costs):
+            raise InvalidInput(
+                f"{pairs[0]} has {len(pairs[1])} elements for {len(costs)} in {texts[0]}; give one per text"
+            )
+        costs = [a + b for a, b in zip(costs, check_texts(*pairs, limits), strict=True)]
+    if sum(costs) > limits.max_request_bytes:
+        raise Overloaded(
+            f"the texts hold {sum(costs)} bytes in all; the limit is {limits.max_request_bytes} per request"
+        )
+    return costs
 
 
 def check_max_length(value: int) -> int:
@@ -59,14 +95,19 @@ def check_max_length(value: int) -> int:
     return value
 
 
-def decode_utf8(field: str, items: np.ndarray) -> list[str]:
+def decode_utf8(field: str, items: np.ndarray, start: int = 0) -> list[str]:
     """Decode a BYTES tensor's elements as UTF-8.
+
+    Args:
+        field: the tensor's name, for errors.
+        items: the elements.
+        start: the index of the first element in the whole tensor, for errors.
 
     Raises:
         InvalidInput: an element is not valid UTF-8.
     """
     texts = []
-    for i, item in enumerate(items):
+    for i, item in enumerate(items, start):
         try:
             texts.append(item.decode("utf-8"))
         except UnicodeDecodeError as exc:
@@ -84,6 +125,24 @@ def invalid_on_value_error(fn: Callable[..., T], *args: Any) -> T:
         raise InvalidInput(str(exc)) from None
 
 
+def stacked(parts: Sequence[tuple[np.ndarray, ...]], pad_id: int) -> tuple[np.ndarray, ...]:
+    """Stack the ids, mask and type ids of texts tokenized in parts, padding each part to the longest.
+
+    Args:
+        parts: each part's INT64 [N, L] arrays (ids, mask, type ids), padded to that part's longest.
+        pad_id: the id that pads `ids`; mask and type ids pad with 0.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    width = max(part[0].shape[1] for part in parts)
+    return tuple(
+        np.concatenate(
+            [np.pad(part[k], [(0, 0), (0, width - part[k].shape[1])], constant_values=pad) for part in parts]
+        )
+        for k, pad in enumerate((pad_id, 0, 0))
+    )
+
+
 class TokenizerModel(RepositoryModel):
     """v2 model `tokenizer`: TEXT (+ TEXT_PAIR) BYTES [N] -> INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS INT64 [N, L].
 
@@ -98,33 +157,32 @@ class TokenizerModel(RepositoryModel):
 
     missing_hint = "; run `maas models export-tokenizer`"
 
-    def __init__(self, repository: Path, limits: TextLimits) -> None:
+    def __init__(self, repository: Path, settings: TokenizerSettings) -> None:
         super().__init__(repository)
-        self.limits = limits
+        self.limits = settings
 
     def build(self, directory: Path, config: VersionConfig) -> WordPieceTokenizer:
         """Load the version's tokenizer.json."""
         return WordPieceTokenizer(directory)
 
     async def infer(self, request: InferRequest) -> InferResult:
-        """Tokenize the TEXT (and TEXT_PAIR) elements."""
+        """Tokenize the TEXT (and TEXT_PAIR) elements; on worker threads, in parts, if they are large."""
         tokenizer: WordPieceTokenizer = self.loaded(request.version)
         texts = request.inputs["TEXT"].array
-        check_texts("TEXT", texts, self.limits)
-        pairs = None
-        if "TEXT_PAIR" in request.inputs:
-            pairs = request.inputs["TEXT_PAIR"].array
-            check_texts("TEXT_PAIR", pairs, self.limits)
-            if len(pairs) != len(texts):
-                raise InvalidInput(f"TEXT_PAIR has {len(pairs)} elements for {len(texts)} in TEXT; give one per text")
-            pairs = decode_utf8("TEXT_PAIR", pairs)
+        pairs = request.inputs["TEXT_PAIR"].array if "TEXT_PAIR" in request.inputs else None
+        costs = text_costs(self.limits, ("TEXT", texts), None if pairs is None else ("TEXT_PAIR", pairs))
         max_length = check_max_length(request.parameters.get("max_length", self.limits.default_max_length))
         truncation = request.parameters.get("truncation", True)
         if not isinstance(truncation, bool):
             raise InvalidInput(f"parameter 'truncation' must be a bool, got {truncation!r}")
-        ids, mask, types = invalid_on_value_error(
-            tokenizer.encode_arrays, decode_utf8("TEXT", texts), pairs, max_length, truncation
-        )
+
+        def encode(part: slice) -> tuple[np.ndarray, ...]:
+            first = decode_utf8("TEXT", texts[part], part.start)
+            second = None if pairs is None else decode_utf8("TEXT_PAIR", pairs[part], part.start)
+            return invalid_on_value_error(tokenizer.encode_arrays, first, second, max_length, truncation)
+
+        parts = await offload.map_chunks(encode, costs, self.limits.inline_max_bytes)
+        ids, mask, types = stacked(parts, tokenizer.pad_id)
         outputs = [
             Tensor("INPUT_IDS", "INT64", ids),
             Tensor("ATTENTION_MASK", "INT64", mask),
@@ -133,8 +191,22 @@ class TokenizerModel(RepositoryModel):
         return InferResult(outputs=outputs, version=request.version, batch_size=len(texts))
 
 
+def _encoding(encoding: Encoding) -> pb.Encoding:
+    return pb.Encoding(
+        input_ids=encoding.input_ids,
+        attention_mask=encoding.attention_mask,
+        token_type_ids=encoding.token_type_ids,
+        offset_starts=[start for start, _ in encoding.offsets],
+        offset_ends=[end for _, end in encoding.offsets],
+        tokens=encoding.tokens,
+    )
+
+
 class TokenizerServicer(pb_grpc.TokenizerServiceServicer):
-    """`maas.tokenizer.v1.TokenizerService` over the newest loaded version of `TokenizerModel`."""
+    """`maas.tokenizer.v1.TokenizerService` over the newest loaded version of `TokenizerModel`.
+
+    A large request is tokenized and answered on worker threads, in parts (see `services.common.offload`).
+    """
 
     def __init__(self, model: TokenizerModel) -> None:
         self._model = model
@@ -142,43 +214,55 @@ class TokenizerServicer(pb_grpc.TokenizerServiceServicer):
     async def Tokenize(self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext) -> pb.TokenizeResponse:
         label_model(MODEL_NAME)
         limits = self._model.limits
-        check_texts("texts", request.texts, limits)
-        pairs = list(request.text_pairs) or None
-        if pairs is not None:
-            check_texts("text_pairs", pairs, limits)
+        texts, pairs = list(request.texts), list(request.text_pairs) or None
+        costs = text_costs(limits, ("texts", texts), None if pairs is None else ("text_pairs", pairs))
         max_length = check_max_length(request.max_length or limits.default_max_length)
         truncation = request.truncation if request.HasField("truncation") else True
+        padding = PADDING.get(request.padding)
+        if padding is None:
+            raise InvalidInput(
+                f"padding {request.padding} is not a Padding value; use one of "
+                + ", ".join(pb.Padding.Name(value) for value in PADDING)
+            )
         tokenizer: WordPieceTokenizer = self._model.loaded("")
-        encodings = invalid_on_value_error(
-            tokenizer.encode, list(request.texts), pairs, max_length, truncation, PADDING[request.padding]
-        )
-        return pb.TokenizeResponse(
-            encodings=[
-                pb.Encoding(
-                    input_ids=e.input_ids,
-                    attention_mask=e.attention_mask,
-                    token_type_ids=e.token_type_ids,
-                    offset_starts=[start for start, _ in e.offsets],
-                    offset_ends=[end for _, end in e.offsets],
-                    tokens=e.tokens,
-                )
-                for e in encodings
-            ]
+
+        def encode(part: slice) -> list[Encoding]:
+            second = None if pairs is None else pairs[part]
+            return invalid_on_value_error(tokenizer.encode, texts[part], second, max_length, truncation, Padding.NONE)
+
+        parts = await offload.map_chunks(encode, costs, limits.inline_max_bytes)
+        encodings = [encoding for part in parts for encoding in part]
+        return await offload.run(
+            lambda: pb.TokenizeResponse(encodings=map(_encoding, tokenizer.pad(encodings, padding, max_length))),
+            sum(costs),
+            limits.inline_max_bytes,
         )
 
     async def Detokenize(
         self, request: pb.DetokenizeRequest, context: grpc.aio.ServicerContext
     ) -> pb.DetokenizeResponse:
         label_model(MODEL_NAME)
-        if len(request.sequences) > self._model.limits.max_texts:
+        limits = self._model.limits
+        sequences = request.sequences
+        if len(sequences) > limits.max_texts:
+            raise Overloaded(f"sequences has {len(sequences)} entries; the limit is {limits.max_texts}")
+        counts = [len(sequence.ids) for sequence in sequences]
+        if sum(counts) > limits.max_request_tokens:
             raise Overloaded(
-                f"sequences has {len(request.sequences)} entries; the limit is {self._model.limits.max_texts}"
+                f"sequences hold {sum(counts)} token ids in all; the limit is {limits.max_request_tokens} per request"
             )
         tokenizer: WordPieceTokenizer = self._model.loaded("")
-        texts = invalid_on_value_error(
-            tokenizer.decode, [s.ids for s in request.sequences], not request.keep_special_tokens
-        )
-        return pb.DetokenizeResponse(texts=texts)
+
+        def decode(part: slice) -> list[str]:
+            ids = [list(sequence.ids) for sequence in sequences[part]]
+            for i, row in enumerate(ids, part.start):
+                bad = [t for t in row if not 0 <= t < tokenizer.vocab_size]
+                if bad:
+                    raise InvalidInput(f"sequences[{i}] has ids outside [0, {tokenizer.vocab_size}): {bad[:5]}")
+            return tokenizer.decode(ids, not request.keep_special_tokens)
+
+        parts = await offload.map_chunks(decode, [8 * count for count in counts], limits.inline_max_bytes)
+        return pb.DetokenizeResponse(texts=[text for part in parts for text in part])
 
 
 def build_service(settings: TokenizerSettings) -> Service:

@@ -105,8 +105,9 @@ class TransformerServicer(pb_grpc.TransformerServiceServicer):
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         label_model(EMBED_MODEL)
-        inputs = padded(request.items, self._embed.max_rows)
         version = self._embed.resolve(request.model_version)
+        self._embed.admit(version)
+        inputs = padded(request.items, self._embed.max_rows)
         result = await self._embed.infer(InferRequest(inputs, version))
         embeddings = [common_pb2.Embedding(values=row) for row in result.outputs[0].array]
         return pb.EmbedResponse(embeddings=embeddings, model_version=version)

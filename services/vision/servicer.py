@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -12,6 +13,7 @@ from PIL import Image, UnidentifiedImageError
 
 from maas.vision.v1 import vision_pb2 as pb
 from maas.vision.v1 import vision_pb2_grpc as pb_grpc
+from services.common import offload
 from services.common.batched import BatchedModel
 from services.common.batcher import Arrays, Predict
 from services.common.codec import Tensor
@@ -27,7 +29,6 @@ from services.common.typed import top_labels
 from services.vision.model import ARCHITECTURE, Classifier
 from services.vision.spec import INPUTS, MODEL_NAME, OUTPUTS, PLATFORM, SIDE
 
-MAX_DECODED_PIXELS = 4096 * 4096
 ENCODINGS = ("PNG", "JPEG")
 
 
@@ -74,15 +75,16 @@ class FashionModel(BatchedModel):
         )
 
 
-def decode_image(index: int, image: pb.Image, max_bytes: int) -> np.ndarray:
-    """One typed-API image as float32 [1, 28, 28] in [0, 1].
+def open_image(index: int, image: pb.Image, settings: VisionSettings) -> Image.Image | np.ndarray:
+    """Read one typed-API image's header (an encoded image) or take its pixels (a raw one), checking
+    its size before anything is decoded.
 
-    Encoded images (PNG or JPEG) are converted to grayscale and resized to 28x28 if needed;
-    Fashion-MNIST images are light garments on a black background.
+    Returns:
+        The opened PIL image, still to decode (see `to_array`), or float32 [1, 28, 28] in [0, 1].
 
     Raises:
         InvalidInput: no image, a raw tensor that is not 28x28, or bytes that are not a readable PNG/JPEG.
-        Overloaded: the encoded image is over the byte limit.
+        Overloaded: the encoded image is over the byte or pixel limit.
     """
     which = image.WhichOneof("source")
     if which == "raw":
@@ -95,20 +97,49 @@ def decode_image(index: int, image: pb.Image, max_bytes: int) -> np.ndarray:
         return np.asarray(raw.pixels, dtype=np.float32).reshape(1, SIDE, SIDE)
     if which != "encoded":
         raise InvalidInput(f"images[{index}] has neither encoded bytes nor a raw image")
-    if len(image.encoded) > max_bytes:
-        raise Overloaded(f"images[{index}] is {len(image.encoded)} bytes; the limit is {max_bytes}")
+    if len(image.encoded) > settings.max_image_bytes:
+        raise Overloaded(f"images[{index}] is {len(image.encoded)} bytes; the limit is {settings.max_image_bytes}")
     try:
-        with Image.open(io.BytesIO(image.encoded)) as decoded:
-            if decoded.format not in ENCODINGS:
-                raise InvalidInput(f"images[{index}] is {decoded.format}; send PNG or JPEG")
-            if decoded.width * decoded.height > MAX_DECODED_PIXELS:
-                raise InvalidInput(f"images[{index}] is {decoded.width}x{decoded.height}, over 4096x4096")
-            gray = decoded.convert("L")
+        opened = Image.open(io.BytesIO(image.encoded))
+    except Image.DecompressionBombError as exc:
+        raise Overloaded(
+            f"images[{index}] has more pixels than the limit of {settings.max_image_pixels} per image ({exc})"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InvalidInput(f"images[{index}] is not a readable PNG or JPEG ({exc})") from None
+    if opened.format not in ENCODINGS:
+        raise InvalidInput(f"images[{index}] is {opened.format}; send PNG or JPEG")
+    if opened.width * opened.height > settings.max_image_pixels:
+        raise Overloaded(
+            f"images[{index}] is {opened.width}x{opened.height} pixels; the limit is {settings.max_image_pixels} "
+            "per image"
+        )
+    return opened
+
+
+def to_array(index: int, opened: Image.Image | np.ndarray) -> np.ndarray:
+    """Decode an opened image as float32 [1, 28, 28] in [0, 1] (see `open_image`).
+
+    Encoded images are converted to grayscale and resized to 28x28 if needed; Fashion-MNIST images
+    are light garments on a black background.
+
+    Raises:
+        InvalidInput: the image data is truncated or corrupt.
+    """
+    if isinstance(opened, np.ndarray):
+        return opened
+    try:
+        with opened:
+            gray = opened.convert("L")
             if gray.size != (SIDE, SIDE):
                 gray = gray.resize((SIDE, SIDE), Image.Resampling.LANCZOS)
             return (np.asarray(gray, dtype=np.float32) / 255.0).reshape(1, SIDE, SIDE)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidInput(f"images[{index}] is not a readable PNG or JPEG ({exc})") from None
+
+
+def _pixels(opened: Image.Image | np.ndarray) -> int:
+    return opened.size if isinstance(opened, np.ndarray) else opened.width * opened.height
 
 
 class VisionServicer(pb_grpc.VisionServiceServicer):
@@ -116,7 +147,7 @@ class VisionServicer(pb_grpc.VisionServiceServicer):
 
     def __init__(self, model: FashionModel, settings: VisionSettings) -> None:
         self._model = model
-        self._max_image_bytes = settings.max_image_bytes
+        self._settings = settings
 
     async def ClassifyImage(
         self, request: pb.ClassifyImageRequest, context: grpc.aio.ServicerContext
@@ -127,13 +158,37 @@ class VisionServicer(pb_grpc.VisionServiceServicer):
         if not request.images:
             raise InvalidInput("no images in the request")
         version = self._model.resolve(request.model_version)
-        images = np.stack([decode_image(i, image, self._max_image_bytes) for i, image in enumerate(request.images)])
+        self._model.admit(version)
+        images = await self._decode(request.images)
         result = await self._model.infer(InferRequest({"IMAGE": Tensor("IMAGE", "FP32", images)}, version))
         labels = self._model.configs[version].labels
         top_k = min(request.top_k or 1, len(labels))
         return pb.ClassifyImageResponse(
             results=top_labels(result.outputs[0].array, labels, top_k), model_version=version
         )
+
+    async def _decode(self, images: Sequence[pb.Image]) -> np.ndarray:
+        """Every image as float32 [N, 1, 28, 28]: headers read and sizes checked first (off the event loop
+        when the request is large), then decoded, in chunks on worker threads when they hold many pixels.
+
+        Raises:
+            InvalidInput / Overloaded: as `open_image` and `to_array`, or more pixels in all than the
+                request limit.
+        """
+        settings = self._settings
+        sent = sum(image.ByteSize() for image in images)
+        opened = await offload.run(
+            lambda: [open_image(i, image, settings) for i, image in enumerate(images)], sent, settings.inline_max_bytes
+        )
+        pixels = [_pixels(image) for image in opened]
+        if sum(pixels) > settings.max_request_pixels:
+            raise Overloaded(
+                f"the images hold {sum(pixels)} pixels in all; the limit is {settings.max_request_pixels} per request"
+            )
+        parts = await offload.map_chunks(
+            lambda part: [to_array(i, opened[i]) for i in range(len(opened))[part]], pixels, settings.inline_max_bytes
+        )
+        return np.stack([array for part in parts for array in part])
 
 
 def build_service(settings: VisionSettings) -> Service:
