@@ -8,6 +8,7 @@ the request id, and the traceback goes to the log, never to the caller.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import re
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 REQUEST_ID_KEY = "x-request-id"
 UNGATED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+DISCARD_SECONDS = 1.0
 _REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
@@ -128,6 +130,16 @@ class ParsedStream:
         return _parsed(self._method, await anext(self._messages))
 
 
+async def _discard(requests: AsyncIterator[Any]) -> None:
+    """Read what is left of a failed call's request stream (for at most `DISCARD_SECONDS`) before its
+    status goes out: gRPC's asyncio client reports a status that arrives while it is still sending as
+    INTERNAL "Internal error from Core", whatever the status was."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(DISCARD_SECONDS):
+            async for _ in requests:
+                pass
+
+
 def _request_id(context: grpc.aio.ServicerContext) -> str:
     # The caller's id if it sent a sane one; otherwise a per-process random prefix and a counter,
     # unique across processes without a system call per request.
@@ -201,10 +213,13 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             call = self._begin(method, full_method, context)
             try:
                 self._gate(context)
-                request = ParsedStream(method, request) if streaming_request else _parsed(method, request)
-                response = await behavior(request, context)
+                parsed = ParsedStream(method, request) if streaming_request else _parsed(method, request)
+                response = await behavior(parsed, context)
             except BaseException as exc:
-                await self._fail(call, exc, context)
+                if self._fail(call, exc, context):
+                    if streaming_request:
+                        await _discard(request)
+                    return None
                 raise
             finally:
                 self._lifecycle.exit()
@@ -222,11 +237,14 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             call = self._begin(method, full_method, context)
             try:
                 self._gate(context)
-                request = ParsedStream(method, request) if streaming_request else _parsed(method, request)
-                async for response in behavior(request, context):
+                parsed = ParsedStream(method, request) if streaming_request else _parsed(method, request)
+                async for response in behavior(parsed, context):
                     yield response
             except BaseException as exc:
-                await self._fail(call, exc, context)
+                if self._fail(call, exc, context):
+                    if streaming_request:
+                        await _discard(request)
+                    return
                 raise
             finally:
                 self._lifecycle.exit()
@@ -266,17 +284,30 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         metrics.requests(call.method, call.model, code.name).inc()
         metrics.request_seconds(call.method, call.model).observe(time.perf_counter() - call.started)
 
-    async def _fail(self, call: CallInfo, exc: BaseException, context: grpc.aio.ServicerContext) -> None:
-        """Record the call's outcome and turn `exc` into a status; returns only to let `exc` propagate."""
-        trailing = ((REQUEST_ID_KEY, call.request_id),)
+    def _fail(self, call: CallInfo, exc: BaseException, context: grpc.aio.ServicerContext) -> bool:
+        """Record the call's outcome and set the status `exc` maps to.
+
+        The status is set on the context and the handler returns, rather than raising it through
+        `context.abort()`, which costs a refused call about a sixth more of the server's time.
+
+        Returns:
+            True if the status is set and the handler should return; False if `exc` must propagate
+            (the call was cancelled, the handler aborted it itself, or the process is exiting).
+        """
         if isinstance(exc, asyncio.CancelledError | GeneratorExit):
             self._record(call, grpc.StatusCode.CANCELLED)
-            return
+            return False
         if isinstance(exc, grpc.aio.AbortError):
             self._record(call, context.code() or grpc.StatusCode.UNKNOWN)
-            return
+            return False
         code, details = status_of(exc, call)
         self._record(call, code, details)
+        if not isinstance(exc, Exception):
+            return False
+        trailing = ((REQUEST_ID_KEY, call.request_id),)
         if isinstance(exc, MaasError):
             trailing += exc.trailing_metadata()
-        await context.abort(code, details, trailing_metadata=trailing)
+        context.set_code(code)
+        context.set_details(details)
+        context.set_trailing_metadata(trailing)
+        return True
