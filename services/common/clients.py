@@ -7,7 +7,10 @@ health-checked (`grpc.health.v1`, service ""), so a replica that is draining or 
 calls, and a lost connection is re-dialled with a short backoff, so a replica that comes back gets
 calls again within about a second. Every call takes its timeout from what is left of the deadline of
 the call being served, carries its request id and trace context, and translates a failure once, into
-`DownstreamError` with the status unchanged and whether the call surely did not run downstream.
+`DownstreamError` with the status unchanged and whether the call surely did not run downstream. The
+one status changed is CANCELLED, which a call cancelled here never gets (it raises
+`asyncio.CancelledError`): the target dropped the call (it was stopping), which is UNAVAILABLE to the
+caller, who cancelled nothing.
 """
 
 from __future__ import annotations
@@ -129,8 +132,9 @@ class Downstream:
             The response message.
 
         Raises:
-            DownstreamError: the call failed; it carries the status code and details unchanged, and
-                `not_run` when the call surely did not run downstream.
+            DownstreamError: the call failed; it carries the status code and details unchanged (but
+                CANCELLED, which the target's dropping the call is, becomes UNAVAILABLE), and `not_run`
+                when the call surely did not run downstream.
         """
         metadata: list[tuple[str, str]] = list(self.metadata)
         call = current_call()
@@ -148,8 +152,10 @@ class Downstream:
                 except grpc.aio.AioRpcError as exc:
                     if span is not None:
                         span.set_attribute("rpc.grpc.status_code", exc.code().value[0])
-                    details = exc.details() or exc.code().name
-                    raise DownstreamError(exc.code(), details, self.name, _not_run(exc, details)) from None
+                    code, details = exc.code(), exc.details() or exc.code().name
+                    if code is grpc.StatusCode.CANCELLED:
+                        code, details = grpc.StatusCode.UNAVAILABLE, f"{self.name} dropped the call ({details})"
+                    raise DownstreamError(code, details, self.name, _not_run(exc, details)) from None
         finally:
             self._in_flight -= 1
             if not self._in_flight:

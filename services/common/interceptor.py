@@ -23,7 +23,7 @@ import grpc
 
 from services.common import metrics, telemetry
 from services.common.auth import ApiKeys
-from services.common.errors import DownstreamError, Draining, InvalidInput, MaasError
+from services.common.errors import DownstreamError, InvalidInput, MaasError
 from services.common.lifecycle import Lifecycle
 from services.common.logs import request_id_var
 
@@ -212,17 +212,16 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             call = self._begin(method, full_method, context)
             try:
-                self._gate(context)
-                parsed = ParsedStream(method, request) if streaming_request else _parsed(method, request)
-                response = await behavior(parsed, context)
+                with self._lifecycle.admitted():
+                    self._check_key(context)
+                    parsed = ParsedStream(method, request) if streaming_request else _parsed(method, request)
+                    response = await behavior(parsed, context)
             except BaseException as exc:
                 if self._fail(call, exc, context):
                     if streaming_request:
                         await _discard(request)
                     return None
                 raise
-            finally:
-                self._lifecycle.exit()
             self._record(call, grpc.StatusCode.OK)
             return response
 
@@ -236,18 +235,17 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             call = self._begin(method, full_method, context)
             try:
-                self._gate(context)
-                parsed = ParsedStream(method, request) if streaming_request else _parsed(method, request)
-                async for response in behavior(parsed, context):
-                    yield response
+                with self._lifecycle.admitted():
+                    self._check_key(context)
+                    parsed = ParsedStream(method, request) if streaming_request else _parsed(method, request)
+                    async for response in behavior(parsed, context):
+                        yield response
             except BaseException as exc:
                 if self._fail(call, exc, context):
                     if streaming_request:
                         await _discard(request)
                     return
                 raise
-            finally:
-                self._lifecycle.exit()
             self._record(call, grpc.StatusCode.OK)
 
         return stream
@@ -265,13 +263,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         _call_var.set(call)
         request_id_var.set(call.request_id)
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
-        self._lifecycle.enter()
         metrics.in_flight(method).inc()
         return call
 
-    def _gate(self, context: grpc.aio.ServicerContext) -> None:
-        if self._lifecycle.draining:
-            raise Draining("server is shutting down; retry on another replica")
+    def _check_key(self, context: grpc.aio.ServicerContext) -> None:
         if self._auth is not None:
             self._auth.check(context.invocation_metadata())
 
