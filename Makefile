@@ -14,7 +14,7 @@ MODELS = $(MAAS) models export-tokenizer --if-missing && $(MAAS) models export-m
 	&& $(MAAS) train vision --if-missing $(1) && $(MAAS) train text --if-missing $(1) \
 	&& $(MAAS) train text --quantize int8 --if-missing $(1) && $(MAAS) train transformer --if-missing $(1)
 
-.PHONY: venv models up test bench protos lint manifests
+.PHONY: venv models up test fuzz bench protos lint manifests
 
 K8S_TOOLS := $(VENV)/.k8s-tools
 
@@ -40,6 +40,12 @@ up: models
 test: $(STAMP) $(K8S_TOOLS)
 	$(call MODELS,--no-progress)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Malformed requests against every service and the gateway under `maas up` (tests/fuzz/fuzz_stack.py).
+FUZZ_CASES ?= 10000
+fuzz: $(STAMP)
+	$(call MODELS,--no-progress)
+	FUZZ_CASES=$(FUZZ_CASES) $(PY) -m pytest tests/fuzz/fuzz_stack.py -o timeout=3600 $(PYTEST_ARGS)
 
 bench: models
 	$(MAAS) bench
