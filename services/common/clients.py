@@ -5,7 +5,9 @@ with round_robin, so a headless Kubernetes Service spreads load over every pod (
 connections open, so kube-proxy alone would pin a client to one pod). Each address's connection is
 health-checked (`grpc.health.v1`, service ""), so a replica that is draining or loading gets no new
 calls, and a lost connection is re-dialled with a short backoff, so a replica that comes back gets
-calls again within about a second. Every call takes its timeout from what is left of the deadline of
+calls again within about a second. gRPC resolves the name again only when a connection closes, so
+the servers age their connections (`max_connection_age_s`) and a replica added behind the name gets
+calls within one connection age. Every call takes its timeout from what is left of the deadline of
 the call being served, carries its request id and trace context, and translates a failure once, into
 `DownstreamError` with the status unchanged and whether the call surely did not run downstream. The
 one status changed is CANCELLED, which a call cancelled here never gets (it raises
@@ -34,6 +36,7 @@ KEEPALIVE_MS = 30_000
 KEEPALIVE_TIMEOUT_MS = 10_000
 RECONNECT_BACKOFF_MS = 100
 MAX_RECONNECT_BACKOFF_MS = 1_000
+MIN_RESOLUTION_INTERVAL_MS = 30_000
 SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}})
 UNREACHABLE_DETAILS = ("connections to all backends failing", "DNS resolution failed")
 """How gRPC's round_robin and resolver word a call they failed before sending it: no address was
@@ -43,7 +46,9 @@ words are the signal; a contract test pins them."""
 
 
 def channel_options(
-    max_message_bytes: int, max_reconnect_backoff_ms: int = MAX_RECONNECT_BACKOFF_MS
+    max_message_bytes: int,
+    max_reconnect_backoff_ms: int = MAX_RECONNECT_BACKOFF_MS,
+    min_resolution_interval_ms: int = MIN_RESOLUTION_INTERVAL_MS,
 ) -> list[tuple[str, Any]]:
     """Options of a long-lived channel to a maas service: round_robin over every resolved address
     that is connected and reports SERVING, short reconnect backoff (gRPC's default grows to 120 s),
@@ -52,11 +57,14 @@ def channel_options(
     Args:
         max_message_bytes: largest message sent or received.
         max_reconnect_backoff_ms: longest wait between attempts to re-dial a lost address.
+        min_resolution_interval_ms: shortest time between two resolutions of a `dns:` target (gRPC
+            resolves again when a connection closes, e.g. when a server ages it).
     """
     return [
         ("grpc.service_config", SERVICE_CONFIG),
         ("grpc.initial_reconnect_backoff_ms", min(RECONNECT_BACKOFF_MS, max_reconnect_backoff_ms)),
         ("grpc.max_reconnect_backoff_ms", max_reconnect_backoff_ms),
+        ("grpc.dns_min_time_between_resolutions_ms", min_resolution_interval_ms),
         ("grpc.keepalive_time_ms", KEEPALIVE_MS),
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.keepalive_permit_without_calls", 1),
@@ -88,6 +96,7 @@ class Downstream:
         default_timeout: float,
         max_reconnect_backoff_ms: int = MAX_RECONNECT_BACKOFF_MS,
         metadata: tuple[tuple[str, str], ...] = (),
+        min_resolution_interval_ms: int = MIN_RESOLUTION_INTERVAL_MS,
     ) -> None:
         """Open a channel to `target`, connecting lazily.
 
@@ -98,12 +107,13 @@ class Downstream:
             default_timeout: timeout of calls made while serving a call without a deadline.
             max_reconnect_backoff_ms: longest wait between attempts to re-dial a lost address.
             metadata: sent with every call (e.g. Serve's `application` for its gRPC proxy).
+            min_resolution_interval_ms: shortest time between two resolutions of a `dns:` target.
         """
         self.name = name
         self.target = target
         self.metadata = metadata
         self.channel = grpc.aio.insecure_channel(
-            target, options=channel_options(max_message_bytes, max_reconnect_backoff_ms)
+            target, options=channel_options(max_message_bytes, max_reconnect_backoff_ms, min_resolution_interval_ms)
         )
         self._default_timeout = default_timeout
         self._stubs: dict[type, Any] = {}

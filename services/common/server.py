@@ -47,6 +47,34 @@ def host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
+    """Options of a service's gRPC server: message limits, keepalive, and the connection age.
+
+    A client resolves a headless Service's name again only when a connection closes, so a server that
+    ages its connections (`max_connection_age_s`) lets its clients find replicas added since.
+
+    Args:
+        settings: the service's settings.
+
+    Returns:
+        The `grpc.aio.server` options.
+    """
+    limit = settings.max_message_bytes
+    options = [
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+        ("grpc.so_reuseport", 0),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+    ]
+    if settings.max_connection_age_s:
+        options += [
+            ("grpc.max_connection_age_ms", round(settings.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", round(settings.max_connection_age_grace_s * 1000)),
+        ]
+    return options
+
+
 class GrpcServer:
     """One service's server: the v2 servicer over `models`, typed servicers, health and metrics."""
 
@@ -94,16 +122,8 @@ class GrpcServer:
         Raises:
             RuntimeError: the port could not be bound.
         """
-        limit = self.settings.max_message_bytes
         self._server = grpc.aio.server(
-            interceptors=[ServerInterceptor(self.lifecycle, self._auth)],
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
-                ("grpc.so_reuseport", 0),
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.min_ping_interval_without_data_ms", 5000),
-            ],
+            interceptors=[ServerInterceptor(self.lifecycle, self._auth)], options=server_options(self.settings)
         )
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.inference_servicer(), self._server)
         for service in self._typed_services:

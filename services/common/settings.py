@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.devices import DEVICE_PATTERN
@@ -44,6 +44,15 @@ class ServiceSettings(BaseSettings):
     )
     drain_grace_seconds: float = Field(
         10.0, gt=0, description="On SIGTERM, how long in-flight calls get to finish before the server stops."
+    )
+    max_connection_age_s: float = Field(
+        0.0,
+        ge=0,
+        description="Close each client connection after about this many seconds (gRPC adds up to 10% jitter), so "
+        "clients resolve a headless Service's name again and reach replicas added since; 0 keeps connections open.",
+    )
+    max_connection_age_grace_s: float = Field(
+        0.0, ge=0, description="How long calls in flight on an aged connection get to finish before it is closed."
     )
     model_repository: Path = Field(
         REPO_ROOT / "model_repository",
@@ -93,6 +102,13 @@ class GatewaySettings(ServiceSettings):
     )
     max_reconnect_backoff_seconds: float = Field(
         1.0, ge=0.1, le=120, description="Longest wait between attempts to re-dial a lost downstream replica."
+    )
+    dns_min_resolution_interval_s: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="Shortest time between two DNS resolutions of a `dns:` target: gRPC resolves again when a "
+        "connection closes (the servers' MAX_CONNECTION_AGE_S), at most this often.",
     )
     api_keys_file: Path | None = Field(
         None, description="YAML file of API keys (and their rate limits); unset: calls need no key."
@@ -277,7 +293,12 @@ class RaySettings(BaseSettings):
     )
     upscale_delay_s: float = Field(3.0, ge=0, description="Load must stay high this long before a replica is added.")
     downscale_delay_s: float = Field(30.0, ge=0, description="Load must stay low this long before one is removed.")
-    look_back_period_s: float = Field(2.0, gt=0, description="Window the autoscaler averages load over.")
+    metrics_interval_s: float = Field(
+        1.0, gt=0, description="How often each replica reports its load to Serve's controller (Serve's default: 10 s)."
+    )
+    look_back_period_s: float = Field(
+        2.0, gt=0, description="Window the autoscaler averages load over; longer than metrics_interval_s."
+    )
     replica_num_cpus: float = Field(0.5, gt=0, description="Logical CPUs per replica (fractions allowed).")
     replica_num_gpus: float = Field(
         0.0, ge=0, description="GPUs per replica of the torch services (fractions share a GPU); 0 on CPU."
@@ -287,3 +308,14 @@ class RaySettings(BaseSettings):
     graceful_shutdown_timeout_s: float = Field(
         10.0, ge=0, description="How long a replica being removed gets to finish its requests."
     )
+
+    @model_validator(mode="after")
+    def _look_back_spans_reports(self) -> RaySettings:
+        """Serve averages the reports that arrived within the look-back period: with none in it, it has no
+        load to act on (Ray 2.60 warns that this will become an error)."""
+        if self.look_back_period_s <= self.metrics_interval_s:
+            raise ValueError(
+                f"look_back_period_s ({self.look_back_period_s}) must be longer than metrics_interval_s "
+                f"({self.metrics_interval_s})"
+            )
+        return self

@@ -129,6 +129,7 @@ class Router:
             self._settings.default_timeout_seconds,
             round(self._settings.max_reconnect_backoff_seconds * 1000),
             tuple(target.metadata.items()),
+            round(self._settings.dns_min_resolution_interval_s * 1000),
         )
 
     def _apply(self, routing: Routing) -> list[Downstream]:

@@ -43,6 +43,9 @@ def deployment_options(service: str, ray: RaySettings) -> dict[str, Any]:
             },
             "upscale_delay_s": ray.upscale_delay_s,
             "downscale_delay_s": ray.downscale_delay_s,
+            # Deprecated in Serve's schema (it warns), but Ray 2.60 still reads the replicas' report interval
+            # only from here; the environment variables named as its successors are not read yet.
+            "metrics_interval_s": ray.metrics_interval_s,
             "look_back_period_s": ray.look_back_period_s,
         },
         "max_ongoing_requests": ray.max_ongoing_requests,

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
+from collections.abc import Iterator
 
 import kubernetes_validate
 import pytest
 import yaml
 
-from tests.chart.conftest import KUBECTL, KUBERNETES_VERSIONS, of_kind
-from tests.chart.test_manifests import component, container, env_of
+from tests.chart.conftest import KUBECTL, KUBERNETES_VERSIONS, component, container, of_kind, render
+from tests.chart.test_manifests import env_of
 from tests.conftest import PYTHON, REPO_ROOT
 
 OVERLAYS = REPO_ROOT / "k8s" / "overlays"
+SERVICE_DNS = re.compile(r"\b[a-z0-9-]+\.([a-z0-9-]+)\.svc\b")
+"""`<service>.<namespace>.svc`: a Service name qualified with a namespace."""
 
 
 def build(overlay: str) -> tuple[dict, ...]:
@@ -39,22 +43,59 @@ def test_each_overlay_builds_and_validates(overlay: str, version: str):
         kubernetes_validate.validate(doc, version, strict=True)
 
 
+def _strings(value: object) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def _dialled_hosts(doc: dict) -> Iterator[str]:
+    for text in _strings(doc):
+        for routing in yaml.safe_load(text).get("targets", {}).values() if text.startswith("models:") else ():
+            yield routing["address"].removeprefix("dns:///").rsplit(":", 1)[0]
+
+
+@pytest.mark.parametrize("source", ["chart", "../base", "cpu-dev", "gpu-prod"])
+def test_no_address_names_another_namespace(source: str):
+    docs = render() if source == "chart" else build(source)
+    for doc in docs:
+        namespace = doc["metadata"].get("namespace")
+        for text in _strings(doc):
+            for named in SERVICE_DNS.findall(text):
+                assert named == namespace, f"{doc['kind']} {doc['metadata']['name']} in {namespace} dials {named}"
+    services = {doc["metadata"]["name"] for doc in of_kind(docs, "Service")}
+    (routing,) = of_kind(docs, "ConfigMap")
+    hosts = set(_dialled_hosts(routing))
+    assert len(hosts) == 4 and hosts <= services, "a bare name: the pod's DNS search path adds its own namespace"
+
+
 def test_cpu_dev_runs_one_pod_per_service_without_autoscaling():
     docs = build("cpu-dev")
     assert not of_kind(docs, "HorizontalPodAutoscaler")
-    assert {doc["metadata"]["namespace"] for doc in docs} == {"maas-dev"}
+    (namespace,) = of_kind(docs, "Namespace")
+    assert namespace["metadata"]["name"] == "maas-dev"
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert {doc["metadata"].get("namespace", "maas-dev") for doc in docs} == {"maas-dev"}
     base_env = {component(doc): env_of(doc) for doc in of_kind(build("../base"), "Deployment")}
     for doc in of_kind(docs, "Deployment"):
         assert doc["spec"]["replicas"] == 1
         assert env_of(doc) == {**base_env[component(doc)], "MAAS_LOG_FORMAT": "text"}
 
 
-def test_gpu_prod_puts_the_cnn_and_minilm_on_gpu_nodes():
+def test_gpu_prod_puts_the_cnn_and_minilm_on_gpu_nodes_computing_on_cuda():
     for doc in of_kind(build("gpu-prod"), "Deployment"):
         limits, spec = container(doc)["resources"]["limits"], doc["spec"]["template"]["spec"]
+        device = env_of(doc).get(f"MAAS_{component(doc).upper()}_DEVICE")
         if component(doc) in ("vision", "transformer"):
             assert limits["nvidia.com/gpu"] == 1 and spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+            assert device == "cuda"
+            assert doc["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
         else:
-            assert "nvidia.com/gpu" not in limits and "nodeSelector" not in spec
+            assert "nvidia.com/gpu" not in limits and "nodeSelector" not in spec and device is None
         if component(doc) == "transformer":
             assert env_of(doc)["MAAS_TRANSFORMER_MAX_BATCH_SIZE"] == "64"

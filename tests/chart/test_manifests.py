@@ -16,7 +16,17 @@ from services.cli.main import _parser
 from services.common import settings as settings_module
 from services.common.auth import load_api_keys
 from services.gateway.routing import parse_routing
-from tests.chart.conftest import CI_VALUES, of_kind, pod_labels, render, values_id, workloads
+from tests.chart.conftest import (
+    CI_VALUES,
+    RELEASE,
+    component,
+    container,
+    of_kind,
+    pod_labels,
+    render,
+    values_id,
+    workloads,
+)
 
 VALUES = [None, *CI_VALUES]
 CONTRACT = {"gateway": 50051, "tokenizer": 50052, "vision": 50053, "text": 50054, "transformer": 50055}
@@ -39,10 +49,6 @@ def ray_runtime(values: Path | None) -> set[str]:
     return {name for name, block in given.items() if isinstance(block, dict) and block.get("runtime") == "rayservice"}
 
 
-def component(doc: dict) -> str:
-    return doc["metadata"]["labels"]["app.kubernetes.io/component"]
-
-
 def selects(selector: dict, labels: dict) -> bool:
     """Whether a label selector (matchLabels/matchExpressions, or a plain map) selects `labels`."""
     match = selector.get("matchLabels", selector if "matchExpressions" not in selector else {})
@@ -59,12 +65,6 @@ def selects(selector: dict, labels: dict) -> bool:
         ):
             return False
     return True
-
-
-def container(doc: dict) -> dict:
-    spec = doc["spec"]["template"]["spec"] if doc["kind"] == "Deployment" else doc["spec"]
-    (only,) = spec["containers"]
-    return only
 
 
 def env_of(doc: dict) -> dict[str, str]:
@@ -116,12 +116,13 @@ def test_probes_and_services_point_at_ports_the_containers_open(values: Path | N
         startup = box["startupProbe"]
         assert startup["periodSeconds"] * startup["failureThreshold"] >= 60
     pods = {component(doc): doc for doc in of_kind(docs, "Deployment")}
+    targets: dict[str, set[str]] = {}
     for service in of_kind(docs, "Service"):
-        box = container(pods[component(service)])
-        opened = {port["name"] for port in box["ports"]}
-        assert {port["targetPort"] for port in service["spec"]["ports"]} == opened == {"grpc", "metrics"}
-        if component(service) != "gateway":
-            assert service["spec"]["clusterIP"] == "None"
+        targets.setdefault(component(service), set()).update(port["targetPort"] for port in service["spec"]["ports"])
+        if service["metadata"]["name"] != f"{RELEASE}-maas-gateway":
+            assert service["spec"]["clusterIP"] == "None", "headless: the gateway's round_robin reaches every pod"
+    for name, doc in pods.items():
+        assert targets[name] == {port["name"] for port in container(doc)["ports"]} == {"grpc", "metrics"}
 
 
 def _candidates(field_type: typing.Any, default: typing.Any) -> list[typing.Any]:
@@ -183,10 +184,7 @@ def test_every_setting_of_the_settings_class_can_be_set_from_values(service: str
 @pytest.mark.parametrize("values", VALUES, ids=values_id)
 def test_container_commands_are_ones_the_cli_accepts(values: Path | None):
     docs = render(values)
-    services = {
-        f"{doc['metadata']['name']}.{doc['metadata']['namespace']}.svc.cluster.local": doc
-        for doc in of_kind(docs, "Service")
-    }
+    services = {doc["metadata"]["name"]: doc for doc in of_kind(docs, "Service")}
     for doc, _ in workloads(docs):
         box = container(doc)
         assert box["command"] == ["maas"]
@@ -196,7 +194,7 @@ def test_container_commands_are_ones_the_cli_accepts(values: Path | None):
             continue
         assert parsed.command == "health"
         assert sorted(parsed.model) == sorted(m for name in ray_runtime(values) for m in RAY_MODELS[name])
-        assert parsed.addresses[0].split(".")[0].endswith("-gateway")
+        assert parsed.addresses[0].rsplit(":", 1)[0].endswith("-gateway")
         checked = {}
         for address in parsed.addresses:
             host, port = address.rsplit(":", 1)
@@ -296,15 +294,12 @@ def test_the_gateways_routing_and_keys_files_load_with_the_gateways_own_parsers(
     docs = render(values)
     (configmap,) = of_kind(docs, "ConfigMap")
     routing = parse_routing(configmap["data"]["routing.yaml"], "the routing ConfigMap")
-    services = {
-        f"{doc['metadata']['name']}.{doc['metadata']['namespace']}.svc.cluster.local": component(doc)
-        for doc in of_kind(docs, "Service")
-    }
+    services = {doc["metadata"]["name"]: component(doc) for doc in of_kind(docs, "Service")}
     ray = ray_runtime(values)
     for name, target in routing.targets.items():
         host, port = target.address.removeprefix("dns:///").rsplit(":", 1)
         if name in ray:
-            assert host.split(".")[0].endswith("-ray-serve") and port == "9000"
+            assert host.endswith("-ray-serve") and port == "9000"
             assert target.metadata == {"application": name}
         else:
             assert services[host] == name and int(port) == CONTRACT[name] and not target.metadata
@@ -332,3 +327,35 @@ def test_the_gateways_routing_and_keys_files_load_with_the_gateways_own_parsers(
     volumes = {v["name"]: v for v in gateway["spec"]["template"]["spec"]["volumes"]}
     assert volumes["api-keys"]["secret"]["secretName"] == secret["metadata"]["name"]
     assert env["MAAS_GATEWAY_API_KEYS_FILE"] == "/etc/maas/auth/api-keys.yaml"
+
+
+@pytest.mark.parametrize("values", VALUES, ids=values_id)
+def test_every_server_ages_its_connections_and_the_gateway_resolves_again_within_an_age(values: Path | None):
+    loaded = {
+        component(doc): _from_env(SETTINGS[component(doc)], env_of(doc))
+        for doc in of_kind(render(values), "Deployment")
+    }
+    for settings in loaded.values():
+        assert (settings.max_connection_age_s, settings.max_connection_age_grace_s) == (60, 10)
+    gateway = loaded.get("gateway")
+    assert gateway is None or gateway.dns_min_resolution_interval_s < gateway.max_connection_age_s
+    (vision,) = [
+        doc
+        for doc in of_kind(render(None, "vision.settings.max_connection_age_s=5"), "Deployment")
+        if component(doc) == "vision"
+    ]
+    assert _from_env(SETTINGS["vision"], env_of(vision)).max_connection_age_s == 5, "a service's settings win"
+
+
+def test_a_service_given_gpus_computes_on_cuda():
+    gpu = next(path for path in CI_VALUES if path.name == "gpu-values.yaml")
+    for doc in of_kind(render(gpu), "Deployment"):
+        settings = _from_env(SETTINGS[component(doc)], env_of(doc))
+        has_gpu = "nvidia.com/gpu" in container(doc)["resources"]["limits"]
+        assert getattr(settings, "device", "no torch") == (
+            "cuda" if has_gpu else "auto" if hasattr(settings, "device") else "no torch"
+        )
+    (vision,) = [
+        doc for doc in of_kind(render(gpu, "vision.settings.device=cuda:1"), "Deployment") if component(doc) == "vision"
+    ]
+    assert [item["value"] for item in container(vision)["env"] if item["name"] == "MAAS_VISION_DEVICE"] == ["cuda:1"]

@@ -8,8 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.chart.conftest import CI_VALUES, NAMESPACE, RELEASE, of_kind, pod_labels, render, values_id
-from tests.chart.test_manifests import component, container, selects
+from tests.chart.conftest import (
+    CI_VALUES,
+    NAMESPACE,
+    RELEASE,
+    component,
+    container,
+    of_kind,
+    pod_labels,
+    render,
+    values_id,
+)
+from tests.chart.test_manifests import selects
 
 
 @dataclass(frozen=True)
@@ -112,7 +122,7 @@ def test_ray_pods_admit_each_other_the_gateway_on_grpc_the_operator_and_the_scra
     policies, pods = of_kind(docs, "NetworkPolicy"), _pods(docs)
     head = pods["ray head"]
     expected = {
-        "grpc": {"gateway", "helm test", "ray head", "ray worker"},
+        "serve-grpc": {"gateway", "helm test", "ray head", "ray worker"},
         "dashboard": {"kuberay operator", "ray head", "ray worker"},
         "serve": {"kuberay operator", "ray head", "ray worker"},
         "metrics": {"prometheus", "ray head", "ray worker"},

@@ -28,16 +28,22 @@ VALUES = [None, *CI_VALUES]
 CRDS = REPO_ROOT.parent / "shared" / "crds"
 
 
-def crd_schema(file: str, version: str) -> dict:
-    """The openAPIV3Schema of one version of a CRD in ../shared/crds."""
-    crd = yaml.safe_load((CRDS / file).read_text())
+def crd_schema(file: str, version: str, directory: Path = CRDS) -> dict:
+    """The openAPIV3Schema of one version of a CRD."""
+    crd = yaml.safe_load((directory / file).read_text())
     (served,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
     return served["schema"]["openAPIV3Schema"]
 
 
 def test_the_ci_values_files_cover_what_the_chart_must_handle():
     names = {path.name for path in CI_VALUES}
-    assert {"gpu-values.yaml", "autoscaling-off-values.yaml"} <= names and len(names) >= 4
+    assert {
+        "gpu-values.yaml",
+        "gpu-deployment-values.yaml",
+        "autoscaling-off-values.yaml",
+        "rayservice-values.yaml",
+        "parent-values.yaml",
+    } <= names
 
 
 @pytest.mark.parametrize("values", VALUES, ids=values_id)
@@ -48,7 +54,7 @@ def test_helm_lint_strict_passes(values: Path | None):
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 @pytest.mark.parametrize("values", VALUES, ids=values_id)
 def test_every_core_object_passes_kubernetes_strict_validation(values: Path | None, version: str):
-    core = [doc for doc in render(values) if doc["apiVersion"] in CORE_GROUPS]
+    core = [doc for doc in render(values, kube_version=version) if doc["apiVersion"] in CORE_GROUPS]
     assert len(core) >= 10
     for doc in core:
         kubernetes_validate.validate(doc, version, strict=True)
@@ -58,10 +64,11 @@ def test_every_core_object_passes_kubernetes_strict_validation(values: Path | No
 def test_custom_resources_pass_their_crd_schemas(values: Path | None):
     docs = render(values)
     custom = [doc for doc in docs if doc["apiVersion"] not in CORE_GROUPS]
-    assert {doc["kind"] for doc in custom} <= {"ServiceMonitor", "RayService"}
+    assert {doc["kind"] for doc in custom} <= {"ServiceMonitor", "RayService", "GRPCRoute"}
     schemas = {
         "ServiceMonitor": crd_schema("monitoring.coreos.com_servicemonitors.yaml", "v1"),
         "RayService": crd_schema("ray.io_rayservices.yaml", "v1"),
+        "GRPCRoute": crd_schema("gateway.networking.k8s.io_grpcroutes.yaml", "v1", Path(__file__).parent / "crds"),
     }
     for doc in custom:
         jsonschema.validate(doc, schemas[doc["kind"]])

@@ -96,7 +96,12 @@ def two_versions(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 async def test_replicas_scale_1_to_2_under_load_and_back_without_a_failed_request(ray_cluster, two_versions):
     ray = ray_test_settings(
-        min_replicas=1, max_replicas=2, upscale_delay_s=0.5, downscale_delay_s=2.0, look_back_period_s=1.0
+        min_replicas=1,
+        max_replicas=2,
+        upscale_delay_s=0.5,
+        downscale_delay_s=2.0,
+        metrics_interval_s=0.5,
+        look_back_period_s=1.0,
     )
     settings = TokenizerSettings(port=0, metrics_port=0, model_repository=two_versions)
     handle = serve.run(build_app("tokenizer", settings, ray), name="autoscaling", route_prefix="/autoscaling")

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from services.common.settings import (
     EchoSettings,
     GatewaySettings,
+    RaySettings,
     TextSettings,
     TokenizerSettings,
     TransformerSettings,
@@ -71,3 +72,9 @@ def test_text_batches_by_rows_only_unless_told(monkeypatch):
         False,
         0,
     )
+
+
+def test_the_autoscalers_look_back_must_span_a_load_report():
+    assert RaySettings().look_back_period_s > RaySettings().metrics_interval_s
+    with pytest.raises(ValidationError, match=r"look_back_period_s \(2.0\) must be longer than metrics_interval_s"):
+        RaySettings(metrics_interval_s=2.0)

@@ -67,10 +67,11 @@ app.kubernetes.io/component: {{ .service }}
 {{- end -}}
 {{- end -}}
 
-{{/* A service's image reference: registry/repository then @digest or :tag. */}}
+{{/* A service's image reference: registry/repository then @digest or :tag. global.imageRegistry wins over
+the service's registry (Bitnami's rule: a parent chart or a mirror moves every image at once). */}}
 {{- define "maas.image" -}}
 {{- $image := .values.image -}}
-{{- $registry := $image.registry | default .root.Values.global.imageRegistry | default .root.Values.image.registry -}}
+{{- $registry := .root.Values.global.imageRegistry | default $image.registry | default .root.Values.image.registry -}}
 {{- $ref := printf "%s/%s" $registry $image.repository | trimPrefix "/" -}}
 {{- if $image.digest -}}
 {{- printf "%s@%s" $ref $image.digest -}}
@@ -85,9 +86,11 @@ app.kubernetes.io/component: {{ .service }}
 {{- if hasKey $settings "drain_grace_seconds" -}}{{ index $settings "drain_grace_seconds" }}{{- else -}}10{{- end -}}
 {{- end -}}
 
-{{/* Headless Service DNS name of a service, for the gateway's dns:/// targets. */}}
+{{/* DNS name of a service's Service as pods of the release resolve it: the bare name, which the pod's DNS
+search path completes with its own namespace, so the address stays right when kustomize or a parent
+chart moves the objects to another namespace. */}}
 {{- define "maas.serviceHost" -}}
-{{- printf "%s.%s.svc.cluster.local" (include "maas.component.fullname" .) .root.Release.Namespace -}}
+{{- include "maas.component.fullname" . -}}
 {{- end -}}
 
 {{/* Name of the model repository claim. */}}
@@ -112,7 +115,57 @@ app.kubernetes.io/component: {{ .service }}
 {{- toJson $ray -}}
 {{- end -}}
 
-{{/* DNS name of the Serve service (Serve's gRPC proxy on every Ray node). */}}
+{{/* DNS name of the Serve service (Serve's gRPC proxy on every Ray node), as pods of the release resolve it. */}}
 {{- define "maas.rayServeHost" -}}
-{{- printf "%s.%s.svc.cluster.local" (include "maas.component.fullname" (dict "root" . "service" "ray-serve")) .Release.Namespace -}}
+{{- include "maas.serviceHost" (dict "root" . "service" "ray-serve") -}}
+{{- end -}}
+
+{{/* The `annotations:` block of a resource's metadata: commonAnnotations, then the resource's own (which
+win). Call with (dict "root" $ "annotations" $own); renders nothing when both are empty. */}}
+{{- define "maas.annotations" -}}
+{{- with merge (deepCopy (.annotations | default dict)) (.root.Values.commonAnnotations | default dict) }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* Where a pod may run: nodeSelector, tolerations, affinity, topologySpreadConstraints (a constraint
+without a labelSelector spreads the component's own pods), priorityClassName, runtimeClassName.
+Call with (dict "root" $ "values" $block "service" $component). */}}
+{{- define "maas.scheduling" -}}
+{{- $values := .values -}}
+{{- with $values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $values.topologySpreadConstraints }}
+{{- $selector := include "maas.selectorLabels" (dict "root" $.root "service" $.service) | fromYaml }}
+topologySpreadConstraints:
+  {{- range $constraint := . }}
+  - {{- toYaml (merge (deepCopy $constraint) (dict "labelSelector" (dict "matchLabels" $selector))) | nindent 4 }}
+  {{- end }}
+{{- end }}
+{{- with $values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with $values.runtimeClassName }}
+runtimeClassName: {{ . }}
+{{- end }}
+{{- end -}}
+
+{{/* Settings the chart sets itself, refused in a service's `settings`. */}}
+{{- define "maas.checkSettings" -}}
+{{- range $key := list "host" "port" "metrics_port" "model_repository" "log_format" "routing_file" "api_keys_file" }}
+{{- if hasKey ($.values.settings | default dict) $key }}
+{{- fail (printf "%s.settings.%s is set by the chart (ports are the contract's; see modelRepository, logFormat, gateway.routes and gateway.auth)" $.service $key) }}
+{{- end }}
+{{- end }}
 {{- end -}}

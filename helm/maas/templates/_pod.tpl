@@ -1,5 +1,7 @@
 {{/* Environment of a service container: bind address, contract ports, repository, logs, tracing, settings;
-     a model service's torch threads follow its CPU request unless its settings name them. */}}
+     then what its settings leave unnamed: the connection age (grpcConnections), the gateway's DNS
+     re-resolution interval, `cuda` for a model service given GPUs (an image without CUDA then fails at
+     start instead of computing on the CPU), and torch threads following the CPU request. */}}
 {{- define "maas.env" -}}
 {{- $prefix := .contract.prefix -}}
 - name: {{ $prefix }}HOST
@@ -36,9 +38,27 @@
 - name: {{ printf "%s%s" $prefix (upper $key) }}
   value: {{ if kindIs "string" $value }}{{ $value | quote }}{{ else }}{{ toJson $value | quote }}{{ end }}
 {{- end }}
+{{- $settings := .values.settings | default dict }}
+{{- $connections := .root.Values.grpcConnections }}
+{{- if not (hasKey $settings "max_connection_age_s") }}
+- name: {{ $prefix }}MAX_CONNECTION_AGE_S
+  value: {{ $connections.maxAgeSeconds | quote }}
+{{- end }}
+{{- if not (hasKey $settings "max_connection_age_grace_s") }}
+- name: {{ $prefix }}MAX_CONNECTION_AGE_GRACE_S
+  value: {{ $connections.maxAgeGraceSeconds | quote }}
+{{- end }}
+{{- if and (eq .service "gateway") (not (hasKey $settings "dns_min_resolution_interval_s")) }}
+- name: {{ $prefix }}DNS_MIN_RESOLUTION_INTERVAL_S
+  value: {{ $connections.minResolutionIntervalSeconds | quote }}
+{{- end }}
 {{- $cpu := dig "requests" "cpu" "" (.values.resources | default dict) }}
 {{- $model := has .service (include "maas.modelServices" . | fromJsonArray) }}
-{{- if and $model $cpu (not (hasKey (.values.settings | default dict) "num_threads")) }}
+{{- if and $model .values.gpu (not (hasKey $settings "device")) }}
+- name: {{ $prefix }}DEVICE
+  value: cuda
+{{- end }}
+{{- if and $model $cpu (not (hasKey $settings "num_threads")) }}
 - name: {{ $prefix }}NUM_THREADS
   valueFrom:
     resourceFieldRef:

@@ -1,21 +1,26 @@
 {{/* The pod spec of a Ray head or worker: KubeRay supplies the `ray start` command; the pod gets the
-model services' settings, the model repository, a memory-backed /dev/shm and a writable /tmp. */}}
+global settings, the model repository, a memory-backed /dev/shm and a writable /tmp. The services'
+own settings travel in serveConfigV2 instead, so changing one never replaces the Ray cluster. The head
+runs under its own ServiceAccount with its token mounted: KubeRay injects the autoscaler beside the head
+container, and it calls the API server with that token. */}}
 {{- define "maas.rayPod" -}}
 {{- $root := .root -}}
+{{- if .head }}
+serviceAccountName: {{ include "maas.rayHeadServiceAccountName" $root }}
+automountServiceAccountToken: true
+{{- else }}
 serviceAccountName: {{ include "maas.serviceAccountName" $root }}
 automountServiceAccountToken: false
+{{- end }}
 {{- with $root.Values.global.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 securityContext:
   {{- toYaml $root.Values.podSecurityContext | nindent 2 }}
-{{- with .group.nodeSelector }}
-nodeSelector:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
-{{- with .group.tolerations }}
-tolerations:
+{{- include "maas.scheduling" (dict "root" $root "values" .group "service" "ray") }}
+{{- with .group.initContainers }}
+initContainers:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 containers:
@@ -28,7 +33,7 @@ containers:
       - {name: dashboard, containerPort: 8265}
       - {name: client, containerPort: 10001}
       - {name: serve, containerPort: 8000}
-      - {name: grpc, containerPort: 9000}
+      - {name: serve-grpc, containerPort: 9000}
       - {name: metrics, containerPort: 8080}
     {{- else }}
     ports:
@@ -45,14 +50,6 @@ containers:
         value: "1"
       - name: RAY_USAGE_STATS_ENABLED
         value: "0"
-      {{- range $service := .ray }}
-      {{- $values := index $root.Values $service }}
-      {{- $prefix := printf "MAAS_%s_" (upper $service) }}
-      {{- range $key, $value := $values.settings }}
-      - name: {{ printf "%s%s" $prefix (upper $key) }}
-        value: {{ if kindIs "string" $value }}{{ $value | quote }}{{ else }}{{ toJson $value | quote }}{{ end }}
-      {{- end }}
-      {{- end }}
     resources:
       {{- toYaml .group.resources | nindent 6 }}
     securityContext:
@@ -67,6 +64,12 @@ containers:
         mountPath: {{ $root.Values.modelRepository.path }}
         readOnly: true
       {{- end }}
+      {{- with .group.extraVolumeMounts }}
+      {{- toYaml . | nindent 6 }}
+      {{- end }}
+  {{- with .group.sidecars }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
 volumes:
   - name: shm
     emptyDir:
@@ -80,4 +83,23 @@ volumes:
       claimName: {{ include "maas.modelClaim" $root }}
       readOnly: true
   {{- end }}
+  {{- with .group.extraVolumes }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- end -}}
+
+{{/* The Ray head's ServiceAccount. KubeRay binds its autoscaler Role to it, and shortens a name longer
+than 50 characters (utils.CheckName), which would then name no ServiceAccount. */}}
+{{- define "maas.rayHeadServiceAccountName" -}}
+{{- $account := .Values.ray.head.serviceAccount -}}
+{{- $name := "" -}}
+{{- if $account.create -}}
+{{- $name = $account.name | default (include "maas.component.fullname" (dict "root" . "service" "ray-head")) -}}
+{{- else -}}
+{{- $name = required "ray.head.serviceAccount.name: name the Ray head's ServiceAccount when the chart does not create it" $account.name -}}
+{{- end -}}
+{{- if gt (len $name) 50 -}}
+{{- fail (printf "the Ray head's ServiceAccount name %q is longer than 50 characters, which KubeRay shortens; set ray.head.serviceAccount.name or fullnameOverride" $name) -}}
+{{- end -}}
+{{- $name -}}
 {{- end -}}

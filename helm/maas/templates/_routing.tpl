@@ -1,6 +1,7 @@
 {{/* The gateway's routing file: a dns:/// target per enabled model service (its headless Service, so
 the gateway's round_robin spreads calls over every pod; under `rayservice`, Serve's gRPC proxy with the
-service's `application` metadata) and the models each one serves, with gateway.routes merged in. */}}
+service's `application` metadata) and the models each one serves, with gateway.routes merged in (a
+route with a `split` names its targets itself). */}}
 {{- define "maas.routing" -}}
 {{- $owners := dict "tokenizer" (list "tokenizer") "vision" (list "fashion_cnn") "text" (list "review_lstm") "transformer" (list "minilm_embed" "minilm_sentiment") -}}
 {{- $targets := dict -}}
@@ -15,13 +16,22 @@ service's `application` metadata) and the models each one serves, with gateway.r
 {{- $_ := set $targets $service (dict "address" (printf "dns:///%s:%v" $host $contract.port)) -}}
 {{- end -}}
 {{- range $model := index $owners $service -}}
-{{- $_ := set $models $model (merge (dict "target" $service) (index $.Values.gateway.routes $model | default dict)) -}}
+{{- $route := deepCopy (index $.Values.gateway.routes $model | default dict) -}}
+{{- if not (hasKey $route "split") -}}
+{{- $_ := set $route "target" $service -}}
+{{- end -}}
+{{- $_ := set $models $model $route -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
-{{- range $model, $_ := .Values.gateway.routes -}}
+{{- range $model, $route := .Values.gateway.routes -}}
 {{- if not (hasKey $models $model) -}}
 {{- fail (printf "gateway.routes.%s: no enabled service serves model %s" $model $model) -}}
+{{- end -}}
+{{- range $backend := $route.split | default list -}}
+{{- if not (hasKey $targets $backend.target) -}}
+{{- fail (printf "gateway.routes.%s.split: target %s is not an enabled service (one of %s)" $model $backend.target (keys $targets | sortAlpha | join ", ")) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- toYaml (dict "targets" $targets "models" $models) -}}
