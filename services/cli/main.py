@@ -9,6 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from services.bench.run import SECTIONS
 from services.cli import health, infer, registry
 from services.cli.up import up
 from services.common.repository import CONFIG_FILE, version_dirs
@@ -84,6 +85,12 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="run the benchmarks and write docs/benchmarks.md")
     bench.add_argument("--quick", action="store_true", help="half a second per load point: checks the harness")
+    bench.add_argument(
+        "--section",
+        action="append",
+        choices=list(SECTIONS),
+        help="run only this section (repeatable); it replaces its part of the report, the rest stays",
+    )
     bench.add_argument("--output", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md", help="report path")
     bench.add_argument("--repository", type=Path, help="model repository (default: MAAS_MODEL_REPOSITORY)")
     return parser
@@ -198,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         repository = args.repository or ServiceSettings().model_repository
         config = BenchConfig.quick(repository) if args.quick else BenchConfig(repository)
         command = " ".join(["maas", *(argv if argv is not None else sys.argv[1:])])
-        asyncio.run(run_bench(config, args.output, command))
+        asyncio.run(run_bench(config, args.output, command, args.section or ()))
         sys.stdout.write(f"wrote {args.output}\n")
         return 0
     if args.command == "infer":

@@ -21,13 +21,19 @@ from maas.inference import grpc_service_pb2_grpc
 from maas.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 from maas.vision.v1 import vision_pb2, vision_pb2_grpc
 from services.common.codec import Tensor, encode_inputs
-from services.common.settings import TokenizerSettings, VisionSettings
 from tests.contract.test_v2_echo import assert_status
 from tests.integration.processes import maas_process
 
 T = TypeVar("T")
 LARGE = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
 HEALTH_P99_SECONDS = 0.05
+MAX_TEXT_BYTES = 100_000
+MAX_REQUEST_BYTES = 1 << 20
+IMAGE_SIDE = 4096
+MAX_IMAGE_BYTES = 4 << 20
+MAX_REQUEST_PIXELS = 1 << 25
+"""The services' default limits (`TokenizerSettings`, `VisionSettings`), written out so that the requests
+are the same whatever the code under test."""
 REVIEW = "Great taffy at a great price; there was a wide assortment of yummy taffy, and delivery was quick. "
 
 
@@ -38,26 +44,23 @@ def env(service: str, repository: Path) -> dict[str, str]:
 
 def maximal_texts() -> list[str]:
     """Texts at the tokenizer's default limits: 100,000 bytes each, 1 MiB in all."""
-    limits = TokenizerSettings()
-    texts, left = [], limits.max_request_bytes
+    texts, left = [], MAX_REQUEST_BYTES
     while left:
-        size = min(limits.max_text_bytes, left)
+        size = min(MAX_TEXT_BYTES, left)
         texts.append((REVIEW * (size // len(REVIEW) + 1))[:size])
         left -= size
     return texts
 
 
 def maximal_images() -> list[bytes]:
-    """PNGs at the vision service's default limits: 4096x4096 pixels each, as many pixels as a request may
-    hold in all."""
-    settings = VisionSettings()
-    side = int(settings.max_image_pixels**0.5)
-    rows = np.linspace(0, 255, side, dtype=np.uint8)[:, None]
-    pixels = (rows + np.arange(side, dtype=np.uint8)[None, :] // 64).astype(np.uint8)
+    """PNGs at the vision service's default limits: 4096x4096 pixels each (under 4 MiB encoded), as many
+    pixels as a request may hold in all."""
+    rows = np.linspace(0, 255, IMAGE_SIDE, dtype=np.uint8)[:, None]
+    pixels = (rows + np.arange(IMAGE_SIDE, dtype=np.uint8)[None, :] // 64).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
-    assert len(buffer.getvalue()) <= settings.max_image_bytes
-    return [buffer.getvalue()] * (settings.max_request_pixels // settings.max_image_pixels)
+    assert len(buffer.getvalue()) <= MAX_IMAGE_BYTES
+    return [buffer.getvalue()] * (MAX_REQUEST_PIXELS // IMAGE_SIDE**2)
 
 
 async def health_latencies_during(address: str, call: Callable[[], Awaitable[T]]) -> tuple[list[float], T]:
@@ -83,7 +86,6 @@ async def health_latencies_during(address: str, call: Callable[[], Awaitable[T]]
 
 
 def assert_health_answered(latencies: list[float]) -> None:
-    print("LAT", len(latencies), sorted(round(x * 1000) for x in latencies)[-4:])
     assert len(latencies) >= 30, f"the requests took only {len(latencies)} health checks"
     p99 = float(np.percentile(latencies, 99))
     assert p99 < HEALTH_P99_SECONDS, f"health p99 {p99 * 1000:.0f} ms over {len(latencies)} checks"
