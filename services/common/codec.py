@@ -29,6 +29,9 @@ MAX_DIMENSIONS = 64
 """numpy's limit on dimensions (NPY_MAXDIMS)."""
 MAX_BYTES_ELEMENTS = 1 << 20
 """Most BYTES elements in one request: each becomes a Python object of about 50 bytes, however short."""
+MAX_CONTENTS_VALUES = 1 << 20
+"""Most values in `contents` in one request: a one-byte varint there becomes eight bytes in memory, so
+larger tensors must come in `raw_input_contents` (as stock clients send them)."""
 
 FIXED_DTYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype("?"),
@@ -203,7 +206,7 @@ def _decode_raw(
 
 
 def _decode_contents(
-    name: str, datatype: str, shape: list[int], contents: pb.InferTensorContents, bytes_limit: int
+    name: str, datatype: str, shape: list[int], contents: pb.InferTensorContents, bytes_limit: int, limit: int
 ) -> np.ndarray:
     count = element_count(name, shape)
     field = CONTENTS_FIELD.get(datatype)
@@ -215,17 +218,22 @@ def _decode_contents(
     values = getattr(contents, field)
     if len(values) != count:
         raise InvalidInput(f"input '{name}': shape {shape} needs {count} values in {field}, got {len(values)}")
+    if count > limit:
+        raise Overloaded(
+            f"input '{name}': the request's contents hold over {MAX_CONTENTS_VALUES} values, the limit per request; "
+            "send large tensors in raw_input_contents"
+        )
     if datatype == "BYTES":
         _check_bytes_limit(name, count, bytes_limit)
         return _object_array(list(values)).reshape(shape)
     dtype = FIXED_DTYPES[datatype]
     if field in ("int_contents", "uint_contents") and count:
-        wide = np.asarray(values, dtype=np.int64)
+        wide = np.fromiter(values, dtype=np.int64, count=count)
         info = np.iinfo(dtype)
         if wide.min() < info.min or wide.max() > info.max:
             raise InvalidInput(f"input '{name}': {datatype} values must lie in [{info.min}, {info.max}]")
         return wide.astype(dtype).reshape(shape)
-    return np.asarray(values, dtype=dtype).reshape(shape)
+    return np.fromiter(values, dtype=dtype, count=count).reshape(shape)
 
 
 def decode_inputs(request: pb.ModelInferRequest) -> dict[str, Tensor]:
@@ -240,7 +248,8 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, Tensor]:
     Raises:
         InvalidInput: unknown datatype, bad shape, data size mismatch, duplicate names, inputs
             without data, or raw and typed contents mixed in one request.
-        Overloaded: BYTES inputs with more than `MAX_BYTES_ELEMENTS` elements in all.
+        Overloaded: BYTES inputs with more than `MAX_BYTES_ELEMENTS` elements in all, or more than
+            `MAX_CONTENTS_VALUES` values in `contents`.
     """
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
@@ -248,7 +257,7 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, Tensor]:
             f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; give one per input"
         )
     tensors: dict[str, Tensor] = {}
-    bytes_left = MAX_BYTES_ELEMENTS
+    bytes_left, contents_left = MAX_BYTES_ELEMENTS, MAX_CONTENTS_VALUES
     for i, tensor in enumerate(request.inputs):
         name, datatype, shape = tensor.name, tensor.datatype, list(tensor.shape)
         if name in tensors:
@@ -263,7 +272,8 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, Tensor]:
         if raw:
             array = _decode_raw(name, datatype, shape, raw[i], bytes_left)
         elif has_contents or element_count(name, shape) == 0:
-            array = _decode_contents(name, datatype, shape, tensor.contents, bytes_left)
+            array = _decode_contents(name, datatype, shape, tensor.contents, bytes_left, contents_left)
+            contents_left -= array.size
         else:
             raise InvalidInput(f"input '{name}' has no data: set contents or raw_input_contents")
         if datatype == "BYTES":

@@ -86,9 +86,9 @@ async def health_latencies_during(address: str, call: Callable[[], Awaitable[T]]
 
 
 def assert_health_answered(latencies: list[float]) -> None:
-    assert len(latencies) >= 30, f"the requests took only {len(latencies)} health checks"
     p99 = float(np.percentile(latencies, 99))
     assert p99 < HEALTH_P99_SECONDS, f"health p99 {p99 * 1000:.0f} ms over {len(latencies)} checks"
+    assert len(latencies) >= 30, f"the requests took only {len(latencies)} health checks"
 
 
 async def test_health_answers_while_maximal_tokenizer_requests_run(model_repository: Path):
@@ -150,21 +150,18 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def test_work_stops_when_the_caller_has_gone(model_repository: Path):
-    texts = maximal_texts()
     async with (
         maas_process("run", "tokenizer", "--port", "0", ready="tokenizer", env=env("tokenizer", model_repository)) as s,
         grpc.aio.insecure_channel(s.address, options=LARGE) as channel,
     ):
         typed = tokenizer_pb2_grpc.TokenizerServiceStub(channel)
-        request = tokenizer_pb2.TokenizeRequest(texts=texts, max_length=512)
+        request = tokenizer_pb2.TokenizeRequest(texts=maximal_texts(), max_length=512)
         started = time.perf_counter()
         await typed.Tokenize(request, timeout=60)
         alone = time.perf_counter() - started
-        calls = [typed.Tokenize(request, timeout=alone / 10) for _ in range(8)]
-        for call in calls:
-            await assert_status(call, grpc.StatusCode.DEADLINE_EXCEEDED)
-        await asyncio.sleep(0.5)
+        await assert_status(typed.Tokenize(request, timeout=alone / 10), grpc.StatusCode.DEADLINE_EXCEEDED)
+        await asyncio.sleep(0.1)
         before = cpu_seconds(s.process.pid)
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(alone)
         busy = cpu_seconds(s.process.pid) - before
-        assert busy < 0.2, f"{busy:.2f} s of CPU a second after 8 callers gave up (one request alone: {alone:.2f} s)"
+        assert busy < alone / 5, f"{busy:.2f} s of CPU in the {alone:.2f} s (the request's time) after its caller left"

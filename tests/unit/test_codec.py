@@ -12,6 +12,7 @@ from maas.inference import grpc_service_pb2 as pb
 from services.common.codec import (
     DATATYPES,
     MAX_BYTES_ELEMENTS,
+    MAX_CONTENTS_VALUES,
     Tensor,
     datatype_of,
     decode_bytes,
@@ -131,4 +132,12 @@ def test_shapes_numpy_cannot_build_are_refused_with_the_limit(shape, message):
     request.inputs.add(name="X", datatype="FP32", shape=shape)
     request.raw_input_contents.append(b"")
     with pytest.raises(InvalidInput, match=message):
+        decode_inputs(request)
+
+
+def test_large_tensors_must_come_as_raw_contents():
+    request = pb.ModelInferRequest()
+    tensor = request.inputs.add(name="X", datatype="INT64", shape=[MAX_CONTENTS_VALUES + 1])
+    tensor.contents.int64_contents.extend([1] * (MAX_CONTENTS_VALUES + 1))
+    with pytest.raises(Overloaded, match="send large tensors in raw_input_contents"):
         decode_inputs(request)
