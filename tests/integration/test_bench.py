@@ -63,6 +63,14 @@ def test_quick_bench_writes_a_report_with_every_row(model_repository: Path, tmp_
         ("grpc hosting (own process)", 16),
         ("ray, default path (maas front, DeploymentHandle)", 16),
         ("ray, Serve's native gRPC proxy", 16),
+        ("16 callers", 16),
+        ("256 callers, refused callers wait 100 ms: answered", 256),
+        ("256 callers, refused callers wait 100 ms: refused", 256),
+        ("256 callers, refused callers retry at once: answered", 256),
+        ("256 callers, refused callers retry at once: refused", 256),
+        ("inline up to 64 KiB (default)", 1),
+        ("everything inline (before)", 1),
+        ("everything on a worker thread", 1),
     ):
         assert (label, concurrency) in measured
     for model in ("review_lstm", "minilm_embed"):
@@ -82,8 +90,27 @@ def test_quick_bench_writes_a_report_with_every_row(model_repository: Path, tmp_
     assert re.search(r"of its direct throughput", report)
     assert re.search(r"the ray default path serves [\d.]+x the requests of Serve's native proxy", report)
     assert re.search(r"The gateway spends [\d,]+ µs of CPU per request", report)
+    assert re.search(r"refusals take [\d.]+ ms at p99 .* goodput is \d+% of the 16-caller rate", report)
+    assert re.search(r"The threshold costs [-+][\d.]+ ms p50 against everything inline", report)
     assert (
         "no batching for the LSTM" in report
         and "review_lstm int8 serves" in report
         and "minilm_embed int8 serves" in report
     )
+
+
+def test_a_section_run_alone_replaces_its_part_of_the_report(model_repository: Path, tmp_path: Path):
+    output = tmp_path / "benchmarks.md"
+    output.write_text((REPO_ROOT / "docs" / "benchmarks.md").read_text())
+    before = output.read_text()
+    command = [PYTHON, "-m", "services.cli.main", "bench", "--quick", "--section", "inline"]
+    command += ["--repository", str(model_repository), "--output", str(output)]
+    subprocess.run(command, cwd=REPO_ROOT, check=True, timeout=120, capture_output=True)
+    report = output.read_text()
+    assert report.count("## Inline threshold (tokenizer, concurrency 1)") == 1
+    assert "Run alone: `maas bench --quick --section inline" in report
+
+    def others(text: str) -> list[str]:
+        return [part.strip() for part in text.split("\n## ") if not part.startswith("Inline threshold")]
+
+    assert others(report) == others(before)
