@@ -3,9 +3,7 @@ event loop, each measured against the alternative in the same run."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -14,7 +12,7 @@ import grpc
 
 from maas.inference import grpc_service_pb2_grpc
 from maas.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
-from services.bench.loadgen import LoadResult, closed_loop, interleaved, summarize
+from services.bench.loadgen import LoadResult, callers, closed_loop, interleaved, summarize
 from services.bench.report import Row, Section
 from services.bench.settings import BenchConfig
 from services.bench.tokenizer import REVIEWS
@@ -44,48 +42,30 @@ class Overload:
 
 
 async def overloaded(
-    call: Callable[[], Awaitable[object]], callers: int, duration: float, warmup: float, backoff: float
+    call: Callable[[], Awaitable[object]], concurrency: int, duration: float, warmup: float, backoff: float
 ) -> Overload:
-    """Run `callers` closed-loop callers for `warmup` seconds (not measured), then `duration` seconds,
-    timing answered and refused (RESOURCE_EXHAUSTED) calls apart.
+    """Run closed-loop callers for `warmup` seconds (not measured), then `duration` seconds, timing
+    answered and refused (RESOURCE_EXHAUSTED) calls apart.
 
     Args:
         call: makes one request.
-        callers: callers running at once.
+        concurrency: callers running at once.
         duration: measured seconds.
         warmup: seconds run first and discarded.
         backoff: seconds a caller waits after a refusal before its next call (0: at once).
     """
 
-    async def phase(seconds: float) -> tuple[list[float], list[float], int, float]:
-        answered: list[float] = []
-        refused: list[float] = []
-        other = 0
-        started = time.perf_counter()
-        deadline = started + seconds
-
-        async def caller() -> None:
-            nonlocal other
-            while time.perf_counter() < deadline:
-                t0 = time.perf_counter()
-                try:
-                    await call()
-                except grpc.aio.AioRpcError as exc:
-                    if exc.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED:
-                        other += 1
-                        continue
-                    refused.append(time.perf_counter() - t0)
-                    await asyncio.sleep(backoff)
-                    continue
-                answered.append(time.perf_counter() - t0)
-
-        await asyncio.gather(*(caller() for _ in range(callers)))
-        return answered, refused, other, time.perf_counter() - started
+    def refused(exc: Exception) -> bool:
+        return isinstance(exc, grpc.aio.AioRpcError) and exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
 
     if warmup > 0:
-        await phase(warmup)
-    answered, refused, other, elapsed = await phase(duration)
-    return Overload(summarize(callers, answered, other, elapsed), summarize(callers, refused, 0, elapsed), other)
+        await callers(call, concurrency, warmup, refused=refused, backoff=backoff)
+    phase = await callers(call, concurrency, duration, refused=refused, backoff=backoff)
+    return Overload(
+        summarize(concurrency, phase.answered, phase.failed, phase.seconds),
+        summarize(concurrency, phase.refused, 0, phase.seconds),
+        phase.failed,
+    )
 
 
 async def overload_section(config: BenchConfig) -> Section:

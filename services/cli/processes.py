@@ -69,10 +69,15 @@ async def serving(process: asyncio.subprocess.Process, ready: str) -> AsyncItera
     try:
         yield await read_ready(process, ready)
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), STOP_TIMEOUT_SECONDS)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await stop(process)
+
+
+async def stop(process: asyncio.subprocess.Process) -> None:
+    """SIGTERM a process that still runs and wait for it; kill it after `STOP_TIMEOUT_SECONDS`."""
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), STOP_TIMEOUT_SECONDS)
+        except TimeoutError:
+            process.kill()
+            await process.wait()

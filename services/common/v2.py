@@ -36,6 +36,18 @@ def parameter_value(parameter: pb.InferParameter | pb.ModelRepositoryParameter) 
     return getattr(parameter, which)
 
 
+def set_parameter(parameter: pb.InferParameter, value: Parameter) -> None:
+    """Set a v2 parameter's oneof from a Python value (the inverse of `parameter_value`)."""
+    if isinstance(value, bool):
+        parameter.bool_param = value
+    elif isinstance(value, int):
+        parameter.int64_param = value
+    elif isinstance(value, float):
+        parameter.double_param = value
+    else:
+        parameter.string_param = value
+
+
 def _version_parameter(parameters) -> str:
     if "version" not in parameters:
         return ""

@@ -22,6 +22,7 @@ from services.common.errors import DownstreamError, ModelNotFound, NotRun
 from services.common.models import Parameter
 from services.common.settings import GatewaySettings
 from services.common.v2 import SERVICE_NAME as V2_SERVICE_NAME
+from services.common.v2 import set_parameter
 from services.gateway.routing import ModelRoute, Routing, Target
 from services.gateway.traffic import RetryBudget, WeightedPicker
 
@@ -315,7 +316,7 @@ class Router:
         request = v2pb.ModelInferRequest(model_name=model, model_version=version)
         encode_inputs(request, inputs)
         for key, value in (parameters or {}).items():
-            _set_parameter(request.parameters[key], value)
+            set_parameter(request.parameters[key], value)
         return decode_outputs(await self.v2(model, "ModelInfer", request))
 
     async def tokenize(self, texts: np.ndarray, max_length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -347,14 +348,3 @@ def _parameter_version(request: Any) -> str:
     parameter = parameters["version"]
     kind = parameter.WhichOneof("parameter_choice")
     return str(getattr(parameter, kind)) if kind else ""
-
-
-def _set_parameter(parameter: v2pb.InferParameter, value: Parameter) -> None:
-    if isinstance(value, bool):
-        parameter.bool_param = value
-    elif isinstance(value, int):
-        parameter.int64_param = value
-    elif isinstance(value, float):
-        parameter.double_param = value
-    else:
-        parameter.string_param = value

@@ -21,6 +21,7 @@ from PIL import Image
 
 from maas.inference import grpc_service_pb2 as pb
 from services.common.codec import CONTENTS_FIELD, DATATYPES, FIXED_DTYPES, encode_bytes
+from services.common.v2 import set_parameter
 
 VOCAB = 30522
 HUGE = [2**31, 2**32 + 1, 2**40, 2**62, 2**63 - 1]
@@ -227,25 +228,14 @@ def infer_request(models: tuple[tuple[str, tuple[Declared, ...]], ...]) -> st.Se
         if draw(st.integers(0, 9)) == 0:
             request.raw_input_contents.append(draw(st.binary(max_size=16)))
         for key in draw(st.lists(st.sampled_from(PARAMETER_KEYS), max_size=3, unique=True)):
-            _set(request.parameters[key], key, draw(PARAMETER_VALUES))
+            value = draw(PARAMETER_VALUES)
+            slow = key == "delay_ms" and isinstance(value, int) and not isinstance(value, bool) and 1 < value <= 60_000
+            set_parameter(request.parameters[key], 60_001 if slow else value)
         for output in draw(st.lists(SHORT_TEXTS, max_size=2)):
             request.outputs.add(name=output)
         return request
 
     return build()
-
-
-def _set(parameter: pb.InferParameter, key: str, value: bool | int | float | str) -> None:
-    if key == "delay_ms" and isinstance(value, int) and not isinstance(value, bool) and 1 < value <= 60_000:
-        value = 60_001
-    if isinstance(value, bool):
-        parameter.bool_param = value
-    elif isinstance(value, int):
-        parameter.int64_param = value
-    elif isinstance(value, float):
-        parameter.double_param = value
-    else:
-        parameter.string_param = value
 
 
 @functools.cache

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.cli.processes import STOP_TIMEOUT_SECONDS, serving
+from services.cli.processes import serving, stop
 from tests.conftest import PYTHON, REPO_ROOT
 
 
@@ -23,14 +22,11 @@ class ServiceProcess:
     address: str
 
 
-@asynccontextmanager
-async def maas_process(*args: str, ready: str, env: dict[str, str] | None = None) -> AsyncIterator[ServiceProcess]:
-    """Run `maas ARGS...` until the block ends, waiting for its `READY <ready>` line first.
-
-    Stopped with SIGTERM (then killed), so that `maas up` stops its children too, even when the block
-    failed.
-    """
-    process = await asyncio.create_subprocess_exec(
+async def start_maas(
+    *args: str, env: dict[str, str] | None = None, stderr: int | None = None
+) -> asyncio.subprocess.Process:
+    """Start `maas ARGS...` from the repository root with its stdout piped (and `stderr` as given)."""
+    return await asyncio.create_subprocess_exec(
         PYTHON,
         "-m",
         "services.cli.main",
@@ -38,7 +34,18 @@ async def maas_process(*args: str, ready: str, env: dict[str, str] | None = None
         cwd=REPO_ROOT,
         env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
+        stderr=stderr,
     )
+
+
+@asynccontextmanager
+async def maas_process(*args: str, ready: str, env: dict[str, str] | None = None) -> AsyncIterator[ServiceProcess]:
+    """Run `maas ARGS...` until the block ends, waiting for its `READY <ready>` line first.
+
+    Stopped with SIGTERM (then killed), so that `maas up` stops its children too, even when the block
+    failed.
+    """
+    process = await start_maas(*args, env=env)
     async with serving(process, ready) as address:
         yield ServiceProcess(process, address)
 
@@ -49,16 +56,7 @@ async def run_failing(*args: str, env: dict[str, str]) -> tuple[bytes, bytes]:
     Returns:
         Its stdout and stderr.
     """
-    process = await asyncio.create_subprocess_exec(
-        PYTHON,
-        "-m",
-        "services.cli.main",
-        *args,
-        cwd=REPO_ROOT,
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    process = await start_maas(*args, env=env, stderr=subprocess.PIPE)
     stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 1
     return stdout, stderr
@@ -129,16 +127,7 @@ async def maas_up(env: dict[str, str], timeout: float = 180) -> AsyncIterator[Up
 
     Its stderr is collected line by line (see `UpStack.stderr`); so is its stdout after `READY all`.
     """
-    process = await asyncio.create_subprocess_exec(
-        PYTHON,
-        "-m",
-        "services.cli.main",
-        "up",
-        cwd=REPO_ROOT,
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    process = await start_maas("up", env=env, stderr=subprocess.PIPE)
     stack = UpStack(process, {}, asyncio.Queue(), [])
 
     async def collect_stderr() -> None:
@@ -165,11 +154,5 @@ async def maas_up(env: dict[str, str], timeout: float = 180) -> AsyncIterator[Up
         await asyncio.wait_for(started(), timeout)
         yield stack
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), STOP_TIMEOUT_SECONDS)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await stop(process)
         await asyncio.gather(*readers, return_exceptions=True)
