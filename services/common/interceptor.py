@@ -56,11 +56,20 @@ _REQUEST_ID_PREFIX = uuid.uuid4().hex[:16]
 _request_counter = itertools.count(1)
 
 _call_var: ContextVar[CallInfo | None] = ContextVar("maas_call", default=None)
+_received_bytes: ContextVar[int | None] = ContextVar("maas_received_bytes", default=None)
 
 
 def current_call() -> CallInfo | None:
     """Return the call being served in this task, or None outside an intercepted call."""
     return _call_var.get()
+
+
+def received_bytes(message: Any) -> int:
+    """The size on the wire of the request message this task received last (`message`, in a handler),
+    or `message.ByteSize()` outside an intercepted call: measuring a large parsed message costs as much
+    as serializing it again."""
+    size = _received_bytes.get()
+    return message.ByteSize() if size is None else size
 
 
 def label_model(model: str) -> None:
@@ -101,6 +110,7 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
         return None
 
     def deserialize(data: bytes) -> Any:
+        _received_bytes.set(len(data))
         try:
             return deserializer(data)
         except Exception as exc:

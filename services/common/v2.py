@@ -14,7 +14,7 @@ from maas.inference import grpc_service_pb2_grpc as pb_grpc
 from services.common import offload
 from services.common.codec import decode_inputs, encode_outputs
 from services.common.errors import InvalidInput, ModelNotFound
-from services.common.interceptor import CallInfo, current_call, label_model, status_of
+from services.common.interceptor import CallInfo, current_call, label_model, received_bytes, status_of
 from services.common.lifecycle import Lifecycle
 from services.common.models import InferRequest, ModelRegistry, Parameter, ServedModel
 from services.common.settings import ServiceSettings
@@ -135,7 +135,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         started = time.perf_counter_ns()
         try:
             model.admit(version)
-            inputs = await offload.run(partial(decode_inputs, request), request.ByteSize(), self._inline_max_bytes)
+            inputs = await offload.run(partial(decode_inputs, request), received_bytes(request), self._inline_max_bytes)
             model.check_inputs(inputs)
             parameters = {key: parameter_value(value) for key, value in request.parameters.items()}
             result = await model.infer(InferRequest(inputs=inputs, version=version, parameters=parameters))

@@ -17,8 +17,9 @@ from maas.text.v1 import text_pb2, text_pb2_grpc
 from maas.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 from maas.transformer.v1 import transformer_pb2, transformer_pb2_grpc
 from maas.vision.v1 import vision_pb2, vision_pb2_grpc
+from services.common import offload
 from services.common.errors import InvalidInput, Overloaded
-from services.common.interceptor import label_model
+from services.common.interceptor import label_model, received_bytes
 from services.common.settings import GatewaySettings
 from services.gateway.pipelines import LSTM_SENTIMENT, MINILM_SENTIMENT, TEXT_EMBED
 from services.gateway.router import TOKENIZER, Router
@@ -96,7 +97,11 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         self, request: pb.ClassifyImageRequest, context: grpc.aio.ServicerContext
     ) -> pb.ClassifyImageResponse:
         label_model(VISION_MODEL)
-        images = [vision_pb2.Image(encoded=image) for image in request.images]
+        images = await offload.run(
+            lambda: [vision_pb2.Image(encoded=image) for image in request.images],
+            received_bytes(request),
+            self._settings.inline_max_bytes,
+        )
         response = await self._router.typed(
             VISION_MODEL,
             request.model_version,
@@ -111,14 +116,14 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         self, request: pb.ClassifyTextRequest, context: grpc.aio.ServicerContext
     ) -> pb.ClassifyTextResponse:
         model = request.model or self._default_text_model
-        response = await self._classify(_texts(request.texts), model, request.top_k, request.model_version)
+        response = await self._classify(await self._texts(request), model, request.top_k, request.model_version)
         return pb.ClassifyTextResponse(results=response.results, model=model, model_version=response.model_version)
 
     async def StreamClassifyText(
         self, request: pb.ClassifyTextRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamClassifyTextResponse]:
         """Classify in chunks, a few at once; each text's answer is sent as soon as its chunk is done."""
-        texts = _texts(request.texts)
+        texts = await self._texts(request)
         if len(texts) > self._settings.max_stream_texts:
             raise Overloaded(f"{len(texts)} texts; the limit is {self._settings.max_stream_texts} per stream")
         model = request.model or self._default_text_model
@@ -146,7 +151,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         label_model(TEXT_EMBED.model)
         self._router.route(TEXT_EMBED.model)
-        ids, mask = await self._router.tokenize(_texts(request.texts))
+        ids, mask = await self._router.tokenize(await self._texts(request))
         items = tokenized(ids, mask)
         response = await self._router.typed(
             TEXT_EMBED.model,
@@ -157,6 +162,12 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
             lambda version: transformer_pb2.EmbedRequest(items=items, model_version=version),
         )
         return pb.EmbedResponse(embeddings=response.embeddings, model_version=response.model_version)
+
+    async def _texts(self, request: pb.ClassifyTextRequest | pb.EmbedRequest) -> np.ndarray:
+        """The request's texts as UTF-8 BYTES (on a worker thread when the request is large)."""
+        return await offload.run(
+            lambda: _texts(request.texts), received_bytes(request), self._settings.inline_max_bytes
+        )
 
     async def _classify(self, texts: np.ndarray, model: int, top_k: int, version: str) -> Any:
         """Tokenize, then classify with the text model `model` (a `TextModel`)."""

@@ -15,7 +15,7 @@ from services.common import offload
 from services.common.codec import Tensor
 from services.common.echo import EchoModel
 from services.common.errors import InvalidInput, Overloaded
-from services.common.interceptor import label_model
+from services.common.interceptor import label_model, received_bytes
 from services.common.models import InferRequest, InferResult, ModelRegistry, TensorSpec
 from services.common.repository import RepositoryModel, VersionConfig
 from services.common.service import Service, TypedService
@@ -214,8 +214,12 @@ class TokenizerServicer(pb_grpc.TokenizerServiceServicer):
     async def Tokenize(self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext) -> pb.TokenizeResponse:
         label_model(MODEL_NAME)
         limits = self._model.limits
-        texts, pairs = list(request.texts), list(request.text_pairs) or None
-        costs = text_costs(limits, ("texts", texts), None if pairs is None else ("text_pairs", pairs))
+
+        def texts_and_costs() -> tuple[list[str], list[str] | None, list[int]]:
+            texts, pairs = list(request.texts), list(request.text_pairs) or None
+            return texts, pairs, text_costs(limits, ("texts", texts), None if pairs is None else ("text_pairs", pairs))
+
+        texts, pairs, costs = await offload.run(texts_and_costs, received_bytes(request), limits.inline_max_bytes)
         max_length = check_max_length(request.max_length or limits.default_max_length)
         truncation = request.truncation if request.HasField("truncation") else True
         padding = PADDING.get(request.padding)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -20,7 +19,7 @@ from services.common.codec import Tensor
 from services.common.devices import select_device
 from services.common.echo import EchoModel
 from services.common.errors import InvalidInput, Overloaded
-from services.common.interceptor import label_model
+from services.common.interceptor import label_model, received_bytes
 from services.common.models import InferRequest, ModelRegistry
 from services.common.repository import RepositoryError, VersionConfig
 from services.common.service import Service, TypedService
@@ -159,7 +158,7 @@ class VisionServicer(pb_grpc.VisionServiceServicer):
             raise InvalidInput("no images in the request")
         version = self._model.resolve(request.model_version)
         self._model.admit(version)
-        images = await self._decode(request.images)
+        images = await self._decode(request)
         result = await self._model.infer(InferRequest({"IMAGE": Tensor("IMAGE", "FP32", images)}, version))
         labels = self._model.configs[version].labels
         top_k = min(request.top_k or 1, len(labels))
@@ -167,7 +166,7 @@ class VisionServicer(pb_grpc.VisionServiceServicer):
             results=top_labels(result.outputs[0].array, labels, top_k), model_version=version
         )
 
-    async def _decode(self, images: Sequence[pb.Image]) -> np.ndarray:
+    async def _decode(self, request: pb.ClassifyImageRequest) -> np.ndarray:
         """Every image as float32 [N, 1, 28, 28]: headers read and sizes checked first (off the event loop
         when the request is large), then decoded, in chunks on worker threads when they hold many pixels.
 
@@ -176,9 +175,10 @@ class VisionServicer(pb_grpc.VisionServiceServicer):
                 request limit.
         """
         settings = self._settings
-        sent = sum(image.ByteSize() for image in images)
         opened = await offload.run(
-            lambda: [open_image(i, image, settings) for i, image in enumerate(images)], sent, settings.inline_max_bytes
+            lambda: [open_image(i, image, settings) for i, image in enumerate(request.images)],
+            received_bytes(request),
+            settings.inline_max_bytes,
         )
         pixels = [_pixels(image) for image in opened]
         if sum(pixels) > settings.max_request_pixels:
