@@ -14,9 +14,12 @@ MODELS = $(MAAS) models export-tokenizer --if-missing && $(MAAS) models export-m
 	&& $(MAAS) train vision --if-missing $(1) && $(MAAS) train text --if-missing $(1) \
 	&& $(MAAS) train text --quantize int8 --if-missing $(1) && $(MAAS) train transformer --if-missing $(1)
 
-.PHONY: venv models up test fuzz bench protos lint manifests
+.PHONY: venv models up test fuzz bench bench-peers protos lint manifests
 
 K8S_TOOLS := $(VENV)/.k8s-tools
+# Benchmark peers, each in its own venv under .peers/ (scripts/peers.py). perf_analyzer also needs
+# Debian's libb64-0d (apt-get install libb64-0d).
+PERF_ANALYZER := .peers/bin/perf_analyzer
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,13 +34,17 @@ $(K8S_TOOLS): $(STAMP) scripts/k8s_tools.py
 	$(PY) scripts/k8s_tools.py
 	touch $@
 
+$(PERF_ANALYZER): $(STAMP) scripts/peers.py
+	$(PY) scripts/peers.py perf_analyzer
+	touch $@
+
 models: $(STAMP)
 	$(call MODELS)
 
 up: models
 	$(MAAS) up
 
-test: $(STAMP) $(K8S_TOOLS)
+test: $(STAMP) $(K8S_TOOLS) $(PERF_ANALYZER)
 	$(call MODELS,--no-progress)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -49,6 +56,11 @@ fuzz: $(STAMP)
 
 bench: models
 	$(MAAS) bench
+
+# Writes docs/peers.md: maas beside Triton, KServe and Ray Serve's proxy, on the same weights (~30 min).
+bench-peers: models $(PERF_ANALYZER)
+	$(PY) scripts/peers.py triton kserve
+	$(PY) -m services.bench.peers
 
 manifests: $(K8S_TOOLS)
 	$(PY) scripts/render_manifests.py

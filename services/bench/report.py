@@ -44,7 +44,9 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def _git_revision(root: Path) -> str:
+def git_revision(root: Path) -> str:
+    """The short commit of `root`, marked if tracked files changed since."""
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False).stdout.strip()
 
@@ -89,7 +91,7 @@ def render(sections: list[Section], command: str, root: Path) -> str:
         "",
         f"- command: `{command}`",
         f"- machine: {machine()}",
-        f"- git: {_git_revision(root)}",
+        f"- git: {git_revision(root)}",
         f"- date: {_now()}",
         f"- python: {platform.python_version()}",
         "",
@@ -115,7 +117,7 @@ def merge(report: str, sections: list[Section], command: str, root: Path) -> str
             [
                 heading,
                 "",
-                f"Run alone: `{command}`, {_now()}, git {_git_revision(root)}, on {machine()}.",
+                f"Run alone: `{command}`, {_now()}, git {git_revision(root)}, on {machine()}.",
                 "",
                 section.note,
                 "",

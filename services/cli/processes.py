@@ -73,7 +73,7 @@ async def serving(process: asyncio.subprocess.Process, ready: str) -> AsyncItera
 
 
 async def stop(process: asyncio.subprocess.Process) -> None:
-    """SIGTERM a process that still runs and wait for it; kill it after `STOP_TIMEOUT_SECONDS`."""
+    """SIGTERM a child still running, and kill it if it has not ended `STOP_TIMEOUT_SECONDS` later."""
     if process.returncode is None:
         process.send_signal(signal.SIGTERM)
         try:

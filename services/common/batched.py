@@ -10,7 +10,7 @@ from pathlib import Path
 from services.common import metrics
 from services.common.batcher import Arrays, BatchingConfig, DynamicBatcher, Predict
 from services.common.codec import Tensor
-from services.common.models import InferRequest, InferResult
+from services.common.models import BatchLimits, InferRequest, InferResult
 from services.common.repository import RepositoryModel, VersionConfig
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,10 @@ class BatchedModel(RepositoryModel):
             Overloaded: the request is over a size limit.
         """
         return inputs
+
+    def batch_limits(self) -> BatchLimits:
+        """The dynamic batcher's limits."""
+        return BatchLimits(self.batching.max_batch_size, True, self.batching.max_queue_delay_ms)
 
     def reconfigure(self, **limits: float) -> None:
         """Change batching limits of every loaded version (and of versions loaded later).

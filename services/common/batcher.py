@@ -145,6 +145,7 @@ class DynamicBatcher:
         except asyncio.CancelledError:
             self._cancelled.inc()
             raise
+        self._stats.record_compute(request.queue_ns, request.compute_ns)
         telemetry.set_attributes(
             batch_size=request.batch_rows, queue_us=request.queue_ns // 1000, compute_us=request.compute_ns // 1000
         )
@@ -274,7 +275,7 @@ class DynamicBatcher:
         return outputs
 
     def _record(self, rows: int, compute_ns: int, waits: list[int]) -> None:
-        self._stats.record_execution(rows, compute_ns, waits)
+        self._stats.record_execution(rows, compute_ns)
         self._batch_rows.observe(rows)
         for wait in waits:
             self._queue_seconds.observe(wait / 1e9)

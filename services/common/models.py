@@ -52,7 +52,8 @@ class InferRequest:
 class InferResult:
     """A model's answer: its outputs, the version that produced them and the rows it inferred.
 
-    `batched` is True when a dynamic batcher ran the request and recorded the execution itself.
+    `batched` is True when a dynamic batcher ran the request and recorded the execution, and the
+    request's queue and compute, itself.
     """
 
     outputs: list[Tensor]
@@ -96,6 +97,22 @@ class VersionPolicy:
 
 
 @dataclass(frozen=True)
+class BatchLimits:
+    """How a model takes batches, as the v2 ModelConfig reports it.
+
+    Attributes:
+        max_batch_size: most rows (the first dimension of every tensor) the model runs at once; 0 when
+            its tensors have no batch dimension.
+        dynamic: whether a dynamic batcher gathers concurrent requests into one run.
+        max_queue_delay_ms: longest the oldest queued request waits for others to join its batch.
+    """
+
+    max_batch_size: int = 0
+    dynamic: bool = False
+    max_queue_delay_ms: float = 0.0
+
+
+@dataclass(frozen=True)
 class VersionState:
     """One version's entry in the repository index."""
 
@@ -111,9 +128,14 @@ class ServedModel(ABC):
     platform: str
     inputs: tuple[TensorSpec, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()
+    policy: VersionPolicy = VersionPolicy()
 
     def __init__(self) -> None:
         self._stats: dict[str, VersionStats] = {}
+
+    def batch_limits(self) -> BatchLimits:
+        """How the model batches; no batch dimension unless a subclass says otherwise."""
+        return BatchLimits()
 
     def version_stats(self, version: str) -> VersionStats:
         """The statistics of one version, created on first use."""

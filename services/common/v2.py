@@ -11,17 +11,35 @@ import grpc
 
 from maas.inference import grpc_service_pb2 as pb
 from maas.inference import grpc_service_pb2_grpc as pb_grpc
+from maas.inference import model_config_pb2 as config_pb
 from services.common import offload
 from services.common.codec import decode_inputs, encode_outputs
 from services.common.errors import InvalidInput, ModelNotFound
 from services.common.interceptor import CallInfo, current_call, label_model, received_bytes, status_of
 from services.common.lifecycle import Lifecycle
-from services.common.models import InferRequest, ModelRegistry, Parameter, ServedModel
+from services.common.models import InferRequest, ModelRegistry, Parameter, ServedModel, TensorSpec, VersionPolicy
 from services.common.settings import ServiceSettings
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 EXTENSIONS = ("model_repository", "statistics")
 INLINE_MAX_BYTES = ServiceSettings.model_fields["inline_max_bytes"].default
+DATA_TYPES = {
+    "BOOL": config_pb.TYPE_BOOL,
+    "UINT8": config_pb.TYPE_UINT8,
+    "UINT16": config_pb.TYPE_UINT16,
+    "UINT32": config_pb.TYPE_UINT32,
+    "UINT64": config_pb.TYPE_UINT64,
+    "INT8": config_pb.TYPE_INT8,
+    "INT16": config_pb.TYPE_INT16,
+    "INT32": config_pb.TYPE_INT32,
+    "INT64": config_pb.TYPE_INT64,
+    "FP16": config_pb.TYPE_FP16,
+    "FP32": config_pb.TYPE_FP32,
+    "FP64": config_pb.TYPE_FP64,
+    "BYTES": config_pb.TYPE_STRING,
+    "BF16": config_pb.TYPE_BF16,
+}
+"""v2 datatype -> Triton's model-configuration DataType (BYTES is TYPE_STRING there)."""
 
 
 def parameter_value(parameter: pb.InferParameter | pb.ModelRepositoryParameter) -> Parameter | bytes:
@@ -55,6 +73,51 @@ def _version_parameter(parameters) -> str:
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise InvalidInput(f"parameter 'version' must be a string or an integer, got {value!r}")
     return str(value)
+
+
+def _version_policy(policy: VersionPolicy) -> config_pb.ModelVersionPolicy:
+    if policy.kind == "all":
+        return config_pb.ModelVersionPolicy(all=config_pb.ModelVersionPolicy.All())
+    if policy.kind == "specific":
+        specific = config_pb.ModelVersionPolicy.Specific(versions=[int(v) for v in policy.versions])
+        return config_pb.ModelVersionPolicy(specific=specific)
+    return config_pb.ModelVersionPolicy(latest=config_pb.ModelVersionPolicy.Latest(num_versions=policy.count))
+
+
+def model_config(model: ServedModel) -> config_pb.ModelConfig:
+    """Triton's model configuration of `model`: what it declares of its tensors, batching and versions.
+
+    With a batch dimension (max_batch_size > 0) the dims leave out the first dimension, as Triton's do.
+
+    Args:
+        model: the served model.
+
+    Returns:
+        Its `inference.ModelConfig`.
+    """
+    limits = model.batch_limits()
+    skip = 1 if limits.max_batch_size else 0
+
+    def dims(spec: TensorSpec) -> list[int]:
+        return list(spec.shape[skip:])
+
+    config = config_pb.ModelConfig(
+        name=model.name,
+        platform=model.platform,
+        version_policy=_version_policy(model.policy),
+        max_batch_size=limits.max_batch_size,
+        input=[
+            config_pb.ModelInput(name=s.name, data_type=DATA_TYPES[s.datatype], dims=dims(s), optional=s.optional)
+            for s in model.inputs
+        ],
+        output=[
+            config_pb.ModelOutput(name=s.name, data_type=DATA_TYPES[s.datatype], dims=dims(s)) for s in model.outputs
+        ],
+    )
+    if limits.dynamic:
+        delay = round(limits.max_queue_delay_ms * 1000)
+        config.dynamic_batching.CopyFrom(config_pb.ModelDynamicBatching(max_queue_delay_microseconds=delay))
+    return config
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -100,11 +163,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext):
         return pb.ServerMetadataResponse(name=self._server_name, version=self._server_version, extensions=EXTENSIONS)
 
-    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext):
-        model = self._model(request.name)
+    def _model_version(self, name: str, version: str) -> tuple[ServedModel, list[str]]:
+        """The model called `name` and every version it knows, checking `version` ("" = any) is one.
+
+        Raises:
+            ModelNotFound: no such model, or no such version of it.
+        """
+        model = self._model(name)
         versions = [v.version for v in model.index()]
-        if request.version and request.version not in versions:
-            raise ModelNotFound(f"model '{model.name}' has no version '{request.version}'; versions: {versions}")
+        if version and version not in versions:
+            raise ModelNotFound(f"model '{model.name}' has no version '{version}'; versions: {versions}")
+        return model, versions
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext):
+        model, versions = self._model_version(request.name, request.version)
         return pb.ModelMetadataResponse(
             name=model.name,
             versions=versions,
@@ -118,6 +190,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 for s in model.outputs
             ],
         )
+
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext):
+        model, _ = self._model_version(request.name, request.version)
+        return pb.ModelConfigResponse(config=model_config(model))
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext):
         return await self._infer(request)
@@ -138,7 +214,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             inputs = await offload.run(partial(decode_inputs, request), received_bytes(request), self._inline_max_bytes)
             model.check_inputs(inputs)
             parameters = {key: parameter_value(value) for key, value in request.parameters.items()}
+            decoded = time.perf_counter_ns()
             result = await model.infer(InferRequest(inputs=inputs, version=version, parameters=parameters))
+            inferred = time.perf_counter_ns()
             outputs = result.outputs
             if request.outputs:
                 produced = {tensor.name: tensor for tensor in outputs}
@@ -154,10 +232,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except BaseException:
             stats.record_request(False, time.perf_counter_ns() - started, 0)
             raise
-        elapsed = time.perf_counter_ns() - started
+        done = time.perf_counter_ns()
         if not result.batched:
-            stats.record_execution(result.batch_size, elapsed)
-        stats.record_request(True, elapsed, result.batch_size)
+            stats.record_execution(result.batch_size, inferred - decoded)
+            stats.record_compute(0, inferred - decoded)
+        stats.record_request(True, done - started, result.batch_size, decoded - started, done - inferred)
         return response
 
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext):

@@ -73,6 +73,11 @@ class GatewayInferenceServicer(InferenceServicer):
             return await super().ModelMetadata(request, context)
         return await self._forward(request.name, "ModelMetadata", request)
 
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext):
+        if request.name in self._local:
+            return await super().ModelConfig(request, context)
+        return await self._forward(request.name, "ModelConfig", request)
+
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext):
         if request.model_name in self._local:
             return await super().ModelInfer(request, context)

@@ -34,6 +34,7 @@ MAX_BACKOFF_SECONDS = 1.0
 VERSION_FIELDS = {
     "ModelInfer": "model_version",
     "ModelMetadata": "version",
+    "ModelConfig": "version",
     "ModelReady": "version",
     "ModelStatistics": "version",
 }
@@ -244,7 +245,7 @@ class Router:
     async def v2(self, model: str, method: str, request: Any) -> Any:
         """Call Open Inference Protocol `method` about `model` by its route. ModelInfer is spread by
         the route's split; other methods go to the primary target. A version the caller left empty
-        becomes the route's (ModelInfer, ModelMetadata, ModelReady).
+        becomes the route's (ModelInfer, ModelMetadata, ModelConfig, ModelReady).
 
         Raises:
             ModelNotFound: `model` is not routed.

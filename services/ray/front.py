@@ -193,6 +193,10 @@ class ForwardingInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         label_model(request.name)
         return await self._replicas.call("ModelMetadata", request)
 
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext):
+        label_model(request.name)
+        return await self._replicas.call("ModelConfig", request)
+
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext):
         label_model(request.model_name)
         return await self._replicas.call("ModelInfer", request)

@@ -237,6 +237,10 @@ class ServiceReplica:
         """v2 ModelMetadata."""
         return await self._serve("ModelMetadata", self._v2.ModelMetadata, request, grpc_context)
 
+    async def ModelConfig(self, request: Any, grpc_context: Any = None) -> Any:
+        """v2 ModelConfig."""
+        return await self._serve("ModelConfig", self._v2.ModelConfig, request, grpc_context)
+
     async def ModelInfer(self, request: Any, grpc_context: Any = None) -> Any:
         """v2 ModelInfer."""
         return await self._serve("ModelInfer", self._v2.ModelInfer, request, grpc_context)

@@ -178,6 +178,8 @@ async def test_v2_routes_every_model_to_its_service(stubs, images):
         assert through.model_name == model and through.id == "req-7" and through.model_version == "1"
         metadata = v2pb.ModelMetadataRequest(name=model)
         assert await stubs["v2"].ModelMetadata(metadata) == await stubs[owner].ModelMetadata(metadata)
+        config = v2pb.ModelConfigRequest(name=model)
+        assert await stubs["v2"].ModelConfig(config) == await stubs[owner].ModelConfig(config)
         assert (await stubs["v2"].ModelReady(v2pb.ModelReadyRequest(name=model))).ready
 
 
@@ -196,6 +198,8 @@ async def test_pipelines_take_text(stubs):
         metadata = await stubs["v2"].ModelMetadata(v2pb.ModelMetadataRequest(name=pipeline))
         assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [("TEXT", "BYTES", [-1])]
         assert metadata.outputs[0].name == output and metadata.platform == "maas_pipeline"
+        config = (await stubs["v2"].ModelConfig(v2pb.ModelConfigRequest(name=pipeline))).config
+        assert (config.name, config.max_batch_size, [list(i.dims) for i in config.input]) == (pipeline, 0, [[-1]])
         assert (await stubs["v2"].ModelReady(v2pb.ModelReadyRequest(name=pipeline))).ready
     short = await stubs["v2"].ModelInfer(v2_request("text_embed", text_tensor(REVIEWS[:1]), max_length=4))
     assert decode_outputs(short)["EMBEDDING"].array.shape == (1, 384)

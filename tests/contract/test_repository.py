@@ -124,10 +124,25 @@ async def test_concurrent_requests_are_batched_and_statistics_show_it(v2, server
     assert stats.execution_count < 40, "requests shared executions"
     assert max(b.batch_size for b in stats.batch_stats) > 2
     assert stats.inference_stats.queue.count == 40 and stats.inference_stats.compute_infer.ns > 0
+    per_request = stats.inference_stats
+    counts = [per_request.compute_input.count, per_request.compute_infer.count, per_request.compute_output.count]
+    assert counts == [40, 40, 40], "per request, as Triton counts them (perf_analyzer checks they agree)"
     port = server.metrics_port
     assert metric(port, 'maas_batch_size_count{model="linear"}') - batches_before == stats.execution_count
     assert metric(port, 'maas_batch_size_sum{model="linear"}') - rows_before == 80
     assert metric(port, 'maas_batch_queue_seconds_count{model="linear"}') - queued_before == 40
+
+
+async def test_statistics_read_under_load_count_every_request_once_in_each_compute_phase(v2):
+    requests = asyncio.gather(*(v2.ModelInfer(linear_request()) for _ in range(300)))
+    snapshots = []
+    while not requests.done():
+        stats = await v2.ModelStatistics(pb.ModelStatisticsRequest(name="linear", version="1"))
+        snapshots.append(stats.model_stats[0].inference_stats)
+    await requests
+    assert len(snapshots) > 3, "read while requests were in flight"
+    for seen in snapshots:
+        assert seen.compute_input.count == seen.compute_infer.count == seen.compute_output.count, seen
 
 
 async def test_values_are_checked_before_batching(v2):

@@ -246,6 +246,10 @@ async def test_unknown_model_and_version_are_not_found(v2):
     await assert_status(v2.ModelInfer(request), grpc.StatusCode.NOT_FOUND, "no version '7'")
     await assert_status(v2.ModelMetadata(pb.ModelMetadataRequest(name="resnet")), grpc.StatusCode.NOT_FOUND)
     await assert_status(v2.ModelReady(pb.ModelReadyRequest(name="resnet")), grpc.StatusCode.NOT_FOUND)
+    await assert_status(v2.ModelConfig(pb.ModelConfigRequest(name="resnet")), grpc.StatusCode.NOT_FOUND, "resnet")
+    await assert_status(
+        v2.ModelConfig(pb.ModelConfigRequest(name="echo", version="7")), grpc.StatusCode.NOT_FOUND, "no version '7'"
+    )
     await assert_still_serving(v2)
 
 

@@ -11,6 +11,7 @@ from PIL import Image
 
 from maas.inference import grpc_service_pb2 as v2pb
 from maas.inference import grpc_service_pb2_grpc
+from maas.inference import model_config_pb2 as config_pb
 from maas.vision.v1 import vision_pb2 as pb
 from maas.vision.v1 import vision_pb2_grpc
 from services.common.server import GrpcServer
@@ -66,6 +67,16 @@ async def test_v2_classifies_real_test_images(v2, test_images):
     assert probs.shape == (64, 10) and response.model_version == "1"
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     assert (probs.argmax(axis=1) == labels).mean() > 0.5, "even the tiny test CNN beats chance (0.1) by far"
+
+
+async def test_model_config_describes_fashion_cnn_as_triton_would(v2):
+    config = (await v2.ModelConfig(v2pb.ModelConfigRequest(name="fashion_cnn"))).config
+    assert (config.name, config.platform, config.max_batch_size) == ("fashion_cnn", "pytorch_safetensors", 32)
+    assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [("IMAGE", config_pb.TYPE_FP32, [1, 28, 28])]
+    assert [(o.name, list(o.dims)) for o in config.output] == [("PROBABILITIES", [10])]
+    assert config.WhichOneof("scheduling_choice") == "dynamic_batching"
+    assert config.version_policy.latest.num_versions == 1
+    assert (await v2.ModelConfig(v2pb.ModelConfigRequest(name="fashion_cnn", version="1"))).config == config
 
 
 async def test_typed_png_raw_and_v2_agree(v2, typed, test_images):

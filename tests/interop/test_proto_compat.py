@@ -9,6 +9,8 @@ async def test_every_message_and_rpc_matches_tritonclient():
     ours = await run_script("proto_fields.py", "maas")
     theirs = await run_script("proto_fields.py", "tritonclient")
     assert "rpc inference.GRPCInferenceService.ModelStreamInfer" in ours
+    assert "rpc inference.GRPCInferenceService.ModelConfig" in ours
+    assert "enum inference.DataType" in ours
     for name, fields in ours.items():
         assert name in theirs, f"{name} is not in tritonclient's proto"
         for field, spec in fields.items():
