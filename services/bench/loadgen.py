@@ -52,7 +52,7 @@ async def callers(
     seconds: float,
     max_calls: int = 1_000_000,
     refused: Callable[[Exception], bool] = lambda exc: False,
-    backoff: float = 0.0,
+    backoff: Callable[[int], float] = lambda refusals: 0.0,
 ) -> Phase:
     """Run `concurrency` callers, each sending its next call when the last returns, for `seconds` or
     `max_calls` calls in all.
@@ -63,13 +63,15 @@ async def callers(
         seconds: how long.
         max_calls: most calls in all.
         refused: which exceptions are refusals (timed apart from answered calls).
-        backoff: seconds a caller waits after a refusal before its next call.
+        backoff: seconds a caller waits after a refusal before its next call, given how many times in a
+            row it was refused.
     """
     phase = Phase([], [], 0, 0.0)
     started = time.perf_counter()
     deadline = started + seconds
 
     async def caller() -> None:
+        in_a_row = 0
         while time.perf_counter() < deadline and len(phase.answered) + len(phase.refused) + phase.failed < max_calls:
             t0 = time.perf_counter()
             try:
@@ -79,8 +81,10 @@ async def callers(
                     phase.failed += 1
                     continue
                 phase.refused.append(time.perf_counter() - t0)
-                await asyncio.sleep(backoff)
+                in_a_row += 1
+                await asyncio.sleep(backoff(in_a_row))
                 continue
+            in_a_row = 0
             phase.answered.append(time.perf_counter() - t0)
 
     await asyncio.gather(*(caller() for _ in range(concurrency)))

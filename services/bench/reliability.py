@@ -4,6 +4,7 @@ event loop, each measured against the alternative in the same run."""
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -27,7 +28,24 @@ from services.transformer.train import reviews
 QUEUE = 16
 CALLERS = 16
 OVERLOAD_CALLERS = 256
-BACKOFF_SECONDS = 0.1
+FIRST_BACKOFF_SECONDS = 0.05
+MAX_BACKOFF_SECONDS = 1.0
+FIXED_BACKOFF_SECONDS = 0.1
+JITTER = random.Random(17)
+
+
+def exponential_backoff(refusals: int) -> float:
+    """What a client with the usual retry policy waits after `refusals` refusals in a row: 50 ms doubling
+    to 1 s, each wait between half and one and a half times that."""
+    return min(MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2 ** (refusals - 1)) * JITTER.uniform(0.5, 1.5)
+
+
+POLICIES: dict[str, Callable[[int], float]] = {
+    "refused callers back off (50 ms doubling to 1 s)": exponential_backoff,
+    f"refused callers wait {FIXED_BACKOFF_SECONDS * 1000:.0f} ms": lambda refusals: FIXED_BACKOFF_SECONDS,
+    "refused callers retry at once": lambda refusals: 0.0,
+}
+"""How refused callers behave: as a client with a retry policy, with a fixed pause, or hammering."""
 OFFLOAD_EVERYTHING = 0
 INLINE_EVERYTHING = 1 << 62
 
@@ -42,7 +60,11 @@ class Overload:
 
 
 async def overloaded(
-    call: Callable[[], Awaitable[object]], concurrency: int, duration: float, warmup: float, backoff: float
+    call: Callable[[], Awaitable[object]],
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    backoff: Callable[[int], float],
 ) -> Overload:
     """Run closed-loop callers for `warmup` seconds (not measured), then `duration` seconds, timing
     answered and refused (RESOURCE_EXHAUSTED) calls apart.
@@ -52,7 +74,7 @@ async def overloaded(
         concurrency: callers running at once.
         duration: measured seconds.
         warmup: seconds run first and discarded.
-        backoff: seconds a caller waits after a refusal before its next call (0: at once).
+        backoff: seconds a caller waits after a refusal, given how many times in a row it was refused.
     """
 
     def refused(exc: Exception) -> bool:
@@ -80,11 +102,12 @@ async def overload_section(config: BenchConfig) -> Section:
             f"The transformer runs as its own process with `MAAS_TRANSFORMER_MAX_QUEUE_SIZE={QUEUE}` (1 torch "
             f"thread, default batching); one request = one short text (the first sentences of the test reviews, "
             f"at most {SHORT_TOKENS} tokens, in turn). First {CALLERS} closed-loop callers (the queue never "
-            f"fills), then {OVERLOAD_CALLERS}: each caller refused with RESOURCE_EXHAUSTED (the queue is full) "
-            f"waits {BACKOFF_SECONDS * 1000:.0f} ms before its next call, as a client that honours the refusal "
-            "does; then the same callers retrying at once. Refusals are timed apart from answered calls (their "
-            "req/s counts refusals); every caller runs in the bench process, which shares the machine's cores "
-            "with the service."
+            f"fills), then {OVERLOAD_CALLERS} three times over, differing in what a caller refused with "
+            "RESOURCE_EXHAUSTED (the queue is full) does before its next call: backs off as a client with the "
+            "usual retry policy does (50 ms, doubling with each refusal in a row to 1 s, jittered), waits "
+            f"{FIXED_BACKOFF_SECONDS * 1000:.0f} ms, or retries at once. Refusals are timed apart from answered "
+            "calls (their req/s counts refusals); every caller runs in the bench process, which shares the "
+            "machine's cores with the service."
         ),
     )
     env = {
@@ -102,10 +125,7 @@ async def overload_section(config: BenchConfig) -> Section:
         base = await closed_loop(call, CALLERS, config.duration, config.warmup)
         section.rows.append(Row(f"{CALLERS} callers", base))
         results = {}
-        for label, backoff in (
-            ("refused callers wait 100 ms", BACKOFF_SECONDS),
-            ("refused callers retry at once", 0.0),
-        ):
+        for label, backoff in POLICIES.items():
             results[label] = await overloaded(call, OVERLOAD_CALLERS, config.duration, config.warmup, backoff)
             section.rows.append(Row(f"{OVERLOAD_CALLERS} callers, {label}: answered", results[label].answered))
             section.rows.append(Row(f"{OVERLOAD_CALLERS} callers, {label}: refused", results[label].refused))

@@ -64,6 +64,8 @@ def test_quick_bench_writes_a_report_with_every_row(model_repository: Path, tmp_
         ("ray, default path (maas front, DeploymentHandle)", 16),
         ("ray, Serve's native gRPC proxy", 16),
         ("16 callers", 16),
+        ("256 callers, refused callers back off (50 ms doubling to 1 s): answered", 256),
+        ("256 callers, refused callers back off (50 ms doubling to 1 s): refused", 256),
         ("256 callers, refused callers wait 100 ms: answered", 256),
         ("256 callers, refused callers wait 100 ms: refused", 256),
         ("256 callers, refused callers retry at once: answered", 256),
