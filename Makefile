@@ -14,7 +14,7 @@ MODELS = $(MAAS) models export-tokenizer --if-missing && $(MAAS) models export-m
 	&& $(MAAS) train vision --if-missing $(1) && $(MAAS) train text --if-missing $(1) \
 	&& $(MAAS) train text --quantize int8 --if-missing $(1) && $(MAAS) train transformer --if-missing $(1)
 
-.PHONY: venv models up test fuzz bench bench-peers protos lint manifests
+.PHONY: venv models up test fuzz bench bench-peers protos lint manifests reliability
 
 K8S_TOOLS := $(VENV)/.k8s-tools
 # Benchmark peers, each in its own venv under .peers/ (scripts/peers.py). perf_analyzer also needs
@@ -61,6 +61,13 @@ bench: models
 bench-peers: models $(PERF_ANALYZER)
 	$(PY) scripts/peers.py triton kserve
 	$(PY) -m services.bench.peers
+
+# Faults and sustained load on loopback, bounded in time, every process stopped by its pid; writes
+# docs/reliability.md (about 15 minutes; RELIABILITY_ARGS=--short is CI's run, the soak cut to 60 s).
+RELIABILITY_ARGS ?=
+reliability: $(STAMP)
+	$(call MODELS,--no-progress)
+	$(PY) -m services.reliability $(RELIABILITY_ARGS)
 
 manifests: $(K8S_TOOLS)
 	$(PY) scripts/render_manifests.py

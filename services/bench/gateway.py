@@ -39,7 +39,11 @@ def _scrape(port: int) -> tuple[float, float]:
     """The gateway's CPU seconds so far and its count of successful ModelInfer calls on MODEL."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     cpu = re.search(r"^process_cpu_seconds_total (\S+)$", text, re.M)
-    calls = re.search(rf'^maas_grpc_requests_total{{code="OK",method="ModelInfer",model="{MODEL}"}} (\S+)$', text, re.M)
+    calls = re.search(
+        rf'^maas_grpc_requests_total{{code="OK",method="ModelInfer",model="{MODEL}",version="[^"]*"}} (\S+)$',
+        text,
+        re.M,
+    )
     return float(cpu.group(1)) if cpu else 0.0, float(calls.group(1)) if calls else 0.0
 
 

@@ -9,6 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from maas.inference import grpc_service_pb2 as v2pb
+from services.common.codec import Tensor, encode_inputs
+
 
 @dataclass(frozen=True)
 class LoadResult:
@@ -219,3 +222,20 @@ async def alternating(
             failed[label] += errors
             seconds[label] += elapsed
     return {label: summarize(concurrency, latencies[label], failed[label], seconds[label]) for label in calls}
+
+
+def sequence_requests(model: str, ids: np.ndarray, mask: np.ndarray, version: str = "") -> list[v2pb.ModelInferRequest]:
+    """One v2 request per row of `ids`, each at its own length (as a tokenizer returns it)."""
+    requests = []
+    for row in range(len(ids)):
+        length = int(mask[row].sum())
+        request = v2pb.ModelInferRequest(model_name=model, model_version=version)
+        encode_inputs(
+            request,
+            [
+                Tensor("INPUT_IDS", "INT64", ids[row : row + 1, :length]),
+                Tensor("ATTENTION_MASK", "INT64", mask[row : row + 1, :length]),
+            ],
+        )
+        requests.append(request)
+    return requests

@@ -14,10 +14,9 @@ import numpy as np
 import torch
 
 from maas.inference import grpc_service_pb2_grpc
-from services.bench.loadgen import closed_loop, in_process, interleaved
+from services.bench.loadgen import closed_loop, in_process, interleaved, sequence_requests
 from services.bench.report import Row, Section
 from services.bench.settings import BenchConfig
-from services.bench.transformer import sequence_requests
 from services.cli.processes import running
 from services.common.repository import MODEL_FILE, ModelFile, publish_quantized, read_version, version_dirs
 from services.common.reviews import reviews

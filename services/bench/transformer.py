@@ -11,13 +11,11 @@ import grpc
 import numpy as np
 import torch
 
-from maas.inference import grpc_service_pb2 as v2pb
 from maas.inference import grpc_service_pb2_grpc
-from services.bench.loadgen import closed_loop, in_process
+from services.bench.loadgen import closed_loop, in_process, sequence_requests
 from services.bench.report import Row, Section
 from services.bench.settings import BenchConfig
 from services.cli.processes import running
-from services.common.codec import Tensor, encode_inputs
 from services.common.repository import read_version, version_dirs
 from services.tokenizer.model import WordPieceTokenizer
 from services.transformer.model import Encoder
@@ -36,23 +34,6 @@ def _threads(count: int) -> str:
 
 def _short_label(batching: str, threads: int) -> str:
     return f"short texts, batching {batching}, {_threads(threads)}"
-
-
-def sequence_requests(model: str, ids: np.ndarray, mask: np.ndarray, version: str = "") -> list[v2pb.ModelInferRequest]:
-    """One v2 request per row of `ids`, each at its own length (as a tokenizer returns it)."""
-    requests = []
-    for row in range(len(ids)):
-        length = int(mask[row].sum())
-        request = v2pb.ModelInferRequest(model_name=model, model_version=version)
-        encode_inputs(
-            request,
-            [
-                Tensor("INPUT_IDS", "INT64", ids[row : row + 1, :length]),
-                Tensor("ATTENTION_MASK", "INT64", mask[row : row + 1, :length]),
-            ],
-        )
-        requests.append(request)
-    return requests
 
 
 async def _served(config: BenchConfig, env: dict[str, str], requests, concurrency: int):

@@ -14,8 +14,10 @@ import numpy as np
 from maas.common.v1 import common_pb2
 from maas.gateway.v1 import gateway_pb2 as pb
 from maas.gateway.v1 import gateway_pb2_grpc
+from services.cli import connection
 from services.common.server import host_port
 from services.common.settings import GatewaySettings
+from services.common.tls import TlsFilesError, secure_channel
 
 TEXT_MODELS = {"lstm": pb.TEXT_MODEL_LSTM, "transformer": pb.TEXT_MODEL_TRANSFORMER}
 MODEL_NAMES = {value: key for key, value in TEXT_MODELS.items()}
@@ -38,6 +40,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     for parser in (text, image, embed):
         parser.add_argument("--address", help="gateway address (default: MAAS_GATEWAY_HOST:MAAS_GATEWAY_PORT)")
         parser.add_argument("--timeout", type=float, default=30.0, help="deadline of the call, in seconds")
+        connection.add_options(parser)
 
 
 def _labels(classification: common_pb2.Classification) -> list[str]:
@@ -52,24 +55,27 @@ def _embedding(values: Sequence[float]) -> str:
 
 def _call(stub: gateway_pb2_grpc.GatewayServiceStub, args: argparse.Namespace) -> tuple[list[str], str]:
     """Make the call `args` describe; return the lines to print and what served it."""
+    metadata = connection.metadata(args)
     if args.kind == "text":
         model = TEXT_MODELS.get(args.model, pb.TEXT_MODEL_UNSPECIFIED)
         request = pb.ClassifyTextRequest(texts=args.texts, model=model, top_k=args.top_k)
-        response = stub.ClassifyText(request, timeout=args.timeout)
+        response = stub.ClassifyText(request, timeout=args.timeout, metadata=metadata)
         lines = [
             line for text, result in zip(args.texts, response.results, strict=True) for line in (text, *_labels(result))
         ]
         return lines, f"{MODEL_NAMES.get(response.model, 'text')} model, version {response.model_version}"
     if args.kind == "image":
         images = [path.read_bytes() for path in args.images]
-        response = stub.ClassifyImage(pb.ClassifyImageRequest(images=images, top_k=args.top_k), timeout=args.timeout)
+        response = stub.ClassifyImage(
+            pb.ClassifyImageRequest(images=images, top_k=args.top_k), timeout=args.timeout, metadata=metadata
+        )
         lines = [
             line
             for path, result in zip(args.images, response.results, strict=True)
             for line in (str(path), *_labels(result))
         ]
         return lines, f"fashion_cnn, version {response.model_version}"
-    response = stub.Embed(pb.EmbedRequest(texts=args.texts), timeout=args.timeout)
+    response = stub.Embed(pb.EmbedRequest(texts=args.texts), timeout=args.timeout, metadata=metadata)
     lines = [
         line
         for text, embedding in zip(args.texts, response.embeddings, strict=True)
@@ -87,12 +93,12 @@ def infer(args: argparse.Namespace) -> int:
     settings = GatewaySettings()
     address = args.address or host_port(settings.host, settings.port)
     try:
-        with grpc.insecure_channel(address) as channel:
+        with secure_channel(address, connection.client_tls(args)) as channel:
             stub = gateway_pb2_grpc.GatewayServiceStub(channel)
             started = time.perf_counter()
             lines, served = _call(stub, args)
             elapsed = (time.perf_counter() - started) * 1000
-    except OSError as exc:
+    except (OSError, TlsFilesError) as exc:
         sys.stderr.write(f"maas infer: {exc}\n")
         return 1
     except grpc.RpcError as exc:

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from services.bench.run import SECTIONS
-from services.cli import health, infer, registry
+from services.cli import connection, health, infer, registry
 from services.cli.up import up
 from services.common.repository import CONFIG_FILE, version_dirs
 from services.common.settings import REPO_ROOT, ServiceSettings
@@ -93,6 +93,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--output", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md", help="report path")
     bench.add_argument("--repository", type=Path, help="model repository (default: MAAS_MODEL_REPOSITORY)")
+    bench.add_argument(
+        "--address", help="instead: load a running gateway at this address (Embed, ClassifyText); a table on stdout"
+    )
+    connection.add_options(bench)
     return parser
 
 
@@ -198,6 +202,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command in ("models", "train"):
         return _make(args)
+    if args.command == "bench" and args.address:
+        from services.bench.remote import remote_bench
+        from services.bench.settings import BenchConfig
+
+        config = BenchConfig.quick(Path()) if args.quick else BenchConfig(Path())
+        tls = connection.client_tls(args)
+        sys.stdout.write(asyncio.run(remote_bench(args.address, tls, connection.metadata(args), config)))
+        return 0
     if args.command == "bench":
         from services.bench.run import run_bench
         from services.bench.settings import BenchConfig

@@ -12,8 +12,11 @@ from contextlib import asynccontextmanager
 STOP_TIMEOUT_SECONDS = 30.0
 
 
-async def spawn(service: str, *args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
-    """Start `maas run SERVICE ARGS...` with stdout piped (for its READY line) and stderr inherited."""
+async def spawn(
+    service: str, *args: str, env: dict[str, str] | None = None, pipe_stderr: bool = False
+) -> asyncio.subprocess.Process:
+    """Start `maas run SERVICE ARGS...` with stdout piped (for its READY line), and stderr piped if
+    `pipe_stderr` (else inherited)."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -22,6 +25,7 @@ async def spawn(service: str, *args: str, env: dict[str, str] | None = None) -> 
         service,
         *args,
         stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE if pipe_stderr else None,
         env={**os.environ, **(env or {})},
     )
 

@@ -1,6 +1,7 @@
 """`maas up`: every service as its own process on this machine, supervised.
 
-Prints `READY <service> <host>:<port>` as each becomes healthy, then `READY all`. A service that fails
+Prints `READY <service> <host>:<port>` as each becomes healthy, then `READY all`. Each child's log lines
+(its stderr) are copied to ours prefixed with its service name (`vision | ...`). A service that fails
 before `READY all` stops everything. Afterwards a service that dies is started again (its READY line
 is printed again): one that exited with status 0 on its own (stopped, e.g. by a SIGTERM of its own)
 after `RESTART_BACKOFF_SECONDS`; one that crashed after a backoff of 1 s doubling with each crash
@@ -56,13 +57,14 @@ class _Child:
         """Start the process and copy its output; `ready` resolves to its addresses once every service it
         hosts has printed its READY line, or fails if it exits first."""
         self.ready = asyncio.get_running_loop().create_future()
-        starting = asyncio.ensure_future(spawn(self.service, env=env))
+        starting = asyncio.ensure_future(spawn(self.service, env=env, pipe_stderr=True))
         try:
             self.process = await asyncio.shield(starting)
         except asyncio.CancelledError:
             self.process = await starting
             raise
         self.relays.append(asyncio.create_task(self._relay(self.process, self.ready)))
+        self.relays.append(asyncio.create_task(self._relay_logs(self.process)))
 
     async def _relay(self, process: asyncio.subprocess.Process, ready: asyncio.Future[dict[str, str]]) -> None:
         assert process.stdout is not None
@@ -78,6 +80,13 @@ class _Child:
                     ready.set_result(dict(addresses))
         if not ready.done():
             ready.set_exception(RuntimeError(f"{self.service} exited before it was ready"))
+
+    async def _relay_logs(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stderr is not None
+        prefix = f"{self.service} | ".encode()
+        async for raw in process.stderr:
+            sys.stderr.buffer.write(prefix + raw)
+            sys.stderr.flush()
 
     def backoff(self, status: int) -> float:
         """The wait before starting the service again after it exited with `status`.

@@ -1,4 +1,4 @@
-"""API keys and per-key rate limits.
+"""API keys, their roles, and per-key rate limits.
 
 Callers send `authorization: Bearer <key>` in the call's metadata. Keys come from a YAML file (a
 Secret in a cluster), read once at start:
@@ -9,11 +9,17 @@ keys:
     sha256: "9f86d081884c7d65..."     # hex SHA-256 of the key (the file need not hold the key)
     rate_per_second: 50               # optional: token bucket refilled at this rate...
     burst: 100                        # ...holding at most this many calls (default: the rate, at least 1)
-  - name: ci
+  - name: ops
     key: "a-long-random-string"       # or the key itself; only its hash is kept in memory
+    roles: [infer, admin]             # default [infer]; admin may load and unload model versions
 ```
 
 Only SHA-256 digests are kept in memory; a presented key is hashed and looked up by its digest.
+
+Roles: `infer` may make every call but the repository's load and unload (`ADMIN_METHODS`), which need
+`admin`. Rate limits are per gateway process: behind N gateway replicas each takes 1/N of a key's rate
+and burst (`replicas`, which the chart sets from the replica count it knows), so the key's total stays
+near its limit while calls spread evenly over the replicas.
 """
 
 from __future__ import annotations
@@ -24,15 +30,19 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from services.common.errors import Overloaded, Unauthenticated
+from services.common.errors import Overloaded, PermissionDenied, Unauthenticated
 
 AUTHORIZATION_KEY = "authorization"
 BEARER = "bearer "
 FLOAT_SLACK = 1e-9
+Role = Literal["infer", "admin"]
+ADMIN_METHODS = frozenset({"RepositoryModelLoad", "RepositoryModelUnload"})
+"""Methods only a key with the `admin` role may call; every other method needs `infer`."""
 
 
 class KeysFileError(ValueError):
@@ -49,6 +59,9 @@ class KeyEntry(BaseModel):
     sha256: str | None = Field(None, description="Hex SHA-256 of the key, instead of the key.")
     rate_per_second: float | None = Field(None, gt=0, description="Sustained calls per second; none: unlimited.")
     burst: int | None = Field(None, ge=1, description="Calls allowed at once above the rate; default: the rate.")
+    roles: tuple[Role, ...] = Field(
+        ("infer",), min_length=1, description="What the key may do: infer (every call but load/unload), admin."
+    )
 
     @field_validator("sha256")
     @classmethod
@@ -118,41 +131,52 @@ class TokenBucket:
 @dataclass
 class _Key:
     name: str
+    roles: frozenset[str]
     bucket: TokenBucket | None = field(default=None)
+    total_rate: float = 0.0
 
 
 class ApiKeys:
     """Checks the API key of each call and applies its key's rate limit."""
 
-    def __init__(self, entries: Sequence[KeyEntry], clock: Callable[[], float] = time.monotonic) -> None:
-        """Keep the digest of every key, and a token bucket for each key with a rate.
+    def __init__(
+        self, entries: Sequence[KeyEntry], clock: Callable[[], float] = time.monotonic, replicas: int = 1
+    ) -> None:
+        """Keep the digest and roles of every key, and a token bucket for each key with a rate.
 
         Args:
             entries: the keys file's entries.
             clock: seconds on a monotonic clock (tests pass their own).
+            replicas: gateway processes sharing each key's limit: each takes 1/replicas of its rate and
+                burst (a burst at least 1).
         """
+        self.replicas = replicas
         self._keys: dict[bytes, _Key] = {}
         for entry in entries:
-            bucket = None
+            key = _Key(entry.name, frozenset(entry.roles))
             if entry.rate_per_second is not None:
                 burst = entry.burst or max(1, math.ceil(entry.rate_per_second))
-                bucket = TokenBucket(entry.rate_per_second, burst, clock)
-            self._keys[entry.digest] = _Key(entry.name, bucket)
+                key.bucket = TokenBucket(entry.rate_per_second / replicas, max(1, math.ceil(burst / replicas)), clock)
+                key.total_rate = entry.rate_per_second
+            self._keys[entry.digest] = key
 
     def __len__(self) -> int:
         return len(self._keys)
 
-    def check(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
-        """Authenticate a call by its metadata and count it against its key's rate.
+    def check(self, metadata: Sequence[tuple[str, str | bytes]] | None, method: str = "") -> str:
+        """Authenticate a call by its metadata, check its key may call `method`, and count it against
+        its key's rate.
 
         Args:
             metadata: the call's invocation metadata.
+            method: the RPC's name (e.g. `RepositoryModelUnload`).
 
         Returns:
             The name of the caller's key.
 
         Raises:
             Unauthenticated: no `authorization` metadata, not `Bearer <key>`, or an unknown key.
+            PermissionDenied: the key's roles do not allow `method`.
             Overloaded: the key is over its rate limit (the details say when to retry).
         """
         values = [value for key, value in metadata or () if key == AUTHORIZATION_KEY]
@@ -164,18 +188,31 @@ class ApiKeys:
         key = self._keys.get(hashlib.sha256(value[len(BEARER) :].strip().encode()).digest())
         if key is None:
             raise Unauthenticated("invalid API key")
+        needed = "admin" if method in ADMIN_METHODS else "infer"
+        if needed not in key.roles:
+            raise PermissionDenied(
+                f"API key '{key.name}' may not call {method}: it needs the {needed} role "
+                f"(the key has {', '.join(sorted(key.roles))})"
+            )
         if key.bucket is not None:
             wait = key.bucket.take()
             if wait:
+                retry = math.ceil(wait * 1000) / 1000
+                shared = f", this replica's share of {key.total_rate:g} calls/s" if self.replicas > 1 else ""
                 raise Overloaded(
                     f"API key '{key.name}' is over its rate limit of {key.bucket.rate:g} calls/s "
-                    f"(burst {key.bucket.burst}); retry in {math.ceil(wait * 1000) / 1000:.3f} s"
+                    f"(burst {key.bucket.burst}{shared}); retry in {retry:.3f} s",
+                    retry_delay=retry,
                 )
         return key.name
 
 
-def load_api_keys(path: Path) -> ApiKeys:
+def load_api_keys(path: Path, replicas: int = 1) -> ApiKeys:
     """Read and check an API keys file.
+
+    Args:
+        path: the keys file.
+        replicas: gateway processes sharing each key's rate limit (see `ApiKeys`).
 
     Raises:
         KeysFileError: the file is missing, not YAML, or not a valid keys file (the message says where).
@@ -187,7 +224,7 @@ def load_api_keys(path: Path) -> ApiKeys:
     except yaml.YAMLError as exc:
         raise KeysFileError(f"API keys file {path}: not YAML: {exc}") from None
     try:
-        return ApiKeys(KeysFile.model_validate(data).keys)
+        return ApiKeys(KeysFile.model_validate(data).keys, replicas=replicas)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in exc.errors())
         raise KeysFileError(f"API keys file {path}: {problems}") from None

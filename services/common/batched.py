@@ -69,7 +69,7 @@ class BatchedModel(RepositoryModel):
     async def load_version(self, version: str) -> DynamicBatcher:
         """Build the version and put a batcher in front of it."""
         predict = await super().load_version(version)
-        return DynamicBatcher(self.name, predict, self.batching, self.version_stats(version))
+        return DynamicBatcher(self.name, predict, self.batching, self.version_stats(version), version)
 
     async def release_version(self, version: str, loaded: DynamicBatcher) -> None:
         """Let the version's queued requests finish, then stop its batcher."""

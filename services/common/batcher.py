@@ -10,6 +10,7 @@ the batch, and a batch is filled with requests of lengths close to the oldest on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -27,6 +28,7 @@ LOAD_MEMORY_SECONDS = 0.005
 """How long after a batch that left several callers in play the service counts as under load (no
 inline runs): well above the time a caller under load takes to send its next request after an answer."""
 LOAD_MEMORY_NS = int(LOAD_MEMORY_SECONDS * 1e9)
+MIN_RETRY_SECONDS = 0.01
 Predict = Callable[[Arrays], Arrays]
 
 
@@ -85,14 +87,18 @@ class _Request:
 class DynamicBatcher:
     """Batches requests for one loaded model version and runs them on a worker thread."""
 
-    def __init__(self, name: str, predict: Predict, config: BatchingConfig, stats: VersionStats) -> None:
+    def __init__(
+        self, name: str, predict: Predict, config: BatchingConfig, stats: VersionStats, version: str = ""
+    ) -> None:
         """Args:
         name: model name, for metrics.
         predict: runs the model on a batch; returns outputs whose first dimension is the batch's rows.
         config: batching settings.
         stats: where executions and queue times are recorded.
+        version: the model version batched, for metrics.
         """
         self._name = name
+        self._version = version
         self._predict = predict
         self._config = config
         self._stats = stats
@@ -104,9 +110,14 @@ class DynamicBatcher:
         self._free_ns = 0
         self._callers_in_play = 0
         self._closing = False
-        self._batch_rows = metrics.BATCH_ROWS.labels(name)
-        self._queue_seconds = metrics.QUEUE_SECONDS.labels(name)
-        self._cancelled = metrics.CANCELLED.labels(name)
+        self._ns_per_row = 0.0
+        self._batch_rows = metrics.BATCH_ROWS.labels(name, version)
+        self._queue_seconds = metrics.QUEUE_SECONDS.labels(name, version)
+        self._compute_seconds = metrics.COMPUTE_SECONDS.labels(name, version)
+        self._cancelled = metrics.CANCELLED.labels(name, version)
+        self._queue_full = metrics.QUEUE_FULL.labels(name, version)
+        metrics.QUEUE_DEPTH.labels(name, version).set_function(lambda: len(self._pending))
+        metrics.QUEUE_LIMIT.labels(name, version).set(config.max_queue_size)
 
     async def submit(self, inputs: Arrays) -> Arrays:
         """Queue one validated request and wait for its outputs.
@@ -158,7 +169,11 @@ class DynamicBatcher:
             Overloaded: the queue holds `max_queue_size` requests.
         """
         if len(self._pending) >= self._config.max_queue_size:
-            raise Overloaded(f"model '{self._name}' has {len(self._pending)} requests queued, its limit; retry shortly")
+            self._queue_full.inc()
+            raise Overloaded(
+                f"model '{self._name}' has {len(self._pending)} requests queued, its limit; retry shortly",
+                retry_delay=self.drain_seconds(),
+            )
 
     async def _alone(self, request: _Request) -> bool:
         """Yield once so that requests already received can queue too; then claim `request` for
@@ -176,18 +191,28 @@ class DynamicBatcher:
         self._pending.popleft()
         return True
 
+    def drain_seconds(self) -> float:
+        """About how long the requests queued now take to run, at the last batch's speed per row
+        (at least `MIN_RETRY_SECONDS`): the retry delay a refusal for a full queue suggests."""
+        rows = sum(request.rows for request in self._pending)
+        return max(MIN_RETRY_SECONDS, round(rows * self._ns_per_row / 1e9, 3))
+
     def reconfigure(self, config: BatchingConfig) -> None:
         """Batch by `config` from the next batch on; requests already queued keep their place."""
         self._config = config
+        metrics.QUEUE_LIMIT.labels(self._name, self._version).set(config.max_queue_size)
         self._arrived.set()
 
     async def close(self) -> None:
-        """Finish every queued request, then stop the worker thread."""
+        """Finish every queued request, then stop the worker thread and drop the version's gauges."""
         self._closing = True
         self._arrived.set()
         if self._worker is not None:
             await self._worker
         self._executor.shutdown(wait=True)
+        for gauge in (metrics.QUEUE_DEPTH, metrics.QUEUE_LIMIT):
+            with contextlib.suppress(KeyError):
+                gauge.remove(self._name, self._version)
 
     async def _run(self) -> None:
         while True:
@@ -276,7 +301,9 @@ class DynamicBatcher:
 
     def _record(self, rows: int, compute_ns: int, waits: list[int]) -> None:
         self._stats.record_execution(rows, compute_ns)
+        self._ns_per_row = compute_ns / rows
         self._batch_rows.observe(rows)
+        self._compute_seconds.observe(compute_ns / 1e9)
         for wait in waits:
             self._queue_seconds.observe(wait / 1e9)
 

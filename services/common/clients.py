@@ -28,7 +28,8 @@ import grpc
 
 from services.common import telemetry
 from services.common.errors import NOT_RUN_KEY, DownstreamError, NotRun
-from services.common.interceptor import REQUEST_ID_KEY, current_call
+from services.common.interceptor import REQUEST_ID_KEY, STATUS_DETAILS_KEY, current_call
+from services.common.tls import ClientTls, aio_channel
 
 S = TypeVar("S")
 
@@ -97,6 +98,8 @@ class Downstream:
         max_reconnect_backoff_ms: int = MAX_RECONNECT_BACKOFF_MS,
         metadata: tuple[tuple[str, str], ...] = (),
         min_resolution_interval_ms: int = MIN_RESOLUTION_INTERVAL_MS,
+        tls: ClientTls | None = None,
+        tls_stamp: object = None,
     ) -> None:
         """Open a channel to `target`, connecting lazily.
 
@@ -108,12 +111,21 @@ class Downstream:
             max_reconnect_backoff_ms: longest wait between attempts to re-dial a lost address.
             metadata: sent with every call (e.g. Serve's `application` for its gRPC proxy).
             min_resolution_interval_ms: shortest time between two resolutions of a `dns:` target.
+            tls: the CA to trust and the certificate to present; None or no files: plaintext.
+            tls_stamp: what the TLS files looked like when read (kept in `tls_stamp`, to notice a rotation).
+
+        Raises:
+            TlsFilesError: a TLS file cannot be used.
         """
         self.name = name
         self.target = target
         self.metadata = metadata
-        self.channel = grpc.aio.insecure_channel(
-            target, options=channel_options(max_message_bytes, max_reconnect_backoff_ms, min_resolution_interval_ms)
+        self.tls_stamp = tls_stamp
+        self.tls = tls is not None and tls.enabled
+        self.channel = aio_channel(
+            target,
+            tls or ClientTls(),
+            channel_options(max_message_bytes, max_reconnect_backoff_ms, min_resolution_interval_ms),
         )
         self._default_timeout = default_timeout
         self._stubs: dict[type, Any] = {}
@@ -162,10 +174,13 @@ class Downstream:
                 except grpc.aio.AioRpcError as exc:
                     if span is not None:
                         span.set_attribute("rpc.grpc.status_code", exc.code().value[0])
-                    code, details = exc.code(), exc.details() or exc.code().name
-                    if code is grpc.StatusCode.CANCELLED:
-                        code, details = grpc.StatusCode.UNAVAILABLE, f"{self.name} dropped the call ({details})"
-                    raise DownstreamError(code, details, self.name, _not_run(exc, details)) from None
+                    details = exc.details() or exc.code().name
+                    if exc.code() is grpc.StatusCode.CANCELLED:
+                        details = f"{self.name} dropped the call ({details})"
+                        raise DownstreamError(grpc.StatusCode.UNAVAILABLE, details, self.name) from None
+                    raise DownstreamError(
+                        exc.code(), details, self.name, _not_run(exc, details), _status_details(exc)
+                    ) from None
         finally:
             self._in_flight -= 1
             if not self._in_flight:
@@ -182,6 +197,14 @@ class Downstream:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), grace)
         await self.channel.close()
+
+
+def _status_details(error: grpc.aio.AioRpcError) -> bytes | None:
+    """The `google.rpc.Status` a failed call carried in its trailing metadata, if any."""
+    for key, value in error.trailing_metadata() or ():
+        if key == STATUS_DETAILS_KEY and isinstance(value, bytes):
+            return value
+    return None
 
 
 def _not_run(error: grpc.aio.AioRpcError, details: str) -> NotRun | None:

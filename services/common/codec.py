@@ -110,15 +110,20 @@ def element_count(name: str, shape: Sequence[int]) -> int:
             nonzero dimensions that multiply to more).
     """
     if len(shape) > MAX_DIMENSIONS:
-        raise InvalidInput(f"input '{name}': shape has {len(shape)} dimensions; at most {MAX_DIMENSIONS}")
+        raise InvalidInput(
+            f"input '{name}': shape has {len(shape)} dimensions; at most {MAX_DIMENSIONS}", field=f"inputs[{name}]"
+        )
     if any(d < 0 for d in shape):
-        raise InvalidInput(f"input '{name}': shape {list(shape)} has a negative dimension")
+        raise InvalidInput(f"input '{name}': shape {list(shape)} has a negative dimension", field=f"inputs[{name}]")
     count = prod(shape)
     if count > MAX_ELEMENTS:
-        raise InvalidInput(f"input '{name}': shape {list(shape)} has {count} elements; at most {MAX_ELEMENTS}")
+        raise InvalidInput(
+            f"input '{name}': shape {list(shape)} has {count} elements; at most {MAX_ELEMENTS}", field=f"inputs[{name}]"
+        )
     if prod(d for d in shape if d) > MAX_ELEMENTS:
         raise InvalidInput(
-            f"input '{name}': shape {list(shape)} is too large: its nonzero dimensions multiply to over {MAX_ELEMENTS}"
+            f"input '{name}': shape {list(shape)} is too large: its nonzero dimensions multiply to over {MAX_ELEMENTS}",
+            field=f"inputs[{name}]",
         )
     return count
 
@@ -143,31 +148,40 @@ def decode_bytes(name: str, raw: bytes, count: int, limit: int = MAX_BYTES_ELEME
     if count * _LENGTH_PREFIX.size > len(view):
         raise InvalidInput(
             f"input '{name}': {count} BYTES elements need at least {count * _LENGTH_PREFIX.size} bytes "
-            f"(a 4-byte length each), got {len(view)}"
+            f"(a 4-byte length each), got {len(view)}",
+            field=f"inputs[{name}]",
         )
     _check_bytes_limit(name, count, limit)
     elements = []
     offset = 0
     for i in range(count):
         if offset + 4 > len(view):
-            raise InvalidInput(f"input '{name}': BYTES data ends after {i} of {count} elements")
+            raise InvalidInput(
+                f"input '{name}': BYTES data ends after {i} of {count} elements", field=f"inputs[{name}]"
+            )
         (length,) = _LENGTH_PREFIX.unpack_from(view, offset)
         offset += 4
         if offset + length > len(view):
             raise InvalidInput(
-                f"input '{name}': BYTES element {i} declares {length} bytes but {len(view) - offset} remain"
+                f"input '{name}': BYTES element {i} declares {length} bytes but {len(view) - offset} remain",
+                field=f"inputs[{name}]",
             )
         elements.append(bytes(view[offset : offset + length]))
         offset += length
     if offset != len(view):
-        raise InvalidInput(f"input '{name}': {len(view) - offset} bytes left over after {count} BYTES elements")
+        raise InvalidInput(
+            f"input '{name}': {len(view) - offset} bytes left over after {count} BYTES elements",
+            field=f"inputs[{name}]",
+        )
     return _object_array(elements)
 
 
 def _check_bytes_limit(name: str, count: int, limit: int) -> None:
     if count > limit:
         raise Overloaded(
-            f"input '{name}': the request's BYTES inputs hold over {MAX_BYTES_ELEMENTS} elements, the limit per request"
+            f"input '{name}': the request's BYTES inputs hold over {MAX_BYTES_ELEMENTS} elements, "
+            "the limit per request",
+            field=f"inputs[{name}]",
         )
 
 
@@ -197,11 +211,12 @@ def _decode_raw(
     expected = count * dtype.itemsize
     if len(raw) != expected:
         raise InvalidInput(
-            f"input '{name}': {datatype} shape {shape} needs {expected} bytes of raw data, got {len(raw)}"
+            f"input '{name}': {datatype} shape {shape} needs {expected} bytes of raw data, got {len(raw)}",
+            field=f"inputs[{name}]",
         )
     array = np.frombuffer(raw, dtype=dtype)
     if datatype == "BOOL" and count and np.frombuffer(raw, dtype=np.uint8).max() > 1:
-        raise InvalidInput(f"input '{name}': BOOL raw data must hold only bytes 0 and 1")
+        raise InvalidInput(f"input '{name}': BOOL raw data must hold only bytes 0 and 1", field=f"inputs[{name}]")
     return array.reshape(shape)
 
 
@@ -211,17 +226,24 @@ def _decode_contents(
     count = element_count(name, shape)
     field = CONTENTS_FIELD.get(datatype)
     if field is None:
-        raise InvalidInput(f"input '{name}': {datatype} has no contents field; send it in raw_input_contents")
+        raise InvalidInput(
+            f"input '{name}': {datatype} has no contents field; send it in raw_input_contents", field=f"inputs[{name}]"
+        )
     stray = [f.name for f, _ in contents.ListFields() if f.name != field and f.name in _ALL_CONTENTS_FIELDS]
     if stray:
-        raise InvalidInput(f"input '{name}' is {datatype} (data in {field}) but sets {', '.join(stray)}")
+        raise InvalidInput(
+            f"input '{name}' is {datatype} (data in {field}) but sets {', '.join(stray)}", field=f"inputs[{name}]"
+        )
     values = getattr(contents, field)
     if len(values) != count:
-        raise InvalidInput(f"input '{name}': shape {shape} needs {count} values in {field}, got {len(values)}")
+        raise InvalidInput(
+            f"input '{name}': shape {shape} needs {count} values in {field}, got {len(values)}", field=f"inputs[{name}]"
+        )
     if count > limit:
         raise Overloaded(
             f"input '{name}': the request's contents hold over {MAX_CONTENTS_VALUES} values, the limit per request; "
-            "send large tensors in raw_input_contents"
+            "send large tensors in raw_input_contents",
+            field=f"inputs[{name}].contents",
         )
     if datatype == "BYTES":
         _check_bytes_limit(name, count, bytes_limit)
@@ -231,7 +253,9 @@ def _decode_contents(
         wide = np.fromiter(values, dtype=np.int64, count=count)
         info = np.iinfo(dtype)
         if wide.min() < info.min or wide.max() > info.max:
-            raise InvalidInput(f"input '{name}': {datatype} values must lie in [{info.min}, {info.max}]")
+            raise InvalidInput(
+                f"input '{name}': {datatype} values must lie in [{info.min}, {info.max}]", field=f"inputs[{name}]"
+            )
         return wide.astype(dtype).reshape(shape)
     return np.fromiter(values, dtype=dtype, count=count).reshape(shape)
 
@@ -254,20 +278,25 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, Tensor]:
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidInput(
-            f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; give one per input"
+            f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; give one per input",
+            field="raw_input_contents",
         )
     tensors: dict[str, Tensor] = {}
     bytes_left, contents_left = MAX_BYTES_ELEMENTS, MAX_CONTENTS_VALUES
     for i, tensor in enumerate(request.inputs):
         name, datatype, shape = tensor.name, tensor.datatype, list(tensor.shape)
         if name in tensors:
-            raise InvalidInput(f"input '{name}' appears more than once")
+            raise InvalidInput(f"input '{name}' appears more than once", field=f"inputs[{name}]")
         if datatype not in DATATYPES:
-            raise InvalidInput(f"input '{name}': unknown datatype '{datatype}'; expected one of {', '.join(DATATYPES)}")
+            raise InvalidInput(
+                f"input '{name}': unknown datatype '{datatype}'; expected one of {', '.join(DATATYPES)}",
+                field=f"inputs[{name}].datatype",
+            )
         has_contents = tensor.HasField("contents")
         if raw and has_contents:
             raise InvalidInput(
-                f"input '{name}' sets contents while the request uses raw_input_contents; use one form for all inputs"
+                f"input '{name}' sets contents while the request uses raw_input_contents; use one form for all inputs",
+                field=f"inputs[{name}].contents",
             )
         if raw:
             array = _decode_raw(name, datatype, shape, raw[i], bytes_left)
@@ -275,7 +304,9 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, Tensor]:
             array = _decode_contents(name, datatype, shape, tensor.contents, bytes_left, contents_left)
             contents_left -= array.size
         else:
-            raise InvalidInput(f"input '{name}' has no data: set contents or raw_input_contents")
+            raise InvalidInput(
+                f"input '{name}' has no data: set contents or raw_input_contents", field=f"inputs[{name}]"
+            )
         if datatype == "BYTES":
             bytes_left -= array.size
         tensors[name] = Tensor(name, datatype, array)

@@ -32,7 +32,10 @@ class EchoModel(VersionedModel):
         """Return the inputs, after `delay_ms` if the request asks for it."""
         delay = request.parameters.get("delay_ms", 0)
         if isinstance(delay, bool) or not isinstance(delay, int) or not 0 <= delay <= MAX_DELAY_MS:
-            raise InvalidInput(f"parameter 'delay_ms' must be an integer in [0, {MAX_DELAY_MS}], got {delay!r}")
+            raise InvalidInput(
+                f"parameter 'delay_ms' must be an integer in [0, {MAX_DELAY_MS}], got {delay!r}",
+                field="parameters.delay_ms",
+            )
         if delay:
             await asyncio.sleep(delay / 1000)
         return InferResult(outputs=list(request.inputs.values()), version=request.version)

@@ -1,7 +1,9 @@
 """The error hierarchy. Raise these anywhere; one interceptor maps them to gRPC status codes.
 
 Each class carries the status it maps to in `grpc_code`; the message becomes the status details, so
-it must say what was wrong in words a caller can act on, and never hold a traceback.
+it must say what was wrong in words a caller can act on, and never hold a traceback. Two attributes
+become `google.rpc` error details beside it: `retry_delay` (a refusal that invites a retry: a
+`RetryInfo`) and `field` (the request field that was wrong: a `BadRequest`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,18 @@ class MaasError(Exception):
     """Base of every error a caller may see. Raise a subclass; the base maps to INTERNAL."""
 
     grpc_code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str = "", *, retry_delay: float | None = None, field: str | None = None) -> None:
+        """Args:
+        message: what was wrong, in words a caller can act on (the status details).
+        retry_delay: seconds after which the same call may succeed (sent as `google.rpc.RetryInfo`);
+            None: retrying will not help.
+        field: the request field that was wrong, as a path (`inputs[IMAGE]`, `texts[2]`,
+            `parameters.max_length`; sent as `google.rpc.BadRequest`).
+        """
+        super().__init__(message)
+        self.retry_delay = retry_delay
+        self.field = field
 
     def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
         """Metadata sent with the status, beside the request id; none by default."""
@@ -44,7 +58,10 @@ class Unavailable(MaasError):
 
 
 class Draining(Unavailable):
-    """The server is shutting down and refused the call before running it: safe to retry elsewhere."""
+    """The server is shutting down and refused the call before running it: safe to retry elsewhere, at once."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retry_delay=0.0)
 
     def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
         """Says the call did not run (`x-maas-not-run: draining`), so a client may retry it."""
@@ -67,6 +84,12 @@ class Unauthenticated(MaasError):
     grpc_code = grpc.StatusCode.UNAUTHENTICATED
 
 
+class PermissionDenied(MaasError):
+    """The caller is known but may not make this call (its API key lacks the role)."""
+
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class NotRun(enum.Enum):
     """Why a failed downstream call surely did not run there."""
 
@@ -83,11 +106,26 @@ class DownstreamError(MaasError):
     what decides whether it may be retried.
     """
 
-    def __init__(self, code: grpc.StatusCode, details: str, target: str, not_run: NotRun | None = None) -> None:
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        details: str,
+        target: str,
+        not_run: NotRun | None = None,
+        status_details: bytes | None = None,
+    ) -> None:
+        """Args:
+        code: the downstream status.
+        details: its details.
+        target: the target that answered.
+        not_run: why the call surely did not run there, if it surely did not.
+        status_details: its `google.rpc.Status` (`grpc-status-details-bin`), passed on unchanged.
+        """
         super().__init__(details)
         self.grpc_code = code
         self.target = target
         self.not_run = not_run
+        self.status_details = status_details
 
 
 class DeadlineExceeded(MaasError):

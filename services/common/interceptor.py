@@ -1,8 +1,10 @@
 """The one server interceptor: request ids, drain gate, API keys, metrics, and exception -> status mapping.
 
 Every RPC except health checks and reflection passes through it (so probes never need a key). A `MaasError` becomes its
-`grpc_code` with its message as details; anything unexpected becomes INTERNAL "internal error" with
-the request id, and the traceback goes to the log, never to the caller.
+`grpc_code` with its message as details, and its `retry_delay` and `field` become `google.rpc.RetryInfo` and
+`google.rpc.BadRequest` details in a `google.rpc.Status` (trailing metadata `grpc-status-details-bin`, read by stock
+`grpcio-status`: `rpc_status.from_call`); anything unexpected becomes INTERNAL "internal error" with the request id,
+and the traceback goes to the log, never to the caller.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
 
 from services.common import metrics, telemetry
 from services.common.auth import ApiKeys
@@ -30,6 +33,7 @@ from services.common.logs import request_id_var
 log = logging.getLogger(__name__)
 
 REQUEST_ID_KEY = "x-request-id"
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
 UNGATED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 DISCARD_SECONDS = 1.0
 _REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -47,6 +51,8 @@ class CallInfo:
     method: str
     request_id: str
     model: str = ""
+    version: str = ""
+    version_counted: bool = False
     started: float = field(default_factory=time.perf_counter)
     deadline: float | None = None
     span: Any = None
@@ -79,6 +85,21 @@ def label_model(model: str) -> None:
         call.model = model
 
 
+def label_version(model: str, version: str) -> None:
+    """Attach the model version serving the current call to its metrics, and count the call in flight
+    on that version (`maas_model_requests_in_flight`) until it finishes. The first version resolved wins.
+
+    Args:
+        model: the model the version belongs to.
+        version: the version resolved for the call.
+    """
+    call = _call_var.get()
+    if call is None or call.version_counted:
+        return
+    call.model, call.version, call.version_counted = call.model or model, version, True
+    metrics.version_in_flight(call.model, version).inc()
+
+
 def status_of(exc: Exception, call: CallInfo) -> tuple[grpc.StatusCode, str]:
     """Map an exception raised while serving `call` to the status and details a caller sees.
 
@@ -94,6 +115,36 @@ def status_of(exc: Exception, call: CallInfo) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.UNIMPLEMENTED, f"{call.method} is not implemented by this service"
     log.error("unhandled error in %s", call.method, exc_info=exc)
     return grpc.StatusCode.INTERNAL, f"internal error (request id {call.request_id})"
+
+
+def status_details(exc: MaasError, code: grpc.StatusCode, details: str) -> bytes | None:
+    """The serialized `google.rpc.Status` that goes with `exc`'s status, or None if it has no details.
+
+    A downstream service's status details pass through unchanged (its code and message do too).
+    Otherwise: a `RetryInfo` when the error names a retry delay, and a `BadRequest` naming the field
+    when it names one.
+
+    Args:
+        exc: the error the call failed with.
+        code: the status code it maps to.
+        details: the status message it maps to.
+    """
+    if isinstance(exc, DownstreamError):
+        return exc.status_details
+    extras: list[Any] = []
+    if exc.retry_delay is not None:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromNanoseconds(round(exc.retry_delay * 1e9))
+        extras.append(retry)
+    if exc.field is not None:
+        violation = error_details_pb2.BadRequest.FieldViolation(field=exc.field, description=details)
+        extras.append(error_details_pb2.BadRequest(field_violations=[violation]))
+    if not extras:
+        return None
+    status = status_pb2.Status(code=code.value[0], message=details)
+    for extra in extras:
+        status.details.add().Pack(extra)
+    return status.SerializeToString()
 
 
 @dataclass(frozen=True)
@@ -121,7 +172,7 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
 
 def _parsed(method: str, message: Any) -> Any:
     if isinstance(message, _Undecodable):
-        raise InvalidInput(f"{method}: the request is not a valid protobuf message ({message.reason})")
+        raise InvalidInput(f"{method}: the request is not a valid protobuf message ({message.reason})", field="")
     return message
 
 
@@ -223,7 +274,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             call = self._begin(method, full_method, context)
             try:
                 with self._lifecycle.admitted():
-                    self._check_key(context)
+                    self._check_key(context, method)
                     parsed = ParsedStream(method, request) if streaming_request else _parsed(method, request)
                     response = await behavior(parsed, context)
             except BaseException as exc:
@@ -232,6 +283,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                         await _discard(request)
                     return None
                 raise
+            if not call.version:
+                call.version = getattr(response, "model_version", "")
             self._record(call, grpc.StatusCode.OK)
             return response
 
@@ -246,7 +299,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             call = self._begin(method, full_method, context)
             try:
                 with self._lifecycle.admitted():
-                    self._check_key(context)
+                    self._check_key(context, method)
                     parsed = ParsedStream(method, request) if streaming_request else _parsed(method, request)
                     async for response in behavior(parsed, context):
                         yield response
@@ -276,9 +329,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         metrics.in_flight(method).inc()
         return call
 
-    def _check_key(self, context: grpc.aio.ServicerContext) -> None:
+    def _check_key(self, context: grpc.aio.ServicerContext, method: str) -> None:
         if self._auth is not None:
-            self._auth.check(context.invocation_metadata())
+            self._auth.check(context.invocation_metadata(), method)
 
     def _record(self, call: CallInfo, code: grpc.StatusCode, details: str = "") -> None:
         if call.span is not None:
@@ -286,8 +339,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 call.span.set_attribute("maas.model", call.model)
             telemetry.end_span(call.span, code.name, code.value[0], details)
         metrics.in_flight(call.method).dec()
-        metrics.requests(call.method, call.model, code.name).inc()
-        metrics.request_seconds(call.method, call.model).observe(time.perf_counter() - call.started)
+        if call.version_counted:
+            metrics.version_in_flight(call.model, call.version).dec()
+        metrics.requests(call.method, call.model, call.version, code.name).inc()
+        metrics.request_seconds(call.method, call.model, call.version).observe(time.perf_counter() - call.started)
 
     def _fail(self, call: CallInfo, exc: BaseException, context: grpc.aio.ServicerContext) -> bool:
         """Record the call's outcome and set the status `exc` maps to.
@@ -312,6 +367,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         trailing = ((REQUEST_ID_KEY, call.request_id),)
         if isinstance(exc, MaasError):
             trailing += exc.trailing_metadata()
+            rich = status_details(exc, code, details)
+            if rich is not None:
+                trailing += ((STATUS_DETAILS_KEY, rich),)
         context.set_code(code)
         context.set_details(details)
         context.set_trailing_metadata(trailing)

@@ -1,6 +1,8 @@
-"""Structured logging with the current request id on every line.
+"""Structured logging with the current request id on every line, and the trace and span ids while
+tracing is on.
 
-Logs go to stderr; stdout is kept for the `READY` lines a parent process reads.
+Logs go to stderr; stdout is kept for the `READY` lines a parent process reads. JSON lines carry a
+UTC timestamp to the millisecond (`2026-12-02T20:51:04.123Z`).
 """
 
 from __future__ import annotations
@@ -8,7 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from contextvars import ContextVar
+
+from opentelemetry import trace
 
 request_id_var: ContextVar[str] = ContextVar("maas_request_id", default="-")
 
@@ -18,15 +23,26 @@ _STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "a
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id_var.get()
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            record.trace_id = f"{context.trace_id:032x}"
+            record.span_id = f"{context.span_id:016x}"
         return True
 
 
+def utc_timestamp(created: float) -> str:
+    """An ISO 8601 UTC timestamp to the millisecond, e.g. `2026-12-02T20:51:04.123Z`."""
+    seconds = int(created)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int((created - seconds) * 1000):03d}Z"
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, request id, any `extra` fields."""
+    """One JSON object per line: UTC time to the millisecond, level, logger, message, request id, trace and
+    span ids while tracing is on, any `extra` fields."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "ts": utc_timestamp(record.created),
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),

@@ -1,4 +1,10 @@
-"""Prometheus metrics every service exports on HTTP at its gRPC port + 1000."""
+"""Prometheus metrics every service exports on HTTP at its gRPC port + 1000.
+
+Names follow Prometheus' conventions: a `maas_` prefix, base units (seconds) in the name, `_total` on
+counters (prometheus_client adds it). Per-call metrics carry the model and the version that served
+the call (`version` is "" when none was resolved, e.g. a refused call that named none), so a canary
+is compared with its baseline by label; the batcher's metrics are per model version.
+"""
 
 from __future__ import annotations
 
@@ -13,22 +19,28 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 
 REQUESTS = Counter(
     "maas_grpc_requests",
-    "gRPC calls finished, by method, model and status code.",
-    ["method", "model", "code"],
+    "gRPC calls finished, by method, model, model version and status code.",
+    ["method", "model", "version", "code"],
 )
 REQUEST_SECONDS = Histogram(
     "maas_grpc_request_duration_seconds",
-    "Time from a call's arrival to its last message, by method and model.",
-    ["method", "model"],
+    "Time from a call's arrival to its last message, by method, model and model version.",
+    ["method", "model", "version"],
     buckets=LATENCY_BUCKETS,
 )
 IN_FLIGHT = Gauge("maas_grpc_requests_in_flight", "gRPC calls being served, by method.", ["method"])
+VERSION_IN_FLIGHT = Gauge(
+    "maas_model_requests_in_flight",
+    "Calls being served that a model version was resolved for, by model and version (what KEDA can scale on).",
+    ["model", "version"],
+)
 
-# Label lookups cost microseconds per call; the label sets are small (methods x served models x codes),
-# so each series is looked up once.
+# Label lookups cost microseconds per call; the label sets are small (methods x served models x versions
+# x codes), so each series is looked up once.
 requests = lru_cache(maxsize=4096)(REQUESTS.labels)
 request_seconds = lru_cache(maxsize=4096)(REQUEST_SECONDS.labels)
 in_flight = lru_cache(maxsize=1024)(IN_FLIGHT.labels)
+version_in_flight = lru_cache(maxsize=1024)(VERSION_IN_FLIGHT.labels)
 
 
 SHUTDOWN_POLL_SECONDS = 0.05
@@ -67,19 +79,46 @@ class MetricsServer:
 
 BATCH_ROWS = Histogram(
     "maas_batch_size",
-    "Rows per model execution of the dynamic batcher, by model.",
-    ["model"],
+    "Rows per model execution of the dynamic batcher, by model and version.",
+    ["model", "version"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
 QUEUE_SECONDS = Histogram(
     "maas_batch_queue_seconds",
-    "Time a request waited in the dynamic batcher's queue, by model.",
-    ["model"],
+    "Time a request waited in the dynamic batcher's queue, by model and version.",
+    ["model", "version"],
     buckets=LATENCY_BUCKETS,
+)
+COMPUTE_SECONDS = Histogram(
+    "maas_batch_compute_seconds",
+    "Time one model execution (a batch) took, by model and version.",
+    ["model", "version"],
+    buckets=LATENCY_BUCKETS,
+)
+QUEUE_DEPTH = Gauge(
+    "maas_batch_queue_depth",
+    "Requests waiting in the dynamic batcher's queue, by model and version (at MAX_QUEUE_SIZE new ones are refused).",
+    ["model", "version"],
+)
+QUEUE_LIMIT = Gauge(
+    "maas_batch_queue_limit",
+    "The dynamic batcher's queue size limit (MAX_QUEUE_SIZE), by model and version.",
+    ["model", "version"],
+)
+QUEUE_FULL = Counter(
+    "maas_batch_queue_full",
+    "Requests refused because the batcher's queue was full (RESOURCE_EXHAUSTED), by model and version.",
+    ["model", "version"],
 )
 CANCELLED = Counter(
     "maas_batch_cancelled",
-    "Requests whose caller cancelled (or whose deadline passed) while they were queued or running, by model.",
+    "Requests whose caller cancelled (or whose deadline passed) while they were queued or running, by model and "
+    "version.",
+    ["model", "version"],
+)
+MODEL_READY = Gauge(
+    "maas_model_ready",
+    "1 while a call naming no version would be served (a version of the model is loaded), else 0, by model.",
     ["model"],
 )
 MODEL_DEVICE = Gauge(

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from services.common.codec import Tensor
 from services.common.errors import InvalidInput, ModelNotFound, ModelNotReady
+from services.common.interceptor import label_version
 from services.common.stats import VersionStats
 
 Parameter = bool | int | float | str
@@ -31,12 +32,18 @@ class TensorSpec:
             InvalidInput: the datatype or shape differs.
         """
         if tensor.datatype != self.datatype:
-            raise InvalidInput(f"input '{self.name}' must be {self.datatype}, got {tensor.datatype}")
+            raise InvalidInput(
+                f"input '{self.name}' must be {self.datatype}, got {tensor.datatype}",
+                field=f"inputs[{self.name}].datatype",
+            )
         shape = tensor.array.shape
         if len(shape) != len(self.shape) or any(
             want not in (-1, got) for want, got in zip(self.shape, shape, strict=True)
         ):
-            raise InvalidInput(f"input '{self.name}' must have shape {list(self.shape)}, got {list(shape)}")
+            raise InvalidInput(
+                f"input '{self.name}' must have shape {list(self.shape)}, got {list(shape)}",
+                field=f"inputs[{self.name}].shape",
+            )
 
 
 @dataclass
@@ -206,14 +213,16 @@ class ServedModel(ABC):
         unexpected = sorted(set(inputs) - set(declared))
         if unexpected:
             raise InvalidInput(
-                f"model '{self.name}' has no input {', '.join(unexpected)}; inputs: {', '.join(declared)}"
+                f"model '{self.name}' has no input {', '.join(unexpected)}; inputs: {', '.join(declared)}",
+                field="inputs",
             )
         for spec in self.inputs:
             if spec.name not in inputs:
                 if spec.optional:
                     continue
                 raise InvalidInput(
-                    f"model '{self.name}' needs input '{spec.name}' ({spec.datatype} {list(spec.shape)})"
+                    f"model '{self.name}' needs input '{spec.name}' ({spec.datatype} {list(spec.shape)})",
+                    field=f"inputs[{spec.name}]",
                 )
             spec.check(inputs[spec.name])
 
@@ -262,17 +271,21 @@ class VersionedModel(ServedModel):
             )
 
     def resolve(self, version: str) -> str:
-        """Return `version` if loaded, or the newest loaded version for ""."""
+        """Return `version` if loaded, or the newest loaded version for ""; label the call being served
+        with it (its metrics carry the version)."""
         if not version:
             if not self._loaded:
                 raise ModelNotReady(f"model '{self.name}' has no version loaded")
-            return max(self._loaded, key=_version_key)
+            newest = max(self._loaded, key=_version_key)
+            label_version(self.name, newest)
+            return newest
         if version not in self._loaded:
             self._check_exists(version)
             raise ModelNotFound(
                 f"model '{self.name}' version {version} is not loaded; loaded versions: "
                 f"{', '.join(sorted_versions(self._loaded)) or 'none'}"
             )
+        label_version(self.name, version)
         return version
 
     def loaded(self, version: str) -> Any:

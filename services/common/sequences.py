@@ -74,25 +74,30 @@ class SequenceModel(BatchedModel):
         ids, mask = inputs["INPUT_IDS"], inputs["ATTENTION_MASK"]
         if ids.shape != mask.shape:
             raise InvalidInput(
-                f"INPUT_IDS is {list(ids.shape)} but ATTENTION_MASK is {list(mask.shape)}; they must match"
+                f"INPUT_IDS is {list(ids.shape)} but ATTENTION_MASK is {list(mask.shape)}; they must match",
+                field="inputs[ATTENTION_MASK].shape",
             )
         rows, length = ids.shape
         if rows == 0 or length == 0:
-            raise InvalidInput(f"empty batch: INPUT_IDS is {list(ids.shape)}")
+            raise InvalidInput(f"empty batch: INPUT_IDS is {list(ids.shape)}", field="inputs[INPUT_IDS].shape")
         if rows > self.max_rows:
-            raise Overloaded(f"{rows} sequences; the limit is {self.max_rows} per request")
+            raise Overloaded(f"{rows} sequences; the limit is {self.max_rows} per request", field="inputs[INPUT_IDS]")
         if length > MAX_SEQUENCE:
-            raise InvalidInput(f"sequences of {length} tokens; at most {MAX_SEQUENCE}")
+            raise InvalidInput(f"sequences of {length} tokens; at most {MAX_SEQUENCE}", field="inputs[INPUT_IDS].shape")
         vocab = self.vocab_sizes[str(config.version)]
         low, high = int(ids.min()), int(ids.max())
         if low < 0 or high >= vocab:
-            raise InvalidInput(f"INPUT_IDS must lie in [0, {vocab}); got values from {low} to {high}")
+            raise InvalidInput(
+                f"INPUT_IDS must lie in [0, {vocab}); got values from {low} to {high}", field="inputs[INPUT_IDS]"
+            )
         if ((mask != 0) & (mask != 1)).any():
-            raise InvalidInput("ATTENTION_MASK must hold only 0 and 1")
+            raise InvalidInput("ATTENTION_MASK must hold only 0 and 1", field="inputs[ATTENTION_MASK]")
         used = mask.any(axis=0)
         empty = np.flatnonzero(~mask.any(axis=1))
         if empty.size:
-            raise InvalidInput(f"row {int(empty[0])} has no tokens: its ATTENTION_MASK is all 0")
+            raise InvalidInput(
+                f"row {int(empty[0])} has no tokens: its ATTENTION_MASK is all 0", field="inputs[ATTENTION_MASK]"
+            )
         width = int(np.flatnonzero(used)[-1]) + 1
         return {"INPUT_IDS": ids[:, :width], "ATTENTION_MASK": mask[:, :width]}
 
@@ -107,19 +112,25 @@ def padded(items: Sequence[common_pb2.TokenizedText], limit: int) -> dict[str, T
         Overloaded: more items than `limit`.
     """
     if len(items) > limit:
-        raise Overloaded(f"{len(items)} items; the limit is {limit} per request")
+        raise Overloaded(f"{len(items)} items; the limit is {limit} per request", field="items")
     if not items:
-        raise InvalidInput("no items in the request")
+        raise InvalidInput("no items in the request", field="items")
     lengths = [len(item.input_ids) for item in items]
     width = max(lengths)
     if width > MAX_SEQUENCE:
-        raise InvalidInput(f"items[{lengths.index(width)}] has {width} tokens; at most {MAX_SEQUENCE}")
+        raise InvalidInput(
+            f"items[{lengths.index(width)}] has {width} tokens; at most {MAX_SEQUENCE}",
+            field=f"items[{lengths.index(width)}].input_ids",
+        )
     ids = np.zeros((len(items), width), dtype=np.int64)
     mask = np.zeros((len(items), width), dtype=np.int64)
     for row, item in enumerate(items):
         count = len(item.input_ids)
         if item.attention_mask and len(item.attention_mask) != count:
-            raise InvalidInput(f"items[{row}]: {len(item.attention_mask)} mask entries for {count} ids")
+            raise InvalidInput(
+                f"items[{row}]: {len(item.attention_mask)} mask entries for {count} ids",
+                field=f"items[{row}].attention_mask",
+            )
         ids[row, :count] = item.input_ids
         mask[row, :count] = item.attention_mask or 1
     return {"INPUT_IDS": Tensor("INPUT_IDS", "INT64", ids), "ATTENTION_MASK": Tensor("ATTENTION_MASK", "INT64", mask)}

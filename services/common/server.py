@@ -18,7 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from maas.inference import grpc_service_pb2_grpc
-from services.common import telemetry
+from services.common import metrics, telemetry
 from services.common.auth import ApiKeys
 from services.common.errors import MaasError
 from services.common.interceptor import ServerInterceptor
@@ -28,6 +28,7 @@ from services.common.metrics import MetricsServer
 from services.common.models import ModelRegistry
 from services.common.service import Service, TypedService
 from services.common.settings import ServiceSettings
+from services.common.tls import CertificateFiles, TlsFilesError
 from services.common.v2 import SERVICE_NAME as V2_SERVICE_NAME
 from services.common.v2 import InferenceServicer
 
@@ -94,8 +95,10 @@ class GrpcServer:
         self._typed_services = list(typed_services)
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
         self._metrics: MetricsServer | None = None
         self.port = 0
+        self.health_port = 0
 
     @classmethod
     def of(cls, service: Service, settings: ServiceSettings) -> GrpcServer:
@@ -135,23 +138,51 @@ class GrpcServer:
         for service in ("", *self.service_names):
             await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         address = host_port(self.settings.host, self.settings.port)
-        self.port = self._server.add_insecure_port(address)
-        if not self.port:
-            raise RuntimeError(f"{self.name}: could not bind {address}")
+        self.port = self._bind(self._server, address)
+        if self.settings.health_port is not None:
+            self._health_server = grpc.aio.server()
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, self._health_server)
+            self.health_port = self._health_server.add_insecure_port(
+                host_port(self.settings.host, self.settings.health_port)
+            )
+            if not self.health_port:
+                raise RuntimeError(f"{self.name}: could not bind health port {self.settings.health_port}")
+            await self._health_server.start()
         await self._server.start()
         self._metrics = MetricsServer(self.settings.host, self.settings.metrics_bind_port)
+        for model in self.models:
+            metrics.MODEL_READY.labels(model.name).set_function(lambda model=model: float(model.is_ready()))
         for model in self.models:
             await model.load("")
         self.lifecycle.mark_serving()
         for service in ("", *self.service_names):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info(
-            "%s serving on %s (metrics on port %d)",
+            "%s serving on %s%s (metrics on port %d%s)",
             self.name,
             host_port(self.settings.host, self.port),
+            " with TLS" if self.settings.tls_cert_file else "",
             self.metrics_port,
+            f", health on port {self.health_port}" if self.health_port else "",
             extra={"port": self.port, "metrics_port": self.metrics_port},
         )
+
+    def _bind(self, server: grpc.aio.Server, address: str) -> int:
+        """Bind the service's port: TLS from the certificate files when the settings name them.
+
+        Raises:
+            RuntimeError: the address could not be bound.
+            TlsFilesError: the certificate files cannot be used.
+        """
+        settings = self.settings
+        if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+            files = CertificateFiles(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
+            port = server.add_secure_port(address, files.credentials())
+        else:
+            port = server.add_insecure_port(address)
+        if not port:
+            raise RuntimeError(f"{self.name}: could not bind {address}")
+        return port
 
     async def stop(self) -> None:
         """Drain and stop: NOT_SERVING, refuse new calls, let calls in flight finish within the grace."""
@@ -172,6 +203,9 @@ class GrpcServer:
             )
             remaining = 0.0
         await self._server.stop(remaining)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
+            self._health_server = None
         if self._metrics is not None:
             self._metrics.close()
         self._server = None
@@ -197,7 +231,7 @@ async def serve(server: GrpcServer) -> None:
         loop.add_signal_handler(signum, stop.set)
     try:
         await server.start()
-    except (MaasError, OSError, RuntimeError) as exc:
+    except (MaasError, OSError, RuntimeError, TlsFilesError) as exc:
         log.error("%s failed to start: %s", server.name, exc)
         await server.stop()
         raise SystemExit(1) from None

@@ -14,6 +14,7 @@ from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.devices import DEVICE_PATTERN
+from services.common.tls import ClientTls
 
 if TYPE_CHECKING:
     from services.common.batcher import BatchingConfig
@@ -63,6 +64,28 @@ class ServiceSettings(BaseSettings):
         "text", validation_alias=AliasChoices("MAAS_LOG_FORMAT", "log_format"), description="Log line format."
     )
     log_level: str = Field("INFO", description="Python logging level name.")
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate chain to serve TLS with (with tls_key_file); re-read when it changes."
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
+    tls_client_ca_file: Path | None = Field(
+        None, description="PEM CA(s) that callers' certificates must chain to: set, callers need one (mTLS)."
+    )
+    health_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Plaintext port serving grpc.health.v1 and nothing else (for kubelet's gRPC probes, which "
+        "cannot speak TLS); unset: none; 0 picks a free one.",
+    )
+
+    @model_validator(mode="after")
+    def _tls_files_pair(self) -> ServiceSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file (mTLS) needs tls_cert_file and tls_key_file")
+        return self
 
     @property
     def metrics_bind_port(self) -> int:
@@ -111,8 +134,29 @@ class GatewaySettings(ServiceSettings):
         "connection closes (the servers' MAX_CONNECTION_AGE_S), at most this often.",
     )
     api_keys_file: Path | None = Field(
-        None, description="YAML file of API keys (and their rate limits); unset: calls need no key."
+        None, description="YAML file of API keys (their roles and rate limits); unset: calls need no key."
     )
+    rate_limit_replicas: int = Field(
+        1,
+        ge=1,
+        description="Gateway replicas sharing each API key's rate limit: each takes 1/N of the key's rate and "
+        "burst (the chart sets the replica count it knows).",
+    )
+    downstream_tls_ca_file: Path | None = Field(
+        None, description="PEM CA the model services' certificates chain to; set: the gateway dials them with TLS."
+    )
+    downstream_tls_cert_file: Path | None = Field(
+        None, description="PEM certificate the gateway presents to the model services (mTLS), with its key."
+    )
+    downstream_tls_key_file: Path | None = Field(None, description="PEM private key of downstream_tls_cert_file.")
+
+    def downstream_tls(self) -> ClientTls:
+        """The TLS files the gateway dials the model services with (none named: plaintext).
+
+        Raises:
+            TlsFilesError: a certificate is named without its key, or a key without its certificate.
+        """
+        return ClientTls(self.downstream_tls_ca_file, self.downstream_tls_cert_file, self.downstream_tls_key_file)
 
 
 class TracingSettings(BaseSettings):

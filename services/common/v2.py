@@ -50,7 +50,7 @@ def parameter_value(parameter: pb.InferParameter | pb.ModelRepositoryParameter) 
     """
     which = parameter.WhichOneof("parameter_choice")
     if which is None:
-        raise InvalidInput("a parameter has no value set")
+        raise InvalidInput("a parameter has no value set", field="parameters")
     return getattr(parameter, which)
 
 
@@ -71,7 +71,9 @@ def _version_parameter(parameters) -> str:
         return ""
     value = parameter_value(parameters["version"])
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise InvalidInput(f"parameter 'version' must be a string or an integer, got {value!r}")
+        raise InvalidInput(
+            f"parameter 'version' must be a string or an integer, got {value!r}", field="parameters.version"
+        )
     return str(value)
 
 
@@ -224,7 +226,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 missing = [name for name in wanted if name not in produced]
                 if missing:
                     raise InvalidInput(
-                        f"model '{model.name}' has no output {', '.join(missing)}; outputs: {', '.join(produced)}"
+                        f"model '{model.name}' has no output {', '.join(missing)}; outputs: {', '.join(produced)}",
+                        field="outputs",
                     )
                 outputs = [produced[name] for name in wanted]
             response = pb.ModelInferResponse(model_name=model.name, model_version=result.version, id=request.id)

@@ -82,7 +82,8 @@ def build_server(settings: GatewaySettings, routing: Routing | None = None) -> G
         RoutingError: the routing file cannot be used.
         KeysFileError: the API keys file cannot be used.
     """
-    auth = load_api_keys(settings.api_keys_file) if settings.api_keys_file is not None else None
+    keys = settings.api_keys_file
+    auth = load_api_keys(keys, settings.rate_limit_replicas) if keys is not None else None
     if routing is not None:
         return GatewayServer(settings, Router(routing, settings), auth=auth)
     path = settings.routing_file

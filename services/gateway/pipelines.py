@@ -64,13 +64,18 @@ class PipelineModel(VersionedModel):
         """
         texts = request.inputs["TEXT"].array
         if texts.size == 0:
-            raise InvalidInput("TEXT holds no texts")
+            raise InvalidInput("TEXT holds no texts", field="inputs[TEXT]")
         max_length = request.parameters.get("max_length")
         if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)):
-            raise InvalidInput(f"parameter 'max_length' must be an integer, got {max_length!r}")
+            raise InvalidInput(
+                f"parameter 'max_length' must be an integer, got {max_length!r}", field="parameters.max_length"
+            )
         version = request.parameters.get("model_version", "")
         if not isinstance(version, str | int) or isinstance(version, bool):
-            raise InvalidInput(f"parameter 'model_version' must be a string or an integer, got {version!r}")
+            raise InvalidInput(
+                f"parameter 'model_version' must be a string or an integer, got {version!r}",
+                field="parameters.model_version",
+            )
         ids, mask = await self._router.tokenize(texts, max_length)
         outputs = await self._router.infer(
             self.pipeline.model,

@@ -21,6 +21,7 @@ from services.common.codec import Tensor, decode_outputs, encode_inputs
 from services.common.errors import DownstreamError, ModelNotFound, NotRun
 from services.common.models import Parameter
 from services.common.settings import GatewaySettings
+from services.common.tls import TlsFilesError
 from services.common.v2 import SERVICE_NAME as V2_SERVICE_NAME
 from services.common.v2 import set_parameter
 from services.gateway.routing import ModelRoute, Routing, Target
@@ -117,6 +118,8 @@ class Router:
             settings: the gateway's settings (message limits, timeouts, reconnect backoff).
         """
         self._settings = settings
+        self._tls = settings.downstream_tls()
+        self._tls_stamp = self._tls.stamp()
         self.targets: dict[str, Downstream] = {}
         self._routes: dict[str, Route] = {}
         self._retiring: set[asyncio.Task] = set()
@@ -132,6 +135,8 @@ class Router:
             round(self._settings.max_reconnect_backoff_seconds * 1000),
             tuple(target.metadata.items()),
             round(self._settings.dns_min_resolution_interval_s * 1000),
+            None if target.plaintext else self._tls,
+            self._tls_stamp,
         )
 
     def _apply(self, routing: Routing) -> list[Downstream]:
@@ -139,9 +144,11 @@ class Router:
         targets = {}
         for name, target in routing.targets.items():
             current = self.targets.get(name)
-            keep = current is not None and (current.target, current.metadata) == (
+            keep = current is not None and (current.target, current.metadata, current.tls_stamp, current.tls) == (
                 target.grpc_target,
                 tuple(target.metadata.items()),
+                self._tls_stamp,
+                not target.plaintext and self._tls.enabled,
             )
             targets[name] = current if keep else self._downstream(name, target)
         retired = [d for name, d in self.targets.items() if targets.get(name) is not d]
@@ -162,6 +169,29 @@ class Router:
             task = asyncio.get_running_loop().create_task(downstream.close(self._settings.default_timeout_seconds))
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
+
+    def reload_tls(self) -> bool:
+        """Dial every target anew if the gateway's TLS files changed (a rotated client certificate);
+        calls in flight finish on the old channels. A changed set that cannot be used yet (a key from
+        another certificate) is logged and left for the next check.
+
+        Returns:
+            True if the channels were replaced.
+        """
+        if not self._tls.enabled:
+            return False
+        stamp = self._tls.stamp()
+        if stamp == self._tls_stamp:
+            return False
+        try:
+            self._tls.credentials()
+        except TlsFilesError as exc:
+            log.warning("the gateway's TLS files changed but cannot be used yet: %s", exc)
+            return False
+        self._tls_stamp = stamp
+        self.update(self.routing)
+        log.info("TLS files changed: every target dialled again with them")
+        return True
 
     def routes(self, model: str) -> bool:
         """True if the routing file routes `model`."""

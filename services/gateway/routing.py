@@ -78,6 +78,11 @@ class Target(BaseModel):
         default_factory=dict,
         description="gRPC metadata sent with every call to the target, e.g. {application: vision} for Serve's proxy.",
     )
+    plaintext: bool = Field(
+        False,
+        description="Dial without TLS even when the gateway has TLS files for its targets (Serve's own gRPC "
+        "proxy serves no TLS).",
+    )
 
     @model_validator(mode="after")
     def _one_form(self) -> Target:

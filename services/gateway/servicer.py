@@ -66,7 +66,7 @@ def tokenized(ids: np.ndarray, mask: np.ndarray) -> list[common_pb2.TokenizedTex
 
 def _texts(texts: Sequence[str]) -> np.ndarray:
     if not texts:
-        raise InvalidInput("no texts in the request")
+        raise InvalidInput("no texts in the request", field="texts")
     array = np.empty(len(texts), dtype=object)
     array[:] = [text.encode() for text in texts]
     return array
@@ -125,7 +125,9 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         """Classify in chunks, a few at once; each text's answer is sent as soon as its chunk is done."""
         texts = await self._texts(request)
         if len(texts) > self._settings.max_stream_texts:
-            raise Overloaded(f"{len(texts)} texts; the limit is {self._settings.max_stream_texts} per stream")
+            raise Overloaded(
+                f"{len(texts)} texts; the limit is {self._settings.max_stream_texts} per stream", field="texts"
+            )
         model = request.model or self._default_text_model
         size = self._settings.stream_chunk_size
         slots = asyncio.Semaphore(self._settings.stream_concurrency)
@@ -173,7 +175,9 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         """Tokenize, then classify with the text model `model` (a `TextModel`)."""
         route = TEXT_ROUTES.get(model)
         if route is None:
-            raise InvalidInput(f"unknown text model {model}; use TEXT_MODEL_LSTM or TEXT_MODEL_TRANSFORMER")
+            raise InvalidInput(
+                f"unknown text model {model}; use TEXT_MODEL_LSTM or TEXT_MODEL_TRANSFORMER", field="model"
+            )
         label_model(route.model)
         self._router.route(route.model)
         ids, mask = await self._router.tokenize(texts)

@@ -1,4 +1,5 @@
-"""Live reload of the routing file: the one setting the gateway reads again after it starts.
+"""Live reload of the routing file (and of the TLS files the gateway dials its targets with): the
+settings the gateway reads again after it starts.
 
 The file is polled (read and hashed every `MAAS_GATEWAY_RELOAD_INTERVAL_SECONDS`) rather than
 watched with inotify: kubelet updates a mounted ConfigMap by writing a new directory and swapping
@@ -76,7 +77,8 @@ class RoutingWatcher:
         )
 
     async def run(self) -> None:
-        """Check the file every interval until cancelled."""
+        """Check the file, and the TLS files the gateway dials with, every interval until cancelled."""
         while True:
             await asyncio.sleep(self._interval)
             self.check()
+            self._router.reload_tls()

@@ -8,6 +8,9 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from services.common.errors import ModelNotReady, Overloaded, Unavailable
 
+BACK_PRESSURE_RETRY_SECONDS = 0.1
+"""The retry delay a refusal for Serve's back pressure suggests: about one batch of a model's time."""
+
 
 def unwrapped(exc: BaseException) -> BaseException:
     """The exception a caller of the ray hosting should see for one Ray raised.
@@ -27,11 +30,14 @@ def unwrapped(exc: BaseException) -> BaseException:
         cause = exc.cause
         return cause if isinstance(cause, BaseException) else exc
     if isinstance(exc, BackPressureError):
-        return Overloaded(f"every replica is at its request limit; retry shortly ({exc.message})")
+        return Overloaded(
+            f"every replica is at its request limit; retry shortly ({exc.message})",
+            retry_delay=BACK_PRESSURE_RETRY_SECONDS,
+        )
     if isinstance(exc, grpc.aio.AioRpcError) and exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
         return Overloaded(f"the call to a replica is over Ray's transport message limit ({exc.details()})")
     if isinstance(exc, DeploymentUnavailableError):
         return ModelNotReady(f"the deployment is unavailable: {exc.message}")
     if isinstance(exc, ActorDiedError | ActorUnavailableError | RayActorError):
-        return Unavailable("the replica serving the call died; retry")
+        return Unavailable("the replica serving the call died; retry", retry_delay=0.0)
     return exc

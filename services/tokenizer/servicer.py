@@ -45,11 +45,13 @@ def check_texts(field: str, texts: Sequence[str | bytes], limits: TextLimits) ->
         Overloaded: too many texts, or a text over the byte limit.
     """
     if len(texts) > limits.max_texts:
-        raise Overloaded(f"{field} has {len(texts)} texts; the limit is {limits.max_texts} per request")
+        raise Overloaded(f"{field} has {len(texts)} texts; the limit is {limits.max_texts} per request", field=field)
     sizes = [len(text.encode()) if isinstance(text, str) else len(text) for text in texts]
     for i, size in enumerate(sizes):
         if size > limits.max_text_bytes:
-            raise Overloaded(f"{field}[{i}] is {size} bytes; the limit is {limits.max_text_bytes} per text")
+            raise Overloaded(
+                f"{field}[{i}] is {size} bytes; the limit is {limits.max_text_bytes} per text", field=f"{field}[{i}]"
+            )
     return sizes
 
 
@@ -74,12 +76,14 @@ def text_costs(
     if pairs is not None:
         if len(pairs[1]) != len(costs):
             raise InvalidInput(
-                f"{pairs[0]} has {len(pairs[1])} elements for {len(costs)} in {texts[0]}; give one per text"
+                f"{pairs[0]} has {len(pairs[1])} elements for {len(costs)} in {texts[0]}; give one per text",
+                field=pairs[0],
             )
         costs = [a + b for a, b in zip(costs, check_texts(*pairs, limits), strict=True)]
     if sum(costs) > limits.max_request_bytes:
         raise Overloaded(
-            f"the texts hold {sum(costs)} bytes in all; the limit is {limits.max_request_bytes} per request"
+            f"the texts hold {sum(costs)} bytes in all; the limit is {limits.max_request_bytes} per request",
+            field=texts[0],
         )
     return costs
 
@@ -91,7 +95,9 @@ def check_max_length(value: int) -> int:
         InvalidInput: outside [2, 512].
     """
     if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= MAX_LENGTH_LIMIT:
-        raise InvalidInput(f"max_length must be an integer in [2, {MAX_LENGTH_LIMIT}], got {value!r}")
+        raise InvalidInput(
+            f"max_length must be an integer in [2, {MAX_LENGTH_LIMIT}], got {value!r}", field="max_length"
+        )
     return value
 
 
@@ -112,7 +118,8 @@ def decode_utf8(field: str, items: np.ndarray, start: int = 0) -> list[str]:
             texts.append(item.decode("utf-8"))
         except UnicodeDecodeError as exc:
             raise InvalidInput(
-                f"{field}[{i}] is not valid UTF-8: byte 0x{item[exc.start]:02x} at offset {exc.start}"
+                f"{field}[{i}] is not valid UTF-8: byte 0x{item[exc.start]:02x} at offset {exc.start}",
+                field=f"{field}[{i}]",
             ) from None
     return texts
 
@@ -122,7 +129,7 @@ def invalid_on_value_error(fn: Callable[..., T], *args: Any) -> T:
     try:
         return fn(*args)
     except ValueError as exc:
-        raise InvalidInput(str(exc)) from None
+        raise InvalidInput(str(exc), field="inputs") from None
 
 
 def stacked(parts: Sequence[tuple[np.ndarray, ...]], pad_id: int) -> tuple[np.ndarray, ...]:
@@ -174,7 +181,9 @@ class TokenizerModel(RepositoryModel):
         max_length = check_max_length(request.parameters.get("max_length", self.limits.default_max_length))
         truncation = request.parameters.get("truncation", True)
         if not isinstance(truncation, bool):
-            raise InvalidInput(f"parameter 'truncation' must be a bool, got {truncation!r}")
+            raise InvalidInput(
+                f"parameter 'truncation' must be a bool, got {truncation!r}", field="parameters.truncation"
+            )
 
         def encode(part: slice) -> tuple[np.ndarray, ...]:
             first = decode_utf8("TEXT", texts[part], part.start)
@@ -226,7 +235,8 @@ class TokenizerServicer(pb_grpc.TokenizerServiceServicer):
         if padding is None:
             raise InvalidInput(
                 f"padding {request.padding} is not a Padding value; use one of "
-                + ", ".join(pb.Padding.Name(value) for value in PADDING)
+                + ", ".join(pb.Padding.Name(value) for value in PADDING),
+                field="padding",
             )
         tokenizer: WordPieceTokenizer = self._model.loaded("")
 
@@ -249,11 +259,14 @@ class TokenizerServicer(pb_grpc.TokenizerServiceServicer):
         limits = self._model.limits
         sequences = request.sequences
         if len(sequences) > limits.max_texts:
-            raise Overloaded(f"sequences has {len(sequences)} entries; the limit is {limits.max_texts}")
+            raise Overloaded(
+                f"sequences has {len(sequences)} entries; the limit is {limits.max_texts}", field="sequences"
+            )
         counts = [len(sequence.ids) for sequence in sequences]
         if sum(counts) > limits.max_request_tokens:
             raise Overloaded(
-                f"sequences hold {sum(counts)} token ids in all; the limit is {limits.max_request_tokens} per request"
+                f"sequences hold {sum(counts)} token ids in all; the limit is {limits.max_request_tokens} per request",
+                field="sequences",
             )
         tokenizer: WordPieceTokenizer = self._model.loaded("")
 
@@ -262,7 +275,10 @@ class TokenizerServicer(pb_grpc.TokenizerServiceServicer):
             for i, row in enumerate(ids, part.start):
                 bad = [t for t in row if not 0 <= t < tokenizer.vocab_size]
                 if bad:
-                    raise InvalidInput(f"sequences[{i}] has ids outside [0, {tokenizer.vocab_size}): {bad[:5]}")
+                    raise InvalidInput(
+                        f"sequences[{i}] has ids outside [0, {tokenizer.vocab_size}): {bad[:5]}",
+                        field=f"sequences[{i}].ids",
+                    )
             return tokenizer.decode(ids, not request.keep_special_tokens)
 
         parts = await offload.map_chunks(decode, [8 * count for count in counts], limits.inline_max_bytes)

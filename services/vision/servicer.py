@@ -59,18 +59,22 @@ class FashionModel(BatchedModel):
         """Refuse empty or oversized batches, NaN/Inf, and pixels outside the declared range."""
         images = inputs["IMAGE"]
         if images.shape[0] > self.max_images:
-            raise Overloaded(f"IMAGE holds {images.shape[0]} images; the limit is {self.max_images} per request")
+            raise Overloaded(
+                f"IMAGE holds {images.shape[0]} images; the limit is {self.max_images} per request",
+                field="inputs[IMAGE]",
+            )
         if images.shape[0] == 0:
-            raise InvalidInput("IMAGE holds no images")
+            raise InvalidInput("IMAGE holds no images", field="inputs[IMAGE]")
         low, high = config.inputs[0].range or (0.0, 1.0)
         smallest, largest = images.min(), images.max()
         if smallest >= low and largest <= high:
             return inputs
         finite = np.isfinite(images).reshape(len(images), -1).all(axis=1)
         if not finite.all():
-            raise InvalidInput(f"IMAGE {int(np.argmin(finite))} holds NaN or Inf")
+            raise InvalidInput(f"IMAGE {int(np.argmin(finite))} holds NaN or Inf", field="inputs[IMAGE]")
         raise InvalidInput(
-            f"IMAGE values must lie in [{low:g}, {high:g}] (pixel / 255); got [{smallest:g}, {largest:g}]"
+            f"IMAGE values must lie in [{low:g}, {high:g}] (pixel / 255); got [{smallest:g}, {largest:g}]",
+            field="inputs[IMAGE]",
         )
 
 
@@ -91,27 +95,33 @@ def open_image(index: int, image: pb.Image, settings: VisionSettings) -> Image.I
         if (raw.height or SIDE, raw.width or SIDE) != (SIDE, SIDE) or len(raw.pixels) != SIDE * SIDE:
             raise InvalidInput(
                 f"images[{index}]: a raw image must be 28x28 (784 pixels); got {raw.height}x{raw.width} "
-                f"with {len(raw.pixels)} pixels"
+                f"with {len(raw.pixels)} pixels",
+                field=f"images[{index}].raw",
             )
         return np.asarray(raw.pixels, dtype=np.float32).reshape(1, SIDE, SIDE)
     if which != "encoded":
-        raise InvalidInput(f"images[{index}] has neither encoded bytes nor a raw image")
+        raise InvalidInput(f"images[{index}] has neither encoded bytes nor a raw image", field=f"images[{index}]")
     if len(image.encoded) > settings.max_image_bytes:
-        raise Overloaded(f"images[{index}] is {len(image.encoded)} bytes; the limit is {settings.max_image_bytes}")
+        raise Overloaded(
+            f"images[{index}] is {len(image.encoded)} bytes; the limit is {settings.max_image_bytes}",
+            field=f"images[{index}]",
+        )
     try:
         opened = Image.open(io.BytesIO(image.encoded))
     except Image.DecompressionBombError as exc:
         raise Overloaded(
-            f"images[{index}] has more pixels than the limit of {settings.max_image_pixels} per image ({exc})"
+            f"images[{index}] has more pixels than the limit of {settings.max_image_pixels} per image ({exc})",
+            field=f"images[{index}]",
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InvalidInput(f"images[{index}] is not a readable PNG or JPEG ({exc})") from None
+        raise InvalidInput(f"images[{index}] is not a readable PNG or JPEG ({exc})", field=f"images[{index}]") from None
     if opened.format not in ENCODINGS:
-        raise InvalidInput(f"images[{index}] is {opened.format}; send PNG or JPEG")
+        raise InvalidInput(f"images[{index}] is {opened.format}; send PNG or JPEG", field=f"images[{index}]")
     if opened.width * opened.height > settings.max_image_pixels:
         raise Overloaded(
             f"images[{index}] is {opened.width}x{opened.height} pixels; the limit is {settings.max_image_pixels} "
-            "per image"
+            "per image",
+            field=f"images[{index}]",
         )
     return opened
 
@@ -134,7 +144,7 @@ def to_array(index: int, opened: Image.Image | np.ndarray) -> np.ndarray:
                 gray = gray.resize((SIDE, SIDE), Image.Resampling.LANCZOS)
             return (np.asarray(gray, dtype=np.float32) / 255.0).reshape(1, SIDE, SIDE)
     except (OSError, SyntaxError, ValueError) as exc:
-        raise InvalidInput(f"images[{index}] is not a readable PNG or JPEG ({exc})") from None
+        raise InvalidInput(f"images[{index}] is not a readable PNG or JPEG ({exc})", field=f"images[{index}]") from None
 
 
 def _pixels(opened: Image.Image | np.ndarray) -> int:
@@ -153,9 +163,11 @@ class VisionServicer(pb_grpc.VisionServiceServicer):
     ) -> pb.ClassifyImageResponse:
         label_model(MODEL_NAME)
         if len(request.images) > self._model.max_images:
-            raise Overloaded(f"{len(request.images)} images; the limit is {self._model.max_images} per request")
+            raise Overloaded(
+                f"{len(request.images)} images; the limit is {self._model.max_images} per request", field="images"
+            )
         if not request.images:
-            raise InvalidInput("no images in the request")
+            raise InvalidInput("no images in the request", field="images")
         version = self._model.resolve(request.model_version)
         self._model.admit(version)
         images = await self._decode(request)
@@ -183,7 +195,8 @@ class VisionServicer(pb_grpc.VisionServiceServicer):
         pixels = [_pixels(image) for image in opened]
         if sum(pixels) > settings.max_request_pixels:
             raise Overloaded(
-                f"the images hold {sum(pixels)} pixels in all; the limit is {settings.max_request_pixels} per request"
+                f"the images hold {sum(pixels)} pixels in all; the limit is {settings.max_request_pixels} per request",
+                field="images",
             )
         parts = await offload.map_chunks(
             lambda part: [to_array(i, opened[i]) for i in range(len(opened))[part]], pixels, settings.inline_max_bytes

@@ -38,6 +38,16 @@ SETTINGS = {
     "transformer": settings_module.TransformerSettings,
 }
 SET_BY_CHART = {"host", "port", "metrics_port", "model_repository", "log_format", "routing_file", "api_keys_file"}
+SET_BY_TLS = {
+    "tls_cert_file",
+    "tls_key_file",
+    "tls_client_ca_file",
+    "health_port",
+    "downstream_tls_ca_file",
+    "downstream_tls_cert_file",
+    "downstream_tls_key_file",
+}
+"""Set together by the chart's `tls` block (a certificate needs its key); tests/chart/test_production.py loads them."""
 
 
 RAY_MODELS = {"vision": ["fashion_cnn"], "text": ["review_lstm"], "transformer": ["minilm_embed", "minilm_sentiment"]}
@@ -103,16 +113,19 @@ def test_probes_and_services_point_at_ports_the_containers_open(values: Path | N
     for deployment in of_kind(docs, "Deployment"):
         name, box = component(deployment), container(deployment)
         ports = {port["name"]: port["containerPort"] for port in box["ports"]}
-        assert ports == {"grpc": CONTRACT[name], "metrics": CONTRACT[name] + 1000}
         env = env_of(deployment)
         prefix = f"MAAS_{name.upper()}_"
+        probed = {"grpc": CONTRACT[name], "metrics": CONTRACT[name] + 1000}
+        if f"{prefix}TLS_CERT_FILE" in env:
+            probed["health"] = int(env[f"{prefix}HEALTH_PORT"])
+        assert ports == probed
         assert (env[f"{prefix}HOST"], env[f"{prefix}PORT"], env[f"{prefix}METRICS_PORT"]) == (
             "0.0.0.0",
             str(ports["grpc"]),
             str(ports["metrics"]),
         )
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert box[probe]["grpc"]["port"] == ports["grpc"]
+            assert box[probe]["grpc"]["port"] == ports.get("health", ports["grpc"])
         startup = box["startupProbe"]
         assert startup["periodSeconds"] * startup["failureThreshold"] >= 60
     pods = {component(doc): doc for doc in of_kind(docs, "Deployment")}
@@ -122,7 +135,7 @@ def test_probes_and_services_point_at_ports_the_containers_open(values: Path | N
         if service["metadata"]["name"] != f"{RELEASE}-maas-gateway":
             assert service["spec"]["clusterIP"] == "None", "headless: the gateway's round_robin reaches every pod"
     for name, doc in pods.items():
-        assert targets[name] == {port["name"] for port in container(doc)["ports"]} == {"grpc", "metrics"}
+        assert targets[name] == {"grpc", "metrics"} <= {port["name"] for port in container(doc)["ports"]}
 
 
 def _candidates(field_type: typing.Any, default: typing.Any) -> list[typing.Any]:
@@ -159,7 +172,7 @@ def _from_env(settings: type[BaseModel], env: dict[str, str]) -> BaseModel:
 @pytest.mark.parametrize("service", sorted(SETTINGS))
 def test_every_setting_of_the_settings_class_can_be_set_from_values(service: str):
     settings = SETTINGS[service]
-    fields = sorted(set(settings.model_fields) - SET_BY_CHART)
+    fields = sorted(set(settings.model_fields) - SET_BY_CHART - SET_BY_TLS)
     assert fields, f"{settings.__name__} has no settings of its own"
     wanted = {name: _other_value(settings, name) for name in fields}
     sets = [f"{service}.settings.{name}={value}" for name, value in wanted.items()]
@@ -292,7 +305,7 @@ def test_the_model_repository_comes_from_a_pvc_when_the_values_say_so():
 @pytest.mark.parametrize("values", VALUES, ids=values_id)
 def test_the_gateways_routing_and_keys_files_load_with_the_gateways_own_parsers(values: Path | None, tmp_path: Path):
     docs = render(values)
-    (configmap,) = of_kind(docs, "ConfigMap")
+    (configmap,) = [doc for doc in of_kind(docs, "ConfigMap") if doc["metadata"]["name"].endswith("-routing")]
     routing = parse_routing(configmap["data"]["routing.yaml"], "the routing ConfigMap")
     services = {doc["metadata"]["name"]: component(doc) for doc in of_kind(docs, "Service")}
     ray = ray_runtime(values)

@@ -114,9 +114,9 @@ def metric(port: int, name: str) -> float:
 
 
 async def test_concurrent_requests_are_batched_and_statistics_show_it(v2, server: GrpcServer):
-    batches_before = metric(server.metrics_port, 'maas_batch_size_count{model="linear"}')
-    rows_before = metric(server.metrics_port, 'maas_batch_size_sum{model="linear"}')
-    queued_before = metric(server.metrics_port, 'maas_batch_queue_seconds_count{model="linear"}')
+    batches_before = metric(server.metrics_port, 'maas_batch_size_count{model="linear",version="1"}')
+    rows_before = metric(server.metrics_port, 'maas_batch_size_sum{model="linear",version="1"}')
+    queued_before = metric(server.metrics_port, 'maas_batch_queue_seconds_count{model="linear",version="1"}')
     responses = await asyncio.gather(*(v2.ModelInfer(linear_request(rows=2)) for _ in range(40)))
     assert all(y_of(r).shape == (2, 2) for r in responses)
     stats = (await v2.ModelStatistics(pb.ModelStatisticsRequest(name="linear", version="1"))).model_stats[0]
@@ -128,9 +128,9 @@ async def test_concurrent_requests_are_batched_and_statistics_show_it(v2, server
     counts = [per_request.compute_input.count, per_request.compute_infer.count, per_request.compute_output.count]
     assert counts == [40, 40, 40], "per request, as Triton counts them (perf_analyzer checks they agree)"
     port = server.metrics_port
-    assert metric(port, 'maas_batch_size_count{model="linear"}') - batches_before == stats.execution_count
-    assert metric(port, 'maas_batch_size_sum{model="linear"}') - rows_before == 80
-    assert metric(port, 'maas_batch_queue_seconds_count{model="linear"}') - queued_before == 40
+    assert metric(port, 'maas_batch_size_count{model="linear",version="1"}') - batches_before == stats.execution_count
+    assert metric(port, 'maas_batch_size_sum{model="linear",version="1"}') - rows_before == 80
+    assert metric(port, 'maas_batch_queue_seconds_count{model="linear",version="1"}') - queued_before == 40
 
 
 async def test_statistics_read_under_load_count_every_request_once_in_each_compute_phase(v2):

@@ -358,8 +358,8 @@ def _scrape(port: int) -> dict[str, float]:
 
 
 async def test_metrics_count_requests_by_model_and_code(v2, echo_server: GrpcServer):
-    ok = 'maas_grpc_requests_total{code="OK",method="ModelInfer",model="echo"}'
-    invalid = 'maas_grpc_requests_total{code="INVALID_ARGUMENT",method="ModelInfer",model="echo"}'
+    ok = 'maas_grpc_requests_total{code="OK",method="ModelInfer",model="echo",version="1"}'
+    invalid = 'maas_grpc_requests_total{code="INVALID_ARGUMENT",method="ModelInfer",model="echo",version="1"}'
     before = _scrape(echo_server.metrics_port)
     await assert_still_serving(v2)
     await assert_still_serving(v2)

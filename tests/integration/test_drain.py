@@ -58,7 +58,8 @@ def curl_counter(port: int) -> float:
     text = subprocess.run(
         ["curl", "-sf", f"http://127.0.0.1:{port}/metrics"], capture_output=True, text=True, check=True, timeout=10
     ).stdout
-    match = re.search(r'^maas_grpc_requests_total\{code="OK",method="ModelInfer",model="echo"\} (\S+)$', text, re.M)
+    ok = r'^maas_grpc_requests_total\{code="OK",method="ModelInfer",model="echo",version="1"\} (\S+)$'
+    match = re.search(ok, text, re.M)
     return float(match.group(1)) if match else 0.0
 
 

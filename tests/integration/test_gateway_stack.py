@@ -176,7 +176,7 @@ async def test_typed_stubs_reach_every_rpc(stack: Stack, shirt):
 
 def cancelled_count(port: int, model: str) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    match = re.search(rf'^maas_batch_cancelled_total{{model="{model}"}} (\S+)$', text, re.M)
+    match = re.search(rf'^maas_batch_cancelled_total{{model="{model}",version="[^"]*"}} (\S+)$', text, re.M)
     return float(match.group(1)) if match else 0.0
 
 
@@ -260,3 +260,15 @@ async def test_lstm_models_and_pipeline_through_the_gateway(stack: Stack):
         assert np.sum(seen["models"][model]["value"], axis=1) == pytest.approx([1, 1], abs=1e-5)
     text = maas_infer(stack.gateway, "text", "Great taffy at a great price.", "--model", "lstm")
     assert re.search(r"^\(lstm model, version \d+; ", text, re.M)
+
+
+def test_maas_bench_loads_a_running_gateway(stack: Stack):
+    command = [PYTHON, "-m", "services.cli.main", "bench", "--address", stack.gateway, "--quick"]
+    out = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=120).stdout
+    rows = [
+        line.strip("|").split("|") for line in out.splitlines() if line.startswith("| Embed |") or "Classify" in line
+    ]
+    assert {row[0].strip() for row in rows} == {"Embed", "ClassifyText (transformer)", "ClassifyText (lstm)"}
+    assert len(rows) == 6
+    for row in rows:
+        assert float(row[2].replace(",", "")) > 0 and row[-1].strip() == "0", row

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import signal
 import socket
 import time
@@ -155,8 +156,12 @@ async def test_up_fails_when_a_service_cannot_start(model_repository: Path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         env = {**free_ports(model_repository), "MAAS_TOKENIZER_PORT": str(taken.getsockname()[1])}
+        env["MAAS_LOG_FORMAT"] = "json"
         stderr = await run_up_to_failure(env)
     assert b"tokenizer exited before it was ready" in stderr
+    logged = [line for line in stderr.decode().splitlines() if line.startswith("tokenizer | ")]
+    failure = [json.loads(line.removeprefix("tokenizer | ")) for line in logged if "failed to start" in line]
+    assert failure and failure[0]["level"] == "ERROR" and failure[0]["ts"].endswith("Z"), stderr
 
 
 async def test_up_fails_with_a_clear_message_when_the_tokenizer_was_never_exported(tmp_path: Path):

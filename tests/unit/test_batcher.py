@@ -127,7 +127,7 @@ async def test_a_cancelled_callers_request_is_dropped_before_it_runs():
     batcher = DynamicBatcher("drop", predict, BatchingConfig(max_batch_size=8, max_queue_delay_ms=200), VersionStats())
     await asyncio.gather(*(batcher.submit(row(0)) for _ in range(4)))
     predict.batches.clear()
-    before = metrics.CANCELLED.labels("drop")._value.get()
+    before = metrics.CANCELLED.labels("drop", "")._value.get()
     kept = asyncio.ensure_future(batcher.submit(row(1)))
     dropped = asyncio.ensure_future(batcher.submit(row(7)))
     await asyncio.sleep(0.02)
@@ -135,19 +135,19 @@ async def test_a_cancelled_callers_request_is_dropped_before_it_runs():
     assert (await kept)["Y"][0, 0] == 2.0
     seen = np.concatenate(predict.batches)[:, 0].tolist()
     assert seen == [1.0]
-    assert metrics.CANCELLED.labels("drop")._value.get() - before == 1
+    assert metrics.CANCELLED.labels("drop", "")._value.get() - before == 1
     await batcher.close()
 
 
 async def test_a_call_cancelled_while_its_batch_runs_is_counted_at_once():
     gate = threading.Event()
     batcher = DynamicBatcher("inflight", Recorder(gate), BatchingConfig(max_queue_delay_ms=0), VersionStats())
-    before = metrics.CANCELLED.labels("inflight")._value.get()
+    before = metrics.CANCELLED.labels("inflight", "")._value.get()
     running = asyncio.ensure_future(batcher.submit(row(3)))
     await asyncio.sleep(0.05)
     running.cancel()
     await asyncio.sleep(0)
-    assert metrics.CANCELLED.labels("inflight")._value.get() - before == 1
+    assert metrics.CANCELLED.labels("inflight", "")._value.get() - before == 1
     gate.set()
     assert (await batcher.submit(row(4)))["Y"][0, 0] == 8.0
     await batcher.close()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from services.common.auth import ApiKeys, KeyEntry, KeysFileError, TokenBucket, load_api_keys
-from services.common.errors import Overloaded, Unauthenticated
+from services.common.errors import Overloaded, PermissionDenied, Unauthenticated
 from services.gateway.routing import RoutingError, parse_routing
 from services.gateway.traffic import RetryBudget, WeightedPicker
 
@@ -184,6 +184,32 @@ def test_a_key_over_its_rate_is_refused_with_when_to_retry():
     assert keys.check(bearer(KEY)) == "team"
 
 
+def test_behind_several_gateway_replicas_each_takes_its_share_of_a_keys_rate():
+    clock = Clock()
+    keys = ApiKeys([KeyEntry(name="team", key=KEY, rate_per_second=30, burst=6)], clock=clock, replicas=3)
+    assert keys.check(bearer(KEY)) == keys.check(bearer(KEY)) == "team"
+    with pytest.raises(Overloaded) as info:
+        keys.check(bearer(KEY))
+    assert str(info.value) == (
+        "API key 'team' is over its rate limit of 10 calls/s (burst 2, this replica's share of 30 calls/s); "
+        "retry in 0.100 s"
+    )
+    assert info.value.retry_delay == 0.1
+
+
+def test_only_keys_with_the_admin_role_may_load_and_unload():
+    keys = ApiKeys([KeyEntry(name="app", key=KEY), KeyEntry(name="ops", key=OTHER, roles=("infer", "admin"))])
+    for method in ("RepositoryModelLoad", "RepositoryModelUnload"):
+        with pytest.raises(PermissionDenied) as info:
+            keys.check(bearer(KEY), method)
+        assert str(info.value) == f"API key 'app' may not call {method}: it needs the admin role (the key has infer)"
+        assert keys.check(bearer(OTHER), method) == "ops"
+    assert keys.check(bearer(KEY), "ModelInfer") == keys.check(bearer(KEY), "RepositoryIndex") == "app"
+    admin_only = ApiKeys([KeyEntry(name="deployer", key=KEY, roles=("admin",))])
+    with pytest.raises(PermissionDenied, match="needs the infer role"):
+        admin_only.check(bearer(KEY), "ModelInfer")
+
+
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
@@ -196,6 +222,8 @@ def test_a_key_over_its_rate_is_refused_with_when_to_retry():
         (f"keys: [{{name: a, key: {KEY}}}, {{name: b, key: {KEY}}}]", "the same key appears twice"),
         (f"keys: [{{name: a, key: {KEY}, rate_per_second: 0}}]", "keys.0.rate_per_second"),
         ("keys: [", "not YAML"),
+        (f"keys: [{{name: a, key: {KEY}, roles: [root]}}]", "keys.0.roles.0"),
+        (f"keys: [{{name: a, key: {KEY}, roles: []}}]", "keys.0.roles"),
     ],
 )
 def test_a_bad_keys_file_is_refused_without_echoing_keys(tmp_path: Path, text: str, fragment: str):

@@ -26,7 +26,14 @@
 {{- if .values.auth.enabled }}
 - name: MAAS_GATEWAY_API_KEYS_FILE
   value: /etc/maas/auth/api-keys.yaml
+{{- if not (hasKey (.values.settings | default dict) "rate_limit_replicas") }}
+- name: MAAS_GATEWAY_RATE_LIMIT_REPLICAS
+  value: {{ include "maas.rateLimitReplicas" .root | quote }}
 {{- end }}
+{{- end }}
+{{- end }}
+{{- if .root.Values.tls.enabled }}
+{{ include "maas.tls.env" . }}
 {{- end }}
 {{- with .root.Values.tracing.otlpEndpoint }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
@@ -71,7 +78,8 @@
 {{- end }}
 {{- end -}}
 
-{{/* Native gRPC startup, readiness and liveness probes on the service's gRPC port. */}}
+{{/* Native gRPC startup, readiness and liveness probes on `port`: the service's gRPC port, or under TLS
+its plaintext health-only port (kubelet's gRPC probes cannot speak TLS). */}}
 {{- define "maas.probes" -}}
 {{- range $kind := list "startup" "readiness" "liveness" }}
 {{- $probe := index $.probes $kind }}

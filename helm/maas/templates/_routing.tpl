@@ -1,6 +1,6 @@
 {{/* The gateway's routing file: a dns:/// target per enabled model service (its headless Service, so
 the gateway's round_robin spreads calls over every pod; under `rayservice`, Serve's gRPC proxy with the
-service's `application` metadata) and the models each one serves, with gateway.routes merged in (a
+service's `application` metadata, in plaintext under TLS since that proxy serves none) and the models each one serves, with gateway.routes merged in (a
 route with a `split` names its targets itself). */}}
 {{- define "maas.routing" -}}
 {{- $owners := dict "tokenizer" (list "tokenizer") "vision" (list "fashion_cnn") "text" (list "review_lstm") "transformer" (list "minilm_embed" "minilm_sentiment") -}}
@@ -10,7 +10,11 @@ route with a `split` names its targets itself). */}}
 {{- $values := index $.Values $service -}}
 {{- if and (ne $service "gateway") $values.enabled -}}
 {{- if eq $values.runtime "rayservice" -}}
-{{- $_ := set $targets $service (dict "address" (printf "dns:///%s:9000" (include "maas.rayServeHost" $)) "metadata" (dict "application" $service)) -}}
+{{- $target := dict "address" (printf "dns:///%s:9000" (include "maas.rayServeHost" $)) "metadata" (dict "application" $service) -}}
+{{- if $.Values.tls.enabled -}}
+{{- $_ := set $target "plaintext" true -}}
+{{- end -}}
+{{- $_ := set $targets $service $target -}}
 {{- else -}}
 {{- $host := include "maas.serviceHost" (dict "root" $ "service" $service) -}}
 {{- $_ := set $targets $service (dict "address" (printf "dns:///%s:%v" $host $contract.port)) -}}
