@@ -3,17 +3,18 @@ event loop, each measured against the alternative in the same run."""
 
 from __future__ import annotations
 
-import itertools
-import random
-from collections.abc import Awaitable, Callable
+import asyncio
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 import grpc
 
-from maas.inference import grpc_service_pb2_grpc
 from maas.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
-from services.bench.loadgen import LoadResult, callers, closed_loop, interleaved, summarize
+from services.bench.callers import FIXED_BACKOFF_SECONDS, POLICIES, caller_process, hold_a_worker
+from services.bench.loadgen import LoadResult, interleaved, summarize
 from services.bench.report import Row, Section
 from services.bench.settings import BenchConfig
 from services.bench.tokenizer import REVIEWS
@@ -28,31 +29,15 @@ from services.transformer.train import reviews
 QUEUE = 16
 CALLERS = 16
 OVERLOAD_CALLERS = 256
-FIRST_BACKOFF_SECONDS = 0.05
-MAX_BACKOFF_SECONDS = 1.0
-FIXED_BACKOFF_SECONDS = 0.1
-JITTER = random.Random(17)
-
-
-def exponential_backoff(refusals: int) -> float:
-    """What a client with the usual retry policy waits after `refusals` refusals in a row: 50 ms doubling
-    to 1 s, each wait between half and one and a half times that."""
-    return min(MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2 ** (refusals - 1)) * JITTER.uniform(0.5, 1.5)
-
-
-POLICIES: dict[str, Callable[[int], float]] = {
-    "refused callers back off (50 ms doubling to 1 s)": exponential_backoff,
-    f"refused callers wait {FIXED_BACKOFF_SECONDS * 1000:.0f} ms": lambda refusals: FIXED_BACKOFF_SECONDS,
-    "refused callers retry at once": lambda refusals: 0.0,
-}
-"""How refused callers behave: as a client with a retry policy, with a fixed pause, or hammering."""
+CALLER_PROCESSES = 4
+START_MARGIN_SECONDS = 0.5
 OFFLOAD_EVERYTHING = 0
 INLINE_EVERYTHING = 1 << 62
 
 
 @dataclass(frozen=True)
 class Overload:
-    """What a closed loop of callers against a full queue measured: answers, refusals, other failures."""
+    """What closed-loop callers against a full queue measured: answers, refusals, other failures."""
 
     answered: LoadResult
     refused: LoadResult
@@ -60,33 +45,42 @@ class Overload:
 
 
 async def overloaded(
-    call: Callable[[], Awaitable[object]],
+    pool: ProcessPoolExecutor,
+    address: str,
+    requests: list[bytes],
     concurrency: int,
-    duration: float,
-    warmup: float,
-    backoff: Callable[[int], float],
+    config: BenchConfig,
+    policy: str,
 ) -> Overload:
-    """Run closed-loop callers for `warmup` seconds (not measured), then `duration` seconds, timing
-    answered and refused (RESOURCE_EXHAUSTED) calls apart.
+    """Run `concurrency` closed-loop callers, spread evenly over the pool's `CALLER_PROCESSES` processes
+    and started together, timing answered and refused (RESOURCE_EXHAUSTED) calls apart.
 
     Args:
-        call: makes one request.
-        concurrency: callers running at once.
-        duration: measured seconds.
-        warmup: seconds run first and discarded.
-        backoff: seconds a caller waits after a refusal, given how many times in a row it was refused.
+        pool: the caller processes.
+        address: the service.
+        requests: serialized v2 requests, sent in turn.
+        concurrency: callers running at once, in all.
+        config: measured and warm-up seconds.
+        policy: what a refused caller does before its next call (a key of `POLICIES`).
     """
-
-    def refused(exc: Exception) -> bool:
-        return isinstance(exc, grpc.aio.AioRpcError) and exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-
-    if warmup > 0:
-        await callers(call, concurrency, warmup, refused=refused, backoff=backoff)
-    phase = await callers(call, concurrency, duration, refused=refused, backoff=backoff)
+    loop = asyncio.get_running_loop()
+    start_at = time.time() + START_MARGIN_SECONDS
+    shares = [concurrency // CALLER_PROCESSES + (i < concurrency % CALLER_PROCESSES) for i in range(CALLER_PROCESSES)]
+    parts = await asyncio.gather(
+        *(
+            loop.run_in_executor(
+                pool, caller_process, i, address, requests, share, start_at, config.warmup, config.duration, policy
+            )
+            for i, share in enumerate(shares)
+            if share
+        )
+    )
+    answered = [t for part in parts for t in part[0]]
+    refused = [t for part in parts for t in part[1]]
+    failed = sum(part[2] for part in parts)
+    seconds = max(part[3] for part in parts)
     return Overload(
-        summarize(concurrency, phase.answered, phase.failed, phase.seconds),
-        summarize(concurrency, phase.refused, 0, phase.seconds),
-        phase.failed,
+        summarize(concurrency, answered, failed, seconds), summarize(concurrency, refused, 0, seconds), failed
     )
 
 
@@ -95,7 +89,7 @@ async def overload_section(config: BenchConfig) -> Section:
     texts, _ = reviews("testing_data")
     tokenizer = WordPieceTokenizer(config.repository / "tokenizer" / version_dirs(config.repository, "tokenizer")[-1])
     ids, mask, _ = tokenizer.encode_arrays(first_sentences(texts, tokenizer, SHORT_TOKENS)[:64])
-    requests = sequence_requests(EMBED_MODEL, ids, mask)
+    requests = [request.SerializeToString() for request in sequence_requests(EMBED_MODEL, ids, mask)]
     section = Section(
         title="Overload (minilm_embed, queue of 16)",
         note=(
@@ -106,8 +100,9 @@ async def overload_section(config: BenchConfig) -> Section:
             "RESOURCE_EXHAUSTED (the queue is full) does before its next call: backs off as a client with the "
             "usual retry policy does (50 ms, doubling with each refusal in a row to 1 s, jittered), waits "
             f"{FIXED_BACKOFF_SECONDS * 1000:.0f} ms, or retries at once. Refusals are timed apart from answered "
-            "calls (their req/s counts refusals); every caller runs in the bench process, which shares the "
-            "machine's cores with the service."
+            f"calls (their req/s counts refusals). The callers are spread over {CALLER_PROCESSES} client "
+            "processes (asyncio, one channel each), started together; they share the machine's cores with the "
+            "service."
         ),
     )
     env = {
@@ -115,20 +110,19 @@ async def overload_section(config: BenchConfig) -> Section:
         "MAAS_MODEL_REPOSITORY": str(config.repository),
         "MAAS_TRANSFORMER_MAX_QUEUE_SIZE": str(QUEUE),
     }
-    async with running("transformer", "--port", "0", env=env) as address, grpc.aio.insecure_channel(address) as channel:
-        stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        cycle = itertools.cycle(requests)
-
-        def call() -> Awaitable[object]:
-            return stub.ModelInfer(next(cycle), timeout=30)
-
-        base = await closed_loop(call, CALLERS, config.duration, config.warmup)
-        section.rows.append(Row(f"{CALLERS} callers", base))
-        results = {}
-        for label, backoff in POLICIES.items():
-            results[label] = await overloaded(call, OVERLOAD_CALLERS, config.duration, config.warmup, backoff)
-            section.rows.append(Row(f"{OVERLOAD_CALLERS} callers, {label}: answered", results[label].answered))
-            section.rows.append(Row(f"{OVERLOAD_CALLERS} callers, {label}: refused", results[label].refused))
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(CALLER_PROCESSES, mp_context=spawn) as pool:
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(pool, hold_a_worker) for _ in range(CALLER_PROCESSES)))
+        async with running("transformer", "--port", "0", env=env) as address:
+            first = next(iter(POLICIES))
+            base = (await overloaded(pool, address, requests, CALLERS, config, first)).answered
+            section.rows.append(Row(f"{CALLERS} callers", base))
+            results = {}
+            for label in POLICIES:
+                results[label] = await overloaded(pool, address, requests, OVERLOAD_CALLERS, config, label)
+                section.rows.append(Row(f"{OVERLOAD_CALLERS} callers, {label}: answered", results[label].answered))
+                section.rows.append(Row(f"{OVERLOAD_CALLERS} callers, {label}: refused", results[label].refused))
     for label, result in results.items():
         section.findings.append(
             f"{OVERLOAD_CALLERS} callers, {label}: refusals take {result.refused.p99_ms:.1f} ms at p99 "
