@@ -97,8 +97,9 @@ def ray_up_env(repository: Path) -> dict[str, str]:
     }
 
 
-LONG_TEXT = ("Great coffee, smooth and rich; I would buy it again. " * 40).encode()
-"""Over 256 tokens: 1,024 of them tokenize to three INT64 [1024, 256] outputs, 6 MiB."""
+LONG_TEXT = ("a " * 300).encode()
+"""300 tokens in 600 bytes: 1,024 of them (600 KiB, under the tokenizer's 1 MiB per request) tokenize to
+three INT64 [1024, 256] outputs, 6 MiB."""
 
 
 def png(value: int) -> bytes:
