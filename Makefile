@@ -24,7 +24,7 @@ PERF_ANALYZER := .peers/bin/perf_analyzer
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[models,ray,ops,dev]'
+	$(PIP) -e '.[models,ray,ops,dev,bench]'
 	touch $@
 
 venv: $(STAMP)
@@ -55,7 +55,7 @@ fuzz: $(STAMP)
 	FUZZ_CASES=$(FUZZ_CASES) $(PY) -m pytest tests/fuzz/fuzz_stack.py -o timeout=3600 $(PYTEST_ARGS)
 
 bench: models
-	$(MAAS) bench
+	$(MAAS) bench --output docs/benchmarks.md
 
 # Writes docs/peers.md: maas beside Triton, KServe and Ray Serve's proxy, on the same weights (~30 min).
 bench-peers: models $(PERF_ANALYZER)

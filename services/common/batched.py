@@ -10,7 +10,7 @@ from pathlib import Path
 from services.common import metrics
 from services.common.batcher import Arrays, BatchingConfig, DynamicBatcher, Predict
 from services.common.codec import Tensor
-from services.common.models import BatchLimits, InferRequest, InferResult
+from services.common.models import BatchLimits, InferRequest, InferResult, VersionLoad
 from services.common.repository import RepositoryModel, VersionConfig
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,13 @@ class BatchedModel(RepositoryModel):
         self.devices[version] = device
         metrics.MODEL_DEVICE.labels(self.name, version, device).set(1)
         log.info("%s version %s loaded on %s", self.name, version, device)
+
+    def load_of(self, version: str) -> VersionLoad:
+        """The version's device, and its batcher's requests queued and in flight (every path: v2 and typed)."""
+        batcher: DynamicBatcher | None = self._loaded.get(version)
+        if batcher is None:
+            return VersionLoad(self.devices.get(version, ""))
+        return VersionLoad(self.devices.get(version, ""), batcher.queued, batcher.in_flight)
 
     def prepare(self, inputs: Arrays, config: VersionConfig) -> Arrays:
         """Check values (shapes and dtypes are already checked) and return the arrays to batch.
@@ -88,7 +95,7 @@ class BatchedModel(RepositoryModel):
         batcher: DynamicBatcher = self.loaded(request.version)
         inputs = {name: tensor.array for name, tensor in request.inputs.items()}
         inputs = self.prepare(inputs, self.configs[request.version])
-        outputs = await batcher.submit(inputs)
+        outputs = await batcher.submit(inputs, counted=not request.warm_up)
         rows = next(iter(inputs.values())).shape[0]
         tensors = [Tensor(spec.name, spec.datatype, outputs[spec.name]) for spec in self.outputs]
         return InferResult(outputs=tensors, version=request.version, batch_size=rows, batched=True)

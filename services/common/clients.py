@@ -44,6 +44,8 @@ UNREACHABLE_DETAILS = ("connections to all backends failing", "DNS resolution fa
 connected and healthy, or the name did not resolve. gRPC gives the application no structured flag
 for "never sent", and these are the statuses its own load balancer and resolver produce, so the
 words are the signal; a contract test pins them."""
+UNREACHABLE_PREFIX = "cannot reach the service serving this model, target"
+"""How the details of a call that could not be sent begin (gRPC's own words follow, in parentheses)."""
 
 
 def channel_options(
@@ -178,9 +180,10 @@ class Downstream:
                     if exc.code() is grpc.StatusCode.CANCELLED:
                         details = f"{self.name} dropped the call ({details})"
                         raise DownstreamError(grpc.StatusCode.UNAVAILABLE, details, self.name) from None
-                    raise DownstreamError(
-                        exc.code(), details, self.name, _not_run(exc, details), _status_details(exc)
-                    ) from None
+                    not_run = _not_run(exc, details)
+                    if not_run is NotRun.UNREACHABLE:
+                        details = f"{UNREACHABLE_PREFIX} '{self.name}' ({details})"
+                    raise DownstreamError(exc.code(), details, self.name, not_run, _status_details(exc)) from None
         finally:
             self._in_flight -= 1
             if not self._in_flight:

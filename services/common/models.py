@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -10,8 +12,11 @@ from typing import Any, Literal
 
 from services.common.codec import Tensor
 from services.common.errors import InvalidInput, ModelNotFound, ModelNotReady
+from services.common.examples import example_tensors
 from services.common.interceptor import label_version
 from services.common.stats import VersionStats
+
+log = logging.getLogger(__name__)
 
 Parameter = bool | int | float | str
 
@@ -53,6 +58,8 @@ class InferRequest:
     inputs: dict[str, Tensor]
     version: str
     parameters: dict[str, Parameter] = field(default_factory=dict)
+    warm_up: bool = False
+    """A version's warm-up run (see `VersionedModel.warm_up`), not a caller's request."""
 
 
 @dataclass
@@ -101,6 +108,15 @@ class VersionPolicy:
         if self.kind == "specific":
             return [v for v in available if v in self.versions]
         return available[-self.count :]
+
+
+@dataclass(frozen=True)
+class VersionLoad:
+    """A loaded version's device (none for models without one) and its requests queued and in flight."""
+
+    device: str = ""
+    queue_depth: int = 0
+    in_flight: int = 0
 
 
 @dataclass(frozen=True)
@@ -195,6 +211,11 @@ class ServedModel(ABC):
             Overloaded: the version's queue is full.
         """
         return None
+
+    def load_of(self, version: str) -> VersionLoad:
+        """Where a loaded version computes and how busy it is: no device and nothing queued by default,
+        the requests the v2 servicer is serving as its in-flight count."""
+        return VersionLoad(in_flight=self.version_stats(version).in_flight)
 
     def is_ready(self, version: str = "") -> bool:
         """True if a request for `version` would be served now."""
@@ -302,6 +323,30 @@ class VersionedModel(ServedModel):
                 self._check_exists(v)
                 if v not in self._loaded:
                     self._loaded[v] = await self.load_version(v)
+                    try:
+                        await self.warm_up(v)
+                    except BaseException:
+                        await self.release_version(v, self._loaded.pop(v))
+                        raise
+
+    async def warm_up(self, version: str) -> None:
+        """Run a version just loaded once on example inputs (`example_tensors` of its required inputs), so
+        that its first caller does not pay for what a model does on its first run (lazy initialisation,
+        allocations, kernel choices). It counts as one execution and no request in its statistics.
+
+        Raises:
+            MaasError: the version failed on the example inputs (it is then unloaded).
+        """
+        specs = [(spec.name, spec.datatype, spec.shape) for spec in self.inputs if not spec.optional]
+        if not specs:
+            return
+        started = time.perf_counter_ns()
+        inputs = {tensor.name: tensor for tensor in example_tensors(specs)}
+        result = await self.infer(InferRequest(inputs=inputs, version=version, warm_up=True))
+        elapsed = time.perf_counter_ns() - started
+        if not result.batched:
+            self.version_stats(version).record_execution(result.batch_size, elapsed)
+        log.info("%s version %s warmed up in %.1f ms", self.name, version, elapsed / 1e6)
 
     async def unload(self, version: str) -> None:
         """Unload `version`, or every version for "". Calls already holding a version finish on it."""

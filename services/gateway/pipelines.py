@@ -55,6 +55,10 @@ class PipelineModel(VersionedModel):
         """Nothing to load: the models run downstream."""
         return True
 
+    async def warm_up(self, version: str) -> None:
+        """Nothing to warm here: the models warm up in their services, and the gateway connects its
+        channels to them before it reports SERVING."""
+
     async def infer(self, request: InferRequest) -> InferResult:
         """Tokenize TEXT, then run the pipeline's model on the ids.
 

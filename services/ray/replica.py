@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import ray
 from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
 
 from services.common.batched import BatchedModel
 from services.common.devices import DeviceError
@@ -25,6 +26,7 @@ from services.common.lifecycle import Lifecycle
 from services.common.logs import configure_logging
 from services.common.models import VersionedModel
 from services.common.settings import BatchingSettings, ServiceSettings
+from services.common.status import StatusServicer
 from services.common.v2 import InferenceServicer
 from services.ray.autoscaling import ONGOING_ITEMS, OngoingItems
 from services.ray.catalog import hosted
@@ -112,6 +114,8 @@ class ServiceReplica:
         self._lifecycle = Lifecycle()
         self._ongoing = OngoingItems()
         self._v2 = InferenceServicer(built.models, self._lifecycle)
+        replica = serve.get_replica_context().replica_id.unique_id
+        self._status = StatusServicer(self.service, built.models, self._lifecycle, str, "ray", replica)
         self._typed: dict[str, Handler] = {
             method: getattr(typed.servicer, method) for typed in built.typed_services for method in spec.typed_models
         }
@@ -200,7 +204,7 @@ class ServiceReplica:
             and comes back as a bare `MaasError` (INTERNAL, details without internals).
         """
         _, typed, name = method.rpartition("typed:")
-        handler = self._typed[name] if typed else getattr(self._v2, name)
+        handler = self._typed[name] if typed else getattr(self._status if name == "Status" else self._v2, name)
         answers = (self._answer(name, handler, request, timeout) for request, timeout in requests)
         with self._ongoing.working(len(requests)):
             return await asyncio.gather(*answers)

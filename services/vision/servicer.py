@@ -113,8 +113,18 @@ def open_image(index: int, image: pb.Image, settings: VisionSettings) -> Image.I
             f"images[{index}] has more pixels than the limit of {settings.max_image_pixels} per image ({exc})",
             field=f"images[{index}]",
         ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InvalidInput(f"images[{index}] is not a readable PNG or JPEG ({exc})", field=f"images[{index}]") from None
+    except UnidentifiedImageError:
+        raise InvalidInput(
+            f"images[{index}] is not a readable PNG or JPEG: its {len(image.encoded)} bytes are in no image format "
+            "this service reads; send the bytes of a PNG or JPEG file, or raw 28x28 pixels",
+            field=f"images[{index}]",
+        ) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InvalidInput(
+            f"images[{index}] is not a readable PNG or JPEG: the image is damaged or truncated ({exc}); send a whole "
+            "PNG or JPEG file",
+            field=f"images[{index}]",
+        ) from None
     if opened.format not in ENCODINGS:
         raise InvalidInput(f"images[{index}] is {opened.format}; send PNG or JPEG", field=f"images[{index}]")
     if opened.width * opened.height > settings.max_image_pixels:
@@ -144,7 +154,11 @@ def to_array(index: int, opened: Image.Image | np.ndarray) -> np.ndarray:
                 gray = gray.resize((SIDE, SIDE), Image.Resampling.LANCZOS)
             return (np.asarray(gray, dtype=np.float32) / 255.0).reshape(1, SIDE, SIDE)
     except (OSError, SyntaxError, ValueError) as exc:
-        raise InvalidInput(f"images[{index}] is not a readable PNG or JPEG ({exc})", field=f"images[{index}]") from None
+        raise InvalidInput(
+            f"images[{index}] is not a readable PNG or JPEG: the image is damaged or truncated ({exc}); send a whole "
+            "PNG or JPEG file",
+            field=f"images[{index}]",
+        ) from None
 
 
 def _pixels(opened: Image.Image | np.ndarray) -> int:

@@ -230,7 +230,7 @@ def infer_request(models: tuple[tuple[str, tuple[Declared, ...]], ...]) -> st.Se
         for key in draw(st.lists(st.sampled_from(PARAMETER_KEYS), max_size=3, unique=True)):
             value = draw(PARAMETER_VALUES)
             slow = key == "delay_ms" and isinstance(value, int) and not isinstance(value, bool) and 1 < value <= 60_000
-            set_parameter(request.parameters[key], 60_001 if slow else value)
+            set_parameter(key, 60_001 if slow else value, request.parameters[key])
         for output in draw(st.lists(SHORT_TEXTS, max_size=2)):
             request.outputs.add(name=output)
         return request

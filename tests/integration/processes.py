@@ -156,3 +156,13 @@ async def maas_up(env: dict[str, str], timeout: float = 180) -> AsyncIterator[Up
     finally:
         await stop(process)
         await asyncio.gather(*readers, return_exceptions=True)
+
+
+async def maas_output(*args: str) -> str:
+    """Run `maas ARGS...` to its end, expecting success within 120 s; return its stdout."""
+    process = await asyncio.create_subprocess_exec(
+        PYTHON, "-m", "services.cli.main", *args, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 0, stderr.decode()
+    return stdout.decode()
