@@ -206,10 +206,12 @@ async def test_each_undecodable_stream_message_gets_its_own_error_and_the_stream
 
 
 class GatedModel(LinearModel):
-    """The linear model whose executions wait until `gate` is set: a model kept busy on purpose."""
+    """The linear model whose executions, once `armed` is set (after its warm-up), wait until `gate` is set:
+    a model kept busy on purpose."""
 
     def __init__(self, repository: Path, batching: BatchingConfig) -> None:
         super().__init__(repository, batching)
+        self.armed = threading.Event()
         self.running = threading.Event()
         self.gate = threading.Event()
 
@@ -217,8 +219,9 @@ class GatedModel(LinearModel):
         predict = super().build(directory, config)
 
         def gated(inputs: Arrays) -> Arrays:
-            self.running.set()
-            self.gate.wait(10)
+            if self.armed.is_set():
+                self.running.set()
+                self.gate.wait(10)
             return predict(inputs)
 
         return gated
@@ -238,10 +241,15 @@ async def test_a_full_queue_refuses_before_the_request_is_decoded(tmp_path: Path
     valid = linear_request(np.ones(4, "<f4").tobytes())
     async with started(server), grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         v2 = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        model.armed.set()
         running = v2.ModelInfer(valid)
         assert await asyncio.to_thread(model.running.wait, 10)
         queued = v2.ModelInfer(valid)
-        await asyncio.sleep(0.3)
+        for _ in range(1000):
+            if model.load_of("1").queue_depth:
+                break
+            await asyncio.sleep(0.01)
+        assert model.load_of("1").queue_depth == 1, "the second request never reached the queue"
         await assert_status(
             v2.ModelInfer(linear_request(b"\x00" * 3)),
             grpc.StatusCode.RESOURCE_EXHAUSTED,
