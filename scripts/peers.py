@@ -36,6 +36,7 @@ MODEL_CODE = [
     "safetensors>=0.4",
     "ml-dtypes>=0.4",
     "pydantic>=2.7",
+    "pydantic-settings>=2.3",
     "grpcio",
     "protobuf>=6.33,<7",
 ]

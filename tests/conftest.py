@@ -13,10 +13,10 @@ import grpc
 import pytest
 
 from maas.inference import grpc_service_pb2_grpc
-from services.common.echo import EchoModel
-from services.common.models import ModelRegistry
+from services.common.echo import echo_model
 from services.common.server import GrpcServer
 from services.common.settings import EchoSettings
+from services.common.versions import ModelRegistry
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -52,7 +52,7 @@ def free_port() -> int:
 async def echo_server() -> AsyncIterator[GrpcServer]:
     """The runtime with only `echo`, on a free port, with the production interceptor."""
     settings = EchoSettings(port=0, metrics_port=0, max_message_bytes=TEST_MESSAGE_LIMIT, drain_grace_seconds=2)
-    async with started(GrpcServer("echo-server", settings, ModelRegistry([EchoModel()]))) as server:
+    async with started(GrpcServer("echo-server", settings, ModelRegistry([echo_model()]))) as server:
         yield server
 
 
@@ -104,28 +104,28 @@ HOSTINGS = ["grpc", pytest.param("ray", marks=[pytest.mark.ray, pytest.mark.slow
 
 def tokenizer_settings(repository: Path):
     """The tokenizer's test settings: a free port, low text limits so they are cheap to exceed."""
-    from services.common.settings import TokenizerSettings
+    from services.tokenizer.spec import TokenizerSettings
 
     return TokenizerSettings(port=0, metrics_port=0, model_repository=repository, max_texts=64, max_text_bytes=4096)
 
 
 def vision_settings(repository: Path):
     """The vision service's test settings: a free port, the tiny CNN, a low image limit."""
-    from services.common.settings import VisionSettings
+    from services.vision.spec import VisionSettings
 
     return VisionSettings(port=0, metrics_port=0, model_repository=repository, max_images=256)
 
 
 def transformer_settings(repository: Path):
     """The transformer's test settings: a free port, a low sequence limit."""
-    from services.common.settings import TransformerSettings
+    from services.transformer.spec import TransformerSettings
 
     return TransformerSettings(port=0, metrics_port=0, model_repository=repository, max_texts=32)
 
 
 def text_settings(repository: Path):
     """The text service's test settings: a free port, a low sequence limit."""
-    from services.common.settings import TextSettings
+    from services.text.spec import TextSettings
 
     return TextSettings(port=0, metrics_port=0, model_repository=repository, max_texts=32)
 
@@ -161,9 +161,10 @@ def ray_cluster():
 @pytest.fixture(scope="session")
 def ray_apps(ray_cluster, model_repository: Path) -> dict:
     """The tokenizer, vision, text and transformer Serve applications, with the grpc fixtures' settings."""
+    from services.catalog import SERVICES
     from services.ray import cluster
 
-    return cluster.deploy({name: make(model_repository) for name, make in SETTINGS.items()}, ray_cluster)
+    return cluster.deploy([(SERVICES[name], make(model_repository)) for name, make in SETTINGS.items()], ray_cluster)
 
 
 @pytest.fixture(params=HOSTINGS)
@@ -176,13 +177,13 @@ def hosting(request: pytest.FixtureRequest) -> str:
 @asynccontextmanager
 async def hosted(name: str, hosting: str, repository: Path, request: pytest.FixtureRequest) -> AsyncIterator:
     """Run service `name` under `hosting` for the block; yields its server (with `.port`)."""
-    import importlib
+    from services.catalog import SERVICES
+    from services.common.server import build_server
 
     settings = SETTINGS[name](repository)
     if hosting == "grpc":
-        server = importlib.import_module(f"services.{name}.hosting").build_server(settings)
+        server = build_server(SERVICES[name], settings)
     else:
-        from services.ray.catalog import SERVICES
         from services.ray.front import RayFront
 
         handles = request.getfixturevalue("ray_apps")

@@ -18,20 +18,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.bench.tokenizer import REVIEWS
+from services.catalog import model_services
 from services.common.settings import REPO_ROOT
 from services.gateway.pipelines import PIPELINES
 from services.text.spec import MODEL_NAME as LSTM
-from services.text.train import newest_tokenizer
-from services.tokenizer.servicer import MODEL_NAME as TOKENIZER
+from services.tokenizer.model import newest_tokenizer
+from services.tokenizer.spec import MODEL_NAME as TOKENIZER
 from services.transformer.spec import EMBED_MODEL, SENTIMENT_MODEL
 from services.vision.data import load_split
 from services.vision.spec import MODEL_NAME as VISION
 
 BINARY = REPO_ROOT / ".peers" / "bin" / "perf_analyzer"
 INPUT_DATA = REPO_ROOT / "scripts" / "perf_analyzer"
-SERVICE_MODELS = (TOKENIZER, VISION, LSTM, EMBED_MODEL, SENTIMENT_MODEL)
+SERVICE_MODELS = tuple(model for spec in model_services() for model in spec.model_names)
 """Models the model services serve (each also through the gateway)."""
-GATEWAY_MODELS = tuple(pipeline.name for pipeline in PIPELINES)
+GATEWAY_MODELS = tuple(PIPELINES)
 """Models only the gateway serves: text in, tokenizer then model downstream."""
 
 

@@ -18,6 +18,8 @@ SECTIONS: dict[str, str] = {
     "ray": "services.bench.ray_hosting:ray_section",
     "overload": "services.bench.reliability:overload_section",
     "inline": "services.bench.reliability:inline_section",
+    "startup": "services.bench.startup:startup_section",
+    "latency": "services.bench.latency:latency_section",
 }
 """Section name -> `module:function` measuring it, in the report's order. Imported when run: most need torch,
 which `maas` itself must not import."""

@@ -18,12 +18,12 @@ from services.bench.loadgen import closed_loop, in_process, interleaved, sequenc
 from services.bench.report import Row, Section
 from services.bench.settings import BenchConfig
 from services.cli.processes import running
-from services.common.repository import MODEL_FILE, ModelFile, publish_quantized, read_version, version_dirs
+from services.common.repository import MODEL_FILE, ModelFile, publish_quantized, read_version
 from services.common.reviews import reviews
 from services.common.torch_weights import DYNAMIC_INT8
 from services.text.model import Classifier
 from services.text.spec import MODEL_NAME
-from services.tokenizer.model import WordPieceTokenizer
+from services.tokenizer.model import newest_tokenizer
 from services.transformer.spec import EMBED_MODEL, SENTIMENT_MODEL
 
 REVIEWS = 64
@@ -76,7 +76,7 @@ async def text_section(config: BenchConfig) -> Section:
     """Measure review_lstm with and without batching, its int8 version, MiniLM int8, and in-process."""
     high = max(config.concurrencies)
     texts, _ = reviews("testing_data")
-    tokenizer = WordPieceTokenizer(config.repository / "tokenizer" / version_dirs(config.repository, "tokenizer")[-1])
+    tokenizer = newest_tokenizer(config.repository)
     ids, mask, _ = tokenizer.encode_arrays(texts[:REVIEWS])
     lengths = mask.sum(1)
     section = Section(

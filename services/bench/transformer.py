@@ -16,8 +16,8 @@ from services.bench.loadgen import closed_loop, in_process, sequence_requests
 from services.bench.report import Row, Section
 from services.bench.settings import BenchConfig
 from services.cli.processes import running
-from services.common.repository import read_version, version_dirs
-from services.tokenizer.model import WordPieceTokenizer
+from services.common.repository import newest_version, read_version
+from services.tokenizer.model import WordPieceTokenizer, newest_tokenizer
 from services.transformer.model import Encoder
 from services.transformer.spec import EMBED_MODEL
 from services.transformer.train import reviews
@@ -55,7 +55,7 @@ async def transformer_section(config: BenchConfig) -> Section:
     """Measure minilm_embed served several ways at the highest concurrency, on reviews and short texts."""
     high = max(config.concurrencies)
     texts, _ = reviews("testing_data")
-    tokenizer = WordPieceTokenizer(config.repository / "tokenizer" / version_dirs(config.repository, "tokenizer")[-1])
+    tokenizer = newest_tokenizer(config.repository)
     ids, mask, _ = tokenizer.encode_arrays(texts[:REVIEWS])
     lengths = mask.sum(1)
     short_ids, short_mask, _ = tokenizer.encode_arrays(first_sentences(texts, tokenizer, SHORT_TOKENS)[:REVIEWS])
@@ -92,8 +92,7 @@ async def transformer_section(config: BenchConfig) -> Section:
         ]
     for label, env, load in points:
         section.rows.append(Row(label, await _served(config, env, load, high)))
-    version = version_dirs(config.repository, EMBED_MODEL)[-1]
-    directory = config.repository / EMBED_MODEL / version
+    directory = newest_version(config.repository, EMBED_MODEL)
     encoder = Encoder(directory, read_version(directory, EMBED_MODEL).architecture["bert"])
     workloads = {"reviews": (ids, mask), "short texts": (short_ids, short_mask)}
     local: dict[tuple[str, int], float] = {}

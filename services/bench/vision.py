@@ -13,7 +13,7 @@ from services.bench.report import Row, Section
 from services.bench.settings import BenchConfig
 from services.cli.processes import running
 from services.common.codec import Tensor, encode_inputs
-from services.common.repository import read_version, version_dirs
+from services.common.repository import newest_version, read_version
 from services.vision.data import load_split
 from services.vision.model import Classifier
 from services.vision.spec import MODEL_NAME
@@ -66,8 +66,7 @@ async def vision_section(config: BenchConfig) -> Section:
     high = max(config.concurrencies)
     section.rows += await _served(config, BATCHED, list(config.concurrencies), image)
     section.rows += await _served(config, 1, [high], image)
-    version = version_dirs(config.repository, MODEL_NAME)[-1]
-    directory = config.repository / MODEL_NAME / version
+    directory = newest_version(config.repository, MODEL_NAME)
     classifier = Classifier(directory, read_version(directory, MODEL_NAME).architecture["hyperparameters"])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

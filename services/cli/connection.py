@@ -9,8 +9,8 @@ from pathlib import Path
 
 from services.common.auth import AUTHORIZATION_KEY
 from services.common.server import host_port
-from services.common.settings import GatewaySettings
 from services.common.tls import ClientTls, TlsFilesError
+from services.gateway.spec import GatewaySettings
 
 API_KEY_ENV = "MAAS_API_KEY"
 

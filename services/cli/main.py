@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import importlib.util
 import json
+import os
 import sys
 import tempfile
 from dataclasses import replace
@@ -15,10 +16,10 @@ from pathlib import Path
 import shtab
 
 from services.bench.run import SECTIONS
-from services.cli import connection, health, infer, listing, registry, status
+from services.cli import connection, delivery, health, infer, listing, registry, status
 from services.cli.up import up
 from services.common.repository import CONFIG_FILE, version_dirs
-from services.common.settings import REPO_ROOT, ServiceSettings
+from services.common.settings import REPO_ROOT, ProcessSettings, ServiceSettings
 from services.text.recipe import Recipe as TextRecipe
 from services.vision.data import DEFAULT_DATA_DIR as VISION_DATA_DIR
 from services.vision.recipe import Recipe as VisionRecipe
@@ -49,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run one service in the foreground until SIGTERM or Ctrl-C")
-    run.add_argument("service", choices=sorted([*registry.SERVICES, "ray"]), help="`ray`: every model service on Ray")
+    run.add_argument("service", choices=sorted([*registry.RUNNABLE, "ray"]), help="`ray`: every model service on Ray")
     run.add_argument("--host", help="address to bind (default: the service's setting, 127.0.0.1)")
     run.add_argument("--port", type=int, help="gRPC port (default: the service's setting; 0 picks one)")
 
@@ -59,12 +60,32 @@ def _parser() -> argparse.ArgumentParser:
         "--runtime", choices=["grpc", "ray"], default="grpc", help="model services as processes, or on a local Ray"
     )
 
+    serve = commands.add_parser(
+        "serve", help="serve your own model class (module:Class) like a maas service, until SIGTERM or Ctrl-C"
+    )
+    serve.add_argument(
+        "model", help="the model class, e.g. my_package.my_module:MyModel (see services/common/model.py)"
+    )
+    serve.add_argument("--repository", type=Path, help="model repository root (default: MAAS_MODEL_REPOSITORY)")
+    serve.add_argument("--name", help="name to serve it under (default: the class's `name`); settings: MAAS_<NAME>_*")
+    serve.add_argument("--app-dir", type=Path, default=Path(), help="directory to import the module from (default: .)")
+    serve.add_argument("--runtime", choices=["grpc", "ray"], default="grpc", help="its own process, or on a local Ray")
+    serve.add_argument("--host", help="address to bind (default: MAAS_<NAME>_HOST, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="gRPC port (default: MAAS_<NAME>_PORT, 50060; 0 picks one)")
+
+    commands.add_parser(
+        "generate", help="write the files generated from the services' specs (see services/cli/generate.py)"
+    )
+
     serve_config = commands.add_parser("serve-config", help="write the Serve config (KubeRay serveConfigV2)")
     serve_config.add_argument("--output", type=Path, help="path (default: helm/maas/files/serve-config.yaml)")
 
-    models = commands.add_parser("models", help="list the model repository, or put pretrained files into it")
+    models = commands.add_parser(
+        "models", help="the model repository: list it, put pretrained files into it, install it where services read it"
+    )
     exports = models.add_subparsers(dest="target", required=True)
     listing.add_parser(exports)
+    delivery.add_parsers(exports)
     _repository_options(exports.add_parser("export-tokenizer", help="MiniLM's tokenizer files -> tokenizer/"))
     minilm = exports.add_parser("export-minilm", help="all-MiniLM-L6-v2's encoder -> minilm_embed/")
     _repository_options(minilm)
@@ -139,8 +160,8 @@ def _make(args: argparse.Namespace) -> int:
     scheme = QUANTIZATION_SCHEMES.get(getattr(args, "quantize", None) or "")
     progress = not getattr(args, "no_progress", False)
     if args.target == "export-tokenizer":
-        from services.tokenizer.export import MODEL_NAME
         from services.tokenizer.export import export_tokenizer as make
+        from services.tokenizer.spec import MODEL_NAME
     elif args.target == "export-minilm":
         from services.transformer.spec import EMBED_MODEL as MODEL_NAME
 
@@ -186,6 +207,36 @@ def _make(args: argparse.Namespace) -> int:
     metrics = json.loads((target / CONFIG_FILE).read_text())["metrics"]
     accuracy = f" (test accuracy {metrics['test_accuracy']:.2%})" if "test_accuracy" in metrics else ""
     sys.stdout.write(f"published {target}{accuracy}\n")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """`maas serve module:Class`: the model class served like a built-in service, under either hosting."""
+    from pydantic import ValidationError
+
+    from services.common.spec import user_spec
+
+    try:
+        spec = user_spec(args.model, args.name or "", str(args.app_dir.resolve()))
+    except (ImportError, ValueError) as exc:
+        sys.stderr.write(f"maas serve: {exc}\n")
+        return 1
+    given = (("host", args.host), ("port", args.port), ("model_repository", args.repository))
+    overrides = {key: value for key, value in given if value is not None}
+    if args.runtime == "grpc":
+        asyncio.run(registry.run_spec(spec, overrides))
+        return 0
+    from services.ray import environment
+
+    environment.set_defaults(environment.TRANSPORT)
+    from services.ray.host import run_ray
+
+    try:
+        settings = spec.read_settings(**overrides)
+    except ValidationError as exc:
+        sys.stderr.write(f"{spec.name}: {exc}\n")
+        return 1
+    asyncio.run(run_ray([(spec, settings)]))
     return 0
 
 
@@ -265,7 +316,15 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         The process exit status.
     """
+    if os.getuid() == 0 and not ProcessSettings().allow_root:
+        sys.stderr.write(
+            "maas: refusing to run as root (uid 0): this image runs as uid 10001 "
+            "(podman run --user 10001; on Kubernetes runAsUser: 10001)\n"
+        )
+        return 1
     args = _parser().parse_args(argv)
+    if args.command == "models" and args.target in delivery.COMMANDS:
+        return delivery.run(args)
     if args.command == "run" and args.service == "ray":
         from services.ray import environment
 
@@ -273,6 +332,14 @@ def main(argv: list[str] | None = None) -> int:
         from services.ray.host import run_ray
 
         asyncio.run(run_ray())
+        return 0
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "generate":
+        from services.cli.generate import write_all
+
+        for path in write_all():
+            sys.stdout.write(f"wrote {path}\n")
         return 0
     if args.command == "serve-config":
         from services.common.settings import RaySettings

@@ -1,73 +1,27 @@
-"""The services `maas run` can start, and the order `maas up` starts them in.
+"""The services `maas run` can start, and the order `maas up` starts them in, read from the catalog.
 
-Each builder imports its service when called, so that starting one service never imports another's
-dependencies (the tokenizer and gateway images carry no torch).
+A service's model classes are imported when it is built, so that starting one service never imports
+another's dependencies (the tokenizer and gateway images carry no torch).
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
-from services.common.echo import EchoModel
-from services.common.models import ModelRegistry
-from services.common.server import GrpcServer, serve
-from services.common.settings import (
-    EchoSettings,
-    GatewaySettings,
-    TextSettings,
-    TokenizerSettings,
-    TransformerSettings,
-    VisionSettings,
-)
+from services.catalog import SERVICES, model_services
+from services.common.echo import echo_model
+from services.common.server import GrpcServer, build_server, serve
+from services.common.settings import EchoSettings
+from services.common.spec import ServiceSpec
+from services.common.versions import ModelRegistry
+from services.gateway.spec import GatewaySettings
 
-
-def _echo_server(overrides: dict[str, Any]) -> GrpcServer:
-    return GrpcServer("echo-server", EchoSettings(**overrides), ModelRegistry([EchoModel()]))
-
-
-def _tokenizer(overrides: dict[str, Any]) -> GrpcServer:
-    from services.tokenizer.hosting import build_server
-
-    return build_server(TokenizerSettings(**overrides))
-
-
-def _vision(overrides: dict[str, Any]) -> GrpcServer:
-    from services.vision.hosting import build_server
-
-    return build_server(VisionSettings(**overrides))
-
-
-def _text(overrides: dict[str, Any]) -> GrpcServer:
-    from services.text.hosting import build_server
-
-    return build_server(TextSettings(**overrides))
-
-
-def _transformer(overrides: dict[str, Any]) -> GrpcServer:
-    from services.transformer.hosting import build_server
-
-    return build_server(TransformerSettings(**overrides))
-
-
-def _gateway(overrides: dict[str, Any]) -> GrpcServer:
-    from services.gateway.hosting import build_server
-
-    return build_server(GatewaySettings(**overrides))
-
-
-SERVICES: dict[str, Callable[[dict[str, Any]], GrpcServer]] = {
-    "echo-server": _echo_server,
-    "gateway": _gateway,
-    "tokenizer": _tokenizer,
-    "vision": _vision,
-    "text": _text,
-    "transformer": _transformer,
-}
-
-UP_GROUPS = [["tokenizer"], ["vision", "text", "transformer"], ["gateway"]]
+ECHO_SERVER = "echo-server"
+RUNNABLE = [ECHO_SERVER, *SERVICES]
 ROUTING_FILE = "routing.yaml"
 
 
@@ -77,16 +31,29 @@ async def run_service(name: str, overrides: dict[str, Any]) -> None:
     Raises:
         SystemExit: the service's configuration is unusable (the message is written to stderr).
     """
+    if name == ECHO_SERVER:
+        await serve(GrpcServer(ECHO_SERVER, EchoSettings(**overrides), ModelRegistry([echo_model()])))
+        return
+    await run_spec(SERVICES[name], overrides)
+
+
+async def run_spec(spec: ServiceSpec, overrides: dict[str, Any]) -> None:
+    """Build a service from its spec and settings (env, then `overrides`) and serve until signalled.
+
+    Raises:
+        SystemExit: the service's configuration is unusable (the message is written to stderr).
+    """
     from pydantic import ValidationError
 
     from services.common.auth import KeysFileError
     from services.common.devices import DeviceError
+    from services.common.errors import MaasError
     from services.gateway.routing import RoutingError
 
     try:
-        server = SERVICES[name](overrides)
-    except (RoutingError, KeysFileError, DeviceError, ValidationError) as exc:
-        sys.stderr.write(f"{name}: {exc}\n")
+        server = build_server(spec, spec.read_settings(**overrides))
+    except (RoutingError, KeysFileError, DeviceError, ValidationError, MaasError, ImportError, ValueError) as exc:
+        sys.stderr.write(f"{spec.name}: {exc}\n")
         raise SystemExit(1) from None
     await serve(server)
 
@@ -117,8 +84,10 @@ def up_groups(runtime: str = "grpc") -> list[list[str]]:
 
     Args:
         runtime: `grpc` (one process per service) or `ray` (one `maas run ray` process hosting the model
-            services on a local Ray Serve, then the gateway).
+            services on a local Ray Serve, then the others: the gateway).
     """
     if runtime == "ray":
-        return [["ray"], ["gateway"]]
-    return UP_GROUPS
+        hosted = {spec.name for spec in model_services()}
+        return [["ray"], [name for name in SERVICES if name not in hosted]]
+    ordered = sorted(SERVICES.values(), key=lambda spec: spec.group)
+    return [[spec.name for spec in group] for _, group in groupby(ordered, key=lambda spec: spec.group)]

@@ -1,101 +1,244 @@
-"""Repository models served through a dynamic batcher: one batcher per loaded version."""
+"""Model classes served from the repository: every loaded version is one instance of the class, behind
+its own dynamic batcher (or answering each request alone when the class declares no batching).
+
+`serve_model` turns a model class (see `services.common.model`) into the `ModelVersions` the v2 servicer
+serves: versions listed from `<repo>/<name>/`, each checked against its config before the class loads it.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from abc import abstractmethod
+import time
 from dataclasses import replace
-from pathlib import Path
+from functools import partial
+from typing import Any
 
-from services.common import metrics
-from services.common.batcher import Arrays, BatchingConfig, DynamicBatcher, Predict
+from services.common import metrics, offload
+from services.common.batcher import BatchingConfig, DynamicBatcher
 from services.common.codec import Tensor
-from services.common.models import BatchLimits, InferRequest, InferResult, VersionLoad
-from services.common.repository import RepositoryModel, VersionConfig
+from services.common.errors import MaasError
+from services.common.examples import example_tensors
+from services.common.interceptor import received_bytes
+from services.common.model import Arrays, Batching, Parameters, SharedPool, TensorSpec, Version
+from services.common.repository import RepositoryError, read_model_file, read_version, version_dirs
+from services.common.stats import VersionStats
+from services.common.versions import BatchLimits, InferResult, LoadedVersion, ModelVersions, VersionLoad
 
 log = logging.getLogger(__name__)
 
+DEFAULT_PLATFORM = "python"
 
-class BatchedModel(RepositoryModel):
-    """A repository model whose versions run behind a `DynamicBatcher`.
 
-    Subclasses build a version's predict function (numpy in, numpy out) and may check and normalise
-    input values in `prepare`, which runs before a request joins a batch.
-    """
+class Batched:
+    """A loaded version behind a dynamic batcher: `prepare` per request, `predict` per batch."""
 
-    def __init__(self, repository: Path, batching: BatchingConfig) -> None:
-        super().__init__(repository)
-        self.batching = batching
-        self.devices: dict[str, str] = {}
+    def __init__(self, model: Any, outputs: tuple[TensorSpec, ...], batcher: DynamicBatcher) -> None:
+        self._prepare = getattr(model, "prepare", None)
+        self._outputs = outputs
+        self._batcher = batcher
 
-    @abstractmethod
-    def build(self, directory: Path, config: VersionConfig) -> Predict:
-        """Load a checked version and return its predict function (runs on a worker thread)."""
-
-    def record_device(self, version: str, device: str) -> None:
-        """Log the device a version was loaded on, and export it as `maas_model_version_device`.
+    async def infer(self, inputs: dict[str, Tensor], parameters: Parameters, counted: bool = True) -> InferResult:
+        """Prepare the request, queue it, and return its rows of every output.
 
         Args:
-            version: the version being built.
-            device: its torch device (`cpu`, `cuda:N`).
+            inputs: the decoded inputs.
+            parameters: the request's parameters.
+            counted: record its queue time in the statistics (a warm-up's is not: it is no request).
         """
-        self.devices[version] = device
-        metrics.MODEL_DEVICE.labels(self.name, version, device).set(1)
-        log.info("%s version %s loaded on %s", self.name, version, device)
+        arrays = {name: tensor.array for name, tensor in inputs.items()}
+        if self._prepare is not None:
+            arrays = self._prepare(arrays, parameters)
+        outputs = await self._batcher.submit(arrays, counted=counted)
+        rows = next(iter(arrays.values())).shape[0]
+        tensors = [Tensor(spec.name, spec.datatype, outputs[spec.name]) for spec in self._outputs]
+        return InferResult(tensors, batch_size=rows, batched=True)
 
-    def load_of(self, version: str) -> VersionLoad:
-        """The version's device, and its batcher's requests queued and in flight (every path: v2 and typed)."""
-        batcher: DynamicBatcher | None = self._loaded.get(version)
-        if batcher is None:
-            return VersionLoad(self.devices.get(version, ""))
-        return VersionLoad(self.devices.get(version, ""), batcher.queued, batcher.in_flight)
 
-    def prepare(self, inputs: Arrays, config: VersionConfig) -> Arrays:
-        """Check values (shapes and dtypes are already checked) and return the arrays to batch.
+class Direct:
+    """A loaded version of a model without batching: `prepare` and `predict` per request, on the event loop,
+    or on a worker thread for a request over `inline_max_bytes` on the wire (see `services.common.offload`)."""
+
+    def __init__(self, model: Any, outputs: tuple[TensorSpec, ...], inline_max_bytes: int) -> None:
+        self._prepare = getattr(model, "prepare", None)
+        self._predict = model.predict
+        self._outputs = outputs
+        self._inline_max_bytes = inline_max_bytes
+
+    async def infer(self, inputs: dict[str, Tensor], parameters: Parameters) -> InferResult:
+        """Prepare the request and predict its outputs."""
+        arrays = {name: tensor.array for name, tensor in inputs.items()}
+        outputs = await offload.run(partial(self._run, arrays, parameters), received_bytes(), self._inline_max_bytes)
+        tensors = [Tensor(spec.name, spec.datatype, outputs[spec.name]) for spec in self._outputs]
+        return InferResult(tensors, batch_size=tensors[0].array.shape[0] if tensors else 1)
+
+    def _run(self, arrays: Arrays, parameters: Parameters) -> Arrays:
+        request: Any = arrays if self._prepare is None else self._prepare(arrays, parameters)
+        return self._predict(request)
+
+
+def record_device(model: str, version: str, device: str) -> None:
+    """Log the device a version was loaded on, and export it as `maas_model_version_device`."""
+    metrics.MODEL_DEVICE.labels(model, version, device).set(1)
+    log.info("%s version %s loaded on %s", model, version, device)
+
+
+class RepositoryLoader:
+    """Loads versions of a model class from `<repository>/<name>/<version>/` (a `Loader`)."""
+
+    def __init__(
+        self, cls: type, name: str, settings: Any, device: str, pool: SharedPool, batching: BatchingConfig | None
+    ) -> None:
+        """Args:
+        cls: the model class.
+        name: the model name served (the directory under the repository).
+        settings: the service's settings (`model_repository`, and limits the model reads).
+        device: where versions load (`cpu`, `cuda:N`).
+        pool: objects shared between the service's loaded versions.
+        batching: how its requests batch; None: each runs alone.
+        """
+        self._cls = cls
+        self._name = name
+        self._repository = settings.model_repository
+        self._settings = settings
+        self._device = device
+        self._pool = pool
+        self._batching = batching
+        self._batchers: dict[str, DynamicBatcher] = {}
+
+    def available(self) -> list[str]:
+        """Versions present under `<repository>/<name>/`."""
+        return version_dirs(self._repository, self._name)
+
+    async def open(self, version: str, stats: VersionStats) -> LoadedVersion:
+        """Check the version directory against its config and the class's tensors, then load it.
 
         Raises:
-            InvalidInput: a value is out of range.
-            Overloaded: the request is over a size limit.
+            RepositoryError: the directory or config is unusable, or the class failed to load it (the
+                message says why).
         """
-        return inputs
+        directory = self._repository / self._name / version
+        config = await asyncio.to_thread(read_version, directory, self._name)
+        config.check_tensors(self._cls.inputs, self._cls.outputs)
+        context = Version(self._name, directory, config, self._device, self._settings, self._pool)
+        try:
+            model = await asyncio.to_thread(self._cls.load, context)
+        except MaasError:
+            context.release()
+            raise
+        except Exception as exc:
+            context.release()
+            raise RepositoryError(f"{directory}: {self._cls.__name__}.load failed: {exc!r}") from exc
+        except BaseException:
+            context.release()
+            raise
+        device = str(getattr(model, "device", self._device))
+        record_device(self._name, version, device)
+        admit = None
+        if self._batching is None:
+            served: Batched | Direct = Direct(model, self._cls.outputs, self._settings.inline_max_bytes)
+
+            def load() -> VersionLoad:
+                return VersionLoad(device, 0, stats.in_flight)
+
+        else:
+            batcher = DynamicBatcher(self._name, model.predict, self._batching, stats, version)
+            self._batchers[version] = batcher
+            served = Batched(model, self._cls.outputs, batcher)
+            admit = batcher.admit
+
+            def load() -> VersionLoad:
+                return VersionLoad(device, batcher.queued, batcher.in_flight)
+
+        async def close() -> None:
+            batcher = self._batchers.pop(version, None)
+            if batcher is not None:
+                await batcher.close()
+            release = getattr(model, "close", None)
+            if release is not None:
+                await asyncio.to_thread(release)
+            context.release()
+            metrics.MODEL_DEVICE.remove(self._name, version, device)
+
+        try:
+            await self._warm_up(served, stats, version)
+        except BaseException:
+            await close()
+            raise
+        return LoadedVersion(version, stats, served.infer, config, model, close, load, admit)
+
+    async def _warm_up(self, served: Batched | Direct, stats: VersionStats, version: str) -> None:
+        """Run a version just loaded once on example inputs (`example_tensors` of its required inputs), so
+        that its first caller does not pay for what a model does on its first run (lazy initialisation,
+        allocations, kernel choices). It counts as one execution and no request in its statistics.
+
+        Raises:
+            MaasError: the version failed on the example inputs.
+        """
+        specs = [(spec.name, spec.datatype, spec.shape) for spec in self._cls.inputs if not spec.optional]
+        if not specs:
+            return
+        started = time.perf_counter_ns()
+        inputs = {tensor.name: tensor for tensor in example_tensors(specs)}
+        if isinstance(served, Batched):
+            await served.infer(inputs, {}, counted=False)
+        else:
+            result = await served.infer(inputs, {})
+            stats.record_execution(result.batch_size, time.perf_counter_ns() - started)
+        log.info("%s version %s warmed up in %.1f ms", self._name, version, (time.perf_counter_ns() - started) / 1e6)
 
     def batch_limits(self) -> BatchLimits:
-        """The dynamic batcher's limits."""
-        return BatchLimits(self.batching.max_batch_size, True, self.batching.max_queue_delay_ms)
+        """The dynamic batcher's limits, or no batch dimension for a class that runs each request alone."""
+        if self._batching is None:
+            return BatchLimits()
+        return BatchLimits(self._batching.max_batch_size, True, self._batching.max_queue_delay_ms)
 
     def reconfigure(self, **limits: float) -> None:
-        """Change batching limits of every loaded version (and of versions loaded later).
+        """Change batching limits of every loaded version, and of versions loaded later.
 
         Args:
             limits: `BatchingConfig` fields to change, e.g. `max_batch_size`, `max_queue_delay_ms`.
         """
-        self.batching = replace(self.batching, **limits)
-        for batcher in self._loaded.values():
-            batcher.reconfigure(self.batching)
+        if self._batching is None:
+            return
+        self._batching = replace(self._batching, **limits)
+        for batcher in self._batchers.values():
+            batcher.reconfigure(self._batching)
 
-    async def load_version(self, version: str) -> DynamicBatcher:
-        """Build the version and put a batcher in front of it."""
-        predict = await super().load_version(version)
-        return DynamicBatcher(self.name, predict, self.batching, self.version_stats(version), version)
 
-    async def release_version(self, version: str, loaded: DynamicBatcher) -> None:
-        """Let the version's queued requests finish, then stop its batcher."""
-        await loaded.close()
-        device = self.devices.pop(version, None)
-        if device is not None:
-            metrics.MODEL_DEVICE.remove(self.name, version, device)
-        await super().release_version(version, loaded)
+def serve_model(
+    cls: type, settings: Any, device: str = "cpu", pool: SharedPool | None = None, name: str = "", make: str = ""
+) -> ModelVersions:
+    """A model class served from the repository its settings name.
 
-    def admit(self, version: str) -> None:
-        """Refuse at once when the version's batcher queue is full."""
-        self.loaded(version).admit()
+    Args:
+        cls: the model class (`name`, `inputs`, `outputs`, `load`, `predict`; optionally `platform`,
+            `batching`, `prepare`, `close`).
+        settings: the service's settings: `model_repository`, and `batching()` if the class batches.
+        device: where its versions load.
+        pool: objects its versions share with the service's other models (default: its own).
+        name: the name to serve it under (default: the class's `name`).
+        make: the command that puts a first version in the repository, for the message when none exists.
 
-    async def infer(self, request: InferRequest) -> InferResult:
-        """Check values, queue the request, and return this request's rows of every output."""
-        batcher: DynamicBatcher = self.loaded(request.version)
-        inputs = {name: tensor.array for name, tensor in request.inputs.items()}
-        inputs = self.prepare(inputs, self.configs[request.version])
-        outputs = await batcher.submit(inputs, counted=not request.warm_up)
-        rows = next(iter(inputs.values())).shape[0]
-        tensors = [Tensor(spec.name, spec.datatype, outputs[spec.name]) for spec in self.outputs]
-        return InferResult(outputs=tensors, version=request.version, batch_size=rows, batched=True)
+    Returns:
+        The served model, with no version loaded yet.
+
+    Raises:
+        RepositoryError: its `model.json` is invalid.
+    """
+    name = name or cls.name
+    model_file = read_model_file(settings.model_repository, name)
+    traits: Batching | None = getattr(cls, "batching", Batching())
+    batching = None if traits is None else settings.batching(pad=traits.pad, inline_when_idle=traits.inline_when_idle)
+    loader = RepositoryLoader(cls, name, settings, device, SharedPool() if pool is None else pool, batching)
+    hint = f" in {settings.model_repository / name}" + (f"; run `{make}`" if make else "")
+    return ModelVersions(
+        name,
+        getattr(cls, "platform", DEFAULT_PLATFORM),
+        cls.inputs,
+        cls.outputs,
+        loader,
+        model_file.policy,
+        model_file.default_version,
+        hint,
+    )

@@ -1,17 +1,17 @@
 """The error hierarchy. Raise these anywhere; one interceptor maps them to gRPC status codes.
 
-Each class carries the status it maps to in `grpc_code`; the message becomes the status details, so
-it must say what was wrong in words a caller can act on, and never hold a traceback. Two attributes
-become `google.rpc` error details beside it: `retry_delay` (a refusal that invites a retry: a
-`RetryInfo`) and `field` (the request field that was wrong: a `BadRequest`).
+Each class carries the name of the gRPC status it maps to in `code` (a `grpc.StatusCode` member's name);
+the message becomes the status details, so it must say what was wrong in words a caller can act on,
+and never hold a traceback. Two attributes become `google.rpc` error details beside it: `retry_delay`
+(a refusal that invites a retry: a `RetryInfo`) and `field` (the request field that was wrong: a
+`BadRequest`). This module does not import grpc: models raise these errors, and a model knows nothing
+of gRPC.
 """
 
 from __future__ import annotations
 
 import enum
 from typing import ClassVar
-
-import grpc
 
 NOT_RUN_KEY = "x-maas-not-run"
 """Trailing metadata a server sends with a call it refused before running any of it (value: why)."""
@@ -20,7 +20,7 @@ NOT_RUN_KEY = "x-maas-not-run"
 class MaasError(Exception):
     """Base of every error a caller may see. Raise a subclass; the base maps to INTERNAL."""
 
-    grpc_code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+    code: ClassVar[str] = "INTERNAL"
 
     def __init__(self, message: str = "", *, retry_delay: float | None = None, field: str | None = None) -> None:
         """Args:
@@ -42,19 +42,19 @@ class MaasError(Exception):
 class InvalidInput(MaasError):
     """The request is malformed: wrong shape, dtype, size, encoding or value."""
 
-    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+    code = "INVALID_ARGUMENT"
 
 
 class ModelNotFound(MaasError):
     """No such model, or no such version of it."""
 
-    grpc_code = grpc.StatusCode.NOT_FOUND
+    code = "NOT_FOUND"
 
 
 class Unavailable(MaasError):
     """The server cannot take the call now (draining, or a dependency is down); retry elsewhere."""
 
-    grpc_code = grpc.StatusCode.UNAVAILABLE
+    code = "UNAVAILABLE"
 
 
 class Draining(Unavailable):
@@ -75,19 +75,19 @@ class ModelNotReady(Unavailable):
 class Overloaded(MaasError):
     """Over a size, rate or queue limit."""
 
-    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    code = "RESOURCE_EXHAUSTED"
 
 
 class Unauthenticated(MaasError):
     """Missing or wrong credentials."""
 
-    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+    code = "UNAUTHENTICATED"
 
 
 class PermissionDenied(MaasError):
     """The caller is known but may not make this call (its API key lacks the role)."""
 
-    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+    code = "PERMISSION_DENIED"
 
 
 class NotRun(enum.Enum):
@@ -107,22 +107,17 @@ class DownstreamError(MaasError):
     """
 
     def __init__(
-        self,
-        code: grpc.StatusCode,
-        details: str,
-        target: str,
-        not_run: NotRun | None = None,
-        status_details: bytes | None = None,
+        self, code: str, details: str, target: str, not_run: NotRun | None = None, status_details: bytes | None = None
     ) -> None:
         """Args:
-        code: the downstream status.
+        code: the downstream status's name (`grpc.StatusCode.X.name`).
         details: its details.
         target: the target that answered.
         not_run: why the call surely did not run there, if it surely did not.
         status_details: its `google.rpc.Status` (`grpc-status-details-bin`), passed on unchanged.
         """
         super().__init__(details)
-        self.grpc_code = code
+        self.code = code
         self.target = target
         self.not_run = not_run
         self.status_details = status_details
@@ -131,4 +126,4 @@ class DownstreamError(MaasError):
 class DeadlineExceeded(MaasError):
     """The caller's deadline passed before the work was done; the work was dropped."""
 
-    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+    code = "DEADLINE_EXCEEDED"

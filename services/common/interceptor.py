@@ -1,7 +1,7 @@
 """The one server interceptor: request ids, drain gate, API keys, metrics, and exception -> status mapping.
 
 Every RPC except health checks and reflection passes through it (so probes never need a key). A `MaasError` becomes its
-`grpc_code` with its message as details, and its `retry_delay` and `field` become `google.rpc.RetryInfo` and
+`code` with its message as details, and its `retry_delay` and `field` become `google.rpc.RetryInfo` and
 `google.rpc.BadRequest` details in a `google.rpc.Status` (trailing metadata `grpc-status-details-bin`, read by stock
 `grpcio-status`: `rpc_status.from_call`); anything unexpected becomes INTERNAL "internal error" with the request id,
 and the traceback goes to the log, never to the caller.
@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
-from services.common import metrics, telemetry
+from services.common import metrics, telemetry, timing
 from services.common.auth import ApiKeys
 from services.common.errors import DownstreamError, InvalidInput, MaasError
 from services.common.lifecycle import Lifecycle
@@ -45,7 +45,8 @@ class CallInfo:
 
     `deadline` is the caller's deadline on the `time.monotonic()` clock (None: the caller set
     none), so that calls this one makes downstream can take what is left of it. `span` is the
-    call's tracing span while tracing is on.
+    call's tracing span while tracing is on. `timing` records where the call's time went while the
+    caller asked for it (`timing_asked`) or tracing is on.
     """
 
     method: str
@@ -56,10 +57,14 @@ class CallInfo:
     started: float = field(default_factory=time.perf_counter)
     deadline: float | None = None
     span: Any = None
+    timing: timing.Timing | None = None
+    timing_asked: bool = False
 
 
 _REQUEST_ID_PREFIX = uuid.uuid4().hex[:16]
 _request_counter = itertools.count(1)
+
+_STATUS_CODES = {code.name: code for code in grpc.StatusCode}
 
 _call_var: ContextVar[CallInfo | None] = ContextVar("maas_call", default=None)
 _received_bytes: ContextVar[int | None] = ContextVar("maas_received_bytes", default=None)
@@ -70,12 +75,14 @@ def current_call() -> CallInfo | None:
     return _call_var.get()
 
 
-def received_bytes(message: Any) -> int:
+def received_bytes(message: Any = None) -> int:
     """The size on the wire of the request message this task received last (`message`, in a handler),
-    or `message.ByteSize()` outside an intercepted call: measuring a large parsed message costs as much
-    as serializing it again."""
+    or `message.ByteSize()` outside an intercepted call (0 without a message): measuring a large parsed
+    message costs as much as serializing it again."""
     size = _received_bytes.get()
-    return message.ByteSize() if size is None else size
+    if size is not None:
+        return size
+    return 0 if message is None else message.ByteSize()
 
 
 def label_model(model: str) -> None:
@@ -83,6 +90,11 @@ def label_model(model: str) -> None:
     call = _call_var.get()
     if call is not None:
         call.model = model
+
+
+def status_code(exc: MaasError) -> grpc.StatusCode:
+    """The gRPC status a `MaasError` maps to (its `code`)."""
+    return _STATUS_CODES[exc.code]
 
 
 def label_version(model: str, version: str) -> None:
@@ -107,10 +119,8 @@ def status_of(exc: Exception, call: CallInfo) -> tuple[grpc.StatusCode, str]:
     unchanged, INTERNAL included); NotImplementedError is UNIMPLEMENTED; anything else is logged
     with its traceback and becomes INTERNAL "internal error" with the request id.
     """
-    if isinstance(exc, DownstreamError) or (
-        isinstance(exc, MaasError) and exc.grpc_code is not grpc.StatusCode.INTERNAL
-    ):
-        return exc.grpc_code, str(exc)
+    if isinstance(exc, DownstreamError) or (isinstance(exc, MaasError) and exc.code != "INTERNAL"):
+        return status_code(exc), str(exc)
     if isinstance(exc, NotImplementedError):
         return grpc.StatusCode.UNIMPLEMENTED, f"{call.method} is not implemented by this service"
     log.error("unhandled error in %s", call.method, exc_info=exc)
@@ -201,17 +211,22 @@ async def _discard(requests: AsyncIterator[Any]) -> None:
                 pass
 
 
-def request_id(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
-    """The id of a call: the caller's `x-request-id` if it sent a sane one; otherwise a per-process random
-    prefix and a counter, unique across processes without a system call per request.
+def _request_id(metadata: Sequence[tuple[str, str | bytes]] | None) -> tuple[str, bool]:
+    """The id of a call, and whether it asks for `maas-timing`.
+
+    The id is the caller's `x-request-id` if it sent a sane one; otherwise a per-process random prefix and
+    a counter, unique across processes without a system call per request.
 
     Args:
         metadata: the call's metadata (gRPC invocation metadata, or HTTP headers with lower-case names).
     """
+    request_id, asked = "", False
     for key, value in metadata or ():
         if key == REQUEST_ID_KEY and isinstance(value, str) and _REQUEST_ID_PATTERN.fullmatch(value):
-            return value
-    return f"{_REQUEST_ID_PREFIX}{next(_request_counter):016x}"
+            request_id = value
+        elif key == timing.TIMING_KEY:
+            asked = timing.asked(value)
+    return request_id or f"{_REQUEST_ID_PREFIX}{next(_request_counter):016x}", asked
 
 
 def begin_call(
@@ -231,14 +246,19 @@ def begin_call(
     Returns:
         The call, current for the rest of the task.
     """
+    request_id, timing_asked = _request_id(metadata)
     call = CallInfo(
         method=method,
-        request_id=request_id(metadata),
+        request_id=request_id,
         deadline=None if remaining is None else time.monotonic() + remaining,
+        timing_asked=timing_asked,
     )
     if telemetry.enabled():
         call.span = telemetry.start_server_span(full_method, metadata)
         call.span.set_attribute("maas.request_id", call.request_id)
+    timing.arrive(time.perf_counter_ns())
+    if timing_asked or call.span is not None:
+        call.timing = timing.begin()
     _call_var.set(call)
     request_id_var.set(call.request_id)
     metrics.in_flight(method).inc()
@@ -256,6 +276,8 @@ def end_call(call: CallInfo, code: grpc.StatusCode, details: str = "") -> None:
     if call.span is not None:
         if call.model:
             call.span.set_attribute("maas.model", call.model)
+        if call.timing is not None:
+            call.span.set_attributes({f"maas.{key}": value for key, value in call.timing.attributes().items()})
         telemetry.end_span(call.span, code.name, code.value[0], details)
     metrics.in_flight(call.method).dec()
     if call.version_counted:
@@ -267,15 +289,17 @@ def end_call(call: CallInfo, code: grpc.StatusCode, details: str = "") -> None:
 class ServerInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every gated handler: one place for ids, the drain gate, API keys, metrics and status mapping."""
 
-    def __init__(self, lifecycle: Lifecycle, auth: ApiKeys | None = None) -> None:
+    def __init__(self, lifecycle: Lifecycle, auth: ApiKeys | None = None, hop: str = "") -> None:
         """Gate calls on the server's lifecycle and, if given, on API keys.
 
         Args:
             lifecycle: the server's lifecycle (drain gate, calls in flight).
             auth: API keys every call must present; None: calls need none.
+            hop: the service's name in `maas-timing` entries.
         """
         self._lifecycle = lifecycle
         self._auth = auth
+        self._hop = hop
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
@@ -339,6 +363,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 raise
             if not call.version:
                 call.version = getattr(response, "model_version", "")
+            if call.timing_asked:
+                self._timed(call, context)
             end_call(call, grpc.StatusCode.OK)
             return response
 
@@ -371,6 +397,15 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         call = begin_call(method, full_method, context.invocation_metadata(), context.time_remaining())
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
         return call
+
+    def _timed(self, call: CallInfo, context: grpc.aio.ServicerContext) -> None:
+        """Put the call's timing in its trailing metadata (the caller asked for it)."""
+        assert call.timing is not None
+        total = round((time.perf_counter() - call.started) * 1e9)
+        entries = (*call.timing.hops, call.timing.entry(self._hop, call.model, call.version, total))
+        context.set_trailing_metadata(
+            ((REQUEST_ID_KEY, call.request_id), *((timing.TIMING_KEY, entry) for entry in entries))
+        )
 
     def _check_key(self, context: grpc.aio.ServicerContext, method: str) -> None:
         if self._auth is not None:

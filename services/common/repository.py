@@ -4,31 +4,76 @@ A version's config names its tensors, labels, the metrics its training measured,
 from, and the SHA-256 of every file it ships; a version whose files do not match is refused.
 Weights are safetensors only: loading a model never runs code from the model files.
 
-An optional `<repo>/<model>/model.json` sets the model's version policy, e.g.
-`{"version_policy": "latest:2"}` (also `latest`, `all`, `specific:1,3`; default `latest`).
+An optional `<repo>/<model>/model.json` sets which versions a server loads (`version_policy`:
+`latest`, `latest:N`, `all`, `specific:1,3`; default `latest`) and which of them answers requests
+that name no version (`default_version`; default: the newest loaded version that is not quantized), e.g.
+`{"version_policy": "latest:2", "default_version": "1"}`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import shutil
 import tempfile
-from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from services.common.errors import InvalidInput, ModelNotFound
-from services.common.models import TensorSpec, VersionedModel, VersionPolicy, sorted_versions
+from services.common.errors import InvalidInput
+from services.common.model import TensorSpec
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.json"
 FORBIDDEN_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".bin", ".ckpt", ".joblib", ".npy", ".npz")
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Which versions a model loads by default: the newest `count`, all, or a specific list."""
+
+    kind: Literal["latest", "all", "specific"] = "latest"
+    count: int = 1
+    versions: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> VersionPolicy:
+        """Parse "latest", "latest:N", "all" or "specific:V1,V2,...".
+
+        Raises:
+            ValueError: anything else.
+        """
+        kind, _, argument = text.strip().partition(":")
+        if kind == "latest" and (not argument or (argument.isdigit() and int(argument) > 0)):
+            return cls("latest", int(argument or 1))
+        if kind == "all" and not argument:
+            return cls("all")
+        versions = tuple(v.strip() for v in argument.split(","))
+        if kind == "specific" and argument and all(v.isdigit() for v in versions):
+            return cls("specific", versions=versions)
+        raise ValueError(f"version policy '{text}': expected latest, latest:N, all or specific:V1,V2")
+
+    def select(self, available: list[str]) -> list[str]:
+        """The versions to load out of `available` (oldest first)."""
+        if self.kind == "all":
+            return list(available)
+        if self.kind == "specific":
+            return [v for v in available if v in self.versions]
+        return available[-self.count :]
+
+
+def version_key(version: str) -> tuple[int, str]:
+    """Sort key of a version name: numeric, names that are not numbers first."""
+    return (int(version), "") if version.isdigit() else (-1, version)
+
+
+def sorted_versions(versions: Iterable[str]) -> list[str]:
+    """Sort version names numerically, oldest first."""
+    return sorted(versions, key=version_key)
 
 
 class RepositoryError(InvalidInput):
@@ -90,13 +135,33 @@ class VersionConfig(BaseModel):
                 f"{declared[1]}, but this server serves inputs {list(inputs)} and outputs {list(outputs)}"
             )
 
+    def network(self, name: str, directory: Path) -> dict[str, Any]:
+        """The `architecture` entry, checked to name the network the serving code builds.
+
+        Args:
+            name: the architecture the serving code builds.
+            directory: the version's directory (named in the message).
+
+        Raises:
+            RepositoryError: the config names another architecture.
+        """
+        if self.architecture.get("name") != name:
+            raise RepositoryError(f"{directory}: architecture {self.architecture.get('name')!r} is not {name!r}")
+        return self.architecture
+
 
 class ModelFile(BaseModel):
     """`<repo>/<model>/model.json`: settings of the model across versions."""
 
     model_config = ConfigDict(extra="forbid")
 
-    version_policy: str = "latest"
+    version_policy: str = Field("latest", description="Which versions a server loads.")
+    default_version: str = Field(
+        "",
+        pattern=r"^([1-9][0-9]*)?$",
+        description="The version that answers requests naming none, while it is loaded; empty: the newest loaded "
+        "version that is not quantized.",
+    )
 
     @field_validator("version_policy")
     @classmethod
@@ -104,22 +169,27 @@ class ModelFile(BaseModel):
         VersionPolicy.parse(value)
         return value
 
+    @property
+    def policy(self) -> VersionPolicy:
+        """The parsed version policy."""
+        return VersionPolicy.parse(self.version_policy)
+
 
 def _describe(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
 
 
-def read_policy(repository: Path, model: str) -> VersionPolicy:
-    """The version policy in `<repository>/<model>/model.json`, or `latest` without one.
+def read_model_file(repository: Path, model: str) -> ModelFile:
+    """`<repository>/<model>/model.json`, or the defaults without one.
 
     Raises:
         RepositoryError: the file is not valid.
     """
     path = repository / model / MODEL_FILE
     if not path.is_file():
-        return VersionPolicy()
+        return ModelFile()
     try:
-        return VersionPolicy.parse(ModelFile.model_validate_json(path.read_bytes()).version_policy)
+        return ModelFile.model_validate_json(path.read_bytes())
     except ValidationError as exc:
         raise RepositoryError(f"{path}: {_describe(exc)}") from None
 
@@ -139,6 +209,23 @@ def version_dirs(repository: Path, model: str) -> list[str]:
     if not root.is_dir():
         return []
     return sorted_versions(p.name for p in root.iterdir() if p.is_dir() and p.name.isdigit() and p.name[0] != "0")
+
+
+def newest_version(repository: Path, model: str, hint: str = "") -> Path:
+    """The directory of the newest version of `model`.
+
+    Args:
+        repository: repository root.
+        model: model name.
+        hint: how to make a version, for the message (e.g. "run `maas models export-tokenizer`").
+
+    Raises:
+        FileNotFoundError: the repository holds no version of `model`.
+    """
+    versions = version_dirs(repository, model)
+    if not versions:
+        raise FileNotFoundError(f"no {model} in {repository}" + (f": {hint}" if hint else ""))
+    return repository / model / versions[-1]
 
 
 def write_version(directory: Path, config: VersionConfig) -> None:
@@ -211,66 +298,6 @@ def read_version(directory: Path, model: str) -> VersionConfig:
     return config
 
 
-class RepositoryModel(VersionedModel):
-    """A model served from `<repo>/<name>/<version>/`: each version's config and files are checked,
-    then `build` turns the directory into what serves it."""
-
-    missing_hint = ""
-
-    def __init__(self, repository: Path) -> None:
-        """Read the model's version policy from the repository.
-
-        Raises:
-            RepositoryError: `model.json` is invalid.
-        """
-        super().__init__(read_policy(repository, self.name))
-        self.repository = repository
-        self.configs: dict[str, VersionConfig] = {}
-
-    def available_versions(self) -> list[str]:
-        """Versions present under `<repository>/<name>/`."""
-        return version_dirs(self.repository, self.name)
-
-    def default_versions(self) -> list[str]:
-        """The policy's versions.
-
-        Raises:
-            ModelNotFound: the repository holds no version of the model, or none the policy selects.
-        """
-        versions = super().default_versions()
-        if not versions:
-            raise ModelNotFound(
-                f"no versions of model '{self.name}' in {self.repository / self.name} for policy "
-                f"{self.policy.kind}{self.missing_hint}"
-            )
-        return versions
-
-    async def load_version(self, version: str) -> Any:
-        """Check the version directory against its config and the served tensors, then build it.
-
-        Raises:
-            RepositoryError: the directory or config is unusable (the message says why).
-        """
-        directory = self.repository / self.name / version
-        config = await asyncio.to_thread(read_version, directory, self.name)
-        config.check_tensors(self.inputs, self.outputs)
-        built = await asyncio.to_thread(self.build, directory, config)
-        self.configs[version] = config
-        return built
-
-    async def release_version(self, version: str, loaded: Any) -> None:
-        """Forget the unloaded version's config."""
-        self.configs.pop(version, None)
-
-    @abstractmethod
-    def build(self, directory: Path, config: VersionConfig) -> Any:
-        """Load a checked version directory (runs on a worker thread).
-
-        Raises:
-            RepositoryError: the files do not match the config.
-        """
-
-
 def publish_quantized(
     repository: Path, model: str, scheme: str, measure: Callable[[Path, VersionConfig], tuple[dict, dict]]
 ) -> Path:
@@ -278,7 +305,9 @@ def publish_quantized(
 
     The weights are copied unchanged (plain tensors in safetensors); the new config records the
     scheme, and the serving code quantizes at load. A model without a `model.json` gets one with
-    the policy `latest:2`, so the quantized version is served beside the one it came from.
+    the policy `latest:2` and the version it came from as the default: the quantized version is served
+    beside it, to requests that ask for it by version, and serving it by default is the operator's
+    choice (`default_version` in `model.json`).
 
     Args:
         repository: repository root.
@@ -320,5 +349,6 @@ def publish_quantized(
     published = publish_version(repository, quantized, copy_files)
     policy = repository / model / MODEL_FILE
     if not policy.exists():
-        policy.write_text(ModelFile(version_policy="latest:2").model_dump_json() + "\n", encoding="utf-8")
+        model_file = ModelFile(version_policy="latest:2", default_version=directory.name)
+        policy.write_text(model_file.model_dump_json() + "\n", encoding="utf-8")
     return published

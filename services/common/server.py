@@ -26,14 +26,15 @@ from services.common.interceptor import ServerInterceptor
 from services.common.lifecycle import Lifecycle
 from services.common.logs import configure_logging
 from services.common.metrics import MetricsServer
-from services.common.models import ModelRegistry
-from services.common.service import Service, TypedService
+from services.common.service import Service, TypedService, build_service
 from services.common.settings import ServiceSettings
+from services.common.spec import ServiceSpec, import_object
 from services.common.status import SERVICE_NAME as STATUS_SERVICE_NAME
 from services.common.status import StatusServicer
 from services.common.tls import CertificateFiles, TlsFilesError
 from services.common.v2 import SERVICE_NAME as V2_SERVICE_NAME
 from services.common.v2 import InferenceServicer
+from services.common.versions import ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,8 @@ class GrpcServer:
             RuntimeError: the port could not be bound.
         """
         self._server = grpc.aio.server(
-            interceptors=[ServerInterceptor(self.lifecycle, self._auth)], options=server_options(self.settings)
+            interceptors=[ServerInterceptor(self.lifecycle, self._auth, self.name)],
+            options=server_options(self.settings),
         )
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.inference_servicer(), self._server)
         common_pb2_grpc.add_StatusServiceServicer_to_server(self.status_servicer(), self._server)
@@ -218,14 +220,33 @@ class GrpcServer:
                 "%s: %d calls still in flight after %.1fs; cancelling them", self.name, self.lifecycle.in_flight, grace
             )
             remaining = 0.0
-        await self._server.stop(remaining)
+        await self.close(remaining)
+        log.info("%s stopped", self.name)
+
+    async def close(self, grace: float = 0.0) -> None:
+        """Stop serving at once (calls in flight get `grace` seconds) and close the health and metrics
+        endpoints."""
+        if self._server is None:
+            return
+        await self._server.stop(grace)
         if self._health_server is not None:
             await self._health_server.stop(0)
             self._health_server = None
         if self._metrics is not None:
             self._metrics.close()
         self._server = None
-        log.info("%s stopped", self.name)
+
+
+def build_server(spec: ServiceSpec, settings: ServiceSettings) -> GrpcServer:
+    """A service's server under the grpc hosting: its own builder (the gateway's), or the server of its
+    models and typed API.
+
+    Raises:
+        DeviceError, RepositoryError, ImportError: see `build_service`; the gateway's builder raises its own.
+    """
+    if spec.server:
+        return import_object(spec.server)(settings)
+    return GrpcServer.of(build_service(spec, settings), settings)
 
 
 async def serve(server: GrpcServer) -> None:
@@ -248,8 +269,8 @@ async def serve(server: GrpcServer) -> None:
     try:
         await server.start()
     except (MaasError, OSError, RuntimeError, TlsFilesError) as exc:
+        await server.close()
         log.error("%s failed to start: %s", server.name, exc)
-        await server.stop()
         raise SystemExit(1) from None
     sys.stdout.write(f"READY {server.name} {host_port(server.settings.host, server.port)}\n")
     sys.stdout.flush()

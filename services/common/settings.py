@@ -1,8 +1,9 @@
-"""Service settings: one pydantic-settings class per service, each with its own env prefix.
+"""Settings every service shares: one pydantic-settings class per service, each with its own env prefix.
 
-Settings are read once, when a service starts, and validated then; nothing reads the environment
-at import time. Two settings are global to every service: `MAAS_MODEL_REPOSITORY` and
-`MAAS_LOG_FORMAT`.
+The classes here are the shared parts (a server, a service of models, the ray hosting, tracing); each
+service declares its own subclass in its spec. Settings are read once, when a service starts, and
+validated then; nothing reads the environment at import time. Two settings are global to every
+service: `MAAS_MODEL_REPOSITORY` and `MAAS_LOG_FORMAT`.
 """
 
 from __future__ import annotations
@@ -14,13 +15,22 @@ from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.devices import DEVICE_PATTERN
-from services.common.tls import ClientTls
 
 if TYPE_CHECKING:
     from services.common.batcher import BatchingConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 METRICS_PORT_OFFSET = 1000
+
+
+class ProcessSettings(BaseSettings):
+    """Settings of the `maas` process itself, whatever it runs."""
+
+    model_config = SettingsConfigDict(env_prefix="MAAS_", extra="ignore", frozen=True)
+
+    allow_root: bool = Field(
+        True, description="Whether `maas` may run as root (uid 0); the images set false, as they run as uid 10001."
+    )
 
 
 class ServiceSettings(BaseSettings):
@@ -102,75 +112,6 @@ class EchoSettings(ServiceSettings):
     port: int = Field(50050, ge=0, le=65535)
 
 
-class GatewaySettings(ServiceSettings):
-    """The gateway: the public entry point."""
-
-    model_config = SettingsConfigDict(env_prefix="MAAS_GATEWAY_")
-    port: int = Field(50051, ge=0, le=65535)
-    routing_file: Path = Field(
-        REPO_ROOT / "services" / "gateway" / "routing.yaml",
-        description="YAML routing file: which target (gRPC address) serves which model.",
-    )
-    default_timeout_seconds: float = Field(
-        30.0, gt=0, description="Deadline of downstream calls when the caller set none."
-    )
-    default_text_model: Literal["lstm", "transformer"] = Field(
-        "transformer", description="Text model of ClassifyText calls that name none."
-    )
-    stream_chunk_size: int = Field(32, ge=1, le=256, description="Texts per downstream call in StreamClassifyText.")
-    stream_concurrency: int = Field(4, ge=1, description="StreamClassifyText chunks in flight at once per call.")
-    max_stream_texts: int = Field(100_000, ge=1, description="Texts per StreamClassifyText call; more is refused.")
-    reload_interval_seconds: float = Field(
-        1.0, gt=0, le=60, description="How often the routing file is checked for a change (reloaded live)."
-    )
-    max_reconnect_backoff_seconds: float = Field(
-        1.0, ge=0.1, le=120, description="Longest wait between attempts to re-dial a lost downstream replica."
-    )
-    dns_min_resolution_interval_s: float = Field(
-        30.0,
-        ge=0,
-        le=3600,
-        description="Shortest time between two DNS resolutions of a `dns:` target: gRPC resolves again when a "
-        "connection closes (the servers' MAX_CONNECTION_AGE_S), at most this often.",
-    )
-    api_keys_file: Path | None = Field(
-        None, description="YAML file of API keys (their roles and rate limits); unset: calls need no key."
-    )
-    connect_timeout_seconds: float = Field(
-        10.0,
-        ge=0,
-        description="At start, how long the gateway waits for its channels to every target to connect before it "
-        "reports SERVING anyway (a target still down is logged and connected later).",
-    )
-    http_enabled: bool = Field(
-        True, description="Serve the Open Inference Protocol's REST binding beside gRPC, on http_port."
-    )
-    http_port: int = Field(
-        8080, ge=0, le=65535, description="Port of the REST binding (HTTP/1.1, JSON and binary tensors); 0 picks one."
-    )
-    rate_limit_replicas: int = Field(
-        1,
-        ge=1,
-        description="Gateway replicas sharing each API key's rate limit: each takes 1/N of the key's rate and "
-        "burst (the chart sets the replica count it knows).",
-    )
-    downstream_tls_ca_file: Path | None = Field(
-        None, description="PEM CA the model services' certificates chain to; set: the gateway dials them with TLS."
-    )
-    downstream_tls_cert_file: Path | None = Field(
-        None, description="PEM certificate the gateway presents to the model services (mTLS), with its key."
-    )
-    downstream_tls_key_file: Path | None = Field(None, description="PEM private key of downstream_tls_cert_file.")
-
-    def downstream_tls(self) -> ClientTls:
-        """The TLS files the gateway dials the model services with (none named: plaintext).
-
-        Raises:
-            TlsFilesError: a certificate is named without its key, or a key without its certificate.
-        """
-        return ClientTls(self.downstream_tls_ca_file, self.downstream_tls_cert_file, self.downstream_tls_key_file)
-
-
 class TracingSettings(BaseSettings):
     """OpenTelemetry's standard `OTEL_*` variables, as far as maas reads them.
 
@@ -214,33 +155,32 @@ QUEUE_DELAY = (
 )
 
 
-class BatchingSettings(BaseSettings):
-    """Dynamic batching, compute threads and device of a model service."""
+class ModelServiceSettings(ServiceSettings):
+    """A service of models: dynamic batching, compute threads and device.
+
+    Subclasses set the env prefix and the default port; `maas serve` reads these from `MAAS_<NAME>_*`.
+    """
 
     max_batch_size: int = Field(32, ge=1, description="Rows per model execution; 1 turns batching off.")
     max_queue_delay_ms: float = Field(0.0, ge=0, description=QUEUE_DELAY)
     max_queue_size: int = Field(1024, ge=1, description="Requests waiting per model version; more is refused.")
+    max_latency_ms: float = Field(
+        0.0,
+        ge=0,
+        description="A p99 target for each request's queue, batch wait and compute, instead of MAX_QUEUE_DELAY_MS "
+        "(0: none). The batcher learns its batches' cost, waits and sizes batches to meet it, and refuses requests "
+        "that cannot meet it at once (RESOURCE_EXHAUSTED with a retry delay).",
+    )
     num_threads: int = Field(1, ge=1, description="torch intra-op threads per process.")
     device: str = Field(
         "auto",
         pattern=DEVICE_PATTERN,
         description="torch device: auto (cuda:0 when torch sees a CUDA device, else cpu), cpu, cuda or cuda:N.",
     )
-
-    def batching(self, **sequence: Any) -> BatchingConfig:
-        """The batcher's config from these settings; `sequence` sets pad/length_aware/fixed_length."""
-        # Imported here: the batcher imports telemetry, which imports these settings, and settings
-        # must import on their own (a Ray worker unpickling a settings object imports this module first).
-        from services.common.batcher import BatchingConfig
-
-        return BatchingConfig(self.max_batch_size, self.max_queue_delay_ms, self.max_queue_size, **sequence)
-
-
-class SequenceSettings(BatchingSettings):
-    """Batching of a model over token ids, and how many sequences one request may hold."""
-
-    max_texts: int = Field(256, ge=1, description="Sequences per request; more is RESOURCE_EXHAUSTED.")
-    length_aware: bool = Field(True, description="Pad batches to their longest sequence (else to fixed_length).")
+    length_aware: bool = Field(
+        True,
+        description="Models with padded sequence inputs: pad batches to their longest sequence (else to fixed_length).",
+    )
     fixed_length: int = Field(256, ge=1, le=512, description="Padded length when length_aware is off.")
     max_batch_tokens: int = Field(
         0,
@@ -250,64 +190,29 @@ class SequenceSettings(BatchingSettings):
         "and MiniLM runs packed, so padding costs it nothing.",
     )
 
+    def batching(self, **overrides: Any) -> BatchingConfig:
+        """The batcher's config from these settings; `overrides` sets other `BatchingConfig` fields
+        (what the model declares: `pad`, `inline_when_idle`)."""
+        # Imported here: the batcher imports telemetry, which imports these settings, and settings
+        # must import on their own (a Ray worker unpickling a settings object imports this module first).
+        from services.common.batcher import BatchingConfig
 
-class TextLimits(BaseSettings):
-    """Limits on text a service takes in one request."""
-
-    max_texts: int = Field(1024, gt=0, description="Texts per request; more is RESOURCE_EXHAUSTED.")
-    max_text_bytes: int = Field(100_000, gt=0, description="UTF-8 bytes per text; more is RESOURCE_EXHAUSTED.")
-    max_request_bytes: int = Field(
-        1 << 20, gt=0, description="UTF-8 bytes of all texts (and pairs) per request; more is RESOURCE_EXHAUSTED."
-    )
-    max_request_tokens: int = Field(
-        1024 * 512,
-        gt=0,
-        description="Token ids per Detokenize request (what the largest Tokenize answer holds); more is "
-        "RESOURCE_EXHAUSTED.",
-    )
-    default_max_length: int = Field(256, ge=2, le=512, description="Tokens per sequence when a request names none.")
-
-
-class TokenizerSettings(TextLimits, ServiceSettings):
-    """The tokenizer service."""
-
-    model_config = SettingsConfigDict(env_prefix="MAAS_TOKENIZER_")
-    port: int = Field(50052, ge=0, le=65535)
+        fields = {
+            "max_batch_size": self.max_batch_size,
+            "max_queue_delay_ms": self.max_queue_delay_ms,
+            "max_queue_size": self.max_queue_size,
+            "length_aware": self.length_aware,
+            "fixed_length": self.fixed_length,
+            "max_batch_tokens": self.max_batch_tokens,
+            "max_latency_ms": self.max_latency_ms,
+        }
+        return BatchingConfig(**{**fields, **overrides})
 
 
-class VisionSettings(BatchingSettings, ServiceSettings):
-    """The vision (CNN) service."""
+class ServedModelSettings(ModelServiceSettings):
+    """A model served by `maas serve module:Class`, read from `MAAS_<NAME>_*` (the name upper-cased)."""
 
-    model_config = SettingsConfigDict(env_prefix="MAAS_VISION_")
-    port: int = Field(50053, ge=0, le=65535)
-    max_images: int = Field(1024, ge=1, description="Images per request; more is RESOURCE_EXHAUSTED.")
-    max_image_bytes: int = Field(4 << 20, ge=1, description="Bytes per encoded image; more is RESOURCE_EXHAUSTED.")
-    max_image_pixels: int = Field(
-        4096 * 4096, ge=1, description="Pixels per encoded image, as its header declares; more is RESOURCE_EXHAUSTED."
-    )
-    max_request_pixels: int = Field(
-        1 << 25, ge=1, description="Pixels of all encoded images per request; more is RESOURCE_EXHAUSTED."
-    )
-
-
-class TextSettings(SequenceSettings, ServiceSettings):
-    """The text (LSTM) service."""
-
-    model_config = SettingsConfigDict(env_prefix="MAAS_TEXT_")
-    port: int = Field(50054, ge=0, le=65535)
-
-
-class TransformerSettings(SequenceSettings, ServiceSettings):
-    """The transformer (MiniLM) service."""
-
-    model_config = SettingsConfigDict(env_prefix="MAAS_TRANSFORMER_")
-    port: int = Field(50055, ge=0, le=65535)
-    max_queue_delay_ms: float = Field(
-        10.0,
-        ge=0,
-        description=f"{QUEUE_DELAY} A MiniLM batch of 32 takes tens of milliseconds on a CPU thread, and its "
-        "callers' next requests take a few to arrive, so waiting for them fills batches.",
-    )
+    port: int = Field(50060, ge=0, le=65535)
 
 
 class RaySettings(BaseSettings):
@@ -321,7 +226,8 @@ class RaySettings(BaseSettings):
 
     address: str = Field("", description="Ray cluster to join (e.g. `auto`); empty starts a local one.")
     services: list[str] = Field(
-        default_factory=list, description='Services `maas run ray` hosts, e.g. `["vision"]`; empty: all with models.'
+        default_factory=list,
+        description="Services `maas run ray` hosts, as a JSON list of names; empty: every service whose models exist.",
     )
     num_cpus: int = Field(4, ge=1, description="Logical CPUs a local Ray offers its replicas.")
     num_gpus: int = Field(0, ge=0, description="GPUs a local Ray offers (0 on a CPU-only machine).")

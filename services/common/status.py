@@ -18,7 +18,7 @@ import grpc
 from maas.common.v1 import common_pb2 as pb
 from maas.common.v1 import common_pb2_grpc as pb_grpc
 from services.common.lifecycle import Lifecycle
-from services.common.models import ModelRegistry
+from services.common.versions import ModelRegistry
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["StatusService"].full_name
 

@@ -12,13 +12,15 @@ import grpc
 from maas.inference import grpc_service_pb2 as pb
 from maas.inference import grpc_service_pb2_grpc as pb_grpc
 from maas.inference import model_config_pb2 as config_pb
-from services.common import offload
+from services.common import offload, timing
 from services.common.codec import decode_inputs, encode_outputs
 from services.common.errors import InvalidInput, ModelNotFound
 from services.common.interceptor import CallInfo, current_call, label_model, received_bytes, status_of
 from services.common.lifecycle import Lifecycle
-from services.common.models import InferRequest, ModelRegistry, Parameter, ServedModel, TensorSpec, VersionPolicy
+from services.common.model import Parameter, TensorSpec
+from services.common.repository import VersionPolicy
 from services.common.settings import ServiceSettings
+from services.common.versions import ModelRegistry, ModelVersions
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 EXTENSIONS = ("model_repository", "statistics")
@@ -92,7 +94,7 @@ def _version_policy(policy: VersionPolicy) -> config_pb.ModelVersionPolicy:
     return config_pb.ModelVersionPolicy(latest=config_pb.ModelVersionPolicy.Latest(num_versions=policy.count))
 
 
-def model_config(model: ServedModel) -> config_pb.ModelConfig:
+def model_config(model: ModelVersions) -> config_pb.ModelConfig:
     """Triton's model configuration of `model`: what it declares of its tensors, batching and versions.
 
     With a batch dimension (max_batch_size > 0) the dims leave out the first dimension, as Triton's do.
@@ -153,7 +155,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._server_name = server_name
         self._server_version = package_version("maas")
 
-    def _model(self, name: str) -> ServedModel:
+    def _model(self, name: str) -> ModelVersions:
         model = self._models.get(name)
         label_model(name)
         return model
@@ -171,7 +173,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext):
         return pb.ServerMetadataResponse(name=self._server_name, version=self._server_version, extensions=EXTENSIONS)
 
-    def _model_version(self, name: str, version: str) -> tuple[ServedModel, list[str]]:
+    def _model_version(self, name: str, version: str) -> tuple[ModelVersions, list[str]]:
         """The model called `name` and every version it knows, checking `version` ("" = any) is one.
 
         Raises:
@@ -214,17 +216,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         model = self._model(request.model_name)
-        version = model.resolve(request.model_version)
-        stats = model.version_stats(version)
+        loaded = model.get(request.model_version)
+        stats = loaded.stats
         started = time.perf_counter_ns()
         stats.in_flight += 1
         try:
-            model.admit(version)
+            if loaded.admit is not None:
+                loaded.admit()
             inputs = await offload.run(partial(decode_inputs, request), received_bytes(request), self._inline_max_bytes)
             model.check_inputs(inputs)
             parameters = {key: parameter_value(value) for key, value in request.parameters.items()}
             decoded = time.perf_counter_ns()
-            result = await model.infer(InferRequest(inputs=inputs, version=version, parameters=parameters))
+            result = await loaded.infer(inputs, parameters)
             inferred = time.perf_counter_ns()
             outputs = result.outputs
             if request.outputs:
@@ -237,7 +240,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                         field="outputs",
                     )
                 outputs = [produced[name] for name in wanted]
-            response = pb.ModelInferResponse(model_name=model.name, model_version=result.version, id=request.id)
+            response = pb.ModelInferResponse(model_name=model.name, model_version=loaded.version, id=request.id)
             encode_outputs(response, outputs)
         except BaseException:
             stats.record_request(False, time.perf_counter_ns() - started, 0)
@@ -248,6 +251,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if not result.batched:
             stats.record_execution(result.batch_size, inferred - decoded)
             stats.record_compute(0, inferred - decoded)
+            timing.record(0, 0, inferred - decoded, result.batch_size)
         stats.record_request(True, done - started, result.batch_size, decoded - started, done - inferred)
         return response
 

@@ -11,16 +11,16 @@ from maas.common.v1 import common_pb2_grpc
 from maas.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from maas.inference import grpc_service_pb2_grpc
 from services.common.auth import ApiKeys, load_api_keys
-from services.common.echo import EchoModel
-from services.common.models import ModelRegistry
+from services.common.echo import echo_model
 from services.common.server import GrpcServer, TypedService, host_port
-from services.common.settings import GatewaySettings
+from services.common.versions import ModelRegistry
 from services.gateway.inference import GatewayInferenceServicer
-from services.gateway.pipelines import PIPELINES, PipelineModel
+from services.gateway.pipelines import PIPELINES, pipeline_model
 from services.gateway.rest import HttpServer, RestBinding
 from services.gateway.router import TOKENIZER, Router
 from services.gateway.routing import Routing, parse_routing, read_routing_text
 from services.gateway.servicer import GatewayServicer
+from services.gateway.spec import GatewaySettings
 from services.gateway.status import GatewayStatusServicer
 from services.gateway.watch import RoutingWatcher, digest
 
@@ -49,8 +49,8 @@ class GatewayServer(GrpcServer):
         self.watcher = watcher
         self._watch: asyncio.Task | None = None
         pipelines = [
-            PipelineModel(pipeline, router)
-            for pipeline in PIPELINES
+            pipeline_model(pipeline, router)
+            for pipeline in PIPELINES.values()
             if router.routes(TOKENIZER) and router.routes(pipeline.model)
         ]
         typed = TypedService(
@@ -58,7 +58,7 @@ class GatewayServer(GrpcServer):
             servicer=GatewayServicer(router, settings),
             add_to_server=gateway_pb2_grpc.add_GatewayServiceServicer_to_server,
         )
-        super().__init__("gateway", settings, ModelRegistry([EchoModel(), *pipelines]), [typed], auth)
+        super().__init__("gateway", settings, ModelRegistry([echo_model(), *pipelines]), [typed], auth)
         self.v2 = GatewayInferenceServicer(self.models, self.lifecycle, self.router, settings.inline_max_bytes)
         self.http: HttpServer | None = None
         if settings.http_enabled:

@@ -13,9 +13,9 @@ from maas.inference import grpc_service_pb2 as pb
 from services.common.errors import DownstreamError, MaasError, ModelNotFound
 from services.common.interceptor import label_model
 from services.common.lifecycle import Lifecycle
-from services.common.models import ModelRegistry
 from services.common.v2 import EXTENSIONS, InferenceServicer, stream_infer
-from services.gateway.pipelines import PipelineModel
+from services.common.versions import ModelRegistry
+from services.gateway.pipelines import PIPELINES, ready_parts
 from services.gateway.router import Router
 
 log = logging.getLogger(__name__)
@@ -46,10 +46,10 @@ class GatewayInferenceServicer(InferenceServicer):
         if request.name not in self._local:
             return await self._forward(request.name, "ModelReady", request)
         local = await super().ModelReady(request, context)
-        model = self._local.get(request.name)
-        if not local.ready or not isinstance(model, PipelineModel):
+        pipeline = PIPELINES.get(request.name)
+        if not local.ready or pipeline is None:
             return local
-        parts = await asyncio.gather(*(self._ready(part) for part in model.ready_parts()))
+        parts = await asyncio.gather(*(self._ready(part) for part in ready_parts(pipeline)))
         return pb.ModelReadyResponse(ready=all(parts))
 
     async def _ready(self, model: str) -> bool:

@@ -10,7 +10,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import grpc
 import numpy as np
 from prometheus_client import Counter
 
@@ -19,18 +18,18 @@ from maas.inference import grpc_service_pb2_grpc
 from services.common.clients import Downstream, remaining_seconds
 from services.common.codec import Tensor, decode_outputs, encode_inputs
 from services.common.errors import DownstreamError, ModelNotFound, NotRun
-from services.common.models import Parameter
-from services.common.settings import GatewaySettings
+from services.common.model import Parameter
 from services.common.tls import TlsFilesError
 from services.common.v2 import SERVICE_NAME as V2_SERVICE_NAME
 from services.common.v2 import set_parameter
 from services.gateway.routing import ModelRoute, Routing, Target
+from services.gateway.spec import GatewaySettings
 from services.gateway.traffic import RetryBudget, WeightedPicker
+from services.tokenizer.spec import MODEL_NAME as TOKENIZER
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-TOKENIZER = "tokenizer"
 MAX_BACKOFF_SECONDS = 1.0
 VERSION_FIELDS = {
     "ModelInfer": "model_version",
@@ -259,7 +258,7 @@ class Router:
 
     def _retry_wait(self, model: str, route: Route, exc: DownstreamError, attempt: int) -> float | None:
         """Seconds to wait before retrying after `exc`, or None if the call must fail now."""
-        lost = exc.grpc_code is grpc.StatusCode.UNAVAILABLE and route.spec.retries.in_flight
+        lost = exc.code == "UNAVAILABLE" and route.spec.retries.in_flight
         if (exc.not_run is None and not lost) or attempt >= route.spec.retries.attempts:
             return None
         wait = 0.0

@@ -13,46 +13,42 @@ import numpy as np
 from maas.common.v1 import common_pb2
 from maas.gateway.v1 import gateway_pb2 as pb
 from maas.gateway.v1 import gateway_pb2_grpc as pb_grpc
-from maas.text.v1 import text_pb2, text_pb2_grpc
-from maas.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
-from maas.transformer.v1 import transformer_pb2, transformer_pb2_grpc
-from maas.vision.v1 import vision_pb2, vision_pb2_grpc
+from maas.vision.v1 import vision_pb2
 from services.common import offload
 from services.common.errors import InvalidInput, Overloaded
 from services.common.interceptor import label_model, received_bytes
-from services.common.settings import GatewaySettings
-from services.gateway.pipelines import LSTM_SENTIMENT, MINILM_SENTIMENT, TEXT_EMBED
+from services.common.spec import TypedSpec
 from services.gateway.router import TOKENIZER, Router
-
-VISION_MODEL = "fashion_cnn"
-
-
-def _service(module: Any, name: str) -> str:
-    return module.DESCRIPTOR.services_by_name[name].full_name
+from services.gateway.spec import GatewaySettings
+from services.text import spec as text
+from services.tokenizer import spec as tokenizer
+from services.transformer import spec as transformer
+from services.vision import spec as vision
 
 
 @dataclass(frozen=True)
-class TextRoute:
-    """How ClassifyText reaches one text model: its v2 name and its service's typed ClassifyText."""
+class TypedRoute:
+    """How a gateway RPC reaches a model's own typed RPC: the v2 model it is about, and its service's API."""
 
     model: str
     stub: Any
     service: str
     request: Any
 
+    @classmethod
+    def of(cls, model: str, typed: TypedSpec | None, request: str) -> TypedRoute:
+        """The route to `model`'s service, sending `request` messages of its typed API."""
+        assert typed is not None
+        return cls(model, typed.stub(), typed.full_name, typed.message(request))
 
+
+TOKENIZE = TypedRoute.of(TOKENIZER, tokenizer.SPEC.typed, "TokenizeRequest")
+CLASSIFY_IMAGE = TypedRoute.of(vision.MODEL_NAME, vision.SPEC.typed, "ClassifyImageRequest")
+EMBED = TypedRoute.of(transformer.EMBED_MODEL, transformer.SPEC.typed, "EmbedRequest")
 TEXT_ROUTES = {
-    pb.TEXT_MODEL_LSTM: TextRoute(
-        LSTM_SENTIMENT.model,
-        text_pb2_grpc.TextServiceStub,
-        _service(text_pb2, "TextService"),
-        text_pb2.ClassifyTextRequest,
-    ),
-    pb.TEXT_MODEL_TRANSFORMER: TextRoute(
-        MINILM_SENTIMENT.model,
-        transformer_pb2_grpc.TransformerServiceStub,
-        _service(transformer_pb2, "TransformerService"),
-        transformer_pb2.ClassifyTextRequest,
+    pb.TEXT_MODEL_LSTM: TypedRoute.of(text.MODEL_NAME, text.SPEC.typed, "ClassifyTextRequest"),
+    pb.TEXT_MODEL_TRANSFORMER: TypedRoute.of(
+        transformer.SENTIMENT_MODEL, transformer.SPEC.typed, "ClassifyTextRequest"
     ),
 }
 TEXT_MODEL_NAMES = {"lstm": pb.TEXT_MODEL_LSTM, "transformer": pb.TEXT_MODEL_TRANSFORMER}
@@ -80,35 +76,29 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         self._settings = settings
         self._default_text_model = TEXT_MODEL_NAMES[settings.default_text_model]
 
-    async def Tokenize(
-        self, request: tokenizer_pb2.TokenizeRequest, context: grpc.aio.ServicerContext
-    ) -> tokenizer_pb2.TokenizeResponse:
-        label_model(TOKENIZER)
+    async def Tokenize(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        label_model(TOKENIZE.model)
         return await self._router.typed(
-            TOKENIZER,
-            "",
-            tokenizer_pb2_grpc.TokenizerServiceStub,
-            _service(tokenizer_pb2, "TokenizerService"),
-            "Tokenize",
-            lambda _version: request,
+            TOKENIZE.model, "", TOKENIZE.stub, TOKENIZE.service, "Tokenize", lambda _version: request
         )
 
     async def ClassifyImage(
         self, request: pb.ClassifyImageRequest, context: grpc.aio.ServicerContext
     ) -> pb.ClassifyImageResponse:
-        label_model(VISION_MODEL)
+        route = CLASSIFY_IMAGE
+        label_model(route.model)
         images = await offload.run(
             lambda: [vision_pb2.Image(encoded=image) for image in request.images],
             received_bytes(request),
             self._settings.inline_max_bytes,
         )
         response = await self._router.typed(
-            VISION_MODEL,
+            route.model,
             request.model_version,
-            vision_pb2_grpc.VisionServiceStub,
-            _service(vision_pb2, "VisionService"),
+            route.stub,
+            route.service,
             "ClassifyImage",
-            lambda version: vision_pb2.ClassifyImageRequest(images=images, top_k=request.top_k, model_version=version),
+            lambda version: route.request(images=images, top_k=request.top_k, model_version=version),
         )
         return pb.ClassifyImageResponse(results=response.results, model_version=response.model_version)
 
@@ -151,17 +141,18 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
                 task.cancel()
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
-        label_model(TEXT_EMBED.model)
-        self._router.route(TEXT_EMBED.model)
+        route = EMBED
+        label_model(route.model)
+        self._router.route(route.model)
         ids, mask = await self._router.tokenize(await self._texts(request))
         items = tokenized(ids, mask)
         response = await self._router.typed(
-            TEXT_EMBED.model,
+            route.model,
             request.model_version,
-            transformer_pb2_grpc.TransformerServiceStub,
-            _service(transformer_pb2, "TransformerService"),
+            route.stub,
+            route.service,
             "Embed",
-            lambda version: transformer_pb2.EmbedRequest(items=items, model_version=version),
+            lambda version: route.request(items=items, model_version=version),
         )
         return pb.EmbedResponse(embeddings=response.embeddings, model_version=response.model_version)
 

@@ -11,26 +11,27 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from services.common.settings import BatchingSettings, RaySettings, ServiceSettings
+from services.catalog import service
+from services.common.settings import ModelServiceSettings, RaySettings, ServiceSettings
+from services.common.spec import ServiceSpec
 from services.ray.autoscaling import OngoingItemsPolicy
-from services.ray.catalog import hosted
-from services.ray.replica import REPLICAS
+from services.ray.replica import replica_class
 
 
-def deployment_options(service: str, ray: RaySettings) -> dict[str, Any]:
+def deployment_options(spec: ServiceSpec, ray: RaySettings) -> dict[str, Any]:
     """The Serve deployment options of a service's replicas, from the ray settings.
 
     Replicas autoscale on the requests they are working on (`services.ray.autoscaling`), not on
     Serve's count of handle calls, since one call from the front carries many requests.
 
     Args:
-        service: the service name.
+        spec: the service's spec.
         ray: the ray hosting's settings.
 
     Returns:
         Options for `Deployment.options` (also the deployment's entry in a Serve config).
     """
-    gpus = ray.replica_num_gpus if hosted(service).uses_torch else 0.0
+    gpus = ray.replica_num_gpus if spec.torch else 0.0
     return {
         "num_replicas": "auto",
         "autoscaling_config": {
@@ -72,19 +73,20 @@ def user_config(settings: ServiceSettings, versions: dict[str, list[str]] | None
         A `ReplicaConfig`-shaped dict.
     """
     config: dict[str, Any] = {"versions": dict(versions or {})}
-    if isinstance(settings, BatchingSettings):
+    if isinstance(settings, ModelServiceSettings):
         config["batching"] = {
             "max_batch_size": settings.max_batch_size,
             "max_queue_delay_ms": settings.max_queue_delay_ms
             if "max_queue_delay_ms" in settings.model_fields_set
             else 0.0,
             "max_queue_size": settings.max_queue_size,
+            "max_latency_ms": settings.max_latency_ms,
         }
     return config
 
 
 def build_app(
-    service: str,
+    spec: ServiceSpec,
     settings: ServiceSettings | None = None,
     ray: RaySettings | None = None,
     versions: dict[str, list[str]] | None = None,
@@ -92,7 +94,7 @@ def build_app(
     """A service's Serve application.
 
     Args:
-        service: the service name (`tokenizer`, `vision`, `transformer`).
+        spec: the service's spec.
         settings: its settings; default: read from its environment variables.
         ray: the ray hosting's settings; default: read from `MAAS_RAY_*`.
         versions: model -> versions to serve (the initial `user_config`).
@@ -100,13 +102,12 @@ def build_app(
     Returns:
         The bound application, ready for `serve.run`.
     """
-    spec = hosted(service)
-    settings = settings or spec.settings()
+    settings = settings or spec.read_settings()
     ray = ray or RaySettings()
-    deployment = serve.deployment(REPLICAS[service], name=service).options(
-        **deployment_options(service, ray), user_config=user_config(settings, versions)
+    deployment = serve.deployment(replica_class(spec), name=spec.name).options(
+        **deployment_options(spec, ray), user_config=user_config(settings, versions)
     )
-    return deployment.bind(settings)
+    return deployment.bind(spec, settings)
 
 
 def app_builder(args: dict[str, Any]) -> Application:
@@ -118,5 +119,5 @@ def app_builder(args: dict[str, Any]) -> Application:
     Returns:
         The service's application; the config's `deployments` entry overrides its options.
     """
-    spec = hosted(args["service"])
-    return build_app(spec.name, spec.settings(**args.get("settings", {})))
+    spec = service(args["service"])
+    return build_app(spec, spec.read_settings(**args.get("settings", {})))

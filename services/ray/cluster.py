@@ -14,17 +14,19 @@ import ray
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from services.catalog import model_services
 from services.common.settings import RaySettings, ServiceSettings
+from services.common.spec import ServiceSpec
 from services.ray import environment
 from services.ray.apps import build_app
-from services.ray.catalog import SERVICES, V2_SERVICER_FUNCTION
+from services.ray.rpcs import V2_SERVICER_FUNCTION
 
 log = logging.getLogger(__name__)
 
 
 def grpc_servicer_functions() -> list[str]:
     """The servicer functions Serve's gRPC proxy registers: v2 and every typed API."""
-    return [V2_SERVICER_FUNCTION, *(spec.servicer_function for spec in SERVICES.values())]
+    return [V2_SERVICER_FUNCTION, *(spec.typed.servicer_function for spec in model_services() if spec.typed)]
 
 
 def serve_options(settings: RaySettings) -> dict:
@@ -66,14 +68,14 @@ def stop() -> None:
 
 
 def deploy(
-    apps: dict[str, ServiceSettings],
+    apps: list[tuple[ServiceSpec, ServiceSettings]],
     settings: RaySettings,
     versions: dict[str, dict[str, list[str]]] | None = None,
 ) -> dict[str, DeploymentHandle]:
     """Deploy services as Serve applications, all at once, and wait until every one is running.
 
     Args:
-        apps: service name -> its settings.
+        apps: each service's spec and settings.
         settings: the ray hosting's settings.
         versions: service -> model -> versions to serve (default: the version policies).
 
@@ -85,8 +87,10 @@ def deploy(
     """
     versions = versions or {}
     targets = [
-        serve.RunTarget(build_app(name, service_settings, settings, versions.get(name)), name, f"/{name}")
-        for name, service_settings in apps.items()
+        serve.RunTarget(
+            build_app(spec, service_settings, settings, versions.get(spec.name)), spec.name, f"/{spec.name}"
+        )
+        for spec, service_settings in apps
     ]
     handles = serve.run_many(targets, wait_for_applications_running=True)
-    return dict(zip(apps, handles, strict=True))
+    return {spec.name: handle for (spec, _), handle in zip(apps, handles, strict=True)}

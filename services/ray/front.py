@@ -2,8 +2,12 @@
 
 The front is the same `GrpcServer` the grpc hosting runs (interceptor, health, metrics, drain), with
 servicers that forward each RPC's request message to the service's Serve deployment and return its
-response message. Validation, batching and errors all happen in the replica, in the same servicer
-code as the grpc hosting, so both hostings answer alike.
+response message; they are made from the service's proto descriptors, from the same list of RPCs as
+the replica's methods (`services.ray.rpcs`). Validation, batching and errors all happen in the replica,
+in the same servicer code as the grpc hosting, so both hostings answer alike.
+
+This module is the one place that reads Ray's private attributes and handle options; it refuses to
+import under a Ray other than the one they were written for.
 """
 
 from __future__ import annotations
@@ -12,24 +16,50 @@ import asyncio
 import importlib
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+import ray
 from ray.serve.handle import DeploymentHandle
 
 from maas.common.v1 import common_pb2, common_pb2_grpc
 from maas.inference import grpc_service_pb2 as pb
 from maas.inference import grpc_service_pb2_grpc as pb_grpc
 from services.common.interceptor import current_call, label_model
-from services.common.models import ModelRegistry
 from services.common.server import GrpcServer
 from services.common.service import TypedService
 from services.common.settings import RaySettings, ServiceSettings
+from services.common.spec import ServiceSpec
 from services.common.status import StatusServicer
+from services.common.timing import Timing
 from services.common.v2 import stream_infer
-from services.ray.catalog import HostedService
+from services.common.versions import ModelRegistry
 from services.ray.errors import unwrapped
+from services.ray.rpcs import STATUS, Rpc, rpcs
+
+RAY_VERSION = "2.60.0"
+"""The Ray whose private attributes and handle options this module reads."""
+
+
+def require_ray(version: str) -> None:
+    """Refuse a Ray other than the one this module was written for.
+
+    Args:
+        version: the installed Ray's version.
+
+    Raises:
+        RuntimeError: another version (what to do is in the message).
+    """
+    if version != RAY_VERSION:
+        raise RuntimeError(
+            f"the ray hosting's front reads private attributes of Ray {RAY_VERSION} (a handle's router and its "
+            f"replicas, `_init(_run_router_in_separate_loop=False)`), and Ray {version} is installed: install "
+            f"ray[serve]=={RAY_VERSION}, or check services/ray/front.py against Ray {version} and update RAY_VERSION"
+        )
+
+
+require_ray(ray.__version__)
 
 
 def running_replicas(handle: DeploymentHandle) -> int:
@@ -69,7 +99,7 @@ class _Coalescer:
         self._method = method
         self._calls_per_replica = calls_per_replica
         self._max_items = max_items
-        self._waiting: deque[tuple[Any, float | None, asyncio.Future]] = deque()
+        self._waiting: deque[tuple[Any, float | None, Timing | None, asyncio.Future]] = deque()
         self._in_flight = 0
         self._sending: set[asyncio.Task] = set()
 
@@ -77,7 +107,7 @@ class _Coalescer:
         call = current_call()
         timeout = None if call is None or call.deadline is None else max(0.0, call.deadline - time.monotonic())
         future = asyncio.get_running_loop().create_future()
-        self._waiting.append((request, timeout, future))
+        self._waiting.append((request, timeout, None if call is None else call.timing, future))
         self._dispatch()
         return await future
 
@@ -87,7 +117,7 @@ class _Coalescer:
             batch = []
             while self._waiting and len(batch) < self._max_items:
                 item = self._waiting.popleft()
-                if not item[2].done():
+                if not item[3].done():
                     batch.append(item)
             if batch:
                 self._in_flight += 1
@@ -95,18 +125,21 @@ class _Coalescer:
                 self._sending.add(task)
                 task.add_done_callback(self._sending.discard)
 
-    async def _send(self, batch: list[tuple[Any, float | None, asyncio.Future]]) -> None:
+    async def _send(self, batch: list[tuple[Any, float | None, Timing | None, asyncio.Future]]) -> None:
+        requests = [(request, timeout, timed is not None) for request, timeout, timed, _ in batch]
         try:
-            results = await self._handle.remote(self._method, [(request, timeout) for request, timeout, _ in batch])
+            results = await self._handle.remote(self._method, requests)
         except Exception as exc:
             error = unwrapped(exc)
-            results = [(False, error)] * len(batch)
+            results = [(False, error, None)] * len(batch)
         finally:
             self._in_flight -= 1
             self._dispatch()
-        for (_, _, future), (ok, value) in zip(batch, results, strict=True):
+        for (_, _, timed, future), (ok, value, replica_timing) in zip(batch, results, strict=True):
             if future.done():
                 continue
+            if timed is not None and replica_timing is not None:
+                timed.adopt(replica_timing)
             if ok:
                 future.set_result(value)
             else:
@@ -168,84 +201,51 @@ class ReplicaClient:
         return await self._methods[method].call(request)
 
 
-class ForwardingInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    """`inference.GRPCInferenceService`, answered by the deployment's replicas.
+def _forward(rpc: Rpc, replicas: ReplicaClient) -> Callable[..., Awaitable[Any]]:
+    """A servicer method sending `rpc`'s request to the replicas, labelling the call with its model."""
+    key, model, field = rpc.key, rpc.model, rpc.model_field
 
-    Model loading is the deployment's `user_config` under the ray hosting (every replica, also those
-    the autoscaler adds later), so RepositoryModelLoad/Unload are not served here.
-    """
+    async def forward(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if model is not None:
+            label_model(model)
+        elif field is not None:
+            label_model(getattr(request, field))
+        return await replicas.call(key, request)
 
-    def __init__(self, replicas: ReplicaClient) -> None:
-        self._replicas = replicas
-
-    async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext):
-        return await self._replicas.call("ServerLive", request)
-
-    async def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext):
-        return await self._replicas.call("ServerReady", request)
-
-    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext):
-        return await self._replicas.call("ServerMetadata", request)
-
-    async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext):
-        label_model(request.name)
-        return await self._replicas.call("ModelReady", request)
-
-    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext):
-        label_model(request.name)
-        return await self._replicas.call("ModelMetadata", request)
-
-    async def ModelConfig(self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext):
-        label_model(request.name)
-        return await self._replicas.call("ModelConfig", request)
-
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext):
-        label_model(request.model_name)
-        return await self._replicas.call("ModelInfer", request)
-
-    async def ModelStreamInfer(
-        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        async for response in stream_infer(request_iterator, lambda r: self._replicas.call("ModelInfer", r)):
-            yield response
-
-    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext):
-        label_model(request.name)
-        return await self._replicas.call("ModelStatistics", request)
-
-    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext):
-        return await self._replicas.call("RepositoryIndex", request)
+    forward.__name__ = forward.__qualname__ = rpc.name
+    return forward
 
 
-def forwarding_typed_service(spec: HostedService, replicas: ReplicaClient) -> TypedService:
-    """The service's typed servicer, each RPC forwarded to the replicas' `typed` method.
+def forwarding_servicers(spec: ServiceSpec, replicas: ReplicaClient) -> tuple[Any, list[TypedService]]:
+    """The front's servicers of a service: v2 and its typed API, every unary RPC forwarded to the replicas
+    (the RPCs `services.ray.rpcs` lists, the replica's methods), and v2 ModelStreamInfer answered
+    request by request by the replicas' ModelInfer.
 
     Args:
-        spec: the hosted service.
+        spec: the service's spec.
         replicas: the client of its deployment.
 
     Returns:
-        A `TypedService` to add to the front.
+        The v2 servicer, and the typed service to add to the front (none if the service has no typed API).
     """
-    module = importlib.import_module(spec.typed_grpc)
-    base = getattr(module, f"{spec.typed_service}Servicer")
+    found = rpcs(spec)
 
-    def forward(method: str, model: str):
-        async def rpc(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-            label_model(model)
-            return await replicas.call(f"typed:{method}", request)
+    async def stream(
+        self: Any, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        async for response in stream_infer(request_iterator, lambda r: replicas.call("ModelInfer", r)):
+            yield response
 
-        rpc.__name__ = method
-        return rpc
-
-    methods = {method: forward(method, model) for method, model in spec.typed_models.items()}
-    servicer = type(f"Forwarding{spec.typed_service}Servicer", (base,), methods)()
-    pb2 = importlib.import_module(spec.typed_grpc.removesuffix("_grpc"))
-    return TypedService(
-        full_name=pb2.DESCRIPTOR.services_by_name[spec.typed_service].full_name,
-        servicer=servicer,
-        add_to_server=getattr(module, f"add_{spec.typed_service}Servicer_to_server"),
-    )
+    v2_methods = {rpc.name: _forward(rpc, replicas) for rpc in found if rpc.model is None}
+    v2_methods["ModelStreamInfer"] = stream
+    v2 = type("ForwardingInferenceServicer", (pb_grpc.GRPCInferenceServiceServicer,), v2_methods)
+    typed_services = []
+    if spec.typed is not None:
+        base = getattr(importlib.import_module(spec.typed.grpc_module), f"{spec.typed.service}Servicer")
+        methods = {rpc.name: _forward(rpc, replicas) for rpc in found if rpc.model is not None}
+        servicer = type(f"Forwarding{spec.typed.service}Servicer", (base,), methods)()
+        typed_services.append(TypedService(spec.typed.full_name, servicer, spec.typed.add_to_server()))
+    return v2(), typed_services
 
 
 class ForwardingStatusServicer(common_pb2_grpc.StatusServiceServicer):
@@ -265,7 +265,7 @@ class ForwardingStatusServicer(common_pb2_grpc.StatusServiceServicer):
         heard: set[str] = set()
         wanted = self._replicas.running_replicas()
         for _ in range(2 * wanted):
-            answer = await self._replicas.call("Status", request)
+            answer = await self._replicas.call(STATUS, request)
             fresh = {server.id for server in answer.servers} - heard
             response.servers.extend(server for server in answer.servers if server.id in fresh)
             response.versions.extend(version for version in answer.versions if version.server in fresh)
@@ -279,20 +279,21 @@ class RayFront(GrpcServer):
     """A service's gRPC front under the ray hosting: same contract, replicas behind a handle."""
 
     def __init__(
-        self, spec: HostedService, settings: ServiceSettings, handle: DeploymentHandle, ray: RaySettings
+        self, spec: ServiceSpec, settings: ServiceSettings, handle: DeploymentHandle, ray: RaySettings
     ) -> None:
         """Args:
-        spec: the hosted service.
+        spec: the service's spec.
         settings: its settings (host, port, limits of the front's server).
         handle: the handle of its deployment.
         ray: the ray hosting's settings (how the front sends requests together).
         """
         self._replicas = ReplicaClient(handle, ray.front_calls_per_replica, ray.front_max_requests_per_call)
-        super().__init__(spec.name, settings, ModelRegistry([]), [forwarding_typed_service(spec, self._replicas)])
+        self._v2, typed = forwarding_servicers(spec, self._replicas)
+        super().__init__(spec.name, settings, ModelRegistry([]), typed)
 
     def inference_servicer(self) -> pb_grpc.GRPCInferenceServiceServicer:
         """v2 answered by the replicas."""
-        return ForwardingInferenceServicer(self._replicas)
+        return self._v2
 
     def status_servicer(self) -> common_pb2_grpc.StatusServiceServicer:
         """The front's own status (it holds no models), then its replicas'."""

@@ -12,49 +12,44 @@ import logging
 import signal
 import sys
 
+from services.catalog import model_services, service
 from services.common.devices import DeviceError
 from services.common.logs import configure_logging
+from services.common.repository import version_dirs
 from services.common.server import host_port
-from services.common.settings import BatchingSettings, RaySettings
+from services.common.settings import RaySettings, ServiceSettings
+from services.common.spec import ServiceSpec
 from services.ray import cluster
-from services.ray.catalog import SERVICES
 from services.ray.front import RayFront
 from services.ray.replica import replica_device
 
 log = logging.getLogger(__name__)
 
 
-MODELS = {
-    "tokenizer": ["tokenizer"],
-    "vision": ["fashion_cnn"],
-    "text": ["review_lstm"],
-    "transformer": ["minilm_embed", "minilm_sentiment"],
-}
-
-
 def available_services() -> list[str]:
-    """The hosted services whose models are in the repository (every one `maas up` would start)."""
-    from services.common.repository import version_dirs
-
-    names = []
-    for name, spec in SERVICES.items():
-        settings = spec.settings()
-        if all(version_dirs(settings.model_repository, model) for model in MODELS[name]):
-            names.append(name)
-    return names
+    """The model services whose models are all in the repository (every one `maas up` would start)."""
+    return [
+        spec.name
+        for spec in model_services()
+        if all(version_dirs(spec.read_settings().model_repository, model) for model in spec.model_names)
+    ]
 
 
-async def run_ray(services: list[str] | None = None) -> None:
-    """Host `services` (default: every one whose models exist) on Ray until signalled.
+async def run_ray(apps: list[tuple[ServiceSpec, ServiceSettings]] | None = None) -> None:
+    """Host services on Ray until signalled.
+
+    Args:
+        apps: each service's spec and settings; default: the services `MAAS_RAY_SERVICES` names, else
+            every model service whose models exist, with the settings their environment gives.
 
     Raises:
         SystemExit: a model service's `device` needs a GPU its replicas do not reserve, or Ray or an
             application failed to start (the reason is logged).
     """
     ray = RaySettings()
-    names = services or ray.services or available_services()
-    settings = {name: SERVICES[name].settings() for name in names}
-    configure_logging(next(iter(settings.values())).log_format if settings else "text", "INFO")
+    if apps is None:
+        apps = [(service(name), service(name).read_settings()) for name in ray.services or available_services()]
+    configure_logging(apps[0][1].log_format if apps else "text", "INFO")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -65,22 +60,22 @@ async def run_ray(services: list[str] | None = None) -> None:
     handle_signals()
     fronts: list[RayFront] = []
     try:
-        for name, service_settings in settings.items():
-            if SERVICES[name].uses_torch and isinstance(service_settings, BatchingSettings):
+        for spec, service_settings in apps:
+            if spec.torch:
                 try:
                     replica_device(service_settings.device, ray.replica_num_gpus > 0)
                 except DeviceError as exc:
-                    raise DeviceError(f"{name}: {exc}") from None
+                    raise DeviceError(f"{spec.name}: {exc}") from None
         await asyncio.to_thread(cluster.start, ray)
         # ray.init installs Ray's own failure handler for SIGTERM, which aborts the process before
         # anything is drained or stopped; ours again.
         handle_signals()
-        handles = await asyncio.to_thread(cluster.deploy, settings, ray)
-        for name in names:
-            front = RayFront(SERVICES[name], settings[name], handles[name], ray)
+        handles = await asyncio.to_thread(cluster.deploy, apps, ray)
+        for spec, service_settings in apps:
+            front = RayFront(spec, service_settings, handles[spec.name], ray)
             await front.start()
             fronts.append(front)
-            sys.stdout.write(f"READY {name} {host_port(front.settings.host, front.port)}\n")
+            sys.stdout.write(f"READY {spec.name} {host_port(front.settings.host, front.port)}\n")
             sys.stdout.flush()
         if ray.native_proxy:
             log.info("Serve's gRPC proxy on 127.0.0.1:%d (metadata `application: <service>`)", ray.grpc_port)

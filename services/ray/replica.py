@@ -1,35 +1,39 @@
 """A Serve replica of one maas service: the same models and servicers as the grpc hosting.
 
-A replica knows nothing of sockets. Its methods are named like the RPCs and take and return the
-protobuf messages, so the same methods answer two callers: the maas front (`front.py`, by
-`DeploymentHandle`) and Serve's own gRPC proxy (which passes `grpc_context`). An error raised here
-reaches the front as itself (the front unwraps Ray's wrapper); for Serve's proxy its status code is
-set on `grpc_context` before it is raised, since the proxy would otherwise answer INTERNAL.
+A replica knows nothing of sockets. The front (`front.py`, by `DeploymentHandle`) calls its `batch`
+method; Serve's own gRPC proxy calls methods named like the RPCs, made for each service from its proto
+descriptors (`replica_class`, the list the front forwards too) and taking and returning the protobuf
+messages. An error raised here reaches the front as itself (the front unwraps Ray's wrapper); for
+Serve's proxy its status code is set on `grpc_context` before it is raised, since the proxy would
+otherwise answer INTERNAL.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import ray
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
-from services.common.batched import BatchedModel
+from services.common import timing
 from services.common.devices import DeviceError
 from services.common.errors import DeadlineExceeded, MaasError
 from services.common.interceptor import CallInfo, status_of
 from services.common.lifecycle import Lifecycle
 from services.common.logs import configure_logging
-from services.common.models import VersionedModel
-from services.common.settings import BatchingSettings, ServiceSettings
+from services.common.service import build_service
+from services.common.settings import ServiceSettings
+from services.common.spec import ServiceSpec
 from services.common.status import StatusServicer
 from services.common.v2 import InferenceServicer
+from services.common.versions import ModelVersions
 from services.ray.autoscaling import ONGOING_ITEMS, OngoingItems
-from services.ray.catalog import hosted
+from services.ray.rpcs import STATUS, Rpc, rpcs
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,7 @@ class BatchingLimits(BaseModel):
     max_batch_size: int | None = Field(None, ge=1)
     max_queue_delay_ms: float | None = Field(None, ge=0)
     max_queue_size: int | None = Field(None, ge=1)
+    max_latency_ms: float | None = Field(None, ge=0)
 
 
 class ReplicaConfig(BaseModel):
@@ -91,34 +96,32 @@ def replica_device(requested: str, reserves_gpu: bool) -> str:
 class ServiceReplica:
     """Hosts one service's models, v2 servicer and typed servicer in a Serve replica."""
 
-    service: ClassVar[str]
-
-    def __init__(self, settings: ServiceSettings) -> None:
+    def __init__(self, spec: ServiceSpec, settings: ServiceSettings) -> None:
         """Build the service (models are loaded by `reconfigure`, which Serve calls next).
 
         Args:
-            settings: the service's settings, as the grpc hosting would read them.
+            spec: the service's spec.
+            settings: its settings, as the grpc hosting would read them.
 
         Raises:
             DeviceError: the `device` setting asks for a GPU this replica was not given.
         """
         configure_logging(settings.log_format, settings.log_level)
-        spec = hosted(self.service)
-        if spec.uses_torch and isinstance(settings, BatchingSettings):
-            import torch
-
-            torch.set_num_threads(settings.num_threads)
+        self.service = spec.name
+        if spec.torch:
             settings = settings.model_copy(update={"device": replica_device(settings.device, bool(ray.get_gpu_ids()))})
-        built = spec.build(settings)
+        built = build_service(spec, settings)
         self._models = built.models
         self._lifecycle = Lifecycle()
         self._ongoing = OngoingItems()
-        self._v2 = InferenceServicer(built.models, self._lifecycle)
+        v2 = InferenceServicer(built.models, self._lifecycle)
+        typed = built.typed_services[0].servicer if built.typed_services else None
         replica = serve.get_replica_context().replica_id.unique_id
-        self._status = StatusServicer(self.service, built.models, self._lifecycle, str, "ray", replica)
-        self._typed: dict[str, Handler] = {
-            method: getattr(typed.servicer, method) for typed in built.typed_services for method in spec.typed_models
+        status = StatusServicer(self.service, built.models, self._lifecycle, str, "ray", replica)
+        self._handlers: dict[str, Handler] = {
+            rpc.key: getattr(typed if rpc.model is not None else v2, rpc.name) for rpc in rpcs(spec)
         }
+        self._handlers[STATUS] = status.Status
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
         """Apply a `user_config`: load the versions it names (or the policy's), then unload the rest,
@@ -137,14 +140,13 @@ class ServiceReplica:
             raise ValueError(f"user_config names models this service does not serve: {', '.join(unknown)}")
         limits = update.batching.model_dump(exclude_none=True)
         for model in self._models:
-            assert isinstance(model, VersionedModel)
-            if limits and isinstance(model, BatchedModel):
+            if limits:
                 model.reconfigure(**limits)
             await self._serve_versions(model, update.versions.get(model.name))
         self._lifecycle.mark_serving()
 
     @staticmethod
-    async def _serve_versions(model: VersionedModel, versions: list[str] | None) -> None:
+    async def _serve_versions(model: ModelVersions, versions: list[str] | None) -> None:
         wanted = versions or model.default_versions()
         for version in wanted:
             await model.load(version)
@@ -187,125 +189,66 @@ class ServiceReplica:
                 grpc_context.set_details(details)
             raise
 
-    async def typed(self, method: str, request: Any, grpc_context: Any = None) -> Any:
-        """Answer a typed RPC by name."""
-        return await self._serve(method, self._typed[method], request, grpc_context)
-
-    async def batch(self, method: str, requests: list[tuple[Any, float | None]]) -> list[tuple[bool, Any]]:
+    async def batch(
+        self, method: str, requests: list[tuple[Any, float | None, bool]]
+    ) -> list[tuple[bool, Any, timing.Timing | None]]:
         """The front's path: answer several requests of one RPC at once, each on its own.
 
         Args:
             method: a v2 RPC's name, or `typed:<RPC>`.
-            requests: (request message, seconds left of its caller's deadline, or None).
+            requests: (request message, seconds left of its caller's deadline or None, whether its
+                caller wants its timing).
 
         Returns:
-            Per request, (True, response) or (False, the error to raise for it). A request past its
-            deadline is dropped (its batcher counts it cancelled). An unexpected error is logged here
-            and comes back as a bare `MaasError` (INTERNAL, details without internals).
+            Per request, (True, response, timing) or (False, the error to raise for it, timing); the
+            timing is None unless it was wanted. A request past its deadline is dropped (its batcher
+            counts it cancelled). An unexpected error is logged here and comes back as a bare
+            `MaasError` (INTERNAL, details without internals).
         """
-        _, typed, name = method.rpartition("typed:")
-        handler = self._typed[name] if typed else getattr(self._status if name == "Status" else self._v2, name)
-        answers = (self._answer(name, handler, request, timeout) for request, timeout in requests)
+        handler = self._handlers[method]
+        answers = (self._answer(method, handler, *request) for request in requests)
         with self._ongoing.working(len(requests)):
             return await asyncio.gather(*answers)
 
     @staticmethod
-    async def _answer(method: str, handler: Handler, request: Any, timeout: float | None) -> tuple[bool, Any]:
+    async def _answer(
+        method: str, handler: Handler, request: Any, timeout: float | None, timed: bool
+    ) -> tuple[bool, Any, timing.Timing | None]:
+        timing.arrive(time.perf_counter_ns())
+        recorded = timing.begin() if timed else None
         try:
-            return True, await asyncio.wait_for(handler(request, None), timeout)
+            return True, await asyncio.wait_for(handler(request, None), timeout), recorded
         except MaasError as exc:
-            return False, exc
+            return False, exc, recorded
         except TimeoutError:
-            return False, DeadlineExceeded(f"{method}: the caller's deadline passed")
+            return False, DeadlineExceeded(f"{method}: the caller's deadline passed"), recorded
         except Exception:
             log.exception("unhandled error in %s", method)
-            return False, MaasError("internal error")
-
-    async def ServerLive(self, request: Any, grpc_context: Any = None) -> Any:
-        """v2 ServerLive."""
-        return await self._serve("ServerLive", self._v2.ServerLive, request, grpc_context)
-
-    async def ServerReady(self, request: Any, grpc_context: Any = None) -> Any:
-        """v2 ServerReady."""
-        return await self._serve("ServerReady", self._v2.ServerReady, request, grpc_context)
-
-    async def ServerMetadata(self, request: Any, grpc_context: Any = None) -> Any:
-        """v2 ServerMetadata."""
-        return await self._serve("ServerMetadata", self._v2.ServerMetadata, request, grpc_context)
-
-    async def ModelReady(self, request: Any, grpc_context: Any = None) -> Any:
-        """v2 ModelReady."""
-        return await self._serve("ModelReady", self._v2.ModelReady, request, grpc_context)
-
-    async def ModelMetadata(self, request: Any, grpc_context: Any = None) -> Any:
-        """v2 ModelMetadata."""
-        return await self._serve("ModelMetadata", self._v2.ModelMetadata, request, grpc_context)
-
-    async def ModelConfig(self, request: Any, grpc_context: Any = None) -> Any:
-        """v2 ModelConfig."""
-        return await self._serve("ModelConfig", self._v2.ModelConfig, request, grpc_context)
-
-    async def ModelInfer(self, request: Any, grpc_context: Any = None) -> Any:
-        """v2 ModelInfer."""
-        return await self._serve("ModelInfer", self._v2.ModelInfer, request, grpc_context)
-
-    async def ModelStatistics(self, request: Any, grpc_context: Any = None) -> Any:
-        """v2 ModelStatistics of this replica."""
-        return await self._serve("ModelStatistics", self._v2.ModelStatistics, request, grpc_context)
-
-    async def RepositoryIndex(self, request: Any, grpc_context: Any = None) -> Any:
-        """v2 RepositoryIndex of this replica."""
-        return await self._serve("RepositoryIndex", self._v2.RepositoryIndex, request, grpc_context)
+            return False, MaasError("internal error"), recorded
 
 
-class TokenizerReplica(ServiceReplica):
-    """The tokenizer service in a replica."""
+def _method(rpc: Rpc) -> Callable[..., Awaitable[Any]]:
+    async def method(self: ServiceReplica, request: Any, grpc_context: Any = None) -> Any:
+        return await self._serve(rpc.name, self._handlers[rpc.key], request, grpc_context)
 
-    service = "tokenizer"
-
-    async def Tokenize(self, request: Any, grpc_context: Any = None) -> Any:
-        """maas.tokenizer.v1 Tokenize."""
-        return await self.typed("Tokenize", request, grpc_context)
-
-    async def Detokenize(self, request: Any, grpc_context: Any = None) -> Any:
-        """maas.tokenizer.v1 Detokenize."""
-        return await self.typed("Detokenize", request, grpc_context)
+    method.__name__ = method.__qualname__ = rpc.name
+    method.__doc__ = f"{rpc.name}, for Serve's gRPC proxy."
+    return method
 
 
-class VisionReplica(ServiceReplica):
-    """The vision service in a replica."""
+def replica_class(spec: ServiceSpec) -> type[ServiceReplica]:
+    """The deployment class of a service: `ServiceReplica` with a method per RPC it answers.
 
-    service = "vision"
+    Args:
+        spec: the service's spec.
 
-    async def ClassifyImage(self, request: Any, grpc_context: Any = None) -> Any:
-        """maas.vision.v1 ClassifyImage."""
-        return await self.typed("ClassifyImage", request, grpc_context)
-
-
-class TextReplica(ServiceReplica):
-    """The text service in a replica."""
-
-    service = "text"
-
-    async def ClassifyText(self, request: Any, grpc_context: Any = None) -> Any:
-        """maas.text.v1 ClassifyText."""
-        return await self.typed("ClassifyText", request, grpc_context)
-
-
-class TransformerReplica(ServiceReplica):
-    """The transformer service in a replica."""
-
-    service = "transformer"
-
-    async def Embed(self, request: Any, grpc_context: Any = None) -> Any:
-        """maas.transformer.v1 Embed."""
-        return await self.typed("Embed", request, grpc_context)
-
-    async def ClassifyText(self, request: Any, grpc_context: Any = None) -> Any:
-        """maas.transformer.v1 ClassifyText."""
-        return await self.typed("ClassifyText", request, grpc_context)
-
-
-REPLICAS: dict[str, type[ServiceReplica]] = {
-    replica.service: replica for replica in (TokenizerReplica, VisionReplica, TextReplica, TransformerReplica)
-}
+    Returns:
+        A subclass of `ServiceReplica`, built as `cls(spec, settings)`.
+    """
+    methods = {rpc.name: _method(rpc) for rpc in rpcs(spec)}
+    name = "".join(part.title() for part in spec.name.replace("-", "_").split("_")) + "Replica"
+    return type(
+        name,
+        (ServiceReplica,),
+        {"__module__": __name__, "__doc__": f"The {spec.name} service in a replica.", **methods},
+    )

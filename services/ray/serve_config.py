@@ -10,9 +10,9 @@ from typing import Any
 
 import yaml
 
+from services.catalog import model_services
 from services.common.settings import REPO_ROOT, RaySettings
 from services.ray.apps import deployment_options, user_config
-from services.ray.catalog import SERVICES
 from services.ray.cluster import grpc_servicer_functions
 
 SERVE_CONFIG_FILE = REPO_ROOT / "helm" / "maas" / "files" / "serve-config.yaml"
@@ -38,15 +38,19 @@ def serve_config(ray: RaySettings) -> dict[str, Any]:
         "logging_config": {"enable_access_log": False},
         "applications": [
             {
-                "name": name,
-                "route_prefix": f"/{name}",
+                "name": spec.name,
+                "route_prefix": f"/{spec.name}",
                 "import_path": "services.ray.apps:app_builder",
-                "args": {"service": name},
+                "args": {"service": spec.name},
                 "deployments": [
-                    {"name": name, **deployment_options(name, ray), "user_config": user_config(spec.settings())}
+                    {
+                        "name": spec.name,
+                        **deployment_options(spec, ray),
+                        "user_config": user_config(spec.read_settings()),
+                    }
                 ],
             }
-            for name, spec in SERVICES.items()
+            for spec in model_services()
         ],
     }
 

@@ -1,4 +1,4 @@
-"""The review LSTM: architecture and inference. No gRPC, no Ray.
+"""The review LSTM: architecture, and the served model `review_lstm`. No gRPC, no Ray.
 
 An LSTM reading WordPiece ids in both directions. Its embedding table holds only the ids seen often enough
 in training: a lookup buffer maps each of the tokenizer's ids to a row (row 0 is [PAD], row 1 every
@@ -13,7 +13,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from services.common.model import Arrays, Parameters, Version
+from services.common.repository import RepositoryError
+from services.common.sequences import SEQUENCE_BATCHING, checked_sequences
 from services.common.torch_weights import CPU, load_weights, quantize, serving_device
+from services.text.spec import INPUTS, MODEL_NAME, OUTPUTS, PLATFORM
 
 ARCHITECTURE = "review_bilstm"
 WEIGHTS_FILE = "model.safetensors"
@@ -80,10 +84,21 @@ def tokens_first(ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 class Classifier:
-    """A loaded version: token ids in, class probabilities out."""
+    """v2 model `review_lstm`: INPUT_IDS, ATTENTION_MASK INT64 [N, L] -> PROBABILITIES FP32 [N, 2]."""
+
+    name = MODEL_NAME
+    platform = PLATFORM
+    inputs = INPUTS
+    outputs = OUTPUTS
+    batching = SEQUENCE_BATCHING
 
     def __init__(
-        self, directory: Path, hyperparameters: dict, quantization: str | None = None, device: torch.device = CPU
+        self,
+        directory: Path,
+        hyperparameters: dict,
+        quantization: str | None = None,
+        device: torch.device = CPU,
+        max_texts: int = 256,
     ) -> None:
         """Load the version's weights into its architecture, quantized if its config says so, onto
         `device` (a quantized version stays on the CPU).
@@ -93,14 +108,47 @@ class Classifier:
             hyperparameters: the architecture's, from the version's config.
             quantization: the version's quantization scheme, or None.
             device: where the weights live and batches run.
+            max_texts: sequences per request; more is refused.
 
         Raises:
             RepositoryError: the weights do not fit the architecture, or the quantization is unknown.
         """
         self.vocab_size = int(hyperparameters["vocab_size"])
+        self.max_texts = max_texts
         self.device = serving_device(device, quantization, directory)
         network = quantize(load_weights(build(hyperparameters), directory / WEIGHTS_FILE), quantization)
         self.network = network.to(self.device)
+
+    @classmethod
+    def load(cls, version: Version) -> Classifier:
+        """The LSTM of a version, quantized as its config says.
+
+        Raises:
+            RepositoryError: the config names another architecture, or its hyperparameters or weights do
+                not build the LSTM.
+        """
+        config = version.config
+        hyperparameters = config.network(ARCHITECTURE, version.directory).get("hyperparameters", {})
+        try:
+            return cls(
+                version.directory,
+                hyperparameters,
+                config.quantization,
+                torch.device(version.device),
+                version.settings.max_texts,
+            )
+        except (KeyError, TypeError) as exc:
+            raise RepositoryError(
+                f"{version.directory}: architecture hyperparameters do not build the LSTM ({exc!r})"
+            ) from None
+
+    def prepare(self, inputs: Arrays, parameters: Parameters) -> Arrays:
+        """Check ids and mask and drop unused padding (see `checked_sequences`)."""
+        return checked_sequences(inputs, self.vocab_size, self.max_texts)
+
+    def predict(self, batch: Arrays) -> Arrays:
+        """PROBABILITIES of a batch of token ids."""
+        return {"PROBABILITIES": self.probabilities(batch["INPUT_IDS"], batch["ATTENTION_MASK"])}
 
     @torch.inference_mode()
     def probabilities(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:

@@ -12,28 +12,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from services.common.repository import TensorConfig, VersionConfig, publish_quantized, publish_version, version_dirs
+from services.common.repository import TensorConfig, VersionConfig, publish_quantized, publish_version
 from services.common.reviews import LABELS, MAJORITY_BASELINE, SOURCE, review_splits, reviews
 from services.common.torch_weights import save_weights
 from services.text.model import ARCHITECTURE, PAD_ROW, UNKNOWN_ROW, WEIGHTS_FILE, Classifier, build
 from services.text.recipe import Recipe
 from services.text.spec import INPUTS, MODEL_NAME, OUTPUTS, PLATFORM
-from services.tokenizer.model import WordPieceTokenizer
+from services.tokenizer.model import WordPieceTokenizer, newest_tokenizer
 
 SERVING_CHECK = 200
 BUCKET_BATCHES = 32
-
-
-def newest_tokenizer(repository: Path) -> WordPieceTokenizer:
-    """The repository's newest tokenizer version.
-
-    Raises:
-        FileNotFoundError: the repository has no tokenizer.
-    """
-    versions = version_dirs(repository, "tokenizer")
-    if not versions:
-        raise FileNotFoundError(f"no tokenizer in {repository}: run `maas models export-tokenizer`")
-    return WordPieceTokenizer(repository / "tokenizer" / versions[-1])
 
 
 def encoded(tokenizer: WordPieceTokenizer, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -156,7 +144,7 @@ def train(recipe: Recipe, repository: Path, progress: bool = True) -> Path:
             "train_examples": len(fit),
             "validation_examples": len(held),
             "labels": "score: great vs other",
-            "ids": f"WordPiece ids of tokenizer/{version_dirs(repository, 'tokenizer')[-1]}, max_length "
+            "ids": f"WordPiece ids of tokenizer/{tokenizer.directory.name}, max_length "
             f"{recipe.max_length}; {rows - 2} ids seen at least {recipe.min_count} times have their own row",
             "recipe": asdict(recipe),
             "torch": torch.__version__,

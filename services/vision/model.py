@@ -1,4 +1,4 @@
-"""The Fashion-MNIST CNN: architecture and inference. No gRPC, no Ray."""
+"""The Fashion-MNIST CNN: architecture, and the served model `fashion_cnn`. No gRPC, no Ray."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from services.common.errors import InvalidInput, Overloaded
+from services.common.model import Arrays, Batching, Parameters, Version
 from services.common.repository import RepositoryError
 from services.common.torch_weights import CPU, load_weights
+from services.vision.spec import INPUTS, MODEL_NAME, OUTPUTS, PLATFORM
 
 ARCHITECTURE = "fashion_cnn_v2"
 WEIGHTS_FILE = "model.safetensors"
@@ -70,7 +73,7 @@ def build(hyperparameters: dict) -> FashionCNN:
 
 
 class Classifier:
-    """A loaded version: images in, class probabilities out.
+    """v2 model `fashion_cnn`: IMAGE FP32 [N, 1, 28, 28] in [0, 1] -> PROBABILITIES FP32 [N, 10].
 
     At load, the trained network becomes a flat list of tensor operations: each batch norm folded
     into the convolution before it, any max pooling moved ahead of the ReLU (both commute, so results
@@ -80,7 +83,20 @@ class Classifier:
     batch 1 and 25% less at batch 32 than NCHW, measured on one thread.
     """
 
-    def __init__(self, directory: Path, hyperparameters: dict, device: torch.device = CPU) -> None:
+    name = MODEL_NAME
+    platform = PLATFORM
+    inputs = INPUTS
+    outputs = OUTPUTS
+    batching = Batching(inline_when_idle=True)
+
+    def __init__(
+        self,
+        directory: Path,
+        hyperparameters: dict,
+        device: torch.device = CPU,
+        max_images: int = 1024,
+        value_range: tuple[float, float] = (0.0, 1.0),
+    ) -> None:
         """Load the version's weights into its architecture, fold them for inference and move them
         to `device`.
 
@@ -88,11 +104,15 @@ class Classifier:
             directory: the version's directory.
             hyperparameters: the architecture's, from the version's config.
             device: where the weights live and batches run.
+            max_images: images per request; more is refused.
+            value_range: the pixel values the version was trained on (inclusive).
 
         Raises:
             RepositoryError: the weights do not fit the architecture.
         """
         self.device = device
+        self.max_images = max_images
+        self.value_range = value_range
         network = load_weights(build(hyperparameters), directory / WEIGHTS_FILE)
         self._convolutions = []
         for block in network.features:
@@ -102,6 +122,54 @@ class Classifier:
             self._convolutions.append((weight, bias.to(device), block[0].stride, pools))
         linears = [layer for layer in network.classifier if isinstance(layer, nn.Linear)]
         self._linears = [(layer.weight.detach().to(device), layer.bias.detach().to(device)) for layer in linears]
+
+    @classmethod
+    def load(cls, version: Version) -> Classifier:
+        """The CNN of a version, on the version's device.
+
+        Raises:
+            RepositoryError: the config names another architecture, or the weights do not fit it.
+        """
+        config = version.config
+        architecture = config.network(ARCHITECTURE, version.directory)
+        return cls(
+            version.directory,
+            architecture.get("hyperparameters", {}),
+            torch.device(version.device),
+            version.settings.max_images,
+            config.inputs[0].range or (0.0, 1.0),
+        )
+
+    def prepare(self, inputs: Arrays, parameters: Parameters) -> Arrays:
+        """Refuse empty or oversized batches, NaN/Inf, and pixels outside the declared range.
+
+        Raises:
+            InvalidInput: no images, NaN/Inf, or a pixel out of range.
+            Overloaded: more images than the per-request limit.
+        """
+        images = inputs["IMAGE"]
+        if images.shape[0] > self.max_images:
+            raise Overloaded(
+                f"IMAGE holds {images.shape[0]} images; the limit is {self.max_images} per request",
+                field="inputs[IMAGE]",
+            )
+        if images.shape[0] == 0:
+            raise InvalidInput("IMAGE holds no images", field="inputs[IMAGE]")
+        low, high = self.value_range
+        smallest, largest = images.min(), images.max()
+        if smallest >= low and largest <= high:
+            return inputs
+        finite = np.isfinite(images).reshape(len(images), -1).all(axis=1)
+        if not finite.all():
+            raise InvalidInput(f"IMAGE {int(np.argmin(finite))} holds NaN or Inf", field="inputs[IMAGE]")
+        raise InvalidInput(
+            f"IMAGE values must lie in [{low:g}, {high:g}] (pixel / 255); got [{smallest:g}, {largest:g}]",
+            field="inputs[IMAGE]",
+        )
+
+    def predict(self, batch: Arrays) -> Arrays:
+        """PROBABILITIES of a batch of images."""
+        return {"PROBABILITIES": self.probabilities(batch["IMAGE"])}
 
     @torch.inference_mode()
     def probabilities(self, images: np.ndarray) -> np.ndarray:

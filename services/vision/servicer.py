@@ -1,81 +1,28 @@
-"""Vision servicers: the v2 model `fashion_cnn` and the typed `maas.vision.v1` API."""
+"""The typed `maas.vision.v1` API over the v2 model `fashion_cnn`.
+
+Image headers are read and sizes checked before anything is decoded; a large request is decoded on worker
+threads, in chunks (see `services.common.offload`).
+"""
 
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import grpc
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from maas.vision.v1 import vision_pb2 as pb
 from maas.vision.v1 import vision_pb2_grpc as pb_grpc
 from services.common import offload
-from services.common.batched import BatchedModel
-from services.common.batcher import Arrays, Predict
 from services.common.codec import Tensor
-from services.common.devices import select_device
-from services.common.echo import EchoModel
 from services.common.errors import InvalidInput, Overloaded
 from services.common.interceptor import label_model, received_bytes
-from services.common.models import InferRequest, ModelRegistry
-from services.common.repository import RepositoryError, VersionConfig
-from services.common.service import Service, TypedService
-from services.common.settings import VisionSettings
 from services.common.typed import top_labels
-from services.vision.model import ARCHITECTURE, Classifier
-from services.vision.spec import INPUTS, MODEL_NAME, OUTPUTS, PLATFORM, SIDE
+from services.common.versions import ModelRegistry
+from services.vision.spec import MODEL_NAME, SIDE, VisionSettings
 
 ENCODINGS = ("PNG", "JPEG")
-
-
-class FashionModel(BatchedModel):
-    """v2 model `fashion_cnn`: IMAGE FP32 [N, 1, 28, 28] in [0, 1] -> PROBABILITIES FP32 [N, 10]."""
-
-    name = MODEL_NAME
-    platform = PLATFORM
-    inputs = INPUTS
-    outputs = OUTPUTS
-    missing_hint = "; run `maas train vision`"
-
-    def __init__(self, repository: Path, settings: VisionSettings, device: torch.device) -> None:
-        super().__init__(repository, settings.batching(inline_when_idle=True))
-        self.max_images = settings.max_images
-        self.device = device
-
-    def build(self, directory: Path, config: VersionConfig) -> Predict:
-        """Load the CNN of a version."""
-        if config.architecture.get("name") != ARCHITECTURE:
-            raise RepositoryError(
-                f"{directory}: architecture {config.architecture.get('name')!r} is not {ARCHITECTURE!r}"
-            )
-        classifier = Classifier(directory, config.architecture.get("hyperparameters", {}), self.device)
-        self.record_device(directory.name, str(classifier.device))
-        return lambda inputs: {"PROBABILITIES": classifier.probabilities(inputs["IMAGE"])}
-
-    def prepare(self, inputs: Arrays, config: VersionConfig) -> Arrays:
-        """Refuse empty or oversized batches, NaN/Inf, and pixels outside the declared range."""
-        images = inputs["IMAGE"]
-        if images.shape[0] > self.max_images:
-            raise Overloaded(
-                f"IMAGE holds {images.shape[0]} images; the limit is {self.max_images} per request",
-                field="inputs[IMAGE]",
-            )
-        if images.shape[0] == 0:
-            raise InvalidInput("IMAGE holds no images", field="inputs[IMAGE]")
-        low, high = config.inputs[0].range or (0.0, 1.0)
-        smallest, largest = images.min(), images.max()
-        if smallest >= low and largest <= high:
-            return inputs
-        finite = np.isfinite(images).reshape(len(images), -1).all(axis=1)
-        if not finite.all():
-            raise InvalidInput(f"IMAGE {int(np.argmin(finite))} holds NaN or Inf", field="inputs[IMAGE]")
-        raise InvalidInput(
-            f"IMAGE values must lie in [{low:g}, {high:g}] (pixel / 255); got [{smallest:g}, {largest:g}]",
-            field="inputs[IMAGE]",
-        )
 
 
 def open_image(index: int, image: pb.Image, settings: VisionSettings) -> Image.Image | np.ndarray:
@@ -166,30 +113,31 @@ def _pixels(opened: Image.Image | np.ndarray) -> int:
 
 
 class VisionServicer(pb_grpc.VisionServiceServicer):
-    """`maas.vision.v1.VisionService` over `FashionModel` (same batcher, same statistics)."""
+    """`maas.vision.v1.VisionService` over `fashion_cnn` (same batcher, same statistics)."""
 
-    def __init__(self, model: FashionModel, settings: VisionSettings) -> None:
-        self._model = model
+    def __init__(self, models: ModelRegistry, settings: VisionSettings) -> None:
+        self._model = models.get(MODEL_NAME)
         self._settings = settings
 
     async def ClassifyImage(
         self, request: pb.ClassifyImageRequest, context: grpc.aio.ServicerContext
     ) -> pb.ClassifyImageResponse:
         label_model(MODEL_NAME)
-        if len(request.images) > self._model.max_images:
+        if len(request.images) > self._settings.max_images:
             raise Overloaded(
-                f"{len(request.images)} images; the limit is {self._model.max_images} per request", field="images"
+                f"{len(request.images)} images; the limit is {self._settings.max_images} per request", field="images"
             )
         if not request.images:
             raise InvalidInput("no images in the request", field="images")
-        version = self._model.resolve(request.model_version)
-        self._model.admit(version)
+        loaded = self._model.get(request.model_version)
+        if loaded.admit is not None:
+            loaded.admit()
         images = await self._decode(request)
-        result = await self._model.infer(InferRequest({"IMAGE": Tensor("IMAGE", "FP32", images)}, version))
-        labels = self._model.configs[version].labels
+        result = await loaded.infer({"IMAGE": Tensor("IMAGE", "FP32", images)}, {})
+        labels = loaded.config.labels
         top_k = min(request.top_k or 1, len(labels))
         return pb.ClassifyImageResponse(
-            results=top_labels(result.outputs[0].array, labels, top_k), model_version=version
+            results=top_labels(result.outputs[0].array, labels, top_k), model_version=loaded.version
         )
 
     async def _decode(self, request: pb.ClassifyImageRequest) -> np.ndarray:
@@ -216,18 +164,3 @@ class VisionServicer(pb_grpc.VisionServiceServicer):
             lambda part: [to_array(i, opened[i]) for i in range(len(opened))[part]], pixels, settings.inline_max_bytes
         )
         return np.stack([array for part in parts for array in part])
-
-
-def build_service(settings: VisionSettings) -> Service:
-    """The vision service: typed VisionService, v2 `fashion_cnn` and `echo`.
-
-    Raises:
-        DeviceError: the `device` setting asks for a device this process does not see.
-    """
-    model = FashionModel(settings.model_repository, settings, select_device(settings.device))
-    typed = TypedService(
-        full_name=pb.DESCRIPTOR.services_by_name["VisionService"].full_name,
-        servicer=VisionServicer(model, settings),
-        add_to_server=pb_grpc.add_VisionServiceServicer_to_server,
-    )
-    return Service("vision", ModelRegistry([EchoModel(), model]), [typed])

@@ -13,9 +13,13 @@ from pydantic import BaseModel, ValidationError
 from pydantic_settings import BaseSettings
 
 from services.cli.main import _parser
-from services.common import settings as settings_module
 from services.common.auth import load_api_keys
 from services.gateway.routing import parse_routing
+from services.gateway.spec import GatewaySettings
+from services.text.spec import TextSettings
+from services.tokenizer.spec import TokenizerSettings
+from services.transformer.spec import TransformerSettings
+from services.vision.spec import VisionSettings
 from tests.chart.conftest import (
     CI_VALUES,
     RELEASE,
@@ -31,11 +35,11 @@ from tests.chart.conftest import (
 VALUES = [None, *CI_VALUES]
 CONTRACT = {"gateway": 50051, "tokenizer": 50052, "vision": 50053, "text": 50054, "transformer": 50055}
 SETTINGS = {
-    "gateway": settings_module.GatewaySettings,
-    "tokenizer": settings_module.TokenizerSettings,
-    "vision": settings_module.VisionSettings,
-    "text": settings_module.TextSettings,
-    "transformer": settings_module.TransformerSettings,
+    "gateway": GatewaySettings,
+    "tokenizer": TokenizerSettings,
+    "vision": VisionSettings,
+    "text": TextSettings,
+    "transformer": TransformerSettings,
 }
 SET_BY_CHART = {
     "host",
@@ -162,11 +166,11 @@ def test_the_gateway_serves_http_where_its_service_points_unless_turned_off():
     (service,) = [doc for doc in of_kind(docs, "Service") if doc["metadata"]["name"] == f"{RELEASE}-maas-gateway"]
     (http,) = [port for port in service["spec"]["ports"] if port["name"] == "http"]
     assert (http["port"], http["targetPort"], http["appProtocol"]) == (8080, "http", "http")
-    loaded = _from_env(settings_module.GatewaySettings, env_of(gateway_of(docs)))
+    loaded = _from_env(GatewaySettings, env_of(gateway_of(docs)))
     assert (loaded.http_enabled, loaded.http_port) == (True, GATEWAY_HTTP_PORT)
     off = render(None, "gateway.http.enabled=false")
     assert "http" not in {port["name"] for port in container(gateway_of(off))["ports"]}
-    assert not _from_env(settings_module.GatewaySettings, env_of(gateway_of(off))).http_enabled
+    assert not _from_env(GatewaySettings, env_of(gateway_of(off))).http_enabled
     assert "http" not in {port["name"] for doc in of_kind(off, "Service") for port in doc["spec"]["ports"]}
     policies = [rule for doc in of_kind(off, "NetworkPolicy") for rule in doc["spec"]["ingress"]]
     assert "http" not in {port["port"] for rule in policies for port in rule.get("ports", [])}

@@ -8,18 +8,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from services.common.batched import BatchedModel
-from services.common.batcher import Arrays, BatchingConfig, Predict
+from services.common.batched import serve_model
 from services.common.errors import InvalidInput
-from services.common.models import TensorSpec
+from services.common.model import Arrays, Parameters, TensorSpec, Version
 from services.common.repository import CONFIG_FILE, TensorConfig, VersionConfig, write_version
+from services.common.settings import ModelServiceSettings
 from services.common.torch_weights import load_weights, save_weights
+from services.common.versions import ModelVersions
 
 INPUTS = (TensorSpec("X", "FP32", (-1, 4)),)
 OUTPUTS = (TensorSpec("Y", "FP32", (-1, 2)),)
 
 
-class LinearModel(BatchedModel):
+class LinearModel:
     """Y = X W + b with W and b all equal to the version's `scale`; X must be finite."""
 
     name = "linear"
@@ -27,23 +28,31 @@ class LinearModel(BatchedModel):
     inputs = INPUTS
     outputs = OUTPUTS
 
-    def __init__(self, repository: Path, batching: BatchingConfig | None = None) -> None:
-        super().__init__(repository, batching or BatchingConfig(max_batch_size=16, max_queue_delay_ms=5))
+    def __init__(self, module: torch.nn.Linear) -> None:
+        self.module = module
 
-    def build(self, directory: Path, config: VersionConfig) -> Predict:
-        module = torch.nn.Linear(config.architecture["in_features"], 2)
-        load_weights(module, directory / "model.safetensors")
+    @classmethod
+    def load(cls, version: Version) -> LinearModel:
+        module = torch.nn.Linear(version.config.architecture["in_features"], 2)
+        load_weights(module, version.directory / "model.safetensors")
+        return cls(module)
 
-        def predict(inputs: Arrays) -> Arrays:
-            with torch.no_grad():
-                return {"Y": module(torch.from_numpy(inputs["X"])).numpy()}
-
-        return predict
-
-    def prepare(self, inputs: Arrays, config: VersionConfig) -> Arrays:
+    def prepare(self, inputs: Arrays, parameters: Parameters) -> Arrays:
         if not np.isfinite(inputs["X"]).all():
             raise InvalidInput("X must be finite")
         return inputs
+
+    def predict(self, batch: Arrays) -> Arrays:
+        with torch.no_grad():
+            return {"Y": self.module(torch.from_numpy(batch["X"])).numpy()}
+
+
+def linear(repository: Path, max_batch_size: int = 16, max_queue_delay_ms: float = 5) -> ModelVersions:
+    """`LinearModel` served from `repository`, batching up to 16 rows with a 5 ms queue delay by default."""
+    settings = ModelServiceSettings(
+        model_repository=repository, max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms
+    )
+    return serve_model(LinearModel, settings)
 
 
 def make_version(repository: Path, version: int, scale: float, in_features: int = 4, **config_changes) -> Path:

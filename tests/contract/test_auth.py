@@ -8,10 +8,10 @@ import pytest
 from maas.inference import grpc_service_pb2 as pb
 from maas.inference import grpc_service_pb2_grpc
 from services.common.auth import ApiKeys, KeyEntry
-from services.common.echo import EchoModel
-from services.common.models import ModelRegistry
+from services.common.echo import echo_model
 from services.common.server import GrpcServer
 from services.common.settings import EchoSettings
+from services.common.versions import ModelRegistry
 from tests.conftest import started
 
 APP, OPS = "app-key-of-enough-length", "ops-key-of-enough-length"
@@ -19,7 +19,7 @@ APP, OPS = "app-key-of-enough-length", "ops-key-of-enough-length"
 
 async def test_only_an_admin_key_unloads_and_loads_a_model():
     auth = ApiKeys([KeyEntry(name="app", key=APP), KeyEntry(name="ops", key=OPS, roles=("infer", "admin"))])
-    server = GrpcServer("echo-server", EchoSettings(port=0, metrics_port=0), ModelRegistry([EchoModel()]), auth=auth)
+    server = GrpcServer("echo-server", EchoSettings(port=0, metrics_port=0), ModelRegistry([echo_model()]), auth=auth)
     async with started(server), grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
         app, ops = ((("authorization", f"Bearer {key}"),) for key in (APP, OPS))

@@ -3,7 +3,6 @@ machine where torch sees no CUDA device); the device of every loaded version is 
 
 from __future__ import annotations
 
-import importlib
 import logging
 import re
 import urllib.request
@@ -16,6 +15,8 @@ import torch
 
 from maas.inference import grpc_service_pb2 as v2pb
 from maas.inference import grpc_service_pb2_grpc
+from services.catalog import SERVICES
+from services.common.server import build_server
 from tests.conftest import SETTINGS, started
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="`auto` is the CPU only without CUDA")
@@ -51,7 +52,7 @@ async def test_a_model_service_serves_on_the_cpu_and_says_so(
     model_repository: Path, service: str, device: str, caplog: pytest.LogCaptureFixture
 ):
     settings = SETTINGS[service](model_repository).model_copy(update={"device": device})
-    server = importlib.import_module(f"services.{service}.hosting").build_server(settings)
+    server = build_server(SERVICES[service], settings)
     with caplog.at_level(logging.INFO, logger="services.common.batched"):
         async with started(server), grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             v2 = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)

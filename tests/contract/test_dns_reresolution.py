@@ -14,14 +14,15 @@ import grpc
 import pytest
 
 from maas.inference import grpc_service_pb2_grpc
-from services.common.models import ModelRegistry
 from services.common.server import GrpcServer
-from services.common.settings import EchoSettings, GatewaySettings
+from services.common.settings import EchoSettings
+from services.common.versions import ModelRegistry
 from services.gateway.hosting import build_server
+from services.gateway.spec import GatewaySettings
 from tests.conftest import started
 from tests.traffic.dns import dns_server
 from tests.traffic.load import closed_loop, codes
-from tests.traffic.replica import ReplicaEcho
+from tests.traffic.replica import replica_echo
 
 NAME = "pool.maas.test"
 FIRST, ADDED = "127.0.0.2", "127.0.0.3"
@@ -55,7 +56,7 @@ def replica(host: str, port: int, version: str, age_s: float) -> GrpcServer:
         max_connection_age_s=age_s,
         max_connection_age_grace_s=1.0,
     )
-    return GrpcServer(f"replica-{version}", settings, ModelRegistry([ReplicaEcho("pool", [version])]))
+    return GrpcServer(f"replica-{version}", settings, ModelRegistry([replica_echo("pool", [version])]))
 
 
 @pytest.mark.parametrize("age_s", [AGE_S, 0.0], ids=["aged", "never-aged"])

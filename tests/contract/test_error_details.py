@@ -17,18 +17,19 @@ from grpc_status import rpc_status
 from maas.inference import grpc_service_pb2 as pb
 from maas.inference import grpc_service_pb2_grpc
 from services.common.auth import ApiKeys, KeyEntry
-from services.common.batcher import BatchingConfig, Predict
+from services.common.batched import serve_model
 from services.common.codec import Tensor, encode_inputs
-from services.common.echo import EchoModel
-from services.common.models import ModelRegistry
-from services.common.repository import VersionConfig
+from services.common.echo import echo_model
+from services.common.model import Arrays
 from services.common.server import GrpcServer
-from services.common.settings import EchoSettings, GatewaySettings
+from services.common.settings import EchoSettings, ModelServiceSettings
+from services.common.versions import ModelRegistry
 from services.gateway.hosting import build_server
+from services.gateway.spec import GatewaySettings
 from tests.conftest import started
 from tests.contract.linear_model import LinearModel, make_version
 from tests.contract.test_repository import linear_request
-from tests.traffic.replica import ReplicaEcho
+from tests.traffic.replica import replica_echo
 
 API_KEY = "a-test-key-of-enough-length"
 
@@ -62,7 +63,7 @@ def _echo(delay_ms: object = 0) -> pb.ModelInferRequest:
 async def test_a_rate_limited_call_carries_retry_info_and_its_message_unchanged():
     auth = ApiKeys([KeyEntry(name="slow", key=API_KEY, rate_per_second=0.5, burst=1)])
     settings = EchoSettings(port=0, metrics_port=0)
-    server = GrpcServer("echo-server", settings, ModelRegistry([EchoModel()]), auth=auth)
+    server = GrpcServer("echo-server", settings, ModelRegistry([echo_model()]), auth=auth)
     async with started(server), grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
         metadata = (("authorization", f"Bearer {API_KEY}"),)
@@ -77,7 +78,7 @@ async def test_a_rate_limited_call_carries_retry_info_and_its_message_unchanged(
 
 async def test_a_draining_server_refuses_with_retry_info_of_zero():
     settings = EchoSettings(port=0, metrics_port=0)
-    server = GrpcServer("echo-server", settings, ModelRegistry([EchoModel()]))
+    server = GrpcServer("echo-server", settings, ModelRegistry([echo_model()]))
     async with started(server), grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
         await stub.ModelInfer(_echo())
@@ -93,19 +94,16 @@ class GatedLinear(LinearModel):
 
     gate = threading.Event()
 
-    def build(self, directory: Path, config: VersionConfig) -> Predict:
-        predict = super().build(directory, config)
-
-        def gated(inputs):
-            self.gate.wait(10)
-            return predict(inputs)
-
-        return gated
+    def predict(self, batch: Arrays) -> Arrays:
+        self.gate.wait(10)
+        return super().predict(batch)
 
 
 async def test_a_full_queue_refuses_with_retry_info(tmp_path: Path):
     make_version(tmp_path, 1, scale=1.0)
-    model = GatedLinear(tmp_path, BatchingConfig(max_batch_size=1, max_queue_size=1))
+    model = serve_model(
+        GatedLinear, ModelServiceSettings(model_repository=tmp_path, max_batch_size=1, max_queue_size=1)
+    )
     settings = EchoSettings(port=0, metrics_port=0)
     GatedLinear.gate.clear()
     server = GrpcServer("linear", settings, ModelRegistry([model]))
@@ -147,7 +145,7 @@ async def test_bad_input_carries_a_bad_request_naming_the_field(v2, request_, fi
 
 async def test_the_gateway_passes_a_downstream_refusals_details_through(tmp_path: Path):
     settings = EchoSettings(port=0, metrics_port=0)
-    async with started(GrpcServer("replica", settings, ModelRegistry([ReplicaEcho("pool", ["1"])]))) as replica:
+    async with started(GrpcServer("replica", settings, ModelRegistry([replica_echo("pool", ["1"])]))) as replica:
         routing = tmp_path / "routing.yaml"
         routing.write_text(
             f"targets: {{pool: {{endpoints: ['127.0.0.1:{replica.port}']}}}}\nmodels: {{pool: {{target: pool}}}}\n"

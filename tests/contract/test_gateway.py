@@ -25,9 +25,10 @@ from maas.vision.v1 import vision_pb2, vision_pb2_grpc
 from services.common import telemetry
 from services.common.codec import Tensor, decode_outputs, encode_inputs
 from services.common.server import GrpcServer
-from services.common.settings import GatewaySettings, TokenizerSettings
 from services.gateway.hosting import build_server
 from services.gateway.routing import Routing
+from services.gateway.spec import GatewaySettings
+from services.tokenizer.spec import TokenizerSettings
 from services.vision.data import load_split
 from tests.conftest import free_port, started
 from tests.contract.test_v2_echo import assert_status
@@ -334,9 +335,10 @@ async def test_a_target_that_is_down_is_unavailable_and_reported_in_the_index(to
 
 async def test_round_robin_spreads_calls_over_every_address(model_repository: Path):
     settings = TokenizerSettings(port=0, metrics_port=0, model_repository=model_repository)
-    from services.tokenizer.hosting import build_server as tokenizer_server
+    from services.common.server import build_server as model_server
+    from services.tokenizer.spec import SPEC
 
-    async with started(tokenizer_server(settings)) as one, started(tokenizer_server(settings)) as two:
+    async with started(model_server(SPEC, settings)) as one, started(model_server(SPEC, settings)) as two:
         targets = routing(tokenizer=f"ipv4:127.0.0.1:{one.port},127.0.0.1:{two.port}")
         async with (
             started(build_server(gateway_settings(), targets)) as server,

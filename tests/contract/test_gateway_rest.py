@@ -23,10 +23,10 @@ from maas.inference import grpc_service_pb2 as pb
 from maas.inference import grpc_service_pb2_grpc
 from services.common.codec import Tensor, decode_outputs, encode_inputs
 from services.common.server import GrpcServer
-from services.common.settings import GatewaySettings
 from services.gateway.hosting import GatewayServer, build_server
 from services.gateway.rest import http_status
 from services.gateway.routing import Routing
+from services.gateway.spec import GatewaySettings
 from services.vision.data import load_split
 from tests.conftest import TEST_MESSAGE_LIMIT, free_port, started
 from tests.traffic.replica import replica

@@ -13,9 +13,9 @@ from maas.inference import grpc_service_pb2 as v2pb
 from maas.inference import grpc_service_pb2_grpc
 from maas.tokenizer.v1 import tokenizer_pb2
 from services.common.codec import Tensor, decode_outputs, encode_inputs
-from services.common.settings import GatewaySettings
 from services.gateway.hosting import build_server
 from services.gateway.routing import Routing
+from services.gateway.spec import GatewaySettings
 from tests.conftest import started
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

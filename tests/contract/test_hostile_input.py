@@ -24,12 +24,12 @@ from maas.text.v1 import text_pb2, text_pb2_grpc
 from maas.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 from maas.transformer.v1 import transformer_pb2, transformer_pb2_grpc
 from maas.vision.v1 import vision_pb2, vision_pb2_grpc
-from services.common.batcher import Arrays, BatchingConfig, Predict
-from services.common.echo import EchoModel
-from services.common.models import ModelRegistry
-from services.common.repository import VersionConfig
+from services.common.batched import serve_model
+from services.common.echo import echo_model
+from services.common.model import Arrays
 from services.common.server import GrpcServer
-from services.common.settings import EchoSettings
+from services.common.settings import EchoSettings, ModelServiceSettings
+from services.common.versions import ModelRegistry
 from services.gateway.hosting import build_server
 from tests.conftest import started
 from tests.contract.linear_model import LinearModel, make_version
@@ -205,26 +205,19 @@ async def test_each_undecodable_stream_message_gets_its_own_error_and_the_stream
                     assert np.frombuffer(response.infer_response.raw_output_contents[0], "<i4").tolist() == [7, 8]
 
 
-class GatedModel(LinearModel):
-    """The linear model whose executions, once `armed` is set (after its warm-up), wait until `gate` is set:
-    a model kept busy on purpose."""
+class GatedLinear(LinearModel):
+    """The linear model whose predictions, once `armed` is set (after its warm-up), wait until `gate` is set:
+    a model kept busy on purpose. The events belong to the class (the one test using it resets them)."""
 
-    def __init__(self, repository: Path, batching: BatchingConfig) -> None:
-        super().__init__(repository, batching)
-        self.armed = threading.Event()
-        self.running = threading.Event()
-        self.gate = threading.Event()
+    armed = threading.Event()
+    running = threading.Event()
+    gate = threading.Event()
 
-    def build(self, directory: Path, config: VersionConfig) -> Predict:
-        predict = super().build(directory, config)
-
-        def gated(inputs: Arrays) -> Arrays:
-            if self.armed.is_set():
-                self.running.set()
-                self.gate.wait(10)
-            return predict(inputs)
-
-        return gated
+    def predict(self, batch: Arrays) -> Arrays:
+        if self.armed.is_set():
+            self.running.set()
+            self.gate.wait(10)
+        return super().predict(batch)
 
 
 def linear_request(raw: bytes) -> pb.ModelInferRequest:
@@ -236,14 +229,17 @@ def linear_request(raw: bytes) -> pb.ModelInferRequest:
 
 async def test_a_full_queue_refuses_before_the_request_is_decoded(tmp_path: Path):
     make_version(tmp_path, 1, scale=1.0)
-    model = GatedModel(tmp_path, BatchingConfig(max_batch_size=1, max_queue_size=1))
-    server = GrpcServer("gated", EchoSettings(port=0, metrics_port=0), ModelRegistry([EchoModel(), model]))
+    for event in (GatedLinear.armed, GatedLinear.running, GatedLinear.gate):
+        event.clear()
+    settings = ModelServiceSettings(model_repository=tmp_path, max_batch_size=1, max_queue_size=1)
+    model = serve_model(GatedLinear, settings, name="linear")
+    server = GrpcServer("gated", EchoSettings(port=0, metrics_port=0), ModelRegistry([echo_model(), model]))
     valid = linear_request(np.ones(4, "<f4").tobytes())
     async with started(server), grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         v2 = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        model.armed.set()
+        GatedLinear.armed.set()
         running = v2.ModelInfer(valid)
-        assert await asyncio.to_thread(model.running.wait, 10)
+        assert await asyncio.to_thread(GatedLinear.running.wait, 10)
         queued = v2.ModelInfer(valid)
         for _ in range(1000):
             if model.load_of("1").queue_depth:
@@ -255,7 +251,7 @@ async def test_a_full_queue_refuses_before_the_request_is_decoded(tmp_path: Path
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             "model 'linear' has 1 requests queued, its limit",
         )
-        model.gate.set()
+        GatedLinear.gate.set()
         assert [list(r.outputs[0].shape) for r in (await running, await queued)] == [[1, 2], [1, 2]]
         await assert_status(
             v2.ModelInfer(linear_request(b"\x00" * 3)), grpc.StatusCode.INVALID_ARGUMENT, "needs 16 bytes"

@@ -14,12 +14,12 @@ import pytest
 
 from maas.inference import grpc_service_pb2 as pb
 from maas.inference import grpc_service_pb2_grpc
-from services.common.echo import EchoModel
-from services.common.models import ModelRegistry
+from services.common.echo import echo_model
 from services.common.repository import RepositoryError
 from services.common.server import GrpcServer
 from services.common.settings import EchoSettings
-from tests.contract.linear_model import LinearModel, make_version
+from services.common.versions import ModelRegistry
+from tests.contract.linear_model import linear, make_version
 from tests.contract.test_v2_echo import assert_status, assert_still_serving
 
 
@@ -32,7 +32,7 @@ def repository(tmp_path: Path) -> Path:
 @pytest.fixture
 async def server(repository: Path):
     settings = EchoSettings(port=0, metrics_port=0)
-    server = GrpcServer("repo-test", settings, ModelRegistry([EchoModel(), LinearModel(repository)]))
+    server = GrpcServer("repo-test", settings, ModelRegistry([echo_model(), linear(repository)]))
     await server.start()
     yield server
     await server.stop()
@@ -193,7 +193,7 @@ async def test_version_policy_latest_two_loads_both_at_start(tmp_path: Path):
     make_version(tmp_path, 2, scale=2.0)
     make_version(tmp_path, 3, scale=3.0)
     (tmp_path / "linear" / "model.json").write_text('{"version_policy": "latest:2"}')
-    model = LinearModel(tmp_path)
+    model = linear(tmp_path)
     await model.load("")
     assert [(v.version, v.state) for v in model.index()] == [("1", "UNAVAILABLE"), ("2", "READY"), ("3", "READY")]
     assert model.resolve("") == "3"
@@ -204,12 +204,12 @@ async def test_a_bad_policy_file_is_refused(tmp_path: Path):
     make_version(tmp_path, 1, scale=1.0)
     (tmp_path / "linear" / "model.json").write_text('{"version_policy": "newest"}')
     with pytest.raises(RepositoryError, match="expected latest, latest:N, all or specific"):
-        LinearModel(tmp_path)
+        linear(tmp_path)
 
 
 async def test_a_broken_default_version_stops_startup_with_a_clear_error(tmp_path: Path):
     (make_version(tmp_path, 1, scale=1.0) / "weights.pt").write_bytes(b"not allowed")
-    server = GrpcServer("repo-test", EchoSettings(port=0, metrics_port=0), ModelRegistry([LinearModel(tmp_path)]))
+    server = GrpcServer("repo-test", EchoSettings(port=0, metrics_port=0), ModelRegistry([linear(tmp_path)]))
     with pytest.raises(RepositoryError, match=r"refusing weights\.pt"):
         await server.start()
     await server.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 from pathlib import Path
 
@@ -17,9 +18,8 @@ from maas.text.v1 import text_pb2 as pb
 from maas.text.v1 import text_pb2_grpc
 from maas.tokenizer.v1 import tokenizer_pb2_grpc
 from services.common.repository import read_version, write_version
-from services.common.server import GrpcServer
-from services.common.settings import TextSettings
-from services.text.hosting import build_server
+from services.common.server import GrpcServer, build_server
+from services.text.spec import SPEC, TextSettings
 from tests.conftest import started
 from tests.contract.test_transformer import BAD, TEXTS, _ids, output, sequence_request, token_arrays
 from tests.contract.test_v2_echo import assert_status
@@ -51,7 +51,7 @@ async def test_typed_classify_matches_v2(stubs):
     ids, mask = await token_arrays(tokenizer, TEXTS)
     items = [common_pb2.TokenizedText(input_ids=row[m == 1]) for row, m in zip(ids, mask, strict=True)]
     classified = await typed.ClassifyText(pb.ClassifyTextRequest(items=items))
-    assert classified.model_version == "2"
+    assert classified.model_version == "1", "the fp32 source is the default; int8 is served when asked for"
     probs = output(await v2.ModelInfer(sequence_request(MODEL, ids, mask)))
     assert probs.shape == (len(TEXTS), 2)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
@@ -139,7 +139,10 @@ async def test_an_unknown_quantization_is_refused_with_its_name(model_repository
     write_version(tmp_path / MODEL / "2", config.model_copy(update={"version": 2, "quantization": "int4_magic"}))
     (tmp_path / MODEL / "model.json").write_text('{"version_policy": "specific:1"}')
     settings = TextSettings(port=0, metrics_port=0, model_repository=tmp_path)
-    async with started(build_server(settings)) as server, grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+    async with (
+        started(build_server(SPEC, settings)) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch,
+    ):
         v2 = grpc_service_pb2_grpc.GRPCInferenceServiceStub(ch)
         load = v2pb.RepositoryModelLoadRequest(model_name=MODEL)
         load.parameters["version"].string_param = "2"
@@ -150,3 +153,32 @@ async def test_an_unknown_quantization_is_refused_with_its_name(model_repository
             1,
             2,
         )
+
+
+async def test_the_int8_version_answers_only_requests_that_ask_for_it(stubs, model_repository: Path):
+    """`make up` publishes int8 beside fp32; serving it by default is the operator's choice (model.json)."""
+    assert json.loads((model_repository / MODEL / "model.json").read_text())["default_version"] == "1"
+    tokenizer, _, v2 = stubs
+    ids, mask = await token_arrays(tokenizer, TEXTS)
+    assert (await v2.ModelInfer(sequence_request(MODEL, ids, mask))).model_version == "1"
+    assert (await v2.ModelInfer(pinned(ids, mask, "2"))).model_version == "2"
+
+
+@pytest.mark.parametrize(
+    ("model_file", "default"),
+    [('{"version_policy": "latest:2"}', "1"), ('{"version_policy": "latest:2", "default_version": "2"}', "2")],
+    ids=["none named: the newest that is not quantized", "the operator names int8"],
+)
+async def test_the_default_version_is_the_one_model_json_names(
+    model_repository: Path, tmp_path: Path, model_file: str, default: str
+):
+    shutil.copytree(model_repository / MODEL, tmp_path / MODEL)
+    (tmp_path / MODEL / "model.json").write_text(model_file)
+    settings = TextSettings(port=0, metrics_port=0, model_repository=tmp_path)
+    async with (
+        started(build_server(SPEC, settings)) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        typed = text_pb2_grpc.TextServiceStub(channel)
+        request = pb.ClassifyTextRequest(items=[common_pb2.TokenizedText(input_ids=[101, 2307, 102])])
+        assert (await typed.ClassifyText(request)).model_version == default

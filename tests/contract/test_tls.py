@@ -15,22 +15,23 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from maas.inference import grpc_service_pb2 as pb
 from maas.inference import grpc_service_pb2_grpc
 from services.common.auth import ApiKeys, KeyEntry
-from services.common.echo import EchoModel
-from services.common.models import ModelRegistry
+from services.common.echo import echo_model
 from services.common.server import GrpcServer
-from services.common.settings import EchoSettings, GatewaySettings
+from services.common.settings import EchoSettings
 from services.common.tls import ClientTls, aio_channel
+from services.common.versions import ModelRegistry, ModelVersions
 from services.gateway.hosting import build_server
+from services.gateway.spec import GatewaySettings
 from tests.certs import Authority
 from tests.conftest import PYTHON, REPO_ROOT, started
-from tests.traffic.replica import ReplicaEcho
+from tests.traffic.replica import replica_echo
 
 CALL_TIMEOUT = 5
 API_KEY = "a-test-key-of-enough-length"
 
 
-def _server(settings: EchoSettings, model: EchoModel | None = None) -> GrpcServer:
-    return GrpcServer("echo-server", settings, ModelRegistry([model or EchoModel()]))
+def _server(settings: EchoSettings, model: ModelVersions | None = None) -> GrpcServer:
+    return GrpcServer("echo-server", settings, ModelRegistry([model or echo_model()]))
 
 
 async def _live(port: int, tls: ClientTls | None) -> grpc.StatusCode:
@@ -52,7 +53,7 @@ def _mtls_replica(ca: Authority):
     settings = EchoSettings(
         port=0, metrics_port=0, tls_cert_file=leaf.cert, tls_key_file=leaf.key, tls_client_ca_file=ca.ca_file
     )
-    return started(_server(settings, ReplicaEcho("pool", ["1"])))
+    return started(_server(settings, replica_echo("pool", ["1"])))
 
 
 def _routing_to(directory: Path, port: int, plaintext: bool = False) -> Path:
@@ -246,7 +247,7 @@ async def test_maas_health_and_infer_take_tls_files_and_an_api_key(tmp_path: Pat
         port=0, metrics_port=0, tls_cert_file=leaf.cert, tls_key_file=leaf.key, tls_client_ca_file=ca.ca_file
     )
     auth = ApiKeys([KeyEntry(name="ci", key=API_KEY)])
-    server = GrpcServer("echo-server", settings, ModelRegistry([EchoModel()]), auth=auth)
+    server = GrpcServer("echo-server", settings, ModelRegistry([echo_model()]), auth=auth)
     async with started(server):
         address = f"localhost:{server.port}"
         files = ("--tls-ca", str(ca.ca_file), "--tls-cert", str(client.cert), "--tls-key", str(client.key))
@@ -271,7 +272,7 @@ async def test_maas_health_and_infer_take_tls_files_and_an_api_key(tmp_path: Pat
 
 
 async def test_a_plaintext_target_is_dialled_without_tls_beside_tls_ones(tmp_path: Path, pki):
-    async with started(_server(EchoSettings(port=0, metrics_port=0), ReplicaEcho("pool", ["1"]))) as replica:
+    async with started(_server(EchoSettings(port=0, metrics_port=0), replica_echo("pool", ["1"]))) as replica:
         routing = _routing_to(tmp_path, replica.port, plaintext=True)
         settings = GatewaySettings(
             port=0, metrics_port=0, routing_file=routing, downstream_tls_ca_file=pki["ca"].ca_file

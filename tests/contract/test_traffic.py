@@ -20,9 +20,10 @@ from maas.inference import grpc_service_pb2 as pb
 from maas.inference import grpc_service_pb2_grpc
 from services.common.clients import Downstream
 from services.common.errors import DownstreamError, NotRun
+from services.common.interceptor import status_code
 from services.common.server import GrpcServer
-from services.common.settings import GatewaySettings
 from services.gateway.hosting import GatewayServer, build_server
+from services.gateway.spec import GatewaySettings
 from tests.conftest import free_port, started
 from tests.contract.test_v2_echo import assert_status
 from tests.traffic.load import ConfigMapDir, closed_loop, codes, infer_request
@@ -164,18 +165,18 @@ async def test_failed_calls_say_whether_they_surely_did_not_run():
     unreachable = Downstream("down", f"dns:///127.0.0.1:{free_port()}", 1 << 20, 5.0)
     with pytest.raises(DownstreamError) as info:
         await unreachable.call(v2_stub(unreachable.channel).ModelInfer, infer_request(), "/m")
-    assert info.value.grpc_code is grpc.StatusCode.UNAVAILABLE and info.value.not_run is NotRun.UNREACHABLE
+    assert status_code(info.value) is grpc.StatusCode.UNAVAILABLE and info.value.not_run is NotRun.UNREACHABLE
     await unreachable.close()
     async with started(replica("pool", ["1"])) as server:
         downstream = Downstream("pool", f"dns:///127.0.0.1:{server.port}", 1 << 20, 5.0)
         stub = v2_stub(downstream.channel)
         with pytest.raises(DownstreamError) as info:
             await downstream.call(stub.ModelInfer, infer_request(version="9"), "/m")
-        assert info.value.grpc_code is grpc.StatusCode.NOT_FOUND and info.value.not_run is None
+        assert status_code(info.value) is grpc.StatusCode.NOT_FOUND and info.value.not_run is None
         server.lifecycle.start_draining()
         with pytest.raises(DownstreamError) as info:
             await downstream.call(stub.ModelInfer, infer_request(), "/m")
-        assert info.value.grpc_code is grpc.StatusCode.UNAVAILABLE and info.value.not_run is NotRun.REFUSED
+        assert status_code(info.value) is grpc.StatusCode.UNAVAILABLE and info.value.not_run is NotRun.REFUSED
         assert str(info.value) == "server is shutting down; retry on another replica"
         await downstream.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import shutil
 from pathlib import Path
@@ -187,9 +188,9 @@ async def test_wrong_dtype_and_typed_mistakes(stubs):
 
 
 async def test_int8_versions_of_minilm_are_served_beside_fp32(model_repository: Path, tmp_path: Path):
-    from services.common.settings import TransformerSettings
+    from services.common.server import build_server
     from services.common.torch_weights import DYNAMIC_INT8
-    from services.transformer.hosting import build_server
+    from services.transformer.spec import SPEC, TransformerSettings
     from services.transformer.train import quantize_embed, quantize_sentiment
 
     for model in ("tokenizer", "minilm_embed", "minilm_sentiment"):
@@ -205,7 +206,10 @@ async def test_int8_versions_of_minilm_are_served_beside_fp32(model_repository: 
     assert sentiment_config.architecture["encoder"] == "minilm_embed/1"
     settings = TransformerSettings(port=0, metrics_port=0, model_repository=tmp_path)
     ids, mask = _ids(3, 12), np.ones((3, 12), np.int64)
-    async with started(build_server(settings)) as server, grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+    async with (
+        started(build_server(SPEC, settings)) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch,
+    ):
         v2 = grpc_service_pb2_grpc.GRPCInferenceServiceStub(ch)
         index = await v2.RepositoryIndex(v2pb.RepositoryIndexRequest(ready=True))
         assert sorted((m.name, m.version) for m in index.models if m.name != "echo") == [
@@ -224,3 +228,34 @@ async def test_int8_versions_of_minilm_are_served_beside_fp32(model_repository: 
     assert not np.array_equal(exact, quantized)
     assert (exact * quantized).sum(axis=1).min() >= 0.9
     np.testing.assert_allclose(served["minilm_sentiment", "2"], served["minilm_sentiment", "1"], atol=0.1)
+
+
+def live_encoders() -> int:
+    """Encoders alive in this process, after a full collection."""
+    from services.transformer.model import Encoder
+
+    gc.collect()
+    return sum(isinstance(found, Encoder) for found in gc.get_objects())
+
+
+def repository_request(kind, model: str):
+    request = kind(model_name=model)
+    request.parameters["version"].string_param = "1"
+    return request
+
+
+@pytest.mark.parametrize("hosting", ["grpc"])
+async def test_unloading_minilm_releases_its_encoder(transformer_server: GrpcServer, hosting: str):
+    """Both models share one encoder per version; it is released with the last version that uses it."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{transformer_server.port}") as channel:
+        v2 = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        loaded = live_encoders()
+        await v2.RepositoryModelUnload(repository_request(v2pb.RepositoryModelUnloadRequest, "minilm_embed"))
+        assert live_encoders() == loaded, "minilm_sentiment still uses the encoder"
+        await v2.RepositoryModelUnload(repository_request(v2pb.RepositoryModelUnloadRequest, "minilm_sentiment"))
+        assert live_encoders() == loaded - 1, "unloading every version that used the encoder released it"
+        for model in ("minilm_sentiment", "minilm_embed"):
+            await v2.RepositoryModelLoad(repository_request(v2pb.RepositoryModelLoadRequest, model))
+        assert live_encoders() == loaded
+        embedding = output(await v2.ModelInfer(sequence_request("minilm_embed", _ids(1, 5), np.ones((1, 5), np.int64))))
+        assert embedding.shape == (1, 384)

@@ -260,13 +260,11 @@ async def test_oversized_message_is_resource_exhausted(v2, echo_server: GrpcServ
     await assert_still_serving(v2)
 
 
-async def test_unexpected_model_error_is_internal_with_request_id_and_no_traceback(v2, monkeypatch):
-    from services.common.echo import EchoModel
-
-    async def broken(self, request):
+async def test_unexpected_model_error_is_internal_with_request_id_and_no_traceback(v2, echo_server, monkeypatch):
+    async def broken(inputs, parameters):
         raise RuntimeError("secret detail from deep inside the model")
 
-    monkeypatch.setattr(EchoModel, "infer", broken)
+    monkeypatch.setattr(echo_server.models.get("echo").get(""), "infer", broken)
     request = _raw("INT8", [1], b"\x01")
     call = v2.ModelInfer(request, metadata=(("x-request-id", "trace-me-42"),))
     details = await assert_status(call, grpc.StatusCode.INTERNAL, "internal error", "trace-me-42")

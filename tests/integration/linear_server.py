@@ -8,16 +8,15 @@ import asyncio
 import sys
 from pathlib import Path
 
-from services.common.batcher import BatchingConfig
-from services.common.models import ModelRegistry
 from services.common.server import GrpcServer, serve
 from services.common.settings import EchoSettings
-from tests.contract.linear_model import LinearModel
+from services.common.versions import ModelRegistry
+from tests.contract.linear_model import linear
 
 
 def main() -> None:
     repository, metrics_port = Path(sys.argv[1]), int(sys.argv[2])
-    model = LinearModel(repository, BatchingConfig(max_batch_size=8))
+    model = linear(repository, max_batch_size=8, max_queue_delay_ms=2)
     settings = EchoSettings(port=0, metrics_port=metrics_port, log_level="WARNING")
     asyncio.run(serve(GrpcServer("linear", settings, ModelRegistry([model]))))
 

@@ -15,10 +15,10 @@ from ray import serve
 
 from maas.inference import grpc_service_pb2 as pb
 from maas.inference import grpc_service_pb2_grpc
-from services.common.settings import TokenizerSettings
+from services.catalog import SERVICES
 from services.ray.apps import build_app
-from services.ray.catalog import SERVICES
 from services.ray.front import RayFront
+from services.tokenizer.spec import TokenizerSettings
 from tests.conftest import ray_test_settings, started
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -104,7 +104,7 @@ async def test_replicas_scale_1_to_2_under_load_and_back_without_a_failed_reques
         look_back_period_s=1.0,
     )
     settings = TokenizerSettings(port=0, metrics_port=0, model_repository=two_versions)
-    handle = serve.run(build_app("tokenizer", settings, ray), name="autoscaling", route_prefix="/autoscaling")
+    handle = serve.run(build_app(SERVICES["tokenizer"], settings, ray), name="autoscaling", route_prefix="/autoscaling")
     try:
         assert serve_running_replicas("autoscaling") == 1
         async with (
@@ -130,7 +130,9 @@ async def test_replicas_scale_1_to_2_under_load_and_back_without_a_failed_reques
 async def test_reconfigure_switches_the_served_version_under_load_without_a_failed_request(ray_cluster, two_versions):
     ray = ray_test_settings(min_replicas=1, max_replicas=1)
     settings = TokenizerSettings(port=0, metrics_port=0, model_repository=two_versions)
-    handle = serve.run(build_app("tokenizer", settings, ray, {"tokenizer": ["1"]}), name="versions", route_prefix="/v")
+    handle = serve.run(
+        build_app(SERVICES["tokenizer"], settings, ray, {"tokenizer": ["1"]}), name="versions", route_prefix="/v"
+    )
     try:
         async with (
             started(RayFront(SERVICES["tokenizer"], settings, handle, ray)) as front,
@@ -140,7 +142,7 @@ async def test_reconfigure_switches_the_served_version_under_load_without_a_fail
             request = tokenizer_request()
             load = Load(lambda: stub.ModelInfer(request, timeout=30), concurrency=4)
             await wait_until(lambda: load.ok > 20, timeout=30)
-            app = build_app("tokenizer", settings, ray, {"tokenizer": ["2"]})
+            app = build_app(SERVICES["tokenizer"], settings, ray, {"tokenizer": ["2"]})
             await asyncio.to_thread(serve.run, app, name="versions", route_prefix="/v")
             served = len(load.versions)
             await wait_until(lambda: len(load.versions) > served + 20, timeout=30)

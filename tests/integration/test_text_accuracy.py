@@ -9,12 +9,13 @@ from maas.inference import grpc_service_pb2 as pb
 from maas.inference import grpc_service_pb2_grpc
 from services.common.repository import read_version, version_dirs
 from services.common.reviews import reviews
-from services.common.settings import TextSettings, TokenizerSettings
-from services.text.hosting import build_server as build_text
+from services.common.server import build_server
 from services.text.recipe import Recipe
-from services.text.spec import MODEL_NAME
+from services.text.spec import MODEL_NAME, TextSettings
+from services.text.spec import SPEC as TEXT
 from services.text.train import SERVING_CHECK
-from services.tokenizer.hosting import build_server as build_tokenizer
+from services.tokenizer.spec import SPEC as TOKENIZER
+from services.tokenizer.spec import TokenizerSettings
 from tests.integration.reviews import served_labels
 
 # int8 quantizes activations with one scale per batch: served batches differ from the evaluation's,
@@ -35,8 +36,8 @@ async def test_served_lstm_and_int8_reproduce_their_recorded_accuracy_on_the_che
     assert abs(quantized.metrics["test_accuracy"] - source.metrics["test_accuracy"]) <= 0.01
     texts, labels = reviews("testing_data")
     texts, labels = texts[:SERVING_CHECK], labels[:SERVING_CHECK]
-    tokenizer = build_tokenizer(TokenizerSettings(port=0, metrics_port=0, model_repository=repository))
-    text = build_text(TextSettings(port=0, metrics_port=0, model_repository=repository))
+    tokenizer = build_server(TOKENIZER, TokenizerSettings(port=0, metrics_port=0, model_repository=repository))
+    text = build_server(TEXT, TextSettings(port=0, metrics_port=0, model_repository=repository))
     await tokenizer.start()
     await text.start()
     try:

@@ -21,8 +21,8 @@ import pytest
 from maas.inference import grpc_service_pb2_grpc
 from services.cli.processes import read_ready
 from services.common.clients import UNREACHABLE_PREFIX
-from services.common.settings import GatewaySettings
 from services.gateway.hosting import build_server
+from services.gateway.spec import GatewaySettings
 from tests.conftest import started
 from tests.traffic.load import closed_loop, codes
 

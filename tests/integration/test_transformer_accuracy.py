@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from services.common.repository import read_version, version_dirs
-from services.common.settings import TokenizerSettings, TransformerSettings
-from services.tokenizer.hosting import build_server as build_tokenizer
-from services.transformer.hosting import build_server as build_transformer
+from services.common.server import build_server
+from services.tokenizer.spec import SPEC as TOKENIZER
+from services.tokenizer.spec import TokenizerSettings
+from services.transformer.spec import SPEC as TRANSFORMER
+from services.transformer.spec import TransformerSettings
 from services.transformer.train import SERVING_CHECK, Recipe, reviews
 from tests.integration.reviews import served_labels
 
@@ -19,8 +21,8 @@ async def test_served_head_reproduces_its_recorded_accuracy_on_the_check_subset(
         assert config.metrics["test_accuracy"] >= config.metrics["majority_baseline"] + 0.10
     texts, labels = reviews("testing_data")
     texts, labels = texts[:SERVING_CHECK], labels[:SERVING_CHECK]
-    tokenizer = build_tokenizer(TokenizerSettings(port=0, metrics_port=0, model_repository=repository))
-    transformer = build_transformer(TransformerSettings(port=0, metrics_port=0, model_repository=repository))
+    tokenizer = build_server(TOKENIZER, TokenizerSettings(port=0, metrics_port=0, model_repository=repository))
+    transformer = build_server(TRANSFORMER, TransformerSettings(port=0, metrics_port=0, model_repository=repository))
     await tokenizer.start()
     await transformer.start()
     try:

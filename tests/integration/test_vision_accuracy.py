@@ -10,10 +10,10 @@ import numpy as np
 from maas.inference import grpc_service_pb2 as pb
 from maas.inference import grpc_service_pb2_grpc
 from services.common.repository import read_version, version_dirs
-from services.common.settings import VisionSettings
+from services.common.server import build_server
 from services.vision.data import load_split
-from services.vision.hosting import build_server
 from services.vision.recipe import Recipe
+from services.vision.spec import SPEC, VisionSettings
 
 CHUNK = 500
 
@@ -28,7 +28,7 @@ async def test_served_default_model_reproduces_its_recorded_test_accuracy():
     if config.data["recipe"] == Recipe().__dict__:
         assert recorded >= 0.90, f"the default recipe promises 90% test accuracy, version {newest} recorded {recorded}"
     images, labels = load_split("test")
-    server = build_server(VisionSettings(port=0, metrics_port=0, model_repository=repository))
+    server = build_server(SPEC, VisionSettings(port=0, metrics_port=0, model_repository=repository))
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:

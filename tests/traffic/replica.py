@@ -11,29 +11,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from services.common.echo import EchoModel
-from services.common.models import ModelRegistry, VersionPolicy
+from services.common.echo import echo_model
+from services.common.repository import VersionPolicy
 from services.common.server import GrpcServer, serve
 from services.common.settings import EchoSettings
+from services.common.versions import ModelRegistry, ModelVersions
 
 
-class ReplicaEcho(EchoModel):
+def replica_echo(name: str, versions: list[str]) -> ModelVersions:
     """`echo` under `name`, serving every one of `versions`."""
-
-    def __init__(self, name: str, versions: list[str]) -> None:
-        super().__init__(VersionPolicy.parse("all"))
-        self.name = name
-        self._versions = versions
-
-    def available_versions(self) -> list[str]:
-        """The versions given at construction."""
-        return self._versions
+    return echo_model(name, versions, VersionPolicy.parse("all"))
 
 
 def replica(name: str, versions: list[str], port: int = 0, drain_grace_seconds: float = 2.0) -> GrpcServer:
-    """A server on loopback serving `ReplicaEcho(name, versions)`."""
+    """A server on loopback serving `replica_echo(name, versions)`."""
     settings = EchoSettings(port=port, metrics_port=0, drain_grace_seconds=drain_grace_seconds)
-    return GrpcServer("replica", settings, ModelRegistry([ReplicaEcho(name, versions)]))
+    return GrpcServer("replica", settings, ModelRegistry([replica_echo(name, versions)]))
 
 
 def main() -> None:

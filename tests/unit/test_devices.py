@@ -10,9 +10,11 @@ import torch
 from pydantic import ValidationError
 
 from services.common.devices import DeviceError, resolve_device, select_device
-from services.common.settings import TextSettings, TransformerSettings, VisionSettings
 from services.common.torch_weights import DYNAMIC_INT8, serving_device
 from services.ray.replica import replica_device
+from services.text.spec import TextSettings
+from services.transformer.spec import TransformerSettings
+from services.vision.spec import VisionSettings
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
 

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from services.bench.peers.cpu import seconds_between, tree_ticks
-from services.bench.peers.models import load, newest_version, predict_batch
+from services.bench.peers.models import load, predict_batch
 from services.bench.peers.report import summary
 from services.bench.peers.run import IN_PROCESS, Measurement, ModelRun, request_arrays
 from services.bench.peers.systems import triton_repository
+from services.common.repository import newest_version
 from services.transformer.spec import EMBED_MODEL
 from services.vision.spec import MODEL_NAME as VISION
 

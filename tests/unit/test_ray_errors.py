@@ -6,6 +6,7 @@ import grpc
 from grpc.aio import Metadata
 
 from services.common.errors import InvalidInput, Overloaded
+from services.common.interceptor import status_code
 from services.ray.errors import unwrapped
 
 
@@ -16,7 +17,7 @@ def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
 def test_a_call_over_the_transport_message_limit_is_overloaded_with_the_reason():
     refused = rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "Received message larger than max (6291688 vs. 4194304)")
     error = unwrapped(refused)
-    assert isinstance(error, Overloaded) and error.grpc_code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert isinstance(error, Overloaded) and status_code(error) is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "transport message limit" in str(error) and "6291688 vs. 4194304" in str(error)
 
 

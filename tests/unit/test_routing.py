@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from services.common.settings import GatewaySettings, TracingSettings
+from services.common.settings import TracingSettings
 from services.gateway.routing import Routing, RoutingError, load_routing
+from services.gateway.spec import GatewaySettings
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -7,15 +7,12 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from services.common.settings import (
-    EchoSettings,
-    GatewaySettings,
-    RaySettings,
-    TextSettings,
-    TokenizerSettings,
-    TransformerSettings,
-    VisionSettings,
-)
+from services.common.settings import EchoSettings, RaySettings
+from services.gateway.spec import GatewaySettings
+from services.text.spec import TextSettings
+from services.tokenizer.spec import TokenizerSettings
+from services.transformer.spec import TransformerSettings
+from services.vision.spec import VisionSettings
 
 CONTRACT = [
     (GatewaySettings, "MAAS_GATEWAY_", 50051),

@@ -1,10 +1,22 @@
-{{/* The services of the chart, in start order, with their contract ports and env prefixes. */}}
+{{/* The services of the chart: maas's own, from files/services.yaml (generated from the services'
+specs by `maas generate`), and every top-level values block naming a `model` (a model served by
+`maas serve`), each with its port, env prefix, v2 models, whether it runs torch, and (user models) its class.
+A user model's block takes the keys it leaves out from files/user-model-defaults.yaml (the chart's
+defaults of a model service, generated from values.yaml by `maas generate`). */}}
 {{- define "maas.services" -}}
-gateway: {port: 50051, prefix: MAAS_GATEWAY_, models: true}
-tokenizer: {port: 50052, prefix: MAAS_TOKENIZER_}
-vision: {port: 50053, prefix: MAAS_VISION_}
-text: {port: 50054, prefix: MAAS_TEXT_}
-transformer: {port: 50055, prefix: MAAS_TRANSFORMER_}
+{{- $services := .Files.Get "files/services.yaml" | fromYaml -}}
+{{- $defaults := .Files.Get "files/user-model-defaults.yaml" | fromYaml -}}
+{{- range $name, $block := .Values -}}
+{{- if and (kindIs "map" $block) (hasKey $block "model") -}}
+{{- $_ := merge $block (deepCopy $defaults) -}}
+{{- if not (regexMatch "^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$" $name) -}}
+{{- fail (printf "%s: a model's values key is its Kubernetes name: lowercase letters, digits and '-'" $name) -}}
+{{- end -}}
+{{- $prefix := printf "MAAS_%s_" ($name | upper | replace "-" "_") -}}
+{{- $_ := set $services $name (dict "port" $block.port "prefix" $prefix "models" (list $name) "torch" true "model" $block.model) -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $services -}}
 {{- end -}}
 
 {{- define "maas.name" -}}
@@ -93,6 +105,11 @@ chart moves the objects to another namespace. */}}
 {{- include "maas.component.fullname" . -}}
 {{- end -}}
 
+{{/* Image reference of the model-repository image; also the marker its install writes (source `pvc`). */}}
+{{- define "maas.modelRepositoryImage" -}}
+{{- include "maas.image" (dict "root" . "values" .Values.modelRepository) -}}
+{{- end -}}
+
 {{/* Name of the model repository claim. */}}
 {{- define "maas.modelClaim" -}}
 {{- .Values.modelRepository.pvc.existingClaim | default (printf "%s-models" (include "maas.fullname" .)) -}}
@@ -100,7 +117,13 @@ chart moves the objects to another namespace. */}}
 
 {{/* The model services (those running torch), as a list. */}}
 {{- define "maas.modelServices" -}}
-{{- toJson (list "vision" "text" "transformer") -}}
+{{- $torch := list -}}
+{{- range $service, $contract := include "maas.services" . | fromYaml -}}
+{{- if $contract.torch -}}
+{{- $torch = append $torch $service -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $torch -}}
 {{- end -}}
 
 {{/* The model services whose runtime is `rayservice`, as a list. */}}

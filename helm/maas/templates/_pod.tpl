@@ -64,7 +64,7 @@
   value: {{ $connections.minResolutionIntervalSeconds | quote }}
 {{- end }}
 {{- $cpu := dig "requests" "cpu" "" (.values.resources | default dict) }}
-{{- $model := has .service (include "maas.modelServices" . | fromJsonArray) }}
+{{- $model := .contract.torch }}
 {{- if and $model .values.gpu (not (hasKey $settings "device")) }}
 - name: {{ $prefix }}DEVICE
   value: cuda

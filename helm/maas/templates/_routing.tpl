@@ -3,7 +3,6 @@ the gateway's round_robin spreads calls over every pod; under `rayservice`, Serv
 service's `application` metadata, in plaintext under TLS since that proxy serves none) and the models each one serves, with gateway.routes merged in (a
 route with a `split` names its targets itself). */}}
 {{- define "maas.routing" -}}
-{{- $owners := dict "tokenizer" (list "tokenizer") "vision" (list "fashion_cnn") "text" (list "review_lstm") "transformer" (list "minilm_embed" "minilm_sentiment") -}}
 {{- $targets := dict -}}
 {{- $models := dict -}}
 {{- range $service, $contract := include "maas.services" . | fromYaml -}}
@@ -19,7 +18,7 @@ route with a `split` names its targets itself). */}}
 {{- $host := include "maas.serviceHost" (dict "root" $ "service" $service) -}}
 {{- $_ := set $targets $service (dict "address" (printf "dns:///%s:%v" $host $contract.port)) -}}
 {{- end -}}
-{{- range $model := index $owners $service -}}
+{{- range $model := $contract.models -}}
 {{- $route := deepCopy (index $.Values.gateway.routes $model | default dict) -}}
 {{- if not (hasKey $route "split") -}}
 {{- $_ := set $route "target" $service -}}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.common.repository import read_version, version_dirs
+from services.common.repository import read_version
 from services.transformer.spec import EMBED_MODEL
 from services.vision.spec import MODEL_NAME as VISION
 
@@ -21,18 +21,6 @@ Predict = Callable[[Arrays], Arrays]
 MODELS = (VISION, EMBED_MODEL)
 SEQUENCE_INPUTS = ("INPUT_IDS", "ATTENTION_MASK")
 """Inputs whose second dimension is a sequence: padded with 0 to the longest when requests are batched."""
-
-
-def newest_version(repository: Path, model: str) -> Path:
-    """The directory of `model`'s newest version in `repository`.
-
-    Raises:
-        FileNotFoundError: the repository holds no version of it.
-    """
-    versions = version_dirs(repository, model)
-    if not versions:
-        raise FileNotFoundError(f"no version of {model} in {repository}: run `make models`")
-    return repository / model / versions[-1]
 
 
 def load(model: str, directory: Path) -> Predict:

@@ -27,7 +27,7 @@ from services.bench import perf_analyzer
 from services.bench.loadgen import closed_loop, in_process
 from services.bench.peers.cpu import seconds_between, tree_ticks
 from services.bench.peers.models import MODELS as BENCH_MODELS
-from services.bench.peers.models import Predict, load, newest_version
+from services.bench.peers.models import Predict, load
 from services.bench.peers.systems import (
     MODELS,
     PEER_SYSTEMS,
@@ -38,6 +38,7 @@ from services.bench.peers.systems import (
     maas_ray,
 )
 from services.common.codec import Tensor, decode_outputs, encode_inputs
+from services.common.repository import newest_version
 from services.transformer.spec import EMBED_MODEL
 
 CLIENTS = ("perf_analyzer", "loadgen")
@@ -209,7 +210,7 @@ async def bench_model(model: str, config: PeersConfig, logs: Path) -> ModelRun:
     Returns:
         The model's measurements.
     """
-    directory = newest_version(config.repository, model)
+    directory = newest_version(config.repository, model, "run `make models`")
     arrays = request_arrays(model)
     run = ModelRun(model, directory.name, _describe(arrays))
     predict = load(model, directory)

@@ -31,13 +31,13 @@ from maas.inference import grpc_service_pb2_grpc
 from maas.inference import model_config_pb2 as config_pb
 from services.bench.peers.cpu import tree_ticks
 from services.cli.processes import stop
-from services.common.models import TensorSpec
+from services.common.model import TensorSpec
 from services.common.sequences import SEQUENCE_INPUTS
-from services.common.settings import REPO_ROOT, ServiceSettings, TransformerSettings, VisionSettings
+from services.common.settings import REPO_ROOT, ServiceSettings
 from services.common.v2 import DATA_TYPES
 from services.gateway.routing import ModelRoute, Routing, Target
-from services.transformer.spec import EMBED_MODEL, EMBED_OUTPUTS
-from services.vision.spec import INPUTS, MODEL_NAME, OUTPUTS
+from services.transformer.spec import EMBED_MODEL, EMBED_OUTPUTS, TransformerSettings
+from services.vision.spec import INPUTS, MODEL_NAME, OUTPUTS, VisionSettings
 
 PEERS = REPO_ROOT / ".peers"
 THREADS = 1
