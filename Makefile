@@ -14,7 +14,7 @@ MODELS = $(MAAS) models export-tokenizer --if-missing && $(MAAS) models export-m
 	&& $(MAAS) train vision --if-missing $(1) && $(MAAS) train text --if-missing $(1) \
 	&& $(MAAS) train text --quantize int8 --if-missing $(1) && $(MAAS) train transformer --if-missing $(1)
 
-.PHONY: venv models up test bench bench-peers protos lint manifests reliability images images-cuda e2e-containers
+.PHONY: venv models up test fuzz bench bench-peers protos lint manifests reliability images images-cuda e2e-containers
 
 K8S_TOOLS := $(VENV)/.k8s-tools
 # Benchmark peers, each in its own venv under .peers/ (scripts/peers.py). perf_analyzer also needs
@@ -58,6 +58,12 @@ up: models
 test: $(STAMP) $(K8S_TOOLS) $(PERF_ANALYZER)
 	$(call MODELS,--no-progress)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Malformed requests against every service and the gateway under `maas up` (tests/fuzz/fuzz_stack.py).
+FUZZ_CASES ?= 10000
+fuzz: $(STAMP)
+	$(call MODELS,--no-progress)
+	FUZZ_CASES=$(FUZZ_CASES) $(PY) -m pytest tests/fuzz/fuzz_stack.py -o timeout=3600 $(PYTEST_ARGS)
 
 bench: models
 	$(MAAS) bench --output docs/benchmarks.md

@@ -16,6 +16,8 @@ SECTIONS: dict[str, str] = {
     "gateway": "services.bench.gateway:gateway_section",
     "gateway-http": "services.bench.gateway:http_section",
     "ray": "services.bench.ray_hosting:ray_section",
+    "overload": "services.bench.reliability:overload_section",
+    "inline": "services.bench.reliability:inline_section",
     "startup": "services.bench.startup:startup_section",
     "latency": "services.bench.latency:latency_section",
 }

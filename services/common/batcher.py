@@ -167,12 +167,7 @@ class DynamicBatcher:
                 was queued or running; counted in `maas_batch_cancelled_total`.
             Exception: whatever the model raised for this request alone.
         """
-        if len(self._pending) >= self._config.max_queue_size:
-            self._queue_full.inc()
-            raise Overloaded(
-                f"model '{self._name}' has {len(self._pending)} requests queued, its limit; retry shortly",
-                retry_delay=self.drain_seconds(),
-            )
+        self.admit()
         if self._worker is None:
             self._worker = asyncio.create_task(self._run(), name=f"batcher-{self._name}")
         first = next(iter(inputs.values()))
@@ -208,6 +203,19 @@ class DynamicBatcher:
             self._stats.record_compute(request.queue_ns + request.batch_wait_ns, request.compute_ns)
         timing.record(request.queue_ns, request.batch_wait_ns, request.compute_ns, request.batch_rows)
         return outputs
+
+    def admit(self) -> None:
+        """Refuse at once if the queue is full: cheap enough to run before a request is even decoded.
+
+        Raises:
+            Overloaded: the queue holds `max_queue_size` requests.
+        """
+        if len(self._pending) >= self._config.max_queue_size:
+            self._queue_full.inc()
+            raise Overloaded(
+                f"model '{self._name}' has {len(self._pending)} requests queued, its limit; retry shortly",
+                retry_delay=self.drain_seconds(),
+            )
 
     async def _alone(self, request: _Request) -> bool:
         """Yield once so that requests already received can queue too; then claim `request` for

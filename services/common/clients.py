@@ -9,7 +9,10 @@ calls again within about a second. gRPC resolves the name again only when a conn
 the servers age their connections (`max_connection_age_s`) and a replica added behind the name gets
 calls within one connection age. Every call takes its timeout from what is left of the deadline of
 the call being served, carries its request id and trace context, and translates a failure once, into
-`DownstreamError` with the status unchanged and whether the call surely did not run downstream.
+`DownstreamError` with the status unchanged and whether the call surely did not run downstream. The
+one status changed is CANCELLED, which a call cancelled here never gets (it raises
+`asyncio.CancelledError`): the target dropped the call (it was stopping), which is UNAVAILABLE to the
+caller, who cancelled nothing.
 """
 
 from __future__ import annotations
@@ -153,8 +156,9 @@ class Downstream:
             The response message.
 
         Raises:
-            DownstreamError: the call failed; it carries the status code and details unchanged, and
-                `not_run` when the call surely did not run downstream.
+            DownstreamError: the call failed; it carries the status code and details unchanged (but
+                CANCELLED, which the target's dropping the call is, becomes UNAVAILABLE), and `not_run`
+                when the call surely did not run downstream.
         """
         metadata: list[tuple[str, str]] = list(self.metadata)
         call = current_call()
@@ -176,6 +180,9 @@ class Downstream:
                     if span is not None:
                         span.set_attribute("rpc.grpc.status_code", exc.code().value[0])
                     details = exc.details() or exc.code().name
+                    if exc.code() is grpc.StatusCode.CANCELLED:
+                        details = f"{self.name} dropped the call ({details})"
+                        raise DownstreamError(grpc.StatusCode.UNAVAILABLE, details, self.name) from None
                     not_run = _not_run(exc, details)
                     if not_run is NotRun.UNREACHABLE:
                         details = f"{UNREACHABLE_PREFIX} '{self.name}' ({details})"

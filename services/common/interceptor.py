@@ -10,6 +10,7 @@ and the traceback goes to the log, never to the caller.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import re
@@ -25,7 +26,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from services.common import metrics, telemetry, timing
 from services.common.auth import ApiKeys
-from services.common.errors import DownstreamError, Draining, InvalidInput, MaasError
+from services.common.errors import DownstreamError, InvalidInput, MaasError
 from services.common.lifecycle import Lifecycle
 from services.common.logs import request_id_var
 
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 REQUEST_ID_KEY = "x-request-id"
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 UNGATED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+DISCARD_SECONDS = 1.0
 _REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
@@ -65,11 +67,22 @@ _request_counter = itertools.count(1)
 _STATUS_CODES = {code.name: code for code in grpc.StatusCode}
 
 _call_var: ContextVar[CallInfo | None] = ContextVar("maas_call", default=None)
+_received_bytes: ContextVar[int | None] = ContextVar("maas_received_bytes", default=None)
 
 
 def current_call() -> CallInfo | None:
     """Return the call being served in this task, or None outside an intercepted call."""
     return _call_var.get()
+
+
+def received_bytes(message: Any = None) -> int:
+    """The size on the wire of the request message this task received last (`message`, in a handler),
+    or `message.ByteSize()` outside an intercepted call (0 without a message): measuring a large parsed
+    message costs as much as serializing it again."""
+    size = _received_bytes.get()
+    if size is not None:
+        return size
+    return 0 if message is None else message.ByteSize()
 
 
 def label_model(model: str) -> None:
@@ -158,6 +171,7 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
         return None
 
     def deserialize(data: bytes) -> Any:
+        _received_bytes.set(len(data))
         try:
             return deserializer(data)
         except Exception as exc:
@@ -172,9 +186,29 @@ def _parsed(method: str, message: Any) -> Any:
     return message
 
 
-async def _parsed_stream(method: str, messages: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    async for message in messages:
-        yield _parsed(method, message)
+class ParsedStream:
+    """A request stream whose undecodable messages raise InvalidInput one by one: after the error,
+    iterating goes on with the next message, so a handler may answer each bad message and carry on."""
+
+    def __init__(self, method: str, messages: AsyncIterator[Any]) -> None:
+        self._method = method
+        self._messages = aiter(messages)
+
+    def __aiter__(self) -> ParsedStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        return _parsed(self._method, await anext(self._messages))
+
+
+async def _discard(requests: AsyncIterator[Any]) -> None:
+    """Read what is left of a failed call's request stream (for at most `DISCARD_SECONDS`) before its
+    status goes out: gRPC's asyncio client reports a status that arrives while it is still sending as
+    INTERNAL "Internal error from Core", whatever the status was."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(DISCARD_SECONDS):
+            async for _ in requests:
+                pass
 
 
 def _request_id(metadata: Sequence[tuple[str, str | bytes]] | None) -> tuple[str, bool]:
@@ -317,14 +351,16 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             call = self._begin(method, full_method, context)
             try:
-                self._gate(context, method)
-                request = _parsed_stream(method, request) if streaming_request else _parsed(method, request)
-                response = await behavior(request, context)
+                with self._lifecycle.admitted():
+                    self._check_key(context, method)
+                    parsed = ParsedStream(method, request) if streaming_request else _parsed(method, request)
+                    response = await behavior(parsed, context)
             except BaseException as exc:
-                await self._fail(call, exc, context)
+                if self._fail(call, exc, context):
+                    if streaming_request:
+                        await _discard(request)
+                    return None
                 raise
-            finally:
-                self._lifecycle.exit()
             if not call.version:
                 call.version = getattr(response, "model_version", "")
             if call.timing_asked:
@@ -342,15 +378,17 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             call = self._begin(method, full_method, context)
             try:
-                self._gate(context, method)
-                request = _parsed_stream(method, request) if streaming_request else _parsed(method, request)
-                async for response in behavior(request, context):
-                    yield response
+                with self._lifecycle.admitted():
+                    self._check_key(context, method)
+                    parsed = ParsedStream(method, request) if streaming_request else _parsed(method, request)
+                    async for response in behavior(parsed, context):
+                        yield response
             except BaseException as exc:
-                await self._fail(call, exc, context)
+                if self._fail(call, exc, context):
+                    if streaming_request:
+                        await _discard(request)
+                    return
                 raise
-            finally:
-                self._lifecycle.exit()
             end_call(call, grpc.StatusCode.OK)
 
         return stream
@@ -358,7 +396,6 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     def _begin(self, method: str, full_method: str, context: grpc.aio.ServicerContext) -> CallInfo:
         call = begin_call(method, full_method, context.invocation_metadata(), context.time_remaining())
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
-        self._lifecycle.enter()
         return call
 
     def _timed(self, call: CallInfo, context: grpc.aio.ServicerContext) -> None:
@@ -370,26 +407,37 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             ((REQUEST_ID_KEY, call.request_id), *((timing.TIMING_KEY, entry) for entry in entries))
         )
 
-    def _gate(self, context: grpc.aio.ServicerContext, method: str) -> None:
-        if self._lifecycle.draining:
-            raise Draining("server is shutting down; retry on another replica")
+    def _check_key(self, context: grpc.aio.ServicerContext, method: str) -> None:
         if self._auth is not None:
             self._auth.check(context.invocation_metadata(), method)
 
-    async def _fail(self, call: CallInfo, exc: BaseException, context: grpc.aio.ServicerContext) -> None:
-        """Record the call's outcome and turn `exc` into a status; returns only to let `exc` propagate."""
-        trailing = ((REQUEST_ID_KEY, call.request_id),)
+    def _fail(self, call: CallInfo, exc: BaseException, context: grpc.aio.ServicerContext) -> bool:
+        """Record the call's outcome and set the status `exc` maps to.
+
+        The status is set on the context and the handler returns, rather than raising it through
+        `context.abort()`, which costs a refused call about a sixth more of the server's time.
+
+        Returns:
+            True if the status is set and the handler should return; False if `exc` must propagate
+            (the call was cancelled, the handler aborted it itself, or the process is exiting).
+        """
         if isinstance(exc, asyncio.CancelledError | GeneratorExit):
             end_call(call, grpc.StatusCode.CANCELLED)
-            return
+            return False
         if isinstance(exc, grpc.aio.AbortError):
             end_call(call, context.code() or grpc.StatusCode.UNKNOWN)
-            return
+            return False
         code, details = status_of(exc, call)
         end_call(call, code, details)
+        if not isinstance(exc, Exception):
+            return False
+        trailing = ((REQUEST_ID_KEY, call.request_id),)
         if isinstance(exc, MaasError):
             trailing += exc.trailing_metadata()
             rich = status_details(exc, code, details)
             if rich is not None:
                 trailing += ((STATUS_DETAILS_KEY, rich),)
-        await context.abort(code, details, trailing_metadata=trailing)
+        context.set_code(code)
+        context.set_details(details)
+        context.set_trailing_metadata(trailing)
+        return True

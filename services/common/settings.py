@@ -46,6 +46,13 @@ class ServiceSettings(BaseSettings):
     max_message_bytes: int = Field(
         64 * 1024 * 1024, gt=0, description="Largest gRPC message received or sent; larger is RESOURCE_EXHAUSTED."
     )
+    inline_max_bytes: int = Field(
+        64 * 1024,
+        ge=0,
+        description="Requests with at most this much text, image or tensor data (bytes; pixels for images) are "
+        "prepared on the event loop; larger ones on worker threads, a chunk at a time, so that health checks and "
+        "other callers never wait behind them.",
+    )
     drain_grace_seconds: float = Field(
         10.0, gt=0, description="On SIGTERM, how long in-flight calls get to finish before the server stops."
     )

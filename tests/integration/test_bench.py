@@ -75,6 +75,16 @@ def test_quick_bench_writes_a_report_with_every_row(model_repository: Path, tmp_
         ("grpc hosting (own process)", 16),
         ("ray, default path (maas front, DeploymentHandle)", 16),
         ("ray, Serve's native gRPC proxy", 16),
+        ("16 callers", 16),
+        ("256 callers, refused callers back off (50 ms doubling to 1 s): answered", 256),
+        ("256 callers, refused callers back off (50 ms doubling to 1 s): refused", 256),
+        ("256 callers, refused callers wait 100 ms: answered", 256),
+        ("256 callers, refused callers wait 100 ms: refused", 256),
+        ("256 callers, refused callers retry at once: answered", 256),
+        ("256 callers, refused callers retry at once: refused", 256),
+        ("inline up to 64 KiB (default)", 1),
+        ("everything inline (before)", 1),
+        ("everything on a worker thread", 1),
         ("fashion_cnn, not asked", 16),
         ("fashion_cnn, maas-timing: 1", 16),
     ):
@@ -96,6 +106,8 @@ def test_quick_bench_writes_a_report_with_every_row(model_repository: Path, tmp_
     assert re.search(r"of its direct throughput", report)
     assert re.search(r"the ray default path serves [\d.]+x the requests of Serve's native proxy", report)
     assert re.search(r"The gateway spends [\d,]+ µs of CPU per request", report)
+    assert re.search(r"refusals take [\d.]+ ms at p99 .* goodput is \d+% of the 16-caller rate", report)
+    assert re.search(r"The threshold costs [-+][\d.]+ ms p50 against everything inline", report)
     assert re.search(r"is -?[\d.]+ ms with HTTP on and -?[\d.]+ ms with HTTP off on `minilm_embed`", report)
     assert (
         "no batching for the LSTM" in report
