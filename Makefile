@@ -74,7 +74,8 @@ bench-peers: models $(PERF_ANALYZER)
 	$(PY) -m services.bench.peers
 
 # Faults and sustained load on loopback, bounded in time, every process stopped by its pid; writes
-# docs/reliability.md (about 15 minutes; RELIABILITY_ARGS=--short is CI's run, the soak cut to 60 s).
+# docs/reliability.md (about 15 minutes; RELIABILITY_ARGS=--short is CI's run: the soak cut to 60 s, latencies and
+# memory growth reported but not gated, since CI's machine is shared).
 RELIABILITY_ARGS ?=
 reliability: $(STAMP)
 	$(call MODELS,--no-progress)
