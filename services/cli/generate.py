@@ -6,7 +6,8 @@ when one differs from a fresh generation.
 - `helm/maas/values.schema.json`: the schema of a user model's values block (`$defs.userModel`), the
   schema of a model service's block with the model class and port added;
 - `helm/maas/files/user-model-defaults.yaml`: what a user model's block leaves out, from the chart's
-  defaults of a model service in `values.yaml`.
+  defaults of a model service in `values.yaml`;
+- `docs/settings.md`: every setting of every settings class (`services/cli/settings_reference.py`).
 
 The Serve config (`helm/maas/files/serve-config.yaml`) is generated too, by `maas serve-config`.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from services.catalog import SERVICES
+from services.cli import settings_reference
 from services.common.settings import REPO_ROOT
 from services.gateway.routing import ModelRoute, Routing, Target
 from services.gateway.spec import ROUTING_FILE
@@ -39,7 +41,7 @@ ROUTING_HEADER = """\
 # Gateway routing: which target serves which model. Read at start from MAAS_GATEWAY_ROUTING_FILE and
 # again whenever its content changes (a bad version is rejected and the previous routing keeps serving);
 # in a cluster this file is a mounted ConfigMap. Per model also: `version` (pin), `split` (weighted
-# backends, a canary), `timeout_seconds`, `retries` — see README.md, "Routing file". `maas up` writes
+# backends, a canary), `timeout_seconds`, `retries` — see docs/gateway-and-routing.md. `maas up` writes
 # its own copy with the addresses the services it started really listen on (and leaves out services it
 # did not start).
 #
@@ -121,6 +123,7 @@ GENERATED: dict[Path, Callable[[], str]] = {
     CHART_SERVICES: chart_services,
     VALUES_SCHEMA: values_schema,
     USER_MODEL_DEFAULTS: user_model_defaults,
+    settings_reference.SETTINGS_PAGE: settings_reference.render,
 }
 
 

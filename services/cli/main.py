@@ -74,7 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="gRPC port (default: MAAS_<NAME>_PORT, 50060; 0 picks one)")
 
     commands.add_parser(
-        "generate", help="write the files generated from the services' specs (see services/cli/generate.py)"
+        "generate",
+        help="write the files generated from the services' specs and settings, docs/settings.md too "
+        "(see services/cli/generate.py)",
     )
 
     serve_config = commands.add_parser("serve-config", help="write the Serve config (KubeRay serveConfigV2)")

@@ -123,12 +123,20 @@ class TracingSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="OTEL_", extra="ignore", frozen=True)
 
-    sdk_disabled: bool = False
-    traces_exporter: str = ""
-    exporter_otlp_endpoint: str = ""
-    exporter_otlp_traces_endpoint: str = ""
-    exporter_otlp_protocol: Literal["grpc", "http/protobuf"] = "grpc"
-    service_name: str = ""
+    sdk_disabled: bool = Field(False, description="true turns tracing off, whatever else is set.")
+    traces_exporter: str = Field(
+        "",
+        description="Span exporters, comma-separated: `otlp`, `console` (to stderr) or `none`; empty: `otlp` when "
+        "an OTLP endpoint is set, else none.",
+    )
+    exporter_otlp_endpoint: str = Field(
+        "", description="OTLP collector to send spans to (e.g. http://127.0.0.1:4317); set, tracing is on."
+    )
+    exporter_otlp_traces_endpoint: str = Field(
+        "", description="OTLP endpoint for traces only; takes precedence over OTEL_EXPORTER_OTLP_ENDPOINT."
+    )
+    exporter_otlp_protocol: Literal["grpc", "http/protobuf"] = Field("grpc", description="OTLP transport.")
+    service_name: str = Field("", description="`service.name` of the spans; empty: the service's own name.")
 
     def exporters(self) -> list[str]:
         """The span exporters to run: `otlp` and/or `console`, or none when tracing is off.
