@@ -1,6 +1,14 @@
 # Every target bootstraps .venv from this repo's own files first (idempotent: redone only when
 # pyproject.toml or constraints.txt change). torch goes in first so nothing pulls a CUDA build.
 PYTHON ?= python3.11
+# Where torch comes from: pip's own configuration when empty (on the machines this was built on, a local
+# directory holding the CPU wheel). On other Linux machines PyPI's torch is a multi-GB CUDA build:
+# TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu takes the CPU-only wheel instead (docs/install.md).
+TORCH_INDEX_URL ?=
+# The Fashion-MNIST idx files, read by `maas train vision` and the tests. Debian's dataset-fashion-mnist
+# puts them here; `make up FASHION_MNIST=DIR` (or the environment variable) names another directory.
+FASHION_MNIST ?= /usr/share/datasets/fashion-mnist
+export FASHION_MNIST
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.maas-installed
@@ -33,8 +41,13 @@ WHEELS ?= $(wildcard /opt/wheels)
 IMAGE_ARGS = $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) $(if $(WHEELS),--wheels $(WHEELS))
 
 $(STAMP): pyproject.toml constraints.txt
+	@if test -x $(PY); then python=$(PY); else python=$(PYTHON); fi; \
+	$$python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { \
+	echo "maas needs Python 3.11, and $$python is not it (or is missing). Install it (Debian and Ubuntu:" \
+	"apt-get install python3.11 python3.11-venv) or name one: make PYTHON=/path/to/python3.11;" \
+	"remove .venv if it was made with another Python." >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) torch==2.13.0
+	$(PIP) torch==2.13.0 $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
 	$(PIP) -e '.[models,train,ray,ops,dev,bench]'
 	touch $@
 

@@ -21,7 +21,6 @@ from services.cli.up import up
 from services.common.repository import CONFIG_FILE, version_dirs
 from services.common.settings import REPO_ROOT, ProcessSettings, ServiceSettings
 from services.text.recipe import Recipe as TextRecipe
-from services.vision.data import DEFAULT_DATA_DIR as VISION_DATA_DIR
 from services.vision.recipe import Recipe as VisionRecipe
 
 QUANTIZATION_SCHEMES = {"int8": "dynamic_int8"}
@@ -100,7 +99,11 @@ def _parser() -> argparse.ArgumentParser:
     vision.add_argument("--epochs", type=int, default=VisionRecipe.epochs, help="passes over the training set")
     vision.add_argument("--seed", type=int, default=VisionRecipe.seed, help="random seed")
     vision.add_argument("--train-limit", type=int, default=0, help="train on this many images only (quick runs)")
-    vision.add_argument("--data-dir", type=Path, default=VISION_DATA_DIR, help="directory with the idx .gz files")
+    vision.add_argument(
+        "--data-dir",
+        type=Path,
+        help="directory with the idx .gz files (default: $FASHION_MNIST, else /usr/share/datasets/fashion-mnist)",
+    )
     text = trainers.add_parser("text", help="the review LSTM over WordPiece ids (review_lstm)")
     text.add_argument("--epochs", type=int, default=TextRecipe.epochs, help="passes over the training reviews")
     text.add_argument("--seed", type=int, default=TextRecipe.seed, help="random seed")

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from services.common.repository import TensorConfig, VersionConfig, publish_version
 from services.common.torch_weights import save_weights
-from services.vision.data import DEFAULT_DATA_DIR, LABELS, load_split
+from services.vision.data import LABELS, load_split
 from services.vision.model import ARCHITECTURE, WEIGHTS_FILE, build
 from services.vision.recipe import Recipe
 from services.vision.spec import INPUTS, MODEL_NAME, OUTPUTS, PLATFORM
@@ -31,13 +31,13 @@ def evaluate(network: nn.Module, images: np.ndarray, labels: np.ndarray, batch_s
     return correct / len(images)
 
 
-def train(recipe: Recipe, repository: Path, data_dir: Path = DEFAULT_DATA_DIR, progress: bool = True) -> Path:
+def train(recipe: Recipe, repository: Path, data_dir: Path | None = None, progress: bool = True) -> Path:
     """Train the CNN, evaluate it on the 10k test set, and publish it as the next version.
 
     Args:
         recipe: hyperparameters and seed; `train_limit` > 0 trains on that many images only (tests).
         repository: model repository root.
-        data_dir: directory holding the Fashion-MNIST idx files.
+        data_dir: directory holding the Fashion-MNIST idx files (default: `FASHION_MNIST`, else Debian's).
         progress: show a progress bar on stderr.
 
     Returns:
