@@ -389,7 +389,7 @@ async def test_one_trace_holds_gateway_tokenizer_and_model_spans(spans, stubs, h
         assert server.attributes["maas.request_id"] == "trace-me"
     model = servers["maas.transformer.v1.TransformerService/ClassifyText"]
     assert model.attributes["maas.model"] == "minilm_sentiment"
-    if hosting == "grpc":  # under ray the batcher runs in a replica, which records no spans (README)
+    if hosting == "grpc":  # under ray the batcher runs in a replica, which records no spans (docs/architecture.md)
         assert model.attributes["maas.batch_size"] >= 2 and "maas.queue_us" in model.attributes
 
 

@@ -1,7 +1,7 @@
 """Stock tritonclient against the runtime: a real server in this process, the client in another.
 
 tritonclient and our generated `inference` stubs register the same protobuf symbols, so the client
-runs as a subprocess (see README, "Open Inference Protocol stubs").
+runs as a subprocess (see docs/serving.md, "Open Inference Protocol stubs").
 """
 
 from __future__ import annotations

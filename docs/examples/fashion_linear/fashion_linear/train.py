@@ -1,13 +1,14 @@
 """Fit the model on Fashion-MNIST and publish it as the next version in a maas model repository.
 
 Usage: `python -m fashion_linear.train REPOSITORY [--epochs N] [--train-limit N]` (Fashion-MNIST from the
-Debian package `dataset-fashion-mnist`, or `--data-dir`).
+Debian package `dataset-fashion-mnist`, or the directory `FASHION_MNIST` or `--data-dir` names).
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import os
 import sys
 from pathlib import Path
 
@@ -101,7 +102,7 @@ def main() -> None:
     parser.add_argument("repository", type=Path)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--train-limit", type=int, default=0)
-    parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
+    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("FASHION_MNIST") or DATA_DIR))
     args = parser.parse_args()
     directory = train(args.repository, args.epochs, args.train_limit, data_dir=args.data_dir)
     sys.stdout.write(f"published {directory}\n")
