@@ -152,7 +152,7 @@ class ReplicaClient:
     It routes with a handle of its own, opened on the front's event loop: Ray's default router runs
     on a thread of its own and hands every call and answer across threads, and its handle calls go
     through Ray's actor calls. Routing on the caller's loop and calling replicas over Serve's gRPC
-    transport (both private handle options in Ray 2.60) measured about 1.7x the front's throughput.
+    transport (both private handle options in Ray 2.60) is faster (measured in docs/design.md).
     """
 
     def __init__(self, handle: DeploymentHandle, calls_per_replica: int, max_items: int) -> None:

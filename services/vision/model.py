@@ -79,8 +79,7 @@ class Classifier:
     into the convolution before it, any max pooling moved ahead of the ReLU (both commute, so results
     are identical on a quarter of the values), dropout gone, and no module dispatch per call. At batch 1
     module dispatch costs about as much as the arithmetic. Convolutions run channels-last (NHWC), the
-    layout oneDNN's kernels and max pooling are fastest in on a CPU: about 10% less time per image at
-    batch 1 and 25% less at batch 32 than NCHW, measured on one thread.
+    layout oneDNN's kernels and max pooling are fastest in on a CPU (measured in docs/design.md).
     """
 
     name = MODEL_NAME
