@@ -27,8 +27,8 @@ class FashionCNN(nn.Module):
     with a 2x2 max pool after a stride-1 convolution (`"pool"`, the first published versions, and the
     default here so that a config recorded before the setting loads as it was trained). Striding
     computes a quarter of the convolution outputs and skips the pooling, the slowest operation at batch
-    1 on a CPU whose caches went cold between requests: 0.25 ms instead of 0.36 ms per image served,
-    for 91.6% instead of 92.0% test accuracy. Width 16 keeps it small: about 0.5 M multiply-adds per image.
+    1 on a CPU whose caches went cold between requests, for 0.4 points of test accuracy (measured in
+    docs/design.md). Width 16 keeps it small: about 0.5 M multiply-adds per image.
     """
 
     def __init__(self, width: int = 16, hidden: int = 128, dropout: float = 0.3, downsample: str = "pool") -> None:
