@@ -7,17 +7,22 @@ import asyncio
 import json
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from services.cli import connection, health, infer, registry
 from services.cli.up import up
-from services.common.repository import CONFIG_FILE, version_dirs
+from services.common.repository import CONFIG_FILE, ONNXRUNTIME, version_dirs
 from services.common.settings import REPO_ROOT, ServiceSettings
 from services.text.recipe import Recipe as TextRecipe
+from services.text.spec import MODEL_NAME as TEXT_MODEL
+from services.transformer.spec import EMBED_MODEL, SENTIMENT_MODEL
 from services.vision.data import DEFAULT_DATA_DIR as VISION_DATA_DIR
 from services.vision.recipe import Recipe as VisionRecipe
+from services.vision.spec import MODEL_NAME as VISION_MODEL
 
 QUANTIZATION_SCHEMES = {"int8": "dynamic_int8"}
+ONNX_EXPORTS = (VISION_MODEL, TEXT_MODEL, EMBED_MODEL, SENTIMENT_MODEL)
 
 
 def _repository_options(parser: argparse.ArgumentParser) -> None:
@@ -76,6 +81,14 @@ def _parser() -> argparse.ArgumentParser:
     _repository_options(minilm)
     _quantize_option(minilm)
     minilm.add_argument("--no-progress", action="store_true", help="no progress bar")
+    onnx = exports.add_parser(
+        "export-onnx", help="a published torch version -> ONNX, published as the next version on ONNX Runtime"
+    )
+    onnx.add_argument("model", choices=ONNX_EXPORTS, help="the model to export")
+    onnx.add_argument("--version", type=int, help="the version to export (default: the newest fp32 torch version)")
+    onnx.add_argument("--repository", type=Path, help="repository root (default: MAAS_MODEL_REPOSITORY)")
+    onnx.add_argument("--if-missing", action="store_true", help="do nothing if the model has an ONNX version already")
+    onnx.set_defaults(if_missing_platform=ONNXRUNTIME)
 
     train = commands.add_parser("train", help="train a model and publish it as the repository's next version")
     trainers = train.add_subparsers(dest="target", required=True)
@@ -110,12 +123,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _has_version(repository: Path, model: str, scheme: str | None) -> bool:
-    """Whether `model` has a version quantized by `scheme` (None: any version at all)."""
+def _has_version(repository: Path, model: str, scheme: str | None, platform: str | None = None) -> bool:
+    """Whether `model` has a version quantized by `scheme`, or on `platform` (neither: any version at all)."""
     versions = version_dirs(repository, model)
-    if scheme is None:
+    if scheme is None and platform is None:
         return bool(versions)
     configs = (json.loads((repository / model / v / CONFIG_FILE).read_text()) for v in versions)
+    if platform is not None:
+        return any(config.get("platform") == platform for config in configs)
     return any(config.get("quantization") == scheme for config in configs)
 
 
@@ -141,6 +156,9 @@ def _make(args: argparse.Namespace) -> int:
                 return quantize_embed(repo, scheme, progress=progress)
         else:
             from services.transformer.export import export_minilm as make
+    elif args.target == "export-onnx":
+        MODEL_NAME = args.model
+        make = _onnx_exporter(args.model, args.version)
     elif args.target == "vision":
         from services.vision.spec import MODEL_NAME
         from services.vision.train import train
@@ -166,7 +184,7 @@ def _make(args: argparse.Namespace) -> int:
                 return quantize_sentiment(repo, scheme, progress=progress)
             return train(Recipe(train_limit=args.train_limit), repo, progress=progress)
 
-    if args.if_missing and _has_version(repository, MODEL_NAME, scheme):
+    if args.if_missing and _has_version(repository, MODEL_NAME, scheme, getattr(args, "if_missing_platform", None)):
         return 0
     try:
         target = make(repository)
@@ -177,6 +195,23 @@ def _make(args: argparse.Namespace) -> int:
     accuracy = f" (test accuracy {metrics['test_accuracy']:.2%})" if "test_accuracy" in metrics else ""
     sys.stdout.write(f"published {target}{accuracy}\n")
     return 0
+
+
+def _onnx_exporter(model: str, version: int | None) -> Callable[[Path], Path]:
+    """The export of `model` to ONNX (imported here: it needs torch and onnx)."""
+    if model == VISION_MODEL:
+        from services.vision.train import export_onnx
+    elif model == TEXT_MODEL:
+        from services.text.train import export_onnx
+    elif model == EMBED_MODEL:
+        from services.transformer.train import export_embed_onnx as export_onnx
+    else:
+        from services.transformer.train import export_sentiment_onnx as export_onnx
+
+    def make(repository: Path) -> Path:
+        return export_onnx(repository, version)
+
+    return make
 
 
 def _serve(args: argparse.Namespace) -> int:

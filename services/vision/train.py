@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from services.common.repository import TensorConfig, VersionConfig, publish_version
-from services.common.torch_weights import save_weights
+from services.common.repository import TensorConfig, VersionConfig, publish_version, read_version
+from services.common.torch_weights import load_weights, save_weights
 from services.vision.data import DEFAULT_DATA_DIR, LABELS, load_split
 from services.vision.model import ARCHITECTURE, WEIGHTS_FILE, build
 from services.vision.recipe import Recipe
@@ -93,3 +93,45 @@ def train(recipe: Recipe, repository: Path, data_dir: Path = DEFAULT_DATA_DIR, p
         files={WEIGHTS_FILE: ""},
     )
     return publish_version(repository, config, lambda directory: save_weights(network, directory / WEIGHTS_FILE))
+
+
+def export_onnx(
+    repository: Path, version: int | None = None, data_dir: Path = DEFAULT_DATA_DIR, test_limit: int = 0
+) -> Path:
+    """Export a published CNN (`version`, or the newest fp32 torch one) to ONNX and publish it as the next
+    version on ONNX Runtime, with its parity and accuracy on the test images.
+
+    Args:
+        repository: model repository root.
+        version: the version to export; None: the newest fp32 torch version.
+        data_dir: directory holding the Fashion-MNIST idx files.
+        test_limit: measure on this many test images only (0: all 10,000).
+
+    Returns:
+        The new version's directory.
+
+    Raises:
+        FileNotFoundError: no such version, or none to export.
+        ValueError: `version` is not an fp32 torch version.
+    """
+    from services.common.onnx_export import Evaluation, publish_onnx, source_directory
+    from services.vision.model import Classifier
+    from services.vision.spec import VisionSettings
+
+    source = source_directory(repository, MODEL_NAME, version)
+    config = read_version(source, MODEL_NAME)
+    network = load_weights(build(config.architecture.get("hyperparameters", {})), source / WEIGHTS_FILE)
+    images, labels = load_split("test", data_dir)
+    if test_limit:
+        images, labels = images[:test_limit], labels[:test_limit]
+    batches = [{"IMAGE": images[start : start + 500]} for start in range(0, len(images), 500)]
+    return publish_onnx(
+        repository,
+        Classifier,
+        VisionSettings(model_repository=repository),
+        source,
+        nn.Sequential(network, nn.Softmax(dim=1)),
+        (torch.from_numpy(images[:2]),),
+        {"IMAGE": {0: "batch"}},
+        Evaluation(batches, labels, "PROBABILITIES"),
+    )
