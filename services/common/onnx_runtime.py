@@ -1,7 +1,8 @@
 """ONNX Runtime as a model platform: versions whose config says `platform: onnxruntime`.
 
-Such a version holds `model.onnx` (a protobuf graph with its weights inside: loading it runs no code
-from the file) and a `config.json` declaring its tensors like any version. `OnnxSession` runs one on
+Such a version holds one `.onnx` file (a protobuf graph with its weights inside or in an external-data
+file beside it: loading it runs no code from the files) and a `config.json` declaring its tensors like
+any version. `OnnxSession` runs one on
 ONNX Runtime; the built-in model classes use it in place of their torch network when a version's
 platform says so, keeping their own input checks. `OnnxModel` serves any ONNX version on its own,
 with the tensors its config declares (`maas serve services.common.onnx_runtime:OnnxModel --name NAME`).
@@ -115,15 +116,23 @@ class OnnxSession:
 
     @classmethod
     def of(cls, version: Version) -> OnnxSession:
-        """The session of a version's `model.onnx`, on its device, with the service's `num_threads`.
+        """The session of a version's `.onnx` file, on its device, with the service's `num_threads`.
+
+        The config lists exactly one `.onnx` file (`model.onnx` when maas exports it), and beside it any
+        external-data file the graph names (what `torch.onnx.export` writes for large weights, e.g.
+        `model.onnx.data`): every listed file is checked against its SHA-256 before this runs.
 
         Raises:
-            RepositoryError: the config lists no `model.onnx`, or ONNX Runtime cannot load it.
+            RepositoryError: the config lists no or several `.onnx` files, or ONNX Runtime cannot load it.
         """
-        if ONNX_FILE not in version.config.files:
-            raise RepositoryError(f"{version.directory}: platform {ONNXRUNTIME} needs {ONNX_FILE} in its files")
+        graphs = [name for name in version.config.files if name.endswith(".onnx")]
+        if len(graphs) != 1:
+            raise RepositoryError(
+                f"{version.directory}: platform {ONNXRUNTIME} needs exactly one .onnx file in config.json's files, "
+                f"got {graphs or 'none'}"
+            )
         threads = getattr(version.settings, "num_threads", 1)
-        return cls(version.directory / ONNX_FILE, version.device, threads)
+        return cls(version.directory / graphs[0], version.device, threads)
 
     def check(self, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...], where: Path) -> None:
         """Check the graph takes and gives the declared tensors (names, datatypes and ranks).
