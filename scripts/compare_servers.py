@@ -5,10 +5,12 @@ one model repository); every round measures each row on one and then the other, 
 from round to round, so drift on a shared machine falls on both. Rows: `fashion_cnn` and `minilm_embed`
 direct at concurrency 1 and 16, and the gateway hop (`fashion_cnn` through each side's gateway beside
 direct, call by call at concurrency 1; through the gateway at 16). Prints one markdown table of medians
-over the rounds, with new / old ratios.
+over the rounds, with new / old ratios; `--output docs/benchmarks.md` also writes it there as one section,
+replacing the section of the same title and keeping the rest.
 
 Usage (under the machine's lock, e.g. `flock /tmp/maas-cpu.lock ...`):
     python scripts/compare_servers.py --old /path/to/old/checkout [--new .] [--rounds 7] [--seconds 4]
+        [--output docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import platform
+import re
+import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -28,6 +34,7 @@ import grpc
 from maas.inference import grpc_service_pb2 as v2pb
 from maas.inference import grpc_service_pb2_grpc
 from services.bench.loadgen import LoadResult, closed_loop, interleaved
+from services.bench.report import git_revision, machine
 from services.bench.tokenizer import REVIEWS
 from services.cli.processes import serving
 from services.common.codec import Tensor, encode_inputs
@@ -38,6 +45,7 @@ from services.vision.data import load_split
 
 WARMUP_SECONDS = 0.5
 HIGH = 16
+SECTION_TITLE = "Two checkouts side by side (scripts/compare_servers.py)"
 
 
 def request(model: str, tensors: list[Tensor]) -> v2pb.ModelInferRequest:
@@ -131,7 +139,8 @@ async def compare(old: Path, new: Path, repository: Path, rounds: int, seconds: 
                     figures[name].setdefault(row, []).append(value)
             print(f"round {number + 1}/{rounds} done", file=sys.stderr, flush=True)
     lines = [
-        f"Medians of {rounds} alternating rounds, {seconds:g} s per row and side (old: `{old}`, new: `{new}`).",
+        f"Medians of {rounds} alternating rounds, {seconds:g} s per row and side; old: `{old.name}` at "
+        f"{git_revision(old)}, new: `{new.name}` at {git_revision(new)}.",
         "",
         "| row | old | new | new / old | old range | new range |",
         "|---|---|---|---|---|---|",
@@ -146,6 +155,29 @@ async def compare(old: Path, new: Path, repository: Path, rounds: int, seconds: 
     return "\n".join(lines)
 
 
+def write_section(output: Path, table: str, command: str) -> None:
+    """Write `table` into the report at `output` as one `## ` section, replacing an earlier one of the same
+    title where it stands (else appended); the report's other sections are kept."""
+    section = "\n".join(
+        [
+            f"## {SECTION_TITLE}",
+            "",
+            f"_Measured by `{command}` on {machine()}, python {platform.python_version()}, "
+            f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC._",
+            "",
+            table,
+            "",
+        ]
+    )
+    text = output.read_text(encoding="utf-8") if output.exists() else ""
+    pattern = re.compile(rf"^## {re.escape(SECTION_TITLE)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip("\n") + "\n"
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    output.write_text(text, encoding="utf-8")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--old", type=Path, required=True, help="the checkout measured against")
@@ -155,10 +187,14 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per row, side and round")
+    parser.add_argument("--output", type=Path, default=None, help="a report to write the table into as a section")
     args = parser.parse_args()
     repository = args.repository or ServiceSettings().model_repository
     table = asyncio.run(compare(args.old.resolve(), args.new.resolve(), repository, args.rounds, args.seconds))
     print(table)
+    if args.output:
+        command = shlex.join(["python", "scripts/compare_servers.py", *sys.argv[1:]])
+        write_section(args.output, table, command)
 
 
 if __name__ == "__main__":
