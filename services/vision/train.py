@@ -31,6 +31,47 @@ def evaluate(network: nn.Module, images: np.ndarray, labels: np.ndarray, batch_s
     return correct / len(images)
 
 
+def fit(
+    network: nn.Module,
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    recipe: Recipe,
+    generator: np.random.Generator,
+    progress: bool,
+) -> None:
+    """Train `network` in place: AdamW with a one-cycle schedule over `recipe.epochs`, random horizontal flips.
+
+    Args:
+        network: the network to train.
+        train_images: float32 images [N, 1, 28, 28] in [0, 1].
+        train_labels: their classes [N].
+        recipe: epochs, batch size, peak learning rate and weight decay.
+        generator: shuffles and flips.
+        progress: show a progress bar on stderr.
+    """
+    optimizer = torch.optim.AdamW(network.parameters(), lr=recipe.max_learning_rate, weight_decay=recipe.weight_decay)
+    steps = -(-len(train_images) // recipe.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, recipe.max_learning_rate, total_steps=recipe.epochs * steps
+    )
+    loss_fn = nn.CrossEntropyLoss()
+    for epoch in range(recipe.epochs):
+        network.train()
+        order = generator.permutation(len(train_images))
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{recipe.epochs}", disable=not progress, unit="batch")
+        for step in bar:
+            index = order[step * recipe.batch_size : (step + 1) * recipe.batch_size]
+            images = torch.from_numpy(train_images[index])
+            flip = torch.from_numpy(generator.random(len(index)) < 0.5)
+            images = torch.where(flip[:, None, None, None], images.flip(3), images)
+            loss = loss_fn(network(images), torch.from_numpy(train_labels[index]))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+
+
 def train(recipe: Recipe, repository: Path, data_dir: Path = DEFAULT_DATA_DIR, progress: bool = True) -> Path:
     """Train the CNN, evaluate it on the 10k test set, and publish it as the next version.
 
@@ -51,28 +92,8 @@ def train(recipe: Recipe, repository: Path, data_dir: Path = DEFAULT_DATA_DIR, p
     if recipe.train_limit:
         train_images, train_labels = train_images[: recipe.train_limit], train_labels[: recipe.train_limit]
     network = build(recipe.hyperparameters)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=recipe.max_learning_rate, weight_decay=recipe.weight_decay)
-    steps = -(-len(train_images) // recipe.batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, recipe.max_learning_rate, total_steps=recipe.epochs * steps
-    )
-    loss_fn = nn.CrossEntropyLoss()
     started = time.perf_counter()
-    for epoch in range(recipe.epochs):
-        network.train()
-        order = generator.permutation(len(train_images))
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{recipe.epochs}", disable=not progress, unit="batch")
-        for step in bar:
-            index = order[step * recipe.batch_size : (step + 1) * recipe.batch_size]
-            images = torch.from_numpy(train_images[index])
-            flip = torch.from_numpy(generator.random(len(index)) < 0.5)
-            images = torch.where(flip[:, None, None, None], images.flip(3), images)
-            loss = loss_fn(network(images), torch.from_numpy(train_labels[index]))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+    fit(network, train_images, train_labels, recipe, generator, progress)
     seconds = time.perf_counter() - started
     accuracy = evaluate(network, test_images, test_labels)
     config = VersionConfig(
