@@ -52,8 +52,9 @@ test: $(STAMP) $(K8S_TOOLS) $(PERF_ANALYZER)
 	$(call MODELS,--no-progress)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The services' benchmarks, then the optimization trade-offs (fp32, int8, ONNX Runtime, pruned) as one more section.
 bench: models
-	$(MAAS) bench
+	$(MAAS) bench && $(MAAS) bench --tradeoffs
 
 # Writes docs/peers.md: maas beside Triton, KServe and Ray Serve's proxy, on the same weights (~30 min).
 bench-peers: models $(PERF_ANALYZER)

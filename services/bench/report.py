@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,12 +23,14 @@ class Row:
 
 @dataclass
 class Section:
-    """A benchmark scenario: a title, how to read it, its rows and what to compare."""
+    """A benchmark scenario: a title, how to read it, its rows (or a markdown table of its own) and what to
+    compare."""
 
     title: str
     note: str
     rows: list[Row] = field(default_factory=list)
     findings: list[str] = field(default_factory=list)
+    table: list[str] = field(default_factory=list)
 
     def row(self, label: str, concurrency: int) -> LoadResult:
         """The result of the row called `label` at `concurrency`."""
@@ -76,7 +79,16 @@ def render(sections: list[Section], command: str, root: Path) -> str:
         "",
     ]
     for section in sections:
-        lines += [f"## {section.title}", "", section.note, ""]
+        lines += render_section(section)
+    return "\n".join(lines)
+
+
+def render_section(section: Section) -> list[str]:
+    """One section as markdown lines."""
+    lines = [f"## {section.title}", "", section.note, ""]
+    if section.table:
+        lines += section.table
+    else:
         lines += [
             "| what | concurrency | req/s | p50 ms | p95 ms | p99 ms | failed |",
             "|---|---:|---:|---:|---:|---:|---:|",
@@ -87,7 +99,22 @@ def render(sections: list[Section], command: str, root: Path) -> str:
                 f"| {row.label} | {r.concurrency} | {r.throughput:,.0f} | {r.p50_ms:.2f} | {r.p95_ms:.2f} "
                 f"| {r.p99_ms:.2f} | {r.failed} |"
             )
-        if section.findings:
-            lines += ["", *(f"- {finding}" for finding in section.findings)]
-        lines.append("")
-    return "\n".join(lines)
+    if section.findings:
+        lines += ["", *(f"- {finding}" for finding in section.findings)]
+    lines.append("")
+    return lines
+
+
+def replace_section(report: str, section: Section, command: str, root: Path) -> str:
+    """`report` with `section` in place of its earlier section of the same title (else appended), stamped with
+    the command, machine, commit and date it was measured with; the other sections are kept as they are."""
+    lines = render_section(section)
+    stamp = (
+        f"_Measured alone by `{command}` on {machine()}, git {git_revision(root)}, "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC._"
+    )
+    text = "\n".join([lines[0], "", stamp, *lines[1:]])
+    pattern = re.compile(rf"^## {re.escape(section.title)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
+    if pattern.search(report):
+        return pattern.sub(lambda _: text + "\n", report, count=1).rstrip("\n") + "\n"
+    return report.rstrip("\n") + "\n\n" + text

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from services.bench.report import Section, render
+from services.bench.report import Section, render, replace_section
 from services.bench.settings import BenchConfig
 from services.bench.tokenizer import tokenizer_section
 from services.common.settings import REPO_ROOT
@@ -32,6 +32,19 @@ async def run_bench(config: BenchConfig, output: Path, command: str) -> list[Sec
     return sections
 
 
+def _read(path: Path) -> str:
+    return path.read_text(encoding="utf-8") if path.exists() else ""
+
+
 def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
+
+
+async def run_tradeoffs(config: BenchConfig, output: Path, command: str) -> None:
+    """Run the trade-offs section alone and put it into the report at `output` in place of its earlier one."""
+    from services.bench.tradeoffs import tradeoffs_section
+
+    section = await tradeoffs_section(config)
+    report = await asyncio.to_thread(_read, output)
+    await asyncio.to_thread(_write, output, replace_section(report, section, command, REPO_ROOT))

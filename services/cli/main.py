@@ -124,6 +124,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--output", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md", help="report path")
     bench.add_argument("--repository", type=Path, help="model repository (default: MAAS_MODEL_REPOSITORY)")
     bench.add_argument(
+        "--tradeoffs",
+        action="store_true",
+        help="only the optimization trade-offs (fp32, int8, ONNX Runtime, pruned): that section of the report replaced",
+    )
+    bench.add_argument(
         "--address", help="instead: load a running gateway at this address (Embed, ClassifyText); a table on stdout"
     )
     connection.add_options(bench)
@@ -327,7 +332,12 @@ def main(argv: list[str] | None = None) -> int:
         repository = args.repository or ServiceSettings().model_repository
         config = BenchConfig.quick(repository) if args.quick else BenchConfig(repository)
         command = " ".join(["maas", *(argv if argv is not None else sys.argv[1:])])
-        asyncio.run(run_bench(config, args.output, command))
+        if args.tradeoffs:
+            from services.bench.run import run_tradeoffs
+
+            asyncio.run(run_tradeoffs(config, args.output, command))
+        else:
+            asyncio.run(run_bench(config, args.output, command))
         sys.stdout.write(f"wrote {args.output}\n")
         return 0
     if args.command == "infer":

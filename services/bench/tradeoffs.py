@@ -1,0 +1,328 @@
+"""The optimization trade-offs: per model, its fp32 torch version beside int8, ONNX Runtime and pruned
+versions, from one run: test accuracy, in-process latency at batch 1 and 32, served req/s at concurrency
+1 and 16, and the size of the weights on disk. Names the best default version per model by a stated rule."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import torch
+
+from maas.inference import grpc_service_pb2 as v2pb
+from maas.inference import grpc_service_pb2_grpc
+from services.bench.loadgen import closed_loop, in_process, sequence_requests
+from services.bench.report import Section
+from services.bench.settings import BenchConfig
+from services.cli.processes import running
+from services.common.codec import Tensor, encode_inputs
+from services.common.model import SharedPool, Version
+from services.common.onnx_runtime import is_onnx
+from services.common.repository import (
+    MODEL_FILE,
+    ModelFile,
+    VersionConfig,
+    newest_source,
+    publish_quantized,
+    read_version,
+    version_dirs,
+)
+from services.common.reviews import reviews
+from services.common.torch_weights import DYNAMIC_INT8
+from services.tokenizer.model import newest_tokenizer
+from services.vision.data import load_split
+
+CONCURRENCIES = (1, 16)
+BATCHES = (1, 32)
+REVIEWS = 200
+ACCURACY_SLACK = 0.005
+COSINE_FLOOR = 0.999
+
+
+@dataclass(frozen=True)
+class Model:
+    """A model of the table: its service, class, and the settings its class reads."""
+
+    name: str
+    service: str
+    cls: str
+    settings: Callable[[Path], Any]
+    int8: bool
+
+
+def _models() -> list[Model]:
+    from services.text.spec import TextSettings
+    from services.transformer.spec import TransformerSettings
+    from services.vision.spec import VisionSettings
+
+    return [
+        Model(
+            "fashion_cnn",
+            "vision",
+            "services.vision.model:Classifier",
+            lambda r: VisionSettings(model_repository=r),
+            False,
+        ),
+        Model(
+            "review_lstm", "text", "services.text.model:Classifier", lambda r: TextSettings(model_repository=r), True
+        ),
+        Model(
+            "minilm_embed",
+            "transformer",
+            "services.transformer.model:Embedder",
+            lambda r: TransformerSettings(model_repository=r),
+            True,
+        ),
+        Model(
+            "minilm_sentiment",
+            "transformer",
+            "services.transformer.model:SentimentClassifier",
+            lambda r: TransformerSettings(model_repository=r),
+            True,
+        ),
+    ]
+
+
+def variants(repository: Path, model: str) -> dict[str, str]:
+    """Kind ("fp32 torch", "int8", "ONNX Runtime", "pruned") -> version, for the versions of `model` made
+    from its newest fp32 torch version that is not itself pruned."""
+    configs = {v: read_version(repository / model / v, model) for v in version_dirs(repository, model)}
+    sources = [
+        v for v, c in configs.items() if c.quantization is None and not is_onnx(c) and "pruned_from" not in c.data
+    ]
+    if not sources:
+        return {}
+    source = sources[-1]
+    origin = f"{model}/{source}"
+    found = {"fp32 torch": source}
+    for version, config in configs.items():
+        if config.quantization == DYNAMIC_INT8 and config.data.get("quantized_from") == origin:
+            found["int8"] = version
+        elif is_onnx(config) and config.data.get("exported_from") == origin:
+            found["ONNX Runtime"] = version
+        elif config.data.get("pruned_from") == origin:
+            found["pruned"] = version
+    return found
+
+
+def weights_bytes(repository: Path, model: str, config: VersionConfig) -> int:
+    """Bytes on disk of what a version loads: its files, and the encoder version a sentiment head runs on."""
+    total = sum((repository / model / str(config.version) / name).stat().st_size for name in config.files)
+    encoder = config.architecture.get("encoder")
+    if encoder and not is_onnx(config):
+        directory = repository / encoder
+        total += sum((directory / name).stat().st_size for name in read_version(directory, directory.parent.name).files)
+    return total
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    if os.path.basename(source) == MODEL_FILE:
+        shutil.copy2(source, target)
+    else:
+        os.link(source, target)
+
+
+def _evaluation(repository: Path, model: str, limit: int) -> tuple[list[dict[str, np.ndarray]], np.ndarray | None]:
+    """Labelled test inputs in requests of 32 rows: the 10,000 test images, or the first REVIEWS test reviews
+    (the first `limit` if set)."""
+    if model == "fashion_cnn":
+        images, labels = load_split("test")
+        count = limit or len(images)
+        return [{"IMAGE": images[s : s + 32]} for s in range(0, count, 32)], labels[:count]
+    texts, labels = reviews("testing_data")
+    count = min(limit or REVIEWS, REVIEWS)
+    ids, mask, _ = newest_tokenizer(repository).encode_arrays(texts[:count])
+    batches = [{"INPUT_IDS": ids[s : s + 32], "ATTENTION_MASK": mask[s : s + 32]} for s in range(0, count, 32)]
+    return batches, None if model == "minilm_embed" else np.asarray(labels[:count])
+
+
+@dataclass
+class Measured:
+    """One row of the table."""
+
+    kind: str
+    version: str
+    quality: float
+    batch_ms: dict[int, float]
+    served: dict[int, float]
+    weights: int
+
+
+def _load(model: Model, repository: Path, version: str) -> Any:
+    from services.common.spec import import_object
+
+    directory = repository / model.name / version
+    config = read_version(directory, model.name)
+    return import_object(model.cls).load(
+        Version(model.name, directory, config, "cpu", model.settings(repository), SharedPool())
+    )
+
+
+def _in_process(model: Model, repository: Path, found: dict[str, str], config: BenchConfig) -> dict[str, dict]:
+    """Quality (accuracy, or minimum cosine to fp32 for embeddings) and latency per batch size, in process."""
+    batches, labels = _evaluation(repository, model.name, config.examples)
+    results: dict[str, dict] = {}
+    reference = None
+    for kind, version in found.items():
+        loaded = _load(model, repository, version)
+        prepared = [loaded.prepare(b, {}) for b in batches]
+        outputs = np.concatenate([next(iter(loaded.predict(b).values())) for b in prepared])
+        if labels is not None:
+            quality = float((outputs.argmax(1) == labels).mean())
+        else:
+            reference = outputs if reference is None else reference
+            quality = float(((outputs * reference).sum(1)).min())
+        latency = {}
+        for size in BATCHES:
+            rows = loaded.prepare({name: np.concatenate([b[name] for b in batches])[:size] for name in batches[0]}, {})
+            latency[size] = in_process(lambda r=rows, m=loaded: m.predict(r), config.duration, config.warmup).p50_ms
+        close = getattr(loaded, "close", None)
+        if close is not None:
+            close()
+        results[kind] = {"quality": quality, "latency": latency}
+    return results
+
+
+def _requests(model: str, repository: Path, version: str) -> list[v2pb.ModelInferRequest]:
+    if model == "fashion_cnn":
+        images, _ = load_split("test")
+        requests = []
+        for image in images[:64]:
+            request = v2pb.ModelInferRequest(model_name=model, model_version=version)
+            encode_inputs(request, [Tensor("IMAGE", "FP32", image[None])])
+            requests.append(request)
+        return requests
+    texts, _ = reviews("testing_data")
+    ids, mask, _ = newest_tokenizer(repository).encode_arrays(texts[:64])
+    return sequence_requests(model, ids, mask, version)
+
+
+async def _served(model: Model, repository: Path, found: dict[str, str], config: BenchConfig) -> dict[str, dict]:
+    """req/s per kind and concurrency, each kind's requests pinned to its version on one service process."""
+    env = {
+        "MAAS_MODEL_REPOSITORY": str(repository),
+        f"MAAS_{model.service.upper()}_METRICS_PORT": "0",
+    }
+    served: dict[str, dict] = {kind: {} for kind in found}
+    async with running(model.service, "--port", "0", env=env) as address, grpc.aio.insecure_channel(address) as channel:
+        stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for kind, version in found.items():
+            requests = _requests(model.name, repository, version)
+            for concurrency in CONCURRENCIES:
+                position = iter(range(1 << 62))
+
+                async def call(requests=requests, position=position) -> object:
+                    return await stub.ModelInfer(requests[next(position) % len(requests)])
+
+                result = await closed_loop(call, concurrency, config.duration, config.warmup)
+                served[kind][concurrency] = result.throughput
+    return served
+
+
+def best_default(rows: list[Measured], cosine: bool) -> tuple[Measured, str]:
+    """The version to serve by default: the one with the most req/s at concurrency 16 among those whose
+    quality is within ACCURACY_SLACK of fp32's (cosine to fp32 at least COSINE_FLOOR for embeddings)."""
+    fp32 = next(r for r in rows if r.kind == "fp32 torch")
+    eligible = [
+        r for r in rows if (r.quality >= COSINE_FLOOR if cosine else r.quality >= fp32.quality - ACCURACY_SLACK)
+    ]
+    best = max(eligible, key=lambda r: r.served[16])
+    left_out = [r.kind for r in rows if r not in eligible]
+    reason = (
+        f"{best.served[16] / fp32.served[16]:.2f}x fp32's req/s at concurrency 16 and "
+        f"{fp32.batch_ms[1] / best.batch_ms[1]:.2f}x its speed in process at batch 1, "
+        + (
+            f"cosine to fp32 ≥ {best.quality:.4f}"
+            if cosine
+            else f"accuracy {best.quality:.2%} vs fp32's {fp32.quality:.2%}"
+        )
+    )
+    if left_out:
+        reason += f"; not eligible on quality: {', '.join(left_out)}"
+    return best, reason
+
+
+async def tradeoffs_section(config: BenchConfig) -> Section:
+    """Measure every model's optimized versions side by side (see the module docstring)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    table = [
+        "| model | version | test accuracy | in-process p50 ms, batch 1 | batch 32 | served req/s, c1 | c16 "
+        "| weights MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    findings = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="maas-tradeoffs-") as scratch:
+            repository = Path(scratch)
+            for name in os.listdir(config.repository):
+                if (config.repository / name).is_dir():
+                    shutil.copytree(config.repository / name, repository / name, copy_function=_link_or_copy)
+            for model in _models():
+                found = variants(repository, model.name)
+                if not found:
+                    continue
+                if model.int8 and "int8" not in found:
+                    source = newest_source(repository, model.name)
+                    int8 = publish_quantized(repository, model.name, DYNAMIC_INT8, lambda d, c: ({}, {}))
+                    assert read_version(int8, model.name).data["quantized_from"] == f"{model.name}/{source.name}"
+                    found["int8"] = int8.name
+                policy = ModelFile(
+                    version_policy="specific:" + ",".join(found.values()), default_version=found["fp32 torch"]
+                )
+                (repository / model.name / MODEL_FILE).write_text(policy.model_dump_json(), encoding="utf-8")
+                measured = _in_process(model, repository, found, config)
+                served = await _served(model, repository, found, config)
+                rows = [
+                    Measured(
+                        kind,
+                        version,
+                        measured[kind]["quality"],
+                        measured[kind]["latency"],
+                        served[kind],
+                        weights_bytes(
+                            repository, model.name, read_version(repository / model.name / version, model.name)
+                        ),
+                    )
+                    for kind, version in found.items()
+                ]
+                cosine = model.name == "minilm_embed"
+                for row in rows:
+                    quality = f"cos ≥ {row.quality:.4f}" if cosine else f"{row.quality:.2%}"
+                    table.append(
+                        f"| {model.name} | {row.kind} (v{row.version}) | {quality} | {row.batch_ms[1]:.2f} "
+                        f"| {row.batch_ms[32]:.2f} | {row.served[1]:,.0f} | {row.served[16]:,.0f} "
+                        f"| {row.weights / 1e6:.2f} |"
+                    )
+                best, reason = best_default(rows, cosine)
+                findings.append(f"{model.name}: best default here is {best.kind} (v{best.version}): {reason}.")
+    finally:
+        torch.set_num_threads(threads)
+    section = Section(
+        title="Optimization trade-offs (fp32 torch, int8, ONNX Runtime, pruned)",
+        note=(
+            "Per model, the versions made from its newest fp32 torch version, side by side in one run: fp32 torch, "
+            "int8 (dynamic int8 LSTM/Linear layers, quantized at load; the CNN has no int8 path), ONNX Runtime "
+            "(`maas models export-onnx`), pruned (`maas train vision --prune 0.5`; the CNN only). Test accuracy: "
+            f"the 10,000 test images; the first {REVIEWS} test reviews for the text models (for minilm_embed, the "
+            "smallest cosine to fp32's embedding over them). In process: the model class's `predict` on one "
+            "thread (torch and ONNX Runtime), p50 ms per call of 1 and of 32 rows. Served: one service process, "
+            "1 thread, dynamic batching up to 32, closed loop of single-row requests (Fashion-MNIST test images, "
+            "fine-food reviews) pinned to the version. Weights: bytes on disk of what the version loads (int8 "
+            "versions hold the fp32 file and quantize at load; a torch sentiment head counts its encoder). Best "
+            f"default: the most req/s at concurrency 16 among versions within {ACCURACY_SLACK:.1%} of fp32's "
+            f"accuracy (cosine ≥ {COSINE_FLOOR} for embeddings)."
+        ),
+        findings=findings,
+    )
+    if config.examples:
+        section.note += f" Quick run: quality over the first {config.examples} test examples only."
+    section.table = table
+    return section
