@@ -1,9 +1,12 @@
 """`maas train vision --prune F`: structured pruning of a published CNN, published as a smaller version.
 
-Whole channels and units go, not masked weights: each convolution keeps the output channels whose
+Whole channels and units go, not masked weights: the second convolution keeps the output channels whose
 effective filters (the convolution's weights scaled by its batch norm, as they are folded at load) have
-the largest L1 norms, the next layer loses the matching input channels, and the hidden linear layer
-keeps the units with the largest L1 norm of incoming weights. The result is a smaller dense network
+the largest L1 norms, the hidden linear layer loses the matching input columns and keeps the units with
+the largest L1 norm of incoming weights, and the output layer loses the matching inputs. The first
+convolution is kept whole, as pruning methods usually keep a network's first layer: it costs 6% of the
+multiply-adds, every later feature reads it, and halving it cost more than a point of test accuracy
+after the same fine-tuning (89.2% instead of 90%+ at 50%). The result is a smaller dense network
 (`widths` and `hidden` in its config) whose every multiply-add is real, fine-tuned briefly on the
 training set and evaluated on the 10,000 test images.
 """
@@ -39,8 +42,8 @@ def _keep(scores: torch.Tensor, fraction: float) -> torch.Tensor:
 
 @torch.no_grad()
 def prune_network(network: FashionCNN, fraction: float) -> tuple[FashionCNN, dict]:
-    """A smaller copy of `network` without the `fraction` of each layer's channels and hidden units that
-    have the smallest magnitude.
+    """A smaller copy of `network` without the `fraction` of the second convolution's channels and of the
+    hidden units that have the smallest magnitude (the first convolution is kept whole, see the module).
 
     Args:
         network: a trained FashionCNN, in eval mode.
@@ -51,8 +54,8 @@ def prune_network(network: FashionCNN, fraction: float) -> tuple[FashionCNN, dic
     """
     blocks = list(network.features)
     linears = [layer for layer in network.classifier if isinstance(layer, nn.Linear)]
-    kept = []
-    for block in blocks:
+    kept = [torch.arange(blocks[0][0].out_channels)]
+    for block in blocks[1:]:
         conv, norm = block[0], block[1]
         scale = (norm.weight / torch.sqrt(norm.running_var + norm.eps)).abs()
         kept.append(_keep(conv.weight.abs().sum(dim=(1, 2, 3)) * scale, fraction))
