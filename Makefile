@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 MAAS := $(VENV)/bin/maas
 # What the services serve, made when missing (once; ~10 min on 2 cores): the tokenizer and MiniLM
 # exported, the vision CNN, the review LSTM (fp32, then int8 beside it) and the MiniLM sentiment head trained,
-# then each of the four exported to ONNX beside its torch version, and the CNN pruned to half its channels.
+# then each of the four exported to ONNX beside its torch version, and the CNN pruned.
 MODELS = $(MAAS) models export-tokenizer --if-missing && $(MAAS) models export-minilm --if-missing \
 	&& $(MAAS) train vision --if-missing $(1) && $(MAAS) train text --if-missing $(1) \
 	&& $(MAAS) train text --quantize int8 --if-missing $(1) && $(MAAS) train transformer --if-missing $(1) \
@@ -28,7 +28,7 @@ PERF_ANALYZER := .peers/bin/perf_analyzer
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[models,ray,ops,dev]'
+	$(PIP) -e '.[models,ray,ops,dev,bench]'
 	touch $@
 
 venv: $(STAMP)
@@ -52,9 +52,8 @@ test: $(STAMP) $(K8S_TOOLS) $(PERF_ANALYZER)
 	$(call MODELS,--no-progress)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The services' benchmarks, then the optimization trade-offs (fp32, int8, ONNX Runtime, pruned) as one more section.
 bench: models
-	$(MAAS) bench && $(MAAS) bench --tradeoffs
+	$(MAAS) bench --output docs/benchmarks.md
 
 # Writes docs/peers.md: maas beside Triton, KServe and Ray Serve's proxy, on the same weights (~30 min).
 bench-peers: models $(PERF_ANALYZER)

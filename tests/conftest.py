@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from collections.abc import AsyncIterator
@@ -20,6 +21,14 @@ from services.common.versions import ModelRegistry
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 TEST_MESSAGE_LIMIT = 1 << 20
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every gateway a test starts, in this process or as a child, serves HTTP on a free port unless the
+    test names one (the default, 8080, may be taken on a shared machine), and waits at most 2 s at start for
+    targets that are down on purpose."""
+    os.environ.setdefault("MAAS_GATEWAY_HTTP_PORT", "0")
+    os.environ.setdefault("MAAS_GATEWAY_CONNECT_TIMEOUT_SECONDS", "2")
 
 
 @asynccontextmanager

@@ -53,6 +53,108 @@ def _request(model: str, tensors: list[Tensor]) -> v2pb.ModelInferRequest:
     return request
 
 
+async def _backends(stack: AsyncExitStack, config: BenchConfig) -> tuple[str, str, Path]:
+    """Start the tokenizer and the transformer as processes for the rest of `stack`, and write a routing file
+    of the tokenizer and MODEL to them.
+
+    Returns:
+        The tokenizer's and the transformer's addresses, and the routing file.
+    """
+    env = {"MAAS_MODEL_REPOSITORY": str(config.repository)}
+    tokenizer = await stack.enter_async_context(
+        running("tokenizer", "--port", "0", env={**env, "MAAS_TOKENIZER_METRICS_PORT": "0"})
+    )
+    transformer = await stack.enter_async_context(
+        running("transformer", "--port", "0", env={**env, "MAAS_TRANSFORMER_METRICS_PORT": "0"})
+    )
+    workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="maas-bench-")))
+    routing = Routing(
+        targets={
+            "tokenizer": Target(address=f"dns:///{tokenizer}"),
+            "transformer": Target(address=f"dns:///{transformer}"),
+        },
+        models={"tokenizer": ModelRoute(target="tokenizer"), MODEL: ModelRoute(target="transformer")},
+    )
+    (workdir / "routing.yaml").write_text(routing.to_yaml(), encoding="utf-8")
+    return tokenizer, transformer, workdir / "routing.yaml"
+
+
+async def _model_request(tokenizer: grpc_service_pb2_grpc.GRPCInferenceServiceStub) -> v2pb.ModelInferRequest:
+    """MODEL's request: one review, tokenized by the tokenizer at its own length."""
+    texts = Tensor("TEXT", "BYTES", np.array([REVIEWS[0].encode()], dtype=object))
+    tokens = await tokenizer.ModelInfer(_request("tokenizer", [texts]))
+    ids = np.frombuffer(tokens.raw_output_contents[0], "<i8").reshape(1, -1)
+    return _request(MODEL, [Tensor("INPUT_IDS", "INT64", ids), Tensor("ATTENTION_MASK", "INT64", np.ones_like(ids))])
+
+
+async def http_section(config: BenchConfig) -> Section:
+    """Measure the gRPC hop through a gateway serving HTTP beside it and through one that does not."""
+    section = Section(
+        title="Gateway with HTTP on and off",
+        note=(
+            "Whether serving the REST binding beside gRPC slows the gRPC path. The tokenizer and the transformer run "
+            "as their own processes; two gateways route to them, one serving HTTP on its own port "
+            "(`MAAS_GATEWAY_HTTP_ENABLED=true`, idle) and one not (`false`). The same v2 requests go direct and "
+            "through each gateway: at concurrency 1 call by call in turn; at concurrency "
+            f"{CONCURRENCY} in four rounds of closed loops, taking turns. `{MODEL}` gets one review tokenized at its "
+            "own length; `tokenizer` the same review as text."
+        ),
+    )
+    async with AsyncExitStack() as stack:
+        tokenizer, transformer, routing_file = await _backends(stack, config)
+        stubs = {
+            "direct (tokenizer)": tokenizer,
+            f"direct ({MODEL})": transformer,
+        }
+        for state in ("on", "off"):
+            env = {
+                "MAAS_GATEWAY_ROUTING_FILE": str(routing_file),
+                "MAAS_GATEWAY_METRICS_PORT": "0",
+                "MAAS_GATEWAY_HTTP_ENABLED": "true" if state == "on" else "false",
+                "MAAS_GATEWAY_HTTP_PORT": "0",
+            }
+            stubs[f"HTTP {state}"] = await stack.enter_async_context(running("gateway", "--port", "0", env=env))
+        v2 = {
+            name: grpc_service_pb2_grpc.GRPCInferenceServiceStub(
+                await stack.enter_async_context(grpc.aio.insecure_channel(address))
+            )
+            for name, address in stubs.items()
+        }
+        texts = Tensor("TEXT", "BYTES", np.array([REVIEWS[0].encode()], dtype=object))
+        tokenize = _request("tokenizer", [texts])
+        model = await _model_request(v2["direct (tokenizer)"])
+        calls = {
+            "tokenizer, direct": lambda: v2["direct (tokenizer)"].ModelInfer(tokenize),
+            "tokenizer, gateway with HTTP on": lambda: v2["HTTP on"].ModelInfer(tokenize),
+            "tokenizer, gateway with HTTP off": lambda: v2["HTTP off"].ModelInfer(tokenize),
+            f"{MODEL}, direct": lambda: v2[f"direct ({MODEL})"].ModelInfer(model),
+            f"{MODEL}, gateway with HTTP on": lambda: v2["HTTP on"].ModelInfer(model),
+            f"{MODEL}, gateway with HTTP off": lambda: v2["HTTP off"].ModelInfer(model),
+        }
+        results = await interleaved(calls, config.duration, config.warmup)
+        section.rows += [Row(label, result) for label, result in results.items()]
+        loaded = await alternating(
+            {label: call for label, call in calls.items() if label.startswith(f"{MODEL}, gateway")},
+            CONCURRENCY,
+            config.duration,
+            config.warmup,
+        )
+        section.rows += [Row(label, result) for label, result in loaded.items()]
+
+    def hop(model: str, state: str) -> float:
+        return section.row(f"{model}, gateway with HTTP {state}", 1).p50_ms - section.row(f"{model}, direct", 1).p50_ms
+
+    on, off = (section.row(f"{MODEL}, gateway with HTTP {state}", CONCURRENCY).throughput for state in ("on", "off"))
+    section.findings = [
+        f"The gateway hop (p50 through the gateway minus direct, concurrency 1) is {hop(MODEL, 'on'):.2f} ms with "
+        f"HTTP on and {hop(MODEL, 'off'):.2f} ms with HTTP off on `{MODEL}`; {hop('tokenizer', 'on'):.2f} vs "
+        f"{hop('tokenizer', 'off'):.2f} ms on `tokenizer`.",
+        f"At concurrency {CONCURRENCY}, the gateway with HTTP on serves {on / off:.0%} of the requests of the one "
+        f"with HTTP off on `{MODEL}` ({on:,.1f} vs {off:,.1f} req/s).",
+    ]
+    return section
+
+
 async def gateway_section(config: BenchConfig) -> Section:
     """Measure direct vs through-the-gateway latency at concurrency 1 and throughput at 16."""
     section = Section(
@@ -71,27 +173,13 @@ async def gateway_section(config: BenchConfig) -> Section:
             "measured in the same alternation."
         ),
     )
-    env = {"MAAS_MODEL_REPOSITORY": str(config.repository)}
     metrics_port = _free_port()
     async with AsyncExitStack() as stack:
-        tokenizer = await stack.enter_async_context(
-            running("tokenizer", "--port", "0", env={**env, "MAAS_TOKENIZER_METRICS_PORT": "0"})
-        )
-        transformer = await stack.enter_async_context(
-            running("transformer", "--port", "0", env={**env, "MAAS_TRANSFORMER_METRICS_PORT": "0"})
-        )
-        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="maas-bench-")))
-        routing = Routing(
-            targets={
-                "tokenizer": Target(address=f"dns:///{tokenizer}"),
-                "transformer": Target(address=f"dns:///{transformer}"),
-            },
-            models={"tokenizer": ModelRoute(target="tokenizer"), MODEL: ModelRoute(target="transformer")},
-        )
-        (workdir / "routing.yaml").write_text(routing.to_yaml(), encoding="utf-8")
+        tokenizer, transformer, routing_file = await _backends(stack, config)
         gateway_env = {
-            "MAAS_GATEWAY_ROUTING_FILE": str(workdir / "routing.yaml"),
+            "MAAS_GATEWAY_ROUTING_FILE": str(routing_file),
             "MAAS_GATEWAY_METRICS_PORT": str(metrics_port),
+            "MAAS_GATEWAY_HTTP_PORT": "0",
         }
         gateway = await stack.enter_async_context(running("gateway", "--port", "0", env=gateway_env))
         relay_process = await asyncio.create_subprocess_exec(
@@ -111,11 +199,7 @@ async def gateway_section(config: BenchConfig) -> Section:
             await stack.enter_async_context(grpc.aio.insecure_channel(relay))
         )
         texts = Tensor("TEXT", "BYTES", np.array([REVIEWS[0].encode()], dtype=object))
-        tokens = await tokenizer_v2.ModelInfer(_request("tokenizer", [texts]))
-        ids = np.frombuffer(tokens.raw_output_contents[0], "<i8").reshape(1, -1)
-        model = _request(
-            MODEL, [Tensor("INPUT_IDS", "INT64", ids), Tensor("ATTENTION_MASK", "INT64", np.ones_like(ids))]
-        )
+        model = await _model_request(tokenizer_v2)
         echo = _request("echo", [texts])
         tokenize = _request("tokenizer", [texts])
         calls = {

@@ -1,16 +1,27 @@
-"""The benchmark report: `docs/benchmarks.md`, written by `make bench` itself."""
+"""The benchmark report: `docs/benchmarks.md` (when `maas bench --output` asks for it), a chart per section,
+and the same rows as a table, JSON or CSV for the terminal."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
 import platform
 import re
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from services.bench.loadgen import LoadResult
+
+PLOTS_DIR = "benchmarks"
+"""Where a report's charts go, beside the report."""
+TABLE_HEADER = [
+    "| what | concurrency | req/s | p50 ms | p95 ms | p99 ms | failed |",
+    "|---|---:|---:|---:|---:|---:|---:|",
+]
 
 
 @dataclass
@@ -23,8 +34,9 @@ class Row:
 
 @dataclass
 class Section:
-    """A benchmark scenario: a title, how to read it, its rows (or a markdown table of its own) and what to
-    compare."""
+    """A benchmark scenario: a title, how to read it, its rows and what to compare. A section whose rows do
+    not say everything gives its own markdown `table`, shown in place of the rows' (which still feed its
+    chart and the JSON/CSV output)."""
 
     title: str
     note: str
@@ -35,6 +47,11 @@ class Section:
     def row(self, label: str, concurrency: int) -> LoadResult:
         """The result of the row called `label` at `concurrency`."""
         return next(r.result for r in self.rows if r.label == label and r.result.concurrency == concurrency)
+
+    @property
+    def slug(self) -> str:
+        """The section's title as a file name."""
+        return re.sub(r"[^a-z0-9]+", "-", self.title.lower()).strip("-")
 
 
 def _cpu_model() -> str:
@@ -63,58 +80,171 @@ def machine() -> str:
     return f"{_cpu_model()}, {os.cpu_count()} cores, {memory:.0f} GiB, {platform.system()} {platform.release()}"
 
 
-def render(sections: list[Section], command: str, root: Path) -> str:
-    """The whole report as markdown."""
-    lines = [
-        "# Benchmarks",
-        "",
-        "Written by `make bench` (`maas bench`); do not edit by hand. Every number below comes from one run,",
-        "side by side, on the machine named here: compare ratios within this page, not with other machines.",
-        "",
-        f"- command: `{command}`",
-        f"- machine: {machine()}",
-        f"- git: {git_revision(root)}",
-        f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- python: {platform.python_version()}",
-        "",
-    ]
-    for section in sections:
-        lines += render_section(section)
-    return "\n".join(lines)
-
-
-def render_section(section: Section) -> list[str]:
-    """One section as markdown lines."""
-    lines = [f"## {section.title}", "", section.note, ""]
+def _table(section: Section) -> list[str]:
     if section.table:
-        lines += section.table
-    else:
-        lines += [
-            "| what | concurrency | req/s | p50 ms | p95 ms | p99 ms | failed |",
-            "|---|---:|---:|---:|---:|---:|---:|",
-        ]
-        for row in section.rows:
-            r = row.result
-            lines.append(
-                f"| {row.label} | {r.concurrency} | {r.throughput:,.0f} | {r.p50_ms:.2f} | {r.p95_ms:.2f} "
-                f"| {r.p99_ms:.2f} | {r.failed} |"
-            )
-    if section.findings:
-        lines += ["", *(f"- {finding}" for finding in section.findings)]
-    lines.append("")
+        return list(section.table)
+    lines = list(TABLE_HEADER)
+    for row in section.rows:
+        r = row.result
+        lines.append(
+            f"| {row.label} | {r.concurrency} | {r.throughput:,.0f} | {r.p50_ms:.2f} | {r.p95_ms:.2f} "
+            f"| {r.p99_ms:.2f} | {r.failed} |"
+        )
     return lines
 
 
-def replace_section(report: str, section: Section, command: str, root: Path) -> str:
-    """`report` with `section` in place of its earlier section of the same title (else appended), stamped with
-    the command, machine, commit and date it was measured with; the other sections are kept as they are."""
-    lines = render_section(section)
-    stamp = (
-        f"_Measured alone by `{command}` on {machine()}, git {git_revision(root)}, "
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC._"
+def render_section(section: Section, provenance: str, chart: str | None = None) -> str:
+    """One section as markdown: title, how it was measured, note, chart, table and findings.
+
+    Args:
+        section: the measured section.
+        provenance: the command, revision and date it was measured by.
+        chart: the chart's path relative to the report, if there is one.
+    """
+    lines = [f"## {section.title}", "", f"_{provenance}_", "", section.note, ""]
+    if chart:
+        lines += [f"![{section.title}: throughput and latency by concurrency]({chart})", ""]
+    lines += _table(section)
+    if section.findings:
+        lines += ["", *(f"- {finding}" for finding in section.findings)]
+    return "\n".join(lines) + "\n"
+
+
+def _header() -> str:
+    return "\n".join(
+        [
+            "# Benchmarks",
+            "",
+            "Written by `make bench` (`maas bench --output docs/benchmarks.md`); do not edit by hand. Every number",
+            "in a section comes from one run, side by side, on the machine named here; a section rerun alone",
+            "(`maas bench --section NAME --output ...`) replaces only itself and says when it was measured.",
+            "Compare ratios within a section, not with other machines.",
+            "",
+            f"- machine: {machine()}",
+            f"- python: {platform.python_version()}",
+            "",
+        ]
     )
-    text = "\n".join([lines[0], "", stamp, *lines[1:]])
-    pattern = re.compile(rf"^## {re.escape(section.title)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    if pattern.search(report):
-        return pattern.sub(lambda _: text + "\n", report, count=1).rstrip("\n") + "\n"
-    return report.rstrip("\n") + "\n\n" + text
+
+
+def _sections_of(text: str) -> dict[str, str]:
+    """The `## ` sections of an existing report, by title, in order. A section of a report whose header
+    named one run for every section gets that run's provenance line."""
+    header, *blocks = re.split(r"^(?=## )", text, flags=re.M)
+    run = dict(re.findall(r"^- (command|git|date): (.+)$", header, re.M))
+    provenance = f"_Measured by {run['command']} at git {run['git']}, {run['date']}._" if len(run) == 3 else None
+    sections: dict[str, str] = {}
+    for block in blocks:
+        title, _, rest = block.rstrip("\n").partition("\n")
+        if provenance and not rest.lstrip().startswith("_Measured by"):
+            rest = f"\n{provenance}\n{rest}"
+        sections[title[3:].strip()] = f"{title}\n{rest}\n"
+    return sections
+
+
+def write_report(output: Path, sections: list[Section], command: str, root: Path) -> None:
+    """Write `sections` into the report at `output`, with a chart per section in `benchmarks/` beside it.
+
+    A section already in the report is replaced where it stands; the report's other sections are kept,
+    so one section can be measured again alone.
+
+    Args:
+        output: the markdown report.
+        sections: what was measured.
+        command: the command line that measured them.
+        root: the repository, for the revision.
+    """
+    provenance = f"Measured by `{command}` at git {git_revision(root)}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC."
+    kept = _sections_of(output.read_text(encoding="utf-8")) if output.exists() else {}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    for section in sections:
+        chart = output.parent / PLOTS_DIR / f"{section.slug}.png"
+        plot(section, chart)
+        kept[section.title] = render_section(section, provenance, f"{PLOTS_DIR}/{chart.name}")
+    output.write_text(_header() + "\n".join(kept.values()), encoding="utf-8")
+
+
+def plot(section: Section, path: Path) -> None:
+    """Draw a section's throughput and latency by concurrency, one series per row label, into a PNG.
+
+    Args:
+        section: the section.
+        path: the PNG to write.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    series: dict[str, list[LoadResult]] = {}
+    for row in section.rows:
+        series.setdefault(row.label, []).append(row.result)
+    figure, (left, right) = pyplot.subplots(1, 2, figsize=(12, 4.5))
+    for label, results in series.items():
+        results = sorted(results, key=lambda r: r.concurrency)
+        x = [r.concurrency for r in results]
+        line = left.plot(x, [r.throughput for r in results], marker="o", label=label)[0]
+        right.plot(x, [r.p50_ms for r in results], marker="o", color=line.get_color())
+        right.plot(x, [r.p99_ms for r in results], marker="x", linestyle="--", color=line.get_color())
+    left.set(title="throughput", xlabel="concurrency", ylabel="requests/s", xscale="log")
+    right.set(title="latency (p50 solid, p99 dashed)", xlabel="concurrency", ylabel="ms", xscale="log", yscale="log")
+    for axes in (left, right):
+        axes.grid(True, which="both", alpha=0.3)
+    figure.legend(loc="lower center", ncol=min(3, len(series)), fontsize="small", frameon=False)
+    figure.suptitle(section.title)
+    figure.tight_layout(rect=(0, 0.06 + 0.04 * ((len(series) - 1) // 3), 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
+
+
+ROW_FIELDS = [
+    "section",
+    "what",
+    "concurrency",
+    "completed",
+    "failed",
+    "seconds",
+    "req_per_s",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+]
+
+
+def _records(sections: list[Section]) -> list[dict]:
+    return [
+        {
+            "section": section.title,
+            "what": row.label,
+            **{key: value for key, value in asdict(row.result).items() if key != "concurrency"},
+            "concurrency": row.result.concurrency,
+            "req_per_s": row.result.throughput,
+        }
+        for section in sections
+        for row in section.rows
+    ]
+
+
+def as_text(sections: list[Section], form: str) -> str:
+    """The sections' rows for a terminal: `table` (markdown tables with findings), `json` or `csv`.
+
+    Args:
+        sections: what was measured.
+        form: `table`, `json` or `csv`.
+    """
+    if form == "json":
+        return json.dumps(
+            [{"title": s.title, "findings": s.findings, "rows": _records([s])} for s in sections], indent=2
+        )
+    if form == "csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=ROW_FIELDS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(_records(sections))
+        return buffer.getvalue().rstrip("\n")
+    blocks = []
+    for section in sections:
+        findings = [f"- {finding}" for finding in section.findings]
+        blocks.append("\n".join([f"## {section.title}", "", *_table(section), *(["", *findings] if findings else [])]))
+    return "\n\n".join(blocks)

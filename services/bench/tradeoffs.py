@@ -18,8 +18,8 @@ import torch
 
 from maas.inference import grpc_service_pb2 as v2pb
 from maas.inference import grpc_service_pb2_grpc
-from services.bench.loadgen import closed_loop, in_process, sequence_requests
-from services.bench.report import Section
+from services.bench.loadgen import LoadResult, closed_loop, in_process, sequence_requests
+from services.bench.report import Row, Section
 from services.bench.settings import BenchConfig
 from services.cli.processes import running
 from services.common.codec import Tensor, encode_inputs
@@ -205,12 +205,13 @@ def _requests(model: str, repository: Path, version: str) -> list[v2pb.ModelInfe
 
 
 async def _served(model: Model, repository: Path, found: dict[str, str], config: BenchConfig) -> dict[str, dict]:
-    """req/s per kind and concurrency, each kind's requests pinned to its version on one service process."""
+    """The load result per kind and concurrency, each kind's requests pinned to its version on one service
+    process."""
     env = {
         "MAAS_MODEL_REPOSITORY": str(repository),
         f"MAAS_{model.service.upper()}_METRICS_PORT": "0",
     }
-    served: dict[str, dict] = {kind: {} for kind in found}
+    served: dict[str, dict[int, LoadResult]] = {kind: {} for kind in found}
     async with running(model.service, "--port", "0", env=env) as address, grpc.aio.insecure_channel(address) as channel:
         stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
         for kind, version in found.items():
@@ -221,8 +222,7 @@ async def _served(model: Model, repository: Path, found: dict[str, str], config:
                 async def call(requests=requests, position=position) -> object:
                     return await stub.ModelInfer(requests[next(position) % len(requests)])
 
-                result = await closed_loop(call, concurrency, config.duration, config.warmup)
-                served[kind][concurrency] = result.throughput
+                served[kind][concurrency] = await closed_loop(call, concurrency, config.duration, config.warmup)
     return served
 
 
@@ -259,6 +259,7 @@ async def tradeoffs_section(config: BenchConfig) -> Section:
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     findings = []
+    load_rows: list[Row] = []
     try:
         with tempfile.TemporaryDirectory(prefix="maas-tradeoffs-") as scratch:
             repository = Path(scratch)
@@ -286,12 +287,17 @@ async def tradeoffs_section(config: BenchConfig) -> Section:
                         version,
                         measured[kind]["quality"],
                         measured[kind]["latency"],
-                        served[kind],
+                        {concurrency: result.throughput for concurrency, result in served[kind].items()},
                         weights_bytes(
                             repository, model.name, read_version(repository / model.name / version, model.name)
                         ),
                     )
                     for kind, version in found.items()
+                ]
+                load_rows += [
+                    Row(f"{model.name} {kind} (v{version})", result)
+                    for kind, version in found.items()
+                    for result in served[kind].values()
                 ]
                 cosine = model.name == "minilm_embed"
                 for row in rows:
@@ -320,6 +326,7 @@ async def tradeoffs_section(config: BenchConfig) -> Section:
             f"default: the most req/s at concurrency 16 among versions within {ACCURACY_SLACK:.1%} of fp32's "
             f"accuracy (cosine ≥ {COSINE_FLOOR} for embeddings)."
         ),
+        rows=load_rows,
         findings=findings,
     )
     if config.examples:

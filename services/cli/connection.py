@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 from services.common.auth import AUTHORIZATION_KEY
+from services.common.server import host_port
 from services.common.tls import ClientTls, TlsFilesError
+from services.gateway.spec import GatewaySettings
 
 API_KEY_ENV = "MAAS_API_KEY"
 
@@ -38,3 +40,11 @@ def metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
     """The call metadata the options ask for: the API key (`--api-key`, else `$MAAS_API_KEY`), if any."""
     key = args.api_key or os.environ.get(API_KEY_ENV)
     return ((AUTHORIZATION_KEY, f"Bearer {key}"),) if key else ()
+
+
+def gateway_address(args: argparse.Namespace) -> str:
+    """`--address`, else the gateway's own settings (`MAAS_GATEWAY_HOST:MAAS_GATEWAY_PORT`)."""
+    if args.address:
+        return args.address
+    settings = GatewaySettings()
+    return host_port(settings.host, settings.port)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -15,9 +18,7 @@ from maas.common.v1 import common_pb2
 from maas.gateway.v1 import gateway_pb2 as pb
 from maas.gateway.v1 import gateway_pb2_grpc
 from services.cli import connection
-from services.common.server import host_port
 from services.common.tls import TlsFilesError, secure_channel
-from services.gateway.spec import GatewaySettings
 
 TEXT_MODELS = {"lstm": pb.TEXT_MODEL_LSTM, "transformer": pb.TEXT_MODEL_TRANSFORMER}
 MODEL_NAMES = {value: key for key, value in TEXT_MODELS.items()}
@@ -40,11 +41,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     for parser in (text, image, embed):
         parser.add_argument("--address", help="gateway address (default: MAAS_GATEWAY_HOST:MAAS_GATEWAY_PORT)")
         parser.add_argument("--timeout", type=float, default=30.0, help="deadline of the call, in seconds")
+        parser.add_argument("--json", action="store_true", help="print one JSON object (every value, full precision)")
         connection.add_options(parser)
-
-
-def _labels(classification: common_pb2.Classification) -> list[str]:
-    return [f"  {label.name:<14} {label.probability:7.2%}" for label in classification.labels]
 
 
 def _embedding(values: Sequence[float]) -> str:
@@ -53,35 +51,58 @@ def _embedding(values: Sequence[float]) -> str:
     return f"  {len(vector)} dimensions, norm {np.linalg.norm(vector):.3f}: [{shown}, ...]"
 
 
-def _call(stub: gateway_pb2_grpc.GatewayServiceStub, args: argparse.Namespace) -> tuple[list[str], str]:
-    """Make the call `args` describe; return the lines to print and what served it."""
+@dataclass
+class Answer:
+    """What one `maas infer` call got: each input with its labels or embedding, and what served it."""
+
+    model: str
+    version: str
+    results: list[dict[str, Any]]
+
+    def lines(self) -> list[str]:
+        """The human-readable lines: each input, then its labels or a summary of its embedding."""
+        lines = []
+        for result in self.results:
+            lines.append(result["input"])
+            if "embedding" in result:
+                lines.append(_embedding(result["embedding"]))
+            else:
+                lines += [f"  {label['name']:<14} {label['probability']:7.2%}" for label in result["labels"]]
+        return lines
+
+
+def _labels(classification: common_pb2.Classification) -> list[dict[str, Any]]:
+    return [{"name": label.name, "probability": label.probability} for label in classification.labels]
+
+
+def _call(stub: gateway_pb2_grpc.GatewayServiceStub, args: argparse.Namespace) -> Answer:
+    """Make the call `args` describe."""
     metadata = connection.metadata(args)
     if args.kind == "text":
         model = TEXT_MODELS.get(args.model, pb.TEXT_MODEL_UNSPECIFIED)
         request = pb.ClassifyTextRequest(texts=args.texts, model=model, top_k=args.top_k)
         response = stub.ClassifyText(request, timeout=args.timeout, metadata=metadata)
-        lines = [
-            line for text, result in zip(args.texts, response.results, strict=True) for line in (text, *_labels(result))
+        results = [
+            {"input": text, "labels": _labels(result)}
+            for text, result in zip(args.texts, response.results, strict=True)
         ]
-        return lines, f"{MODEL_NAMES.get(response.model, 'text')} model, version {response.model_version}"
+        return Answer(MODEL_NAMES.get(response.model, "text"), response.model_version, results)
     if args.kind == "image":
         images = [path.read_bytes() for path in args.images]
         response = stub.ClassifyImage(
             pb.ClassifyImageRequest(images=images, top_k=args.top_k), timeout=args.timeout, metadata=metadata
         )
-        lines = [
-            line
+        results = [
+            {"input": str(path), "labels": _labels(result)}
             for path, result in zip(args.images, response.results, strict=True)
-            for line in (str(path), *_labels(result))
         ]
-        return lines, f"fashion_cnn, version {response.model_version}"
+        return Answer("fashion_cnn", response.model_version, results)
     response = stub.Embed(pb.EmbedRequest(texts=args.texts), timeout=args.timeout, metadata=metadata)
-    lines = [
-        line
+    results = [
+        {"input": text, "embedding": list(embedding.values)}
         for text, embedding in zip(args.texts, response.embeddings, strict=True)
-        for line in (text, _embedding(embedding.values))
     ]
-    return lines, f"minilm_embed, version {response.model_version}"
+    return Answer("minilm_embed", response.model_version, results)
 
 
 def infer(args: argparse.Namespace) -> int:
@@ -90,13 +111,12 @@ def infer(args: argparse.Namespace) -> int:
     Returns:
         0 on success; 1 if a file cannot be read or the gateway refused (the status is printed).
     """
-    settings = GatewaySettings()
-    address = args.address or host_port(settings.host, settings.port)
+    address = connection.gateway_address(args)
     try:
         with secure_channel(address, connection.client_tls(args)) as channel:
             stub = gateway_pb2_grpc.GatewayServiceStub(channel)
             started = time.perf_counter()
-            lines, served = _call(stub, args)
+            answer = _call(stub, args)
             elapsed = (time.perf_counter() - started) * 1000
     except (OSError, TlsFilesError) as exc:
         sys.stderr.write(f"maas infer: {exc}\n")
@@ -104,5 +124,11 @@ def infer(args: argparse.Namespace) -> int:
     except grpc.RpcError as exc:
         sys.stderr.write(f"maas infer: {exc.code().name}: {exc.details()}\n")
         return 1
-    sys.stdout.write("\n".join([*lines, f"({served}; {elapsed:.1f} ms via {address})"]) + "\n")
+    if args.json:
+        document = {"model": answer.model, "version": answer.version, "address": address, "milliseconds": elapsed}
+        sys.stdout.write(json.dumps({**document, "results": answer.results}) + "\n")
+        return 0
+    served = f"{answer.model} model" if args.kind == "text" else answer.model
+    served += f", version {answer.version}"
+    sys.stdout.write("\n".join([*answer.lines(), f"({served}; {elapsed:.1f} ms via {address})"]) + "\n")
     return 0

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import replace
+from importlib.metadata import version as package_version
 from pathlib import Path
 
-from services.cli import connection, health, infer, registry
+import shtab
+
+from services.bench.run import SECTIONS
+from services.cli import connection, health, infer, listing, registry, status
 from services.cli.up import up
 from services.common.repository import CONFIG_FILE, ONNXRUNTIME, version_dirs
 from services.common.settings import REPO_ROOT, ServiceSettings
@@ -24,6 +29,9 @@ from services.vision.spec import MODEL_NAME as VISION_MODEL
 
 QUANTIZATION_SCHEMES = {"int8": "dynamic_int8"}
 ONNX_EXPORTS = (VISION_MODEL, TEXT_MODEL, EMBED_MODEL, SENTIMENT_MODEL)
+COMPLETION_SHELLS = ("bash", "zsh", "tcsh")
+BENCH_MODULES = ("matplotlib", "tqdm")
+"""What `maas bench` needs beyond the base install (its `[bench]` extra)."""
 
 
 def _repository_options(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +50,7 @@ def _quantize_option(parser: argparse.ArgumentParser) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maas", description="Model as a service: run and operate maas.")
+    parser.add_argument("--version", action="version", version=f"maas {package_version('maas')}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run one service in the foreground until SIGTERM or Ctrl-C")
@@ -75,8 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     serve_config = commands.add_parser("serve-config", help="write the Serve config (KubeRay serveConfigV2)")
     serve_config.add_argument("--output", type=Path, help="path (default: helm/maas/files/serve-config.yaml)")
 
-    models = commands.add_parser("models", help="put pretrained files into the model repository")
+    models = commands.add_parser("models", help="list the model repository, or put pretrained files into it")
     exports = models.add_subparsers(dest="target", required=True)
+    listing.add_parser(exports)
     _repository_options(exports.add_parser("export-tokenizer", help="MiniLM's tokenizer files -> tokenizer/"))
     minilm = exports.add_parser("export-minilm", help="all-MiniLM-L6-v2's encoder -> minilm_embed/")
     _repository_options(minilm)
@@ -118,19 +128,30 @@ def _parser() -> argparse.ArgumentParser:
 
     infer.add_parser(commands)
     health.add_parser(commands)
+    status.add_parser(commands)
 
-    bench = commands.add_parser("bench", help="run the benchmarks and write docs/benchmarks.md")
+    completion = commands.add_parser("completion", help="print a shell completion script for maas")
+    completion.add_argument("shell", choices=COMPLETION_SHELLS, help="e.g. `source <(maas completion bash)`")
+
+    bench = commands.add_parser(
+        "bench", help="measure: the built-in benchmarks (services it starts), or a running server (--address)"
+    )
+    bench.add_argument("--address", help="measure the server at host:port (e.g. a gateway) instead")
+    bench.add_argument("--model", default="echo", help="with --address: the v2 model to load (default: echo)")
+    bench.add_argument(
+        "--input-file", type=Path, help='with --address: a REST inference request ({"inputs": [...]}) to send'
+    )
+    bench.add_argument("--concurrency", type=_counts, help="callers at once, comma-separated (default: 1,8,32)")
+    bench.add_argument("--duration", type=float, help="measured seconds per load point (default: 5)")
+    bench.add_argument("--section", action="append", choices=list(SECTIONS), help="built-in: only this section")
     bench.add_argument("--quick", action="store_true", help="half a second per load point: checks the harness")
-    bench.add_argument("--output", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md", help="report path")
+    bench.add_argument("--output", type=Path, help="write the markdown report here (its other sections are kept)")
+    bench.add_argument("--plots", type=Path, help="write a throughput/latency PNG per section into this folder")
     bench.add_argument("--repository", type=Path, help="model repository (default: MAAS_MODEL_REPOSITORY)")
-    bench.add_argument(
-        "--tradeoffs",
-        action="store_true",
-        help="only the optimization trade-offs (fp32, int8, ONNX Runtime, pruned): that section of the report replaced",
-    )
-    bench.add_argument(
-        "--address", help="instead: load a running gateway at this address (Embed, ClassifyText); a table on stdout"
-    )
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    form = bench.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_const", const="json", dest="form", help="print the rows as JSON")
+    form.add_argument("--csv", action="store_const", const="csv", dest="form", help="print the rows as CSV")
     connection.add_options(bench)
     return parser
 
@@ -276,6 +297,73 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}': expected whole numbers separated by commas, e.g. 1,8,32") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}': concurrencies are at least 1")
+    return counts
+
+
+def _bench(args: argparse.Namespace, command: str) -> int:
+    """`maas bench`: measure, print the rows, and write the report and charts where asked."""
+    missing = [name for name in BENCH_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        sys.stderr.write(f"maas bench: {', '.join(missing)} missing; install maas with its [bench] extra\n")
+        return 1
+    from services.bench.report import as_text, plot, write_report
+    from services.bench.settings import BenchConfig
+
+    repository = args.repository or ServiceSettings().model_repository
+    config = BenchConfig.quick(repository) if args.quick else BenchConfig(repository)
+    config = replace(
+        config,
+        concurrencies=args.concurrency or config.concurrencies,
+        duration=args.duration or config.duration,
+    )
+    if args.address:
+        import grpc
+
+        from services.bench.remote import measure, read_request
+
+        try:
+            request = read_request(args.input_file, args.model) if args.input_file else None
+            sections = [
+                asyncio.run(
+                    measure(
+                        args.address,
+                        args.model,
+                        config.concurrencies,
+                        config.duration,
+                        config.warmup,
+                        request,
+                        progress=not args.no_progress,
+                        tls=connection.client_tls(args),
+                        metadata=connection.metadata(args),
+                    )
+                )
+            ]
+        except (OSError, ValueError) as exc:
+            sys.stderr.write(f"maas bench: {exc}\n")
+            return 1
+        except grpc.aio.AioRpcError as exc:
+            sys.stderr.write(f"maas bench: {args.address}: {exc.code().name}: {exc.details()}\n")
+            return 1
+    else:
+        from services.bench.run import run_bench
+
+        sections = asyncio.run(run_bench(config, args.section or ()))
+    sys.stdout.write(as_text(sections, args.form or "table") + "\n")
+    for section in sections if args.plots else ():
+        plot(section, args.plots / f"{section.slug}.png")
+    if args.output:
+        write_report(args.output, sections, command, REPO_ROOT)
+        sys.stderr.write(f"wrote {args.output}\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the `maas` command line.
 
@@ -315,35 +403,21 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None}
         asyncio.run(registry.run_service(args.service, overrides))
         return 0
+    if args.command == "models" and args.target == "list":
+        return listing.run(args, args.repository or ServiceSettings().model_repository)
     if args.command in ("models", "train"):
         return _make(args)
-    if args.command == "bench" and args.address:
-        from services.bench.remote import remote_bench
-        from services.bench.settings import BenchConfig
-
-        config = BenchConfig.quick(Path()) if args.quick else BenchConfig(Path())
-        tls = connection.client_tls(args)
-        sys.stdout.write(asyncio.run(remote_bench(args.address, tls, connection.metadata(args), config)))
+    if args.command == "completion":
+        sys.stdout.write(shtab.complete(_parser(), shell=args.shell))
         return 0
     if args.command == "bench":
-        from services.bench.run import run_bench
-        from services.bench.settings import BenchConfig
-
-        repository = args.repository or ServiceSettings().model_repository
-        config = BenchConfig.quick(repository) if args.quick else BenchConfig(repository)
-        command = " ".join(["maas", *(argv if argv is not None else sys.argv[1:])])
-        if args.tradeoffs:
-            from services.bench.run import run_tradeoffs
-
-            asyncio.run(run_tradeoffs(config, args.output, command))
-        else:
-            asyncio.run(run_bench(config, args.output, command))
-        sys.stdout.write(f"wrote {args.output}\n")
-        return 0
+        return _bench(args, " ".join(["maas", *(argv if argv is not None else sys.argv[1:])]))
     if args.command == "infer":
         return infer.infer(args)
     if args.command == "health":
         return health.run(args)
+    if args.command == "status":
+        return status.run(args)
     from services.gateway.routing import RoutingError
 
     with tempfile.TemporaryDirectory(prefix="maas-up-") as workdir:

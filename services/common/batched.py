@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,11 @@ from services.common import metrics
 from services.common.batcher import BatchingConfig, DynamicBatcher
 from services.common.codec import Tensor
 from services.common.errors import MaasError
+from services.common.examples import example_tensors
 from services.common.model import Arrays, Batching, Parameters, SharedPool, TensorSpec, Version
 from services.common.repository import RepositoryError, read_model_file, read_version, version_dirs
 from services.common.stats import VersionStats
-from services.common.versions import BatchLimits, InferResult, LoadedVersion, ModelVersions
+from services.common.versions import BatchLimits, InferResult, LoadedVersion, ModelVersions, VersionLoad
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +37,18 @@ class Batched:
         self._outputs = outputs
         self._batcher = batcher
 
-    async def infer(self, inputs: dict[str, Tensor], parameters: Parameters) -> InferResult:
-        """Prepare the request, queue it, and return its rows of every output."""
+    async def infer(self, inputs: dict[str, Tensor], parameters: Parameters, counted: bool = True) -> InferResult:
+        """Prepare the request, queue it, and return its rows of every output.
+
+        Args:
+            inputs: the decoded inputs.
+            parameters: the request's parameters.
+            counted: record its queue time in the statistics (a warm-up's is not: it is no request).
+        """
         arrays = {name: tensor.array for name, tensor in inputs.items()}
         if self._prepare is not None:
             arrays = self._prepare(arrays, parameters)
-        outputs = await self._batcher.submit(arrays)
+        outputs = await self._batcher.submit(arrays, counted=counted)
         rows = next(iter(arrays.values())).shape[0]
         tensors = [Tensor(spec.name, spec.datatype, outputs[spec.name]) for spec in self._outputs]
         return InferResult(tensors, batch_size=rows, batched=True)
@@ -132,10 +140,17 @@ class RepositoryLoader:
         record_device(self._name, version, device)
         if self._batching is None:
             served: Batched | Direct = Direct(model, self._outputs)
+
+            def load() -> VersionLoad:
+                return VersionLoad(device, 0, stats.in_flight)
+
         else:
             batcher = DynamicBatcher(self._name, model.predict, self._batching, stats, version)
             self._batchers[version] = batcher
             served = Batched(model, self._outputs, batcher)
+
+            def load() -> VersionLoad:
+                return VersionLoad(device, batcher.queued, batcher.in_flight)
 
         async def close() -> None:
             batcher = self._batchers.pop(version, None)
@@ -147,7 +162,32 @@ class RepositoryLoader:
             context.release()
             metrics.MODEL_DEVICE.remove(self._name, version, device)
 
-        return LoadedVersion(version, stats, served.infer, config, model, close)
+        try:
+            await self._warm_up(served, stats, version)
+        except BaseException:
+            await close()
+            raise
+        return LoadedVersion(version, stats, served.infer, config, model, close, load)
+
+    async def _warm_up(self, served: Batched | Direct, stats: VersionStats, version: str) -> None:
+        """Run a version just loaded once on example inputs (`example_tensors` of its required inputs), so
+        that its first caller does not pay for what a model does on its first run (lazy initialisation,
+        allocations, kernel choices). It counts as one execution and no request in its statistics.
+
+        Raises:
+            MaasError: the version failed on the example inputs.
+        """
+        specs = [(spec.name, spec.datatype, spec.shape) for spec in self._inputs if not spec.optional]
+        if not specs:
+            return
+        started = time.perf_counter_ns()
+        inputs = {tensor.name: tensor for tensor in example_tensors(specs)}
+        if isinstance(served, Batched):
+            await served.infer(inputs, {}, counted=False)
+        else:
+            result = await served.infer(inputs, {})
+            stats.record_execution(result.batch_size, time.perf_counter_ns() - started)
+        log.info("%s version %s warmed up in %.1f ms", self._name, version, (time.perf_counter_ns() - started) / 1e6)
 
     def batch_limits(self) -> BatchLimits:
         """The dynamic batcher's limits, or no batch dimension for a class that runs each request alone."""

@@ -82,6 +82,7 @@ class _Request:
     queue_ns: int = 0
     compute_ns: int = 0
     batch_rows: int = 0
+    counted: bool = True
 
 
 class DynamicBatcher:
@@ -110,6 +111,8 @@ class DynamicBatcher:
         self._free_ns = 0
         self._callers_in_play = 0
         self._closing = False
+        self.in_flight = 0
+        """Requests submitted and not yet answered (queued or running)."""
         self._ns_per_row = 0.0
         self._batch_rows = metrics.BATCH_ROWS.labels(name, version)
         self._queue_seconds = metrics.QUEUE_SECONDS.labels(name, version)
@@ -119,11 +122,12 @@ class DynamicBatcher:
         metrics.QUEUE_DEPTH.labels(name, version).set_function(lambda: len(self._pending))
         metrics.QUEUE_LIMIT.labels(name, version).set(config.max_queue_size)
 
-    async def submit(self, inputs: Arrays) -> Arrays:
+    async def submit(self, inputs: Arrays, counted: bool = True) -> Arrays:
         """Queue one validated request and wait for its outputs.
 
         Args:
             inputs: input name -> array with the request's rows first.
+            counted: record the request's queue time in the statistics (not a warm-up's).
 
         Returns:
             Output name -> this request's rows of the output.
@@ -150,8 +154,10 @@ class DynamicBatcher:
             length=max((inputs[n].shape[1] for n in padded if n in inputs), default=0),
             shapes=tuple((n, a.dtype.str, a.shape[2:] if n in padded else a.shape[1:]) for n, a in inputs.items()),
             future=asyncio.get_running_loop().create_future(),
+            counted=counted,
         )
         self._pending.append(request)
+        self.in_flight += 1
         try:
             if self._config.inline_when_idle and await self._alone(request):
                 outputs = self._run_inline(request)
@@ -161,7 +167,10 @@ class DynamicBatcher:
         except asyncio.CancelledError:
             self._cancelled.inc()
             raise
-        self._stats.record_compute(request.queue_ns, request.compute_ns)
+        finally:
+            self.in_flight -= 1
+        if request.counted:
+            self._stats.record_compute(request.queue_ns, request.compute_ns)
         telemetry.set_attributes(
             batch_size=request.batch_rows, queue_us=request.queue_ns // 1000, compute_us=request.compute_ns // 1000
         )
@@ -182,6 +191,11 @@ class DynamicBatcher:
             return False
         self._pending.popleft()
         return True
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a batch."""
+        return len(self._pending)
 
     def drain_seconds(self) -> float:
         """About how long the requests queued now take to run, at the last batch's speed per row
@@ -304,7 +318,7 @@ class DynamicBatcher:
         outputs = self._predict_rows(self._collate([request]), request.rows)
         request.queue_ns, request.compute_ns = started - request.enqueued_ns, time.perf_counter_ns() - started
         request.batch_rows = request.rows
-        self._record(request.rows, request.compute_ns, [request.queue_ns])
+        self._record(request.rows, request.compute_ns, [request.queue_ns] if request.counted else [])
         self._free_ns, self._callers_in_play = time.perf_counter_ns(), 1
         return outputs
 
@@ -328,7 +342,7 @@ class DynamicBatcher:
             self._free_ns = time.perf_counter_ns()
             self._callers_in_play = sum(not r.future.done() for r in (*batch, *self._pending))
         compute_ns = time.perf_counter_ns() - started
-        self._record(rows, compute_ns, waits)
+        self._record(rows, compute_ns, [wait for request, wait in zip(batch, waits, strict=True) if request.counted])
         offset = 0
         for request, waited in zip(batch, waits, strict=True):
             request.queue_ns, request.compute_ns, request.batch_rows = waited, compute_ns, rows

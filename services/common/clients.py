@@ -41,6 +41,8 @@ UNREACHABLE_DETAILS = ("connections to all backends failing", "DNS resolution fa
 connected and healthy, or the name did not resolve. gRPC gives the application no structured flag
 for "never sent", and these are the statuses its own load balancer and resolver produce, so the
 words are the signal; a contract test pins them."""
+UNREACHABLE_PREFIX = "cannot reach the service serving this model, target"
+"""How the details of a call that could not be sent begin (gRPC's own words follow, in parentheses)."""
 
 
 def channel_options(
@@ -171,9 +173,10 @@ class Downstream:
                     if span is not None:
                         span.set_attribute("rpc.grpc.status_code", exc.code().value[0])
                     details = exc.details() or exc.code().name
-                    raise DownstreamError(
-                        exc.code().name, details, self.name, _not_run(exc, details), _status_details(exc)
-                    ) from None
+                    not_run = _not_run(exc, details)
+                    if not_run is NotRun.UNREACHABLE:
+                        details = f"{UNREACHABLE_PREFIX} '{self.name}' ({details})"
+                    raise DownstreamError(exc.code().name, details, self.name, not_run, _status_details(exc)) from None
         finally:
             self._in_flight -= 1
             if not self._in_flight:

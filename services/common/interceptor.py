@@ -15,7 +15,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -174,13 +174,67 @@ async def _parsed_stream(method: str, messages: AsyncIterator[Any]) -> AsyncIter
         yield _parsed(method, message)
 
 
-def _request_id(context: grpc.aio.ServicerContext) -> str:
-    # The caller's id if it sent a sane one; otherwise a per-process random prefix and a counter,
-    # unique across processes without a system call per request.
-    for key, value in context.invocation_metadata() or ():
+def request_id(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
+    """The id of a call: the caller's `x-request-id` if it sent a sane one; otherwise a per-process random
+    prefix and a counter, unique across processes without a system call per request.
+
+    Args:
+        metadata: the call's metadata (gRPC invocation metadata, or HTTP headers with lower-case names).
+    """
+    for key, value in metadata or ():
         if key == REQUEST_ID_KEY and isinstance(value, str) and _REQUEST_ID_PATTERN.fullmatch(value):
             return value
     return f"{_REQUEST_ID_PREFIX}{next(_request_counter):016x}"
+
+
+def begin_call(
+    method: str, full_method: str, metadata: Sequence[tuple[str, str | bytes]] | None, remaining: float | None
+) -> CallInfo:
+    """Make a new call the current one of this task: its id, deadline, tracing span and in-flight gauge.
+
+    Every call is begun here, whichever binding it came over (gRPC through the interceptor, or the
+    gateway's REST binding), and ended by `end_call`.
+
+    Args:
+        method: the short method name the metrics and logs use.
+        full_method: the name its span takes, e.g. `/inference.GRPCInferenceService/ModelInfer`.
+        metadata: the call's metadata (its request id, trace context).
+        remaining: seconds left of the caller's deadline (None: none set).
+
+    Returns:
+        The call, current for the rest of the task.
+    """
+    call = CallInfo(
+        method=method,
+        request_id=request_id(metadata),
+        deadline=None if remaining is None else time.monotonic() + remaining,
+    )
+    if telemetry.enabled():
+        call.span = telemetry.start_server_span(full_method, metadata)
+        call.span.set_attribute("maas.request_id", call.request_id)
+    _call_var.set(call)
+    request_id_var.set(call.request_id)
+    metrics.in_flight(method).inc()
+    return call
+
+
+def end_call(call: CallInfo, code: grpc.StatusCode, details: str = "") -> None:
+    """Record how a call begun by `begin_call` ended: its span, metrics and duration.
+
+    Args:
+        call: the call.
+        code: its status.
+        details: the status details, for the span.
+    """
+    if call.span is not None:
+        if call.model:
+            call.span.set_attribute("maas.model", call.model)
+        telemetry.end_span(call.span, code.name, code.value[0], details)
+    metrics.in_flight(call.method).dec()
+    if call.version_counted:
+        metrics.version_in_flight(call.model, call.version).dec()
+    metrics.requests(call.method, call.model, call.version, code.name).inc()
+    metrics.request_seconds(call.method, call.model, call.version).observe(time.perf_counter() - call.started)
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
@@ -256,7 +310,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 self._lifecycle.exit()
             if not call.version:
                 call.version = getattr(response, "model_version", "")
-            self._record(call, grpc.StatusCode.OK)
+            end_call(call, grpc.StatusCode.OK)
             return response
 
         return unary
@@ -278,25 +332,14 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 raise
             finally:
                 self._lifecycle.exit()
-            self._record(call, grpc.StatusCode.OK)
+            end_call(call, grpc.StatusCode.OK)
 
         return stream
 
     def _begin(self, method: str, full_method: str, context: grpc.aio.ServicerContext) -> CallInfo:
-        remaining = context.time_remaining()
-        call = CallInfo(
-            method=method,
-            request_id=_request_id(context),
-            deadline=None if remaining is None else time.monotonic() + remaining,
-        )
-        if telemetry.enabled():
-            call.span = telemetry.start_server_span(full_method, context.invocation_metadata())
-            call.span.set_attribute("maas.request_id", call.request_id)
-        _call_var.set(call)
-        request_id_var.set(call.request_id)
+        call = begin_call(method, full_method, context.invocation_metadata(), context.time_remaining())
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
         self._lifecycle.enter()
-        metrics.in_flight(method).inc()
         return call
 
     def _gate(self, context: grpc.aio.ServicerContext, method: str) -> None:
@@ -305,28 +348,17 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if self._auth is not None:
             self._auth.check(context.invocation_metadata(), method)
 
-    def _record(self, call: CallInfo, code: grpc.StatusCode, details: str = "") -> None:
-        if call.span is not None:
-            if call.model:
-                call.span.set_attribute("maas.model", call.model)
-            telemetry.end_span(call.span, code.name, code.value[0], details)
-        metrics.in_flight(call.method).dec()
-        if call.version_counted:
-            metrics.version_in_flight(call.model, call.version).dec()
-        metrics.requests(call.method, call.model, call.version, code.name).inc()
-        metrics.request_seconds(call.method, call.model, call.version).observe(time.perf_counter() - call.started)
-
     async def _fail(self, call: CallInfo, exc: BaseException, context: grpc.aio.ServicerContext) -> None:
         """Record the call's outcome and turn `exc` into a status; returns only to let `exc` propagate."""
         trailing = ((REQUEST_ID_KEY, call.request_id),)
         if isinstance(exc, asyncio.CancelledError | GeneratorExit):
-            self._record(call, grpc.StatusCode.CANCELLED)
+            end_call(call, grpc.StatusCode.CANCELLED)
             return
         if isinstance(exc, grpc.aio.AbortError):
-            self._record(call, context.code() or grpc.StatusCode.UNKNOWN)
+            end_call(call, context.code() or grpc.StatusCode.UNKNOWN)
             return
         code, details = status_of(exc, call)
-        self._record(call, code, details)
+        end_call(call, code, details)
         if isinstance(exc, MaasError):
             trailing += exc.trailing_metadata()
             rich = status_details(exc, code, details)

@@ -24,6 +24,8 @@ class Doubler:
 ```
 
 - `load` runs on a worker thread, once per version, with the version's directory and checked config.
+  The version then runs once on example inputs of its required inputs (`services.common.examples`)
+  before it is served: its warm-up.
 - `prepare` runs per request on the event loop, before the request joins a batch: cheap checks only.
 - `predict` of a batched model runs on the version's worker thread, on requests batched together;
   an unbatched model (`batching = None`, e.g. a tokenizer) runs `predict` per request on the event loop,

@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from maas.common.v1 import common_pb2_grpc
 from maas.inference import grpc_service_pb2_grpc
 from services.common import metrics, telemetry
 from services.common.auth import ApiKeys
@@ -27,6 +28,8 @@ from services.common.metrics import MetricsServer
 from services.common.service import Service, TypedService, build_service
 from services.common.settings import ServiceSettings
 from services.common.spec import ServiceSpec, import_object
+from services.common.status import SERVICE_NAME as STATUS_SERVICE_NAME
+from services.common.status import StatusServicer
 from services.common.tls import CertificateFiles, TlsFilesError
 from services.common.v2 import SERVICE_NAME as V2_SERVICE_NAME
 from services.common.v2 import InferenceServicer
@@ -108,6 +111,10 @@ class GrpcServer:
         """The Open Inference Protocol servicer: over this server's own models (the gateway routes)."""
         return InferenceServicer(self.models, self.lifecycle)
 
+    def status_servicer(self) -> common_pb2_grpc.StatusServiceServicer:
+        """`maas.common.v1.StatusService`: this server and its models."""
+        return StatusServicer(self.name, self.models, self.lifecycle, lambda: host_port(self.settings.host, self.port))
+
     @property
     def service_names(self) -> list[str]:
         """Full names of the services this server answers for in health checks."""
@@ -123,11 +130,12 @@ class GrpcServer:
             interceptors=[ServerInterceptor(self.lifecycle, self._auth)], options=server_options(self.settings)
         )
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.inference_servicer(), self._server)
+        common_pb2_grpc.add_StatusServiceServicer_to_server(self.status_servicer(), self._server)
         for service in self._typed_services:
             service.add_to_server(service.servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
-            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
+            [*self.service_names, STATUS_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
         )
         for service in ("", *self.service_names):
             await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -148,6 +156,7 @@ class GrpcServer:
             metrics.MODEL_READY.labels(model.name).set_function(lambda model=model: float(model.is_ready()))
         for model in self.models:
             await model.load("")
+        await self.prepare()
         self.lifecycle.mark_serving()
         for service in ("", *self.service_names):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -160,6 +169,13 @@ class GrpcServer:
             f", health on port {self.health_port}" if self.health_port else "",
             extra={"port": self.port, "metrics_port": self.metrics_port},
         )
+
+    async def prepare(self) -> None:
+        """Whatever must be ready before the server reports SERVING, once its models are loaded; nothing here.
+
+        Raises:
+            OSError: an address could not be bound.
+        """
 
     def _bind(self, server: grpc.aio.Server, address: str) -> int:
         """Bind the service's port: TLS from the certificate files when the settings name them.

@@ -47,6 +47,8 @@ class VersionStats:
     inference_count: int = 0
     execution_count: int = 0
     last_inference_ms: int = 0
+    in_flight: int = 0
+    """Requests of this version being served now (counted on the event loop by whoever serves them)."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record_request(self, ok: bool, ns: int, items: int, input_ns: int = 0, output_ns: int = 0) -> None:

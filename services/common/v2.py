@@ -52,6 +52,24 @@ def parameter_value(parameter: pb.InferParameter | pb.ModelRepositoryParameter) 
     return getattr(parameter, which)
 
 
+def set_parameter(key: str, value: object, parameter: pb.InferParameter) -> None:
+    """Set a v2 parameter's oneof from a Python value.
+
+    Raises:
+        InvalidInput: the value is not a bool, a 64-bit integer, a float or a string.
+    """
+    if isinstance(value, bool):
+        parameter.bool_param = value
+    elif isinstance(value, int) and -(2**63) <= value < 2**63:
+        parameter.int64_param = value
+    elif isinstance(value, float):
+        parameter.double_param = value
+    elif isinstance(value, str):
+        parameter.string_param = value
+    else:
+        raise InvalidInput(f"parameter '{key}' must be a boolean, a 64-bit integer, a number or a string")
+
+
 def _version_parameter(parameters) -> str:
     if "version" not in parameters:
         return ""
@@ -182,6 +200,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         loaded = model.get(request.model_version)
         stats = loaded.stats
         started = time.perf_counter_ns()
+        stats.in_flight += 1
         try:
             inputs = decode_inputs(request)
             model.check_inputs(inputs)
@@ -205,6 +224,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except BaseException:
             stats.record_request(False, time.perf_counter_ns() - started, 0)
             raise
+        finally:
+            stats.in_flight -= 1
         done = time.perf_counter_ns()
         if not result.batched:
             stats.record_execution(result.batch_size, inferred - decoded)

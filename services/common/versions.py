@@ -50,6 +50,15 @@ class BatchLimits:
     max_queue_delay_ms: float = 0.0
 
 
+@dataclass(frozen=True)
+class VersionLoad:
+    """A loaded version's device (none for models without one) and its requests queued and in flight."""
+
+    device: str = ""
+    queue_depth: int = 0
+    in_flight: int = 0
+
+
 Infer = Callable[[dict[str, Tensor], Parameters], Awaitable[InferResult]]
 
 
@@ -68,6 +77,8 @@ class LoadedVersion:
         config: its `config.json` (None for versions not read from a repository).
         model: the loaded model instance, for typed servicers that use more of it than `predict`.
         close: releases it, once its queued requests are answered.
+        load: its device and requests queued and in flight (None: no device, and the requests the v2
+            servicer is serving as in flight).
     """
 
     version: str
@@ -76,6 +87,7 @@ class LoadedVersion:
     config: VersionConfig | None = None
     model: Any = None
     close: Callable[[], Awaitable[None]] = _nothing_to_close
+    load: Callable[[], VersionLoad] | None = None
 
 
 class Loader(Protocol):
@@ -163,6 +175,15 @@ class ModelVersions:
             VersionState(v, "READY") if v in self._loaded else VersionState(v, "UNAVAILABLE", "not loaded")
             for v in self.loader.available()
         ]
+
+    def load_of(self, version: str) -> VersionLoad:
+        """Where a loaded version computes and how busy it is (nothing for a version not loaded)."""
+        loaded = self._loaded.get(version)
+        if loaded is None:
+            return VersionLoad()
+        if loaded.load is None:
+            return VersionLoad(in_flight=loaded.stats.in_flight)
+        return loaded.load()
 
     def is_ready(self, version: str = "") -> bool:
         """True if a request for `version` ("" = the default) would be served now."""

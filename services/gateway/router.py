@@ -21,6 +21,7 @@ from services.common.errors import DownstreamError, ModelNotFound, NotRun
 from services.common.model import Parameter
 from services.common.tls import TlsFilesError
 from services.common.v2 import SERVICE_NAME as V2_SERVICE_NAME
+from services.common.v2 import set_parameter
 from services.gateway.routing import ModelRoute, Routing, Target
 from services.gateway.spec import GatewaySettings
 from services.gateway.traffic import RetryBudget, WeightedPicker
@@ -345,7 +346,7 @@ class Router:
         request = v2pb.ModelInferRequest(model_name=model, model_version=version)
         encode_inputs(request, inputs)
         for key, value in (parameters or {}).items():
-            _set_parameter(request.parameters[key], value)
+            set_parameter(key, value, request.parameters[key])
         return decode_outputs(await self.v2(model, "ModelInfer", request))
 
     async def tokenize(self, texts: np.ndarray, max_length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -362,6 +363,32 @@ class Router:
         outputs = await self.infer(TOKENIZER, [Tensor("TEXT", "BYTES", texts)], parameters=parameters)
         return outputs["INPUT_IDS"].array, outputs["ATTENTION_MASK"].array
 
+    async def connect(self, timeout: float) -> list[str]:
+        """Connect the channel to every target, waiting at most `timeout` seconds in all.
+
+        Args:
+            timeout: seconds to wait.
+
+        Returns:
+            The targets still not connected (they keep trying in the background; each is logged).
+        """
+
+        async def ready(downstream: Downstream) -> bool:
+            try:
+                await asyncio.wait_for(downstream.channel.channel_ready(), timeout)
+            except TimeoutError:
+                return False
+            return True
+
+        names = list(self.targets)
+        connected = await asyncio.gather(*(ready(self.targets[name]) for name in names))
+        missing = [name for name, ok in zip(names, connected, strict=True) if not ok]
+        for name in missing:
+            log.warning(
+                "target %s (%s) not connected after %.1f s; serving anyway", name, self.targets[name].target, timeout
+            )
+        return missing
+
     async def close(self) -> None:
         """Close every channel, retiring ones included."""
         for downstream in self.targets.values():
@@ -377,14 +404,3 @@ def _parameter_version(request: Any) -> str:
     parameter = parameters["version"]
     kind = parameter.WhichOneof("parameter_choice")
     return str(getattr(parameter, kind)) if kind else ""
-
-
-def _set_parameter(parameter: v2pb.InferParameter, value: Parameter) -> None:
-    if isinstance(value, bool):
-        parameter.bool_param = value
-    elif isinstance(value, int):
-        parameter.int64_param = value
-    elif isinstance(value, float):
-        parameter.double_param = value
-    else:
-        parameter.string_param = value

@@ -48,6 +48,18 @@ class GatewaySettings(ServiceSettings):
     api_keys_file: Path | None = Field(
         None, description="YAML file of API keys (their roles and rate limits); unset: calls need no key."
     )
+    connect_timeout_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="At start, how long the gateway waits for its channels to every target to connect before it "
+        "reports SERVING anyway (a target still down is logged and connected later).",
+    )
+    http_enabled: bool = Field(
+        True, description="Serve the Open Inference Protocol's REST binding beside gRPC, on http_port."
+    )
+    http_port: int = Field(
+        8080, ge=0, le=65535, description="Port of the REST binding (HTTP/1.1, JSON and binary tensors); 0 picks one."
+    )
     rate_limit_replicas: int = Field(
         1,
         ge=1,

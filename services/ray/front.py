@@ -23,6 +23,7 @@ import grpc
 import ray
 from ray.serve.handle import DeploymentHandle
 
+from maas.common.v1 import common_pb2, common_pb2_grpc
 from maas.inference import grpc_service_pb2 as pb
 from maas.inference import grpc_service_pb2_grpc as pb_grpc
 from services.common.interceptor import current_call, label_model
@@ -30,10 +31,11 @@ from services.common.server import GrpcServer
 from services.common.service import TypedService
 from services.common.settings import RaySettings, ServiceSettings
 from services.common.spec import ServiceSpec
+from services.common.status import StatusServicer
 from services.common.v2 import stream_infer
 from services.common.versions import ModelRegistry
 from services.ray.errors import unwrapped
-from services.ray.rpcs import Rpc, rpcs
+from services.ray.rpcs import STATUS, Rpc, rpcs
 
 RAY_VERSION = "2.60.0"
 """The Ray whose private attributes and handle options this module reads."""
@@ -242,6 +244,33 @@ def forwarding_servicers(spec: ServiceSpec, replicas: ReplicaClient) -> tuple[An
     return v2(), typed_services
 
 
+class ForwardingStatusServicer(common_pb2_grpc.StatusServiceServicer):
+    """`maas.common.v1.StatusService` under the ray hosting: the front itself, then each running replica.
+
+    Serve routes each call to a replica of its choosing, so the front asks until it has heard from as
+    many replicas as are running, at most twice that many times.
+    """
+
+    def __init__(self, own: StatusServicer, replicas: ReplicaClient) -> None:
+        self._own = own
+        self._replicas = replicas
+
+    async def Status(self, request: common_pb2.StatusRequest, context: grpc.aio.ServicerContext):
+        own = self._own.server()
+        response = common_pb2.StatusResponse(servers=[own])
+        heard: set[str] = set()
+        wanted = self._replicas.running_replicas()
+        for _ in range(2 * wanted):
+            answer = await self._replicas.call(STATUS, request)
+            fresh = {server.id for server in answer.servers} - heard
+            response.servers.extend(server for server in answer.servers if server.id in fresh)
+            response.versions.extend(version for version in answer.versions if version.server in fresh)
+            heard |= fresh
+            if len(heard) >= wanted:
+                break
+        return response
+
+
 class RayFront(GrpcServer):
     """A service's gRPC front under the ray hosting: same contract, replicas behind a handle."""
 
@@ -261,6 +290,10 @@ class RayFront(GrpcServer):
     def inference_servicer(self) -> pb_grpc.GRPCInferenceServiceServicer:
         """v2 answered by the replicas."""
         return self._v2
+
+    def status_servicer(self) -> common_pb2_grpc.StatusServiceServicer:
+        """The front's own status (it holds no models), then its replicas'."""
+        return ForwardingStatusServicer(super().status_servicer(), self._replicas)
 
     def running_replicas(self) -> int:
         """The running replicas the front sends calls to (1 while it knows none)."""

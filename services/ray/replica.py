@@ -17,6 +17,7 @@ from typing import Any
 
 import ray
 from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
 
 from services.common.devices import DeviceError
 from services.common.errors import DeadlineExceeded, MaasError
@@ -26,10 +27,11 @@ from services.common.logs import configure_logging
 from services.common.service import build_service
 from services.common.settings import ServiceSettings
 from services.common.spec import ServiceSpec
+from services.common.status import StatusServicer
 from services.common.v2 import InferenceServicer
 from services.common.versions import ModelVersions
 from services.ray.autoscaling import ONGOING_ITEMS, OngoingItems
-from services.ray.rpcs import Rpc, rpcs
+from services.ray.rpcs import STATUS, Rpc, rpcs
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +113,12 @@ class ServiceReplica:
         self._ongoing = OngoingItems()
         v2 = InferenceServicer(built.models, self._lifecycle)
         typed = built.typed_services[0].servicer if built.typed_services else None
+        replica = serve.get_replica_context().replica_id.unique_id
+        status = StatusServicer(self.service, built.models, self._lifecycle, str, "ray", replica)
         self._handlers: dict[str, Handler] = {
             rpc.key: getattr(typed if rpc.model is not None else v2, rpc.name) for rpc in rpcs(spec)
         }
+        self._handlers[STATUS] = status.Status
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
         """Apply a `user_config`: load the versions it names (or the policy's), then unload the rest,

@@ -16,6 +16,9 @@ V2_SERVICER_FUNCTION = "maas.inference.grpc_service_pb2_grpc.add_GRPCInferenceSe
 NOT_FORWARDED = frozenset({"RepositoryModelLoad", "RepositoryModelUnload"})
 """Under the ray hosting, the versions a deployment serves are its `user_config` (every replica, also
 those the autoscaler adds later), not a call to one replica."""
+STATUS = "Status"
+"""What the front asks a replica for its `maas.common.v1.StatusService` answer (the front gathers every
+running replica's, so it is not among the forwarded RPCs)."""
 MODEL_FIELDS = ("model_name", "name")
 """Request fields that name the model a v2 call is about, for metrics."""
 

@@ -59,8 +59,18 @@ def decode_image(index: int, image: pb.Image, max_bytes: int) -> np.ndarray:
             if gray.size != (SIDE, SIDE):
                 gray = gray.resize((SIDE, SIDE), Image.Resampling.LANCZOS)
             return (np.asarray(gray, dtype=np.float32) / 255.0).reshape(1, SIDE, SIDE)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InvalidInput(f"images[{index}] is not a readable PNG or JPEG ({exc})", field=f"images[{index}]") from None
+    except UnidentifiedImageError:
+        raise InvalidInput(
+            f"images[{index}] is not a readable PNG or JPEG: its {len(image.encoded)} bytes are in no image format "
+            "this service reads; send the bytes of a PNG or JPEG file, or raw 28x28 pixels",
+            field=f"images[{index}]",
+        ) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InvalidInput(
+            f"images[{index}] is not a readable PNG or JPEG: the image is damaged or truncated ({exc}); send a whole "
+            "PNG or JPEG file",
+            field=f"images[{index}]",
+        ) from None
 
 
 class VisionServicer(pb_grpc.VisionServiceServicer):

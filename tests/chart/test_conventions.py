@@ -106,7 +106,7 @@ def test_new_api_keys_roll_the_gateway_and_new_routes_do_not():
 def test_the_gateways_load_balancer_publishes_no_metrics_port_yet_prometheus_finds_it():
     docs = render(PVC)
     (balancer,) = [doc for doc in of_kind(docs, "Service") if doc["spec"].get("type") == "LoadBalancer"]
-    assert [port["name"] for port in balancer["spec"]["ports"]] == ["grpc"]
+    assert [port["name"] for port in balancer["spec"]["ports"]] == ["grpc", "http"]
     (monitor,) = of_kind(docs, "ServiceMonitor")
     gateway_pods = pod_labels(gateway(docs))
     scraped = [

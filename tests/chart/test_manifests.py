@@ -41,7 +41,18 @@ SETTINGS = {
     "text": TextSettings,
     "transformer": TransformerSettings,
 }
-SET_BY_CHART = {"host", "port", "metrics_port", "model_repository", "log_format", "routing_file", "api_keys_file"}
+SET_BY_CHART = {
+    "host",
+    "port",
+    "metrics_port",
+    "model_repository",
+    "log_format",
+    "routing_file",
+    "api_keys_file",
+    "http_port",
+    "http_enabled",
+}
+GATEWAY_HTTP_PORT = 8080
 SET_BY_TLS = {
     "tls_cert_file",
     "tls_key_file",
@@ -122,6 +133,9 @@ def test_probes_and_services_point_at_ports_the_containers_open(values: Path | N
         probed = {"grpc": CONTRACT[name], "metrics": CONTRACT[name] + 1000}
         if f"{prefix}TLS_CERT_FILE" in env:
             probed["health"] = int(env[f"{prefix}HEALTH_PORT"])
+        if name == "gateway":
+            probed["http"] = GATEWAY_HTTP_PORT
+            assert (env[f"{prefix}HTTP_ENABLED"], env[f"{prefix}HTTP_PORT"]) == ("true", str(GATEWAY_HTTP_PORT))
         assert ports == probed
         assert (env[f"{prefix}HOST"], env[f"{prefix}PORT"], env[f"{prefix}METRICS_PORT"]) == (
             "0.0.0.0",
@@ -139,7 +153,27 @@ def test_probes_and_services_point_at_ports_the_containers_open(values: Path | N
         if service["metadata"]["name"] != f"{RELEASE}-maas-gateway":
             assert service["spec"]["clusterIP"] == "None", "headless: the gateway's round_robin reaches every pod"
     for name, doc in pods.items():
-        assert targets[name] == {"grpc", "metrics"} <= {port["name"] for port in container(doc)["ports"]}
+        served = {"grpc", "metrics", "http"} if name == "gateway" else {"grpc", "metrics"}
+        assert targets[name] == served <= {port["name"] for port in container(doc)["ports"]}
+
+
+def test_the_gateway_serves_http_where_its_service_points_unless_turned_off():
+    def gateway_of(docs: tuple[dict, ...]) -> dict:
+        (deployment,) = [doc for doc in of_kind(docs, "Deployment") if component(doc) == "gateway"]
+        return deployment
+
+    docs = render(None)
+    (service,) = [doc for doc in of_kind(docs, "Service") if doc["metadata"]["name"] == f"{RELEASE}-maas-gateway"]
+    (http,) = [port for port in service["spec"]["ports"] if port["name"] == "http"]
+    assert (http["port"], http["targetPort"], http["appProtocol"]) == (8080, "http", "http")
+    loaded = _from_env(GatewaySettings, env_of(gateway_of(docs)))
+    assert (loaded.http_enabled, loaded.http_port) == (True, GATEWAY_HTTP_PORT)
+    off = render(None, "gateway.http.enabled=false")
+    assert "http" not in {port["name"] for port in container(gateway_of(off))["ports"]}
+    assert not _from_env(GatewaySettings, env_of(gateway_of(off))).http_enabled
+    assert "http" not in {port["name"] for doc in of_kind(off, "Service") for port in doc["spec"]["ports"]}
+    policies = [rule for doc in of_kind(off, "NetworkPolicy") for rule in doc["spec"]["ingress"]]
+    assert "http" not in {port["port"] for rule in policies for port in rule.get("ports", [])}
 
 
 def _candidates(field_type: typing.Any, default: typing.Any) -> list[typing.Any]:

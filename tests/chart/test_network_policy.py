@@ -105,7 +105,7 @@ def test_network_policies_admit_exactly_the_listed_peers(values: Path | None):
     gateway_from = "client namespace" if values and values.name == "pvc-values.yaml" else None
     deployed = [name for name in ("gateway", *MODEL_SERVICES) if name in pods]
     for destination in deployed:
-        for port in ("grpc", "metrics"):
+        for port in ("grpc", "metrics", "http") if destination == "gateway" else ("grpc", "metrics"):
             allowed = {name for name, source in pods.items() if admitted(policies, source, pods[destination], port)}
             if port == "metrics":
                 expected = {"prometheus"}

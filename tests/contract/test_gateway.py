@@ -60,6 +60,16 @@ def routing(**targets: str) -> Routing:
     )
 
 
+def every_service(tokenizer: GrpcServer, vision: GrpcServer, text: GrpcServer, transformer: GrpcServer) -> Routing:
+    """A routing of the standard models to the four services' servers on loopback."""
+    return routing(
+        tokenizer=f"127.0.0.1:{tokenizer.port}",
+        vision=f"127.0.0.1:{vision.port}",
+        text=f"127.0.0.1:{text.port}",
+        transformer=f"127.0.0.1:{transformer.port}",
+    )
+
+
 def gateway_settings(**overrides) -> GatewaySettings:
     return GatewaySettings(port=0, metrics_port=0, **overrides)
 

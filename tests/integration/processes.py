@@ -60,3 +60,13 @@ async def run_failing(*args: str, env: dict[str, str]) -> tuple[bytes, bytes]:
     stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 1
     return stdout, stderr
+
+
+async def maas_output(*args: str) -> str:
+    """Run `maas ARGS...` to its end, expecting success within 120 s; return its stdout."""
+    process = await asyncio.create_subprocess_exec(
+        PYTHON, "-m", "services.cli.main", *args, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 0, stderr.decode()
+    return stdout.decode()

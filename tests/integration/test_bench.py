@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
+from services.bench.run import SECTIONS
 from tests.conftest import PYTHON, REPO_ROOT
+from tests.integration.processes import maas_output, maas_process, run_failing
 
 
+@pytest.mark.timeout(900)
 def test_quick_bench_writes_a_report_with_every_row(model_repository: Path, tmp_path: Path):
     output = tmp_path / "benchmarks.md"
     command = [
@@ -21,10 +27,14 @@ def test_quick_bench_writes_a_report_with_every_row(model_repository: Path, tmp_
         str(model_repository),
         "--output",
         str(output),
+        "--no-progress",
+        *(f"--section={name}" for name in SECTIONS if name != "tradeoffs"),  # its own test: test_bench_tradeoffs
     ]
-    subprocess.run(command, cwd=REPO_ROOT, check=True, timeout=240, capture_output=True)
+    subprocess.run(command, cwd=REPO_ROOT, check=True, timeout=600, capture_output=True)
     report = output.read_text()
-    assert "- command: `maas bench --quick" in report and re.search(r"- git: [0-9a-f]{7}", report)
+    assert re.search(r"^_Measured by `maas bench --quick .*` at git [0-9a-f]{7}", report, re.M)
+    charts = re.findall(r"^!\[[^]]+\]\((benchmarks/[a-z0-9-]+\.png)\)$", report, re.M)
+    assert len(charts) == report.count("\n## ") and all((tmp_path / chart).stat().st_size > 10_000 for chart in charts)
     rows = re.findall(r"^\| ([^|]+) \| (\d+) \| ([\d,]+) \| ([\d.]+) \| [\d.]+ \| [\d.]+ \| (\d+) \|$", report, re.M)
     measured = {(label, int(c)) for label, c, *_ in rows}
     for concurrency in (1, 8):
@@ -60,6 +70,10 @@ def test_quick_bench_writes_a_report_with_every_row(model_repository: Path, tmp_
         ("minilm_embed, through a bare relay", 1),
         ("minilm_embed, direct", 16),
         ("minilm_embed, through the gateway", 16),
+        ("tokenizer, gateway with HTTP on", 1),
+        ("tokenizer, gateway with HTTP off", 1),
+        ("minilm_embed, gateway with HTTP on", 16),
+        ("minilm_embed, gateway with HTTP off", 16),
         ("grpc hosting (own process)", 16),
         ("ray, default path (maas front, DeploymentHandle)", 16),
         ("ray, Serve's native gRPC proxy", 16),
@@ -82,8 +96,39 @@ def test_quick_bench_writes_a_report_with_every_row(model_repository: Path, tmp_
     assert re.search(r"of its direct throughput", report)
     assert re.search(r"the ray default path serves [\d.]+x the requests of Serve's native proxy", report)
     assert re.search(r"The gateway spends [\d,]+ µs of CPU per request", report)
+    assert re.search(r"is -?[\d.]+ ms with HTTP on and -?[\d.]+ ms with HTTP off on `minilm_embed`", report)
     assert (
         "no batching for the LSTM" in report
         and "review_lstm int8 serves" in report
         and "minilm_embed int8 serves" in report
     )
+
+
+async def test_bench_measures_a_running_gateway(model_repository: Path, tmp_path: Path):
+    env = {"MAAS_MODEL_REPOSITORY": str(model_repository), "MAAS_TOKENIZER_METRICS_PORT": "0"}
+    async with maas_process("run", "tokenizer", "--port", "0", ready="tokenizer", env=env) as tokenizer:
+        routing = tmp_path / "routing.yaml"
+        routing.write_text(
+            f"targets: {{t: {{endpoints: ['{tokenizer.address}']}}}}\nmodels: {{tokenizer: {{target: t}}}}\n"
+        )
+        gateway_env = {"MAAS_GATEWAY_ROUTING_FILE": str(routing), "MAAS_GATEWAY_METRICS_PORT": "0"}
+        async with maas_process("run", "gateway", "--port", "0", ready="gateway", env=gateway_env) as gateway:
+            bench = ["bench", "--address", gateway.address, "--quick", "--concurrency", "1,3", "--no-progress"]
+            rows = json.loads(await maas_output(*bench, "--model", "tokenizer", "--json", "--plots", str(tmp_path)))
+            (section,) = rows
+            assert section["title"] == f"tokenizer at {gateway.address}"
+            assert [(r["concurrency"], r["failed"]) for r in section["rows"]] == [(1, 0), (3, 0)]
+            assert all(
+                r["completed"] > 0 and r["req_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] for r in section["rows"]
+            )
+            assert (tmp_path / f"tokenizer-at-{gateway.address.replace(':', '-').replace('.', '-')}.png").exists()
+            request = tmp_path / "request.json"
+            request.write_text(
+                json.dumps({"inputs": [{"name": "X", "shape": [2], "datatype": "FP32", "data": [1, 2]}]})
+            )
+            table = await maas_output(*bench, "--input-file", str(request), "--csv")
+            lines = table.splitlines()
+            assert lines[0].split(",")[:3] == ["section", "what", "concurrency"] and len(lines) == 3
+            assert all(line.split(",")[1] == "echo" for line in lines[1:])
+            _, stderr = await run_failing(*bench, "--model", "nope", env={})
+            assert b"NOT_FOUND" in stderr and b"nope" in stderr

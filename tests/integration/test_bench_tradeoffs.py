@@ -1,4 +1,4 @@
-"""`maas bench --tradeoffs --quick` over a repository with every kind of optimized version: one row per
+"""`maas bench --section tradeoffs --quick` over a repository with every kind of optimized version: one row per
 model and version, a best default per model, and the rest of the report kept."""
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ def test_quick_tradeoffs_table_has_every_version_side_by_side(onnx_repository: d
     pruned = prune(repository, 0.5, fine_tune=Recipe(epochs=1, train_limit=1000), progress=False)
     output = tmp_path / "benchmarks.md"
     output.write_text("# Benchmarks\n\n## Vision (fashion_cnn)\n\nkept as it was\n", encoding="utf-8")
-    command = [PYTHON, "-m", "services.cli.main", "bench", "--tradeoffs", "--quick"]
+    command = [PYTHON, "-m", "services.cli.main", "bench", "--section", "tradeoffs", "--quick", "--no-progress"]
     command += ["--repository", str(repository), "--output", str(output)]
     subprocess.run(command, cwd=REPO_ROOT, check=True, timeout=900, capture_output=True)
     report = output.read_text()
     assert "## Vision (fashion_cnn)\n\nkept as it was" in report
+    assert (tmp_path / "benchmarks" / "optimization-trade-offs-fp32-torch-int8-onnx-runtime-pruned.png").exists()
     assert "## Optimization trade-offs (fp32 torch, int8, ONNX Runtime, pruned)" in report
     rows = re.findall(
         r"^\| (\w+) \| ([\w ]+) \(v(\d+)\) \| ([^|]+) \| ([\d.]+) \| ([\d.]+) \| ([\d,]+) \| ([\d,]+) \| ([\d.]+) \|$",

@@ -5,6 +5,7 @@ cancel downstream work, and one trace across processes collected by an in-test O
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -32,6 +33,7 @@ from services.vision.data import LABELS, load_split
 from tests.conftest import PYTHON, REPO_ROOT, free_port
 from tests.contract.test_vision import png
 from tests.integration.test_up import free_ports
+from tests.interop.samples import REVIEWS
 from tests.interop.test_tritonclient import run_script
 
 MODELS = [
@@ -74,6 +76,7 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
 class Stack:
     ready: dict[str, str]
     transformer_metrics: int
+    http: str
     receiver: OtlpReceiver
     process: subprocess.Popen = field(repr=False)
 
@@ -86,10 +89,12 @@ class Stack:
 def stack(model_repository: Path) -> Iterator[Stack]:
     receiver = OtlpReceiver()
     metrics = free_port()
+    http = free_port()
     env = {
         **os.environ,
         **free_ports(model_repository),
         "MAAS_TRANSFORMER_METRICS_PORT": str(metrics),
+        "MAAS_GATEWAY_HTTP_PORT": str(http),
         "OTEL_TRACES_EXPORTER": "otlp",
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
         "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
@@ -107,7 +112,7 @@ def stack(model_repository: Path) -> Iterator[Stack]:
             if words[:1] == ["READY"]:
                 ready[words[1]] = words[2]
         assert "gateway" in ready, f"maas up stopped before READY all: {ready}"
-        yield Stack(ready, metrics, receiver, process)
+        yield Stack(ready, metrics, f"127.0.0.1:{http}", receiver, process)
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -152,6 +157,60 @@ async def test_stock_tritonclient_reaches_every_model_and_pipeline(stack: Stack)
     assert {"tokenizer", "fashion_cnn", "minilm_embed", "text_embed"} <= set(seen["statistics"])
     assert seen["error"]["status"] == "StatusCode.INVALID_ARGUMENT" and "[0, 1]" in seen["error"]["message"]
     assert seen["unknown"]["status"] == "StatusCode.NOT_FOUND" and "no_such_model" in seen["unknown"]["message"]
+
+
+async def test_stock_tritonclient_http_reaches_every_model_and_pipeline(stack: Stack):
+    seen = await run_script("tritonclient_http.py", stack.http, *MODELS, *LSTM_MODELS)
+    assert seen["live"] and seen["ready"] and seen["server"]["name"] == "maas"
+    assert {*MODELS, *LSTM_MODELS} <= {m["name"] for m in seen["index"]}
+    for model in (*MODELS, *LSTM_MODELS):
+        got = seen["models"][model]
+        assert got["ready"] and got["id"] == f"id-{model}" and got["gzip_equal"], (model, got)
+        assert got["binary"] == got["json"], model
+    assert seen["models"]["echo"]["json"] == [r.decode() for r in REVIEWS]
+    assert seen["models"]["tokenizer"]["json"][0][:4] == [101, 2307, 11937, 16329]
+    assert seen["models"]["fashion_cnn"]["shape"] == [2, 10]
+    for model in ("minilm_embed", "text_embed"):
+        assert np.linalg.norm(seen["models"][model]["json"], axis=1) == pytest.approx([1, 1], abs=1e-4)
+    for model in ("minilm_sentiment", "review_sentiment_minilm", "review_lstm", "review_sentiment_lstm"):
+        assert np.sum(seen["models"][model]["json"], axis=1) == pytest.approx([1, 1], abs=1e-5)
+    assert seen["models"]["text_embed"]["inputs"] == ["TEXT"]
+    assert {"tokenizer", "fashion_cnn", "minilm_embed", "text_embed"} <= set(seen["statistics"])
+    assert seen["out_of_range"]["status"] == "400" and "[0, 1]" in seen["out_of_range"]["message"]
+    assert seen["unknown"]["status"] == "404" and "no_such_model" in seen["unknown"]["message"]
+    assert seen["unknown_version"]["status"] == "404" and "'9'" in seen["unknown_version"]["message"]
+    assert seen["wrong_input"]["status"] == "400" and "IMAGE" in seen["wrong_input"]["message"]
+    assert seen["unknown_ready"] is False
+
+
+def test_curl_classifies_a_review_with_json(stack: Stack):
+    body = json.dumps(
+        {"inputs": [{"name": "TEXT", "shape": [1], "datatype": "BYTES", "data": ["Great taffy at a great price."]}]}
+    )
+    command = ["curl", "-sS", "-X", "POST", "-H", "Content-Type: application/json", "--data", body]
+    url = f"http://{stack.http}/v2/models/review_sentiment_minilm/infer"
+    answer = json.loads(subprocess.run([*command, url], capture_output=True, text=True, check=True, timeout=30).stdout)
+    (output,) = answer["outputs"]
+    assert answer["model_name"] == "review_sentiment_minilm" and output["name"] == "PROBABILITIES"
+    assert output["shape"] == [1, 2] and sum(output["data"]) == pytest.approx(1, abs=1e-5)
+    refused = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--data",
+            body,
+            f"http://{stack.http}/v2/models/x/infer",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    assert refused.stdout == "404"
 
 
 async def test_typed_stubs_reach_every_rpc(stack: Stack, shirt):
@@ -253,6 +312,20 @@ def test_maas_infer_prints_readable_results(stack: Stack, shirt):
     assert re.search(r"^  384 dimensions, norm 1\.000: \[", embed, re.M)
 
 
+def test_maas_infer_json_carries_every_value(stack: Stack, shirt):
+    text = json.loads(maas_infer(stack.gateway, "text", "Great taffy at a great price.", "No.", "--json"))
+    assert (text["model"], text["version"], text["address"]) == ("transformer", "1", stack.gateway)
+    assert [r["input"] for r in text["results"]] == ["Great taffy at a great price.", "No."]
+    for result in text["results"]:
+        assert {label["name"] for label in result["labels"]} == {"great", "other"}
+        assert sum(label["probability"] for label in result["labels"]) == pytest.approx(1, abs=1e-5)
+    path, label = shirt
+    image = json.loads(maas_infer(stack.gateway, "image", str(path), "--top-k", "1", "--json"))
+    assert image["model"] == "fashion_cnn" and image["results"][0]["labels"][0]["name"] == label
+    embed = json.loads(maas_infer(stack.gateway, "embed", "a sentence", "--json"))
+    assert np.linalg.norm(embed["results"][0]["embedding"]) == pytest.approx(1, abs=1e-4) and embed["milliseconds"] > 0
+
+
 async def test_lstm_models_and_pipeline_through_the_gateway(stack: Stack):
     seen = await run_script("tritonclient_gateway.py", stack.gateway, *LSTM_MODELS)
     for model in LSTM_MODELS:
@@ -262,13 +335,60 @@ async def test_lstm_models_and_pipeline_through_the_gateway(stack: Stack):
     assert re.search(r"^\(lstm model, version \d+; ", text, re.M)
 
 
-def test_maas_bench_loads_a_running_gateway(stack: Stack):
-    command = [PYTHON, "-m", "services.cli.main", "bench", "--address", stack.gateway, "--quick"]
-    out = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=120).stdout
-    rows = [
-        line.strip("|").split("|") for line in out.splitlines() if line.startswith("| Embed |") or "Classify" in line
+async def test_maas_status_lists_every_model_version_with_device_and_load(stack: Stack):
+    slow = v2pb.ModelInferRequest(model_name="echo")
+    encode_inputs(slow, [Tensor("X", "INT32", np.array([1], dtype=np.int32))])
+    slow.parameters["delay_ms"].int64_param = 3000
+    async with grpc.aio.insecure_channel(stack.gateway) as channel:
+        v2 = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        calls = [asyncio.ensure_future(v2.ModelInfer(slow, timeout=30)) for _ in range(3)]
+        await asyncio.sleep(0.5)
+        status = await asyncio.to_thread(maas_status, stack.gateway, "--json")
+        await asyncio.gather(*calls)
+    document = json.loads(status)
+    servers = {server["id"]: server for server in document["servers"]}
+    assert sorted(server["service"] for server in servers.values()) == [
+        "gateway",
+        "text",
+        "tokenizer",
+        "transformer",
+        "vision",
     ]
-    assert {row[0].strip() for row in rows} == {"Embed", "ClassifyText (transformer)", "ClassifyText (lstm)"}
-    assert len(rows) == 6
-    for row in rows:
-        assert float(row[2].replace(",", "")) > 0 and row[-1].strip() == "0", row
+    for service, address in stack.ready.items():
+        (server,) = [s for s in servers.values() if s["service"] == service]
+        assert server["address"] == address and server["ready"] and server["pid"] > 0 and server["hosting"] == "grpc"
+    versions = {(v["model"], v["version"], servers[v["server"]]["service"]): v for v in document["versions"]}
+    for model, service in (
+        ("fashion_cnn", "vision"),
+        ("minilm_embed", "transformer"),
+        ("minilm_sentiment", "transformer"),
+        ("review_lstm", "text"),
+    ):
+        entry = versions[(model, "1", service)]
+        assert entry["state"] == "READY" and entry["device"] == "cpu" and int(entry["execution_count"]) >= 1, entry
+    assert versions[("tokenizer", "1", "tokenizer")]["state"] == "READY"
+    assert {("review_lstm", "2", "text"), ("text_embed", "1", "gateway"), ("echo", "1", "vision")} <= set(versions)
+    gateway = versions[("echo", "1", "gateway")]
+    assert gateway["in_flight"] == 3, "the slow calls are in flight at the gateway's echo"
+    (server,) = [s for s in servers.values() if s["service"] == "gateway"]
+    assert server["calls_in_flight"] >= 4
+    table = maas_status(stack.gateway).splitlines()
+    assert table[0].split()[:4] == ["MODEL", "VERSION", "STATE", "DEVICE"]
+    assert any(line.split()[:4] == ["fashion_cnn", "1", "READY", "cpu"] for line in table)
+
+
+def maas_status(address: str, *args: str) -> str:
+    command = [PYTHON, "-m", "services.cli.main", "status", "--address", address, *args]
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=60).stdout
+
+
+def test_maas_bench_loads_a_running_gateway(stack: Stack):
+    for model in ("review_sentiment_minilm", "review_sentiment_lstm", "text_embed"):
+        command = [PYTHON, "-m", "services.cli.main", "bench", "--address", stack.gateway, "--quick", "--no-progress"]
+        out = subprocess.run(
+            [*command, "--model", model], cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=120
+        ).stdout
+        rows = [line.strip("|").split("|") for line in out.splitlines() if line.startswith(f"| {model} |")]
+        assert [int(row[1]) for row in rows] == [1, 8], out
+        for row in rows:
+            assert float(row[2].replace(",", "")) > 0 and row[-1].strip() == "0", row

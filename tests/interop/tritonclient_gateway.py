@@ -14,10 +14,8 @@ import sys
 
 import numpy as np
 import tritonclient.grpc as triton
+from samples import sample_inputs
 from tritonclient.utils import InferenceServerException
-
-REVIEWS = [b"Great taffy at a great price.", b"The candy is just red, no flavor. Never again!"]
-IDS = np.array([[101, 2307, 11937, 16329, 102], [101, 2025, 2204, 102, 0]], dtype=np.int64)
 
 
 def tensor(name: str, array: np.ndarray, datatype: str) -> triton.InferInput:
@@ -28,19 +26,8 @@ def tensor(name: str, array: np.ndarray, datatype: str) -> triton.InferInput:
 
 def inputs_of(model: str) -> tuple[list[triton.InferInput], str]:
     """The inputs of one model and the output to read back."""
-    texts = tensor("TEXT", np.array(REVIEWS, dtype=np.object_), "BYTES")
-    sequences = [tensor("INPUT_IDS", IDS, "INT64"), tensor("ATTENTION_MASK", (IDS != 0).astype(np.int64), "INT64")]
-    return {
-        "echo": ([texts], "TEXT"),
-        "tokenizer": ([texts], "INPUT_IDS"),
-        "fashion_cnn": ([tensor("IMAGE", np.full((2, 1, 28, 28), 0.5, dtype=np.float32), "FP32")], "PROBABILITIES"),
-        "minilm_embed": (sequences, "EMBEDDING"),
-        "minilm_sentiment": (sequences, "PROBABILITIES"),
-        "review_lstm": (sequences, "PROBABILITIES"),
-        "text_embed": ([texts], "EMBEDDING"),
-        "review_sentiment_minilm": ([texts], "PROBABILITIES"),
-        "review_sentiment_lstm": ([texts], "PROBABILITIES"),
-    }[model]
+    arrays, output = sample_inputs(model)
+    return [tensor(*item) for item in arrays], output
 
 
 def main(url: str, models: list[str]) -> int:

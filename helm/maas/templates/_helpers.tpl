@@ -181,9 +181,12 @@ runtimeClassName: {{ . }}
 
 {{/* Settings the chart sets itself, refused in a service's `settings`. */}}
 {{- define "maas.checkSettings" -}}
-{{- range $key := list "host" "port" "metrics_port" "model_repository" "log_format" "routing_file" "api_keys_file" }}
+{{- range $key := list "host" "port" "metrics_port" "model_repository" "log_format" "routing_file" "api_keys_file" "http_port" "http_enabled" }}
 {{- if hasKey ($.values.settings | default dict) $key }}
-{{- fail (printf "%s.settings.%s is set by the chart (ports are the contract's; see modelRepository, logFormat, gateway.routes and gateway.auth)" $.service $key) }}
+{{- fail (printf "%s.settings.%s is set by the chart (ports are the contract's; see modelRepository, logFormat, gateway.routes, gateway.auth and gateway.http)" $.service $key) }}
 {{- end }}
 {{- end }}
 {{- end -}}
+
+{{- /* The port the gateway's pods serve the REST binding on (MAAS_GATEWAY_HTTP_PORT). */}}
+{{- define "maas.gatewayHttpPort" -}}8080{{- end -}}

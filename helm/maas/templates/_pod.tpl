@@ -23,6 +23,10 @@
 {{- if eq .service "gateway" }}
 - name: MAAS_GATEWAY_ROUTING_FILE
   value: /etc/maas/routing/routing.yaml
+- name: MAAS_GATEWAY_HTTP_ENABLED
+  value: {{ .values.http.enabled | quote }}
+- name: MAAS_GATEWAY_HTTP_PORT
+  value: {{ include "maas.gatewayHttpPort" .root | quote }}
 {{- if .values.auth.enabled }}
 - name: MAAS_GATEWAY_API_KEYS_FILE
   value: /etc/maas/auth/api-keys.yaml

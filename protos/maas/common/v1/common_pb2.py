@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmaas/common/v1/common.proto\x12\x0emaas.common.v1\":\n\rTokenizedText\x12\x11\n\tinput_ids\x18\x01 \x03(\x03\x12\x16\n\x0e\x61ttention_mask\x18\x02 \x03(\x03\"9\n\x05Label\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\"7\n\x0e\x43lassification\x12%\n\x06labels\x18\x01 \x03(\x0b\x32\x15.maas.common.v1.Label\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"B\n\x06Timing\x12\x10\n\x08queue_us\x18\x01 \x01(\x04\x12\x12\n\ncompute_us\x18\x02 \x01(\x04\x12\x12\n\nbatch_size\x18\x03 \x01(\rb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmaas/common/v1/common.proto\x12\x0emaas.common.v1\":\n\rTokenizedText\x12\x11\n\tinput_ids\x18\x01 \x03(\x03\x12\x16\n\x0e\x61ttention_mask\x18\x02 \x03(\x03\"9\n\x05Label\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\"7\n\x0e\x43lassification\x12%\n\x06labels\x18\x01 \x03(\x0b\x32\x15.maas.common.v1.Label\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"B\n\x06Timing\x12\x10\n\x08queue_us\x18\x01 \x01(\x04\x12\x12\n\ncompute_us\x18\x02 \x01(\x04\x12\x12\n\nbatch_size\x18\x03 \x01(\r\"\x0f\n\rStatusRequest\"\xbd\x01\n\x0cServerStatus\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0f\n\x07hosting\x18\x03 \x01(\t\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12\x0b\n\x03pid\x18\x05 \x01(\r\x12\x0f\n\x07\x61\x64\x64ress\x18\x06 \x01(\t\x12\x0f\n\x07version\x18\x07 \x01(\t\x12\r\n\x05ready\x18\x08 \x01(\x08\x12\x17\n\x0f\x63\x61lls_in_flight\x18\t \x01(\r\x12\x16\n\x0euptime_seconds\x18\n \x01(\x01\"\xc8\x01\n\rVersionStatus\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x13\n\x0bqueue_depth\x18\x06 \x01(\r\x12\x11\n\tin_flight\x18\x07 \x01(\r\x12\x17\n\x0finference_count\x18\x08 \x01(\x04\x12\x17\n\x0f\x65xecution_count\x18\t \x01(\x04\x12\x0e\n\x06server\x18\n \x01(\t\"p\n\x0eStatusResponse\x12-\n\x07servers\x18\x01 \x03(\x0b\x32\x1c.maas.common.v1.ServerStatus\x12/\n\x08versions\x18\x02 \x03(\x0b\x32\x1d.maas.common.v1.VersionStatus2X\n\rStatusService\x12G\n\x06Status\x12\x1d.maas.common.v1.StatusRequest\x1a\x1e.maas.common.v1.StatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,4 +41,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EMBEDDING']._serialized_end=250
   _globals['_TIMING']._serialized_start=252
   _globals['_TIMING']._serialized_end=318
+  _globals['_STATUSREQUEST']._serialized_start=320
+  _globals['_STATUSREQUEST']._serialized_end=335
+  _globals['_SERVERSTATUS']._serialized_start=338
+  _globals['_SERVERSTATUS']._serialized_end=527
+  _globals['_VERSIONSTATUS']._serialized_start=530
+  _globals['_VERSIONSTATUS']._serialized_end=730
+  _globals['_STATUSRESPONSE']._serialized_start=732
+  _globals['_STATUSRESPONSE']._serialized_end=844
+  _globals['_STATUSSERVICE']._serialized_start=846
+  _globals['_STATUSSERVICE']._serialized_end=934
 # @@protoc_insertion_point(module_scope)

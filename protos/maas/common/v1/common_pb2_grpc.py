@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from maas.common.v1 import common_pb2 as maas_dot_common_dot_v1_dot_common__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -22,3 +23,81 @@ if _version_not_supported:
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
+
+
+class StatusServiceStub:
+    """What a server runs and how loaded it is: every service serves it; the gateway adds what every
+    service it routes to answers, so one call to the gateway describes the whole deployment.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Status = channel.unary_unary(
+                '/maas.common.v1.StatusService/Status',
+                request_serializer=maas_dot_common_dot_v1_dot_common__pb2.StatusRequest.SerializeToString,
+                response_deserializer=maas_dot_common_dot_v1_dot_common__pb2.StatusResponse.FromString,
+                _registered_method=True)
+
+
+class StatusServiceServicer:
+    """What a server runs and how loaded it is: every service serves it; the gateway adds what every
+    service it routes to answers, so one call to the gateway describes the whole deployment.
+    """
+
+    def Status(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_StatusServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=maas_dot_common_dot_v1_dot_common__pb2.StatusRequest.FromString,
+                    response_serializer=maas_dot_common_dot_v1_dot_common__pb2.StatusResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'maas.common.v1.StatusService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('maas.common.v1.StatusService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class StatusService:
+    """What a server runs and how loaded it is: every service serves it; the gateway adds what every
+    service it routes to answers, so one call to the gateway describes the whole deployment.
+    """
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/maas.common.v1.StatusService/Status',
+            maas_dot_common_dot_v1_dot_common__pb2.StatusRequest.SerializeToString,
+            maas_dot_common_dot_v1_dot_common__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
