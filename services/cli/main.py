@@ -112,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         metavar="FRACTION",
         help="instead: remove this share of each layer's channels and hidden units (by magnitude) from the newest "
-        "fp32 version, fine-tune briefly (--epochs 2 unless given) and publish the smaller network",
+        "fp32 version, fine-tune briefly (--epochs 5 unless given) and publish the smaller network",
     )
     text = trainers.add_parser("text", help="the review LSTM over WordPiece ids (review_lstm)")
     text.add_argument("--epochs", type=int, default=TextRecipe.epochs, help="passes over the training reviews")

@@ -31,7 +31,7 @@ from services.vision.recipe import Recipe
 from services.vision.spec import MODEL_NAME
 from services.vision.train import evaluate, fit
 
-FINE_TUNE = Recipe(epochs=2, max_learning_rate=2e-3)
+FINE_TUNE = Recipe(epochs=5, max_learning_rate=2e-3)
 
 
 def _keep(scores: torch.Tensor, fraction: float) -> torch.Tensor:
