@@ -8,7 +8,7 @@ import asyncio
 import dataclasses
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -72,9 +72,12 @@ def onnx_repository(model_repository: Path, tmp_path_factory: pytest.TempPathFac
     return {"repository": repository, "versions": versions}
 
 
-@pytest.fixture(scope="session")
-def onnx_ray_apps(ray_cluster, onnx_repository: dict) -> dict:
-    """The vision, text and transformer Serve applications over the ONNX repository, beside the session's own."""
+@pytest.fixture(scope="module")
+def onnx_ray_apps(ray_cluster, onnx_repository: dict) -> Iterator[dict]:
+    """The vision, text and transformer Serve applications over the ONNX repository, beside the session's own;
+    deleted after this module, so their replicas' logical CPUs go back to the session's Ray."""
+    from ray import serve
+
     from services.catalog import SERVICES as CATALOG
     from services.ray import cluster
 
@@ -83,7 +86,9 @@ def onnx_ray_apps(ray_cluster, onnx_repository: dict) -> dict:
         for name in SERVICES
     ]
     handles = cluster.deploy(apps, ray_cluster)
-    return {name: (spec, settings, handles[spec.name]) for name, (spec, settings) in zip(SERVICES, apps, strict=True)}
+    yield {name: (spec, settings, handles[spec.name]) for name, (spec, settings) in zip(SERVICES, apps, strict=True)}
+    for spec, _ in apps:
+        serve.delete(spec.name)
 
 
 @pytest.fixture
