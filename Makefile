@@ -18,17 +18,28 @@ MODELS = $(MAAS) models export-tokenizer --if-missing && $(MAAS) models export-m
 	$(MAAS) train vision --prune 0.5 --if-missing $(1)
 ONNX_MODELS = fashion_cnn review_lstm minilm_embed minilm_sentiment
 
-.PHONY: venv models up test bench bench-peers protos lint manifests reliability
+.PHONY: venv models up test fuzz bench bench-peers protos lint manifests reliability images images-cuda e2e-containers
 
 K8S_TOOLS := $(VENV)/.k8s-tools
 # Benchmark peers, each in its own venv under .peers/ (scripts/peers.py). perf_analyzer also needs
 # Debian's libb64-0d (apt-get install libb64-0d).
 PERF_ANALYZER := .peers/bin/perf_analyzer
 
+# Podman and buildah get their own store (PODMAN_ROOT) and the settings this kind of machine needs
+# (containers/containers.conf: host network, cgroupfs, runc). Images build FROM a Debian base made
+# with debootstrap unless BASE_IMAGE names one; WHEELS offers a local wheel directory (the CPU torch
+# wheel) to take torch from when `make images` downloads the wheels its builds install.
+PODMAN_ROOT ?= /var/tmp/maas-podman
+export CONTAINERS_CONF := $(CURDIR)/containers/containers.conf
+export CONTAINERS_STORAGE_CONF := $(PODMAN_ROOT)/storage.conf
+BASE_IMAGE ?=
+WHEELS ?= $(wildcard /opt/wheels)
+IMAGE_ARGS = $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) $(if $(WHEELS),--wheels $(WHEELS))
+
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[models,ray,ops,dev,bench]'
+	$(PIP) -e '.[models,train,ray,ops,dev,bench]'
 	touch $@
 
 venv: $(STAMP)
@@ -52,6 +63,12 @@ test: $(STAMP) $(K8S_TOOLS) $(PERF_ANALYZER)
 	$(call MODELS,--no-progress)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Malformed requests against every service and the gateway under `maas up` (tests/fuzz/fuzz_stack.py).
+FUZZ_CASES ?= 10000
+fuzz: $(STAMP)
+	$(call MODELS,--no-progress)
+	FUZZ_CASES=$(FUZZ_CASES) $(PY) -m pytest tests/fuzz/fuzz_stack.py -o timeout=3600 $(PYTEST_ARGS)
+
 bench: models
 	$(MAAS) bench --output docs/benchmarks.md
 
@@ -61,11 +78,27 @@ bench-peers: models $(PERF_ANALYZER)
 	$(PY) -m services.bench.peers
 
 # Faults and sustained load on loopback, bounded in time, every process stopped by its pid; writes
-# docs/reliability.md (about 15 minutes; RELIABILITY_ARGS=--short is CI's run, the soak cut to 60 s).
+# docs/reliability.md (about 15 minutes; RELIABILITY_ARGS=--short is CI's run: the soak cut to 60 s, latencies and
+# memory growth reported but not gated, since CI's machine is shared).
 RELIABILITY_ARGS ?=
 reliability: $(STAMP)
 	$(call MODELS,--no-progress)
 	$(PY) -m services.reliability $(RELIABILITY_ARGS)
+
+$(CONTAINERS_STORAGE_CONF):
+	mkdir -p $(PODMAN_ROOT)
+	printf '[storage]\ndriver = "overlay"\ngraphroot = "%s/storage"\nrunroot = "%s/run"\n' $(PODMAN_ROOT) $(PODMAN_ROOT) > $@
+
+images: models $(CONTAINERS_STORAGE_CONF)
+	$(PY) scripts/build_images.py $(IMAGE_ARGS)
+
+images-cuda: $(STAMP) $(CONTAINERS_STORAGE_CONF)
+	$(PY) scripts/build_images.py models-cuda $(IMAGE_ARGS)
+
+# Runs the images `make images` built (checked against this commit) next to `maas up`; writes docs/containers.md.
+e2e-containers: $(STAMP) $(K8S_TOOLS) $(CONTAINERS_STORAGE_CONF)
+	$(call MODELS,--no-progress)
+	$(PY) -m pytest -m containers tests/containers $(PYTEST_ARGS)
 
 manifests: $(K8S_TOOLS)
 	$(PY) scripts/render_manifests.py

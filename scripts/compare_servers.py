@@ -88,7 +88,8 @@ async def side(stack: AsyncExitStack, tree: Path, repository: Path, workdir: Pat
     )
     routing_file = workdir / f"routing-{tree.name}.yaml"
     routing_file.write_text(routing.to_yaml(), encoding="utf-8")
-    gateway = await start(stack, tree, "gateway", {**env, "MAAS_GATEWAY_ROUTING_FILE": str(routing_file)})
+    gateway_env = {"MAAS_GATEWAY_ROUTING_FILE": str(routing_file), "MAAS_GATEWAY_HTTP_PORT": "0"}
+    gateway = await start(stack, tree, "gateway", {**env, **gateway_env})
     stubs = {}
     for name, address in (("vision", vision), ("transformer", transformer), ("gateway", gateway)):
         channel = await stack.enter_async_context(grpc.aio.insecure_channel(address))

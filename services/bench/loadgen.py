@@ -38,6 +38,63 @@ def summarize(concurrency: int, latencies: list[float], failed: int, seconds: fl
     return LoadResult(concurrency, len(latencies), failed, seconds, float(p50), float(p95), float(p99))
 
 
+@dataclass
+class Phase:
+    """What closed-loop callers measured over one phase: latencies in seconds of the answered calls and
+    of the refused ones, the other failures, and the seconds the phase took."""
+
+    answered: list[float]
+    refused: list[float]
+    failed: int
+    seconds: float
+
+
+async def callers(
+    call: Callable[[], Awaitable[object]],
+    concurrency: int,
+    seconds: float,
+    max_calls: int = 1_000_000,
+    refused: Callable[[Exception], bool] = lambda exc: False,
+    backoff: Callable[[int], float] = lambda refusals: 0.0,
+) -> Phase:
+    """Run `concurrency` callers, each sending its next call when the last returns, for `seconds` or
+    `max_calls` calls in all.
+
+    Args:
+        call: makes one request; an exception is a refused call if `refused` says so, else a failure.
+        concurrency: callers running at once.
+        seconds: how long.
+        max_calls: most calls in all.
+        refused: which exceptions are refusals (timed apart from answered calls).
+        backoff: seconds a caller waits after a refusal before its next call, given how many times in a
+            row it was refused.
+    """
+    phase = Phase([], [], 0, 0.0)
+    started = time.perf_counter()
+    deadline = started + seconds
+
+    async def caller() -> None:
+        in_a_row = 0
+        while time.perf_counter() < deadline and len(phase.answered) + len(phase.refused) + phase.failed < max_calls:
+            t0 = time.perf_counter()
+            try:
+                await call()
+            except Exception as exc:
+                if not refused(exc):
+                    phase.failed += 1
+                    continue
+                phase.refused.append(time.perf_counter() - t0)
+                in_a_row += 1
+                await asyncio.sleep(backoff(in_a_row))
+                continue
+            in_a_row = 0
+            phase.answered.append(time.perf_counter() - t0)
+
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    phase.seconds = time.perf_counter() - started
+    return phase
+
+
 async def closed_loop(
     call: Callable[[], Awaitable[object]],
     concurrency: int,
@@ -59,31 +116,10 @@ async def closed_loop(
     Returns:
         Throughput and latency percentiles of the measured phase.
     """
-
-    async def phase(seconds: float) -> tuple[list[float], int, float]:
-        latencies: list[float] = []
-        failed = 0
-        started = time.perf_counter()
-        deadline = started + seconds
-
-        async def caller() -> None:
-            nonlocal failed
-            while time.perf_counter() < deadline and len(latencies) + failed < max_calls:
-                t0 = time.perf_counter()
-                try:
-                    await call()
-                except Exception:
-                    failed += 1
-                    continue
-                latencies.append(time.perf_counter() - t0)
-
-        await asyncio.gather(*(caller() for _ in range(concurrency)))
-        return latencies, failed, time.perf_counter() - started
-
     if warmup > 0:
-        await phase(warmup)
-    latencies, failed, elapsed = await phase(duration)
-    return summarize(concurrency, latencies, failed, elapsed)
+        await callers(call, concurrency, warmup, max_calls)
+    phase = await callers(call, concurrency, duration, max_calls)
+    return summarize(concurrency, phase.answered, phase.failed, phase.seconds)
 
 
 def in_process(fn: Callable[[], object], duration: float, warmup: float, max_calls: int = 1_000_000) -> LoadResult:

@@ -24,7 +24,8 @@ FRONT_ROW = "ray, default path (maas front, DeploymentHandle)"
 PROXY_ROW = "ray, Serve's native gRPC proxy"
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -63,7 +64,7 @@ async def ray_section(config: BenchConfig) -> Section:
     env = {"MAAS_VISION_METRICS_PORT": "0", "MAAS_MODEL_REPOSITORY": str(config.repository)}
     async with running("vision", "--port", "0", env=env) as address:
         section.rows += await _measure(config, address, request, GRPC_ROW)
-    proxy_port = _free_port()
+    proxy_port = free_port()
     ray_env = {
         **env,
         "MAAS_VISION_PORT": "0",
@@ -71,7 +72,7 @@ async def ray_section(config: BenchConfig) -> Section:
         "MAAS_RAY_MIN_REPLICAS": "1",
         "MAAS_RAY_MAX_REPLICAS": "1",
         "MAAS_RAY_GRPC_PORT": str(proxy_port),
-        "MAAS_RAY_HTTP_PORT": str(_free_port()),
+        "MAAS_RAY_HTTP_PORT": str(free_port()),
     }
     async with running("ray", env=ray_env, ready_as="vision") as address:
         section.rows += await _measure(config, address, request, FRONT_ROW)

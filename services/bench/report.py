@@ -10,6 +10,7 @@ import os
 import platform
 import re
 import subprocess
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,15 +35,20 @@ class Row:
 
 @dataclass
 class Section:
-    """A benchmark scenario: a title, how to read it, its rows and what to compare. A section whose rows do
-    not say everything gives its own markdown `table`, shown in place of the rows' (which still feed its
-    chart and the JSON/CSV output)."""
+    """A benchmark scenario: a title, how to read it, its rows, a table of other measurements (markdown
+    lines), and what to compare.
+
+    Its chart is `figure` (drawing into the PNG path it is given) when the section has one of its own,
+    described by `caption`; otherwise its rows' throughput and latency by concurrency.
+    """
 
     title: str
     note: str
     rows: list[Row] = field(default_factory=list)
     findings: list[str] = field(default_factory=list)
     table: list[str] = field(default_factory=list)
+    figure: Callable[[Path], None] | None = None
+    caption: str = "throughput and latency by concurrency"
 
     def row(self, label: str, concurrency: int) -> LoadResult:
         """The result of the row called `label` at `concurrency`."""
@@ -81,8 +87,6 @@ def machine() -> str:
 
 
 def _table(section: Section) -> list[str]:
-    if section.table:
-        return list(section.table)
     lines = list(TABLE_HEADER)
     for row in section.rows:
         r = row.result
@@ -91,6 +95,12 @@ def _table(section: Section) -> list[str]:
             f"| {r.p99_ms:.2f} | {r.failed} |"
         )
     return lines
+
+
+def _tables(section: Section) -> list[str]:
+    """The section's own table, then its rows' table (each only if it has one)."""
+    lines = [*section.table, *([""] if section.table and section.rows else [])]
+    return lines + (_table(section) if section.rows else [])
 
 
 def render_section(section: Section, provenance: str, chart: str | None = None) -> str:
@@ -103,8 +113,8 @@ def render_section(section: Section, provenance: str, chart: str | None = None) 
     """
     lines = [f"## {section.title}", "", f"_{provenance}_", "", section.note, ""]
     if chart:
-        lines += [f"![{section.title}: throughput and latency by concurrency]({chart})", ""]
-    lines += _table(section)
+        lines += [f"![{section.title}: {section.caption}]({chart})", ""]
+    lines += _tables(section)
     if section.findings:
         lines += ["", *(f"- {finding}" for finding in section.findings)]
     return "\n".join(lines) + "\n"
@@ -165,12 +175,17 @@ def write_report(output: Path, sections: list[Section], command: str, root: Path
 
 
 def plot(section: Section, path: Path) -> None:
-    """Draw a section's throughput and latency by concurrency, one series per row label, into a PNG.
+    """Draw a section's chart into a PNG: its own `figure` if it has one, otherwise its throughput and latency
+    by concurrency, one series per row label.
 
     Args:
         section: the section.
         path: the PNG to write.
     """
+    if section.figure is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        section.figure(path)
+        return
     import matplotlib
 
     matplotlib.use("Agg")
@@ -246,5 +261,5 @@ def as_text(sections: list[Section], form: str) -> str:
     blocks = []
     for section in sections:
         findings = [f"- {finding}" for finding in section.findings]
-        blocks.append("\n".join([f"## {section.title}", "", *_table(section), *(["", *findings] if findings else [])]))
+        blocks.append("\n".join([f"## {section.title}", "", *_tables(section), *(["", *findings] if findings else [])]))
     return "\n\n".join(blocks)

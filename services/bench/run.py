@@ -16,6 +16,10 @@ SECTIONS: dict[str, str] = {
     "gateway": "services.bench.gateway:gateway_section",
     "gateway-http": "services.bench.gateway:http_section",
     "ray": "services.bench.ray_hosting:ray_section",
+    "overload": "services.bench.reliability:overload_section",
+    "inline": "services.bench.reliability:inline_section",
+    "startup": "services.bench.startup:startup_section",
+    "latency": "services.bench.latency:latency_section",
     "tradeoffs": "services.bench.tradeoffs:tradeoffs_section",
 }
 """Section name -> `module:function` measuring it, in the report's order. Imported when run: most need torch,

@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from maas.common.v1 import common_pb2
 from maas.gateway.v1 import gateway_pb2 as pb
 from maas.gateway.v1 import gateway_pb2_grpc
 from services.cli import connection
+from services.common import timing
 from services.common.tls import TlsFilesError, secure_channel
 
 TEXT_MODELS = {"lstm": pb.TEXT_MODEL_LSTM, "transformer": pb.TEXT_MODEL_TRANSFORMER}
@@ -41,6 +42,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     for parser in (text, image, embed):
         parser.add_argument("--address", help="gateway address (default: MAAS_GATEWAY_HOST:MAAS_GATEWAY_PORT)")
         parser.add_argument("--timeout", type=float, default=30.0, help="deadline of the call, in seconds")
+        parser.add_argument(
+            "--timing", action="store_true", help="print where the call's time went, per hop (maas-timing)"
+        )
         parser.add_argument("--json", action="store_true", help="print one JSON object (every value, full precision)")
         connection.add_options(parser)
 
@@ -58,6 +62,8 @@ class Answer:
     model: str
     version: str
     results: list[dict[str, Any]]
+    timing: list[str] = field(default_factory=list)
+    """The call's trailing `maas-timing` entries, one per hop (asked for with `--timing`)."""
 
     def lines(self) -> list[str]:
         """The human-readable lines: each input, then its labels or a summary of its embedding."""
@@ -71,17 +77,61 @@ class Answer:
         return lines
 
 
+HOP_PARTS = (("queue_us", "queue"), ("batch_wait_us", "batch wait"), ("compute_us", "compute"))
+
+
+def timing_lines(entries: Sequence[str]) -> list[str]:
+    """The `maas-timing` entries of a call as readable lines, one per hop, in the order the hops answered.
+
+    Args:
+        entries: the call's trailing `maas-timing` values.
+    """
+    lines = ["where the time went (ms):"]
+    for entry in entries:
+        values = timing.parse(entry)
+        served = values.get("model", "")
+        if served and "version" in values:
+            served += f" v{values['version']}"
+        parts = [f"{label} {int(values[key]) / 1000:.3f}" for key, label in HOP_PARTS if key in values]
+        if "batch_size" in values:
+            parts.append(f"batch {values['batch_size']}")
+        if "downstream_us" in values:
+            parts.append(f"downstream {int(values['downstream_us']) / 1000:.3f}")
+        parts.append(f"total {int(values.get('total_us', 0)) / 1000:.3f}")
+        lines.append(f"  {values.get('hop', '?'):<12} {served:<22} " + ", ".join(parts))
+    return lines
+
+
 def _labels(classification: common_pb2.Classification) -> list[dict[str, Any]]:
     return [{"name": label.name, "probability": label.probability} for label in classification.labels]
 
 
 def _call(stub: gateway_pb2_grpc.GatewayServiceStub, args: argparse.Namespace) -> Answer:
-    """Make the call `args` describe."""
+    """Make the call `args` describe (asking for `maas-timing` with `--timing`)."""
     metadata = connection.metadata(args)
+    if args.timing:
+        metadata = (*metadata, (timing.TIMING_KEY, "1"))
+    trailers: list[str] = []
+
+    def send(method: Any, request: Any) -> Any:
+        if not args.timing:
+            return method(request, timeout=args.timeout, metadata=metadata)
+        response, call = method.with_call(request, timeout=args.timeout, metadata=metadata)
+        trailers.extend(value for key, value in call.trailing_metadata() or () if key == timing.TIMING_KEY)
+        return response
+
+    answer = _answer(stub, args, send)
+    answer.timing = trailers
+    return answer
+
+
+def _answer(
+    stub: gateway_pb2_grpc.GatewayServiceStub, args: argparse.Namespace, send: Callable[[Any, Any], Any]
+) -> Answer:
     if args.kind == "text":
         model = TEXT_MODELS.get(args.model, pb.TEXT_MODEL_UNSPECIFIED)
         request = pb.ClassifyTextRequest(texts=args.texts, model=model, top_k=args.top_k)
-        response = stub.ClassifyText(request, timeout=args.timeout, metadata=metadata)
+        response = send(stub.ClassifyText, request)
         results = [
             {"input": text, "labels": _labels(result)}
             for text, result in zip(args.texts, response.results, strict=True)
@@ -89,15 +139,13 @@ def _call(stub: gateway_pb2_grpc.GatewayServiceStub, args: argparse.Namespace) -
         return Answer(MODEL_NAMES.get(response.model, "text"), response.model_version, results)
     if args.kind == "image":
         images = [path.read_bytes() for path in args.images]
-        response = stub.ClassifyImage(
-            pb.ClassifyImageRequest(images=images, top_k=args.top_k), timeout=args.timeout, metadata=metadata
-        )
+        response = send(stub.ClassifyImage, pb.ClassifyImageRequest(images=images, top_k=args.top_k))
         results = [
             {"input": str(path), "labels": _labels(result)}
             for path, result in zip(args.images, response.results, strict=True)
         ]
         return Answer("fashion_cnn", response.model_version, results)
-    response = stub.Embed(pb.EmbedRequest(texts=args.texts), timeout=args.timeout, metadata=metadata)
+    response = send(stub.Embed, pb.EmbedRequest(texts=args.texts))
     results = [
         {"input": text, "embedding": list(embedding.values)}
         for text, embedding in zip(args.texts, response.embeddings, strict=True)
@@ -126,9 +174,12 @@ def infer(args: argparse.Namespace) -> int:
         return 1
     if args.json:
         document = {"model": answer.model, "version": answer.version, "address": address, "milliseconds": elapsed}
+        if args.timing:
+            document["timing"] = [timing.parse(entry) for entry in answer.timing]
         sys.stdout.write(json.dumps({**document, "results": answer.results}) + "\n")
         return 0
     served = f"{answer.model} model" if args.kind == "text" else answer.model
     served += f", version {answer.version}"
-    sys.stdout.write("\n".join([*answer.lines(), f"({served}; {elapsed:.1f} ms via {address})"]) + "\n")
+    lines = [*answer.lines(), *(timing_lines(answer.timing) if args.timing else ())]
+    sys.stdout.write("\n".join([*lines, f"({served}; {elapsed:.1f} ms via {address})"]) + "\n")
     return 0

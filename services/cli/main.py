@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import importlib.util
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Callable
@@ -16,10 +17,10 @@ from pathlib import Path
 import shtab
 
 from services.bench.run import SECTIONS
-from services.cli import connection, health, infer, listing, registry, status
+from services.cli import connection, delivery, health, infer, listing, registry, status
 from services.cli.up import up
 from services.common.repository import CONFIG_FILE, ONNXRUNTIME, version_dirs
-from services.common.settings import REPO_ROOT, ServiceSettings
+from services.common.settings import REPO_ROOT, ProcessSettings, ServiceSettings
 from services.text.recipe import Recipe as TextRecipe
 from services.text.spec import MODEL_NAME as TEXT_MODEL
 from services.transformer.spec import EMBED_MODEL, SENTIMENT_MODEL
@@ -84,9 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     serve_config = commands.add_parser("serve-config", help="write the Serve config (KubeRay serveConfigV2)")
     serve_config.add_argument("--output", type=Path, help="path (default: helm/maas/files/serve-config.yaml)")
 
-    models = commands.add_parser("models", help="list the model repository, or put pretrained files into it")
+    models = commands.add_parser(
+        "models", help="the model repository: list it, put pretrained files into it, install it where services read it"
+    )
     exports = models.add_subparsers(dest="target", required=True)
     listing.add_parser(exports)
+    delivery.add_parsers(exports)
     _repository_options(exports.add_parser("export-tokenizer", help="MiniLM's tokenizer files -> tokenizer/"))
     minilm = exports.add_parser("export-minilm", help="all-MiniLM-L6-v2's encoder -> minilm_embed/")
     _repository_options(minilm)
@@ -373,7 +377,15 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         The process exit status.
     """
+    if os.getuid() == 0 and not ProcessSettings().allow_root:
+        sys.stderr.write(
+            "maas: refusing to run as root (uid 0): this image runs as uid 10001 "
+            "(podman run --user 10001; on Kubernetes runAsUser: 10001)\n"
+        )
+        return 1
     args = _parser().parse_args(argv)
+    if args.command == "models" and args.target in delivery.COMMANDS:
+        return delivery.run(args)
     if args.command == "run" and args.service == "ray":
         from services.ray import environment
 

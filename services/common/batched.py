@@ -11,14 +11,16 @@ import asyncio
 import logging
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from services.common import metrics
+from services.common import metrics, offload
 from services.common.batcher import BatchingConfig, DynamicBatcher
 from services.common.codec import Tensor
 from services.common.errors import MaasError
 from services.common.examples import example_tensors
+from services.common.interceptor import received_bytes
 from services.common.model import Arrays, Batching, Parameters, SharedPool, TensorSpec, Version
 from services.common.repository import RepositoryError, read_model_file, read_version, version_dirs
 from services.common.stats import VersionStats
@@ -55,21 +57,25 @@ class Batched:
 
 
 class Direct:
-    """A loaded version of a model without batching: `prepare` and `predict` per request, on the event loop."""
+    """A loaded version of a model without batching: `prepare` and `predict` per request, on the event loop,
+    or on a worker thread for a request over `inline_max_bytes` on the wire (see `services.common.offload`)."""
 
-    def __init__(self, model: Any, outputs: tuple[TensorSpec, ...]) -> None:
+    def __init__(self, model: Any, outputs: tuple[TensorSpec, ...], inline_max_bytes: int) -> None:
         self._prepare = getattr(model, "prepare", None)
         self._predict = model.predict
         self._outputs = outputs
+        self._inline_max_bytes = inline_max_bytes
 
     async def infer(self, inputs: dict[str, Tensor], parameters: Parameters) -> InferResult:
         """Prepare the request and predict its outputs."""
-        request: Any = {name: tensor.array for name, tensor in inputs.items()}
-        if self._prepare is not None:
-            request = self._prepare(request, parameters)
-        outputs: Arrays = self._predict(request)
+        arrays = {name: tensor.array for name, tensor in inputs.items()}
+        outputs = await offload.run(partial(self._run, arrays, parameters), received_bytes(), self._inline_max_bytes)
         tensors = [Tensor(spec.name, spec.datatype, outputs[spec.name]) for spec in self._outputs]
         return InferResult(tensors, batch_size=tensors[0].array.shape[0] if tensors else 1)
+
+    def _run(self, arrays: Arrays, parameters: Parameters) -> Arrays:
+        request: Any = arrays if self._prepare is None else self._prepare(arrays, parameters)
+        return self._predict(request)
 
 
 def record_device(model: str, version: str, device: str) -> None:
@@ -138,8 +144,9 @@ class RepositoryLoader:
             raise
         device = str(getattr(model, "device", self._device))
         record_device(self._name, version, device)
+        admit = None
         if self._batching is None:
-            served: Batched | Direct = Direct(model, self._outputs)
+            served: Batched | Direct = Direct(model, self._outputs, self._settings.inline_max_bytes)
 
             def load() -> VersionLoad:
                 return VersionLoad(device, 0, stats.in_flight)
@@ -148,6 +155,7 @@ class RepositoryLoader:
             batcher = DynamicBatcher(self._name, model.predict, self._batching, stats, version)
             self._batchers[version] = batcher
             served = Batched(model, self._outputs, batcher)
+            admit = batcher.admit
 
             def load() -> VersionLoad:
                 return VersionLoad(device, batcher.queued, batcher.in_flight)
@@ -167,7 +175,7 @@ class RepositoryLoader:
         except BaseException:
             await close()
             raise
-        return LoadedVersion(version, stats, served.infer, config, model, close, load)
+        return LoadedVersion(version, stats, served.infer, config, model, close, load, admit)
 
     async def _warm_up(self, served: Batched | Direct, stats: VersionStats, version: str) -> None:
         """Run a version just loaded once on example inputs (`example_tensors` of its required inputs), so

@@ -5,12 +5,19 @@ refuses at once (RESOURCE_EXHAUSTED) instead of making everyone wait longer; a c
 request is dropped before it runs; if a batch fails, its requests are rerun one by one so a poisoned
 request fails alone. In length-aware mode, sequence inputs are padded only to the longest request in
 the batch, and a batch is filled with requests of lengths close to the oldest one's.
+
+Given a latency target (`max_latency_ms`) instead of a queue delay, the batcher learns what its
+batches cost (`BatchCost`: time against work, rows or tokens) and holds each request to the target:
+it waits for batch-mates only as long as a full batch would still end in time, sizes each batch so its
+oldest request ends in time, and refuses at once (RESOURCE_EXHAUSTED with a retry delay) a request
+that the work queued ahead of it would make late, rather than serving it late.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -19,7 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from services.common import metrics, telemetry
+from services.common import metrics, timing
+from services.common.batchcost import BatchCost
 from services.common.errors import Overloaded
 from services.common.stats import VersionStats
 
@@ -29,6 +37,10 @@ LOAD_MEMORY_SECONDS = 0.005
 inline runs): well above the time a caller under load takes to send its next request after an answer."""
 LOAD_MEMORY_NS = int(LOAD_MEMORY_SECONDS * 1e9)
 MIN_RETRY_SECONDS = 0.01
+PROBE_NS = 500_000_000
+"""A version with a latency target that has run nothing for this long runs a lone request even if its
+cost fit says it would be late: the fit sees the machine again (it may have been idle, or been fooled
+by stalled batches), rather than refusing everything for ever."""
 Predict = Callable[[Arrays], Arrays]
 
 
@@ -53,6 +65,11 @@ class BatchingConfig:
         max_batch_tokens: in length-aware mode, most rows x padded length per batch (0: no limit), so
             long sequences run in small batches and short ones in large batches. A request over the
             budget on its own still runs, alone.
+        max_latency_ms: the latency target (0: none, `max_queue_delay_ms` batches): each request's
+            queue, batch wait and compute are to end within it. Replaces the queue delay: the batcher
+            waits for batch-mates while a full batch would still end in time (under the same rule of
+            callers in play, so a lone caller never waits), runs the largest batch that ends in time
+            for its oldest request, and refuses requests that cannot end in time.
         inline_when_idle: run a request on the event loop's thread, skipping the worker-thread round
             trip (about 0.2 ms), when it is the only one queued, nothing runs, and no batch that left
             several callers in play ended in the last `LOAD_MEMORY_SECONDS`: low latency when idle,
@@ -68,6 +85,7 @@ class BatchingConfig:
     length_aware: bool = True
     fixed_length: int = 0
     max_batch_tokens: int = 0
+    max_latency_ms: float = 0.0
     inline_when_idle: bool = False
 
 
@@ -76,10 +94,14 @@ class _Request:
     inputs: Arrays
     rows: int
     length: int
+    work: int
     shapes: tuple
     future: asyncio.Future
+    probe: bool = False
     enqueued_ns: int = field(default_factory=time.perf_counter_ns)
+    arrived_ns: int = 0
     queue_ns: int = 0
+    batch_wait_ns: int = 0
     compute_ns: int = 0
     batch_rows: int = 0
     counted: bool = True
@@ -114,6 +136,12 @@ class DynamicBatcher:
         self.in_flight = 0
         """Requests submitted and not yet answered (queued or running)."""
         self._ns_per_row = 0.0
+        self._held_from_ns = 0
+        self._held_until_ns = 0
+        self._cost = BatchCost()
+        self._running_started_ns = 0
+        self._running_work = 0
+        self._shed = metrics.SHED.labels(name, version)
         self._batch_rows = metrics.BATCH_ROWS.labels(name, version)
         self._queue_seconds = metrics.QUEUE_SECONDS.labels(name, version)
         self._compute_seconds = metrics.COMPUTE_SECONDS.labels(name, version)
@@ -133,29 +161,31 @@ class DynamicBatcher:
             Output name -> this request's rows of the output.
 
         Raises:
-            Overloaded: the queue is full.
+            Overloaded: the queue is full, or the request cannot meet the latency target (now, or when
+                its batch is formed).
             asyncio.CancelledError: the caller cancelled (or its deadline passed), while the request
                 was queued or running; counted in `maas_batch_cancelled_total`.
             Exception: whatever the model raised for this request alone.
         """
-        if len(self._pending) >= self._config.max_queue_size:
-            self._queue_full.inc()
-            raise Overloaded(
-                f"model '{self._name}' has {len(self._pending)} requests queued, its limit; retry shortly",
-                retry_delay=self.drain_seconds(),
-            )
+        self.admit()
         if self._worker is None:
             self._worker = asyncio.create_task(self._run(), name=f"batcher-{self._name}")
         first = next(iter(inputs.values()))
         padded = self._config.pad
+        rows = first.shape[0]
+        length = max((inputs[n].shape[1] for n in padded if n in inputs), default=0)
         request = _Request(
             inputs=inputs,
-            rows=first.shape[0],
-            length=max((inputs[n].shape[1] for n in padded if n in inputs), default=0),
+            rows=rows,
+            length=length,
+            work=rows * length if length else rows,
             shapes=tuple((n, a.dtype.str, a.shape[2:] if n in padded else a.shape[1:]) for n, a in inputs.items()),
             future=asyncio.get_running_loop().create_future(),
             counted=counted,
         )
+        request.arrived_ns = timing.arrival_ns() or request.enqueued_ns
+        if self._config.max_latency_ms and self._cost.ready:
+            self._admit(request)
         self._pending.append(request)
         self.in_flight += 1
         try:
@@ -170,11 +200,22 @@ class DynamicBatcher:
         finally:
             self.in_flight -= 1
         if request.counted:
-            self._stats.record_compute(request.queue_ns, request.compute_ns)
-        telemetry.set_attributes(
-            batch_size=request.batch_rows, queue_us=request.queue_ns // 1000, compute_us=request.compute_ns // 1000
-        )
+            self._stats.record_compute(request.queue_ns + request.batch_wait_ns, request.compute_ns)
+        timing.record(request.queue_ns, request.batch_wait_ns, request.compute_ns, request.batch_rows)
         return outputs
+
+    def admit(self) -> None:
+        """Refuse at once if the queue is full: cheap enough to run before a request is even decoded.
+
+        Raises:
+            Overloaded: the queue holds `max_queue_size` requests.
+        """
+        if len(self._pending) >= self._config.max_queue_size:
+            self._queue_full.inc()
+            raise Overloaded(
+                f"model '{self._name}' has {len(self._pending)} requests queued, its limit; retry shortly",
+                retry_delay=self.drain_seconds(),
+            )
 
     async def _alone(self, request: _Request) -> bool:
         """Yield once so that requests already received can queue too; then claim `request` for
@@ -196,6 +237,40 @@ class DynamicBatcher:
     def queued(self) -> int:
         """Requests waiting for a batch."""
         return len(self._pending)
+
+    def _admit(self, request: _Request) -> None:
+        """Refuse `request` if, behind the batch running and the requests queued, it would end after
+        its latency target.
+
+        Raises:
+            Overloaded: it would end late; the retry delay is how long the work ahead takes.
+        """
+        now = time.perf_counter_ns()
+        if not self._busy and not self._pending and now - self._free_ns > PROBE_NS:
+            request.probe = True
+            return
+        ahead = self._running_left_ns(now) + self._drain_ns(self._pending, request)
+        if now + ahead <= request.arrived_ns + self._config.max_latency_ms * 1e6:
+            return
+        self._shed.inc()
+        raise Overloaded(
+            f"model '{self._name}' cannot answer within its {self._config.max_latency_ms:g} ms target now "
+            f"({len(self._pending)} requests queued); retry shortly",
+            retry_delay=max(MIN_RETRY_SECONDS, round(ahead / 1e9, 3)),
+        )
+
+    def _running_left_ns(self, now: int) -> float:
+        """How long the batch running now should still take, on the fitted cost (0 when none runs)."""
+        if not self._busy:
+            return 0.0
+        return max(0.0, self._running_started_ns + self._cost.predict_ns(self._running_work) - now)
+
+    def _drain_ns(self, queued: deque[_Request], *more: _Request) -> float:
+        """How long the requests `queued` and `more` take to run, in full batches, with one margin."""
+        rows = sum(r.rows for r in queued) + sum(r.rows for r in more)
+        work = sum(r.work for r in queued) + sum(r.work for r in more)
+        batches = max(1, math.ceil(rows / self._config.max_batch_size))
+        return batches * self._cost.predict_ns(work / batches) + self._cost.margin_ns()
 
     def drain_seconds(self) -> float:
         """About how long the requests queued now take to run, at the last batch's speed per row
@@ -228,6 +303,7 @@ class DynamicBatcher:
                     return
                 self._arrived.clear()
                 continue
+            self._held_from_ns = self._held_until_ns = 0
             await self._fill(self._pending[0])
             batch = self._take()
             if self._pending:
@@ -240,45 +316,83 @@ class DynamicBatcher:
         when the last batch ended (its callers, whose next requests are likely on their way, and those
         already queued) and less than a full batch, until the oldest request has waited
         `max_queue_delay_ms` since the model became free (or since it arrived, if later). A request
-        that arrives after that window, as after an idle spell, finds no one to wait for."""
-        delay = int(self._config.max_queue_delay_ms * 1e6)
-        if oldest.enqueued_ns > self._free_ns + delay:
-            return
-        deadline = max(oldest.enqueued_ns, self._free_ns) + delay
+        that arrives after that window, as after an idle spell, finds no one to wait for. With a latency
+        target the window is instead what the target leaves after a full batch's cost (with its margin),
+        counted from the oldest request's arrival; no waiting until the cost is known."""
+        if self._config.max_latency_ms:
+            if not self._cost.ready:
+                return
+            rows = sum(r.rows for r in self._pending)
+            full = sum(r.work for r in self._pending) / rows * self._config.max_batch_size
+            window = int(self._config.max_latency_ms * 1e6 - self._cost.bound_ns(full))
+            if oldest.enqueued_ns > self._free_ns + window:
+                return
+            deadline = oldest.arrived_ns + window
+        else:
+            delay = int(self._config.max_queue_delay_ms * 1e6)
+            if oldest.enqueued_ns > self._free_ns + delay:
+                return
+            deadline = max(oldest.enqueued_ns, self._free_ns) + delay
         while (
             not self._closing
             and len(self._pending) < self._callers_in_play
             and sum(r.rows for r in self._pending) < self._config.max_batch_size
         ):
-            remaining = (deadline - time.perf_counter_ns()) / 1e9
+            now = time.perf_counter_ns()
+            remaining = (deadline - now) / 1e9
             if remaining <= 0:
                 return
+            self._held_from_ns = self._held_from_ns or now
             self._arrived.clear()
             try:
                 await asyncio.wait_for(self._arrived.wait(), remaining)
             except TimeoutError:
                 return
+            finally:
+                self._held_until_ns = time.perf_counter_ns()
 
     def _take(self) -> list[_Request]:
         """Pick the next batch: the oldest live request, then compatible ones, closest lengths first."""
         live = [r for r in self._pending if not r.future.done()]
+        target = self._config.max_latency_ms * 1e6
+        now = time.perf_counter_ns()
+        if target and self._cost.ready:
+            live = [r for r in live if r.probe or not self._late(r, now + self._cost.bound_ns(r.work) - r.arrived_ns)]
         if not live:
             self._pending.clear()
             return []
         anchor, others = live[0], [r for r in live[1:] if r.shapes == live[0].shapes]
+        budget_ns = min(r.arrived_ns for r in live) + target - now if target and self._cost.ready else math.inf
         if self._config.pad and self._config.length_aware:
             others.sort(key=lambda r: abs(r.length - anchor.length))
         budget = self._config.max_batch_tokens if self._config.pad and self._config.length_aware else 0
-        batch, rows, width = [anchor], anchor.rows, anchor.length
+        batch, rows, width, work = [anchor], anchor.rows, anchor.length, anchor.work
         for request in others:
             wider = max(width, request.length)
             if rows + request.rows > self._config.max_batch_size or (budget and (rows + request.rows) * wider > budget):
                 continue
+            if self._cost.bound_ns(work + request.work) > budget_ns:
+                continue
             batch.append(request)
-            rows, width = rows + request.rows, wider
+            rows, width, work = rows + request.rows, wider, work + request.work
         chosen = set(map(id, batch))
         self._pending = deque(r for r in live if id(r) not in chosen)
         return batch
+
+    def _late(self, request: _Request, latency_ns: float) -> bool:
+        """Refuse `request` (its caller gets RESOURCE_EXHAUSTED) if, run now and alone, it would end
+        `latency_ns` after it arrived, over the target; True if it was refused."""
+        if latency_ns <= self._config.max_latency_ms * 1e6:
+            return False
+        self._shed.inc()
+        request.future.set_exception(
+            Overloaded(
+                f"model '{self._name}' cannot answer within its {self._config.max_latency_ms:g} ms target now; "
+                "retry shortly",
+                retry_delay=self.drain_seconds(),
+            )
+        )
+        return True
 
     def _collate(self, batch: list[_Request]) -> Arrays:
         """Pad and concatenate the batch's inputs (always a fresh, writable array, as torch wants)."""
@@ -305,8 +419,9 @@ class DynamicBatcher:
                 raise RuntimeError(f"model '{self._name}' returned {array.shape[0]} rows of {name} for {rows} inputs")
         return outputs
 
-    def _record(self, rows: int, compute_ns: int, waits: list[int]) -> None:
+    def _record(self, rows: int, work: int, compute_ns: int, waits: list[int]) -> None:
         self._stats.record_execution(rows, compute_ns)
+        self._cost.observe(work, compute_ns)
         self._ns_per_row = compute_ns / rows
         self._batch_rows.observe(rows)
         self._compute_seconds.observe(compute_ns / 1e9)
@@ -318,7 +433,7 @@ class DynamicBatcher:
         outputs = self._predict_rows(self._collate([request]), request.rows)
         request.queue_ns, request.compute_ns = started - request.enqueued_ns, time.perf_counter_ns() - started
         request.batch_rows = request.rows
-        self._record(request.rows, request.compute_ns, [request.queue_ns] if request.counted else [])
+        self._record(request.rows, request.work, request.compute_ns, [request.queue_ns] if request.counted else [])
         self._free_ns, self._callers_in_play = time.perf_counter_ns(), 1
         return outputs
 
@@ -326,8 +441,11 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         started = time.perf_counter_ns()
         rows = sum(r.rows for r in batch)
+        work = sum(r.work for r in batch)
         waits = [started - r.enqueued_ns for r in batch]
+        held = [max(0, self._held_until_ns - max(self._held_from_ns, r.enqueued_ns)) for r in batch]
         self._busy = True
+        self._running_started_ns, self._running_work = started, work
         try:
             outputs = await loop.run_in_executor(self._executor, self._predict_rows, self._collate(batch), rows)
         except Exception as exc:
@@ -342,10 +460,13 @@ class DynamicBatcher:
             self._free_ns = time.perf_counter_ns()
             self._callers_in_play = sum(not r.future.done() for r in (*batch, *self._pending))
         compute_ns = time.perf_counter_ns() - started
-        self._record(rows, compute_ns, [wait for request, wait in zip(batch, waits, strict=True) if request.counted])
+        self._record(
+            rows, work, compute_ns, [wait for request, wait in zip(batch, waits, strict=True) if request.counted]
+        )
         offset = 0
-        for request, waited in zip(batch, waits, strict=True):
-            request.queue_ns, request.compute_ns, request.batch_rows = waited, compute_ns, rows
+        for request, waited, wait in zip(batch, waits, held, strict=True):
+            request.queue_ns, request.batch_wait_ns = waited - wait, wait
+            request.compute_ns, request.batch_rows = compute_ns, rows
             if not request.future.done():
                 request.future.set_result({n: a[offset : offset + request.rows] for n, a in outputs.items()})
             offset += request.rows

@@ -9,7 +9,10 @@ calls again within about a second. gRPC resolves the name again only when a conn
 the servers age their connections (`max_connection_age_s`) and a replica added behind the name gets
 calls within one connection age. Every call takes its timeout from what is left of the deadline of
 the call being served, carries its request id and trace context, and translates a failure once, into
-`DownstreamError` with the status unchanged and whether the call surely did not run downstream.
+`DownstreamError` with the status unchanged and whether the call surely did not run downstream. The
+one status changed is CANCELLED, which a call cancelled here never gets (it raises
+`asyncio.CancelledError`): the target dropped the call (it was stopping), which is UNAVAILABLE to the
+caller, who cancelled nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from services.common import telemetry
+from services.common import telemetry, timing
 from services.common.errors import NOT_RUN_KEY, DownstreamError, NotRun
 from services.common.interceptor import REQUEST_ID_KEY, STATUS_DETAILS_KEY, current_call
 from services.common.tls import ClientTls, aio_channel
@@ -153,26 +156,33 @@ class Downstream:
             The response message.
 
         Raises:
-            DownstreamError: the call failed; it carries the status code and details unchanged, and
-                `not_run` when the call surely did not run downstream.
+            DownstreamError: the call failed; it carries the status code and details unchanged (but
+                CANCELLED, which the target's dropping the call is, becomes UNAVAILABLE), and `not_run`
+                when the call surely did not run downstream.
         """
         metadata: list[tuple[str, str]] = list(self.metadata)
         call = current_call()
+        timed = call.timing if call is not None else None
         if call is not None:
             metadata.append((REQUEST_ID_KEY, call.request_id))
+            if call.timing_asked:
+                metadata.append((timing.TIMING_KEY, "1"))
         left = remaining_seconds(self._default_timeout)
         self._in_flight += 1
         self._idle.clear()
+        started = time.perf_counter_ns()
         try:
             with telemetry.client_span(method, self.name, metadata) as span:
                 try:
-                    return await rpc(
-                        request, timeout=left if timeout is None else min(left, timeout), metadata=metadata
-                    )
+                    pending = rpc(request, timeout=left if timeout is None else min(left, timeout), metadata=metadata)
+                    return await (pending if timed is None else self._timed(pending, timed))
                 except grpc.aio.AioRpcError as exc:
                     if span is not None:
                         span.set_attribute("rpc.grpc.status_code", exc.code().value[0])
                     details = exc.details() or exc.code().name
+                    if exc.code() is grpc.StatusCode.CANCELLED:
+                        details = f"{self.name} dropped the call ({details})"
+                        raise DownstreamError(grpc.StatusCode.UNAVAILABLE, details, self.name) from None
                     not_run = _not_run(exc, details)
                     if not_run is NotRun.UNREACHABLE:
                         details = f"{UNREACHABLE_PREFIX} '{self.name}' ({details})"
@@ -181,6 +191,17 @@ class Downstream:
             self._in_flight -= 1
             if not self._in_flight:
                 self._idle.set()
+            if timed is not None:
+                timed.downstream_ns += time.perf_counter_ns() - started
+
+    @staticmethod
+    async def _timed(pending: Any, timed: timing.Timing) -> Any:
+        """The response of a call whose caller wants timing: the hops' `maas-timing` entries are kept."""
+        response = await pending
+        for key, value in await pending.trailing_metadata() or ():
+            if key == timing.TIMING_KEY:
+                timed.hops.append(value)
+        return response
 
     async def close(self, grace: float = 0.0) -> None:
         """Close the channel once its calls in flight finish, waiting at most `grace` seconds; calls

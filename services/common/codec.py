@@ -20,9 +20,18 @@ import ml_dtypes
 import numpy as np
 
 from maas.inference import grpc_service_pb2 as pb
-from services.common.errors import InvalidInput
+from services.common.errors import InvalidInput, Overloaded
 
 MAX_ELEMENTS = 1 << 31
+"""Most elements of one tensor; also the most its nonzero dimensions may multiply to, so that every
+accepted shape is one numpy can build (it refuses sizes over 2^63 bytes, even of empty arrays)."""
+MAX_DIMENSIONS = 64
+"""numpy's limit on dimensions (NPY_MAXDIMS)."""
+MAX_BYTES_ELEMENTS = 1 << 20
+"""Most BYTES elements in one request: each becomes a Python object of about 50 bytes, however short."""
+MAX_CONTENTS_VALUES = 1 << 20
+"""Most values in `contents` in one request: a one-byte varint there becomes eight bytes in memory, so
+larger tensors must come in `raw_input_contents` (as stock clients send them)."""
 
 FIXED_DTYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype("?"),
@@ -94,29 +103,56 @@ def datatype_of(array: np.ndarray) -> str:
 
 
 def element_count(name: str, shape: Sequence[int]) -> int:
-    """Return the number of elements of `shape`, refusing negative dims and absurd sizes.
+    """Return the number of elements of `shape`, refusing shapes numpy cannot build and absurd sizes.
 
     Raises:
-        InvalidInput: a dimension is negative or the tensor is too large to be real.
+        InvalidInput: more than 64 dimensions, a negative dimension, or more than 2^31 elements (or
+            nonzero dimensions that multiply to more).
     """
+    if len(shape) > MAX_DIMENSIONS:
+        raise InvalidInput(
+            f"input '{name}': shape has {len(shape)} dimensions; at most {MAX_DIMENSIONS}", field=f"inputs[{name}]"
+        )
     if any(d < 0 for d in shape):
         raise InvalidInput(f"input '{name}': shape {list(shape)} has a negative dimension", field=f"inputs[{name}]")
     count = prod(shape)
     if count > MAX_ELEMENTS:
         raise InvalidInput(
-            f"input '{name}': shape {list(shape)} has {count} elements, over {MAX_ELEMENTS}", field=f"inputs[{name}]"
+            f"input '{name}': shape {list(shape)} has {count} elements; at most {MAX_ELEMENTS}", field=f"inputs[{name}]"
+        )
+    if prod(d for d in shape if d) > MAX_ELEMENTS:
+        raise InvalidInput(
+            f"input '{name}': shape {list(shape)} is too large: its nonzero dimensions multiply to over {MAX_ELEMENTS}",
+            field=f"inputs[{name}]",
         )
     return count
 
 
-def decode_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
+def decode_bytes(name: str, raw: bytes, count: int, limit: int = MAX_BYTES_ELEMENTS) -> np.ndarray:
     """Split length-prefixed BYTES data into an object array of `count` elements.
+
+    Every element needs at least its 4-byte length, so a count the data cannot hold is refused
+    before anything is allocated; elements are then read one by one, each from bytes that are there.
+
+    Args:
+        name: the input's name, for errors.
+        raw: the input's raw contents.
+        count: the elements its shape declares.
+        limit: most elements allowed (what is left of the request's `MAX_BYTES_ELEMENTS`).
 
     Raises:
         InvalidInput: the data does not hold exactly `count` well-formed elements.
+        Overloaded: `count` is over `limit`.
     """
-    items = np.empty(count, dtype=object)
     view = memoryview(raw)
+    if count * _LENGTH_PREFIX.size > len(view):
+        raise InvalidInput(
+            f"input '{name}': {count} BYTES elements need at least {count * _LENGTH_PREFIX.size} bytes "
+            f"(a 4-byte length each), got {len(view)}",
+            field=f"inputs[{name}]",
+        )
+    _check_bytes_limit(name, count, limit)
+    elements = []
     offset = 0
     for i in range(count):
         if offset + 4 > len(view):
@@ -130,14 +166,29 @@ def decode_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
                 f"input '{name}': BYTES element {i} declares {length} bytes but {len(view) - offset} remain",
                 field=f"inputs[{name}]",
             )
-        items[i] = bytes(view[offset : offset + length])
+        elements.append(bytes(view[offset : offset + length]))
         offset += length
     if offset != len(view):
         raise InvalidInput(
             f"input '{name}': {len(view) - offset} bytes left over after {count} BYTES elements",
             field=f"inputs[{name}]",
         )
-    return items
+    return _object_array(elements)
+
+
+def _check_bytes_limit(name: str, count: int, limit: int) -> None:
+    if count > limit:
+        raise Overloaded(
+            f"input '{name}': the request's BYTES inputs hold over {MAX_BYTES_ELEMENTS} elements, "
+            "the limit per request",
+            field=f"inputs[{name}]",
+        )
+
+
+def _object_array(elements: list) -> np.ndarray:
+    array = np.empty(len(elements), dtype=object)
+    array[:] = elements
+    return array
 
 
 def encode_bytes(array: np.ndarray) -> bytes:
@@ -150,10 +201,12 @@ def encode_bytes(array: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
-def _decode_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> np.ndarray:
+def _decode_raw(
+    name: str, datatype: str, shape: list[int], raw: bytes, bytes_limit: int = MAX_BYTES_ELEMENTS
+) -> np.ndarray:
     count = element_count(name, shape)
     if datatype == "BYTES":
-        return decode_bytes(name, raw, count).reshape(shape)
+        return decode_bytes(name, raw, count, bytes_limit).reshape(shape)
     dtype = FIXED_DTYPES[datatype]
     expected = count * dtype.itemsize
     if len(raw) != expected:
@@ -167,7 +220,9 @@ def _decode_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> np.nd
     return array.reshape(shape)
 
 
-def _decode_contents(name: str, datatype: str, shape: list[int], contents: pb.InferTensorContents) -> np.ndarray:
+def _decode_contents(
+    name: str, datatype: str, shape: list[int], contents: pb.InferTensorContents, bytes_limit: int, limit: int
+) -> np.ndarray:
     count = element_count(name, shape)
     field = CONTENTS_FIELD.get(datatype)
     if field is None:
@@ -184,20 +239,25 @@ def _decode_contents(name: str, datatype: str, shape: list[int], contents: pb.In
         raise InvalidInput(
             f"input '{name}': shape {shape} needs {count} values in {field}, got {len(values)}", field=f"inputs[{name}]"
         )
+    if count > limit:
+        raise Overloaded(
+            f"input '{name}': the request's contents hold over {MAX_CONTENTS_VALUES} values, the limit per request; "
+            "send large tensors in raw_input_contents",
+            field=f"inputs[{name}].contents",
+        )
     if datatype == "BYTES":
-        array = np.empty(count, dtype=object)
-        array[:] = list(values)
-        return array.reshape(shape)
+        _check_bytes_limit(name, count, bytes_limit)
+        return _object_array(list(values)).reshape(shape)
     dtype = FIXED_DTYPES[datatype]
     if field in ("int_contents", "uint_contents") and count:
-        wide = np.asarray(values, dtype=np.int64)
+        wide = np.fromiter(values, dtype=np.int64, count=count)
         info = np.iinfo(dtype)
         if wide.min() < info.min or wide.max() > info.max:
             raise InvalidInput(
                 f"input '{name}': {datatype} values must lie in [{info.min}, {info.max}]", field=f"inputs[{name}]"
             )
         return wide.astype(dtype).reshape(shape)
-    return np.asarray(values, dtype=dtype).reshape(shape)
+    return np.fromiter(values, dtype=dtype, count=count).reshape(shape)
 
 
 def decode_inputs(request: pb.ModelInferRequest) -> dict[str, Tensor]:
@@ -206,9 +266,14 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, Tensor]:
     Returns:
         Input name -> tensor.
 
+    Every size the request declares is checked against the data it carries before anything is
+    allocated for it.
+
     Raises:
         InvalidInput: unknown datatype, bad shape, data size mismatch, duplicate names, inputs
             without data, or raw and typed contents mixed in one request.
+        Overloaded: BYTES inputs with more than `MAX_BYTES_ELEMENTS` elements in all, or more than
+            `MAX_CONTENTS_VALUES` values in `contents`.
     """
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
@@ -217,6 +282,7 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, Tensor]:
             field="raw_input_contents",
         )
     tensors: dict[str, Tensor] = {}
+    bytes_left, contents_left = MAX_BYTES_ELEMENTS, MAX_CONTENTS_VALUES
     for i, tensor in enumerate(request.inputs):
         name, datatype, shape = tensor.name, tensor.datatype, list(tensor.shape)
         if name in tensors:
@@ -233,13 +299,16 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, Tensor]:
                 field=f"inputs[{name}].contents",
             )
         if raw:
-            array = _decode_raw(name, datatype, shape, raw[i])
+            array = _decode_raw(name, datatype, shape, raw[i], bytes_left)
         elif has_contents or element_count(name, shape) == 0:
-            array = _decode_contents(name, datatype, shape, tensor.contents)
+            array = _decode_contents(name, datatype, shape, tensor.contents, bytes_left, contents_left)
+            contents_left -= array.size
         else:
             raise InvalidInput(
                 f"input '{name}' has no data: set contents or raw_input_contents", field=f"inputs[{name}]"
             )
+        if datatype == "BYTES":
+            bytes_left -= array.size
         tensors[name] = Tensor(name, datatype, array)
     return tensors
 

@@ -10,6 +10,7 @@ and the traceback goes to the log, never to the caller.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import re
@@ -23,9 +24,9 @@ from typing import Any
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
-from services.common import metrics, telemetry
+from services.common import metrics, telemetry, timing
 from services.common.auth import ApiKeys
-from services.common.errors import DownstreamError, Draining, InvalidInput, MaasError
+from services.common.errors import DownstreamError, InvalidInput, MaasError
 from services.common.lifecycle import Lifecycle
 from services.common.logs import request_id_var
 
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 REQUEST_ID_KEY = "x-request-id"
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 UNGATED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+DISCARD_SECONDS = 1.0
 _REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
@@ -43,7 +45,8 @@ class CallInfo:
 
     `deadline` is the caller's deadline on the `time.monotonic()` clock (None: the caller set
     none), so that calls this one makes downstream can take what is left of it. `span` is the
-    call's tracing span while tracing is on.
+    call's tracing span while tracing is on. `timing` records where the call's time went while the
+    caller asked for it (`timing_asked`) or tracing is on.
     """
 
     method: str
@@ -54,6 +57,8 @@ class CallInfo:
     started: float = field(default_factory=time.perf_counter)
     deadline: float | None = None
     span: Any = None
+    timing: timing.Timing | None = None
+    timing_asked: bool = False
 
 
 _REQUEST_ID_PREFIX = uuid.uuid4().hex[:16]
@@ -62,11 +67,22 @@ _request_counter = itertools.count(1)
 _STATUS_CODES = {code.name: code for code in grpc.StatusCode}
 
 _call_var: ContextVar[CallInfo | None] = ContextVar("maas_call", default=None)
+_received_bytes: ContextVar[int | None] = ContextVar("maas_received_bytes", default=None)
 
 
 def current_call() -> CallInfo | None:
     """Return the call being served in this task, or None outside an intercepted call."""
     return _call_var.get()
+
+
+def received_bytes(message: Any = None) -> int:
+    """The size on the wire of the request message this task received last (`message`, in a handler),
+    or `message.ByteSize()` outside an intercepted call (0 without a message): measuring a large parsed
+    message costs as much as serializing it again."""
+    size = _received_bytes.get()
+    if size is not None:
+        return size
+    return 0 if message is None else message.ByteSize()
 
 
 def label_model(model: str) -> None:
@@ -155,6 +171,7 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
         return None
 
     def deserialize(data: bytes) -> Any:
+        _received_bytes.set(len(data))
         try:
             return deserializer(data)
         except Exception as exc:
@@ -169,22 +186,47 @@ def _parsed(method: str, message: Any) -> Any:
     return message
 
 
-async def _parsed_stream(method: str, messages: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    async for message in messages:
-        yield _parsed(method, message)
+class ParsedStream:
+    """A request stream whose undecodable messages raise InvalidInput one by one: after the error,
+    iterating goes on with the next message, so a handler may answer each bad message and carry on."""
+
+    def __init__(self, method: str, messages: AsyncIterator[Any]) -> None:
+        self._method = method
+        self._messages = aiter(messages)
+
+    def __aiter__(self) -> ParsedStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        return _parsed(self._method, await anext(self._messages))
 
 
-def request_id(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
-    """The id of a call: the caller's `x-request-id` if it sent a sane one; otherwise a per-process random
-    prefix and a counter, unique across processes without a system call per request.
+async def _discard(requests: AsyncIterator[Any]) -> None:
+    """Read what is left of a failed call's request stream (for at most `DISCARD_SECONDS`) before its
+    status goes out: gRPC's asyncio client reports a status that arrives while it is still sending as
+    INTERNAL "Internal error from Core", whatever the status was."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(DISCARD_SECONDS):
+            async for _ in requests:
+                pass
+
+
+def _request_id(metadata: Sequence[tuple[str, str | bytes]] | None) -> tuple[str, bool]:
+    """The id of a call, and whether it asks for `maas-timing`.
+
+    The id is the caller's `x-request-id` if it sent a sane one; otherwise a per-process random prefix and
+    a counter, unique across processes without a system call per request.
 
     Args:
         metadata: the call's metadata (gRPC invocation metadata, or HTTP headers with lower-case names).
     """
+    request_id, asked = "", False
     for key, value in metadata or ():
         if key == REQUEST_ID_KEY and isinstance(value, str) and _REQUEST_ID_PATTERN.fullmatch(value):
-            return value
-    return f"{_REQUEST_ID_PREFIX}{next(_request_counter):016x}"
+            request_id = value
+        elif key == timing.TIMING_KEY:
+            asked = timing.asked(value)
+    return request_id or f"{_REQUEST_ID_PREFIX}{next(_request_counter):016x}", asked
 
 
 def begin_call(
@@ -204,14 +246,19 @@ def begin_call(
     Returns:
         The call, current for the rest of the task.
     """
+    request_id, timing_asked = _request_id(metadata)
     call = CallInfo(
         method=method,
-        request_id=request_id(metadata),
+        request_id=request_id,
         deadline=None if remaining is None else time.monotonic() + remaining,
+        timing_asked=timing_asked,
     )
     if telemetry.enabled():
         call.span = telemetry.start_server_span(full_method, metadata)
         call.span.set_attribute("maas.request_id", call.request_id)
+    timing.arrive(time.perf_counter_ns())
+    if timing_asked or call.span is not None:
+        call.timing = timing.begin()
     _call_var.set(call)
     request_id_var.set(call.request_id)
     metrics.in_flight(method).inc()
@@ -229,6 +276,8 @@ def end_call(call: CallInfo, code: grpc.StatusCode, details: str = "") -> None:
     if call.span is not None:
         if call.model:
             call.span.set_attribute("maas.model", call.model)
+        if call.timing is not None:
+            call.span.set_attributes({f"maas.{key}": value for key, value in call.timing.attributes().items()})
         telemetry.end_span(call.span, code.name, code.value[0], details)
     metrics.in_flight(call.method).dec()
     if call.version_counted:
@@ -240,15 +289,17 @@ def end_call(call: CallInfo, code: grpc.StatusCode, details: str = "") -> None:
 class ServerInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every gated handler: one place for ids, the drain gate, API keys, metrics and status mapping."""
 
-    def __init__(self, lifecycle: Lifecycle, auth: ApiKeys | None = None) -> None:
+    def __init__(self, lifecycle: Lifecycle, auth: ApiKeys | None = None, hop: str = "") -> None:
         """Gate calls on the server's lifecycle and, if given, on API keys.
 
         Args:
             lifecycle: the server's lifecycle (drain gate, calls in flight).
             auth: API keys every call must present; None: calls need none.
+            hop: the service's name in `maas-timing` entries.
         """
         self._lifecycle = lifecycle
         self._auth = auth
+        self._hop = hop
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
@@ -300,16 +351,20 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             call = self._begin(method, full_method, context)
             try:
-                self._gate(context, method)
-                request = _parsed_stream(method, request) if streaming_request else _parsed(method, request)
-                response = await behavior(request, context)
+                with self._lifecycle.admitted():
+                    self._check_key(context, method)
+                    parsed = ParsedStream(method, request) if streaming_request else _parsed(method, request)
+                    response = await behavior(parsed, context)
             except BaseException as exc:
-                await self._fail(call, exc, context)
+                if self._fail(call, exc, context):
+                    if streaming_request:
+                        await _discard(request)
+                    return None
                 raise
-            finally:
-                self._lifecycle.exit()
             if not call.version:
                 call.version = getattr(response, "model_version", "")
+            if call.timing_asked:
+                self._timed(call, context)
             end_call(call, grpc.StatusCode.OK)
             return response
 
@@ -323,15 +378,17 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             call = self._begin(method, full_method, context)
             try:
-                self._gate(context, method)
-                request = _parsed_stream(method, request) if streaming_request else _parsed(method, request)
-                async for response in behavior(request, context):
-                    yield response
+                with self._lifecycle.admitted():
+                    self._check_key(context, method)
+                    parsed = ParsedStream(method, request) if streaming_request else _parsed(method, request)
+                    async for response in behavior(parsed, context):
+                        yield response
             except BaseException as exc:
-                await self._fail(call, exc, context)
+                if self._fail(call, exc, context):
+                    if streaming_request:
+                        await _discard(request)
+                    return
                 raise
-            finally:
-                self._lifecycle.exit()
             end_call(call, grpc.StatusCode.OK)
 
         return stream
@@ -339,29 +396,48 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     def _begin(self, method: str, full_method: str, context: grpc.aio.ServicerContext) -> CallInfo:
         call = begin_call(method, full_method, context.invocation_metadata(), context.time_remaining())
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
-        self._lifecycle.enter()
         return call
 
-    def _gate(self, context: grpc.aio.ServicerContext, method: str) -> None:
-        if self._lifecycle.draining:
-            raise Draining("server is shutting down; retry on another replica")
+    def _timed(self, call: CallInfo, context: grpc.aio.ServicerContext) -> None:
+        """Put the call's timing in its trailing metadata (the caller asked for it)."""
+        assert call.timing is not None
+        total = round((time.perf_counter() - call.started) * 1e9)
+        entries = (*call.timing.hops, call.timing.entry(self._hop, call.model, call.version, total))
+        context.set_trailing_metadata(
+            ((REQUEST_ID_KEY, call.request_id), *((timing.TIMING_KEY, entry) for entry in entries))
+        )
+
+    def _check_key(self, context: grpc.aio.ServicerContext, method: str) -> None:
         if self._auth is not None:
             self._auth.check(context.invocation_metadata(), method)
 
-    async def _fail(self, call: CallInfo, exc: BaseException, context: grpc.aio.ServicerContext) -> None:
-        """Record the call's outcome and turn `exc` into a status; returns only to let `exc` propagate."""
-        trailing = ((REQUEST_ID_KEY, call.request_id),)
+    def _fail(self, call: CallInfo, exc: BaseException, context: grpc.aio.ServicerContext) -> bool:
+        """Record the call's outcome and set the status `exc` maps to.
+
+        The status is set on the context and the handler returns, rather than raising it through
+        `context.abort()`, which costs a refused call about a sixth more of the server's time.
+
+        Returns:
+            True if the status is set and the handler should return; False if `exc` must propagate
+            (the call was cancelled, the handler aborted it itself, or the process is exiting).
+        """
         if isinstance(exc, asyncio.CancelledError | GeneratorExit):
             end_call(call, grpc.StatusCode.CANCELLED)
-            return
+            return False
         if isinstance(exc, grpc.aio.AbortError):
             end_call(call, context.code() or grpc.StatusCode.UNKNOWN)
-            return
+            return False
         code, details = status_of(exc, call)
         end_call(call, code, details)
+        if not isinstance(exc, Exception):
+            return False
+        trailing = ((REQUEST_ID_KEY, call.request_id),)
         if isinstance(exc, MaasError):
             trailing += exc.trailing_metadata()
             rich = status_details(exc, code, details)
             if rich is not None:
                 trailing += ((STATUS_DETAILS_KEY, rich),)
-        await context.abort(code, details, trailing_metadata=trailing)
+        context.set_code(code)
+        context.set_details(details)
+        context.set_trailing_metadata(trailing)
+        return True

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from services.common.errors import Draining
 
 
 class Lifecycle:
     """Tracks whether a server takes new calls and waits for in-flight calls to finish.
 
     A server starts not ready (models loading), becomes ready once `mark_serving()` is called, and
-    stops taking new calls for good at `start_draining()`.
+    stops taking new calls for good at `start_draining()`: from then on a call is refused at `admitted()`
+    and not counted in flight.
     """
 
     def __init__(self) -> None:
         self._serving = False
         self._draining = False
         self._in_flight = 0
+        self._last_arrival = 0.0
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -31,7 +38,7 @@ class Lifecycle:
 
     @property
     def in_flight(self) -> int:
-        """Calls entered and not yet exited."""
+        """Calls admitted and not yet finished."""
         return self._in_flight
 
     def mark_serving(self) -> None:
@@ -42,16 +49,24 @@ class Lifecycle:
         """Refuse new calls from now on; calls in flight go on."""
         self._draining = True
 
-    def enter(self) -> None:
-        """Count a call as in flight."""
+    @contextmanager
+    def admitted(self) -> Iterator[None]:
+        """Count a call as in flight for the duration of the block, unless the server is draining.
+
+        Raises:
+            Draining: the server is draining; the call is refused before anything of it ran.
+        """
+        self._last_arrival = time.monotonic()
+        if self._draining:
+            raise Draining("server is shutting down; retry on another replica")
         self._in_flight += 1
         self._idle.clear()
-
-    def exit(self) -> None:
-        """Count a call as finished."""
-        self._in_flight -= 1
-        if self._in_flight == 0:
-            self._idle.set()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no call is in flight.
@@ -67,3 +82,16 @@ class Lifecycle:
         except TimeoutError:
             return False
         return True
+
+    async def wait_quiet(self, quiet: float, timeout: float) -> None:
+        """Wait until no call has arrived for `quiet` seconds, or at most `timeout` seconds.
+
+        While draining, the calls that still arrive come from clients that have not yet seen the server
+        go NOT_SERVING; they are refused (and may be retried elsewhere) until the clients move away.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            wait = min(self._last_arrival + quiet, deadline) - time.monotonic()
+            if wait <= 0:
+                return
+            await asyncio.sleep(wait)

@@ -110,6 +110,12 @@ QUEUE_FULL = Counter(
     "Requests refused because the batcher's queue was full (RESOURCE_EXHAUSTED), by model and version.",
     ["model", "version"],
 )
+SHED = Counter(
+    "maas_batch_shed",
+    "Requests refused because they could not meet the model's latency target (RESOURCE_EXHAUSTED), by model and "
+    "version.",
+    ["model", "version"],
+)
 CANCELLED = Counter(
     "maas_batch_cancelled",
     "Requests whose caller cancelled (or whose deadline passed) while they were queued or running, by model and "

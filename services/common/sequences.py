@@ -68,15 +68,23 @@ def checked_sequences(inputs: Arrays, vocab_size: int, max_rows: int) -> Arrays:
 def padded(items: Sequence[common_pb2.TokenizedText], limit: int) -> dict[str, Tensor]:
     """Typed items as INPUT_IDS and ATTENTION_MASK tensors, padded with 0 to the longest.
 
+    Lengths are checked before anything is allocated.
+
     Raises:
-        InvalidInput: no items, or an item whose mask length differs from its ids'.
+        InvalidInput: no items, an item over 512 tokens, or an item whose mask length differs from its ids'.
         Overloaded: more items than `limit`.
     """
     if len(items) > limit:
         raise Overloaded(f"{len(items)} items; the limit is {limit} per request", field="items")
     if not items:
         raise InvalidInput("no items in the request", field="items")
-    width = max(len(item.input_ids) for item in items)
+    lengths = [len(item.input_ids) for item in items]
+    width = max(lengths)
+    if width > MAX_SEQUENCE:
+        raise InvalidInput(
+            f"items[{lengths.index(width)}] has {width} tokens; at most {MAX_SEQUENCE}",
+            field=f"items[{lengths.index(width)}].input_ids",
+        )
     ids = np.zeros((len(items), width), dtype=np.int64)
     mask = np.zeros((len(items), width), dtype=np.int64)
     for row, item in enumerate(items):

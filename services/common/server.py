@@ -1,7 +1,8 @@
 """The grpc.aio server every service runs: health, reflection, metrics, limits and graceful drain.
 
 On SIGTERM (or Ctrl-C) a server drains: health turns NOT_SERVING, new calls get UNAVAILABLE, calls
-in flight finish, and the server stops within `drain_grace_seconds`.
+in flight finish, new calls go on being refused until the clients have moved away
+(`DRAIN_QUIET_SECONDS`), and the server stops, within `drain_grace_seconds`.
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ from services.common.versions import ModelRegistry
 log = logging.getLogger(__name__)
 
 IDLE_STOP_GRACE_SECONDS = 1.0
+DRAIN_QUIET_SECONDS = 0.25
+DRAIN_QUIET_MAX_SECONDS = 2.0
+"""Once its calls have finished, a draining server goes on refusing new ones (UNAVAILABLE, marked as not
+run, so a client retries them elsewhere) until none has arrived for `DRAIN_QUIET_SECONDS`, for at most
+`DRAIN_QUIET_MAX_SECONDS`, before it stops: clients that watch its health move away within
+milliseconds, and calls still in transit get a refusal instead of being cut off by the stop."""
 
 
 def host_port(host: str, port: int) -> str:
@@ -109,7 +116,7 @@ class GrpcServer:
 
     def inference_servicer(self) -> grpc_service_pb2_grpc.GRPCInferenceServiceServicer:
         """The Open Inference Protocol servicer: over this server's own models (the gateway routes)."""
-        return InferenceServicer(self.models, self.lifecycle)
+        return InferenceServicer(self.models, self.lifecycle, inline_max_bytes=self.settings.inline_max_bytes)
 
     def status_servicer(self) -> common_pb2_grpc.StatusServiceServicer:
         """`maas.common.v1.StatusService`: this server and its models."""
@@ -127,7 +134,8 @@ class GrpcServer:
             RuntimeError: the port could not be bound.
         """
         self._server = grpc.aio.server(
-            interceptors=[ServerInterceptor(self.lifecycle, self._auth)], options=server_options(self.settings)
+            interceptors=[ServerInterceptor(self.lifecycle, self._auth, self.name)],
+            options=server_options(self.settings),
         )
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.inference_servicer(), self._server)
         common_pb2_grpc.add_StatusServiceServicer_to_server(self.status_servicer(), self._server)
@@ -205,20 +213,28 @@ class GrpcServer:
         self.lifecycle.start_draining()
         log.info("%s draining: %d calls in flight", self.name, self.lifecycle.in_flight)
         if await self.lifecycle.wait_idle(grace):
+            await self.lifecycle.wait_quiet(DRAIN_QUIET_SECONDS, min(DRAIN_QUIET_MAX_SECONDS, deadline - loop.time()))
             remaining = min(IDLE_STOP_GRACE_SECONDS, max(0.0, deadline - loop.time()))
         else:
             log.warning(
                 "%s: %d calls still in flight after %.1fs; cancelling them", self.name, self.lifecycle.in_flight, grace
             )
             remaining = 0.0
-        await self._server.stop(remaining)
+        await self.close(remaining)
+        log.info("%s stopped", self.name)
+
+    async def close(self, grace: float = 0.0) -> None:
+        """Stop serving at once (calls in flight get `grace` seconds) and close the health and metrics
+        endpoints."""
+        if self._server is None:
+            return
+        await self._server.stop(grace)
         if self._health_server is not None:
             await self._health_server.stop(0)
             self._health_server = None
         if self._metrics is not None:
             self._metrics.close()
         self._server = None
-        log.info("%s stopped", self.name)
 
 
 def build_server(spec: ServiceSpec, settings: ServiceSettings) -> GrpcServer:
@@ -253,8 +269,8 @@ async def serve(server: GrpcServer) -> None:
     try:
         await server.start()
     except (MaasError, OSError, RuntimeError, TlsFilesError) as exc:
+        await server.close()
         log.error("%s failed to start: %s", server.name, exc)
-        await server.stop()
         raise SystemExit(1) from None
     sys.stdout.write(f"READY {server.name} {host_port(server.settings.host, server.port)}\n")
     sys.stdout.flush()

@@ -23,6 +23,16 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 METRICS_PORT_OFFSET = 1000
 
 
+class ProcessSettings(BaseSettings):
+    """Settings of the `maas` process itself, whatever it runs."""
+
+    model_config = SettingsConfigDict(env_prefix="MAAS_", extra="ignore", frozen=True)
+
+    allow_root: bool = Field(
+        True, description="Whether `maas` may run as root (uid 0); the images set false, as they run as uid 10001."
+    )
+
+
 class ServiceSettings(BaseSettings):
     """Settings every gRPC service shares. Subclasses set the env prefix and the default port."""
 
@@ -35,6 +45,13 @@ class ServiceSettings(BaseSettings):
     )
     max_message_bytes: int = Field(
         64 * 1024 * 1024, gt=0, description="Largest gRPC message received or sent; larger is RESOURCE_EXHAUSTED."
+    )
+    inline_max_bytes: int = Field(
+        64 * 1024,
+        ge=0,
+        description="Requests with at most this much text, image or tensor data (bytes; pixels for images) are "
+        "prepared on the event loop; larger ones on worker threads, a chunk at a time, so that health checks and "
+        "other callers never wait behind them.",
     )
     drain_grace_seconds: float = Field(
         10.0, gt=0, description="On SIGTERM, how long in-flight calls get to finish before the server stops."
@@ -147,6 +164,13 @@ class ModelServiceSettings(ServiceSettings):
     max_batch_size: int = Field(32, ge=1, description="Rows per model execution; 1 turns batching off.")
     max_queue_delay_ms: float = Field(0.0, ge=0, description=QUEUE_DELAY)
     max_queue_size: int = Field(1024, ge=1, description="Requests waiting per model version; more is refused.")
+    max_latency_ms: float = Field(
+        0.0,
+        ge=0,
+        description="A p99 target for each request's queue, batch wait and compute, instead of MAX_QUEUE_DELAY_MS "
+        "(0: none). The batcher learns its batches' cost, waits and sizes batches to meet it, and refuses requests "
+        "that cannot meet it at once (RESOURCE_EXHAUSTED with a retry delay).",
+    )
     num_threads: int = Field(1, ge=1, description="torch intra-op threads per process.")
     device: str = Field(
         "auto",
@@ -180,6 +204,7 @@ class ModelServiceSettings(ServiceSettings):
             "length_aware": self.length_aware,
             "fixed_length": self.fixed_length,
             "max_batch_tokens": self.max_batch_tokens,
+            "max_latency_ms": self.max_latency_ms,
         }
         return BatchingConfig(**{**fields, **overrides})
 

@@ -1,8 +1,9 @@
 """OpenTelemetry tracing: a span per RPC on every service, W3C trace context in gRPC metadata.
 
 Tracing is off unless the standard `OTEL_*` settings turn it on (see `TracingSettings`). While it
-is off, servers and clients skip tracing entirely: no spans, no metadata. Spans carry request ids,
-models, batch sizes and queue times as attributes, never payloads.
+is off, servers and clients skip tracing entirely: no spans, no metadata, and the SDK is not even
+imported. Spans carry request ids, models, and where the call's time went (`services.common.timing`)
+as attributes, never payloads.
 """
 
 from __future__ import annotations
@@ -11,15 +12,16 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from services.common.settings import TracingSettings
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,10 @@ def configure(service: str, settings: TracingSettings | None = None) -> bool:
     exporters = settings.exporters()
     if not exporters:
         return False
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
     processors: list[SpanProcessor] = []
     for name in exporters:
         if name == "console":
@@ -114,15 +120,6 @@ def end_span(span: Span, code_name: str, code_value: int, details: str = "") -> 
     if code_name != "OK":
         span.set_status(Status(StatusCode.ERROR, f"{code_name}: {details}" if details else code_name))
     span.end()
-
-
-def set_attributes(**attributes: str | int | float) -> None:
-    """Set `maas.<name>` attributes on the current span, if tracing is on."""
-    if _tracer is None:
-        return
-    span = trace.get_current_span()
-    if span.is_recording():
-        span.set_attributes({f"maas.{key}": value for key, value in attributes.items()})
 
 
 @contextmanager

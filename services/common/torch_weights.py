@@ -22,20 +22,34 @@ def save_weights(module: torch.nn.Module, path: Path) -> None:
     save_file({name: tensor.detach().contiguous() for name, tensor in module.state_dict().items()}, str(path))
 
 
-def load_weights(module: torch.nn.Module, path: Path) -> torch.nn.Module:
-    """Load safetensors into `module`, refusing any mismatch with its architecture.
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file.
+
+    Raises:
+        RepositoryError: the file is not safetensors.
+    """
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise RepositoryError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> torch.nn.Module:
+    """Put `state` into `module`, refusing any mismatch with its architecture. The tensors are taken
+    as they are (`assign`), so a module built on the `meta` device loads without being initialised first.
+
+    Args:
+        module: the architecture (on any device, `meta` included).
+        state: the tensors read from `path`, named as the module's state dict.
+        path: the file they came from (named in errors).
 
     Returns:
         The module, in eval mode.
 
     Raises:
-        RepositoryError: the file is not safetensors, or its tensors' names or shapes differ from the
-            module's (the config describes another architecture than the weights hold).
+        RepositoryError: the tensors' names or shapes differ from the module's (the config describes
+            another architecture than the weights hold).
     """
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise RepositoryError(f"{path}: not a readable safetensors file ({exc})") from None
     expected = module.state_dict()
     problems = [f"missing {k}" for k in sorted(set(expected) - set(state))]
     problems += [f"unexpected {k}" for k in sorted(set(state) - set(expected))]
@@ -46,8 +60,20 @@ def load_weights(module: torch.nn.Module, path: Path) -> torch.nn.Module:
     ]
     if problems:
         raise RepositoryError(f"{path} does not match the architecture in config.json: {'; '.join(problems[:6])}")
-    module.load_state_dict(state, strict=True)
+    module.load_state_dict(state, strict=True, assign=True)
     return module.eval()
+
+
+def load_weights(module: torch.nn.Module, path: Path) -> torch.nn.Module:
+    """Load safetensors into `module`, refusing any mismatch with its architecture (see `load_state`).
+
+    Returns:
+        The module, in eval mode.
+
+    Raises:
+        RepositoryError: the file is not safetensors, or does not match the module.
+    """
+    return load_state(module, read_weights(path), path)
 
 
 DYNAMIC_INT8 = "dynamic_int8"

@@ -35,11 +35,14 @@ async def classify(
         max_items: most items per request.
 
     Raises:
-        InvalidInput / Overloaded: as `padded` and the model's `prepare`.
+        InvalidInput / Overloaded: as `padded` and the model's `prepare`; Overloaded also when the
+            version's queue is full (refused before the items are read).
         ModelNotFound: `version` is not loaded.
     """
-    inputs = padded(items, max_items)
     loaded = model.get(version)
+    if loaded.admit is not None:
+        loaded.admit()
+    inputs = padded(items, max_items)
     result = await loaded.infer(inputs, {})
     labels = loaded.config.labels
     return top_labels(result.outputs[0].array, labels, min(top_k or len(labels), len(labels))), loaded.version

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from importlib.metadata import version as package_version
 
 import grpc
@@ -11,16 +12,19 @@ import grpc
 from maas.inference import grpc_service_pb2 as pb
 from maas.inference import grpc_service_pb2_grpc as pb_grpc
 from maas.inference import model_config_pb2 as config_pb
+from services.common import offload, timing
 from services.common.codec import decode_inputs, encode_outputs
 from services.common.errors import InvalidInput, ModelNotFound
-from services.common.interceptor import CallInfo, current_call, label_model, status_of
+from services.common.interceptor import CallInfo, current_call, label_model, received_bytes, status_of
 from services.common.lifecycle import Lifecycle
 from services.common.model import Parameter, TensorSpec
 from services.common.repository import VersionPolicy
+from services.common.settings import ServiceSettings
 from services.common.versions import ModelRegistry, ModelVersions
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 EXTENSIONS = ("model_repository", "statistics")
+INLINE_MAX_BYTES = ServiceSettings.model_fields["inline_max_bytes"].default
 DATA_TYPES = {
     "BOOL": config_pb.TYPE_BOOL,
     "UINT8": config_pb.TYPE_UINT8,
@@ -130,8 +134,24 @@ def model_config(model: ModelVersions, version: str = "") -> config_pb.ModelConf
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """`inference.GRPCInferenceService` over a `ModelRegistry`."""
 
-    def __init__(self, models: ModelRegistry, lifecycle: Lifecycle, server_name: str = "maas") -> None:
+    def __init__(
+        self,
+        models: ModelRegistry,
+        lifecycle: Lifecycle,
+        server_name: str = "maas",
+        inline_max_bytes: int = INLINE_MAX_BYTES,
+    ) -> None:
+        """Serve `models`.
+
+        Args:
+            models: the models served.
+            lifecycle: the server's lifecycle (readiness).
+            server_name: the name ServerMetadata gives.
+            inline_max_bytes: requests of at most this many bytes are decoded on the event loop; larger
+                ones on a worker thread.
+        """
         self._models = models
+        self._inline_max_bytes = inline_max_bytes
         self._lifecycle = lifecycle
         self._server_name = server_name
         self._server_version = package_version("maas")
@@ -202,7 +222,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         started = time.perf_counter_ns()
         stats.in_flight += 1
         try:
-            inputs = decode_inputs(request)
+            if loaded.admit is not None:
+                loaded.admit()
+            inputs = await offload.run(partial(decode_inputs, request), received_bytes(request), self._inline_max_bytes)
             model.check_inputs(inputs)
             parameters = {key: parameter_value(value) for key, value in request.parameters.items()}
             decoded = time.perf_counter_ns()
@@ -230,6 +252,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if not result.batched:
             stats.record_execution(result.batch_size, inferred - decoded)
             stats.record_compute(0, inferred - decoded)
+            timing.record(0, 0, inferred - decoded, result.batch_size)
         stats.record_request(True, done - started, result.batch_size, decoded - started, done - inferred)
         return response
 
@@ -271,7 +294,8 @@ async def stream_infer(
 ) -> AsyncIterator[pb.ModelStreamInferResponse]:
     """ModelStreamInfer over a unary infer: one response per request, in order. A failed request is an
     `error_message` on its response (details as the interceptor would send them) and the stream goes
-    on, as Triton does.
+    on, as Triton does; so is a message that is not a valid request at all, when `requests` raises
+    InvalidInput for it and then goes on (as `ParsedStream` does).
 
     Args:
         requests: the stream's requests.
@@ -281,7 +305,15 @@ async def stream_infer(
         One stream response per request.
     """
     call = current_call() or CallInfo(method="ModelStreamInfer", request_id="-")
-    async for request in requests:
+    messages = aiter(requests)
+    while True:
+        try:
+            request = await anext(messages)
+        except StopAsyncIteration:
+            return
+        except InvalidInput as exc:
+            yield pb.ModelStreamInferResponse(error_message=status_of(exc, call)[1])
+            continue
         try:
             response = await infer(request)
         except Exception as exc:

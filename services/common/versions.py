@@ -79,6 +79,8 @@ class LoadedVersion:
         close: releases it, once its queued requests are answered.
         load: its device and requests queued and in flight (None: no device, and the requests the v2
             servicer is serving as in flight).
+        admit: refuses a request (`Overloaded`) that could not be queued now, before anything in it is
+            decoded or checked; cheap enough to run first (None: every request is admitted).
     """
 
     version: str
@@ -88,6 +90,7 @@ class LoadedVersion:
     model: Any = None
     close: Callable[[], Awaitable[None]] = _nothing_to_close
     load: Callable[[], VersionLoad] | None = None
+    admit: Callable[[], None] | None = None
 
 
 class Loader(Protocol):

@@ -59,7 +59,7 @@ class GatewayServer(GrpcServer):
             add_to_server=gateway_pb2_grpc.add_GatewayServiceServicer_to_server,
         )
         super().__init__("gateway", settings, ModelRegistry([echo_model(), *pipelines]), [typed], auth)
-        self.v2 = GatewayInferenceServicer(self.models, self.lifecycle, self.router)
+        self.v2 = GatewayInferenceServicer(self.models, self.lifecycle, self.router, settings.inline_max_bytes)
         self.http: HttpServer | None = None
         if settings.http_enabled:
             binding = RestBinding(self.v2, self.lifecycle, auth, settings.max_message_bytes)

@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 class GatewayInferenceServicer(InferenceServicer):
     """`inference.GRPCInferenceService` of the gateway: local models, then routed ones."""
 
-    def __init__(self, models: ModelRegistry, lifecycle: Lifecycle, router: Router) -> None:
-        super().__init__(models, lifecycle)
+    def __init__(self, models: ModelRegistry, lifecycle: Lifecycle, router: Router, inline_max_bytes: int) -> None:
+        super().__init__(models, lifecycle, inline_max_bytes=inline_max_bytes)
         self._local = models
         self._router = router
 

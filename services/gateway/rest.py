@@ -32,7 +32,7 @@ from starlette.routing import Route
 
 from maas.inference import grpc_service_pb2 as pb
 from services.common.auth import ApiKeys
-from services.common.errors import Draining, InvalidInput, MaasError, ModelNotReady
+from services.common.errors import InvalidInput, MaasError, ModelNotReady
 from services.common.interceptor import REQUEST_ID_KEY, begin_call, end_call, status_of
 from services.common.lifecycle import Lifecycle
 from services.common.v2 import SERVICE_NAME
@@ -223,13 +223,11 @@ class RestBinding:
         metrics and trace; a refusal becomes its HTTP status with the details as `error`."""
         headers = request.headers.items()
         call = begin_call(f"http:{method}", f"/{SERVICE_NAME}/{method}", headers, None)
-        self._lifecycle.enter()
         try:
-            if self._lifecycle.draining:
-                raise Draining("server is shutting down; retry on another replica")
-            if self._auth is not None:
-                self._auth.check(headers, method)
-            response = await handle()
+            with self._lifecycle.admitted():
+                if self._auth is not None:
+                    self._auth.check(headers, method)
+                response = await handle()
         except asyncio.CancelledError:
             end_call(call, grpc.StatusCode.CANCELLED)
             raise
@@ -243,8 +241,6 @@ class RestBinding:
             if isinstance(exc, MaasError):
                 response.headers.update(dict(exc.trailing_metadata()))
             return response
-        finally:
-            self._lifecycle.exit()
         end_call(call, grpc.StatusCode.OK)
         response.headers[REQUEST_ID_KEY] = call.request_id
         return response

@@ -14,8 +14,9 @@ from maas.common.v1 import common_pb2
 from maas.gateway.v1 import gateway_pb2 as pb
 from maas.gateway.v1 import gateway_pb2_grpc as pb_grpc
 from maas.vision.v1 import vision_pb2
+from services.common import offload
 from services.common.errors import InvalidInput, Overloaded
-from services.common.interceptor import label_model
+from services.common.interceptor import label_model, received_bytes
 from services.common.spec import TypedSpec
 from services.gateway.router import TOKENIZER, Router
 from services.gateway.spec import GatewaySettings
@@ -86,7 +87,11 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
     ) -> pb.ClassifyImageResponse:
         route = CLASSIFY_IMAGE
         label_model(route.model)
-        images = [vision_pb2.Image(encoded=image) for image in request.images]
+        images = await offload.run(
+            lambda: [vision_pb2.Image(encoded=image) for image in request.images],
+            received_bytes(request),
+            self._settings.inline_max_bytes,
+        )
         response = await self._router.typed(
             route.model,
             request.model_version,
@@ -101,14 +106,14 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         self, request: pb.ClassifyTextRequest, context: grpc.aio.ServicerContext
     ) -> pb.ClassifyTextResponse:
         model = request.model or self._default_text_model
-        response = await self._classify(_texts(request.texts), model, request.top_k, request.model_version)
+        response = await self._classify(await self._texts(request), model, request.top_k, request.model_version)
         return pb.ClassifyTextResponse(results=response.results, model=model, model_version=response.model_version)
 
     async def StreamClassifyText(
         self, request: pb.ClassifyTextRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamClassifyTextResponse]:
         """Classify in chunks, a few at once; each text's answer is sent as soon as its chunk is done."""
-        texts = _texts(request.texts)
+        texts = await self._texts(request)
         if len(texts) > self._settings.max_stream_texts:
             raise Overloaded(
                 f"{len(texts)} texts; the limit is {self._settings.max_stream_texts} per stream", field="texts"
@@ -139,7 +144,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         route = EMBED
         label_model(route.model)
         self._router.route(route.model)
-        ids, mask = await self._router.tokenize(_texts(request.texts))
+        ids, mask = await self._router.tokenize(await self._texts(request))
         items = tokenized(ids, mask)
         response = await self._router.typed(
             route.model,
@@ -150,6 +155,12 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
             lambda version: route.request(items=items, model_version=version),
         )
         return pb.EmbedResponse(embeddings=response.embeddings, model_version=response.model_version)
+
+    async def _texts(self, request: pb.ClassifyTextRequest | pb.EmbedRequest) -> np.ndarray:
+        """The request's texts as UTF-8 BYTES (on a worker thread when the request is large)."""
+        return await offload.run(
+            lambda: _texts(request.texts), received_bytes(request), self._settings.inline_max_bytes
+        )
 
     async def _classify(self, texts: np.ndarray, model: int, top_k: int, version: str) -> Any:
         """Tokenize, then classify with the text model `model` (a `TextModel`)."""

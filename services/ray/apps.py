@@ -80,6 +80,7 @@ def user_config(settings: ServiceSettings, versions: dict[str, list[str]] | None
             if "max_queue_delay_ms" in settings.model_fields_set
             else 0.0,
             "max_queue_size": settings.max_queue_size,
+            "max_latency_ms": settings.max_latency_ms,
         }
     return config
 

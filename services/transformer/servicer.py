@@ -24,8 +24,10 @@ class TransformerServicer(pb_grpc.TransformerServiceServicer):
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         label_model(EMBED_MODEL)
-        inputs = padded(request.items, self._max_texts)
         loaded = self._embed.get(request.model_version)
+        if loaded.admit is not None:
+            loaded.admit()
+        inputs = padded(request.items, self._max_texts)
         result = await loaded.infer(inputs, {})
         embeddings = [common_pb2.Embedding(values=row) for row in result.outputs[0].array]
         return pb.EmbedResponse(embeddings=embeddings, model_version=loaded.version)

@@ -24,7 +24,14 @@ from services.common.reviews import LABELS, MAJORITY_BASELINE, SOURCE, review_sp
 from services.common.sequences import SEQUENCE_INPUTS
 from services.common.torch_weights import load_weights, quantize, save_weights
 from services.tokenizer.model import DEFAULT_MAX_LENGTH, WordPieceTokenizer, newest_tokenizer
-from services.transformer.model import HEAD_ARCHITECTURE, HEAD_FILE, WEIGHTS_FILE, Encoder, SentimentHead
+from services.transformer.model import (
+    HEAD_ARCHITECTURE,
+    HEAD_FILE,
+    WEIGHTS_FILE,
+    Encoder,
+    PackedEncoder,
+    SentimentHead,
+)
 from services.transformer.spec import EMBED_MODEL, EMBEDDING_SIZE, PLATFORM, SENTIMENT_MODEL, SENTIMENT_OUTPUTS
 
 SERVING_CHECK = 200
@@ -216,18 +223,40 @@ def quantize_embed(repository: Path, scheme: str, test_limit: int = SERVING_CHEC
 
 class EmbeddingGraph(nn.Module):
     """MiniLM as exported: INPUT_IDS and ATTENTION_MASK in, the masked mean of the last hidden states,
-    L2-normalised, out (what the packed encoder computes, over the padded batch)."""
+    L2-normalised, out. It runs the packed encoder's own modules over the padded batch (padding keys
+    masked out of attention): one graph with dynamic batch and sequence axes, no Python per sequence."""
 
-    def __init__(self, bert: nn.Module) -> None:
+    def __init__(self, encoder: PackedEncoder) -> None:
         super().__init__()
-        self.bert = bert
+        self.encoder = encoder
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Sentence embeddings [N, 384]."""
-        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        embeddings = self.encoder.embeddings
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+        summed = (
+            embeddings.word_embeddings(input_ids)
+            + embeddings.position_embeddings(positions)
+            + embeddings.token_type_embeddings.weight[0]
+        )
+        hidden = embeddings.LayerNorm(summed)
+        keys = attention_mask.bool()[:, None, None, :]
+        for layer in self.encoder.layers:
+            hidden = _padded_layer(layer, hidden, keys)
         weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
         means = (hidden * weights).sum(dim=1) / weights.sum(dim=1)
         return nn.functional.normalize(means, p=2, dim=1)
+
+
+def _padded_layer(layer: nn.Module, hidden: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """One packed-encoder layer over a padded batch [N, L, hidden], attending only to `keys` [N, 1, 1, L]."""
+    batch, length, width = hidden.shape
+    head_size = width // layer.heads
+    query, key, value = layer.qkv(hidden).view(batch, length, 3, layer.heads, head_size).permute(2, 0, 3, 1, 4)
+    context = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=keys)
+    context = context.transpose(1, 2).reshape(batch, length, width)
+    hidden = layer.attention_norm(layer.attention_output(context) + hidden)
+    return layer.output_norm(layer.output(layer.activation(layer.intermediate(hidden))) + hidden)
 
 
 class SentimentGraph(nn.Module):
@@ -271,19 +300,19 @@ def export_embed_onnx(repository: Path, version: int | None = None, test_limit: 
         ValueError: `version` is not an fp32 torch version.
     """
     from services.common.onnx_export import Evaluation, publish_onnx, source_directory
-    from services.transformer.model import Embedder, build_encoder
+    from services.transformer.model import Embedder
     from services.transformer.spec import TransformerSettings
 
     torch.set_num_threads(os.cpu_count() or 1)
     source = source_directory(repository, EMBED_MODEL, version)
-    bert = load_weights(build_encoder(read_version(source, EMBED_MODEL).architecture["bert"]), source / WEIGHTS_FILE)
+    encoder = PackedEncoder.load(read_version(source, EMBED_MODEL).architecture["bert"], source / WEIGHTS_FILE)
     batches, _ = _parity_batches(repository, test_limit)
     return publish_onnx(
         repository,
         Embedder,
         TransformerSettings(model_repository=repository),
         source,
-        EmbeddingGraph(bert),
+        EmbeddingGraph(encoder),
         _example(),
         SEQUENCE_AXES,
         Evaluation(batches, None, "EMBEDDING", cosine=True),
@@ -300,7 +329,7 @@ def export_sentiment_onnx(repository: Path, version: int | None = None, test_lim
         ValueError: `version` is not an fp32 torch version.
     """
     from services.common.onnx_export import Evaluation, publish_onnx, source_directory
-    from services.transformer.model import SentimentClassifier, build_encoder
+    from services.transformer.model import SentimentClassifier
     from services.transformer.spec import TransformerSettings
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -308,7 +337,7 @@ def export_sentiment_onnx(repository: Path, version: int | None = None, test_lim
     config = read_version(source, SENTIMENT_MODEL)
     encoder_dir = repository / config.architecture["encoder"]
     bert_config = read_version(encoder_dir, EMBED_MODEL).architecture["bert"]
-    bert = load_weights(build_encoder(bert_config), encoder_dir / WEIGHTS_FILE)
+    encoder = PackedEncoder.load(bert_config, encoder_dir / WEIGHTS_FILE)
     head = load_weights(SentimentHead(len(config.labels)), source / HEAD_FILE)
     batches, labels = _parity_batches(repository, test_limit)
     return publish_onnx(
@@ -316,7 +345,7 @@ def export_sentiment_onnx(repository: Path, version: int | None = None, test_lim
         SentimentClassifier,
         TransformerSettings(model_repository=repository),
         source,
-        SentimentGraph(EmbeddingGraph(bert), head),
+        SentimentGraph(EmbeddingGraph(encoder), head),
         _example(),
         SEQUENCE_AXES,
         Evaluation(batches, labels, "PROBABILITIES"),

@@ -23,6 +23,12 @@ class VisionSettings(ModelServiceSettings):
     port: int = Field(50053, ge=0, le=65535)
     max_images: int = Field(1024, ge=1, description="Images per request; more is RESOURCE_EXHAUSTED.")
     max_image_bytes: int = Field(4 << 20, ge=1, description="Bytes per encoded image; more is RESOURCE_EXHAUSTED.")
+    max_image_pixels: int = Field(
+        4096 * 4096, ge=1, description="Pixels per encoded image, as its header declares; more is RESOURCE_EXHAUSTED."
+    )
+    max_request_pixels: int = Field(
+        1 << 25, ge=1, description="Pixels of all encoded images per request; more is RESOURCE_EXHAUSTED."
+    )
 
 
 SPEC = ServiceSpec(

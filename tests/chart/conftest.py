@@ -19,7 +19,7 @@ CHART = REPO_ROOT / "helm" / "maas"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 RELEASE, NAMESPACE = "rel", "maas"
 KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")
-CORE_GROUPS = ("v1", "apps/v1", "autoscaling/v2", "policy/v1", "networking.k8s.io/v1")
+CORE_GROUPS = ("v1", "apps/v1", "batch/v1", "autoscaling/v2", "policy/v1", "networking.k8s.io/v1")
 SERVICES = ("gateway", "tokenizer", "vision", "text", "transformer")
 
 

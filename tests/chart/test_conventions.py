@@ -82,7 +82,8 @@ def test_extra_volumes_mounts_init_containers_and_sidecars_reach_every_pod(tmp_p
     for name, spec in specs.items():
         main, *sidecars = spec["containers"]
         assert [box["name"] for box in sidecars] == ["agent"], name
-        assert [box["name"] for box in spec["initContainers"]] == ["wait"], name
+        delivery = [] if name == "gateway" else ["model-repository"]
+        assert [box["name"] for box in spec["initContainers"]] == [*delivery, "wait"], name
         assert extras["extraVolumeMounts"][0] in main["volumeMounts"], name
         assert extras["extraVolumes"][0] in spec["volumes"], name
 

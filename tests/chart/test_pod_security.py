@@ -42,7 +42,7 @@ def test_kuberays_injected_containers_are_checked():
     head, _ = found["ray head"]
     worker, _ = found["ray worker gpu-workers"]
     assert [box["name"] for box in head["containers"]] == ["ray-head", "autoscaler"]
-    assert [box["name"] for box in worker["initContainers"]] == ["wait-gcs-ready"]
+    assert [box["name"] for box in worker["initContainers"]] == ["model-repository", "wait-gcs-ready"]
     bare = dict(head, containers=[*head["containers"][:1], {**head["containers"][1], "securityContext": None}])
     assert restricted_violations(bare) == [
         "autoscaler must set securityContext.allowPrivilegeEscalation=false",

@@ -65,7 +65,13 @@ def test_ray_pods_get_the_repository_shm_and_the_locked_down_context():
         assert "command" not in box, "KubeRay supplies `ray start`"
         volumes = {volume["name"]: volume for volume in spec["volumes"]}
         assert volumes["shm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "2Gi"}
-        assert {mount["mountPath"] for mount in box["volumeMounts"]} == {"/dev/shm", "/tmp"}
+        assert {mount["mountPath"] for mount in box["volumeMounts"]} == {
+            "/dev/shm",
+            "/tmp",
+            "/opt/maas/model_repository",
+        }
+        (init,) = spec["initContainers"]
+        assert init["args"][:2] == ["models", "install"] and init["image"].endswith("/maas/model-repository:0.1.0")
         assert box["securityContext"]["readOnlyRootFilesystem"] and spec["securityContext"]["runAsNonRoot"]
     worker = workers["template"]["spec"]
     assert worker["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
@@ -180,3 +186,20 @@ def test_the_autoscalers_look_back_spans_a_load_report():
     for app in config["applications"]:
         autoscaling = app["deployments"][0]["autoscaling_config"]
         assert autoscaling["look_back_period_s"] > autoscaling.get("metrics_interval_s", 10.0)
+
+
+def test_a_latency_target_reaches_live_replicas_and_deployments_alike():
+    ray = applications(rayservice_of(render(RAYSERVICE, "vision.settings.max_latency_ms=10")))["vision"]
+    assert ray["deployments"][0]["user_config"]["batching"]["max_latency_ms"] == 10, "applied to live replicas"
+    assert "max_latency_ms" not in ray["args"].get("settings", {})
+    deployments = of_kind(render(None, "vision.settings.max_latency_ms=10"), "Deployment")
+    vision = next(doc for doc in deployments if doc["metadata"]["name"].endswith("vision"))
+    env = {e["name"]: e.get("value") for e in vision["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MAAS_VISION_MAX_LATENCY_MS"] == "10"
+    assert (
+        service("vision")
+        .read_settings(max_latency_ms=float(env["MAAS_VISION_MAX_LATENCY_MS"]))
+        .batching(pad={})
+        .max_latency_ms
+        == 10
+    )

@@ -22,15 +22,14 @@ from tests.chart.conftest import (
     render,
     values_id,
 )
-from tests.conftest import REPO_ROOT
 
 VALUES = [None, *CI_VALUES]
-CRDS = REPO_ROOT.parent / "shared" / "crds"
+CRDS = Path(__file__).parent / "crds"
 
 
-def crd_schema(file: str, version: str, directory: Path = CRDS) -> dict:
-    """The openAPIV3Schema of one version of a CRD."""
-    crd = yaml.safe_load((directory / file).read_text())
+def crd_schema(file: str, version: str) -> dict:
+    """The openAPIV3Schema of one version of a CRD in tests/chart/crds (see its README)."""
+    crd = yaml.safe_load((CRDS / file).read_text())
     (served,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
     return served["schema"]["openAPIV3Schema"]
 
@@ -75,14 +74,13 @@ def test_every_core_object_passes_kubernetes_strict_validation(values: Path | No
 def test_custom_resources_pass_their_crd_schemas(values: Path | None):
     docs = render(values)
     custom = [doc for doc in docs if doc["apiVersion"] not in CORE_GROUPS]
-    here = Path(__file__).parent / "crds"
     schemas = {
         "ServiceMonitor": crd_schema("monitoring.coreos.com_servicemonitors.yaml", "v1"),
         "RayService": crd_schema("ray.io_rayservices.yaml", "v1"),
-        "GRPCRoute": crd_schema("gateway.networking.k8s.io_grpcroutes.yaml", "v1", here),
-        "PrometheusRule": crd_schema("monitoring.coreos.com_prometheusrules.yaml", "v1", here),
-        "ScaledObject": crd_schema("keda.sh_scaledobjects.yaml", "v1alpha1", here),
-        "Certificate": crd_schema("cert-manager.io_certificates.yaml", "v1", here),
+        "GRPCRoute": crd_schema("gateway.networking.k8s.io_grpcroutes.yaml", "v1"),
+        "PrometheusRule": crd_schema("monitoring.coreos.com_prometheusrules.yaml", "v1"),
+        "ScaledObject": crd_schema("keda.sh_scaledobjects.yaml", "v1alpha1"),
+        "Certificate": crd_schema("cert-manager.io_certificates.yaml", "v1"),
     }
     assert {doc["kind"] for doc in custom} <= set(schemas)
     for doc in custom:

@@ -190,7 +190,7 @@ async def test_typed_limits(typed):
     await assert_status(
         typed.Tokenize(pb.TokenizeRequest(texts=["a", "b"], text_pairs=["c"])),
         grpc.StatusCode.INVALID_ARGUMENT,
-        "1 text pairs for 2 texts",
+        "text_pairs has 1 elements for 2 in texts",
     )
 
 

@@ -30,7 +30,7 @@ def test_quick_bench_writes_a_report_with_every_row(model_repository: Path, tmp_
         "--no-progress",
         *(f"--section={name}" for name in SECTIONS if name != "tradeoffs"),  # its own test: test_bench_tradeoffs
     ]
-    subprocess.run(command, cwd=REPO_ROOT, check=True, timeout=600, capture_output=True)
+    subprocess.run(command, cwd=REPO_ROOT, check=True, timeout=840, capture_output=True)
     report = output.read_text()
     assert re.search(r"^_Measured by `maas bench --quick .*` at git [0-9a-f]{7}", report, re.M)
     charts = re.findall(r"^!\[[^]]+\]\((benchmarks/[a-z0-9-]+\.png)\)$", report, re.M)
@@ -77,6 +77,18 @@ def test_quick_bench_writes_a_report_with_every_row(model_repository: Path, tmp_
         ("grpc hosting (own process)", 16),
         ("ray, default path (maas front, DeploymentHandle)", 16),
         ("ray, Serve's native gRPC proxy", 16),
+        ("16 callers", 16),
+        ("256 callers, refused callers back off (50 ms doubling to 1 s): answered", 256),
+        ("256 callers, refused callers back off (50 ms doubling to 1 s): refused", 256),
+        ("256 callers, refused callers wait 100 ms: answered", 256),
+        ("256 callers, refused callers wait 100 ms: refused", 256),
+        ("256 callers, refused callers retry at once: answered", 256),
+        ("256 callers, refused callers retry at once: refused", 256),
+        ("inline up to 64 KiB (default)", 1),
+        ("everything inline (before)", 1),
+        ("everything on a worker thread", 1),
+        ("fashion_cnn, not asked", 16),
+        ("fashion_cnn, maas-timing: 1", 16),
     ):
         assert (label, concurrency) in measured
     for model in ("review_lstm", "minilm_embed"):
@@ -96,12 +108,24 @@ def test_quick_bench_writes_a_report_with_every_row(model_repository: Path, tmp_
     assert re.search(r"of its direct throughput", report)
     assert re.search(r"the ray default path serves [\d.]+x the requests of Serve's native proxy", report)
     assert re.search(r"The gateway spends [\d,]+ µs of CPU per request", report)
+    assert re.search(r"refusals take [\d.]+ ms at p99 .* goodput is \d+% of the 16-caller rate", report)
+    assert re.search(r"The threshold costs [-+][\d.]+ ms p50 against everything inline", report)
     assert re.search(r"is -?[\d.]+ ms with HTTP on and -?[\d.]+ ms with HTTP off on `minilm_embed`", report)
     assert (
         "no batching for the LSTM" in report
         and "review_lstm int8 serves" in report
         and "minilm_embed int8 serves" in report
     )
+    for service in ("tokenizer", "vision", "text", "transformer"):
+        assert re.search(rf"^\| {service} \| grpc \| [\d.]+ \| [\d.]+ \|$", report, re.M), service
+    assert re.search(r"Cold start, grpc hosting \(median; target\): tokenizer [\d.]+ s", report)
+    assert re.search(r"callers asking for `maas-timing` get [\d.]+% of the throughput", report)
+    for model in ("fashion_cnn", "minilm_embed"):
+        for load, mode in (("50%", "latency target"), ("80%", "latency target"), ("120%", "latency target")):
+            assert re.search(rf"^\| {model} \| [\d.]+ \| {load} \| {mode} \|", report, re.M), (model, load)
+        assert re.search(rf"^\| {model} \| [\d.]+ \| 120% \| best static \(static [\d.]+ ms\) \|", report, re.M)
+        assert re.search(rf"{model} step: worst served p99 per 0.5 s window", report)
+    assert "benchmarks/latency-target-open-loop.png" in charts
 
 
 async def test_bench_measures_a_running_gateway(model_repository: Path, tmp_path: Path):

@@ -25,7 +25,7 @@ from maas.vision.v1 import vision_pb2, vision_pb2_grpc
 from services.cli.processes import read_ready
 from services.common.codec import Tensor, encode_inputs
 from tests.conftest import free_port
-from tests.integration.processes import maas_process, run_failing
+from tests.integration.processes import alive, descendants, maas_process, run_failing
 
 
 async def read_ready_any(process: asyncio.subprocess.Process) -> tuple[str, str]:
@@ -85,37 +85,6 @@ async def test_up_serves_every_service_and_stops_cleanly_on_sigterm(model_reposi
         assert await asyncio.wait_for(up.process.wait(), 30) == 0
 
 
-def descendants(pid: int) -> set[int]:
-    """Every live process below `pid`, from /proc."""
-    parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = set(), [pid]
-    while todo:
-        children = parents.get(todo.pop(), [])
-        found.update(children)
-        todo.extend(children)
-    return found
-
-
-def alive(pids: set[int]) -> dict[int, str]:
-    """The processes among `pids` that still run (zombies count as gone), with their command lines."""
-    running = {}
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if state != "Z":
-            running[pid] = command
-    return running
-
-
 def ray_up_env(repository: Path) -> dict[str, str]:
     """`maas up --runtime ray` on free ports with a small local Ray: one replica per service, no Serve
     gRPC proxy (its HTTP proxy still starts, on a free loopback port)."""
@@ -128,8 +97,9 @@ def ray_up_env(repository: Path) -> dict[str, str]:
     }
 
 
-LONG_TEXT = ("Great coffee, smooth and rich; I would buy it again. " * 40).encode()
-"""Over 256 tokens: 1,024 of them tokenize to three INT64 [1024, 256] outputs, 6 MiB."""
+LONG_TEXT = ("a " * 300).encode()
+"""300 tokens in 600 bytes: 1,024 of them (600 KiB, under the tokenizer's 1 MiB per request) tokenize to
+three INT64 [1024, 256] outputs, 6 MiB."""
 
 
 def png(value: int) -> bytes:

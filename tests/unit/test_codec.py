@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -9,6 +11,8 @@ import pytest
 from maas.inference import grpc_service_pb2 as pb
 from services.common.codec import (
     DATATYPES,
+    MAX_BYTES_ELEMENTS,
+    MAX_CONTENTS_VALUES,
     Tensor,
     datatype_of,
     decode_bytes,
@@ -16,7 +20,7 @@ from services.common.codec import (
     encode_bytes,
     encode_outputs,
 )
-from services.common.errors import InvalidInput
+from services.common.errors import InvalidInput, Overloaded
 
 
 def test_datatype_of_covers_every_fixed_dtype():
@@ -84,4 +88,56 @@ def test_uint_contents_reject_negative_values():
     request = pb.ModelInferRequest()
     request.inputs.add(name="U", datatype="UINT16", shape=[1]).contents.uint_contents.append(70000)
     with pytest.raises(InvalidInput, match=r"\[0, 65535\]"):
+        decode_inputs(request)
+
+
+def _bytes_request(shape: list[int], raw: bytes) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest()
+    request.inputs.add(name="X", datatype="BYTES", shape=shape)
+    request.raw_input_contents.append(raw)
+    return request
+
+
+def test_declared_bytes_elements_are_checked_against_the_data_before_anything_is_allocated():
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidInput, match="134217728 BYTES elements need at least 536870912 bytes"):
+            decode_inputs(_bytes_request([134217728], b""))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+
+
+def test_a_request_holds_at_most_max_bytes_elements_strings():
+    many = _bytes_request([MAX_BYTES_ELEMENTS], b"\0\0\0\0" * MAX_BYTES_ELEMENTS)
+    many.inputs.add(name="Y", datatype="BYTES", shape=[1])
+    many.raw_input_contents.append(b"\0\0\0\0")
+    with pytest.raises(Overloaded, match=f"hold over {MAX_BYTES_ELEMENTS} elements, the limit per request"):
+        decode_inputs(many)
+    assert decode_inputs(_bytes_request([2], b"\1\0\0\0a\0\0\0\0"))["X"].array.tolist() == [b"a", b""]
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ([1] * 65, "shape has 65 dimensions; at most 64"),
+        ([0, 2**62, 2**62], "nonzero dimensions multiply to over 2147483648"),
+        ([2**16, 2**16], "has 4294967296 elements; at most 2147483648"),
+        ([2, -1], "negative dimension"),
+    ],
+)
+def test_shapes_numpy_cannot_build_are_refused_with_the_limit(shape, message):
+    request = pb.ModelInferRequest()
+    request.inputs.add(name="X", datatype="FP32", shape=shape)
+    request.raw_input_contents.append(b"")
+    with pytest.raises(InvalidInput, match=message):
+        decode_inputs(request)
+
+
+def test_large_tensors_must_come_as_raw_contents():
+    request = pb.ModelInferRequest()
+    tensor = request.inputs.add(name="X", datatype="INT64", shape=[MAX_CONTENTS_VALUES + 1])
+    tensor.contents.int64_contents.extend([1] * (MAX_CONTENTS_VALUES + 1))
+    with pytest.raises(Overloaded, match="send large tensors in raw_input_contents"):
         decode_inputs(request)

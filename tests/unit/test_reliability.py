@@ -10,7 +10,7 @@ import grpc
 from services.common.settings import REPO_ROOT
 from services.reliability.harness import closed_loop, open_loop
 from services.reliability.report import render
-from services.reliability.scenarios import Figure, Step
+from services.reliability.scenarios import Durations, Figure, Step
 
 
 async def test_open_loop_sends_rate_times_seconds_calls_whatever_the_answers():
@@ -49,10 +49,21 @@ async def test_closed_loop_keeps_each_caller_to_one_call_at_a_time():
 def test_the_report_lists_every_figure_with_its_target_and_says_which_missed():
     steps = [
         Step("SIGTERM to one of two replicas", "setup", [Figure("failed calls", 0, "", "= 0", True)], ["calls: 9"]),
-        Step("Overload", "more setup", [Figure("refusals p99", 7.5, "ms", "<= 5 ms", False)]),
+        Step("Overload", "more setup", [Figure("refusals p99", 7.5, "ms", "<= 5 ms", False, performance=True)]),
     ]
-    text = render(steps, "python -m services.reliability --short", REPO_ROOT, 90.0, ("1.00 / 1.00 / 1.00", "2"))
+    text = render(steps, Durations.full(), "python -m services.reliability", REPO_ROOT, 90.0, ("1.00 / 1.00", "2"))
     assert "| 1 | SIGTERM to one of two replicas | failed calls | 0 | = 0 | yes |" in text
     assert "| 2 | Overload | refusals p99 | 7.50 ms | <= 5 ms | **no** |" in text
     assert "## 1. SIGTERM to one of two replicas\n\nsetup\n\n- calls: 9" in text
-    assert "load average (1 / 5 / 15 min): 1.00 / 1.00 / 1.00 at the start" in text
+    assert "load average (1 / 5 / 15 min): 1.00 / 1.00 at the start" in text
+
+
+def test_the_short_run_gates_on_lost_calls_and_reports_latencies_without_gating():
+    lost = Step("SIGTERM", "setup", [Figure("failed calls", 3, "", "= 0", False)])
+    slow = Step("Overload", "setup", [Figure("refusals p99", 7.5, "ms", "<= 5 ms", False, performance=True)])
+    short, full = Durations.short(), Durations.full()
+    assert not lost.passed(short.gate_performance) and not lost.passed(full.gate_performance)
+    assert slow.passed(short.gate_performance) and not slow.passed(full.gate_performance)
+    text = render([lost, slow], short, "python -m services.reliability --short", REPO_ROOT, 60.0, ("1", "1"))
+    assert "| 1 | SIGTERM | failed calls | 3 | = 0 | **no** |" in text
+    assert "| 2 | Overload | refusals p99 | 7.50 ms | <= 5 ms | no (not gated) |" in text

@@ -1,12 +1,19 @@
-"""The MiniLM encoder in process: packed execution computes what transformers' padded `BertModel` does."""
+"""The MiniLM encoder in process: the packed encoder, loaded straight from a BERT checkpoint, computes
+what transformers' padded `BertModel` does; serving never imports transformers."""
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+import subprocess
 
+import numpy as np
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from services.common.repository import RepositoryError
 from services.common.torch_weights import save_weights
-from services.transformer.model import WEIGHTS_FILE, Encoder, build_encoder
+from services.transformer.model import WEIGHTS_FILE, Encoder
+from tests.conftest import PYTHON, REPO_ROOT
 
 BERT = {
     "vocab_size": 500,
@@ -16,6 +23,11 @@ BERT = {
     "intermediate_size": 64,
     "max_position_embeddings": 64,
 }
+
+
+def build_encoder(bert_config: dict) -> BertModel:
+    """transformers' BERT of the given shape, randomly initialised, without the pooler."""
+    return BertModel(BertConfig(**bert_config), add_pooling_layer=False).eval()
 
 
 def padded_reference(bert, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -58,3 +70,27 @@ def test_an_int8_encoder_runs_packed_and_stays_close_to_fp32(tmp_path):
     quantized = int8.embed(ids, mask)
     assert quantized.shape == (4, 32) and not np.array_equal(exact, quantized)
     assert (exact * quantized).sum(1).min() > 0.98
+
+
+def test_a_checkpoint_missing_a_layer_tensor_is_refused_by_name(tmp_path):
+    state = build_encoder(BERT).state_dict()
+    del state["encoder.layer.1.attention.self.key.bias"]
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / WEIGHTS_FILE))
+    with pytest.raises(RepositoryError, match=r"missing \['encoder.layer.1.attention.self.key.bias'\]"):
+        Encoder(tmp_path, BERT)
+
+
+def test_a_checkpoint_of_another_shape_is_refused(tmp_path):
+    save_weights(build_encoder({**BERT, "intermediate_size": 48}), tmp_path / WEIGHTS_FILE)
+    with pytest.raises(RepositoryError, match=r"layers\.0\.intermediate\.weight is \[48, 32\]"):
+        Encoder(tmp_path, BERT)
+
+
+def test_serving_the_transformer_never_imports_transformers():
+    script = (
+        "import sys; import services.transformer.model, services.transformer.servicer, services.common.service; "
+        "assert 'transformers' not in sys.modules, sorted(m for m in sys.modules if m.startswith('transformers'))"
+    )
+    subprocess.run([PYTHON, "-c", script], cwd=REPO_ROOT, check=True)

@@ -105,6 +105,11 @@ chart moves the objects to another namespace. */}}
 {{- include "maas.component.fullname" . -}}
 {{- end -}}
 
+{{/* Image reference of the model-repository image; also the marker its install writes (source `pvc`). */}}
+{{- define "maas.modelRepositoryImage" -}}
+{{- include "maas.image" (dict "root" . "values" .Values.modelRepository) -}}
+{{- end -}}
+
 {{/* Name of the model repository claim. */}}
 {{- define "maas.modelClaim" -}}
 {{- .Values.modelRepository.pvc.existingClaim | default (printf "%s-models" (include "maas.fullname" .)) -}}

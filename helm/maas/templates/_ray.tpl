@@ -1,8 +1,8 @@
 {{/* The pod spec of a Ray head or worker: KubeRay supplies the `ray start` command; the pod gets the
-global settings, the model repository, a memory-backed /dev/shm and a writable /tmp. The services'
-own settings travel in serveConfigV2 instead, so changing one never replaces the Ray cluster. The head
-runs under its own ServiceAccount with its token mounted: KubeRay injects the autoscaler beside the head
-container, and it calls the API server with that token. */}}
+global settings, the model repository (delivered by an init container), a memory-backed /dev/shm and a
+writable /tmp. The services' own settings travel in serveConfigV2 instead, so changing one never
+replaces the Ray cluster. The head runs under its own ServiceAccount with its token mounted: KubeRay
+injects the autoscaler beside the head container, and it calls the API server with that token. */}}
 {{- define "maas.rayPod" -}}
 {{- $root := .root -}}
 {{- if .head }}
@@ -19,10 +19,11 @@ imagePullSecrets:
 securityContext:
   {{- toYaml $root.Values.podSecurityContext | nindent 2 }}
 {{- include "maas.scheduling" (dict "root" $root "values" .group "service" "ray") }}
-{{- with .group.initContainers }}
 initContainers:
+  {{- include "maas.modelInit" (dict "root" $root "image" .image "pullPolicy" .pullPolicy) | nindent 2 }}
+  {{- with .group.initContainers }}
   {{- toYaml . | nindent 2 }}
-{{- end }}
+  {{- end }}
 containers:
   - name: {{ .name }}
     image: {{ .image }}
@@ -59,11 +60,7 @@ containers:
         mountPath: /dev/shm
       - name: tmp
         mountPath: /tmp
-      {{- if eq $root.Values.modelRepository.source "pvc" }}
-      - name: models
-        mountPath: {{ $root.Values.modelRepository.path }}
-        readOnly: true
-      {{- end }}
+      {{- include "maas.modelMount" $root | nindent 6 }}
       {{- with .group.extraVolumeMounts }}
       {{- toYaml . | nindent 6 }}
       {{- end }}
@@ -77,12 +74,7 @@ volumes:
       sizeLimit: {{ $root.Values.ray.shmSize }}
   - name: tmp
     emptyDir: {}
-  {{- if eq $root.Values.modelRepository.source "pvc" }}
-  - name: models
-    persistentVolumeClaim:
-      claimName: {{ include "maas.modelClaim" $root }}
-      readOnly: true
-  {{- end }}
+  {{- include "maas.modelVolume" $root | nindent 2 }}
   {{- with .group.extraVolumes }}
   {{- toYaml . | nindent 2 }}
   {{- end }}

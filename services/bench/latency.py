@@ -1,0 +1,292 @@
+"""Latency-target benchmark: open-loop Poisson load against a latency target, beside the best static
+queue delay found by a sweep in the same run, and a step of load with its p99 and shed rate over time."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from maas.inference import grpc_service_pb2 as v2pb
+from maas.inference import grpc_service_pb2_grpc
+from services.bench.loadgen import closed_loop, sequence_requests
+from services.bench.report import Section
+from services.bench.settings import BenchConfig
+from services.bench.transformer import SHORT_TOKENS, first_sentences
+from services.cli.processes import running
+from services.common.codec import Tensor, encode_inputs
+from services.tokenizer.model import newest_tokenizer
+from services.transformer.spec import EMBED_MODEL
+from services.transformer.train import reviews
+from services.vision.data import load_split
+from services.vision.spec import MODEL_NAME as VISION_MODEL
+
+LOADS = (0.5, 0.8, 1.2)
+CAPACITY_CONCURRENCY = 32
+WINDOW_S = 0.5
+SETTLE_S = 2.0
+CALL_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One open-loop call: when it was sent (seconds into the run), how long it took, how it ended."""
+
+    sent: float
+    seconds: float
+    ok: bool
+    shed: bool
+
+
+@dataclass(frozen=True)
+class Point:
+    """What one open-loop run measured against a target of `target_ms`."""
+
+    label: str
+    rate: float
+    seconds: float
+    outcomes: list[Outcome]
+    target_ms: float
+
+    @property
+    def served_p99_ms(self) -> float:
+        """p99 of the calls answered."""
+        served = [o.seconds for o in self.outcomes if o.ok]
+        return float(np.percentile(served, 99) * 1000) if served else 0.0
+
+    @property
+    def shed(self) -> float:
+        """Share of calls refused with RESOURCE_EXHAUSTED."""
+        return sum(o.shed for o in self.outcomes) / max(1, len(self.outcomes))
+
+    @property
+    def failed(self) -> int:
+        """Calls that failed otherwise."""
+        return sum(not o.ok and not o.shed for o in self.outcomes)
+
+    @property
+    def goodput(self) -> float:
+        """Calls answered within the target, per second."""
+        return sum(o.ok and o.seconds * 1000 <= self.target_ms for o in self.outcomes) / self.seconds
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One model's requests, server and target."""
+
+    model: str
+    service: str
+    requests: list[v2pb.ModelInferRequest]
+    target: Callable[[float], float]
+    target_rule: str
+
+
+async def open_loop(
+    stub: grpc_service_pb2_grpc.GRPCInferenceServiceStub,
+    requests: list[v2pb.ModelInferRequest],
+    rate_at: Callable[[float], float],
+    seconds: float,
+    seed: int = 0,
+) -> list[Outcome]:
+    """Poisson arrivals at `rate_at(t)` calls per second for `seconds`, whatever the answers.
+
+    Bounded in count (the arrivals of `seconds`) and in time (each call's `CALL_TIMEOUT_S`).
+    """
+    rng = np.random.default_rng(seed)
+    cycle = itertools.cycle(requests)
+    start = time.perf_counter()
+
+    async def one(sent: float, request: v2pb.ModelInferRequest) -> Outcome:
+        began = time.perf_counter()
+        try:
+            await stub.ModelInfer(request, timeout=CALL_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            return Outcome(sent, time.perf_counter() - began, False, exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED)
+        return Outcome(sent, time.perf_counter() - began, True, False)
+
+    tasks, at = [], 0.0
+    while True:
+        at += rng.exponential(1 / rate_at(at))
+        if at >= seconds:
+            break
+        delay = start + at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(at, next(cycle))))
+    return list(await asyncio.gather(*tasks))
+
+
+def _env(workload: Workload, config: BenchConfig, **settings: float) -> dict[str, str]:
+    prefix = f"MAAS_{workload.service.upper()}_"
+    env = {"MAAS_MODEL_REPOSITORY": str(config.repository), f"{prefix}METRICS_PORT": "0"}
+    return env | {f"{prefix}{key.upper()}": str(value) for key, value in settings.items()}
+
+
+async def _run(workload: Workload, config: BenchConfig, settings: dict[str, float], points) -> list[list[Outcome]]:
+    """Start the service with `settings`, then run each (rate function, seconds) open loop against it."""
+    results = []
+    async with (
+        running(workload.service, "--port", "0", env=_env(workload, config, **settings)) as address,
+        grpc.aio.insecure_channel(address) as channel,
+    ):
+        stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        await closed_loop(lambda: stub.ModelInfer(workload.requests[0]), 4, 0.5, 0.5)
+        for index, (rate_at, seconds) in enumerate(points):
+            results.append(await open_loop(stub, workload.requests, rate_at, seconds, seed=index))
+    return results
+
+
+async def _baseline(workload: Workload, config: BenchConfig) -> tuple[float, float, float]:
+    """Capacity (closed loop at `CAPACITY_CONCURRENCY`, no queue delay), the model's served p50 at
+    concurrency 1, and the hop's own overhead (`echo`'s p50 at concurrency 1 on the same server), in ms."""
+    echo = v2pb.ModelInferRequest(model_name="echo")
+    encode_inputs(echo, [Tensor("X", "FP32", np.ones((1, 4), np.float32))])
+    async with (
+        running(workload.service, "--port", "0", env=_env(workload, config, max_queue_delay_ms=0)) as address,
+        grpc.aio.insecure_channel(address) as channel,
+    ):
+        stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        cycle = itertools.cycle(workload.requests)
+        capacity = await closed_loop(
+            lambda: stub.ModelInfer(next(cycle)), CAPACITY_CONCURRENCY, config.duration, config.warmup
+        )
+        alone = await closed_loop(lambda: stub.ModelInfer(next(cycle)), 1, config.duration, config.warmup)
+        hop = await closed_loop(lambda: stub.ModelInfer(echo), 1, config.duration, config.warmup)
+    return capacity.throughput, alone.p50_ms, hop.p50_ms
+
+
+def _windows(outcomes: list[Outcome], seconds: float) -> list[tuple[float, float, float]]:
+    """(window start, p99 ms of the calls answered, shed share) per `WINDOW_S`, by sending time."""
+    rows = []
+    for start in np.arange(0, seconds, WINDOW_S):
+        inside = [o for o in outcomes if start <= o.sent < start + WINDOW_S]
+        served = [o.seconds * 1000 for o in inside if o.ok]
+        shed = sum(o.shed for o in inside) / max(1, len(inside))
+        rows.append((float(start), float(np.percentile(served, 99)) if served else 0.0, shed))
+    return rows
+
+
+def _plot(path: Path, steps: dict[str, tuple[list[tuple[float, float, float]], float, list[float]]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(len(steps), 1, figsize=(8, 3.2 * len(steps)), squeeze=False)
+    for axis, (model, (windows, target, changes)) in zip(axes[:, 0], steps.items(), strict=True):
+        times = [w[0] + WINDOW_S / 2 for w in windows]
+        axis.plot(times, [w[1] for w in windows], label="served p99 (ms)", color="tab:blue")
+        axis.axhline(target, color="tab:blue", linestyle="--", linewidth=1, label=f"target {target:.1f} ms")
+        for change in changes:
+            axis.axvline(change, color="grey", linewidth=0.8)
+        axis.set_ylabel("ms")
+        axis.set_title(f"{model}: step 50% → 120% → 50% of capacity")
+        shed = axis.twinx()
+        shed.plot(times, [w[2] * 100 for w in windows], color="tab:red", label="shed (%)")
+        shed.set_ylabel("shed %")
+        shed.set_ylim(0, 100)
+        lines = axis.get_legend_handles_labels()[0] + shed.get_legend_handles_labels()[0]
+        axis.legend(lines, [line.get_label() for line in lines], loc="upper left", fontsize=8)
+    axes[-1, 0].set_xlabel("seconds")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=90)
+    pyplot.close(figure)
+
+
+def _workloads(config: BenchConfig) -> list[Workload]:
+    images, _ = load_split("test")
+    image_requests = []
+    for image in images[:64]:
+        request = v2pb.ModelInferRequest(model_name=VISION_MODEL)
+        encode_inputs(request, [Tensor("IMAGE", "FP32", np.ascontiguousarray(image[None]))])
+        image_requests.append(request)
+    texts, _ = reviews("testing_data")
+    tokenizer = newest_tokenizer(config.repository)
+    ids, mask, _ = tokenizer.encode_arrays(first_sentences(texts, tokenizer, SHORT_TOKENS)[:256])
+    short = sequence_requests(EMBED_MODEL, ids, mask)
+    return [
+        Workload(VISION_MODEL, "vision", image_requests, lambda _p50: 10.0, "10 ms"),
+        Workload(EMBED_MODEL, "transformer", short, lambda p50: 4 * p50, "4x c1 p50"),
+    ]
+
+
+async def latency_section(config: BenchConfig) -> Section:
+    """Open-loop load against a latency target, beside the best static queue delay, and a load step."""
+    seconds = config.duration * 2
+    section = Section(
+        title="Latency target (open loop)",
+        note=(
+            "Open loop: Poisson arrivals, whatever the answers, at a share of the capacity measured just before in "
+            f"the same run (closed loop at concurrency {CAPACITY_CONCURRENCY}, no queue delay); one process per "
+            f"configuration, grpc hosting, {seconds:g} s per point. fashion_cnn: one test image per request, "
+            "T = 10 ms. minilm_embed: short texts (first sentences of reviews, at most "
+            f"{SHORT_TOKENS} tokens), T = 4x its served p50 at concurrency 1. The service's MAX_LATENCY_MS is T "
+            "less the hop's own overhead (`echo`'s p50 at concurrency 1 on the same server), since the target "
+            "covers the batcher's part. Static: MAX_QUEUE_DELAY_MS swept over "
+            f"{', '.join(f'{d:g}' for d in config.static_delays_ms)} ms at 120%; the best is the one with the most "
+            "goodput (calls answered within T per second). Step: 50% → 120% → 50%, "
+            f"{seconds:g} s each; p99 and shed share per {WINDOW_S:g} s window of sending time in the PNG."
+        ),
+    )
+    lines = [
+        "| model | T ms | load | mode | offered/s | served p99 ms | shed % | goodput/s | failed |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|",
+    ]
+    steps = {}
+    for workload in _workloads(config):
+        capacity, p50, hop = await _baseline(workload, config)
+        target = workload.target(p50)
+        points: dict[tuple[str, float], Point] = {}
+        for delay in config.static_delays_ms:
+            [outcomes] = await _run(
+                workload, config, {"max_queue_delay_ms": delay}, [(lambda _t, r=1.2 * capacity: r, seconds)]
+            )
+            points["static", delay] = Point(f"static {delay:g} ms", 1.2 * capacity, seconds, outcomes, target)
+        best = max((p for (mode, _), p in points.items() if mode == "static"), key=lambda p: p.goodput)
+        plan = [(lambda _t, r=load * capacity: r, seconds) for load in LOADS]
+
+        def step_rate(t: float, c: float = capacity) -> float:
+            return c * (1.2 if seconds <= t < 2 * seconds else 0.5)
+
+        plan.append((step_rate, 3 * seconds))
+        budget = max(0.5, target - hop)
+        *targeted, step = await _run(workload, config, {"max_latency_ms": round(budget, 2)}, plan)
+        for load, outcomes in zip(LOADS, targeted, strict=True):
+            points["target", load] = Point(f"target {target:.1f} ms", load * capacity, seconds, outcomes, target)
+        for (mode, key), point in points.items():
+            if mode == "static" and point is not best:
+                continue
+            load = "120%" if mode == "static" else f"{key:.0%}"
+            name = f"best static ({point.label})" if mode == "static" else "latency target"
+            lines.append(
+                f"| {workload.model} | {target:.1f} | {load} | {name} | {point.rate:,.0f} | {point.served_p99_ms:.2f} "
+                f"| {point.shed:.1%} | {point.goodput:,.0f} | {point.failed} |"
+            )
+        windows = _windows(step, 3 * seconds)
+        steps[workload.model] = (windows, target, [seconds, 2 * seconds])
+        outside = [w for w in windows if all(not (c <= w[0] < c + SETTLE_S) for c in (seconds, 2 * seconds))]
+        over = max((w[1] for w in outside), default=0.0)
+        high = points["target", 1.2]
+        section.findings += [
+            f"{workload.model} (capacity {capacity:,.0f} req/s, T = {workload.target_rule} = {target:.1f} ms, "
+            f"MAX_LATENCY_MS {budget:.2f}): served p99 at 50/80/120% = "
+            + "/".join(f"{points['target', load].served_p99_ms:.2f}" for load in LOADS)
+            + " ms, shed "
+            + "/".join(f"{points['target', load].shed:.1%}" for load in LOADS)
+            + f"; at 120% the excess is {1 - 1 / 1.2:.1%} and goodput is {high.goodput / best.goodput:.0%} of the "
+            f"best static delay's ({best.label}: {best.goodput:,.0f}/s, p99 {best.served_p99_ms:.2f} ms).",
+            f"{workload.model} step: worst served p99 per {WINDOW_S:g} s window outside the {SETTLE_S:g} s after "
+            f"each change: {over:.2f} ms (T {target:.1f} ms).",
+        ]
+    section.table = lines
+    section.figure = functools.partial(_plot, steps=steps)
+    section.caption = "the step's p99 and shed rate over time"
+    return section

@@ -1,0 +1,111 @@
+"""Cold start (process start to READY, per service and hosting) and what `maas-timing` costs."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+
+import grpc
+import numpy as np
+
+from maas.inference import grpc_service_pb2 as v2pb
+from maas.inference import grpc_service_pb2_grpc
+from services.bench.loadgen import closed_loop
+from services.bench.ray_hosting import free_port
+from services.bench.report import Row, Section
+from services.bench.settings import BenchConfig
+from services.cli.processes import serving, spawn
+from services.common.codec import Tensor, encode_inputs
+from services.common.timing import TIMING_KEY
+from services.vision.data import load_split
+from services.vision.spec import MODEL_NAME
+
+SERVICES = ("tokenizer", "vision", "text", "transformer")
+TARGETS_S = {"tokenizer": 1.5, "vision": 3.0, "transformer": 5.0}
+"""Median cold start each service should stay under, grpc hosting."""
+TIMING_CONCURRENCY = 16
+TIMING_ROUNDS = 2
+
+
+async def cold_start(service: str, hosting: str, config: BenchConfig) -> float:
+    """Seconds from starting `maas run` to its `READY <service>` line (the service stopped after).
+
+    Args:
+        service: the service to start.
+        hosting: `grpc` (`maas run SERVICE`) or `ray` (`maas run ray`, a local Ray hosting it alone).
+        config: the bench's settings (the repository).
+    """
+    prefix = f"MAAS_{service.upper()}_"
+    env = {"MAAS_MODEL_REPOSITORY": str(config.repository), f"{prefix}METRICS_PORT": "0", f"{prefix}PORT": "0"}
+    if hosting == "ray":
+        env |= {
+            "MAAS_RAY_SERVICES": json.dumps([service]),
+            "MAAS_RAY_MIN_REPLICAS": "1",
+            "MAAS_RAY_MAX_REPLICAS": "1",
+            "MAAS_RAY_GRPC_PORT": str(free_port()),
+            "MAAS_RAY_HTTP_PORT": str(free_port()),
+        }
+    started = time.perf_counter()
+    process = await spawn(service if hosting == "grpc" else "ray", env=env)
+    async with serving(process, service):
+        return time.perf_counter() - started
+
+
+async def _timing_cost(config: BenchConfig) -> list[Row]:
+    """fashion_cnn at concurrency 16 with and without `maas-timing: 1`, alternating rounds."""
+    images, _ = load_split("test")
+    request = v2pb.ModelInferRequest(model_name=MODEL_NAME)
+    encode_inputs(request, [Tensor("IMAGE", "FP32", np.ascontiguousarray(images[:1]))])
+    env = {"MAAS_VISION_METRICS_PORT": "0", "MAAS_MODEL_REPOSITORY": str(config.repository), "MAAS_VISION_PORT": "0"}
+    rows = []
+    async with (
+        serving(await spawn("vision", env=env), "vision") as address,
+        grpc.aio.insecure_channel(address) as channel,
+    ):
+        stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for _ in range(TIMING_ROUNDS):
+            for label, metadata in (("not asked", ()), ("maas-timing: 1", ((TIMING_KEY, "1"),))):
+                result = await closed_loop(
+                    lambda m=metadata: stub.ModelInfer(request, metadata=m),
+                    TIMING_CONCURRENCY,
+                    config.duration,
+                    config.warmup,
+                )
+                rows.append(Row(f"fashion_cnn, {label}", result))
+    return rows
+
+
+async def startup_section(config: BenchConfig) -> Section:
+    """Cold start per service and hosting (median of `config.cold_starts`), and the cost of `maas-timing`."""
+    section = Section(
+        title="Cold start and maas-timing",
+        note=(
+            "Cold start: seconds from starting `maas run SERVICE` (grpc hosting) or `maas run ray` hosting that "
+            "service alone (ray hosting: a fresh local Ray, one replica) to its `READY` line, i.e. models loaded "
+            f"and serving; median of {config.cold_starts} starts, one after another. maas-timing: fashion_cnn "
+            f"(v2, one image) at concurrency {TIMING_CONCURRENCY} on one server, callers asking for `maas-timing` "
+            f"or not, alternating over {TIMING_ROUNDS} rounds."
+        ),
+    )
+    lines = ["| service | hosting | median s | starts s |", "|---|---|---:|---:|"]
+    medians: dict[tuple[str, str], float] = {}
+    for hosting in config.cold_start_hostings:
+        for service in SERVICES:
+            times = [await cold_start(service, hosting, config) for _ in range(config.cold_starts)]
+            medians[service, hosting] = statistics.median(times)
+            starts = ", ".join(f"{t:.2f}" for t in times)
+            lines.append(f"| {service} | {hosting} | {medians[service, hosting]:.2f} | {starts} |")
+    section.table = lines
+    section.rows = await _timing_cost(config)
+    asked = [r.result.throughput for r in section.rows if "maas-timing" in r.label]
+    plain = [r.result.throughput for r in section.rows if "not asked" in r.label]
+    section.findings = [
+        "Cold start, grpc hosting (median; target): "
+        + ", ".join(f"{s} {medians[s, 'grpc']:.2f} s (≤ {t} s)" for s, t in TARGETS_S.items())
+        + ".",
+        f"At concurrency {TIMING_CONCURRENCY}, callers asking for `maas-timing` get "
+        f"{statistics.median(asked) / statistics.median(plain):.1%} of the throughput of callers who do not "
+        f"({statistics.median(asked):,.0f} vs {statistics.median(plain):,.0f} req/s, medians of the rounds).",
+    ]
+    return section

@@ -1,0 +1,89 @@
+"""What a batch costs: compute time as a line in its work (rows, or tokens for sequence models),
+fitted online from the batches a version runs, forgetting old batches so the fit follows the machine.
+
+A pure object (no clock, no event loop): the batcher feeds it each batch's work and time, and asks it
+what a batch of some work would take, with a margin for the batches that take longer than the line.
+"""
+
+from __future__ import annotations
+
+import math
+
+DECAY = 0.98
+"""Weight of the fit's past per batch observed: its memory is about 1 / (1 - DECAY) = 50 batches."""
+MIN_BATCHES = 5
+"""Batches observed before the fit is trusted."""
+MARGIN_SIGMAS = 3.0
+"""The margin: this many standard deviations of the fit's recent errors (estimated from their mean
+absolute value, which one stalled batch moves less than it moves their variance)."""
+CLIP_ERRORS = 6.0
+"""Once the fit is trusted, a batch slower than its prediction by more than this many mean errors (or
+60% of the prediction, if more) counts as only that slow: a batch stalled by something else on the
+machine must not teach the fit that every batch is slow. A machine that really slows down still moves
+the fit, by that much per batch."""
+GAUSSIAN_SIGMA_PER_MEAN_ERROR = math.sqrt(math.pi / 2)
+
+
+class BatchCost:
+    """An exponentially weighted least-squares line `seconds = fixed + per_unit * work`, and the spread
+    of the batches around it."""
+
+    def __init__(self, decay: float = DECAY) -> None:
+        """Args:
+        decay: weight of the past per observation (0 < decay < 1).
+        """
+        self._decay = decay
+        self._w = self._x = self._y = self._xx = self._xy = 0.0
+        self._mean_error = 0.0
+        self.batches = 0
+
+    @property
+    def ready(self) -> bool:
+        """True once enough batches were observed to predict from."""
+        return self.batches >= MIN_BATCHES
+
+    def line(self) -> tuple[float, float]:
+        """The fitted (fixed, per_unit) nanoseconds, both at least 0.
+
+        While every batch observed had about the same work, the slope cannot be told from the
+        intercept; the line then goes through the origin (a batch of twice the work takes twice the
+        time), which overestimates larger batches: the safe side.
+        """
+        if not self._w:
+            return 0.0, 0.0
+        spread = self._w * self._xx - self._x * self._x
+        if spread > 1e-6 * self._w * self._xx:
+            per_unit = max(0.0, (self._w * self._xy - self._x * self._y) / spread)
+            fixed = (self._y - per_unit * self._x) / self._w
+            if fixed >= 0:
+                return fixed, per_unit
+        return 0.0, (self._y / self._x if self._x else 0.0)
+
+    def predict_ns(self, work: float) -> float:
+        """Nanoseconds a batch of `work` takes on the fitted line."""
+        fixed, per_unit = self.line()
+        return fixed + per_unit * work
+
+    def margin_ns(self) -> float:
+        """How much longer than the line a slow batch takes (`MARGIN_SIGMAS` deviations of recent errors)."""
+        return MARGIN_SIGMAS * GAUSSIAN_SIGMA_PER_MEAN_ERROR * self._mean_error
+
+    def bound_ns(self, work: float) -> float:
+        """A batch of `work`'s time, with the margin: what a deadline must leave room for."""
+        return self.predict_ns(work) + self.margin_ns()
+
+    def observe(self, work: float, ns: float) -> None:
+        """Add one batch: its work and its compute time in nanoseconds."""
+        if self.batches:
+            predicted = self.predict_ns(work)
+            if self.ready:
+                ns = min(ns, predicted + CLIP_ERRORS * max(self._mean_error, 0.1 * predicted))
+            weight = max(1 - self._decay, 1 / self.batches)
+            self._mean_error = (1 - weight) * self._mean_error + weight * abs(ns - predicted)
+        d = self._decay
+        self._w = d * self._w + 1
+        self._x = d * self._x + work
+        self._y = d * self._y + ns
+        self._xx = d * self._xx + work * work
+        self._xy = d * self._xy + work * ns
+        self.batches += 1

@@ -1,0 +1,136 @@
+"""Batching to a latency target: the cost fit, and the shedding rules (refused at once, with a retry
+delay, never served late; a lone request never waits)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from services.common import timing
+from services.common.batchcost import MIN_BATCHES, BatchCost
+from services.common.batcher import PROBE_NS, BatchingConfig, DynamicBatcher
+from services.common.errors import Overloaded
+from services.common.stats import VersionStats
+
+
+class Sleeper:
+    """A model whose batch takes `fixed + per_row * rows` seconds (a sleep); it counts the rows it ran."""
+
+    def __init__(self, fixed: float, per_row: float = 0.0) -> None:
+        self.fixed, self.per_row = fixed, per_row
+        self.rows: list[int] = []
+
+    def __call__(self, inputs):
+        x = inputs["X"]
+        self.rows.append(len(x))
+        time.sleep(self.fixed + self.per_row * len(x))
+        return {"Y": x}
+
+
+def row() -> dict[str, np.ndarray]:
+    return {"X": np.ones((1, 2), dtype=np.float32)}
+
+
+async def learned(model: Sleeper, config: BatchingConfig) -> DynamicBatcher:
+    """A batcher that has run enough lone batches to trust its cost fit."""
+    batcher = DynamicBatcher("latency", model, config, VersionStats())
+    for _ in range(MIN_BATCHES):
+        await batcher.submit(row())
+    return batcher
+
+
+def test_the_fit_finds_fixed_and_per_row_cost_and_follows_a_slower_machine():
+    cost = BatchCost()
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        rows = int(rng.integers(1, 33))
+        cost.observe(rows, 2e6 + 0.5e6 * rows + rng.normal(0, 1e4))
+    fixed, per_row = cost.line()
+    assert fixed == pytest.approx(2e6, rel=0.05) and per_row == pytest.approx(0.5e6, rel=0.02)
+    assert 0 < cost.margin_ns() < 1e5
+    for _ in range(200):
+        rows = int(rng.integers(1, 33))
+        cost.observe(rows, 2 * (2e6 + 0.5e6 * rows))
+    assert cost.predict_ns(16) == pytest.approx(2 * (2e6 + 0.5e6 * 16), rel=0.02)
+
+
+def test_batches_of_one_size_give_a_line_through_the_origin():
+    cost = BatchCost()
+    for _ in range(MIN_BATCHES):
+        cost.observe(4, 8e6)
+    assert cost.ready and cost.line() == (0.0, 2e6) and cost.predict_ns(8) == 16e6
+
+
+async def test_a_request_that_can_never_meet_the_target_is_refused_at_once_with_a_retry_delay():
+    model = Sleeper(0.03)
+    batcher = await learned(model, BatchingConfig(max_batch_size=8, max_latency_ms=10))
+    runs = len(model.rows)
+    started = time.perf_counter()
+    with pytest.raises(Overloaded, match="cannot answer within its 10 ms target") as refused:
+        await batcher.submit(row())
+    assert time.perf_counter() - started < 0.03, "refused only after the model ran"
+    assert refused.value.retry_delay is not None and refused.value.retry_delay > 0
+    assert len(model.rows) == runs
+    await batcher.close()
+
+
+async def test_requests_the_queue_would_make_late_are_refused_and_the_others_served():
+    model = Sleeper(0.01)
+    batcher = await learned(model, BatchingConfig(max_batch_size=1, max_latency_ms=35))
+    runs = len(model.rows)
+    outcomes = await asyncio.gather(*(batcher.submit(row()) for _ in range(12)), return_exceptions=True)
+    refused = [o for o in outcomes if isinstance(o, Exception)]
+    served = len(outcomes) - len(refused)
+    assert 1 <= served <= 4 and all(isinstance(o, Overloaded) for o in refused), outcomes
+    assert all(o.retry_delay is not None and o.retry_delay > 0 for o in refused)
+    assert len(model.rows) - runs == served, "a refused request ran"
+    await batcher.close()
+
+
+async def test_a_lone_request_never_waits_for_batch_mates():
+    model = Sleeper(0.002)
+    batcher = await learned(model, BatchingConfig(max_batch_size=8, max_latency_ms=200))
+    for _ in range(5):
+        recorded = timing.begin()
+        await batcher.submit(row())
+        assert recorded.batch_wait_ns == 0 and recorded.batch_size == 1
+    await batcher.close()
+
+
+async def test_concurrent_callers_are_batched_within_the_target():
+    model = Sleeper(0.005, 0.0005)
+    batcher = await learned(model, BatchingConfig(max_batch_size=8, max_latency_ms=500))
+
+    async def caller() -> None:
+        for _ in range(6):
+            await batcher.submit(row())
+
+    await asyncio.gather(*(caller() for _ in range(8)))
+    assert max(model.rows[MIN_BATCHES:]) > 1
+    await batcher.close()
+
+
+async def test_after_refusing_everything_for_a_while_one_lone_request_runs_so_the_fit_sees_the_machine_again():
+    model = Sleeper(0.03)
+    batcher = await learned(model, BatchingConfig(max_batch_size=8, max_latency_ms=10))
+    with pytest.raises(Overloaded):
+        await batcher.submit(row())
+    await asyncio.sleep(PROBE_NS / 1e9 + 0.05)
+    runs = len(model.rows)
+    await batcher.submit(row())
+    assert len(model.rows) == runs + 1
+    with pytest.raises(Overloaded):
+        await batcher.submit(row())
+    await batcher.close()
+
+
+def test_one_stalled_batch_moves_the_fit_and_its_margin_only_a_little():
+    cost = BatchCost()
+    for _ in range(50):
+        cost.observe(1, 2e5)
+    before = cost.bound_ns(1)
+    cost.observe(1, 8e6)
+    assert cost.bound_ns(1) < 2 * before
