@@ -1,6 +1,7 @@
 """ONNX versions of the four exportable models, served on ONNX Runtime under both hostings: parity with
-their torch source through gRPC, the platform each version reports, the same bad-input contract, typed
-APIs and batching. The repository's default version of each model is its ONNX version."""
+their torch source through gRPC, the platform each version reports, the same bad-input contract and
+hostile-input refusals, typed APIs and batching. The repository's default version of each model is its
+ONNX version."""
 
 from __future__ import annotations
 
@@ -209,3 +210,26 @@ async def test_typed_apis_answer_from_the_onnx_default(channels, onnx_repository
     classified = await transformer.ClassifyText(transformer_pb2.ClassifyTextRequest(items=items[:2]))
     assert classified.model_version == versions["minilm_sentiment"]
     assert sum(label.probability for label in classified.results[0].labels) == pytest.approx(1.0, abs=1e-5)
+
+
+async def test_hostile_input_to_onnx_versions_is_refused_as_for_torch_versions(channels, onnx_repository, inputs):
+    for model, (_, exported) in onnx_repository["versions"].items():
+        if model == "fashion_cnn":
+            lying = image_request(inputs["images"][:1], version=exported)
+            lying.inputs[0].shape[0] = 1 << 20
+        else:
+            lying = pinned(model, inputs, exported)
+            lying.inputs[0].shape[:] = [1 << 20, 1 << 9]
+        refused = v2_stub(channels, model).ModelInfer(lying)
+        await assert_status(refused, grpc.StatusCode.INVALID_ARGUMENT, "bytes of raw data, got")
+    items = [common_pb2.TokenizedText(input_ids=[101, 102])] * 7
+    items.append(common_pb2.TokenizedText(input_ids=np.full(2_000_000, 1000).tolist()))
+    transformer = transformer_pb2_grpc.TransformerServiceStub(channels["transformer"])
+    for call in (
+        text_pb2_grpc.TextServiceStub(channels["text"]).ClassifyText(text_pb2.ClassifyTextRequest(items=items)),
+        transformer.Embed(transformer_pb2.EmbedRequest(items=items)),
+        transformer.ClassifyText(transformer_pb2.ClassifyTextRequest(items=items)),
+    ):
+        await assert_status(call, grpc.StatusCode.INVALID_ARGUMENT, "items[7] has 2000000 tokens; at most 512")
+    for model in MODELS:
+        assert output(await v2_stub(channels, model).ModelInfer(pinned(model, inputs, ""))).shape[0] > 0
