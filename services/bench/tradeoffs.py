@@ -227,25 +227,36 @@ async def _served(model: Model, repository: Path, found: dict[str, str], config:
 
 
 def best_default(rows: list[Measured], cosine: bool) -> tuple[Measured, str]:
-    """The version to serve by default: the one with the most req/s at concurrency 16 among those whose
-    quality is within ACCURACY_SLACK of fp32's (cosine to fp32 at least COSINE_FLOOR for embeddings)."""
+    """The version to serve by default, and why: the one with the most req/s at concurrency 16 among those
+    whose quality is within ACCURACY_SLACK of fp32's (cosine to fp32 at least COSINE_FLOOR for embeddings).
+    The reason gives every version's req/s at concurrency 16, which leads at concurrency 1 and in process
+    at each batch size, and the versions left out on quality."""
     fp32 = next(r for r in rows if r.kind == "fp32 torch")
     eligible = [
         r for r in rows if (r.quality >= COSINE_FLOOR if cosine else r.quality >= fp32.quality - ACCURACY_SLACK)
     ]
     best = max(eligible, key=lambda r: r.served[16])
-    left_out = [r.kind for r in rows if r not in eligible]
-    reason = (
-        f"{best.served[16] / fp32.served[16]:.2f}x fp32's req/s at concurrency 16 and "
-        f"{fp32.batch_ms[1] / best.batch_ms[1]:.2f}x its speed in process at batch 1, "
+    others = [r for r in eligible if r is not best]
+    reason = f"{best.served[16]:,.0f} req/s at concurrency 16"
+    if others:
+        reason += " against " + ", ".join(f"{r.kind} {r.served[16]:,.0f}" for r in others)
+    lone = max(eligible, key=lambda r: r.served[1])
+    fastest = {size: min(eligible, key=lambda r, size=size: r.batch_ms[size]) for size in BATCHES}
+    reason += (
+        f"; at concurrency 1 {lone.kind} leads ({lone.served[1]:,.0f} req/s); fastest in process: "
+        + ", ".join(f"{r.kind} at batch {size} ({r.batch_ms[size]:.2f} ms)" for size, r in fastest.items())
+        + "; "
         + (
             f"cosine to fp32 ≥ {best.quality:.4f}"
             if cosine
             else f"accuracy {best.quality:.2%} vs fp32's {fp32.quality:.2%}"
         )
     )
+    left_out = [r for r in rows if r not in eligible]
     if left_out:
-        reason += f"; not eligible on quality: {', '.join(left_out)}"
+        floor = f"cosine floor {COSINE_FLOOR}" if cosine else f"{ACCURACY_SLACK * 100:.1f} points under fp32's"
+        shown = ", ".join(f"{r.kind} ({r.quality:.4f})" if cosine else f"{r.kind} ({r.quality:.2%})" for r in left_out)
+        reason += f"; below the quality bar ({floor}): {shown}"
     return best, reason
 
 
