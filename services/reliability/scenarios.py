@@ -454,6 +454,14 @@ async def soak(repository: Path, durations: Durations) -> Step:
         f"{sampler.last(name, window) / 2**20:,.1f} MiB"
         for name in services
     ]
+    marks = [0.0, durations.soak / 10, start, durations.soak / 2]
+    step.details += [
+        f"RSS {name} over the run (median over {window:g} s from each point; warm-up is the growth before "
+        f"{'minute ' + minute if start >= 60 else minute}): "
+        + ", ".join(f"{mark:g} s {sampler.at(name, mark, window) / 2**20:,.1f} MiB" for mark in marks)
+        + f", last {window:g} s {sampler.last(name, window) / 2**20:,.1f} MiB"
+        for name in services
+    ]
     return step
 
 
