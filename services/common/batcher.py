@@ -37,6 +37,9 @@ LOAD_MEMORY_SECONDS = 0.005
 inline runs): well above the time a caller under load takes to send its next request after an answer."""
 LOAD_MEMORY_NS = int(LOAD_MEMORY_SECONDS * 1e9)
 MIN_RETRY_SECONDS = 0.01
+INLINE_MAX_NS = 1_000_000
+"""The longest a request may take, on the fitted cost of the batches run so far, to run inline on the
+event loop when idle: a large request (a thousand images) runs on the worker thread like any batch."""
 PROBE_NS = 500_000_000
 """A version with a latency target that has run nothing for this long runs a lone request even if its
 cost fit says it would be late: the fit sees the machine again (it may have been idle, or been fooled
@@ -71,7 +74,8 @@ class BatchingConfig:
             callers in play, so a lone caller never waits), runs the largest batch that ends in time
             for its oldest request, and refuses requests that cannot end in time.
         inline_when_idle: run a request on the event loop's thread, skipping the worker-thread round
-            trip (about 0.2 ms), when it is the only one queued, nothing runs, and no batch that left
+            trip (about 0.2 ms), when it is the only one queued, nothing runs, its work takes at most
+            `INLINE_MAX_NS` on the cost fitted so far (at least one batch ran), and no batch that left
             several callers in play ended in the last `LOAD_MEMORY_SECONDS`: low latency when idle,
             batching under load. (Right after a batch, the first of its callers' next requests arrives alone; run
             inline, it would hold the event loop while the others arrive, one by one.) Only for models
@@ -219,9 +223,11 @@ class DynamicBatcher:
 
     async def _alone(self, request: _Request) -> bool:
         """Yield once so that requests already received can queue too; then claim `request` for
-        inline execution if it is still the only one, nothing runs, and the service is not under load."""
+        inline execution if it is still the only one, nothing runs, the service is not under load, and the
+        request is small (at most `INLINE_MAX_NS` on the fitted cost)."""
         loaded = self._callers_in_play > 1 and time.perf_counter_ns() - self._free_ns < LOAD_MEMORY_NS
-        if self._busy or len(self._pending) > 1 or loaded:
+        large = not self._cost.batches or self._cost.predict_ns(request.work) > INLINE_MAX_NS
+        if self._busy or len(self._pending) > 1 or loaded or large:
             return False
         try:
             await asyncio.sleep(0)

@@ -39,6 +39,7 @@ from services.reliability.harness import (
     routing_file,
     running,
 )
+from services.tokenizer.spec import TokenizerSettings
 
 CALLERS = 8
 SHIRT = REPO_ROOT / "docs" / "examples" / "shirt.png"
@@ -453,17 +454,39 @@ async def soak(repository: Path, durations: Durations) -> Step:
         f"{sampler.last(name, window) / 2**20:,.1f} MiB"
         for name in services
     ]
+    marks = [0.0, durations.soak / 10, start, durations.soak / 2]
+    step.details += [
+        f"RSS {name} over the run (median over {window:g} s from each point; warm-up is the growth before "
+        f"{'minute ' + minute if start >= 60 else minute}): "
+        + ", ".join(f"{mark:g} s {sampler.at(name, mark, window) / 2**20:,.1f} MiB" for mark in marks)
+        + f", last {window:g} s {sampler.last(name, window) / 2**20:,.1f} MiB"
+        for name in services
+    ]
     return step
+
+
+def largest_texts(texts: list[str], limits: TokenizerSettings) -> list[bytes]:
+    """The largest request of real texts a tokenizer with `limits` accepts: `max_texts` texts, each its
+    share of `max_request_bytes` (at most `max_text_bytes`), made of one of the longest texts repeated
+    and cut at a character boundary."""
+    share = min(limits.max_request_bytes // limits.max_texts, limits.max_text_bytes)
+    longest = sorted((text.encode() for text in texts), key=len, reverse=True)
+    chosen = []
+    for index in range(limits.max_texts):
+        text = longest[index % len(longest)] + b" "
+        chosen.append((text * (share // len(text) + 1))[:share].decode(errors="ignore").encode())
+    return chosen
 
 
 async def health_under_preprocessing(repository: Path, durations: Durations) -> Step:
     """Tokenizer and vision services each kept busy by callers sending the largest requests they accept
-    (the tokenizer: 1,024 long reviews; vision: 1,024 PNGs to decode), while a health check asks each
-    service every 20 ms."""
+    (the tokenizer: as many review bytes as its limits take; vision: 1,024 PNGs to decode), while a health
+    check asks each service every 20 ms."""
     from services.common.reviews import reviews
 
     texts, _ = reviews("testing_data")
-    long_texts = [t.encode() for t in sorted(texts, key=len, reverse=True)[:64]] * 16
+    limits = TokenizerSettings()
+    long_texts = largest_texts(texts, limits)
     image = SHIRT.read_bytes()
     tokenizer = Service("tokenizer", _env(repository))
     vision = Service("vision", _env(repository))
@@ -521,7 +544,8 @@ async def health_under_preprocessing(repository: Path, durations: Durations) -> 
     step = Step(
         "Health checks while preprocessing runs at its limits",
         "A tokenizer and a vision service, each with 2 callers in a closed loop of the largest requests they "
-        f"accept (tokenizer: v2 `TEXT` of 1,024 of the longest reviews, {tokenize.ByteSize() / 2**20:.1f} MiB; "
+        f"accept (tokenizer: v2 `TEXT` of {len(long_texts):,} texts made of the longest reviews, "
+        f"{sum(map(len, long_texts)):,} bytes of text against its limit of {limits.max_request_bytes:,}; "
         "vision: typed `ClassifyImage` "
         f"of 1,024 PNGs to decode) for {durations.preprocessing:.0f} s, while a `grpc.health.v1` check asks "
         "each service every 20 ms on a channel of its own. p99 per service and 5-second window; the worst counts.",

@@ -144,6 +144,24 @@ async def test_health_answers_while_a_maximal_image_request_runs(model_repositor
         assert len(classified.results) == len(images)
 
 
+async def test_health_answers_while_two_callers_classify_1024_images_each(model_repository: Path):
+    shirt = (Path(__file__).parents[2] / "docs" / "examples" / "shirt.png").read_bytes()
+    request = vision_pb2.ClassifyImageRequest(images=[vision_pb2.Image(encoded=shirt)] * 1024)
+    async with (
+        maas_process("run", "vision", "--port", "0", ready="vision", env=env("vision", model_repository)) as service,
+        grpc.aio.insecure_channel(service.address, options=LARGE) as channel,
+    ):
+        typed = vision_pb2_grpc.VisionServiceStub(channel)
+
+        async def two_callers() -> list[vision_pb2.ClassifyImageResponse]:
+            return await asyncio.gather(*(typed.ClassifyImage(request, timeout=60) for _ in range(2)))
+
+        latencies, classified = await health_latencies_during(service.address, two_callers)
+        assert_health_answered(latencies)
+        assert [len(response.results) for response in classified] == [1024, 1024]
+        assert len({result.labels[0].name for response in classified for result in response.results}) == 1
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from services.common import metrics
-from services.common.batcher import LOAD_MEMORY_SECONDS, BatchingConfig, DynamicBatcher
+from services.common.batcher import INLINE_MAX_NS, LOAD_MEMORY_SECONDS, BatchingConfig, DynamicBatcher
 from services.common.errors import InvalidInput, Overloaded
 from services.common.stats import VersionStats
 
@@ -188,17 +188,38 @@ async def test_inline_when_idle_skips_the_worker_thread_only_when_nothing_else_i
 
     def predict(inputs):
         threads.append(threading.current_thread().name)
-        time.sleep(0.005)
         return {"Y": inputs["X"] * 2}
 
     config = BatchingConfig(max_batch_size=8, inline_when_idle=True)
     batcher = DynamicBatcher("inline", predict, config, VersionStats())
-    alone = await batcher.submit(row(3))
-    assert alone["Y"][0, 0] == 6.0 and threads == [threading.current_thread().name]
+    first = await batcher.submit(row(1))
+    assert first["Y"][0, 0] == 2.0 and threads == ["batch-inline_0"], "nothing ran yet: its cost is unknown"
+    threads.clear()
+    alone = [await batcher.submit(row(3)) for _ in range(5)]
+    assert all(a["Y"][0, 0] == 6.0 for a in alone) and threading.current_thread().name in threads
     threads.clear()
     busy = await asyncio.gather(*(batcher.submit(row(i)) for i in range(6)))
     assert [r["Y"][0, 0] for r in busy] == [2.0 * i for i in range(6)]
     assert any(name.startswith("batch-inline") for name in threads), "queued requests ran on the worker thread"
+    await batcher.close()
+
+
+async def test_a_lone_request_too_large_to_run_inline_runs_on_the_worker_thread():
+    threads: list[str] = []
+
+    def predict(inputs):
+        threads.append(threading.current_thread().name)
+        time.sleep(INLINE_MAX_NS / 1e9 / 10 * len(inputs["X"]))
+        return {"Y": inputs["X"] * 2}
+
+    config = BatchingConfig(max_batch_size=8, inline_when_idle=True)
+    batcher = DynamicBatcher("large", predict, config, VersionStats())
+    for _ in range(5):
+        await batcher.submit(row(1))
+    assert threading.current_thread().name in threads, "a row takes a tenth of the inline limit"
+    threads.clear()
+    large = await batcher.submit({"X": np.ones((64, 3), dtype=np.float32)})
+    assert large["Y"].shape == (64, 3) and threads == ["batch-large_0"], "64 rows would hold the event loop"
     await batcher.close()
 
 

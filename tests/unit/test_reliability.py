@@ -6,11 +6,15 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import pytest
 
+from services.common.errors import Overloaded
 from services.common.settings import REPO_ROOT
 from services.reliability.harness import closed_loop, open_loop
 from services.reliability.report import render
-from services.reliability.scenarios import Durations, Figure, Step
+from services.reliability.scenarios import Durations, Figure, Step, largest_texts
+from services.tokenizer.model import text_costs
+from services.tokenizer.spec import TokenizerSettings
 
 
 async def test_open_loop_sends_rate_times_seconds_calls_whatever_the_answers():
@@ -67,3 +71,13 @@ def test_the_short_run_gates_on_lost_calls_and_reports_latencies_without_gating(
     text = render([lost, slow], short, "python -m services.reliability --short", REPO_ROOT, 60.0, ("1", "1"))
     assert "| 1 | SIGTERM | failed calls | 3 | = 0 | **no** |" in text
     assert "| 2 | Overload | refusals p99 | 7.50 ms | <= 5 ms | no (not gated) |" in text
+
+
+def test_the_preprocessing_load_is_the_largest_request_the_tokenizer_accepts():
+    limits = TokenizerSettings(max_texts=8, max_request_bytes=1000, max_text_bytes=200)
+    texts = largest_texts(["short", "a longer review, with an é to cut around", "mid-sized review"], limits)
+    assert len(texts) == limits.max_texts and all(len(text) <= 125 for text in texts)
+    assert limits.max_request_bytes - 8 * 2 < sum(text_costs(limits, ("TEXT", texts), None)) <= 1000
+    assert texts[0].decode().startswith("a longer review, with an é to cut around a longer")
+    with pytest.raises(Overloaded, match="the limit is 1000 per request"):
+        text_costs(limits, ("TEXT", [*texts[:-1], texts[-1] + b"x" * 20]), None)
