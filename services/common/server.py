@@ -166,7 +166,6 @@ class GrpcServer:
         for model in self.models:
             await model.load("")
         await self.prepare()
-        freeze_startup_objects()
         self.lifecycle.mark_serving()
         for service in ("", *self.service_names):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -242,8 +241,9 @@ class GrpcServer:
 def freeze_startup_objects() -> None:
     """Collect start-up's garbage, then move every object alive into the collector's permanent generation.
 
-    A process that imported torch and loaded its models holds about 200,000 objects that live as long as
-    it does. Every full collection walked all of them, about 120 ms on this machine with the interpreter
+    Called by `serve`, the process's own entry point, never by a server started inside another process
+    (a test's). A process that imported torch and loaded its models holds about 200,000 objects that live
+    as long as it does. Every full collection walked all of them, about 120 ms on this machine with the interpreter
     held, so health checks and every other call waited for it whenever requests made enough garbage to
     trigger one. Frozen, they are no longer walked; objects made later (versions loaded later included)
     are collected as before, and memory freed by reference counting is freed as before.
@@ -287,6 +287,7 @@ async def serve(server: GrpcServer) -> None:
         await server.close()
         log.error("%s failed to start: %s", server.name, exc)
         raise SystemExit(1) from None
+    freeze_startup_objects()
     sys.stdout.write(f"READY {server.name} {host_port(server.settings.host, server.port)}\n")
     sys.stdout.flush()
     await stop.wait()
