@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -39,6 +41,16 @@ async def started(server: GrpcServer) -> AsyncIterator[GrpcServer]:
         yield server
     finally:
         await server.stop()
+
+
+def terminate(process: subprocess.Popen, grace: float = 60) -> None:
+    """SIGTERM `process` (it drains), then SIGKILL it if it is still running after `grace` seconds."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def free_port() -> int:

@@ -67,11 +67,7 @@ def open_image(index: int, image: pb.Image, settings: VisionSettings) -> Image.I
             field=f"images[{index}]",
         ) from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise InvalidInput(
-            f"images[{index}] is not a readable PNG or JPEG: the image is damaged or truncated ({exc}); send a whole "
-            "PNG or JPEG file",
-            field=f"images[{index}]",
-        ) from None
+        raise _damaged(index, exc) from None
     if opened.format not in ENCODINGS:
         raise InvalidInput(f"images[{index}] is {opened.format}; send PNG or JPEG", field=f"images[{index}]")
     if opened.width * opened.height > settings.max_image_pixels:
@@ -81,6 +77,14 @@ def open_image(index: int, image: pb.Image, settings: VisionSettings) -> Image.I
             field=f"images[{index}]",
         )
     return opened
+
+
+def _damaged(index: int, exc: Exception) -> InvalidInput:
+    return InvalidInput(
+        f"images[{index}] is not a readable PNG or JPEG: the image is damaged or truncated ({exc}); send a whole "
+        "PNG or JPEG file",
+        field=f"images[{index}]",
+    )
 
 
 def to_array(index: int, opened: Image.Image | np.ndarray) -> np.ndarray:
@@ -101,11 +105,7 @@ def to_array(index: int, opened: Image.Image | np.ndarray) -> np.ndarray:
                 gray = gray.resize((SIDE, SIDE), Image.Resampling.LANCZOS)
             return (np.asarray(gray, dtype=np.float32) / 255.0).reshape(1, SIDE, SIDE)
     except (OSError, SyntaxError, ValueError) as exc:
-        raise InvalidInput(
-            f"images[{index}] is not a readable PNG or JPEG: the image is damaged or truncated ({exc}); send a whole "
-            "PNG or JPEG file",
-            field=f"images[{index}]",
-        ) from None
+        raise _damaged(index, exc) from None
 
 
 def _pixels(opened: Image.Image | np.ndarray) -> int:

@@ -1,6 +1,6 @@
 """Every runnable command block of the README and the docs runs against one `maas up`, from the repository's
-root, and exits 0; the blocks marked not runnable are reported as skipped with their reasons
-(`pytest -rs` lists them). How blocks are marked: tests/pages.py.
+root, and exits 0; the blocks marked not runnable are listed with their reasons (`pytest -s` prints the
+list; tests/unit/test_pages.py checks each has one). How blocks are marked: tests/pages.py.
 
 The stack runs on free ports; each block runs with the same `MAAS_*_PORT` variables in its environment
 (so `maas infer` finds the gateway) and with the ports the pages show (`127.0.0.1:50051`, `:8080`,
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,10 +21,11 @@ import pytest
 
 from services.catalog import SERVICES
 from services.common.settings import METRICS_PORT_OFFSET
-from tests.conftest import PYTHON, free_port
+from tests.conftest import PYTHON, free_port, terminate
 from tests.pages import REPO_ROOT, Block, command_blocks, console_commands
 
 BLOCKS = command_blocks()
+RUNNABLE = [block for block in BLOCKS if block.runnable]
 BLOCK_TIMEOUT_S = 120
 GATEWAY_HTTP_PORT = 8080
 ADDRESS = re.compile(r"\b(127\.0\.0\.1|localhost):(\d+)\b")
@@ -72,12 +72,7 @@ def stack() -> Iterator[Stack]:
         path = f"{Path(PYTHON).parent}{os.pathsep}{os.environ.get('PATH', '')}"
         yield Stack({**os.environ, **env, "PATH": path}, ports)
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        terminate(process)
 
 
 def checkout_state() -> str:
@@ -99,12 +94,16 @@ def script(block: Block) -> str:
     return console_commands(block.code) if block.language == "console" else block.code
 
 
+def test_the_blocks_not_run_are_listed_with_their_reasons():
+    others = [block for block in BLOCKS if not block.runnable]
+    assert RUNNABLE and others, "the pages have runnable blocks and blocks that say why they are not"
+    print(*(f"{block.name}: {block.reason}" for block in others), sep="\n")
+    assert all(block.reason.strip() for block in others)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("block", BLOCKS, ids=[block.name for block in BLOCKS])
-def test_each_command_block_runs_or_says_why_not(block: Block, request: pytest.FixtureRequest):
-    if not block.runnable:
-        pytest.skip(f"{block.name} not runnable: {block.reason}")
-    stack: Stack = request.getfixturevalue("stack")
+@pytest.mark.parametrize("block", RUNNABLE, ids=[block.name for block in RUNNABLE])
+def test_each_runnable_command_block_runs(block: Block, stack: Stack):
     before = checkout_state()
     ran = subprocess.run(
         command(block),

@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import re
-import signal
 import subprocess
 import threading
 import time
@@ -30,7 +29,7 @@ from maas.inference import grpc_service_pb2_grpc
 from maas.tokenizer.v1 import tokenizer_pb2
 from services.common.codec import Tensor, encode_inputs
 from services.vision.data import LABELS, load_split
-from tests.conftest import PYTHON, REPO_ROOT, free_port
+from tests.conftest import PYTHON, REPO_ROOT, free_port, terminate
 from tests.contract.test_vision import png
 from tests.integration.test_up import free_ports
 from tests.interop.samples import REVIEWS
@@ -114,12 +113,7 @@ def stack(model_repository: Path) -> Iterator[Stack]:
         assert "gateway" in ready, f"maas up stopped before READY all: {ready}"
         yield Stack(ready, metrics, f"127.0.0.1:{http}", receiver, process)
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        terminate(process)
         receiver.server.stop(0)
 
 
