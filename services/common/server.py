@@ -8,6 +8,7 @@ in flight finish, new calls go on being refused until the clients have moved awa
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -136,6 +137,7 @@ class GrpcServer:
         self._server = grpc.aio.server(
             interceptors=[ServerInterceptor(self.lifecycle, self._auth, self.name)],
             options=server_options(self.settings),
+            maximum_concurrent_rpcs=self.settings.max_concurrent_rpcs or None,
         )
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.inference_servicer(), self._server)
         common_pb2_grpc.add_StatusServiceServicer_to_server(self.status_servicer(), self._server)
@@ -272,6 +274,10 @@ async def serve(server: GrpcServer) -> None:
         await server.close()
         log.error("%s failed to start: %s", server.name, exc)
         raise SystemExit(1) from None
+    # What is alive once the models are loaded (modules, weights, protos) lives as long as the process;
+    # frozen, it is no longer walked by the collector passes that calls under load set off.
+    gc.collect()
+    gc.freeze()
     sys.stdout.write(f"READY {server.name} {host_port(server.settings.host, server.port)}\n")
     sys.stdout.flush()
     await stop.wait()
