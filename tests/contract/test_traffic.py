@@ -128,7 +128,9 @@ async def test_a_malformed_routing_file_leaves_the_previous_routing_serving(pool
             await wait_for(lambda r=rejected: gateway.watcher.rejections == r + 1)
             answers = await asyncio.gather(*(stub.ModelInfer(infer_request()) for _ in range(20)))
             assert {a.model_version for a in answers} == {"1"}
-        messages = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        messages = [
+            r.getMessage() for r in caplog.records if r.name == "services.gateway.watch" and r.levelno == logging.ERROR
+        ]
         assert len(messages) == 3 and all("still serving the previous routing" in m for m in messages)
         assert "not YAML" in messages[0] and "pool -> nowhere" in messages[1]
         configmap.write(pinned_routing(address, 2))

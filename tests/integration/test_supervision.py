@@ -107,6 +107,7 @@ async def test_a_service_that_keeps_crashing_stops_everything_with_one_line(mode
         assert await asyncio.wait_for(up.process.wait(), 120) == 1
     reasons = [line for line in up.stderr if "maas.up" in line and "stopping every service" in line]
     assert len(reasons) == 1, up.stderr
-    assert "tokenizer crashed 6 times within 5 minutes (last exit status 1)" in reasons[0]
+    assert "tokenizer crashed 6 times within 5 minutes (last exit status " in reasons[0]
+    assert "(last exit status 0)" not in reasons[0]
     restarts = [line for line in up.stderr if "tokenizer crashed (exit status" in line]
     assert [line.split("again in ")[-1].strip() for line in restarts] == ["1 s", "2 s", "4 s", "8 s", "16 s"]
