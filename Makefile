@@ -8,11 +8,15 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.t
 PYTEST_ARGS ?=
 
 MAAS := $(VENV)/bin/maas
-# What the services serve, made when missing (once; ~7 min on 2 cores): the tokenizer and MiniLM
-# exported, the vision CNN, the review LSTM (fp32, then int8 beside it) and the MiniLM sentiment head trained.
+# What the services serve, made when missing (once; ~10 min on 2 cores): the tokenizer and MiniLM
+# exported, the vision CNN, the review LSTM (fp32, then int8 beside it) and the MiniLM sentiment head trained,
+# then each of the four exported to ONNX beside its torch version, and the CNN pruned.
 MODELS = $(MAAS) models export-tokenizer --if-missing && $(MAAS) models export-minilm --if-missing \
 	&& $(MAAS) train vision --if-missing $(1) && $(MAAS) train text --if-missing $(1) \
-	&& $(MAAS) train text --quantize int8 --if-missing $(1) && $(MAAS) train transformer --if-missing $(1)
+	&& $(MAAS) train text --quantize int8 --if-missing $(1) && $(MAAS) train transformer --if-missing $(1) \
+	&& $(foreach model,$(ONNX_MODELS),$(MAAS) models export-onnx $(model) --if-missing &&) \
+	$(MAAS) train vision --prune 0.5 --if-missing $(1)
+ONNX_MODELS = fashion_cnn review_lstm minilm_embed minilm_sentiment
 
 .PHONY: venv models up test fuzz bench bench-peers protos lint manifests reliability images images-cuda e2e-containers
 

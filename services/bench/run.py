@@ -20,6 +20,7 @@ SECTIONS: dict[str, str] = {
     "inline": "services.bench.reliability:inline_section",
     "startup": "services.bench.startup:startup_section",
     "latency": "services.bench.latency:latency_section",
+    "tradeoffs": "services.bench.tradeoffs:tradeoffs_section",
 }
 """Section name -> `module:function` measuring it, in the report's order. Imported when run: most need torch,
 which `maas` itself must not import."""

@@ -21,7 +21,7 @@ from services.cli.processes import running
 from services.common.repository import MODEL_FILE, ModelFile, publish_quantized, read_version
 from services.common.reviews import reviews
 from services.common.torch_weights import DYNAMIC_INT8
-from services.text.model import Classifier
+from services.text.model import Classifier, TorchLSTM
 from services.text.spec import MODEL_NAME
 from services.tokenizer.model import newest_tokenizer
 from services.transformer.spec import EMBED_MODEL, SENTIMENT_MODEL
@@ -116,7 +116,9 @@ async def text_section(config: BenchConfig) -> Section:
         torch.set_num_threads(1)
         try:
             for precision, scheme in (("fp32", None), ("int8", DYNAMIC_INT8)):
-                classifier = Classifier(directory, hyperparameters, scheme)
+                classifier = Classifier(
+                    TorchLSTM(directory, hyperparameters, scheme), int(hyperparameters["vocab_size"])
+                )
                 batches = itertools.cycle(range(0, REVIEWS, BATCH))
 
                 def forward(model: Classifier = classifier, starts=batches) -> None:

@@ -16,7 +16,7 @@ from services.bench.loadgen import closed_loop, in_process, sequence_requests
 from services.bench.report import Row, Section
 from services.bench.settings import BenchConfig
 from services.cli.processes import running
-from services.common.repository import newest_version, read_version
+from services.common.repository import newest_source, read_version
 from services.tokenizer.model import WordPieceTokenizer, newest_tokenizer
 from services.transformer.model import Encoder
 from services.transformer.spec import EMBED_MODEL
@@ -92,7 +92,7 @@ async def transformer_section(config: BenchConfig) -> Section:
         ]
     for label, env, load in points:
         section.rows.append(Row(label, await _served(config, env, load, high)))
-    directory = newest_version(config.repository, EMBED_MODEL)
+    directory = newest_source(config.repository, EMBED_MODEL)
     encoder = Encoder(directory, read_version(directory, EMBED_MODEL).architecture["bert"])
     workloads = {"reviews": (ids, mask), "short texts": (short_ids, short_mask)}
     local: dict[tuple[str, int], float] = {}

@@ -13,9 +13,9 @@ from services.bench.report import Row, Section
 from services.bench.settings import BenchConfig
 from services.cli.processes import running
 from services.common.codec import Tensor, encode_inputs
-from services.common.repository import newest_version, read_version
+from services.common.repository import newest_source, read_version
 from services.vision.data import load_split
-from services.vision.model import Classifier
+from services.vision.model import FoldedCNN
 from services.vision.spec import MODEL_NAME
 
 BATCHED = 32
@@ -66,14 +66,14 @@ async def vision_section(config: BenchConfig) -> Section:
     high = max(config.concurrencies)
     section.rows += await _served(config, BATCHED, list(config.concurrencies), image)
     section.rows += await _served(config, 1, [high], image)
-    directory = newest_version(config.repository, MODEL_NAME)
-    classifier = Classifier(directory, read_version(directory, MODEL_NAME).architecture["hyperparameters"])
+    directory = newest_source(config.repository, MODEL_NAME)
+    network = FoldedCNN(directory, read_version(directory, MODEL_NAME).architecture["hyperparameters"])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         for batch in (1, BATCHED):
             inputs = images[:batch]
-            result = in_process(lambda x=inputs: classifier.probabilities(x), config.duration, config.warmup)
+            result = in_process(lambda x=inputs: network(x), config.duration, config.warmup)
             section.rows.append(Row(f"in-process forward, batch {batch}", result))
     finally:
         torch.set_num_threads(threads)

@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import replace
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -18,13 +19,17 @@ import shtab
 from services.bench.run import SECTIONS
 from services.cli import connection, delivery, health, infer, listing, registry, status
 from services.cli.up import up
-from services.common.repository import CONFIG_FILE, version_dirs
+from services.common.repository import CONFIG_FILE, ONNXRUNTIME, version_dirs
 from services.common.settings import REPO_ROOT, ProcessSettings, ServiceSettings
 from services.text.recipe import Recipe as TextRecipe
+from services.text.spec import MODEL_NAME as TEXT_MODEL
+from services.transformer.spec import EMBED_MODEL, SENTIMENT_MODEL
 from services.vision.data import DEFAULT_DATA_DIR as VISION_DATA_DIR
 from services.vision.recipe import Recipe as VisionRecipe
+from services.vision.spec import MODEL_NAME as VISION_MODEL
 
 QUANTIZATION_SCHEMES = {"int8": "dynamic_int8"}
+ONNX_EXPORTS = (VISION_MODEL, TEXT_MODEL, EMBED_MODEL, SENTIMENT_MODEL)
 COMPLETION_SHELLS = ("bash", "zsh", "tcsh")
 BENCH_MODULES = ("matplotlib", "tqdm")
 """What `maas bench` needs beyond the base install (its `[bench]` extra)."""
@@ -91,14 +96,28 @@ def _parser() -> argparse.ArgumentParser:
     _repository_options(minilm)
     _quantize_option(minilm)
     minilm.add_argument("--no-progress", action="store_true", help="no progress bar")
+    onnx = exports.add_parser(
+        "export-onnx", help="a published torch version -> ONNX, published as the next version on ONNX Runtime"
+    )
+    onnx.add_argument("model", choices=ONNX_EXPORTS, help="the model to export")
+    onnx.add_argument("--version", type=int, help="the version to export (default: the newest fp32 torch version)")
+    onnx.add_argument("--repository", type=Path, help="repository root (default: MAAS_MODEL_REPOSITORY)")
+    onnx.add_argument("--if-missing", action="store_true", help="do nothing if the model has an ONNX version already")
 
     train = commands.add_parser("train", help="train a model and publish it as the repository's next version")
     trainers = train.add_subparsers(dest="target", required=True)
     vision = trainers.add_parser("vision", help="the Fashion-MNIST CNN (fashion_cnn)")
-    vision.add_argument("--epochs", type=int, default=VisionRecipe.epochs, help="passes over the training set")
+    vision.add_argument("--epochs", type=int, help=f"passes over the training set (default {VisionRecipe.epochs})")
     vision.add_argument("--seed", type=int, default=VisionRecipe.seed, help="random seed")
     vision.add_argument("--train-limit", type=int, default=0, help="train on this many images only (quick runs)")
     vision.add_argument("--data-dir", type=Path, default=VISION_DATA_DIR, help="directory with the idx .gz files")
+    vision.add_argument(
+        "--prune",
+        type=float,
+        metavar="FRACTION",
+        help="instead: remove this share of each layer's channels and hidden units (by magnitude) from the newest "
+        "fp32 version, fine-tune briefly (--epochs 5 unless given) and publish the smaller network",
+    )
     text = trainers.add_parser("text", help="the review LSTM over WordPiece ids (review_lstm)")
     text.add_argument("--epochs", type=int, default=TextRecipe.epochs, help="passes over the training reviews")
     text.add_argument("--seed", type=int, default=TextRecipe.seed, help="random seed")
@@ -141,13 +160,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _has_version(repository: Path, model: str, scheme: str | None) -> bool:
-    """Whether `model` has a version quantized by `scheme` (None: any version at all)."""
+def _has_version(repository: Path, model: str, matches: Callable[[dict], bool] | None = None) -> bool:
+    """Whether `model` has a version whose config `matches` (None: any version at all)."""
     versions = version_dirs(repository, model)
-    if scheme is None:
-        return bool(versions)
     configs = (json.loads((repository / model / v / CONFIG_FILE).read_text()) for v in versions)
-    return any(config.get("quantization") == scheme for config in configs)
+    return any(matches is None or matches(config) for config in configs)
 
 
 def _make(args: argparse.Namespace) -> int:
@@ -159,6 +176,12 @@ def _make(args: argparse.Namespace) -> int:
     repository = args.repository or ServiceSettings().model_repository
     scheme = QUANTIZATION_SCHEMES.get(getattr(args, "quantize", None) or "")
     progress = not getattr(args, "no_progress", False)
+    matches: Callable[[dict], bool] | None = None
+    if scheme:
+
+        def matches(config: dict) -> bool:
+            return config.get("quantization") == scheme
+
     if args.target == "export-tokenizer":
         from services.tokenizer.export import export_tokenizer as make
         from services.tokenizer.spec import MODEL_NAME
@@ -172,14 +195,35 @@ def _make(args: argparse.Namespace) -> int:
                 return quantize_embed(repo, scheme, progress=progress)
         else:
             from services.transformer.export import export_minilm as make
+    elif args.target == "export-onnx":
+        MODEL_NAME = args.model
+        make = _onnx_exporter(args.model, args.version)
+
+        def matches(config: dict) -> bool:
+            return config.get("platform") == ONNXRUNTIME
     elif args.target == "vision":
         from services.vision.spec import MODEL_NAME
-        from services.vision.train import train
 
-        recipe = VisionRecipe(epochs=args.epochs, seed=args.seed, train_limit=args.train_limit)
+        if args.prune is not None:
+            from services.vision.prune import FINE_TUNE, prune
 
-        def make(repo: Path) -> Path:
-            return train(recipe, repo, args.data_dir, progress=progress)
+            epochs = args.epochs or FINE_TUNE.epochs
+            fine_tune = replace(FINE_TUNE, epochs=epochs, seed=args.seed, train_limit=args.train_limit)
+
+            def make(repo: Path) -> Path:
+                return prune(repo, args.prune, fine_tune=fine_tune, data_dir=args.data_dir, progress=progress)
+
+            def matches(config: dict) -> bool:
+                return "pruned_from" in config.get("data", {})
+        else:
+            from services.vision.train import train
+
+            recipe = VisionRecipe(
+                epochs=args.epochs or VisionRecipe.epochs, seed=args.seed, train_limit=args.train_limit
+            )
+
+            def make(repo: Path) -> Path:
+                return train(recipe, repo, args.data_dir, progress=progress)
     elif args.target == "text":
         from services.text.spec import MODEL_NAME
         from services.text.train import quantize_version, train
@@ -197,7 +241,7 @@ def _make(args: argparse.Namespace) -> int:
                 return quantize_sentiment(repo, scheme, progress=progress)
             return train(Recipe(train_limit=args.train_limit), repo, progress=progress)
 
-    if args.if_missing and _has_version(repository, MODEL_NAME, scheme):
+    if args.if_missing and _has_version(repository, MODEL_NAME, matches):
         return 0
     try:
         target = make(repository)
@@ -208,6 +252,23 @@ def _make(args: argparse.Namespace) -> int:
     accuracy = f" (test accuracy {metrics['test_accuracy']:.2%})" if "test_accuracy" in metrics else ""
     sys.stdout.write(f"published {target}{accuracy}\n")
     return 0
+
+
+def _onnx_exporter(model: str, version: int | None) -> Callable[[Path], Path]:
+    """The export of `model` to ONNX (imported here: it needs torch and onnx)."""
+    if model == VISION_MODEL:
+        from services.vision.train import export_onnx
+    elif model == TEXT_MODEL:
+        from services.text.train import export_onnx
+    elif model == EMBED_MODEL:
+        from services.transformer.train import export_embed_onnx as export_onnx
+    else:
+        from services.transformer.train import export_sentiment_onnx as export_onnx
+
+    def make(repository: Path) -> Path:
+        return export_onnx(repository, version)
+
+    return make
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ import logging
 import time
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from services.common import metrics, offload
@@ -87,7 +88,14 @@ class RepositoryLoader:
     """Loads versions of a model class from `<repository>/<name>/<version>/` (a `Loader`)."""
 
     def __init__(
-        self, cls: type, name: str, settings: Any, device: str, pool: SharedPool, batching: BatchingConfig | None
+        self,
+        cls: type,
+        name: str,
+        settings: Any,
+        device: str,
+        pool: SharedPool,
+        batching: BatchingConfig | None,
+        tensors: tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]] | None = None,
     ) -> None:
         """Args:
         cls: the model class.
@@ -96,8 +104,10 @@ class RepositoryLoader:
         device: where versions load (`cpu`, `cuda:N`).
         pool: objects shared between the service's loaded versions.
         batching: how its requests batch; None: each runs alone.
+        tensors: the inputs and outputs served (default: the class's).
         """
         self._cls = cls
+        self._inputs, self._outputs = tensors or (cls.inputs, cls.outputs)
         self._name = name
         self._repository = settings.model_repository
         self._settings = settings
@@ -119,7 +129,7 @@ class RepositoryLoader:
         """
         directory = self._repository / self._name / version
         config = await asyncio.to_thread(read_version, directory, self._name)
-        config.check_tensors(self._cls.inputs, self._cls.outputs)
+        config.check_tensors(self._inputs, self._outputs)
         context = Version(self._name, directory, config, self._device, self._settings, self._pool)
         try:
             model = await asyncio.to_thread(self._cls.load, context)
@@ -136,7 +146,7 @@ class RepositoryLoader:
         record_device(self._name, version, device)
         admit = None
         if self._batching is None:
-            served: Batched | Direct = Direct(model, self._cls.outputs, self._settings.inline_max_bytes)
+            served: Batched | Direct = Direct(model, self._outputs, self._settings.inline_max_bytes)
 
             def load() -> VersionLoad:
                 return VersionLoad(device, 0, stats.in_flight)
@@ -144,7 +154,7 @@ class RepositoryLoader:
         else:
             batcher = DynamicBatcher(self._name, model.predict, self._batching, stats, version)
             self._batchers[version] = batcher
-            served = Batched(model, self._cls.outputs, batcher)
+            served = Batched(model, self._outputs, batcher)
             admit = batcher.admit
 
             def load() -> VersionLoad:
@@ -175,7 +185,7 @@ class RepositoryLoader:
         Raises:
             MaasError: the version failed on the example inputs.
         """
-        specs = [(spec.name, spec.datatype, spec.shape) for spec in self._cls.inputs if not spec.optional]
+        specs = [(spec.name, spec.datatype, spec.shape) for spec in self._inputs if not spec.optional]
         if not specs:
             return
         started = time.perf_counter_ns()
@@ -206,6 +216,19 @@ class RepositoryLoader:
             batcher.reconfigure(self._batching)
 
 
+def newest_tensors(repository: Path, name: str) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """The inputs and outputs the newest version of `name` declares.
+
+    Raises:
+        RepositoryError: there is no version, or its config is unusable.
+    """
+    versions = version_dirs(repository, name)
+    if not versions:
+        raise RepositoryError(f"no version of {name} in {repository}: its config declares the tensors to serve")
+    config = read_version(repository / name / versions[-1], name)
+    return tuple(t.spec() for t in config.inputs), tuple(t.spec() for t in config.outputs)
+
+
 def serve_model(
     cls: type, settings: Any, device: str = "cpu", pool: SharedPool | None = None, name: str = "", make: str = ""
 ) -> ModelVersions:
@@ -213,7 +236,8 @@ def serve_model(
 
     Args:
         cls: the model class (`name`, `inputs`, `outputs`, `load`, `predict`; optionally `platform`,
-            `batching`, `prepare`, `close`).
+            `batching`, `prepare`, `close`). A class whose `inputs` is None serves the tensors its newest
+            version's config declares (`OnnxModel`).
         settings: the service's settings: `model_repository`, and `batching()` if the class batches.
         device: where its versions load.
         pool: objects its versions share with the service's other models (default: its own).
@@ -224,19 +248,21 @@ def serve_model(
         The served model, with no version loaded yet.
 
     Raises:
-        RepositoryError: its `model.json` is invalid.
+        RepositoryError: its `model.json` is invalid, or a class that takes its tensors from the repository
+            finds no version there.
     """
     name = name or cls.name
     model_file = read_model_file(settings.model_repository, name)
     traits: Batching | None = getattr(cls, "batching", Batching())
     batching = None if traits is None else settings.batching(pad=traits.pad, inline_when_idle=traits.inline_when_idle)
-    loader = RepositoryLoader(cls, name, settings, device, SharedPool() if pool is None else pool, batching)
+    tensors = (cls.inputs, cls.outputs) if cls.inputs is not None else newest_tensors(settings.model_repository, name)
+    pool = SharedPool() if pool is None else pool
+    loader = RepositoryLoader(cls, name, settings, device, pool, batching, tensors)
     hint = f" in {settings.model_repository / name}" + (f"; run `{make}`" if make else "")
     return ModelVersions(
         name,
         getattr(cls, "platform", DEFAULT_PLATFORM),
-        cls.inputs,
-        cls.outputs,
+        *tensors,
         loader,
         model_file.policy,
         model_file.default_version,

@@ -29,6 +29,7 @@ from services.common.model import TensorSpec
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.json"
+ONNXRUNTIME = "onnxruntime"
 FORBIDDEN_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".bin", ".ckpt", ".joblib", ".npy", ".npz")
 
 
@@ -228,6 +229,52 @@ def newest_version(repository: Path, model: str, hint: str = "") -> Path:
     return repository / model / versions[-1]
 
 
+def is_torch_source(config: VersionConfig) -> bool:
+    """Whether a version holds fp32 torch weights: what training, quantization and ONNX export start from
+    (not quantized at load, not an ONNX graph)."""
+    return config.quantization is None and config.platform != ONNXRUNTIME
+
+
+def newest_source(repository: Path, model: str, hint: str = "") -> Path:
+    """The directory of the newest version of `model` holding fp32 torch weights (see `is_torch_source`).
+
+    Raises:
+        FileNotFoundError: there is none.
+    """
+    for version in reversed(version_dirs(repository, model)):
+        directory = repository / model / version
+        if is_torch_source(read_version(directory, model)):
+            return directory
+    raise FileNotFoundError(f"no fp32 torch version of {model} in {repository}" + (f": {hint}" if hint else ""))
+
+
+def serve_beside(repository: Path, model: str, source: str) -> None:
+    """Keep serving what was served, and the version just published beside it.
+
+    A version derived from another (quantized, exported, pruned) is served to requests that name it;
+    serving it by default is the operator's choice (`default_version` in `model.json`). Without a
+    `model.json` the model gets one serving the newest two versions with `source` as the default; with
+    one, a `latest:N` policy grows to `latest:N+1` and an unset default becomes `source`.
+
+    Args:
+        repository: repository root.
+        model: model name.
+        source: the version the new one was derived from.
+    """
+    path = repository / model / MODEL_FILE
+    if not path.exists():
+        model_file = ModelFile(version_policy="latest:2", default_version=source)
+    else:
+        model_file = read_model_file(repository, model)
+        policy = model_file.policy
+        if policy.kind == "latest":
+            model_file.version_policy = f"latest:{policy.count + 1}"
+        elif policy.kind == "specific":
+            model_file.version_policy = f"specific:{','.join([*policy.versions, version_dirs(repository, model)[-1]])}"
+        model_file.default_version = model_file.default_version or source
+    path.write_text(model_file.model_dump_json() + "\n", encoding="utf-8")
+
+
 def write_version(directory: Path, config: VersionConfig) -> None:
     """Write `config.json` into `directory`, recording the SHA-256 of each file it lists."""
     config.files = {name: sha256_of(directory / name) for name in config.files}
@@ -301,13 +348,11 @@ def read_version(directory: Path, model: str) -> VersionConfig:
 def publish_quantized(
     repository: Path, model: str, scheme: str, measure: Callable[[Path, VersionConfig], tuple[dict, dict]]
 ) -> Path:
-    """Publish the newest unquantized version of `model` again as the next version, quantized by `scheme`.
+    """Publish the newest fp32 torch version of `model` again as the next version, quantized by `scheme`.
 
     The weights are copied unchanged (plain tensors in safetensors); the new config records the
-    scheme, and the serving code quantizes at load. A model without a `model.json` gets one with
-    the policy `latest:2` and the version it came from as the default: the quantized version is served
-    beside it, to requests that ask for it by version, and serving it by default is the operator's
-    choice (`default_version` in `model.json`).
+    scheme, and the serving code quantizes at load. The quantized version is served beside the versions
+    served before (`serve_beside`).
 
     Args:
         repository: repository root.
@@ -320,15 +365,15 @@ def publish_quantized(
         The new version's directory.
 
     Raises:
-        FileNotFoundError: the model has no unquantized version to start from.
+        FileNotFoundError: the model has no fp32 torch version to start from.
     """
     sources = [
         (directory, read_version(directory, model))
         for directory in (repository / model / v for v in reversed(version_dirs(repository, model)))
     ]
-    source = next(((d, c) for d, c in sources if c.quantization is None), None)
+    source = next(((d, c) for d, c in sources if is_torch_source(c)), None)
     if source is None:
-        raise FileNotFoundError(f"no unquantized version of {model} in {repository} to quantize")
+        raise FileNotFoundError(f"no fp32 torch version of {model} in {repository} to quantize")
     directory, config = source
     metrics, provenance = measure(directory, config)
     quantized = config.model_copy(
@@ -347,8 +392,5 @@ def publish_quantized(
             shutil.copyfile(directory / name, staging / name)
 
     published = publish_version(repository, quantized, copy_files)
-    policy = repository / model / MODEL_FILE
-    if not policy.exists():
-        model_file = ModelFile(version_policy="latest:2", default_version=directory.name)
-        policy.write_text(model_file.model_dump_json() + "\n", encoding="utf-8")
+    serve_beside(repository, model, directory.name)
     return published

@@ -220,6 +220,7 @@ class ServedModelSettings(ModelServiceSettings):
     """A model served by `maas serve module:Class`, read from `MAAS_<NAME>_*` (the name upper-cased)."""
 
     port: int = Field(50060, ge=0, le=65535)
+    max_rows: int = Field(1024, ge=1, description="Rows per request a model may take (OnnxModel refuses more).")
 
 
 class RaySettings(BaseSettings):

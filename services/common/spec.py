@@ -207,6 +207,8 @@ def user_spec(reference: str, name: str = "", app_dir: str = "") -> ServiceSpec:
             f"{reference} is not a model class: it has no {', '.join(missing)} (see services.common.model)"
         )
     name = name or cls.name
+    if not name:
+        raise ValueError(f"{reference} names no model: give one with --name")
     if not re.fullmatch(NAME_PATTERN, name):
         raise ValueError(
             f"model name {name!r}: use letters, digits, '_' and '-' (at most 63), starting with one of the first two"

@@ -94,13 +94,14 @@ def _version_policy(policy: VersionPolicy) -> config_pb.ModelVersionPolicy:
     return config_pb.ModelVersionPolicy(latest=config_pb.ModelVersionPolicy.Latest(num_versions=policy.count))
 
 
-def model_config(model: ModelVersions) -> config_pb.ModelConfig:
+def model_config(model: ModelVersions, version: str = "") -> config_pb.ModelConfig:
     """Triton's model configuration of `model`: what it declares of its tensors, batching and versions.
 
     With a batch dimension (max_batch_size > 0) the dims leave out the first dimension, as Triton's do.
 
     Args:
         model: the served model.
+        version: the version asked about ("": the default); its platform is reported.
 
     Returns:
         Its `inference.ModelConfig`.
@@ -113,7 +114,7 @@ def model_config(model: ModelVersions) -> config_pb.ModelConfig:
 
     config = config_pb.ModelConfig(
         name=model.name,
-        platform=model.platform,
+        platform=model.platform_of(version),
         version_policy=_version_policy(model.policy),
         max_batch_size=limits.max_batch_size,
         input=[
@@ -190,7 +191,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelMetadataResponse(
             name=model.name,
             versions=versions,
-            platform=model.platform,
+            platform=model.platform_of(request.version),
             inputs=[
                 pb.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=s.datatype, shape=s.shape)
                 for s in model.inputs
@@ -203,7 +204,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext):
         model, _ = self._model_version(request.name, request.version)
-        return pb.ModelConfigResponse(config=model_config(model))
+        return pb.ModelConfigResponse(config=model_config(model, request.version))
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext):
         return await self._infer(request)

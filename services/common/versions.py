@@ -212,6 +212,15 @@ class ModelVersions:
         label_version(self.name, loaded.version)
         return loaded
 
+    def platform_of(self, version: str) -> str:
+        """The platform of the version a request for `version` ("" = the default) is served by, as its config
+        says (a model's versions may run on different platforms: torch, ONNX Runtime); the model's own when
+        that version is not loaded or has no config."""
+        loaded = self._default if not version else self._loaded.get(version)
+        if loaded is None or loaded.config is None:
+            return self.platform
+        return loaded.config.platform
+
     def resolve(self, version: str) -> str:
         """The name of the version a request for `version` is served by (see `get`)."""
         return self.get(version).version

@@ -7,6 +7,7 @@ id without a row of its own). Padding never changes a result.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from services.common.model import Arrays, Parameters, Version
+from services.common.onnx_runtime import OnnxSession, is_onnx
 from services.common.repository import RepositoryError
 from services.common.sequences import SEQUENCE_BATCHING, checked_sequences
 from services.common.torch_weights import CPU, load_weights, quantize, serving_device
@@ -83,8 +85,48 @@ def tokens_first(ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndar
     return np.take_along_axis(ids, order, axis=1), lengths
 
 
+class TorchLSTM:
+    """A version's LSTM on torch, quantized if its config says so: ids and lengths in, probabilities out."""
+
+    def __init__(
+        self, directory: Path, hyperparameters: dict, quantization: str | None = None, device: torch.device = CPU
+    ) -> None:
+        """Load the version's weights into its architecture, quantized by `quantization` if given, onto
+        `device` (a quantized version stays on the CPU).
+
+        Raises:
+            RepositoryError: the weights do not fit the architecture, or the quantization is unknown.
+        """
+        self.device = serving_device(device, quantization, directory)
+        network = quantize(load_weights(build(hyperparameters), directory / WEIGHTS_FILE), quantization)
+        self.network = network.to(self.device)
+
+    @torch.inference_mode()
+    def __call__(self, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Softmax probabilities, float32 [N, classes] on the CPU, for right-padded ids [N, L] and lengths [N]."""
+        logits = self.network(torch.from_numpy(ids).to(self.device), torch.from_numpy(lengths).to(self.device))
+        return torch.softmax(logits, dim=1).cpu().numpy()
+
+
+class OnnxLSTM:
+    """A version's exported LSTM on ONNX Runtime; its graph takes right-padded INPUT_IDS and ATTENTION_MASK."""
+
+    def __init__(self, session: OnnxSession) -> None:
+        self.session = session
+        self.device = session.device
+
+    def __call__(self, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Softmax probabilities, float32 [N, classes], for right-padded ids [N, L] and lengths [N]."""
+        mask = (np.arange(ids.shape[1]) < lengths[:, None]).astype(np.int64)
+        return self.session(ids, mask)
+
+
 class Classifier:
-    """v2 model `review_lstm`: INPUT_IDS, ATTENTION_MASK INT64 [N, L] -> PROBABILITIES FP32 [N, 2]."""
+    """v2 model `review_lstm`: INPUT_IDS, ATTENTION_MASK INT64 [N, L] -> PROBABILITIES FP32 [N, 2].
+
+    A torch version runs as a `TorchLSTM` (fp32 or int8); a version on ONNX Runtime runs its exported
+    graph, behind the same checks.
+    """
 
     name = MODEL_NAME
     platform = PLATFORM
@@ -94,49 +136,43 @@ class Classifier:
 
     def __init__(
         self,
-        directory: Path,
-        hyperparameters: dict,
-        quantization: str | None = None,
-        device: torch.device = CPU,
+        forward: Callable[[np.ndarray, np.ndarray], np.ndarray],
+        vocab_size: int,
+        device: torch.device | str = CPU,
         max_texts: int = 256,
     ) -> None:
-        """Load the version's weights into its architecture, quantized if its config says so, onto
-        `device` (a quantized version stays on the CPU).
-
-        Args:
-            directory: the version's directory.
-            hyperparameters: the architecture's, from the version's config.
-            quantization: the version's quantization scheme, or None.
-            device: where the weights live and batches run.
-            max_texts: sequences per request; more is refused.
-
-        Raises:
-            RepositoryError: the weights do not fit the architecture, or the quantization is unknown.
+        """Args:
+        forward: probabilities for right-padded ids [N, L] and lengths [N] (`TorchLSTM` or `OnnxLSTM`).
+        vocab_size: ids must lie below it.
+        device: where `forward` computes.
+        max_texts: sequences per request; more is refused.
         """
-        self.vocab_size = int(hyperparameters["vocab_size"])
+        self.forward = forward
+        self.vocab_size = vocab_size
+        self.device = device
         self.max_texts = max_texts
-        self.device = serving_device(device, quantization, directory)
-        network = quantize(load_weights(build(hyperparameters), directory / WEIGHTS_FILE), quantization)
-        self.network = network.to(self.device)
 
     @classmethod
     def load(cls, version: Version) -> Classifier:
-        """The LSTM of a version, quantized as its config says.
+        """The LSTM of a version: on torch, quantized as its config says, or its ONNX graph.
 
         Raises:
-            RepositoryError: the config names another architecture, or its hyperparameters or weights do
+            RepositoryError: the config names another architecture, or its hyperparameters or files do
                 not build the LSTM.
         """
         config = version.config
         hyperparameters = config.network(ARCHITECTURE, version.directory).get("hyperparameters", {})
         try:
-            return cls(
-                version.directory,
-                hyperparameters,
-                config.quantization,
-                torch.device(version.device),
-                version.settings.max_texts,
-            )
+            forward: TorchLSTM | OnnxLSTM
+            if is_onnx(config):
+                session = OnnxSession.of(version)
+                session.check(INPUTS, OUTPUTS, version.directory)
+                forward = OnnxLSTM(session)
+            else:
+                forward = TorchLSTM(
+                    version.directory, hyperparameters, config.quantization, torch.device(version.device)
+                )
+            return cls(forward, int(hyperparameters["vocab_size"]), forward.device, version.settings.max_texts)
         except (KeyError, TypeError) as exc:
             raise RepositoryError(
                 f"{version.directory}: architecture hyperparameters do not build the LSTM ({exc!r})"
@@ -150,10 +186,7 @@ class Classifier:
         """PROBABILITIES of a batch of token ids."""
         return {"PROBABILITIES": self.probabilities(batch["INPUT_IDS"], batch["ATTENTION_MASK"])}
 
-    @torch.inference_mode()
     def probabilities(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        """Softmax probabilities, float32 [N, classes] on the CPU, for INT64 ids and 0/1 mask [N, L],
-        every row holding at least one token."""
-        ids, lengths = tokens_first(input_ids, attention_mask)
-        logits = self.network(torch.from_numpy(ids).to(self.device), torch.from_numpy(lengths).to(self.device))
-        return torch.softmax(logits, dim=1).cpu().numpy()
+        """Softmax probabilities, float32 [N, classes], for INT64 ids and 0/1 mask [N, L], every row holding
+        at least one token."""
+        return self.forward(*tokens_first(input_ids, attention_mask))

@@ -12,10 +12,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from services.common.repository import TensorConfig, VersionConfig, publish_quantized, publish_version
+from services.common.repository import TensorConfig, VersionConfig, publish_quantized, publish_version, read_version
 from services.common.reviews import LABELS, MAJORITY_BASELINE, SOURCE, review_splits, reviews
 from services.common.torch_weights import save_weights
-from services.text.model import ARCHITECTURE, PAD_ROW, UNKNOWN_ROW, WEIGHTS_FILE, Classifier, build
+from services.text.model import ARCHITECTURE, PAD_ROW, UNKNOWN_ROW, WEIGHTS_FILE, TorchLSTM, build
 from services.text.recipe import Recipe
 from services.text.spec import INPUTS, MODEL_NAME, OUTPUTS, PLATFORM
 from services.tokenizer.model import WordPieceTokenizer, newest_tokenizer
@@ -184,8 +184,8 @@ def quantize_version(repository: Path, scheme: str, test_limit: int = 0) -> Path
     def measure(directory: Path, config: VersionConfig) -> tuple[dict, dict]:
         hyperparameters = config.architecture["hyperparameters"]
         ids, lengths = encoded(tokenizer, texts, config.data["recipe"]["max_length"])
-        exact = predict(Classifier(directory, hyperparameters).network, ids, lengths)
-        quantized = predict(Classifier(directory, hyperparameters, scheme).network, ids, lengths)
+        exact = predict(TorchLSTM(directory, hyperparameters).network, ids, lengths)
+        quantized = predict(TorchLSTM(directory, hyperparameters, scheme).network, ids, lengths)
         metrics = {
             **test_metrics(quantized, labels),
             "fp32_test_accuracy": accuracy(exact, labels),
@@ -195,3 +195,60 @@ def quantize_version(repository: Path, scheme: str, test_limit: int = 0) -> Path
         return metrics, {"quantized_layers": "both LSTMs and the classifier (Linear); the embedding stays fp32"}
 
     return publish_quantized(repository, MODEL_NAME, scheme, measure)
+
+
+class ProbabilitiesGraph(nn.Module):
+    """The LSTM as exported: right-padded INPUT_IDS and ATTENTION_MASK in, PROBABILITIES out."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities [N, classes]."""
+        return torch.softmax(self.network(input_ids, attention_mask.sum(dim=1)), dim=1)
+
+
+def export_onnx(repository: Path, version: int | None = None, test_limit: int = 0) -> Path:
+    """Export a published LSTM (`version`, or the newest fp32 torch one) to ONNX and publish it as the next
+    version on ONNX Runtime, with its parity and accuracy on the test reviews.
+
+    Args:
+        repository: model repository root (its newest tokenizer makes the ids).
+        version: the version to export; None: the newest fp32 torch version.
+        test_limit: measure on this many test reviews only (0: all 1,000).
+
+    Returns:
+        The new version's directory.
+
+    Raises:
+        FileNotFoundError: no tokenizer, no such version, or none to export.
+        ValueError: `version` is not an fp32 torch version.
+    """
+    from services.common.onnx_export import Evaluation, publish_onnx, source_directory
+    from services.text.model import Classifier
+    from services.text.spec import TextSettings
+
+    torch.set_num_threads(1)
+    source = source_directory(repository, MODEL_NAME, version)
+    config = read_version(source, MODEL_NAME)
+    network = TorchLSTM(source, config.architecture["hyperparameters"]).network
+    texts, labels = reviews("testing_data")
+    if test_limit:
+        texts, labels = texts[:test_limit], labels[:test_limit]
+    ids, mask, _ = newest_tokenizer(repository).encode_arrays(texts, max_length=config.data["recipe"]["max_length"])
+    batches = [
+        {"INPUT_IDS": ids[start : start + 64], "ATTENTION_MASK": mask[start : start + 64]}
+        for start in range(0, len(texts), 64)
+    ]
+    example = (torch.from_numpy(ids[:3, :16]), torch.ones(3, 16, dtype=torch.int64))
+    return publish_onnx(
+        repository,
+        Classifier,
+        TextSettings(model_repository=repository),
+        source,
+        ProbabilitiesGraph(network),
+        example,
+        {"INPUT_IDS": {0: "batch", 1: "sequence"}, "ATTENTION_MASK": {0: "batch", 1: "sequence"}},
+        Evaluation(batches, np.asarray(labels), "PROBABILITIES"),
+    )

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from services.common.model import Arrays, Parameters, Version
+from services.common.model import Arrays, Parameters, TensorSpec, Version
+from services.common.onnx_runtime import OnnxSession, is_onnx
 from services.common.repository import RepositoryError, read_version
 from services.common.sequences import SEQUENCE_BATCHING, checked_sequences
 from services.common.torch_weights import CPU, load_state, load_weights, quantize, read_weights, serving_device
@@ -267,8 +268,41 @@ def shared_encoder(version: Version, directory: Path, quantization: str | None) 
     return version.share((directory.resolve(), scheme), lambda: Encoder(directory, bert, scheme, device))
 
 
+class OnnxEncoder:
+    """An exported encoder on ONNX Runtime: its graph takes INPUT_IDS and ATTENTION_MASK and gives EMBEDDING."""
+
+    def __init__(self, session: OnnxSession, vocab_size: int) -> None:
+        self.session = session
+        self.vocab_size = vocab_size
+        self.device = session.device
+
+    def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Mean-pooled, L2-normalised embeddings [N, 384], float32."""
+        return self.session(input_ids, attention_mask)
+
+
+def onnx_session(version: Version, outputs: tuple[TensorSpec, ...]) -> tuple[OnnxSession, int]:
+    """The version's ONNX graph, checked to take the sequence inputs and give `outputs`, and the vocabulary
+    size its config's BERT shape records.
+
+    Raises:
+        RepositoryError: the file is missing or unloadable, its tensors differ, or the config records no
+            BERT shape.
+    """
+    bert = version.config.architecture.get("bert")
+    if not isinstance(bert, dict) or "vocab_size" not in bert:
+        raise RepositoryError(f"{version.directory}: the architecture records no BERT shape (bert.vocab_size)")
+    session = OnnxSession.of(version)
+    session.check(INPUTS, outputs, version.directory)
+    return session, int(bert["vocab_size"])
+
+
 class Embedder:
-    """v2 model `minilm_embed`: INPUT_IDS, ATTENTION_MASK INT64 [N, L] -> EMBEDDING FP32 [N, 384]."""
+    """v2 model `minilm_embed`: INPUT_IDS, ATTENTION_MASK INT64 [N, L] -> EMBEDDING FP32 [N, 384].
+
+    A torch version runs the packed encoder (shared with the sentiment heads over it); a version on
+    ONNX Runtime runs its exported graph over the padded batch, behind the same checks.
+    """
 
     name = EMBED_MODEL
     platform = PLATFORM
@@ -276,18 +310,20 @@ class Embedder:
     outputs = EMBED_OUTPUTS
     batching = SEQUENCE_BATCHING
 
-    def __init__(self, encoder: Encoder, max_texts: int = 256) -> None:
+    def __init__(self, encoder: Encoder | OnnxEncoder, max_texts: int = 256) -> None:
         self.encoder = encoder
         self.device = encoder.device
         self.max_texts = max_texts
 
     @classmethod
     def load(cls, version: Version) -> Embedder:
-        """The version's encoder, quantized as its config says.
+        """The version's encoder, quantized as its config says, or its ONNX graph.
 
         Raises:
-            RepositoryError: the weights do not fit the BERT config, or the quantization is unknown.
+            RepositoryError: the files do not fit the config, or the quantization is unknown.
         """
+        if is_onnx(version.config):
+            return cls(OnnxEncoder(*onnx_session(version, EMBED_OUTPUTS)), version.settings.max_texts)
         return cls(shared_encoder(version, version.directory, None), version.settings.max_texts)
 
     def prepare(self, inputs: Arrays, parameters: Parameters) -> Arrays:
@@ -299,9 +335,34 @@ class Embedder:
         return {"EMBEDDING": self.encoder.embed(batch["INPUT_IDS"], batch["ATTENTION_MASK"])}
 
 
+class TorchSentiment:
+    """A head over a loaded encoder, on torch: ids and mask in, probabilities out."""
+
+    def __init__(self, encoder: Encoder, directory: Path, classes: int, quantization: str | None = None) -> None:
+        """Load the head's weights, quantized by `quantization` (a config's scheme) if given, onto the
+        encoder's device (a quantized head stays on the CPU).
+
+        Raises:
+            RepositoryError: the weights do not fit the head, or the quantization is unknown.
+        """
+        self.encoder = encoder
+        self.device = serving_device(encoder.device, quantization, directory)
+        head = quantize(load_weights(SentimentHead(classes), directory / HEAD_FILE), quantization)
+        self.head = head.to(self.device)
+
+    @torch.inference_mode()
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Class probabilities [N, classes] on the CPU."""
+        embeddings = self.encoder.embed_tensor(input_ids, attention_mask).to(self.device)
+        return torch.softmax(self.head(embeddings), dim=1).cpu().numpy()
+
+
 class SentimentClassifier:
-    """v2 model `minilm_sentiment`: INPUT_IDS, ATTENTION_MASK INT64 [N, L] -> PROBABILITIES FP32 [N, 2]:
-    the encoder a head was trained on, and the head."""
+    """v2 model `minilm_sentiment`: INPUT_IDS, ATTENTION_MASK INT64 [N, L] -> PROBABILITIES FP32 [N, 2].
+
+    A torch version is the encoder a head was trained on, and the head (`TorchSentiment`); a version on
+    ONNX Runtime is one exported graph of both, behind the same checks.
+    """
 
     name = SENTIMENT_MODEL
     platform = PLATFORM
@@ -310,44 +371,48 @@ class SentimentClassifier:
     batching = SEQUENCE_BATCHING
 
     def __init__(
-        self, encoder: Encoder, directory: Path, classes: int, quantization: str | None = None, max_texts: int = 256
+        self,
+        forward: Callable[[np.ndarray, np.ndarray], np.ndarray],
+        vocab_size: int,
+        device: torch.device | str = CPU,
+        max_texts: int = 256,
     ) -> None:
-        """Load the head's weights, quantized by `quantization` (a config's scheme) if given, onto the
-        encoder's device (a quantized head stays on the CPU).
-
-        Raises:
-            RepositoryError: the weights do not fit the head, or the quantization is unknown.
+        """Args:
+        forward: probabilities for ids and mask [N, L] (`TorchSentiment` or an `OnnxSession`).
+        vocab_size: ids must lie below it.
+        device: where `forward` computes.
+        max_texts: sequences per request; more is refused.
         """
-        self.encoder = encoder
+        self.forward = forward
+        self.vocab_size = vocab_size
+        self.device = device
         self.max_texts = max_texts
-        self.device = serving_device(encoder.device, quantization, directory)
-        head = quantize(load_weights(SentimentHead(classes), directory / HEAD_FILE), quantization)
-        self.head = head.to(self.device)
 
     @classmethod
     def load(cls, version: Version) -> SentimentClassifier:
-        """The head of a version over the encoder its config names, both quantized as its config says.
+        """The head of a version over the encoder its config names, both quantized as its config says; or
+        its ONNX graph.
 
         Raises:
             RepositoryError: the config names another architecture, or the files do not fit it.
         """
         config = version.config
-        encoder_directory = (
-            version.directory.parents[1] / config.network(HEAD_ARCHITECTURE, version.directory)["encoder"]
-        )
-        encoder = shared_encoder(version, encoder_directory, config.quantization)
-        return cls(encoder, version.directory, len(config.labels), config.quantization, version.settings.max_texts)
+        architecture = config.network(HEAD_ARCHITECTURE, version.directory)
+        if is_onnx(config):
+            session, vocab_size = onnx_session(version, SENTIMENT_OUTPUTS)
+            return cls(session, vocab_size, session.device, version.settings.max_texts)
+        encoder = shared_encoder(version, version.directory.parents[1] / architecture["encoder"], config.quantization)
+        forward = TorchSentiment(encoder, version.directory, len(config.labels), config.quantization)
+        return cls(forward, encoder.vocab_size, forward.device, version.settings.max_texts)
 
     def prepare(self, inputs: Arrays, parameters: Parameters) -> Arrays:
         """Check ids and mask and drop unused padding (see `checked_sequences`)."""
-        return checked_sequences(inputs, self.encoder.vocab_size, self.max_texts)
+        return checked_sequences(inputs, self.vocab_size, self.max_texts)
 
     def predict(self, batch: Arrays) -> Arrays:
         """PROBABILITIES of a batch of token ids."""
         return {"PROBABILITIES": self.probabilities(batch["INPUT_IDS"], batch["ATTENTION_MASK"])}
 
-    @torch.inference_mode()
     def probabilities(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        """Class probabilities [N, classes] on the CPU."""
-        embeddings = self.encoder.embed_tensor(input_ids, attention_mask).to(self.device)
-        return torch.softmax(self.head(embeddings), dim=1).cpu().numpy()
+        """Class probabilities [N, classes]."""
+        return self.forward(input_ids, attention_mask)

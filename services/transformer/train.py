@@ -15,16 +15,23 @@ from tqdm import tqdm
 from services.common.repository import (
     TensorConfig,
     VersionConfig,
+    newest_source,
     publish_quantized,
     publish_version,
     read_version,
-    version_dirs,
 )
 from services.common.reviews import LABELS, MAJORITY_BASELINE, SOURCE, review_splits, reviews
 from services.common.sequences import SEQUENCE_INPUTS
 from services.common.torch_weights import load_weights, quantize, save_weights
 from services.tokenizer.model import DEFAULT_MAX_LENGTH, WordPieceTokenizer, newest_tokenizer
-from services.transformer.model import HEAD_ARCHITECTURE, HEAD_FILE, Encoder, SentimentHead
+from services.transformer.model import (
+    HEAD_ARCHITECTURE,
+    HEAD_FILE,
+    WEIGHTS_FILE,
+    Encoder,
+    PackedEncoder,
+    SentimentHead,
+)
 from services.transformer.spec import EMBED_MODEL, EMBEDDING_SIZE, PLATFORM, SENTIMENT_MODEL, SENTIMENT_OUTPUTS
 
 SERVING_CHECK = 200
@@ -101,16 +108,12 @@ def accuracy(head: SentimentHead, embeddings: np.ndarray, labels: np.ndarray) ->
 
 
 def newest_encoder(repository: Path) -> Path:
-    """The newest unquantized `minilm_embed` version directory (heads are fitted on fp32 embeddings).
+    """The newest fp32 torch `minilm_embed` version directory (heads are fitted on fp32 embeddings).
 
     Raises:
         FileNotFoundError: there is none.
     """
-    for version in reversed(version_dirs(repository, EMBED_MODEL)):
-        directory = repository / EMBED_MODEL / version
-        if read_version(directory, EMBED_MODEL).quantization is None:
-            return directory
-    raise FileNotFoundError(f"no unquantized {EMBED_MODEL} in {repository}: run `maas models export-minilm`")
+    return newest_source(repository, EMBED_MODEL, "run `maas models export-minilm`")
 
 
 def train(recipe: Recipe, repository: Path, progress: bool = True) -> Path:
@@ -216,3 +219,135 @@ def quantize_embed(repository: Path, scheme: str, test_limit: int = SERVING_CHEC
         return metrics, {"quantized_layers": "every Linear of the encoder", "parity_examples": len(texts)}
 
     return publish_quantized(repository, EMBED_MODEL, scheme, measure)
+
+
+class EmbeddingGraph(nn.Module):
+    """MiniLM as exported: INPUT_IDS and ATTENTION_MASK in, the masked mean of the last hidden states,
+    L2-normalised, out. It runs the packed encoder's own modules over the padded batch (padding keys
+    masked out of attention): one graph with dynamic batch and sequence axes, no Python per sequence."""
+
+    def __init__(self, encoder: PackedEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Sentence embeddings [N, 384]."""
+        embeddings = self.encoder.embeddings
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+        summed = (
+            embeddings.word_embeddings(input_ids)
+            + embeddings.position_embeddings(positions)
+            + embeddings.token_type_embeddings.weight[0]
+        )
+        hidden = embeddings.LayerNorm(summed)
+        keys = attention_mask.bool()[:, None, None, :]
+        for layer in self.encoder.layers:
+            hidden = _padded_layer(layer, hidden, keys)
+        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        means = (hidden * weights).sum(dim=1) / weights.sum(dim=1)
+        return nn.functional.normalize(means, p=2, dim=1)
+
+
+def _padded_layer(layer: nn.Module, hidden: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """One packed-encoder layer over a padded batch [N, L, hidden], attending only to `keys` [N, 1, 1, L]."""
+    batch, length, width = hidden.shape
+    head_size = width // layer.heads
+    query, key, value = layer.qkv(hidden).view(batch, length, 3, layer.heads, head_size).permute(2, 0, 3, 1, 4)
+    context = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=keys)
+    context = context.transpose(1, 2).reshape(batch, length, width)
+    hidden = layer.attention_norm(layer.attention_output(context) + hidden)
+    return layer.output_norm(layer.output(layer.activation(layer.intermediate(hidden))) + hidden)
+
+
+class SentimentGraph(nn.Module):
+    """The sentiment model as exported: the embedding graph and the head, softmax probabilities out."""
+
+    def __init__(self, embedding: EmbeddingGraph, head: SentimentHead) -> None:
+        super().__init__()
+        self.embedding = embedding
+        self.head = head
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Probabilities [N, classes]."""
+        return torch.softmax(self.head(self.embedding(input_ids, attention_mask)), dim=1)
+
+
+SEQUENCE_AXES = {"INPUT_IDS": {0: "batch", 1: "sequence"}, "ATTENTION_MASK": {0: "batch", 1: "sequence"}}
+
+
+def _parity_batches(repository: Path, test_limit: int) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+    """The first `test_limit` test reviews (0: all) tokenized as requests of 32, and their labels."""
+    texts, labels = _test_reviews(test_limit)
+    ids, mask, _ = newest_tokenizer(repository).encode_arrays(texts, max_length=DEFAULT_MAX_LENGTH)
+    batches = [
+        {"INPUT_IDS": ids[start : start + 32], "ATTENTION_MASK": mask[start : start + 32]}
+        for start in range(0, len(texts), 32)
+    ]
+    return batches, labels
+
+
+def _example() -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randint(1000, 2000, (3, 12), dtype=torch.int64), torch.ones(3, 12, dtype=torch.int64)
+
+
+def export_embed_onnx(repository: Path, version: int | None = None, test_limit: int = SERVING_CHECK) -> Path:
+    """Export a published `minilm_embed` (`version`, or the newest fp32 torch one) to ONNX and publish it as
+    the next version on ONNX Runtime, with the cosine and largest difference between its embeddings and
+    the source's on the first `test_limit` test reviews.
+
+    Raises:
+        FileNotFoundError: no tokenizer, no such version, or none to export.
+        ValueError: `version` is not an fp32 torch version.
+    """
+    from services.common.onnx_export import Evaluation, publish_onnx, source_directory
+    from services.transformer.model import Embedder
+    from services.transformer.spec import TransformerSettings
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    source = source_directory(repository, EMBED_MODEL, version)
+    encoder = PackedEncoder.load(read_version(source, EMBED_MODEL).architecture["bert"], source / WEIGHTS_FILE)
+    batches, _ = _parity_batches(repository, test_limit)
+    return publish_onnx(
+        repository,
+        Embedder,
+        TransformerSettings(model_repository=repository),
+        source,
+        EmbeddingGraph(encoder),
+        _example(),
+        SEQUENCE_AXES,
+        Evaluation(batches, None, "EMBEDDING", cosine=True),
+    )
+
+
+def export_sentiment_onnx(repository: Path, version: int | None = None, test_limit: int = SERVING_CHECK) -> Path:
+    """Export a published `minilm_sentiment` (`version`, or the newest fp32 torch one) with its encoder to one
+    ONNX graph and publish it as the next version on ONNX Runtime, with its parity and accuracy on the
+    first `test_limit` test reviews.
+
+    Raises:
+        FileNotFoundError: no tokenizer, no such version, or none to export.
+        ValueError: `version` is not an fp32 torch version.
+    """
+    from services.common.onnx_export import Evaluation, publish_onnx, source_directory
+    from services.transformer.model import SentimentClassifier
+    from services.transformer.spec import TransformerSettings
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    source = source_directory(repository, SENTIMENT_MODEL, version)
+    config = read_version(source, SENTIMENT_MODEL)
+    encoder_dir = repository / config.architecture["encoder"]
+    bert_config = read_version(encoder_dir, EMBED_MODEL).architecture["bert"]
+    encoder = PackedEncoder.load(bert_config, encoder_dir / WEIGHTS_FILE)
+    head = load_weights(SentimentHead(len(config.labels)), source / HEAD_FILE)
+    batches, labels = _parity_batches(repository, test_limit)
+    return publish_onnx(
+        repository,
+        SentimentClassifier,
+        TransformerSettings(model_repository=repository),
+        source,
+        SentimentGraph(EmbeddingGraph(encoder), head),
+        _example(),
+        SEQUENCE_AXES,
+        Evaluation(batches, labels, "PROBABILITIES"),
+        architecture={**config.architecture, "bert": bert_config},
+    )

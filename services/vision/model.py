@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from torch.nn import functional
 
 from services.common.errors import InvalidInput, Overloaded
 from services.common.model import Arrays, Batching, Parameters, Version
+from services.common.onnx_runtime import OnnxSession, is_onnx
 from services.common.repository import RepositoryError
 from services.common.torch_weights import CPU, load_weights
 from services.vision.spec import INPUTS, MODEL_NAME, OUTPUTS, PLATFORM
@@ -29,10 +31,20 @@ class FashionCNN(nn.Module):
     computes a quarter of the convolution outputs and skips the pooling, the slowest operation at batch
     1 on a CPU whose caches went cold between requests: 0.25 ms instead of 0.36 ms per image served,
     for 91.6% instead of 92.0% test accuracy. Width 16 keeps it small: about 0.5 M multiply-adds per image.
+    `widths` sets the two blocks' channels apart (a pruned network: `maas train vision --prune`); by
+    default they are `width` and twice that.
     """
 
-    def __init__(self, width: int = 16, hidden: int = 128, dropout: float = 0.3, downsample: str = "pool") -> None:
+    def __init__(
+        self,
+        width: int = 16,
+        hidden: int = 128,
+        dropout: float = 0.3,
+        downsample: str = "pool",
+        widths: list[int] | None = None,
+    ) -> None:
         super().__init__()
+        first, second = widths or (width, 2 * width)
         if downsample not in DOWNSAMPLING:
             raise ValueError(f"downsample must be one of {', '.join(DOWNSAMPLING)}, got {downsample!r}")
         pool = downsample == "pool"
@@ -45,11 +57,11 @@ class FashionCNN(nn.Module):
                 *([nn.MaxPool2d(2)] if pool else []),
             )
 
-        self.features = nn.Sequential(block(1, width), block(width, 2 * width))
+        self.features = nn.Sequential(block(1, first), block(first, second))
         self.classifier = nn.Sequential(
             nn.Flatten(),
             nn.Dropout(dropout),
-            nn.Linear(2 * width * 7 * 7, hidden),
+            nn.Linear(second * 7 * 7, hidden),
             nn.ReLU(inplace=True),
             nn.Dropout(dropout),
             nn.Linear(hidden, 10),
@@ -72,47 +84,28 @@ def build(hyperparameters: dict) -> FashionCNN:
         raise RepositoryError(f"fashion_cnn hyperparameters {hyperparameters}: {exc}") from None
 
 
-class Classifier:
-    """v2 model `fashion_cnn`: IMAGE FP32 [N, 1, 28, 28] in [0, 1] -> PROBABILITIES FP32 [N, 10].
+class FoldedCNN:
+    """A trained CNN as a flat list of tensor operations, for inference: images in, probabilities out.
 
-    At load, the trained network becomes a flat list of tensor operations: each batch norm folded
-    into the convolution before it, any max pooling moved ahead of the ReLU (both commute, so results
-    are identical on a quarter of the values), dropout gone, and no module dispatch per call. At batch 1
-    module dispatch costs about as much as the arithmetic. Convolutions run channels-last (NHWC), the
-    layout oneDNN's kernels and max pooling are fastest in on a CPU: about 10% less time per image at
-    batch 1 and 25% less at batch 32 than NCHW, measured on one thread.
+    Each batch norm is folded into the convolution before it, any max pooling moved ahead of the ReLU
+    (both commute, so results are identical on a quarter of the values), dropout gone, and no module
+    dispatch per call. At batch 1 module dispatch costs about as much as the arithmetic. Convolutions
+    run channels-last (NHWC), the layout oneDNN's kernels and max pooling are fastest in on a CPU: about
+    10% less time per image at batch 1 and 25% less at batch 32 than NCHW, measured on one thread.
     """
 
-    name = MODEL_NAME
-    platform = PLATFORM
-    inputs = INPUTS
-    outputs = OUTPUTS
-    batching = Batching(inline_when_idle=True)
-
-    def __init__(
-        self,
-        directory: Path,
-        hyperparameters: dict,
-        device: torch.device = CPU,
-        max_images: int = 1024,
-        value_range: tuple[float, float] = (0.0, 1.0),
-    ) -> None:
-        """Load the version's weights into its architecture, fold them for inference and move them
-        to `device`.
+    def __init__(self, directory: Path, hyperparameters: dict, device: torch.device = CPU) -> None:
+        """Load the version's weights into its architecture, fold them for inference and move them to `device`.
 
         Args:
             directory: the version's directory.
             hyperparameters: the architecture's, from the version's config.
             device: where the weights live and batches run.
-            max_images: images per request; more is refused.
-            value_range: the pixel values the version was trained on (inclusive).
 
         Raises:
             RepositoryError: the weights do not fit the architecture.
         """
         self.device = device
-        self.max_images = max_images
-        self.value_range = value_range
         network = load_weights(build(hyperparameters), directory / WEIGHTS_FILE)
         self._convolutions = []
         for block in network.features:
@@ -123,22 +116,69 @@ class Classifier:
         linears = [layer for layer in network.classifier if isinstance(layer, nn.Linear)]
         self._linears = [(layer.weight.detach().to(device), layer.bias.detach().to(device)) for layer in linears]
 
+    @torch.inference_mode()
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """Softmax probabilities, float32 [N, 10] on the CPU, for float32 images [N, 1, 28, 28] in [0, 1]."""
+        hidden = torch.from_numpy(images).to(self.device).contiguous(memory_format=torch.channels_last)
+        for weight, bias, stride, pool in self._convolutions:
+            hidden = functional.conv2d(hidden, weight, bias, stride, padding=1)
+            hidden = torch.relu_(functional.max_pool2d(hidden, 2) if pool else hidden)
+        hidden = hidden.contiguous().flatten(1)
+        (weight, bias), (out_weight, out_bias) = self._linears
+        hidden = torch.relu_(functional.linear(hidden, weight, bias))
+        return torch.softmax(functional.linear(hidden, out_weight, out_bias), dim=1).cpu().numpy()
+
+
+class Classifier:
+    """v2 model `fashion_cnn`: IMAGE FP32 [N, 1, 28, 28] in [0, 1] -> PROBABILITIES FP32 [N, 10].
+
+    A torch version runs as a `FoldedCNN`; a version on ONNX Runtime (`platform: onnxruntime`) runs its
+    exported graph, behind the same checks.
+    """
+
+    name = MODEL_NAME
+    platform = PLATFORM
+    inputs = INPUTS
+    outputs = OUTPUTS
+    batching = Batching(inline_when_idle=True)
+
+    def __init__(
+        self,
+        forward: Callable[[np.ndarray], np.ndarray],
+        device: torch.device | str = CPU,
+        max_images: int = 1024,
+        value_range: tuple[float, float] = (0.0, 1.0),
+    ) -> None:
+        """Args:
+        forward: probabilities [N, 10] for images [N, 1, 28, 28] (a `FoldedCNN` or an `OnnxSession`).
+        device: where `forward` computes.
+        max_images: images per request; more is refused.
+        value_range: the pixel values the version was trained on (inclusive).
+        """
+        self.forward = forward
+        self.device = device
+        self.max_images = max_images
+        self.value_range = value_range
+
     @classmethod
     def load(cls, version: Version) -> Classifier:
-        """The CNN of a version, on the version's device.
+        """The CNN of a version, on the version's device: folded torch weights, or its ONNX graph.
 
         Raises:
-            RepositoryError: the config names another architecture, or the weights do not fit it.
+            RepositoryError: the config names another architecture, or the files do not fit it.
         """
         config = version.config
         architecture = config.network(ARCHITECTURE, version.directory)
-        return cls(
-            version.directory,
-            architecture.get("hyperparameters", {}),
-            torch.device(version.device),
-            version.settings.max_images,
-            config.inputs[0].range or (0.0, 1.0),
-        )
+        forward: OnnxSession | FoldedCNN
+        if is_onnx(config):
+            forward = OnnxSession.of(version)
+            forward.check(INPUTS, OUTPUTS, version.directory)
+        else:
+            forward = FoldedCNN(
+                version.directory, architecture.get("hyperparameters", {}), torch.device(version.device)
+            )
+        value_range = config.inputs[0].range or (0.0, 1.0)
+        return cls(forward, forward.device, version.settings.max_images, value_range)
 
     def prepare(self, inputs: Arrays, parameters: Parameters) -> Arrays:
         """Refuse empty or oversized batches, NaN/Inf, and pixels outside the declared range.
@@ -171,17 +211,9 @@ class Classifier:
         """PROBABILITIES of a batch of images."""
         return {"PROBABILITIES": self.probabilities(batch["IMAGE"])}
 
-    @torch.inference_mode()
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """Softmax probabilities, float32 [N, 10] on the CPU, for float32 images [N, 1, 28, 28] in [0, 1]."""
-        hidden = torch.from_numpy(images).to(self.device).contiguous(memory_format=torch.channels_last)
-        for weight, bias, stride, pool in self._convolutions:
-            hidden = functional.conv2d(hidden, weight, bias, stride, padding=1)
-            hidden = torch.relu_(functional.max_pool2d(hidden, 2) if pool else hidden)
-        hidden = hidden.contiguous().flatten(1)
-        (weight, bias), (out_weight, out_bias) = self._linears
-        hidden = torch.relu_(functional.linear(hidden, weight, bias))
-        return torch.softmax(functional.linear(hidden, out_weight, out_bias), dim=1).cpu().numpy()
+        """Softmax probabilities, float32 [N, 10], for float32 images [N, 1, 28, 28] in [0, 1]."""
+        return self.forward(images)
 
 
 @torch.no_grad()
@@ -189,3 +221,18 @@ def _fold(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Te
     """The weight and bias of one convolution equal to `conv` (no bias) followed by `norm` in eval mode."""
     scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
     return conv.weight * scale[:, None, None, None], norm.bias - norm.running_mean * scale
+
+
+def multiply_adds(hyperparameters: dict) -> int:
+    """Multiply-adds per image of the network `hyperparameters` describe (convolutions and linear layers)."""
+    network = build(hyperparameters)
+    total, side = 0, 28
+    for block in network.features:
+        conv = block[0]
+        side = side // conv.stride[0]
+        total += conv.out_channels * conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1] * side * side
+        if any(isinstance(layer, nn.MaxPool2d) for layer in block):
+            side //= 2
+    return total + sum(
+        layer.in_features * layer.out_features for layer in network.classifier if isinstance(layer, nn.Linear)
+    )

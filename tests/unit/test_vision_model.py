@@ -8,7 +8,7 @@ import torch
 
 from services.common.repository import RepositoryError
 from services.common.torch_weights import save_weights
-from services.vision.model import WEIGHTS_FILE, Classifier, FashionCNN, build
+from services.vision.model import WEIGHTS_FILE, FashionCNN, FoldedCNN, build
 
 
 def trained_like(downsample: str) -> FashionCNN:
@@ -28,12 +28,12 @@ def trained_like(downsample: str) -> FashionCNN:
 def test_the_inference_plan_matches_the_network_at_batch_1_and_32(tmp_path, downsample):
     network = trained_like(downsample)
     save_weights(network, tmp_path / WEIGHTS_FILE)
-    classifier = Classifier(tmp_path, {"width": 4, "hidden": 8, "downsample": downsample})
+    folded = FoldedCNN(tmp_path, {"width": 4, "hidden": 8, "downsample": downsample})
     images = np.random.default_rng(0).random((32, 1, 28, 28), dtype=np.float32)
     with torch.inference_mode():
         expected = torch.softmax(network(torch.from_numpy(images)), dim=1).numpy()
-    np.testing.assert_allclose(classifier.probabilities(images), expected, atol=1e-6)
-    np.testing.assert_allclose(classifier.probabilities(images[:1]), expected[:1], atol=1e-6)
+    np.testing.assert_allclose(folded(images), expected, atol=1e-6)
+    np.testing.assert_allclose(folded(images[:1]), expected[:1], atol=1e-6)
 
 
 def test_versions_recorded_before_the_downsample_setting_load_as_pooled(tmp_path):
@@ -42,9 +42,7 @@ def test_versions_recorded_before_the_downsample_setting_load_as_pooled(tmp_path
     images = np.random.default_rng(1).random((2, 1, 28, 28), dtype=np.float32)
     with torch.inference_mode():
         expected = torch.softmax(network(torch.from_numpy(images)), dim=1).numpy()
-    np.testing.assert_allclose(
-        Classifier(tmp_path, {"width": 4, "hidden": 8}).probabilities(images), expected, atol=1e-6
-    )
+    np.testing.assert_allclose(FoldedCNN(tmp_path, {"width": 4, "hidden": 8})(images), expected, atol=1e-6)
 
 
 def test_an_unknown_downsample_is_refused_as_a_repository_error():

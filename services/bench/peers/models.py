@@ -35,10 +35,10 @@ def load(model: str, directory: Path) -> Predict:
     """
     config = read_version(directory, model)
     if model == VISION:
-        from services.vision.model import Classifier
+        from services.vision.model import FoldedCNN
 
-        classifier = Classifier(directory, config.architecture["hyperparameters"])
-        return lambda inputs: {"PROBABILITIES": classifier.probabilities(inputs["IMAGE"])}
+        network = FoldedCNN(directory, config.architecture["hyperparameters"])
+        return lambda inputs: {"PROBABILITIES": network(inputs["IMAGE"])}
     if model == EMBED_MODEL:
         from services.transformer.model import Encoder
 

@@ -38,7 +38,7 @@ from services.bench.peers.systems import (
     maas_ray,
 )
 from services.common.codec import Tensor, decode_outputs, encode_inputs
-from services.common.repository import newest_version
+from services.common.repository import newest_source
 from services.transformer.spec import EMBED_MODEL
 
 CLIENTS = ("perf_analyzer", "loadgen")
@@ -210,7 +210,7 @@ async def bench_model(model: str, config: PeersConfig, logs: Path) -> ModelRun:
     Returns:
         The model's measurements.
     """
-    directory = newest_version(config.repository, model, "run `make models`")
+    directory = newest_source(config.repository, model, "run `make models`")
     arrays = request_arrays(model)
     run = ModelRun(model, directory.name, _describe(arrays))
     predict = load(model, directory)
