@@ -16,11 +16,12 @@ MIN_BATCHES = 5
 MARGIN_SIGMAS = 3.0
 """The margin: this many standard deviations of the fit's recent errors (estimated from their mean
 absolute value, which one stalled batch moves less than it moves their variance)."""
-CLIP_ERRORS = 6.0
-"""Once the fit is trusted, a batch slower than its prediction by more than this many mean errors (or
-60% of the prediction, if more) counts as only that slow: a batch stalled by something else on the
-machine must not teach the fit that every batch is slow. A machine that really slows down still moves
-the fit, by that much per batch."""
+CLIP_SHARE = 0.6
+"""Once the fit is trusted, a batch slower than its prediction by more than this share of it counts as
+only that slow: a batch stalled by something else on the machine must not teach the fit that every batch
+is slow. A machine that really slows down still moves the fit, by that much per batch. The clip is a
+share of the prediction, not a multiple of the recent errors, so that stalls in a row cannot feed the
+margin that lets the next stall in."""
 GAUSSIAN_SIGMA_PER_MEAN_ERROR = math.sqrt(math.pi / 2)
 
 
@@ -77,7 +78,7 @@ class BatchCost:
         if self.batches:
             predicted = self.predict_ns(work)
             if self.ready:
-                ns = min(ns, predicted + CLIP_ERRORS * max(self._mean_error, 0.1 * predicted))
+                ns = min(ns, predicted * (1 + CLIP_SHARE))
             weight = max(1 - self._decay, 1 / self.batches)
             self._mean_error = (1 - weight) * self._mean_error + weight * abs(ns - predicted)
         d = self._decay

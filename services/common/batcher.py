@@ -8,9 +8,10 @@ the batch, and a batch is filled with requests of lengths close to the oldest on
 
 Given a latency target (`max_latency_ms`) instead of a queue delay, the batcher learns what its
 batches cost (`BatchCost`: time against work, rows or tokens) and holds each request to the target:
-it waits for batch-mates only as long as a full batch would still end in time, sizes each batch so its
-oldest request ends in time, and refuses at once (RESOURCE_EXHAUSTED with a retry delay) a request
-that the work queued ahead of it would make late, rather than serving it late.
+it waits for batch-mates only as long as a full batch would still end in time (and at most half the
+target), sizes each batch so its oldest request ends in time, and refuses at once (RESOURCE_EXHAUSTED
+with a retry delay) a request that the work queued ahead of it would make late, rather than serving it
+late.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ PROBE_NS = 500_000_000
 """A version with a latency target that has run nothing for this long runs a lone request even if its
 cost fit says it would be late: the fit sees the machine again (it may have been idle, or been fooled
 by stalled batches), rather than refusing everything for ever."""
+WAIT_SHARE = 0.5
+"""With a latency target, the most of it a batch waits for batch-mates (counted from its oldest
+request's arrival): the rest is left for what the batcher does not see, the calls waiting before a
+handler takes them and the answers on their way out, which grow with load on a busy event loop."""
 Predict = Callable[[Arrays], Arrays]
 
 
@@ -246,16 +251,22 @@ class DynamicBatcher:
 
     def _admit(self, request: _Request) -> None:
         """Refuse `request` if, behind the batch running and the requests queued, it would end after
-        its latency target.
+        its latency target. An idle model runs a request at once, so it refuses one only if the request's
+        own predicted cost is over the target: the margin, learned on a machine that may stall, never
+        keeps an idle model refusing work (which would also keep it from seeing the machine again).
 
         Raises:
             Overloaded: it would end late; the retry delay is how long the work ahead takes.
         """
         now = time.perf_counter_ns()
-        if not self._busy and not self._pending and now - self._free_ns > PROBE_NS:
+        idle = not self._busy and not self._pending
+        if idle and now - self._free_ns > PROBE_NS:
             request.probe = True
             return
-        ahead = self._running_left_ns(now) + self._drain_ns(self._pending, request)
+        if idle:
+            ahead = self._cost.predict_ns(request.work)
+        else:
+            ahead = self._running_left_ns(now) + self._drain_ns(self._pending, request)
         if now + ahead <= request.arrived_ns + self._config.max_latency_ms * 1e6:
             return
         self._shed.inc()
@@ -324,13 +335,15 @@ class DynamicBatcher:
         `max_queue_delay_ms` since the model became free (or since it arrived, if later). A request
         that arrives after that window, as after an idle spell, finds no one to wait for. With a latency
         target the window is instead what the target leaves after a full batch's cost (with its margin),
-        counted from the oldest request's arrival; no waiting until the cost is known."""
+        counted from the oldest request's arrival, and at most `WAIT_SHARE` of the target; no waiting until
+        the cost is known."""
         if self._config.max_latency_ms:
             if not self._cost.ready:
                 return
             rows = sum(r.rows for r in self._pending)
             full = sum(r.work for r in self._pending) / rows * self._config.max_batch_size
-            window = int(self._config.max_latency_ms * 1e6 - self._cost.bound_ns(full))
+            target = self._config.max_latency_ms * 1e6
+            window = int(min(WAIT_SHARE * target, target - self._cost.bound_ns(full)))
             if oldest.enqueued_ns > self._free_ns + window:
                 return
             deadline = oldest.arrived_ns + window
@@ -363,7 +376,7 @@ class DynamicBatcher:
         target = self._config.max_latency_ms * 1e6
         now = time.perf_counter_ns()
         if target and self._cost.ready:
-            live = [r for r in live if r.probe or not self._late(r, now + self._cost.bound_ns(r.work) - r.arrived_ns)]
+            live = [r for r in live if r.probe or not self._late(r, now + self._cost.predict_ns(r.work) - r.arrived_ns)]
         if not live:
             self._pending.clear()
             return []
@@ -386,8 +399,9 @@ class DynamicBatcher:
         return batch
 
     def _late(self, request: _Request, latency_ns: float) -> bool:
-        """Refuse `request` (its caller gets RESOURCE_EXHAUSTED) if, run now and alone, it would end
-        `latency_ns` after it arrived, over the target; True if it was refused."""
+        """Refuse `request` (its caller gets RESOURCE_EXHAUSTED) if, run now and alone at the fitted
+        speed, it would end `latency_ns` after it arrived, over the target; True if it was refused. (The
+        margin plans admissions; a request already admitted is dropped only when it is late for sure.)"""
         if latency_ns <= self._config.max_latency_ms * 1e6:
             return False
         self._shed.inc()

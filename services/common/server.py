@@ -137,6 +137,7 @@ class GrpcServer:
         self._server = grpc.aio.server(
             interceptors=[ServerInterceptor(self.lifecycle, self._auth, self.name)],
             options=server_options(self.settings),
+            maximum_concurrent_rpcs=self.settings.max_concurrent_rpcs or None,
         )
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.inference_servicer(), self._server)
         common_pb2_grpc.add_StatusServiceServicer_to_server(self.status_servicer(), self._server)

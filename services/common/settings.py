@@ -53,6 +53,13 @@ class ServiceSettings(BaseSettings):
         "prepared on the event loop; larger ones on worker threads, a chunk at a time, so that health checks and "
         "other callers never wait behind them.",
     )
+    max_concurrent_rpcs: int = Field(
+        0,
+        ge=0,
+        description="Most calls the server handles at once (0: no limit); gRPC refuses more with RESOURCE_EXHAUSTED "
+        "before they reach a handler, which is cheap enough to hold up past capacity when calls cost more in the "
+        "event loop than in the model. Health checks count too unless HEALTH_PORT serves them.",
+    )
     drain_grace_seconds: float = Field(
         10.0, gt=0, description="On SIGTERM, how long in-flight calls get to finish before the server stops."
     )

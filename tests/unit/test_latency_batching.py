@@ -4,6 +4,7 @@ delay, never served late; a lone request never waits)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import numpy as np
@@ -134,3 +135,28 @@ def test_one_stalled_batch_moves_the_fit_and_its_margin_only_a_little():
     before = cost.bound_ns(1)
     cost.observe(1, 8e6)
     assert cost.bound_ns(1) < 2 * before
+
+
+class Jittery(Sleeper):
+    """A model whose lone batches take `fixed` and `slow` seconds in turn: a fit with a wide margin."""
+
+    def __init__(self, fixed: float, slow: float) -> None:
+        super().__init__(fixed)
+        self.times = itertools.cycle((fixed, slow))
+
+    def __call__(self, inputs):
+        self.fixed = next(self.times)
+        return super().__call__(inputs)
+
+
+async def test_an_idle_model_serves_a_request_its_predicted_cost_fits_however_wide_the_margin():
+    model = Jittery(0.0005, 0.003)
+    batcher = DynamicBatcher("latency", model, BatchingConfig(max_batch_size=8, max_latency_ms=4), VersionStats())
+    for _ in range(4 * MIN_BATCHES):
+        await batcher.submit(row())
+    assert batcher._cost.predict_ns(1) < 4e6 < batcher._cost.bound_ns(1), "the margin is not wide enough to test"
+    runs = len(model.rows)
+    for _ in range(5):
+        await batcher.submit(row())
+    assert len(model.rows) == runs + 5
+    await batcher.close()
