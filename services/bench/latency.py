@@ -213,7 +213,8 @@ async def _run(workload: Workload, config: BenchConfig, settings: dict[str, floa
     ):
         call = _infer(channel)
         with _ahead_of_servers():
-            await closed_loop(lambda: call(requests[0]), 4, 0.5, 0.5)
+            cycle = itertools.cycle(requests)
+            await closed_loop(lambda: call(next(cycle)), 4, 0.5, 0.5)
             for index, (rate_at, seconds) in enumerate(points):
                 results.append(await open_loop(call, requests, rate_at, seconds, seed=index))
     return results
