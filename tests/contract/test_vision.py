@@ -15,6 +15,7 @@ from maas.inference import grpc_service_pb2_grpc
 from maas.inference import model_config_pb2 as config_pb
 from maas.vision.v1 import vision_pb2 as pb
 from maas.vision.v1 import vision_pb2_grpc
+from services.common.repository import read_model_file
 from services.common.server import GrpcServer
 from services.vision.data import LABELS, load_split
 from tests.conftest import PLATFORMS, Served
@@ -83,15 +84,11 @@ async def test_model_config_describes_fashion_cnn_as_triton_would(v2, served: Se
     assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [("IMAGE", config_pb.TYPE_FP32, [1, 28, 28])]
     assert [(o.name, list(o.dims)) for o in config.output] == [("PROBABILITIES", [10])]
     assert config.WhichOneof("scheduling_choice") == "dynamic_batching"
+    policy = read_model_file(served.repository, "fashion_cnn").policy
+    assert config.version_policy.WhichOneof("policy_choice") == policy.kind
+    assert config.version_policy.latest.num_versions == (policy.count if policy.kind == "latest" else 0)
     default = v2pb.ModelConfigRequest(name="fashion_cnn", version=served.default("fashion_cnn"))
     assert (await v2.ModelConfig(default)).config == config
-
-
-@pytest.mark.parametrize("platform", ["torch"])
-async def test_model_config_reports_the_version_policy(v2):
-    """The torch repository serves fashion_cnn's newest version only (the ONNX one serves every version)."""
-    config = (await v2.ModelConfig(v2pb.ModelConfigRequest(name="fashion_cnn"))).config
-    assert config.version_policy.latest.num_versions == 1
 
 
 async def test_typed_png_raw_and_v2_agree(v2, typed, test_images, served: Served):
