@@ -113,7 +113,7 @@ def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repository
 
 
-def _link_or_copy(source: str, target: str) -> None:
+def link_or_copy(source: str, target: str) -> None:
     """Hard-link weights; copy `model.json`, which exporting rewrites in place."""
     from services.common.repository import MODEL_FILE
 
@@ -137,7 +137,7 @@ def onnx_repository(model_repository: Path, tmp_path_factory: pytest.TempPathFac
     from services.vision.train import export_onnx as export_vision
 
     repository = tmp_path_factory.mktemp("onnx") / "repository"
-    shutil.copytree(model_repository, repository, copy_function=_link_or_copy)
+    shutil.copytree(model_repository, repository, copy_function=link_or_copy)
     published = {
         "fashion_cnn": export_vision(repository, test_limit=500),
         "review_lstm": export_text(repository, test_limit=64),
