@@ -230,7 +230,7 @@ class WordPieceTokenizer:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`encode` padded to the longest, as INT64 [N, L] ids, attention mask and token type ids.
 
-        Single texts take a faster path that builds no offsets or tokens, and writes each row's ids
+        Single texts take a faster path that computes no offsets (`encode_batch_fast`), and writes each row's ids
         into the arrays as it goes: only the ids become Python objects on the way (`tokenizers` hands
         them out as lists), not the masks or the padding, and no list of every row is held at once.
 
@@ -240,7 +240,7 @@ class WordPieceTokenizer:
         if pairs is not None:
             return to_arrays(self.encode(texts, pairs, max_length, truncation, Padding.LONGEST))
         _check_max_length(max_length)
-        raw = (self._cached(max_length) if truncation else self._plain).encode_batch(list(texts))
+        raw = (self._cached(max_length) if truncation else self._plain).encode_batch_fast(list(texts))
         lengths = [len(encoding) for encoding in raw]
         width = max(lengths, default=0)
         _check_fits(width, max_length)
