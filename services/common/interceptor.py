@@ -26,6 +26,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from services.common import metrics, telemetry, timing
 from services.common.auth import ApiKeys
+from services.common.codec import InferReply
 from services.common.errors import DownstreamError, InvalidInput, MaasError
 from services.common.lifecycle import Lifecycle
 from services.common.logs import request_id_var
@@ -180,6 +181,18 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     return deserialize
 
 
+def _serializing_replies(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """Wrap a unary response serializer so a handler may also answer with an `InferReply`, which
+    serializes itself (its outputs copied once, see `services.common.codec.InferReply`)."""
+    if serializer is None:
+        return None
+
+    def serialize(message: Any) -> bytes:
+        return message.SerializeToString() if isinstance(message, InferReply) else serializer(message)
+
+    return serialize
+
+
 def _parsed(method: str, message: Any) -> Any:
     if isinstance(message, _Undecodable):
         raise InvalidInput(f"{method}: the request is not a valid protobuf message ({message.reason})", field="")
@@ -323,7 +336,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, method, streaming_request=False),
                 deserializer,
-                handler.response_serializer,
+                _serializing_replies(handler.response_serializer),
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(

@@ -239,6 +239,13 @@ class GrpcServer:
         self._server = None
 
 
+SWITCH_INTERVAL_SECONDS = 0.001
+"""How long a thread running Python keeps the interpreter while another thread waits for it (Python's
+default is 5 ms). A served process tokenizes, decodes and converts on worker threads while its event loop
+answers calls; every time the loop wants the interpreter back it waited up to the whole interval, several
+times per call. See `docs/design.md` for the measurements."""
+
+
 def freeze_startup_objects() -> None:
     """Collect start-up's garbage, then move every object alive into the collector's permanent generation.
 
@@ -289,6 +296,7 @@ async def serve(server: GrpcServer) -> None:
         log.error("%s failed to start: %s", server.name, exc)
         raise SystemExit(1) from None
     freeze_startup_objects()
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     sys.stdout.write(f"READY {server.name} {host_port(server.settings.host, server.port)}\n")
     sys.stdout.flush()
     await stop.wait()

@@ -13,7 +13,7 @@ from maas.inference import grpc_service_pb2 as pb
 from maas.inference import grpc_service_pb2_grpc as pb_grpc
 from maas.inference import model_config_pb2 as config_pb
 from services.common import offload, timing
-from services.common.codec import decode_inputs, encode_outputs
+from services.common.codec import InferReply, as_message, decode_inputs, infer_reply
 from services.common.errors import InvalidInput, ModelNotFound
 from services.common.interceptor import CallInfo, current_call, label_model, received_bytes, status_of
 from services.common.lifecycle import Lifecycle
@@ -215,7 +215,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async for response in stream_infer(request_iterator, self._infer):
             yield response
 
-    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def _infer(self, request: pb.ModelInferRequest) -> InferReply:
         model = self._model(request.model_name)
         loaded = model.get(request.model_version)
         stats = loaded.stats
@@ -241,8 +241,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                         field="outputs",
                     )
                 outputs = [produced[name] for name in wanted]
-            response = pb.ModelInferResponse(model_name=model.name, model_version=loaded.version, id=request.id)
-            encode_outputs(response, outputs)
+            head = pb.ModelInferResponse(model_name=model.name, model_version=loaded.version, id=request.id)
+            response = infer_reply(head, outputs)
         except BaseException:
             stats.record_request(False, time.perf_counter_ns() - started, 0)
             raise
@@ -290,7 +290,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
 async def stream_infer(
     requests: AsyncIterator[pb.ModelInferRequest],
-    infer: Callable[[pb.ModelInferRequest], Awaitable[pb.ModelInferResponse]],
+    infer: Callable[[pb.ModelInferRequest], Awaitable[pb.ModelInferResponse | InferReply]],
 ) -> AsyncIterator[pb.ModelStreamInferResponse]:
     """ModelStreamInfer over a unary infer: one response per request, in order. A failed request is an
     `error_message` on its response (details as the interceptor would send them) and the stream goes
@@ -323,4 +323,4 @@ async def stream_infer(
                 infer_response=pb.ModelInferResponse(model_name=request.model_name, id=request.id),
             )
             continue
-        yield pb.ModelStreamInferResponse(infer_response=response)
+        yield pb.ModelStreamInferResponse(infer_response=as_message(response))

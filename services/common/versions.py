@@ -9,6 +9,7 @@ the gateway's pipelines are functions of the request).
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -60,6 +61,16 @@ class VersionLoad:
 
 
 Infer = Callable[[dict[str, Tensor], Parameters], Awaitable[InferResult]]
+
+
+def collect_frozen() -> None:
+    """Collect what an unloaded version left in reference cycles, in a process that froze its start-up
+    objects (`gc.freeze`, as `serve` does): a version loaded at start-up is frozen with them, and the
+    collector never looks at frozen objects again. Unfreeze, collect, and freeze what is still alive."""
+    if gc.get_freeze_count():
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
 
 
 async def _nothing_to_close() -> None:
@@ -291,11 +302,15 @@ class ModelVersions:
         async with self._lock:
             if version:
                 self._check_exists(version)
+            closed = False
             for v in list(self._loaded) if not version else [version]:
                 released = self._loaded.pop(v, None)
                 self._choose_default()
                 if released is not None:
                     await released.close()
+                    closed = True
+            if closed:
+                collect_frozen()
 
     def reconfigure(self, **limits: float) -> None:
         """Change the batching limits of every loaded version and of versions loaded later.

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from maas.inference import grpc_service_pb2 as pb
+from services.common.codec import InferReply
 from services.common.errors import DownstreamError, MaasError, ModelNotFound
 from services.common.interceptor import label_model
 from services.common.lifecycle import Lifecycle
@@ -90,7 +91,7 @@ class GatewayInferenceServicer(InferenceServicer):
         async for response in stream_infer(request_iterator, self._infer_or_forward):
             yield response
 
-    async def _infer_or_forward(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def _infer_or_forward(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse | InferReply:
         if request.model_name in self._local:
             return await self._infer(request)
         return await self._forward(request.model_name, "ModelInfer", request)

@@ -32,6 +32,7 @@ from starlette.routing import Route
 
 from maas.inference import grpc_service_pb2 as pb
 from services.common.auth import ApiKeys
+from services.common.codec import as_message
 from services.common.errors import InvalidInput, MaasError, ModelNotReady
 from services.common.interceptor import REQUEST_ID_KEY, begin_call, end_call, status_of
 from services.common.lifecycle import Lifecycle
@@ -180,7 +181,7 @@ class RestBinding:
             if header is not None and not header.isdigit():
                 raise InvalidInput(f"Inference-Header-Content-Length must be a byte count, got '{header[:32]}'")
             call = parse_infer(await self._body(request), None if header is None else int(header), name, version)
-            body, json_length = encode_infer(call, await self._v2.ModelInfer(call.request, None))
+            body, json_length = encode_infer(call, as_message(await self._v2.ModelInfer(call.request, None)))
             if json_length is None:
                 return Response(body, media_type=JSON_TYPE)
             return Response(body, media_type=BINARY_TYPE, headers={HEADER_LENGTH: str(json_length)})

@@ -105,7 +105,7 @@ class WordPieceTokenizer:
         self.default_max_length = default_max_length
         self.max_request_bytes = max_request_bytes
         self._json = (directory / TOKENIZER_FILE).read_text(encoding="utf-8")
-        self._plain = self._configured(None, padded=False)
+        self._plain = self._configured(None)
         self.vocab_size = self._plain.get_vocab_size()
         self.pad_id = self._plain.token_to_id(PAD_TOKEN)
         self._cls_id = self._plain.token_to_id(CLS_TOKEN)
@@ -160,12 +160,9 @@ class WordPieceTokenizer:
         )
         return {"INPUT_IDS": ids, "ATTENTION_MASK": mask, "TOKEN_TYPE_IDS": types}
 
-    def _configured(self, max_length: int | None, padded: bool) -> Tokenizer:
+    def _configured(self, max_length: int | None) -> Tokenizer:
         tokenizer = Tokenizer.from_str(self._json)
-        if padded:
-            tokenizer.enable_padding(pad_id=self._plain.token_to_id(PAD_TOKEN), pad_token=PAD_TOKEN)
-        else:
-            tokenizer.no_padding()
+        tokenizer.no_padding()
         if max_length is None:
             tokenizer.no_truncation()
         else:
@@ -198,7 +195,7 @@ class WordPieceTokenizer:
         """
         _check_max_length(max_length)
         if pairs is None:
-            tokenizer = self._cached(max_length, padded=False) if truncation else self._plain
+            tokenizer = self._cached(max_length) if truncation else self._plain
             encoded = [
                 Encoding(e.ids, e.attention_mask, e.type_ids, e.offsets, e.tokens)
                 for e in tokenizer.encode_batch(list(texts))
@@ -233,7 +230,9 @@ class WordPieceTokenizer:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`encode` padded to the longest, as INT64 [N, L] ids, attention mask and token type ids.
 
-        Single texts take a faster path that pads in `tokenizers` and builds no offsets or tokens.
+        Single texts take a faster path that computes no offsets (`encode_batch_fast`), and writes each row's ids
+        into the arrays as it goes: only the ids become Python objects on the way (`tokenizers` hands
+        them out as lists), not the masks or the padding, and no list of every row is held at once.
 
         Raises:
             ValueError: as `encode`.
@@ -241,12 +240,16 @@ class WordPieceTokenizer:
         if pairs is not None:
             return to_arrays(self.encode(texts, pairs, max_length, truncation, Padding.LONGEST))
         _check_max_length(max_length)
-        raw = self._cached(max_length if truncation else None, padded=True).encode_batch(list(texts))
-        shape = (len(raw), len(raw[0].ids) if raw else 0)
-        _check_fits(shape[1], max_length)
-        ids = np.array([e.ids for e in raw], dtype=np.int64).reshape(shape)
-        mask = np.array([e.attention_mask for e in raw], dtype=np.int64).reshape(shape)
-        return ids, mask, np.zeros(shape, dtype=np.int64)
+        raw = (self._cached(max_length) if truncation else self._plain).encode_batch_fast(list(texts))
+        lengths = [len(encoding) for encoding in raw]
+        width = max(lengths, default=0)
+        _check_fits(width, max_length)
+        ids = np.full((len(raw), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(raw), width), dtype=np.int64)
+        for row, (encoding, length) in enumerate(zip(raw, lengths, strict=True)):
+            ids[row, :length] = encoding.ids
+            mask[row, :length] = 1
+        return ids, mask, np.zeros_like(ids)
 
     def _encode_pairs(
         self, texts: Sequence[str], pairs: Sequence[str], max_length: int, truncation: bool

@@ -20,7 +20,8 @@ from maas.inference import grpc_service_pb2 as v2pb
 from maas.inference import grpc_service_pb2_grpc
 from maas.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 from maas.vision.v1 import vision_pb2, vision_pb2_grpc
-from services.common.codec import Tensor, encode_inputs
+from services.common.codec import Tensor, decode_outputs, encode_inputs
+from services.tokenizer.model import Padding, newest_tokenizer, to_arrays
 from tests.contract.test_v2_echo import assert_status
 from tests.integration.processes import maas_process
 
@@ -160,6 +161,30 @@ async def test_health_answers_while_two_callers_classify_1024_images_each(model_
         assert_health_answered(latencies)
         assert [len(response.results) for response in classified] == [1024, 1024]
         assert len({result.labels[0].name for response in classified for result in response.results}) == 1
+
+
+async def test_health_answers_while_two_callers_tokenize_1024_texts_each(model_repository: Path):
+    share = MAX_REQUEST_BYTES // 1024
+    texts = [(REVIEW[i % len(REVIEW) :] + REVIEW * (share // len(REVIEW) + 1))[:share] for i in range(1024)]
+    request = v2pb.ModelInferRequest(model_name="tokenizer")
+    encode_inputs(request, [Tensor("TEXT", "BYTES", np.array([t.encode() for t in texts], dtype=object))])
+    want = to_arrays(newest_tokenizer(model_repository).encode(texts, padding=Padding.LONGEST))
+    async with (
+        maas_process("run", "tokenizer", "--port", "0", ready="tokenizer", env=env("tokenizer", model_repository)) as s,
+        grpc.aio.insecure_channel(s.address, options=LARGE) as channel,
+    ):
+        v2 = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+        async def two_callers() -> list[v2pb.ModelInferResponse]:
+            return await asyncio.gather(*(v2.ModelInfer(request, timeout=60) for _ in range(2)))
+
+        latencies, answers = await health_latencies_during(s.address, two_callers)
+    assert len(latencies) >= 30, f"the requests took only {len(latencies)} health checks"
+    for answer in answers:
+        got = decode_outputs(answer)
+        assert got["INPUT_IDS"].array.shape == (1024, 256)
+        for name, array in zip(("INPUT_IDS", "ATTENTION_MASK", "TOKEN_TYPE_IDS"), want, strict=True):
+            np.testing.assert_array_equal(got[name].array, array)
 
 
 def cpu_seconds(pid: int) -> float:

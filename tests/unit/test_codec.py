@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import tracemalloc
 
 import ml_dtypes
@@ -14,11 +15,13 @@ from services.common.codec import (
     MAX_BYTES_ELEMENTS,
     MAX_CONTENTS_VALUES,
     Tensor,
+    as_message,
     datatype_of,
     decode_bytes,
     decode_inputs,
     encode_bytes,
-    encode_outputs,
+    infer_reply,
+    raw_bytes,
 )
 from services.common.errors import InvalidInput, Overloaded
 
@@ -54,19 +57,41 @@ def test_bytes_length_prefixes_are_little_endian():
     assert list(decode_bytes("X", encoded, 2)) == [b"ab", "\u00e9".encode()]
 
 
+def _reply(*tensors: Tensor) -> pb.ModelInferResponse:
+    return pb.ModelInferResponse.FromString(infer_reply(pb.ModelInferResponse(), tensors).SerializeToString())
+
+
 def test_outputs_are_raw_and_big_endian_arrays_are_written_little_endian():
-    response = pb.ModelInferResponse()
-    encode_outputs(response, [Tensor.of("A", np.array([1.0, 2.0], dtype=">f4"))])
+    response = _reply(Tensor.of("A", np.array([1.0, 2.0], dtype=">f4")))
     assert not response.outputs[0].HasField("contents")
     assert response.raw_output_contents[0] == np.array([1.0, 2.0], dtype="<f4").tobytes()
 
 
 def test_float_output_declared_bf16_rounds_to_nearest_even():
-    response = pb.ModelInferResponse()
     values = np.array([1.0 + 2**-8, 1.0 + 3 * 2**-8], dtype=np.float32)
-    encode_outputs(response, [Tensor("B", "BF16", values)])
+    response = _reply(Tensor("B", "BF16", values))
     decoded = np.frombuffer(response.raw_output_contents[0], dtype=ml_dtypes.bfloat16).astype(np.float32)
     assert decoded.tolist() == [1.0, 1.0 + 4 * 2**-8]
+
+
+def test_infer_reply_serializes_as_the_message_holding_its_outputs():
+    tensors = [
+        Tensor("IDS", "INT64", np.arange(1024 * 256, dtype=np.int64).reshape(1024, 256)[:, ::2]),
+        Tensor("TEXT", "BYTES", np.array([b"ab", b"", "\u00e9"], dtype=object)),
+        Tensor("EMPTY", "FP32", np.zeros((0, 384), dtype=np.float32)),
+        Tensor("FLAG", "BOOL", np.array([[True, False]])),
+    ]
+    head = pb.ModelInferResponse(model_name="m", model_version="3", id="req-1")
+    reply = infer_reply(head, tensors)
+    message = pb.ModelInferResponse(model_name="m", model_version="3", id="req-1")
+    for tensor in tensors:
+        message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.array.shape)
+        message.raw_output_contents.append(raw_bytes(tensor))
+    assert reply.SerializeToString() == message.SerializeToString()
+    assert reply.message() == message
+    assert as_message(reply) == message and as_message(message) is message
+    assert reply.model_version == "3"
+    assert pickle.loads(pickle.dumps(reply)).SerializeToString() == message.SerializeToString()
 
 
 def test_raw_inputs_decode_without_copy():
