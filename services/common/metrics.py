@@ -37,7 +37,6 @@ VERSION_IN_FLIGHT = Gauge(
 )
 
 
-
 class Tally:
     """A gauge's value kept as a plain integer and read when Prometheus scrapes (`Gauge.set_function`).
 

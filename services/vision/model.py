@@ -197,11 +197,14 @@ class Classifier:
             )
         if images.shape[0] == 0:
             raise InvalidInput("IMAGE holds no images", field="inputs[IMAGE]")
-        if self._high_bits is not None and images.dtype == np.float32:
-            # A float32 in [+0, high] has bits in [0, bits(high)] read as an unsigned integer; anything else
-            # (negatives, -0.0, NaN, Inf, above high) is larger: one reduction instead of min and max.
-            if images.view(np.uint32).max() <= self._high_bits:
-                return inputs
+        # A float32 in [+0, high] has bits in [0, bits(high)] read as an unsigned integer; anything else
+        # (negatives, -0.0, NaN, Inf, above high) is larger: one reduction instead of min and max.
+        if (
+            self._high_bits is not None
+            and images.dtype == np.float32
+            and images.view(np.uint32).max() <= self._high_bits
+        ):
+            return inputs
         low, high = self.value_range
         smallest, largest = images.min(), images.max()
         if smallest >= low and largest <= high:
