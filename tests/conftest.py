@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -111,6 +113,89 @@ def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repository
 
 
+def link_or_copy(source: str, target: str) -> None:
+    """Hard-link weights; copy `model.json`, which exporting rewrites in place."""
+    from services.common.repository import MODEL_FILE
+
+    if os.path.basename(source) == MODEL_FILE:
+        shutil.copy2(source, target)
+    else:
+        os.link(source, target)
+
+
+@pytest.fixture(scope="session")
+def onnx_repository(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """`model_repository` with each exportable model exported to ONNX (parity measured on a few test
+    inputs), every version served and the ONNX one the default.
+
+    Returns:
+        `repository` (its root), and `versions`: model -> (torch source version, ONNX version).
+    """
+    from services.common.repository import MODEL_FILE, ModelFile, read_version
+    from services.text.train import export_onnx as export_text
+    from services.transformer.train import export_embed_onnx, export_sentiment_onnx
+    from services.vision.train import export_onnx as export_vision
+
+    repository = tmp_path_factory.mktemp("onnx") / "repository"
+    shutil.copytree(model_repository, repository, copy_function=link_or_copy)
+    published = {
+        "fashion_cnn": export_vision(repository, test_limit=500),
+        "review_lstm": export_text(repository, test_limit=64),
+        "minilm_embed": export_embed_onnx(repository, test_limit=16),
+        "minilm_sentiment": export_sentiment_onnx(repository, test_limit=16),
+    }
+    versions = {}
+    for model, directory in published.items():
+        source = read_version(directory, model).data["exported_from"].rpartition("/")[2]
+        versions[model] = (source, directory.name)
+        model_file = ModelFile(version_policy="all", default_version=directory.name)
+        (repository / model / MODEL_FILE).write_text(model_file.model_dump_json(), encoding="utf-8")
+    return {"repository": repository, "versions": versions}
+
+
+@dataclasses.dataclass(frozen=True)
+class Served:
+    """What the model service fixtures serve: the repository, and the version of each model that answers
+    requests naming none."""
+
+    platform: str
+    repository: Path
+    defaults: dict[str, str]
+    platform_name: str
+
+    def default(self, model: str) -> str:
+        """The version of `model` that answers requests naming none."""
+        return self.defaults[model]
+
+    @property
+    def ray_apps(self) -> str:
+        """The session fixture holding the Serve applications over this repository."""
+        return "onnx_ray_apps" if self.platform == "onnx" else "ray_apps"
+
+
+PLATFORMS = ["torch", "onnx"]
+
+
+@pytest.fixture
+def platform() -> str:
+    """The platform of the default versions the model service fixtures serve: `torch`, unless a module
+    overrides this fixture with one parametrized over PLATFORMS (the vision, text and transformer contract
+    suites), or a test names one (`@pytest.mark.parametrize("platform", ["torch"])`)."""
+    return "torch"
+
+
+@pytest.fixture
+def served(platform: str, model_repository: Path, request: pytest.FixtureRequest) -> Served:
+    """The repository the model service fixtures serve: `model_repository` (torch defaults, every default
+    version 1) or `onnx_repository` (every torch version, and the ONNX one the default)."""
+    if platform == "torch":
+        defaults = dict.fromkeys(("fashion_cnn", "review_lstm", "minilm_embed", "minilm_sentiment"), "1")
+        return Served("torch", model_repository, defaults, "pytorch_safetensors")
+    onnx = request.getfixturevalue("onnx_repository")
+    defaults = {model: exported for model, (_, exported) in onnx["versions"].items()}
+    return Served("onnx", onnx["repository"], defaults, "onnxruntime")
+
+
 HOSTINGS = ["grpc", pytest.param("ray", marks=[pytest.mark.ray, pytest.mark.slow])]
 
 
@@ -159,10 +244,12 @@ def ray_test_settings(**overrides):
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """One local Ray with Serve for the whole session (start-up costs 10-30 s), stopped by handle."""
+    """One local Ray with Serve for the whole session (start-up costs 10-30 s), stopped by handle. It offers
+    6 logical CPUs: room for the session's applications (`ray_apps`, `onnx_ray_apps`) and the ones a
+    module adds, at 0.5 each."""
     from services.ray import cluster
 
-    settings = ray_test_settings(min_replicas=1, max_replicas=1)
+    settings = ray_test_settings(min_replicas=1, max_replicas=1, num_cpus=6)
     cluster.start(settings)
     try:
         yield settings
@@ -172,11 +259,30 @@ def ray_cluster():
 
 @pytest.fixture(scope="session")
 def ray_apps(ray_cluster, model_repository: Path) -> dict:
-    """The tokenizer, vision, text and transformer Serve applications, with the grpc fixtures' settings."""
+    """The tokenizer, vision, text and transformer Serve applications over `model_repository`, with the grpc
+    fixtures' settings: service -> the handle of its deployment."""
     from services.catalog import SERVICES
     from services.ray import cluster
 
     return cluster.deploy([(SERVICES[name], make(model_repository)) for name, make in SETTINGS.items()], ray_cluster)
+
+
+MODEL_SERVICES = ("vision", "text", "transformer")
+
+
+@pytest.fixture(scope="session")
+def onnx_ray_apps(ray_cluster, onnx_repository: dict) -> dict:
+    """The vision, text and transformer Serve applications over `onnx_repository` (applications named
+    `<service>-onnx`, beside `ray_apps`): service -> the handle of its deployment."""
+    from services.catalog import SERVICES
+    from services.ray import cluster
+
+    apps = [
+        (dataclasses.replace(SERVICES[name], name=f"{name}-onnx"), SETTINGS[name](onnx_repository["repository"]))
+        for name in MODEL_SERVICES
+    ]
+    handles = cluster.deploy(apps, ray_cluster)
+    return {name: handles[f"{name}-onnx"] for name in MODEL_SERVICES}
 
 
 @pytest.fixture(params=HOSTINGS)
@@ -187,8 +293,11 @@ def hosting(request: pytest.FixtureRequest) -> str:
 
 
 @asynccontextmanager
-async def hosted(name: str, hosting: str, repository: Path, request: pytest.FixtureRequest) -> AsyncIterator:
-    """Run service `name` under `hosting` for the block; yields its server (with `.port`)."""
+async def hosted(
+    name: str, hosting: str, repository: Path, request: pytest.FixtureRequest, ray_apps: str = "ray_apps"
+) -> AsyncIterator:
+    """Run service `name` under `hosting` over `repository` for the block (under ray, the application in
+    session fixture `ray_apps`, deployed over the same repository); yields its server (with `.port`)."""
     from services.catalog import SERVICES
     from services.common.server import build_server
 
@@ -198,35 +307,36 @@ async def hosted(name: str, hosting: str, repository: Path, request: pytest.Fixt
     else:
         from services.ray.front import RayFront
 
-        handles = request.getfixturevalue("ray_apps")
+        handles = request.getfixturevalue(ray_apps)
         server = RayFront(SERVICES[name], settings, handles[name], request.getfixturevalue("ray_cluster"))
     async with started(server) as running:
         yield running
 
 
 @pytest.fixture
-async def tokenizer_server(model_repository: Path, hosting: str, request) -> AsyncIterator[GrpcServer]:
-    """The tokenizer service on a free port under each hosting."""
+async def tokenizer_server(hosting: str, model_repository: Path, request) -> AsyncIterator[GrpcServer]:
+    """The tokenizer service on a free port under each hosting (it serves no torch or ONNX version)."""
     async with hosted("tokenizer", hosting, model_repository, request) as server:
         yield server
 
 
 @pytest.fixture
-async def vision_server(model_repository: Path, hosting: str, request) -> AsyncIterator[GrpcServer]:
-    """The vision service on a free port under each hosting, over the tiny CNN."""
-    async with hosted("vision", hosting, model_repository, request) as server:
+async def vision_server(hosting: str, served: Served, request) -> AsyncIterator[GrpcServer]:
+    """The vision service on a free port under each hosting, over the tiny CNN (or its ONNX export)."""
+    async with hosted("vision", hosting, served.repository, request, served.ray_apps) as server:
         yield server
 
 
 @pytest.fixture
-async def transformer_server(model_repository: Path, hosting: str, request) -> AsyncIterator[GrpcServer]:
-    """The transformer service on a free port under each hosting."""
-    async with hosted("transformer", hosting, model_repository, request) as server:
+async def transformer_server(hosting: str, served: Served, request) -> AsyncIterator[GrpcServer]:
+    """The transformer service on a free port under each hosting, over MiniLM (or its ONNX exports)."""
+    async with hosted("transformer", hosting, served.repository, request, served.ray_apps) as server:
         yield server
 
 
 @pytest.fixture
-async def text_server(model_repository: Path, hosting: str, request) -> AsyncIterator[GrpcServer]:
-    """The text service on a free port under each hosting, over the tiny LSTM (fp32 and int8)."""
-    async with hosted("text", hosting, model_repository, request) as server:
+async def text_server(hosting: str, served: Served, request) -> AsyncIterator[GrpcServer]:
+    """The text service on a free port under each hosting, over the tiny LSTM (fp32 and int8; or its ONNX
+    export)."""
+    async with hosted("text", hosting, served.repository, request, served.ray_apps) as server:
         yield server

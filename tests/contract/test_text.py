@@ -1,4 +1,5 @@
-"""The text service over gRPC: typed API, v2, padding and batching invariance, int8 beside fp32, bad input."""
+"""The text service over gRPC: typed API, v2, padding and batching invariance, int8 beside fp32, bad input; with
+the torch version, then the ONNX version as the served default."""
 
 from __future__ import annotations
 
@@ -20,11 +21,17 @@ from maas.tokenizer.v1 import tokenizer_pb2_grpc
 from services.common.repository import read_version, write_version
 from services.common.server import GrpcServer, build_server
 from services.text.spec import SPEC, TextSettings
-from tests.conftest import started
+from tests.conftest import PLATFORMS, Served, started
 from tests.contract.test_transformer import BAD, TEXTS, _ids, output, sequence_request, token_arrays
 from tests.contract.test_v2_echo import assert_status
 
 MODEL = "review_lstm"
+
+
+@pytest.fixture(params=PLATFORMS)
+def platform(request: pytest.FixtureRequest) -> str:
+    """Each test here runs with the torch, then the ONNX version as the served default."""
+    return request.param
 
 
 @pytest.fixture
@@ -46,26 +53,31 @@ def pinned(ids: np.ndarray, mask: np.ndarray, version: str) -> v2pb.ModelInferRe
     return request
 
 
-async def test_typed_classify_matches_v2(stubs):
+async def test_typed_classify_matches_v2(stubs, served: Served):
     tokenizer, typed, v2 = stubs
+    default = served.default(MODEL)
     ids, mask = await token_arrays(tokenizer, TEXTS)
     items = [common_pb2.TokenizedText(input_ids=row[m == 1]) for row, m in zip(ids, mask, strict=True)]
     classified = await typed.ClassifyText(pb.ClassifyTextRequest(items=items))
-    assert classified.model_version == "1", "the fp32 source is the default; int8 is served when asked for"
+    assert classified.model_version == default, "int8 is served only when asked for"
     probs = output(await v2.ModelInfer(sequence_request(MODEL, ids, mask)))
     assert probs.shape == (len(TEXTS), 2)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     for result, row in zip(classified.results, probs, strict=True):
         assert sorted(label.name for label in result.labels) == ["great", "other"]
         assert {label.index: label.probability for label in result.labels} == pytest.approx(dict(enumerate(row)))
-    top = await typed.ClassifyText(pb.ClassifyTextRequest(items=items[:2], top_k=1, model_version="1"))
-    assert top.model_version == "1" and [len(r.labels) for r in top.results] == [1, 1]
+    top = await typed.ClassifyText(pb.ClassifyTextRequest(items=items[:2], top_k=1, model_version=default))
+    assert top.model_version == default and [len(r.labels) for r in top.results] == [1, 1]
 
 
-@pytest.mark.parametrize(("version", "tolerance"), [("1", 1e-5), ("2", 5e-3)])
+@pytest.mark.parametrize(
+    ("platform", "version", "tolerance"),
+    [("torch", "", 1e-5), ("onnx", "", 1e-5), ("torch", "2", 5e-3)],
+    ids=["torch", "onnx", "torch-int8"],
+)
 async def test_padding_holes_and_batching_do_not_change_probabilities(stubs, version, tolerance):
-    """fp32 is exact; int8 quantizes activations with one scale per batch, so a row moves slightly
-    with its batch's other rows and padding."""
+    """The default version (fp32 torch or ONNX) is exact; int8 (a torch version) quantizes activations with
+    one scale per batch, so a row moves slightly with its batch's other rows and padding."""
     tokenizer, _, v2 = stubs
     ids, mask = await token_arrays(tokenizer, TEXTS)
     alone = [
@@ -87,6 +99,7 @@ async def test_padding_holes_and_batching_do_not_change_probabilities(stubs, ver
     )
 
 
+@pytest.mark.parametrize("platform", ["torch"])
 async def test_int8_is_served_beside_fp32_and_says_so(stubs, model_repository: Path):
     tokenizer, _, v2 = stubs
     index = await v2.RepositoryIndex(v2pb.RepositoryIndexRequest(ready=True))
@@ -155,6 +168,7 @@ async def test_an_unknown_quantization_is_refused_with_its_name(model_repository
         )
 
 
+@pytest.mark.parametrize("platform", ["torch"])
 async def test_the_int8_version_answers_only_requests_that_ask_for_it(stubs, model_repository: Path):
     """`make up` publishes int8 beside fp32; serving it by default is the operator's choice (model.json)."""
     assert json.loads((model_repository / MODEL / "model.json").read_text())["default_version"] == "1"

@@ -1,4 +1,5 @@
-"""The transformer service over gRPC: parity with sentence-transformers, typed API, v2, bad input."""
+"""The transformer service over gRPC: parity with sentence-transformers, typed API, v2, bad input; with the torch
+versions, then the ONNX versions as the served defaults."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from maas.transformer.v1 import transformer_pb2_grpc
 from services.common.repository import read_version
 from services.common.server import GrpcServer
 from services.tokenizer.export import source_directory
-from tests.conftest import started
+from tests.conftest import PLATFORMS, Served, started
 from tests.contract.test_v2_echo import assert_status
 
 TEXTS = [
@@ -32,6 +33,12 @@ TEXTS = [
     "This product arrived broken and the seller never answered my emails. " * 12,
     "ok",
 ]
+
+
+@pytest.fixture(params=PLATFORMS)
+def platform(request: pytest.FixtureRequest) -> str:
+    """Each test here runs with the torch, then the ONNX versions as the served defaults."""
+    return request.param
 
 
 @pytest.fixture(scope="module")
@@ -83,15 +90,15 @@ async def test_served_embeddings_match_sentence_transformers(stubs, reference):
     assert float(served[0] @ served[1]) == pytest.approx(0.755, abs=0.005)
 
 
-async def test_typed_embed_and_classify(stubs):
+async def test_typed_embed_and_classify(stubs, served: Served):
     tokenizer, typed, _ = stubs
     encodings = (await tokenizer.Tokenize(tokenizer_pb2.TokenizeRequest(texts=TEXTS[:3]))).encodings
     items = [common_pb2.TokenizedText(input_ids=e.input_ids) for e in encodings]
     embedded = await typed.Embed(pb.EmbedRequest(items=items))
-    assert embedded.model_version == "1" and len(embedded.embeddings) == 3
+    assert embedded.model_version == served.default("minilm_embed") and len(embedded.embeddings) == 3
     assert np.linalg.norm(embedded.embeddings[0].values) == pytest.approx(1.0, abs=1e-5)
     classified = await typed.ClassifyText(pb.ClassifyTextRequest(items=items))
-    assert classified.model_version == "1"
+    assert classified.model_version == served.default("minilm_sentiment")
     for result in classified.results:
         assert sorted(label.name for label in result.labels) == ["great", "other"]
         assert sum(label.probability for label in result.labels) == pytest.approx(1.0, abs=1e-5)
@@ -244,9 +251,11 @@ def repository_request(kind, model: str):
     return request
 
 
+@pytest.mark.parametrize("platform", ["torch"])
 @pytest.mark.parametrize("hosting", ["grpc"])
 async def test_unloading_minilm_releases_its_encoder(transformer_server: GrpcServer, hosting: str):
-    """Both models share one encoder per version; it is released with the last version that uses it."""
+    """Both torch models share one encoder per version (a torch module: ONNX versions hold their own
+    sessions); it is released with the last version that uses it."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{transformer_server.port}") as channel:
         v2 = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
         loaded = live_encoders()

@@ -1,4 +1,5 @@
-"""The vision service over gRPC: typed ClassifyImage, v2 fashion_cnn, bad input."""
+"""The vision service over gRPC: typed ClassifyImage, v2 fashion_cnn, bad input; with the torch version, then
+the ONNX version as the served default."""
 
 from __future__ import annotations
 
@@ -14,9 +15,17 @@ from maas.inference import grpc_service_pb2_grpc
 from maas.inference import model_config_pb2 as config_pb
 from maas.vision.v1 import vision_pb2 as pb
 from maas.vision.v1 import vision_pb2_grpc
+from services.common.repository import read_model_file
 from services.common.server import GrpcServer
 from services.vision.data import LABELS, load_split
+from tests.conftest import PLATFORMS, Served
 from tests.contract.test_v2_echo import assert_status
+
+
+@pytest.fixture(params=PLATFORMS)
+def platform(request: pytest.FixtureRequest) -> str:
+    """Each test here runs with the torch, then the ONNX version as the served default."""
+    return request.param
 
 
 @pytest.fixture(scope="module")
@@ -60,26 +69,29 @@ def png(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-async def test_v2_classifies_real_test_images(v2, test_images):
+async def test_v2_classifies_real_test_images(v2, test_images, served: Served):
     images, labels = test_images
     response = await v2.ModelInfer(image_request(images))
     probs = probabilities(response)
-    assert probs.shape == (64, 10) and response.model_version == "1"
+    assert probs.shape == (64, 10) and response.model_version == served.default("fashion_cnn")
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     assert (probs.argmax(axis=1) == labels).mean() > 0.5, "even the tiny test CNN beats chance (0.1) by far"
 
 
-async def test_model_config_describes_fashion_cnn_as_triton_would(v2):
+async def test_model_config_describes_fashion_cnn_as_triton_would(v2, served: Served):
     config = (await v2.ModelConfig(v2pb.ModelConfigRequest(name="fashion_cnn"))).config
-    assert (config.name, config.platform, config.max_batch_size) == ("fashion_cnn", "pytorch_safetensors", 32)
+    assert (config.name, config.platform, config.max_batch_size) == ("fashion_cnn", served.platform_name, 32)
     assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [("IMAGE", config_pb.TYPE_FP32, [1, 28, 28])]
     assert [(o.name, list(o.dims)) for o in config.output] == [("PROBABILITIES", [10])]
     assert config.WhichOneof("scheduling_choice") == "dynamic_batching"
-    assert config.version_policy.latest.num_versions == 1
-    assert (await v2.ModelConfig(v2pb.ModelConfigRequest(name="fashion_cnn", version="1"))).config == config
+    policy = read_model_file(served.repository, "fashion_cnn").policy
+    assert config.version_policy.WhichOneof("policy_choice") == policy.kind
+    assert config.version_policy.latest.num_versions == (policy.count if policy.kind == "latest" else 0)
+    default = v2pb.ModelConfigRequest(name="fashion_cnn", version=served.default("fashion_cnn"))
+    assert (await v2.ModelConfig(default)).config == config
 
 
-async def test_typed_png_raw_and_v2_agree(v2, typed, test_images):
+async def test_typed_png_raw_and_v2_agree(v2, typed, test_images, served: Served):
     images, _ = test_images
     pixels = (images[:3, 0] * 255).round() / 255
     request = pb.ClassifyImageRequest(
@@ -91,7 +103,7 @@ async def test_typed_png_raw_and_v2_agree(v2, typed, test_images):
     )
     typed_response = await typed.ClassifyImage(request)
     v2_probs = probabilities(await v2.ModelInfer(image_request(pixels[:2, None])))
-    assert typed_response.model_version == "1"
+    assert typed_response.model_version == served.default("fashion_cnn")
     for result, probs in zip(typed_response.results, v2_probs, strict=True):
         assert [label.index for label in result.labels] == list(np.argsort(-probs)[:3])
         assert result.labels[0].name == LABELS[int(probs.argmax())]

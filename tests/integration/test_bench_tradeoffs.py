@@ -12,17 +12,15 @@ import pytest
 
 from services.vision.prune import prune
 from services.vision.recipe import Recipe
-from tests.conftest import PYTHON, REPO_ROOT
-from tests.contract.test_onnx import _link_or_copy, onnx_repository
+from tests.conftest import PYTHON, REPO_ROOT, link_or_copy
 
 pytestmark = pytest.mark.slow
-__all__ = ["onnx_repository"]
 
 
 @pytest.mark.timeout(1200)
 def test_quick_tradeoffs_table_has_every_version_side_by_side(onnx_repository: dict, tmp_path: Path):
     repository = tmp_path / "repository"
-    shutil.copytree(onnx_repository["repository"], repository, copy_function=_link_or_copy)
+    shutil.copytree(onnx_repository["repository"], repository, copy_function=link_or_copy)
     pruned = prune(repository, 0.5, fine_tune=Recipe(epochs=1, train_limit=1000), progress=False)
     output = tmp_path / "benchmarks.md"
     output.write_text("# Benchmarks\n\n## Vision (fashion_cnn)\n\nkept as it was\n", encoding="utf-8")
