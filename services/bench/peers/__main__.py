@@ -36,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--system", action="append", choices=SYSTEMS, help="measure only these systems (repeatable; default: all)"
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="also measure maas grpc from this other checkout of maas (e.g. `git worktree add DIR main`): "
+        "before and after a change in one run",
+    )
     parser.add_argument("--duration", type=float, default=defaults.duration, help="load generator seconds per point")
     parser.add_argument("--window-ms", type=int, default=defaults.window_ms, help="perf_analyzer measurement window")
     args = parser.parse_args(argv)
@@ -46,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         window_ms=args.window_ms,
         models=tuple(args.model or defaults.models),
         systems=tuple(args.system or defaults.systems),
+        baseline=args.baseline.resolve() if args.baseline else None,
     )
     load_before, started = _load(), time.monotonic()
     with tempfile.TemporaryDirectory(prefix="maas-peers-") as logs:

@@ -46,6 +46,7 @@ IN_PROCESS = "in-process"
 MAAS_SYSTEMS = ("maas-grpc", "maas-gateway", "maas-ray")
 SYSTEMS = (*MAAS_SYSTEMS, *(peer.__name__ for peer in PEER_SYSTEMS))
 """The systems a run can measure, by the names `--system` takes."""
+BASELINE = "maas grpc (baseline)"
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,8 @@ class PeersConfig:
         longer: model -> how many times longer its points are measured. MiniLM serves about a hundred
             requests a second here, so that each point sees every caller of concurrency 64 several times.
         systems: the systems measured (names from `SYSTEMS`); the in-process model always is.
+        baseline: another checkout of maas whose grpc hosting is measured too, as `maas grpc (baseline)`:
+            before and after a change in one run.
     """
 
     repository: Path
@@ -72,6 +75,7 @@ class PeersConfig:
     models: tuple[str, ...] = BENCH_MODELS
     longer: dict[str, float] = field(default_factory=lambda: {EMBED_MODEL: 2.0})
     systems: tuple[str, ...] = SYSTEMS
+    baseline: Path | None = None
 
     def for_model(self, model: str) -> PeersConfig:
         """These settings with `model`'s points measured `longer`."""
@@ -247,6 +251,9 @@ async def bench_model(model: str, config: PeersConfig, logs: Path) -> ModelRun:
                 servers.append(direct)
             if direct is not None and "maas-gateway" in wanted:
                 servers.append(await _start(stack, run, "maas gateway", maas_gateway(model, direct, logs)))
+        if config.baseline is not None:
+            baseline = maas_grpc(model, config.repository, logs, config.baseline, BASELINE)
+            servers.append(await _start(stack, run, BASELINE, baseline))
         if "maas-ray" in wanted:
             servers.append(await _start(stack, run, "maas ray", maas_ray(model, config.repository, logs)))
         for peer in PEER_SYSTEMS:
