@@ -6,28 +6,47 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 STOP_TIMEOUT_SECONDS = 30.0
 
 
 async def spawn(
-    service: str, *args: str, env: dict[str, str] | None = None, pipe_stderr: bool = False
+    service: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    pipe_stderr: bool = False,
+    cpus: frozenset[int] | None = None,
 ) -> asyncio.subprocess.Process:
     """Start `maas run SERVICE ARGS...` with stdout piped (for its READY line), and stderr piped if
-    `pipe_stderr` (else inherited)."""
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.cli.main",
-        "run",
-        service,
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE if pipe_stderr else None,
-        env={**os.environ, **(env or {})},
-    )
+    `pipe_stderr` (else inherited); on the CPUs `cpus` only, if given (every thread it starts inherits them)."""
+    with _affinity(cpus):
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "services.cli.main",
+            "run",
+            service,
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE if pipe_stderr else None,
+            env={**os.environ, **(env or {})},
+        )
+
+
+@contextmanager
+def _affinity(cpus: frozenset[int] | None) -> Iterator[None]:
+    """Run the calling thread on `cpus` for the block (a child forked from it inherits them); no change if None."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 async def read_ready(process: asyncio.subprocess.Process, service: str, timeout: float = 120) -> str:
@@ -51,13 +70,18 @@ async def read_ready(process: asyncio.subprocess.Process, service: str, timeout:
 
 @asynccontextmanager
 async def running(
-    service: str, *args: str, env: dict[str, str] | None = None, ready_as: str | None = None
+    service: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    ready_as: str | None = None,
+    cpus: frozenset[int] | None = None,
 ) -> AsyncIterator[str]:
     """Run a service for the duration of the block; yields its address; SIGTERM (then kill) on exit.
 
-    `ready_as` names the READY line to wait for when the process hosts other services (`ray`).
+    `ready_as` names the READY line to wait for when the process hosts other services (`ray`); `cpus`,
+    the only CPUs it may run on (None: any).
     """
-    async with serving(await spawn(service, *args, env=env), ready_as or service) as address:
+    async with serving(await spawn(service, *args, env=env, cpus=cpus), ready_as or service) as address:
         yield address
 
 

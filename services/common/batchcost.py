@@ -8,21 +8,22 @@ what a batch of some work would take, with a margin for the batches that take lo
 from __future__ import annotations
 
 import math
+from collections import deque
 
 DECAY = 0.98
 """Weight of the fit's past per batch observed: its memory is about 1 / (1 - DECAY) = 50 batches."""
 MIN_BATCHES = 5
 """Batches observed before the fit is trusted."""
-MARGIN_SIGMAS = 3.0
-"""The margin: this many standard deviations of the fit's recent errors (estimated from their mean
-absolute value, which one stalled batch moves less than it moves their variance)."""
+MARGIN_QUANTILE = 0.95
+ERROR_WINDOW = 100
+"""The margin: the `MARGIN_QUANTILE` quantile of how much longer than the line the last `ERROR_WINDOW`
+batches took (0 if at least that share of them took no longer)."""
 CLIP_SHARE = 0.6
 """Once the fit is trusted, a batch slower than its prediction by more than this share of it counts as
 only that slow: a batch stalled by something else on the machine must not teach the fit that every batch
 is slow. A machine that really slows down still moves the fit, by that much per batch. The clip is a
 share of the prediction, not a multiple of the recent errors, so that stalls in a row cannot feed the
 margin that lets the next stall in."""
-GAUSSIAN_SIGMA_PER_MEAN_ERROR = math.sqrt(math.pi / 2)
 
 
 class BatchCost:
@@ -35,7 +36,8 @@ class BatchCost:
         """
         self._decay = decay
         self._w = self._x = self._y = self._xx = self._xy = 0.0
-        self._mean_error = 0.0
+        self._errors: deque[float] = deque(maxlen=ERROR_WINDOW)
+        self._margin = 0.0
         self.batches = 0
 
     @property
@@ -66,8 +68,9 @@ class BatchCost:
         return fixed + per_unit * work
 
     def margin_ns(self) -> float:
-        """How much longer than the line a slow batch takes (`MARGIN_SIGMAS` deviations of recent errors)."""
-        return MARGIN_SIGMAS * GAUSSIAN_SIGMA_PER_MEAN_ERROR * self._mean_error
+        """How much longer than the line a slow batch takes: the `MARGIN_QUANTILE` quantile of the recent
+        batches' errors."""
+        return self._margin
 
     def bound_ns(self, work: float) -> float:
         """A batch of `work`'s time, with the margin: what a deadline must leave room for."""
@@ -79,8 +82,9 @@ class BatchCost:
             predicted = self.predict_ns(work)
             if self.ready:
                 ns = min(ns, predicted * (1 + CLIP_SHARE))
-            weight = max(1 - self._decay, 1 / self.batches)
-            self._mean_error = (1 - weight) * self._mean_error + weight * abs(ns - predicted)
+            self._errors.append(ns - predicted)
+            ranked = sorted(self._errors)
+            self._margin = max(0.0, ranked[math.ceil(MARGIN_QUANTILE * len(ranked)) - 1])
         d = self._decay
         self._w = d * self._w + 1
         self._x = d * self._x + work

@@ -195,8 +195,13 @@ async def test_inline_when_idle_skips_the_worker_thread_only_when_nothing_else_i
     first = await batcher.submit(row(1))
     assert first["Y"][0, 0] == 2.0 and threads == ["batch-inline_0"], "nothing ran yet: its cost is unknown"
     threads.clear()
-    alone = [await batcher.submit(row(3)) for _ in range(5)]
-    assert all(a["Y"][0, 0] == 6.0 for a in alone) and threading.current_thread().name in threads
+    # The cost fit starts from measured batches: on a busy machine the first few may look slower than
+    # INLINE_MAX_NS, so lone requests go on until one runs inline (a bounded number of them).
+    for _ in range(50):
+        assert (await batcher.submit(row(3)))["Y"][0, 0] == 6.0
+        if threading.current_thread().name in threads:
+            break
+    assert threading.current_thread().name in threads, "no lone request ran inline"
     threads.clear()
     busy = await asyncio.gather(*(batcher.submit(row(i)) for i in range(6)))
     assert [r["Y"][0, 0] for r in busy] == [2.0 * i for i in range(6)]
