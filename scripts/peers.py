@@ -39,8 +39,10 @@ MODEL_CODE = [
     "pydantic-settings>=2.3",
     "grpcio",
     "protobuf>=6.33,<7",
+    "onnxruntime",
 ]
-"""What `services/vision/model.py` and `services/transformer/model.py` import, torch pinned to the CPU wheel."""
+"""What `services/vision/model.py` and `services/transformer/model.py` import (their ONNX versions run on
+onnxruntime), torch pinned to the CPU wheel; the constraints file pins the rest as the project's venv has them."""
 CONSTRAINED = ["-c", str(REPO_ROOT / "constraints.txt")]
 PEERS = {
     "perf_analyzer": (sys.executable, ["tritonclient==2.41.0", "nvidia-cuda-runtime-cu12==12.9.79"], ["--no-deps"]),

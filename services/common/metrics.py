@@ -9,6 +9,7 @@ is compared with its baseline by label; the batcher's metrics are per model vers
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from functools import lru_cache
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -35,12 +36,47 @@ VERSION_IN_FLIGHT = Gauge(
     ["model", "version"],
 )
 
+
+class Tally:
+    """A gauge's value kept as a plain integer and read when Prometheus scrapes (`Gauge.set_function`).
+
+    An in-flight gauge changes twice per call; a locked `Gauge.inc`/`dec` pair costs about 2 µs, an
+    integer's about 0.1 µs. Only event-loop code changes a tally (the call it counts is begun and ended on
+    the server's loop), so no lock is needed.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self) -> None:
+        """One more."""
+        self.value += 1
+
+    def dec(self) -> None:
+        """One fewer."""
+        self.value -= 1
+
+
+def _tallies(gauge: Gauge) -> Callable[..., Tally]:
+    """The tally of each label set of `gauge`, made (and attached to its series) on first use."""
+
+    @lru_cache(maxsize=1024)
+    def tally(*labels: str) -> Tally:
+        count = Tally()
+        gauge.labels(*labels).set_function(lambda: count.value)
+        return count
+
+    return tally
+
+
 # Label lookups cost microseconds per call; the label sets are small (methods x served models x versions
 # x codes), so each series is looked up once.
 requests = lru_cache(maxsize=4096)(REQUESTS.labels)
 request_seconds = lru_cache(maxsize=4096)(REQUEST_SECONDS.labels)
-in_flight = lru_cache(maxsize=1024)(IN_FLIGHT.labels)
-version_in_flight = lru_cache(maxsize=1024)(VERSION_IN_FLIGHT.labels)
+in_flight = _tallies(IN_FLIGHT)
+version_in_flight = _tallies(VERSION_IN_FLIGHT)
 
 
 SHUTDOWN_POLL_SECONDS = 0.05

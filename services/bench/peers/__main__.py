@@ -15,7 +15,7 @@ import torch
 
 from services.bench import perf_analyzer
 from services.bench.peers.report import Context, plot, render
-from services.bench.peers.run import PeersConfig, run_peers
+from services.bench.peers.run import SYSTEMS, PeersConfig, run_peers
 from services.common.settings import REPO_ROOT, ServiceSettings
 
 DOCS = REPO_ROOT / "docs"
@@ -33,6 +33,15 @@ def main(argv: list[str] | None = None) -> int:
     defaults = PeersConfig(Path())
     parser.add_argument("--model", action="append", choices=defaults.models, help="measure only these (repeatable)")
     parser.add_argument("--concurrency", action="append", type=int, help="load points (default: 1, 4, 16, 64)")
+    parser.add_argument(
+        "--system", action="append", choices=SYSTEMS, help="measure only these systems (repeatable; default: all)"
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="also measure maas grpc from this other checkout of maas (e.g. `git worktree add DIR main`): "
+        "before and after a change in one run",
+    )
     parser.add_argument("--duration", type=float, default=defaults.duration, help="load generator seconds per point")
     parser.add_argument("--window-ms", type=int, default=defaults.window_ms, help="perf_analyzer measurement window")
     args = parser.parse_args(argv)
@@ -42,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         duration=args.duration,
         window_ms=args.window_ms,
         models=tuple(args.model or defaults.models),
+        systems=tuple(args.system or defaults.systems),
+        baseline=args.baseline.resolve() if args.baseline else None,
     )
     load_before, started = _load(), time.monotonic()
     with tempfile.TemporaryDirectory(prefix="maas-peers-") as logs:

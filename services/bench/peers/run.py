@@ -38,11 +38,15 @@ from services.bench.peers.systems import (
     maas_ray,
 )
 from services.common.codec import Tensor, decode_outputs, encode_inputs
-from services.common.repository import newest_source
+from services.common.repository import is_torch_source, newest_source, read_model_file, read_version
 from services.transformer.spec import EMBED_MODEL
 
 CLIENTS = ("perf_analyzer", "loadgen")
 IN_PROCESS = "in-process"
+MAAS_SYSTEMS = ("maas-grpc", "maas-gateway", "maas-ray")
+SYSTEMS = (*MAAS_SYSTEMS, *(peer.__name__ for peer in PEER_SYSTEMS))
+"""The systems a run can measure, by the names `--system` takes."""
+BASELINE = "maas grpc (baseline)"
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,9 @@ class PeersConfig:
         models: the models measured.
         longer: model -> how many times longer its points are measured. MiniLM serves about a hundred
             requests a second here, so that each point sees every caller of concurrency 64 several times.
+        systems: the systems measured (names from `SYSTEMS`); the in-process model always is.
+        baseline: another checkout of maas whose grpc hosting is measured too, as `maas grpc (baseline)`:
+            before and after a change in one run.
     """
 
     repository: Path
@@ -67,6 +74,8 @@ class PeersConfig:
     window_ms: int = 1500
     models: tuple[str, ...] = BENCH_MODELS
     longer: dict[str, float] = field(default_factory=lambda: {EMBED_MODEL: 2.0})
+    systems: tuple[str, ...] = SYSTEMS
+    baseline: Path | None = None
 
     def for_model(self, model: str) -> PeersConfig:
         """These settings with `model`'s points measured `longer`."""
@@ -118,6 +127,21 @@ def request_arrays(model: str) -> dict[str, np.ndarray]:
 
 def _describe(arrays: dict[str, np.ndarray]) -> str:
     return ", ".join(f"{name} {arrays[name].dtype} {list(arrays[name].shape)}" for name in arrays)
+
+
+def served_source(repository: Path, model: str) -> Path:
+    """The version directory maas serves a request that names no version (`model.json`'s default version),
+    when it holds fp32 torch weights; else the newest that does. Every peer loads this one, so all run the
+    same network (the newest may be a pruned, smaller one that maas serves only by name).
+
+    Raises:
+        FileNotFoundError: no version holds fp32 torch weights.
+    """
+    default = read_model_file(repository, model).default_version
+    directory = repository / model / default
+    if default and directory.is_dir() and is_torch_source(read_version(directory, model)):
+        return directory
+    return newest_source(repository, model, "run `make models`")
 
 
 async def _check(run: ModelRun, server: Server, request: pb.ModelInferRequest, expected: dict[str, np.ndarray]) -> None:
@@ -210,7 +234,7 @@ async def bench_model(model: str, config: PeersConfig, logs: Path) -> ModelRun:
     Returns:
         The model's measurements.
     """
-    directory = newest_source(config.repository, model, "run `make models`")
+    directory = served_source(config.repository, model)
     arrays = request_arrays(model)
     run = ModelRun(model, directory.name, _describe(arrays))
     predict = load(model, directory)
@@ -220,13 +244,21 @@ async def bench_model(model: str, config: PeersConfig, logs: Path) -> ModelRun:
     encode_inputs(request, [Tensor(name, datatypes[name], array) for name, array in arrays.items()])
     async with AsyncExitStack() as stack:
         servers = []
-        direct = await _start(stack, run, "maas grpc", maas_grpc(model, config.repository, logs))
-        if direct is not None:
-            servers.append(direct)
-            servers.append(await _start(stack, run, "maas gateway", maas_gateway(model, direct, logs)))
-        servers.append(await _start(stack, run, "maas ray", maas_ray(model, config.repository, logs)))
+        wanted = set(config.systems)
+        if wanted & {"maas-grpc", "maas-gateway"}:
+            direct = await _start(stack, run, "maas grpc", maas_grpc(model, config.repository, logs))
+            if direct is not None and "maas-grpc" in wanted:
+                servers.append(direct)
+            if direct is not None and "maas-gateway" in wanted:
+                servers.append(await _start(stack, run, "maas gateway", maas_gateway(model, direct, logs)))
+        if config.baseline is not None:
+            baseline = maas_grpc(model, config.repository, logs, config.baseline, BASELINE)
+            servers.append(await _start(stack, run, BASELINE, baseline))
+        if "maas-ray" in wanted:
+            servers.append(await _start(stack, run, "maas ray", maas_ray(model, config.repository, logs)))
         for peer in PEER_SYSTEMS:
-            servers.append(await _start(stack, run, peer.__name__, peer(model, directory, logs)))
+            if peer.__name__ in wanted:
+                servers.append(await _start(stack, run, peer.__name__, peer(model, directory, logs)))
         servers = [server for server in servers if server is not None]
         for server in servers:
             await _check(run, server, request, expected)

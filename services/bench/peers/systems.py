@@ -85,13 +85,13 @@ def free_port() -> int:
 
 @asynccontextmanager
 async def _process(
-    args: list[str], log: Path, env: dict[str, str] | None = None
+    args: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path = REPO_ROOT
 ) -> AsyncIterator[asyncio.subprocess.Process]:
-    """Run a process (output to `log`) for the block. Stopped with SIGTERM, then killed, and so is any
-    process of its tree still running after it ended."""
+    """Run a process (output to `log`) in `cwd` for the block. Stopped with SIGTERM, then killed, and so is
+    any process of its tree still running after it ended."""
     with log.open("ab") as out:
         process = await asyncio.create_subprocess_exec(
-            *args, cwd=REPO_ROOT, env={**os.environ, **(env or {})}, stdout=out, stderr=out
+            *args, cwd=cwd, env={**os.environ, **(env or {})}, stdout=out, stderr=out
         )
     try:
         yield process
@@ -127,11 +127,18 @@ async def wait_ready(
 
 @asynccontextmanager
 async def _server(
-    label: str, args: list[str], port: int, model: str, log: Path, env: dict[str, str] | None = None, also=()
+    label: str,
+    args: list[str],
+    port: int,
+    model: str,
+    log: Path,
+    env: dict[str, str] | None = None,
+    also=(),
+    cwd: Path = REPO_ROOT,
 ) -> AsyncIterator[Server]:
-    """Run a server process listening on loopback `port` until the block ends; yields it once it serves
-    `model`. `also` names processes (already running) that serve with it."""
-    async with _process(args, log, env) as process:
+    """Run a server process (in `cwd`) listening on loopback `port` until the block ends; yields it once it
+    serves `model`. `also` names processes (already running) that serve with it."""
+    async with _process(args, log, env, cwd) as process:
         address = f"127.0.0.1:{port}"
         await wait_ready(process, address, model, log)
         yield Server(label, address, (process.pid, *also))
@@ -141,12 +148,16 @@ def _maas(*args: str) -> list[str]:
     return [sys.executable, "-m", "services.cli.main", *args]
 
 
-def maas_grpc(model: str, repository: Path, logs: Path) -> AbstractAsyncContextManager[Server]:
-    """`maas run <service>` with its default settings."""
+def maas_grpc(
+    model: str, repository: Path, logs: Path, checkout: Path = REPO_ROOT, label: str = "maas grpc"
+) -> AbstractAsyncContextManager[Server]:
+    """`maas run <service>` with its default settings, running the `services` package of `checkout`
+    (another checkout of maas serves as a baseline; this venv's packages and stubs serve both)."""
     hosted, port = MODELS[model], free_port()
     env = {"MAAS_MODEL_REPOSITORY": str(repository), **dict([hosted.env("metrics_port", "0")])}
     args = _maas("run", hosted.service, "--port", str(port))
-    return _server("maas grpc", args, port, model, logs / f"maas-{hosted.service}.log", env)
+    log = logs / f"maas-{hosted.service}-{checkout.name}.log"
+    return _server(label, args, port, model, log, env, cwd=checkout)
 
 
 def maas_gateway(model: str, service: Server, logs: Path) -> AbstractAsyncContextManager[Server]:
