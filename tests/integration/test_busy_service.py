@@ -95,6 +95,24 @@ def assert_health_answered(latencies: list[float], call_seconds: float) -> None:
     assert len(latencies) >= 30, f"the requests took only {len(latencies)} health checks"
 
 
+async def two_callers_beside_health(
+    service: str, repository: Path, call: Callable[[grpc.aio.Channel], Awaitable[T]]
+) -> list[T]:
+    """Start `maas run SERVICE`; two callers make `call` at once, three times over, while health is checked
+    (`assert_health_answered`); returns the last two answers."""
+    async with (
+        maas_process("run", service, "--port", "0", ready=service, env=env(service, repository)) as s,
+        grpc.aio.insecure_channel(s.address, options=LARGE) as channel,
+    ):
+
+        async def two_callers() -> list[T]:
+            return list(await asyncio.gather(call(channel), call(channel)))
+
+        latencies, call_seconds, answers = await health_latencies_during(s.address, two_callers)
+    assert_health_answered(latencies, call_seconds)
+    return answers
+
+
 async def test_health_answers_while_maximal_tokenizer_requests_run(model_repository: Path):
     texts = maximal_texts()
     request = v2pb.ModelInferRequest(model_name="tokenizer")
@@ -155,19 +173,13 @@ async def test_health_answers_while_a_maximal_image_request_runs(model_repositor
 async def test_health_answers_while_two_callers_classify_1024_images_each(model_repository: Path):
     shirt = (Path(__file__).parents[2] / "docs" / "examples" / "shirt.png").read_bytes()
     request = vision_pb2.ClassifyImageRequest(images=[vision_pb2.Image(encoded=shirt)] * 1024)
-    async with (
-        maas_process("run", "vision", "--port", "0", ready="vision", env=env("vision", model_repository)) as service,
-        grpc.aio.insecure_channel(service.address, options=LARGE) as channel,
-    ):
-        typed = vision_pb2_grpc.VisionServiceStub(channel)
-
-        async def two_callers() -> list[vision_pb2.ClassifyImageResponse]:
-            return await asyncio.gather(*(typed.ClassifyImage(request, timeout=60) for _ in range(2)))
-
-        latencies, call_seconds, classified = await health_latencies_during(service.address, two_callers)
-        assert_health_answered(latencies, call_seconds)
-        assert [len(response.results) for response in classified] == [1024, 1024]
-        assert len({result.labels[0].name for response in classified for result in response.results}) == 1
+    classified = await two_callers_beside_health(
+        "vision",
+        model_repository,
+        lambda channel: vision_pb2_grpc.VisionServiceStub(channel).ClassifyImage(request, timeout=60),
+    )
+    assert [len(response.results) for response in classified] == [1024, 1024]
+    assert len({result.labels[0].name for response in classified for result in response.results}) == 1
 
 
 async def test_health_answers_while_two_callers_tokenize_1024_texts_each(model_repository: Path):
@@ -176,17 +188,11 @@ async def test_health_answers_while_two_callers_tokenize_1024_texts_each(model_r
     request = v2pb.ModelInferRequest(model_name="tokenizer")
     encode_inputs(request, [Tensor("TEXT", "BYTES", np.array([t.encode() for t in texts], dtype=object))])
     want = to_arrays(newest_tokenizer(model_repository).encode(texts, padding=Padding.LONGEST))
-    async with (
-        maas_process("run", "tokenizer", "--port", "0", ready="tokenizer", env=env("tokenizer", model_repository)) as s,
-        grpc.aio.insecure_channel(s.address, options=LARGE) as channel,
-    ):
-        v2 = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
-
-        async def two_callers() -> list[v2pb.ModelInferResponse]:
-            return await asyncio.gather(*(v2.ModelInfer(request, timeout=60) for _ in range(2)))
-
-        latencies, call_seconds, answers = await health_latencies_during(s.address, two_callers)
-    assert_health_answered(latencies, call_seconds)
+    answers = await two_callers_beside_health(
+        "tokenizer",
+        model_repository,
+        lambda channel: grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=60),
+    )
     for answer in answers:
         got = decode_outputs(answer)
         assert got["INPUT_IDS"].array.shape == (1024, 256)
