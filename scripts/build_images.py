@@ -179,7 +179,13 @@ def main() -> int:
             sys.stderr.write(f"{tail}build_images: building {target} failed (status {built.returncode}); see {log}\n")
             return 1
         size = image_size(ref)
-        record[target] = {"image": ref, "base_image": base, "build_seconds": round(seconds, 1), "size_bytes": size}
+        record[target] = {
+            "image": ref,
+            "base_image": base,
+            "revision": revision(),
+            "build_seconds": round(seconds, 1),
+            "size_bytes": size,
+        }
         sys.stdout.write(f"built {ref} in {seconds:.0f} s ({size / 1e6:.0f} MB)\n")
         RECORD.parent.mkdir(parents=True, exist_ok=True)
         RECORD.write_text(json.dumps(record, indent=2) + "\n")

@@ -85,6 +85,24 @@ def recorded() -> dict[str, dict]:
     return json.loads(RECORD.read_text()) if RECORD.exists() else {}
 
 
+def head() -> str:
+    """The commit the work tree is at."""
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def optional_images_built_here() -> list[str]:
+    """The images beyond `make images`'s (`models-cuda`) that build/images.json records as built from this
+    commit: their tests exist only then, since CI builds none of them (no GPU, and a 5.4 GB image)."""
+    commit = head()
+    return sorted(
+        name
+        for name, entry in recorded().items()
+        if name not in (*REQUIRED, "base", "downloads") and entry.get("revision", "").startswith(commit)
+    )
+
+
 def built_images() -> dict[str, dict]:
     """The images `make images` recorded in build/images.json (name -> reference, build seconds, size)
     and built from this commit; `models-cuda` only when `make images-cuda` built it from this commit too.
@@ -93,19 +111,19 @@ def built_images() -> dict[str, dict]:
         AssertionError: one of `make images`'s images is missing, or was built from another commit.
     """
     assert RECORD.exists(), f"{RECORD} is missing: run `make images` first"
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    commit = head()
     current = {}
     for name, entry in recorded().items():
         if name in ("base", "downloads"):
             continue
         found = podman("image", "inspect", "--format", "{{json .Labels}}", entry["image"], check=False)
         revision = json.loads(found.stdout)["org.opencontainers.image.revision"] if found.returncode == 0 else ""
-        if revision.startswith(head.stdout.strip()):
+        if revision.startswith(commit):
             current[name] = entry
         else:
             assert name not in REQUIRED, (
                 f"{entry['image']} is {f'from {revision}' if revision else 'missing'}, the work tree is at "
-                f"{head.stdout.strip()}: run `make images`"
+                f"{commit}: run `make images`"
             )
     assert set(REQUIRED) <= set(current), f"build/images.json lacks {set(REQUIRED) - set(current)}: run `make images`"
     return current

@@ -10,18 +10,24 @@ import tomllib
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.containers.podman import READ_ONLY, REQUIRED, RUN_FLAGS, podman, recorded, run_once
+from tests.containers.podman import (
+    READ_ONLY,
+    REQUIRED,
+    RUN_FLAGS,
+    optional_images_built_here,
+    podman,
+    run_once,
+)
 
 pytestmark = pytest.mark.containers
 
-IMAGES = [*REQUIRED, *sorted(set(recorded()) - set(REQUIRED) - {"base", "downloads"})]
+IMAGES = [*REQUIRED, *optional_images_built_here()]
 
 
 @pytest.fixture
 def image(images: dict, name: str) -> str:
-    """The reference of image `name`; `models-cuda` is checked only when built from this commit."""
-    if name not in images:
-        pytest.skip(f"{name} was not built from this commit (make images-cuda)")
+    """The reference of image `name`."""
+    assert name in images, f"build/images.json says {name} was built from this commit; its labels disagree"
     return images[name]["image"]
 
 
