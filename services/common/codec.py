@@ -319,11 +319,7 @@ def raw_bytes(tensor: Tensor) -> bytes:
     Raises:
         ValueError: the datatype is unknown.
     """
-    if tensor.datatype == "BYTES":
-        return encode_bytes(tensor.array)
-    if tensor.datatype not in FIXED_DTYPES:
-        raise ValueError(f"tensor '{tensor.name}' has unknown datatype {tensor.datatype}")
-    return np.ascontiguousarray(tensor.array, dtype=FIXED_DTYPES[tensor.datatype]).tobytes()
+    return _raw_array(tensor).tobytes()
 
 
 _RAW_OUTPUT_TAG = bytes([6 << 3 | 2])
