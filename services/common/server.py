@@ -23,6 +23,7 @@ from maas.inference import grpc_service_pb2_grpc
 from services.common import metrics, telemetry
 from services.common.auth import ApiKeys
 from services.common.errors import MaasError
+from services.common.front import NativeFront
 from services.common.interceptor import ServerInterceptor
 from services.common.lifecycle import Lifecycle
 from services.common.logs import configure_logging
@@ -102,6 +103,7 @@ class GrpcServer:
         self._server: grpc.aio.Server | None = None
         self._health_server: grpc.aio.Server | None = None
         self._metrics: MetricsServer | None = None
+        self._front: NativeFront | None = None
         self.port = 0
         self.health_port = 0
 
@@ -150,7 +152,11 @@ class GrpcServer:
         for service in ("", *self.service_names):
             await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         address = host_port(self.settings.host, self.settings.port)
-        self.port = self._bind(self._server, address)
+        native = getattr(self.settings, "front", "python") == "native"
+        if native:
+            self.port = self._bind(self._server, host_port("127.0.0.1", 0))
+        else:
+            self.port = self._bind(self._server, address)
         if self.settings.health_port is not None:
             self._health_server = grpc.aio.server()
             health_pb2_grpc.add_HealthServicer_to_server(self._health, self._health_server)
@@ -161,12 +167,17 @@ class GrpcServer:
                 raise RuntimeError(f"{self.name}: could not bind health port {self.settings.health_port}")
             await self._health_server.start()
         await self._server.start()
+        if native:
+            self._front = NativeFront(self.settings, address, self.port)
+            self.port = self._front.port
         self._metrics = MetricsServer(self.settings.host, self.settings.metrics_bind_port)
         for model in self.models:
             metrics.MODEL_READY.labels(model.name).set_function(lambda model=model: float(model.is_ready()))
         for model in self.models:
             await model.load("")
         await self.prepare()
+        if self._front is not None and self._auth is None and not telemetry.enabled():
+            log.info("%s: native front answers %s", self.name, ", ".join(self._front.route(self.models)) or "nothing")
         self.lifecycle.mark_serving()
         for service in ("", *self.service_names):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -214,6 +225,9 @@ class GrpcServer:
         await self._health.enter_graceful_shutdown()
         self.lifecycle.start_draining()
         log.info("%s draining: %d calls in flight", self.name, self.lifecycle.in_flight)
+        if self._front is not None:
+            await asyncio.to_thread(self._front.stop, grace)
+            self._front = None
         if await self.lifecycle.wait_idle(grace):
             await self.lifecycle.wait_quiet(DRAIN_QUIET_SECONDS, min(DRAIN_QUIET_MAX_SECONDS, deadline - loop.time()))
             remaining = min(IDLE_STOP_GRACE_SECONDS, max(0.0, deadline - loop.time()))
@@ -230,6 +244,9 @@ class GrpcServer:
         endpoints."""
         if self._server is None:
             return
+        if self._front is not None:
+            await asyncio.to_thread(self._front.stop, grace)
+            self._front = None
         await self._server.stop(grace)
         if self._health_server is not None:
             await self._health_server.stop(0)

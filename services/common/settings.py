@@ -197,6 +197,12 @@ class ModelServiceSettings(ServiceSettings):
         description="Models with padded sequence inputs: pad batches to their longest sequence (else to fixed_length).",
     )
     fixed_length: int = Field(256, ge=1, le=512, description="Padded length when length_aware is off.")
+    front: Literal["python", "native"] = Field(
+        "python",
+        description="What answers on the gRPC port (grpc hosting): `python`, the grpc.aio server; `native`, a C++ "
+        "server that answers plain ModelInfer calls itself, a batch at a time, and proxies every other call to the "
+        "grpc.aio server on a loopback port (docs/native-front.md; needs `make native`; no TLS).",
+    )
     max_batch_tokens: int = Field(
         0,
         ge=0,
@@ -204,6 +210,12 @@ class ModelServiceSettings(ServiceSettings):
         "there is no budget: an LSTM's time per batch grows with its longest sequence and little with its rows, "
         "and MiniLM runs packed, so padding costs it nothing.",
     )
+
+    @model_validator(mode="after")
+    def _native_front_plaintext(self) -> ModelServiceSettings:
+        if self.front == "native" and self.tls_cert_file is not None:
+            raise ValueError("front=native serves plaintext only: unset tls_cert_file or use front=python")
+        return self
 
     def batching(self, **overrides: Any) -> BatchingConfig:
         """The batcher's config from these settings; `overrides` sets other `BatchingConfig` fields

@@ -43,7 +43,7 @@ from services.transformer.spec import EMBED_MODEL
 
 CLIENTS = ("perf_analyzer", "loadgen")
 IN_PROCESS = "in-process"
-MAAS_SYSTEMS = ("maas-grpc", "maas-gateway", "maas-ray")
+MAAS_SYSTEMS = ("maas-grpc", "maas-native", "maas-gateway", "maas-ray")
 SYSTEMS = (*MAAS_SYSTEMS, *(peer.__name__ for peer in PEER_SYSTEMS))
 """The systems a run can measure, by the names `--system` takes."""
 BASELINE = "maas grpc (baseline)"
@@ -251,6 +251,9 @@ async def bench_model(model: str, config: PeersConfig, logs: Path) -> ModelRun:
                 servers.append(direct)
             if direct is not None and "maas-gateway" in wanted:
                 servers.append(await _start(stack, run, "maas gateway", maas_gateway(model, direct, logs)))
+        if "maas-native" in wanted:
+            native = maas_grpc(model, config.repository, logs, label="maas native", front="native")
+            servers.append(await _start(stack, run, "maas native", native))
         if config.baseline is not None:
             baseline = maas_grpc(model, config.repository, logs, config.baseline, BASELINE)
             servers.append(await _start(stack, run, BASELINE, baseline))

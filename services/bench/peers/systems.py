@@ -2,6 +2,7 @@
 
 Every system serves the same model version with the project's model code, on one torch thread:
 - maas, grpc hosting: `maas run <service>` with its default settings;
+- maas, grpc hosting with the native front: the same with `front=native` (docs/native-front.md);
 - maas through the gateway: `maas run gateway` routing to that same service;
 - maas, ray hosting: `maas run ray` hosting the service alone (one replica, the maas front);
 - Triton 2.51: `tritonserver`, Python backend (`scripts/peers/triton_model.py`), dynamic batching;
@@ -149,14 +150,21 @@ def _maas(*args: str) -> list[str]:
 
 
 def maas_grpc(
-    model: str, repository: Path, logs: Path, checkout: Path = REPO_ROOT, label: str = "maas grpc"
+    model: str,
+    repository: Path,
+    logs: Path,
+    checkout: Path = REPO_ROOT,
+    label: str = "maas grpc",
+    front: str = "python",
 ) -> AbstractAsyncContextManager[Server]:
-    """`maas run <service>` with its default settings, running the `services` package of `checkout`
-    (another checkout of maas serves as a baseline; this venv's packages and stubs serve both)."""
+    """`maas run <service>` with its default settings but `front`, running the `services` package of
+    `checkout` (another checkout of maas serves as a baseline; this venv's packages and stubs serve both)."""
     hosted, port = MODELS[model], free_port()
     env = {"MAAS_MODEL_REPOSITORY": str(repository), **dict([hosted.env("metrics_port", "0")])}
+    if front != "python":
+        env.update([hosted.env("front", front)])
     args = _maas("run", hosted.service, "--port", str(port))
-    log = logs / f"maas-{hosted.service}-{checkout.name}.log"
+    log = logs / f"maas-{hosted.service}-{checkout.name}-{front}.log"
     return _server(label, args, port, model, log, env, cwd=checkout)
 
 

@@ -1,0 +1,214 @@
+"""The native gRPC front (setting `front=native`): a C++ server on the service's port, Python once per batch.
+
+The C++ server (`services/common/native/front.cc`, built by `make native`) owns the public port and the
+service's grpc.aio server moves to a loopback port behind it. A ModelInfer call for a routed model version
+that carries only raw tensors of the declared datatypes and fixed shapes (and asks for no timing) queues
+in C++; one Python thread per route takes the queued calls as one batch, runs the version's `prepare`
+and `predict` once, and hands the outputs back, which C++ splits into one response per call. Everything
+else is proxied byte for byte to the Python server, which answers it as it would without the front. See
+docs/native-front.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+
+from services.common import metrics
+from services.common.codec import FIXED_DTYPES
+from services.common.errors import MaasError
+from services.common.settings import ServiceSettings
+from services.common.versions import ModelRegistry, ModelVersions
+
+log = logging.getLogger(__name__)
+
+TAKE_TIMEOUT_US = 100_000
+"""How long a pump waits for a call before it looks again whether the front is stopping."""
+METHOD = "ModelInfer"
+
+
+def load_extension():
+    """The compiled front, `services.common.native._front`.
+
+    Raises:
+        RuntimeError: it is not built (`make native`).
+    """
+    try:
+        from services.common.native import _front
+    except ImportError as exc:
+        raise RuntimeError(f"front=native needs the compiled front: run `make native` ({exc})") from None
+    return _front
+
+
+def routable(model: ModelVersions) -> bool:
+    """Whether the front can answer `model`'s requests itself: it batches, and every input is a required
+    tensor of a fixed-size datatype whose dimensions past the batch one are fixed."""
+    if not model.batch_limits().dynamic or not model.inputs or not model.outputs:
+        return False
+    tensors = (*model.inputs, *model.outputs)
+    if any(spec.datatype not in FIXED_DTYPES for spec in tensors):
+        return False
+    return all(not spec.optional and all(dim >= 0 for dim in spec.shape[1:]) for spec in model.inputs)
+
+
+@dataclass(frozen=True)
+class _Route:
+    handle: int
+    model: ModelVersions
+    version: str
+
+
+class NativeFront:
+    """The C++ server on a service's port, proxying to its Python server, and the pumps of its routes."""
+
+    def __init__(self, settings: ServiceSettings, address: str, upstream_port: int) -> None:
+        """Bind `address` and start serving, proxying every call to the Python server until routes are added.
+
+        Args:
+            settings: the service's settings (message limit, connection age, batching).
+            address: the public address to bind.
+            upstream_port: the Python server's loopback port.
+
+        Raises:
+            RuntimeError: the extension is not built, or `address` could not be bound.
+        """
+        self._settings = settings
+        self._front = load_extension().Front(
+            address=address,
+            upstream=f"127.0.0.1:{upstream_port}",
+            max_message_bytes=settings.max_message_bytes,
+            max_connection_age_ms=round(settings.max_connection_age_s * 1000),
+            max_connection_age_grace_ms=round(settings.max_connection_age_grace_s * 1000),
+            id_prefix=uuid.uuid4().hex[:16],
+        )
+        self._pumps: list[threading.Thread] = []
+        self._stopping = threading.Event()
+
+    @property
+    def port(self) -> int:
+        """The public port bound."""
+        return self._front.port
+
+    def route(self, models: ModelRegistry) -> list[str]:
+        """Answer the routable models' requests here: each model under its default ("") and every version
+        it has now, one pump thread per route.
+
+        Args:
+            models: the service's models.
+
+        Returns:
+            The routes, as `model:version` ("" for the default).
+        """
+        routes = []
+        for model in models:
+            if not routable(model):
+                continue
+            inputs = [(s.name, s.datatype, list(s.shape[1:]), FIXED_DTYPES[s.datatype].str) for s in model.inputs]
+            outputs = [(s.name, s.datatype, [], FIXED_DTYPES[s.datatype].str) for s in model.outputs]
+            limits = model.batch_limits()
+            for version in ("", *(entry.version for entry in model.index())):
+                handle = self._front.register(
+                    model.name, version, inputs, outputs, limits.max_batch_size, self._settings.max_queue_size
+                )
+                route = _Route(handle, model, version)
+                pump = threading.Thread(
+                    target=self._pump, args=(route, limits.max_batch_size), name=f"front-{model.name}:{version}"
+                )
+                pump.start()
+                self._pumps.append(pump)
+                routes.append(f"{model.name}:{version}")
+        return routes
+
+    def stop(self, grace: float) -> None:
+        """Stop accepting calls, let those in flight finish within `grace` seconds, then stop the pumps.
+        Blocks: call it off the event loop."""
+        self._front.shutdown(grace)
+        self._stopping.set()
+        for pump in self._pumps:
+            pump.join()
+
+    def _pump(self, route: _Route, max_rows: int) -> None:
+        """Take batches of the route's calls and answer them until the front stops."""
+        front, model = self._front, route.model
+        dtypes = [FIXED_DTYPES[spec.datatype] for spec in model.outputs]
+        while True:
+            taken = front.take(route.handle, max_rows, TAKE_TIMEOUT_US)
+            self._count_dropped(route)
+            if taken is None:
+                if self._stopping.is_set():
+                    return
+                continue
+            batch, arrays, counts, queued = taken
+            del taken
+            try:
+                loaded = model.get(route.version)
+                instance = loaded.model
+                batch, arrays, counts, queued = self._prepared(instance, batch, arrays, counts, queued)
+                if not counts:
+                    continue
+                rows = sum(counts)
+                started = time.perf_counter_ns()
+                outputs = instance.predict(arrays)
+                compute_ns = time.perf_counter_ns() - started
+                results = [np.ascontiguousarray(outputs[spec.name], dtype) for spec, dtype in zip(model.outputs, dtypes)]
+                durations = load_extension().reply(batch, loaded.version, results)
+            except Exception:
+                log.exception("native front: %s version %r failed a batch; the Python server answers it", model.name, route.version)
+                continue
+            finally:
+                del batch
+            self._record(model.name, loaded, rows, counts, queued, compute_ns, durations)
+
+    def _prepared(self, instance, batch, arrays, counts, queued):
+        """The batch's inputs through the model's `prepare`, checked as one; a batch that fails is checked
+        call by call, and the calls that fail go to the Python server, which refuses them itself."""
+        prepare = getattr(instance, "prepare", None)
+        if prepare is None:
+            return batch, arrays, counts, queued
+        try:
+            return batch, prepare(arrays, {}), counts, queued
+        except MaasError:
+            pass
+        bad, kept, offset = [], [], 0
+        for index, rows in enumerate(counts):
+            part = {name: array[offset : offset + rows] for name, array in arrays.items()}
+            try:
+                prepare(part, {})
+                kept.append(index)
+            except MaasError:
+                bad.append(index)
+            offset += rows
+        batch = load_extension().fallback(batch, bad)
+        if not kept:
+            return batch, arrays, [], []
+        starts = np.cumsum([0, *counts])
+        rows = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in kept])
+        arrays = prepare({name: array[rows] for name, array in arrays.items()}, {})
+        return batch, arrays, [counts[i] for i in kept], [queued[i] for i in kept]
+
+    def _record(self, name, loaded, rows, counts, queued, compute_ns, durations) -> None:
+        """Record a batch's calls as the Python path does: v2 statistics and Prometheus series."""
+        version, stats = loaded.version, loaded.stats
+        stats.record_execution(rows, compute_ns)
+        metrics.BATCH_ROWS.labels(name, version).observe(rows)
+        metrics.COMPUTE_SECONDS.labels(name, version).observe(compute_ns / 1e9)
+        queue_seconds = metrics.QUEUE_SECONDS.labels(name, version)
+        request_seconds = metrics.request_seconds(METHOD, name, version)
+        for count, waited, took in zip(counts, queued, durations, strict=True):
+            stats.record_compute(waited, compute_ns)
+            stats.record_request(True, took, count)
+            queue_seconds.observe(waited / 1e9)
+            request_seconds.observe(took / 1e9)
+        metrics.requests(METHOD, name, version, "OK").inc(len(counts))
+
+    def _count_dropped(self, route: _Route) -> None:
+        cancelled, expired = self._front.dropped(route.handle)
+        if cancelled or expired:
+            version = route.version or route.model.default_version
+            metrics.requests(METHOD, route.model.name, version, "CANCELLED").inc(cancelled)
+            metrics.requests(METHOD, route.model.name, version, "DEADLINE_EXCEEDED").inc(expired)

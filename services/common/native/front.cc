@@ -1,0 +1,609 @@
+// The native gRPC front of a model service (services/common/front.py drives it; docs/native-front.md).
+//
+// A C++ server owns the service's public port. ModelInfer calls for a registered model version that
+// carry nothing but raw tensors of the registered shapes queue here, and a Python thread per route
+// takes them a batch at a time (`take`), runs the model once and answers them all (`reply`): Python is
+// entered once per batch. Every other call, and every ModelInfer that is not that simple, is proxied
+// byte for byte to the service's Python server on a loopback port, so its answers, errors included,
+// are the Python server's own.
+
+#include <grpcpp/generic/async_generic_service.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/impl/codegen/proto_utils.h>
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "maas/inference/grpc_service.pb.h"
+
+namespace py = pybind11;
+
+namespace {
+
+constexpr char kInferMethod[] = "/inference.GRPCInferenceService/ModelInfer";
+constexpr char kRequestIdKey[] = "x-request-id";
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+struct TensorSpec {
+  std::string name;
+  std::string datatype;
+  std::vector<int64_t> dims;  // without the batch dimension
+  size_t row_bytes = 0;
+  std::string numpy_dtype;
+};
+
+size_t item_size(const std::string& datatype) {
+  static const std::map<std::string, size_t> sizes = {
+      {"BOOL", 1}, {"UINT8", 1}, {"INT8", 1},  {"UINT16", 2}, {"INT16", 2}, {"FP16", 2}, {"BF16", 2},
+      {"UINT32", 4}, {"INT32", 4}, {"FP32", 4}, {"UINT64", 8}, {"INT64", 8}, {"FP64", 8}};
+  auto found = sizes.find(datatype);
+  if (found == sizes.end()) throw std::invalid_argument("no fixed-size datatype " + datatype);
+  return found->second;
+}
+
+class Call;
+
+struct Route {
+  std::string model;
+  std::string version;
+  std::vector<TensorSpec> inputs;
+  std::vector<TensorSpec> outputs;
+  int64_t max_rows = 0;
+  size_t queue_limit = 0;
+  std::mutex mu;
+  std::condition_variable ready;
+  std::deque<Call*> queue;
+  bool closed = false;
+  uint64_t cancelled = 0;
+  uint64_t expired = 0;
+};
+
+// Calls taken together; one that is dropped unanswered hands its calls to the Python server.
+struct Batch {
+  Route* route = nullptr;
+  std::vector<Call*> calls;
+  int64_t taken_ns = 0;
+  bool settled = false;
+  ~Batch();
+};
+
+class Front;
+
+// One call on the public port: a ModelInfer answered here, or a proxy to the Python server.
+class Call : public grpc::ServerGenericBidiReactor {
+ public:
+  Call(Front* front, grpc::GenericCallbackServerContext* ctx);
+
+  void OnReadDone(bool ok) override;
+  void OnWriteDone(bool ok) override;
+  void OnCancel() override;
+  void OnDone() override;
+
+  // Answer this queued call with `response` (its trailing x-request-id added).
+  void Answer(grpc::ByteBuffer&& response) {
+    out_ = std::move(response);
+    ctx_->AddTrailingMetadata(kRequestIdKey, request_id_);
+    StartWriteAndFinish(&out_, grpc::WriteOptions(), grpc::Status::OK);
+  }
+  void Fail(grpc::StatusCode code, const std::string& details) { Finish(grpc::Status(code, details)); }
+  // Hand this queued call to the Python server instead.
+  void Proxy() { StartProxy(true); }
+
+  bool Expired(std::chrono::system_clock::time_point now) const { return ctx_->deadline() <= now; }
+  bool cancelled() const { return cancelled_.load(std::memory_order_relaxed); }
+  const inference::ModelInferRequest& request() const { return request_; }
+  int64_t rows = 0;
+  int64_t arrived_ns = 0;
+  std::vector<int> input_order;  // request input index of each registered input
+
+ private:
+  class Upstream : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+   public:
+    explicit Upstream(Call* call) : call_(call) {}
+    void OnWriteDone(bool ok) override { call_->UpstreamWriteDone(ok); }
+    void OnReadDone(bool ok) override { call_->UpstreamReadDone(ok); }
+    void OnWritesDoneDone(bool) override {}
+    void OnDone(const grpc::Status& status) override { call_->UpstreamDone(status); }
+
+   private:
+    Call* call_;
+  };
+
+  void StartProxy(bool have_message);
+  void UpstreamWriteDone(bool ok);
+  void UpstreamReadDone(bool ok);
+  void UpstreamDone(const grpc::Status& status);
+  void PassInitialMetadata();
+  void Release();
+  bool Fast();
+  
+  Front* front_;
+  grpc::GenericCallbackServerContext* ctx_;
+  grpc::ByteBuffer in_;
+  grpc::ByteBuffer out_;
+  grpc::ByteBuffer down_;
+  inference::ModelInferRequest request_;
+  std::string request_id_;
+  std::atomic<bool> cancelled_{false};
+
+  std::recursive_mutex mu_;
+  bool proxying_ = false;
+  bool upstream_done_ = false;
+  bool initial_metadata_sent_ = false;
+  int holds_ = 1;
+  std::unique_ptr<grpc::ClientContext> upstream_ctx_;
+  Upstream upstream_{this};
+};
+
+class Service : public grpc::CallbackGenericService {
+ public:
+  explicit Service(Front* front) : front_(front) {}
+  grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext* ctx) override {
+    return new Call(front_, ctx);
+  }
+
+ private:
+  Front* front_;
+};
+
+// The server on the public port, the channel to the Python server, and the registered routes.
+class Front {
+ public:
+  Front(const std::string& address, const std::string& upstream, int max_message_bytes,
+        int64_t max_connection_age_ms, int64_t max_connection_age_grace_ms, const std::string& id_prefix)
+      : id_prefix_(id_prefix), service_(this) {
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(-1);
+    args.SetMaxSendMessageSize(-1);
+    channel_ = grpc::CreateCustomChannel(upstream, grpc::InsecureChannelCredentials(), args);
+    stub_ = std::make_unique<grpc::GenericStub>(channel_);
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port_);
+    builder.RegisterCallbackGenericService(&service_);
+    builder.SetMaxReceiveMessageSize(max_message_bytes);
+    builder.SetMaxSendMessageSize(max_message_bytes);
+    builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
+    if (max_connection_age_ms > 0) {
+      builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS, static_cast<int>(max_connection_age_ms));
+      builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+                                 static_cast<int>(max_connection_age_grace_ms));
+    }
+    server_ = builder.BuildAndStart();
+    if (!server_ || port_ == 0) throw std::runtime_error("native front: could not bind " + address);
+  }
+
+  ~Front() { Shutdown(0); }
+
+  int port() const { return port_; }
+
+  int Register(const std::string& model, const std::string& version, const std::vector<py::tuple>& inputs,
+               const std::vector<py::tuple>& outputs, int64_t max_rows, size_t queue_limit) {
+    auto route = std::make_unique<Route>();
+    route->model = model;
+    route->version = version;
+    route->max_rows = max_rows;
+    route->queue_limit = queue_limit;
+    for (auto* specs : {&inputs, &outputs}) {
+      for (const auto& spec : *specs) {
+        TensorSpec tensor;
+        tensor.name = spec[0].cast<std::string>();
+        tensor.datatype = spec[1].cast<std::string>();
+        tensor.dims = spec[2].cast<std::vector<int64_t>>();
+        tensor.numpy_dtype = spec[3].cast<std::string>();
+        tensor.row_bytes = item_size(tensor.datatype);
+        for (int64_t dim : tensor.dims) {
+          if (dim < 0) throw std::invalid_argument("tensor " + tensor.name + " has a variable dimension");
+          tensor.row_bytes *= static_cast<size_t>(dim);
+        }
+        (specs == &inputs ? route->inputs : route->outputs).push_back(std::move(tensor));
+      }
+    }
+    std::lock_guard<std::mutex> lock(routes_mu_);
+    routes_.push_back(std::move(route));
+    by_name_[{model, version}] = routes_.back().get();
+    return static_cast<int>(routes_.size() - 1);
+  }
+
+  Route* Match(const std::string& model, const std::string& version) {
+    std::lock_guard<std::mutex> lock(routes_mu_);
+    auto found = by_name_.find({model, version});
+    return found == by_name_.end() ? nullptr : found->second;
+  }
+
+  Route* route(int handle) {
+    std::lock_guard<std::mutex> lock(routes_mu_);
+    return routes_.at(static_cast<size_t>(handle)).get();
+  }
+
+  // Stop accepting calls and let those in flight finish for up to `grace_s` seconds, then close the
+  // routes (their pumps' `take` returns None).
+  void Shutdown(double grace_s) {
+    std::unique_ptr<grpc::Server> server;
+    {
+      std::lock_guard<std::mutex> lock(routes_mu_);
+      server = std::move(server_);
+    }
+    if (server) {
+      server->Shutdown(std::chrono::system_clock::now() +
+                       std::chrono::microseconds(static_cast<int64_t>(grace_s * 1e6)));
+      server->Wait();
+    }
+    std::lock_guard<std::mutex> lock(routes_mu_);
+    for (auto& route : routes_) {
+      std::lock_guard<std::mutex> route_lock(route->mu);
+      route->closed = true;
+      route->ready.notify_all();
+    }
+  }
+
+  std::string NextRequestId() {
+    char counter[17];
+    snprintf(counter, sizeof(counter), "%016llx", static_cast<unsigned long long>(++request_counter_));
+    return id_prefix_ + counter;
+  }
+
+  grpc::GenericStub* stub() { return stub_.get(); }
+
+ private:
+  std::string id_prefix_;
+  std::atomic<uint64_t> request_counter_{0};
+  Service service_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<grpc::GenericStub> stub_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  std::mutex routes_mu_;
+  std::vector<std::unique_ptr<Route>> routes_;
+  std::map<std::pair<std::string, std::string>, Route*> by_name_;
+};
+
+bool SaneRequestId(grpc::string_ref value) {
+  if (value.size() < 1 || value.size() > 128) return false;
+  for (char c : value) {
+    if (!(isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == ':' || c == '-')) return false;
+  }
+  return true;
+}
+
+Call::Call(Front* front, grpc::GenericCallbackServerContext* ctx) : front_(front), ctx_(ctx) {
+  arrived_ns = now_ns();
+  if (ctx_->method() != kInferMethod) {
+    StartProxy(false);
+    return;
+  }
+  // A call asking for timing goes to the Python server, which reports it. (With API keys or tracing on,
+  // the front has no routes: every call goes there.)
+  for (const auto& [key, value] : ctx_->client_metadata()) {
+    if (key == kRequestIdKey) {
+      if (SaneRequestId(value)) request_id_.assign(value.data(), value.size());
+    } else if (key == "maas-timing") {
+      StartProxy(false);
+      return;
+    }
+  }
+  StartRead(&in_);
+}
+
+bool Call::Fast() {
+  grpc::ProtoBufferReader reader(&in_);
+  if (!request_.ParseFromZeroCopyStream(&reader)) return false;
+  const auto& request = request_;
+  if (request.parameters_size() != 0 || request.raw_input_contents_size() != request.inputs_size()) return false;
+  Route* route = front_->Match(request.model_name(), request.model_version());
+  if (route == nullptr || request.inputs_size() != static_cast<int>(route->inputs.size())) return false;
+  if (request.outputs_size() != 0) {
+    if (request.outputs_size() != static_cast<int>(route->outputs.size())) return false;
+    for (int i = 0; i < request.outputs_size(); ++i) {
+      if (request.outputs(i).name() != route->outputs[static_cast<size_t>(i)].name ||
+          request.outputs(i).parameters_size() != 0)
+        return false;
+    }
+  }
+  int64_t rows = -1;
+  input_order.assign(route->inputs.size(), -1);
+  for (int i = 0; i < request.inputs_size(); ++i) {
+    const auto& input = request.inputs(i);
+    if (input.parameters_size() != 0 || input.has_contents()) return false;
+    size_t slot = 0;
+    while (slot < route->inputs.size() && route->inputs[slot].name != input.name()) ++slot;
+    if (slot == route->inputs.size() || input_order[slot] != -1) return false;
+    const TensorSpec& spec = route->inputs[slot];
+    if (input.datatype() != spec.datatype || input.shape_size() != static_cast<int>(spec.dims.size()) + 1) return false;
+    for (size_t d = 0; d < spec.dims.size(); ++d) {
+      if (input.shape(static_cast<int>(d) + 1) != spec.dims[d]) return false;
+    }
+    int64_t input_rows = input.shape(0);
+    if (input_rows < 1 || input_rows > route->max_rows || (rows != -1 && input_rows != rows)) return false;
+    rows = input_rows;
+    if (request.raw_input_contents(i).size() != static_cast<size_t>(rows) * spec.row_bytes) return false;
+    input_order[slot] = i;
+  }
+  this->rows = rows;
+  std::lock_guard<std::mutex> lock(route->mu);
+  if (route->closed || route->queue.size() >= route->queue_limit) return false;
+  if (request_id_.empty()) request_id_ = front_->NextRequestId();
+  route->queue.push_back(this);
+  route->ready.notify_one();
+  return true;
+}
+
+void Call::OnReadDone(bool ok) {
+  std::unique_lock<std::recursive_mutex> lock(mu_);
+  if (proxying_) {
+    if (upstream_done_) return;
+    if (ok) {
+      upstream_.StartWrite(&in_);
+    } else {
+      upstream_.StartWritesDone();
+    }
+    return;
+  }
+  lock.unlock();
+  if (!ok) {
+    StartProxy(false);
+    return;
+  }
+  if (!Fast()) StartProxy(true);
+}
+
+void Call::StartProxy(bool have_message) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  proxying_ = true;
+  ++holds_;
+  upstream_ctx_ = std::make_unique<grpc::ClientContext>();
+  for (const auto& [key, value] : ctx_->client_metadata()) {
+    if (key.starts_with("grpc-") || key == "user-agent" || key == "content-type" || key == "te") continue;
+    upstream_ctx_->AddMetadata(std::string(key.data(), key.size()), std::string(value.data(), value.size()));
+  }
+  upstream_ctx_->set_deadline(ctx_->deadline());
+  if (cancelled_.load()) upstream_ctx_->TryCancel();
+  front_->stub()->PrepareBidiStreamingCall(upstream_ctx_.get(), std::string(ctx_->method()), grpc::StubOptions(),
+                                           &upstream_);
+  upstream_.StartRead(&down_);
+  if (have_message) {
+    upstream_.StartWrite(&in_);
+  } else {
+    StartRead(&in_);
+  }
+  upstream_.StartCall();
+}
+
+void Call::UpstreamWriteDone(bool ok) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  if (ok && !upstream_done_) StartRead(&in_);
+}
+
+void Call::PassInitialMetadata() {
+  if (initial_metadata_sent_) return;
+  initial_metadata_sent_ = true;
+  for (const auto& [key, value] : upstream_ctx_->GetServerInitialMetadata()) {
+    ctx_->AddInitialMetadata(std::string(key.data(), key.size()), std::string(value.data(), value.size()));
+  }
+}
+
+void Call::UpstreamReadDone(bool ok) {
+  if (!ok) return;
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  PassInitialMetadata();
+  StartWrite(&down_);
+}
+
+void Call::OnWriteDone(bool ok) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  if (ok && proxying_ && !upstream_done_) upstream_.StartRead(&down_);
+}
+
+void Call::UpstreamDone(const grpc::Status& status) {
+  {
+    std::lock_guard<std::recursive_mutex> lock(mu_);
+    upstream_done_ = true;
+    PassInitialMetadata();
+    for (const auto& [key, value] : upstream_ctx_->GetServerTrailingMetadata()) {
+      if (key == "grpc-status-details-bin") continue;
+      ctx_->AddTrailingMetadata(std::string(key.data(), key.size()), std::string(value.data(), value.size()));
+    }
+  }
+  Finish(status);
+  Release();
+}
+
+void Call::OnCancel() {
+  cancelled_.store(true);
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  if (proxying_ && upstream_ctx_) upstream_ctx_->TryCancel();
+}
+
+void Call::OnDone() { Release(); }
+
+void Call::Release() {
+  bool last;
+  {
+    std::lock_guard<std::recursive_mutex> lock(mu_);
+    last = --holds_ == 0;
+  }
+  if (last) delete this;
+}
+
+Batch::~Batch() {
+  if (!settled) {
+    for (Call* call : calls) call->Proxy();
+  }
+}
+
+std::string numpy_format(const TensorSpec& spec) { return spec.numpy_dtype; }
+
+// Take up to `max_rows` rows of queued calls, waiting up to `timeout_us` for the first; None when none
+// came or the front is closed. Calls whose deadline passed or that were cancelled are finished here.
+py::object Take(Front& front, int handle, int64_t max_rows, int64_t timeout_us) {
+  Route* route = front.route(handle);
+  auto batch = std::make_unique<Batch>();
+  batch->route = route;
+  int64_t rows = 0;
+  {
+    py::gil_scoped_release release;
+    std::unique_lock<std::mutex> lock(route->mu);
+    auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(timeout_us);
+    while (true) {
+      if (!route->ready.wait_until(lock, until, [&] { return route->closed || !route->queue.empty(); })) break;
+      auto now = std::chrono::system_clock::now();
+      while (!route->queue.empty()) {
+        Call* call = route->queue.front();
+        if (call->cancelled()) {
+          route->queue.pop_front();
+          ++route->cancelled;
+          call->Fail(grpc::StatusCode::CANCELLED, "Cancelled");
+          continue;
+        }
+        if (call->Expired(now)) {
+          route->queue.pop_front();
+          ++route->expired;
+          call->Fail(grpc::StatusCode::DEADLINE_EXCEEDED, "Deadline Exceeded");
+          continue;
+        }
+        if (!batch->calls.empty() && rows + call->rows > max_rows) break;
+        route->queue.pop_front();
+        rows += call->rows;
+        batch->calls.push_back(call);
+      }
+      if (!batch->calls.empty() || route->closed) break;
+    }
+  }
+  if (batch->calls.empty()) return py::none();
+  batch->taken_ns = now_ns();
+  py::dict arrays;
+  std::vector<int64_t> counts;
+  for (Call* call : batch->calls) counts.push_back(call->rows);
+  for (size_t slot = 0; slot < route->inputs.size(); ++slot) {
+    const TensorSpec& spec = route->inputs[slot];
+    std::vector<py::ssize_t> shape = {static_cast<py::ssize_t>(rows)};
+    shape.insert(shape.end(), spec.dims.begin(), spec.dims.end());
+    py::array array(py::dtype(numpy_format(spec)), shape);
+    auto* out = static_cast<char*>(array.mutable_data());
+    {
+      py::gil_scoped_release release;
+      for (Call* call : batch->calls) {
+        const std::string& raw = call->request().raw_input_contents(call->input_order[slot]);
+        std::memcpy(out, raw.data(), raw.size());
+        out += raw.size();
+      }
+    }
+    arrays[py::str(spec.name)] = array;
+  }
+  std::vector<int64_t> queued;
+  for (Call* call : batch->calls) queued.push_back(batch->taken_ns - call->arrived_ns);
+  return py::make_tuple(py::cast(batch.release(), py::return_value_policy::take_ownership), arrays, counts, queued);
+}
+
+// Answer every call of `batch` with its rows of `outputs` (C-contiguous arrays in the registered order,
+// of the registered datatypes), as the model version `version`. Returns each call's time from arrival to
+// its answer, in nanoseconds.
+std::vector<int64_t> Reply(Batch& batch, const std::string& version, const std::vector<py::array>& outputs) {
+  if (batch.settled) throw std::invalid_argument("batch already answered");
+  Route* route = batch.route;
+  if (outputs.size() != route->outputs.size()) throw std::invalid_argument("one array per registered output");
+  int64_t rows = 0;
+  for (Call* call : batch.calls) rows += call->rows;
+  std::vector<const char*> data;
+  std::vector<std::vector<int64_t>> tails;
+  std::vector<size_t> row_bytes;
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    const py::array& array = outputs[i];
+    if (array.ndim() < 1 || array.shape(0) != rows || !(array.flags() & py::array::c_style) ||
+        static_cast<size_t>(array.itemsize()) != item_size(route->outputs[i].datatype))
+      throw std::invalid_argument("output " + route->outputs[i].name + " does not fit the batch");
+    data.push_back(static_cast<const char*>(array.data()));
+    tails.emplace_back(array.shape() + 1, array.shape() + array.ndim());
+    row_bytes.push_back(static_cast<size_t>(array.nbytes() / rows));
+  }
+  batch.settled = true;
+  std::vector<int64_t> durations;
+  py::gil_scoped_release release;
+  std::vector<size_t> offsets(outputs.size(), 0);
+  for (Call* call : batch.calls) {
+    inference::ModelInferResponse response;
+    response.set_model_name(route->model);
+    response.set_model_version(version);
+    response.set_id(call->request().id());
+    for (size_t i = 0; i < outputs.size(); ++i) {
+      auto* tensor = response.add_outputs();
+      tensor->set_name(route->outputs[i].name);
+      tensor->set_datatype(route->outputs[i].datatype);
+      tensor->add_shape(call->rows);
+      for (int64_t dim : tails[i]) tensor->add_shape(dim);
+      size_t bytes = row_bytes[i] * static_cast<size_t>(call->rows);
+      response.add_raw_output_contents(data[i] + offsets[i], bytes);
+      offsets[i] += bytes;
+    }
+    grpc::ByteBuffer buffer;
+    bool own;
+    grpc::GenericSerialize<grpc::ProtoBufferWriter, inference::ModelInferResponse>(response, &buffer, &own);
+    durations.push_back(now_ns() - call->arrived_ns);
+    call->Answer(std::move(buffer));
+  }
+  return durations;
+}
+
+// Hand the calls at `indices` of `batch` to the Python server, and answer the others with `outputs` later
+// (`reply` on the batch `fallback` returns, which holds the rest).
+py::object Fallback(Batch& batch, const std::vector<size_t>& indices) {
+  if (batch.settled) throw std::invalid_argument("batch already answered");
+  std::vector<bool> chosen(batch.calls.size(), false);
+  for (size_t index : indices) chosen.at(index) = true;
+  auto rest = std::make_unique<Batch>();
+  rest->route = batch.route;
+  rest->taken_ns = batch.taken_ns;
+  for (size_t i = 0; i < batch.calls.size(); ++i) {
+    if (chosen[i]) {
+      batch.calls[i]->Proxy();
+    } else {
+      rest->calls.push_back(batch.calls[i]);
+    }
+  }
+  batch.settled = true;
+  return py::cast(rest.release(), py::return_value_policy::take_ownership);
+}
+
+std::pair<uint64_t, uint64_t> Dropped(Front& front, int handle) {
+  Route* route = front.route(handle);
+  std::lock_guard<std::mutex> lock(route->mu);
+  auto counts = std::make_pair(route->cancelled, route->expired);
+  route->cancelled = route->expired = 0;
+  return counts;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_front, m) {
+  m.doc() = "The native gRPC front of a model service (see services.common.front).";
+  py::class_<Batch>(m, "Batch").def("__len__", [](const Batch& batch) { return batch.calls.size(); });
+  py::class_<Front>(m, "Front")
+      .def(py::init<const std::string&, const std::string&, int, int64_t, int64_t, const std::string&>(),
+           py::arg("address"), py::arg("upstream"), py::arg("max_message_bytes"), py::arg("max_connection_age_ms"),
+           py::arg("max_connection_age_grace_ms"), py::arg("id_prefix"))
+      .def_property_readonly("port", &Front::port)
+      .def("register", &Front::Register, py::arg("model"), py::arg("version"), py::arg("inputs"), py::arg("outputs"),
+           py::arg("max_rows"), py::arg("queue_limit"))
+      .def("take", &Take, py::arg("handle"), py::arg("max_rows"), py::arg("timeout_us"))
+      .def("dropped", &Dropped, py::arg("handle"))
+      .def("shutdown", &Front::Shutdown, py::arg("grace_s"), py::call_guard<py::gil_scoped_release>());
+  m.def("reply", &Reply, py::arg("batch"), py::arg("version"), py::arg("outputs"));
+  m.def("fallback", &Fallback, py::arg("batch"), py::arg("indices"));
+}
