@@ -88,11 +88,18 @@ class NativeFront:
         )
         self._pumps: list[threading.Thread] = []
         self._stopping = threading.Event()
+        self._answered = 0
+        self._answered_lock = threading.Lock()
 
     @property
     def port(self) -> int:
         """The public port bound."""
         return self._front.port
+
+    @property
+    def answered(self) -> int:
+        """Calls answered here so far (the others went to the Python server)."""
+        return self._answered
 
     def route(self, models: ModelRegistry) -> list[str]:
         """Answer the routable models' requests here: each model under its default ("") and every version
@@ -108,8 +115,8 @@ class NativeFront:
         for model in models:
             if not routable(model):
                 continue
-            inputs = [(s.name, s.datatype, list(s.shape[1:]), FIXED_DTYPES[s.datatype].str) for s in model.inputs]
-            outputs = [(s.name, s.datatype, [], FIXED_DTYPES[s.datatype].str) for s in model.outputs]
+            inputs = [(s.name, s.datatype, list(s.shape[1:])) for s in model.inputs]
+            outputs = [(s.name, s.datatype, []) for s in model.outputs]
             limits = model.batch_limits()
             for version in ("", *(entry.version for entry in model.index())):
                 handle = self._front.register(
@@ -143,9 +150,10 @@ class NativeFront:
                 if self._stopping.is_set():
                     return
                 continue
-            batch, arrays, counts, queued = taken
+            batch, counts, queued = taken
             del taken
             try:
+                arrays = self._inputs(batch, model, sum(counts))
                 loaded = model.get(route.version)
                 instance = loaded.model
                 batch, arrays, counts, queued = self._prepared(instance, batch, arrays, counts, queued)
@@ -155,14 +163,29 @@ class NativeFront:
                 started = time.perf_counter_ns()
                 outputs = instance.predict(arrays)
                 compute_ns = time.perf_counter_ns() - started
-                results = [np.ascontiguousarray(outputs[spec.name], dtype) for spec, dtype in zip(model.outputs, dtypes)]
+                results = [
+                    np.ascontiguousarray(outputs[spec.name], dtype)
+                    for spec, dtype in zip(model.outputs, dtypes, strict=True)
+                ]
                 durations = load_extension().reply(batch, loaded.version, results)
             except Exception:
-                log.exception("native front: %s version %r failed a batch; the Python server answers it", model.name, route.version)
+                log.exception(
+                    "native front: %s:%s failed a batch; the Python server answers it", model.name, route.version
+                )
                 continue
             finally:
                 del batch
             self._record(model.name, loaded, rows, counts, queued, compute_ns, durations)
+
+    @staticmethod
+    def _inputs(batch, model: ModelVersions, rows: int) -> dict[str, np.ndarray]:
+        """The batch's inputs, each its calls' raw contents one after another (one copy)."""
+        arrays = {}
+        for slot, spec in enumerate(model.inputs):
+            array = np.empty((rows, *spec.shape[1:]), FIXED_DTYPES[spec.datatype])
+            batch.fill(slot, array)
+            arrays[spec.name] = array
+        return arrays
 
     def _prepared(self, instance, batch, arrays, counts, queued):
         """The batch's inputs through the model's `prepare`, checked as one; a batch that fails is checked
@@ -205,6 +228,8 @@ class NativeFront:
             queue_seconds.observe(waited / 1e9)
             request_seconds.observe(took / 1e9)
         metrics.requests(METHOD, name, version, "OK").inc(len(counts))
+        with self._answered_lock:
+            self._answered += len(counts)
 
     def _count_dropped(self, route: _Route) -> None:
         cancelled, expired = self._front.dropped(route.handle)

@@ -113,6 +113,11 @@ class GrpcServer:
         return cls(service.name, settings, service.models, service.typed_services)
 
     @property
+    def front(self) -> NativeFront | None:
+        """The native front on the service's port (setting `front=native`), while it serves."""
+        return self._front
+
+    @property
     def metrics_port(self) -> int:
         """The Prometheus port bound (0 before start)."""
         return self._metrics.port if self._metrics else 0

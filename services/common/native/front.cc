@@ -11,7 +11,6 @@
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/impl/codegen/proto_utils.h>
-#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -34,6 +33,9 @@ namespace {
 
 constexpr char kInferMethod[] = "/inference.GRPCInferenceService/ModelInfer";
 constexpr char kRequestIdKey[] = "x-request-id";
+// Request parameters maas never reads: Triton's clients (perf_analyzer among them) send this one, which
+// matters only to decoupled models' streams.
+constexpr char kIgnoredParameter[] = "triton_enable_empty_final_response";
 
 int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
@@ -45,7 +47,6 @@ struct TensorSpec {
   std::string datatype;
   std::vector<int64_t> dims;  // without the batch dimension
   size_t row_bytes = 0;
-  std::string numpy_dtype;
 };
 
 size_t item_size(const std::string& datatype) {
@@ -207,7 +208,6 @@ class Front {
         tensor.name = spec[0].cast<std::string>();
         tensor.datatype = spec[1].cast<std::string>();
         tensor.dims = spec[2].cast<std::vector<int64_t>>();
-        tensor.numpy_dtype = spec[3].cast<std::string>();
         tensor.row_bytes = item_size(tensor.datatype);
         for (int64_t dim : tensor.dims) {
           if (dim < 0) throw std::invalid_argument("tensor " + tensor.name + " has a variable dimension");
@@ -306,7 +306,11 @@ bool Call::Fast() {
   grpc::ProtoBufferReader reader(&in_);
   if (!request_.ParseFromZeroCopyStream(&reader)) return false;
   const auto& request = request_;
-  if (request.parameters_size() != 0 || request.raw_input_contents_size() != request.inputs_size()) return false;
+  for (const auto& [key, value] : request.parameters()) {
+    if (key != kIgnoredParameter || value.parameter_choice_case() == inference::InferParameter::PARAMETER_CHOICE_NOT_SET)
+      return false;
+  }
+  if (request.raw_input_contents_size() != request.inputs_size()) return false;
   Route* route = front_->Match(request.model_name(), request.model_version());
   if (route == nullptr || request.inputs_size() != static_cast<int>(route->inputs.size())) return false;
   if (request.outputs_size() != 0) {
@@ -448,10 +452,9 @@ Batch::~Batch() {
   }
 }
 
-std::string numpy_format(const TensorSpec& spec) { return spec.numpy_dtype; }
-
 // Take up to `max_rows` rows of queued calls, waiting up to `timeout_us` for the first; None when none
-// came or the front is closed. Calls whose deadline passed or that were cancelled are finished here.
+// came or the front is closed, else (batch, each call's rows, each call's time queued in ns). Calls whose
+// deadline passed or that were cancelled are finished here.
 py::object Take(Front& front, int handle, int64_t max_rows, int64_t timeout_us) {
   Route* route = front.route(handle);
   auto batch = std::make_unique<Batch>();
@@ -488,50 +491,57 @@ py::object Take(Front& front, int handle, int64_t max_rows, int64_t timeout_us) 
   }
   if (batch->calls.empty()) return py::none();
   batch->taken_ns = now_ns();
-  py::dict arrays;
-  std::vector<int64_t> counts;
-  for (Call* call : batch->calls) counts.push_back(call->rows);
-  for (size_t slot = 0; slot < route->inputs.size(); ++slot) {
-    const TensorSpec& spec = route->inputs[slot];
-    std::vector<py::ssize_t> shape = {static_cast<py::ssize_t>(rows)};
-    shape.insert(shape.end(), spec.dims.begin(), spec.dims.end());
-    py::array array(py::dtype(numpy_format(spec)), shape);
-    auto* out = static_cast<char*>(array.mutable_data());
-    {
-      py::gil_scoped_release release;
-      for (Call* call : batch->calls) {
-        const std::string& raw = call->request().raw_input_contents(call->input_order[slot]);
-        std::memcpy(out, raw.data(), raw.size());
-        out += raw.size();
-      }
-    }
-    arrays[py::str(spec.name)] = array;
+  std::vector<int64_t> counts, queued;
+  for (Call* call : batch->calls) {
+    counts.push_back(call->rows);
+    queued.push_back(batch->taken_ns - call->arrived_ns);
   }
-  std::vector<int64_t> queued;
-  for (Call* call : batch->calls) queued.push_back(batch->taken_ns - call->arrived_ns);
-  return py::make_tuple(py::cast(batch.release(), py::return_value_policy::take_ownership), arrays, counts, queued);
+  return py::make_tuple(py::cast(batch.release(), py::return_value_policy::take_ownership), counts, queued);
 }
 
-// Answer every call of `batch` with its rows of `outputs` (C-contiguous arrays in the registered order,
-// of the registered datatypes), as the model version `version`. Returns each call's time from arrival to
-// its answer, in nanoseconds.
-std::vector<int64_t> Reply(Batch& batch, const std::string& version, const std::vector<py::array>& outputs) {
+// Copy the raw contents of registered input `slot` of every call of `batch`, one after another, into
+// `into` (a writable C-contiguous buffer of exactly their size, e.g. a numpy array).
+void Fill(Batch& batch, size_t slot, py::buffer into) {
+  py::buffer_info info = into.request(true);
+  size_t size = static_cast<size_t>(info.size * info.itemsize), needed = 0;
+  for (Call* call : batch.calls) needed += call->request().raw_input_contents(call->input_order.at(slot)).size();
+  if (size != needed) throw std::invalid_argument("the buffer does not fit the batch's input");
+  auto* out = static_cast<char*>(info.ptr);
+  py::gil_scoped_release release;
+  for (Call* call : batch.calls) {
+    const std::string& raw = call->request().raw_input_contents(call->input_order[slot]);
+    std::memcpy(out, raw.data(), raw.size());
+    out += raw.size();
+  }
+}
+
+bool Contiguous(const py::buffer_info& info) {
+  py::ssize_t stride = info.itemsize;
+  for (py::ssize_t d = info.ndim - 1; d >= 0; --d) {
+    if (info.shape[d] != 1 && info.strides[d] != stride) return false;
+    stride *= info.shape[d];
+  }
+  return true;
+}
+
+// Answer every call of `batch` with its rows of `outputs` (C-contiguous buffers in the registered order,
+// of the registered datatypes' sizes), as the model version `version`. Returns each call's time from
+// arrival to its answer, in nanoseconds.
+std::vector<int64_t> Reply(Batch& batch, const std::string& version, const std::vector<py::buffer>& outputs) {
   if (batch.settled) throw std::invalid_argument("batch already answered");
   Route* route = batch.route;
   if (outputs.size() != route->outputs.size()) throw std::invalid_argument("one array per registered output");
   int64_t rows = 0;
   for (Call* call : batch.calls) rows += call->rows;
-  std::vector<const char*> data;
-  std::vector<std::vector<int64_t>> tails;
+  std::vector<py::buffer_info> infos;
   std::vector<size_t> row_bytes;
   for (size_t i = 0; i < outputs.size(); ++i) {
-    const py::array& array = outputs[i];
-    if (array.ndim() < 1 || array.shape(0) != rows || !(array.flags() & py::array::c_style) ||
-        static_cast<size_t>(array.itemsize()) != item_size(route->outputs[i].datatype))
+    infos.push_back(outputs[i].request());
+    const py::buffer_info& info = infos.back();
+    if (info.ndim < 1 || info.shape[0] != rows || !Contiguous(info) ||
+        static_cast<size_t>(info.itemsize) != item_size(route->outputs[i].datatype))
       throw std::invalid_argument("output " + route->outputs[i].name + " does not fit the batch");
-    data.push_back(static_cast<const char*>(array.data()));
-    tails.emplace_back(array.shape() + 1, array.shape() + array.ndim());
-    row_bytes.push_back(static_cast<size_t>(array.nbytes() / rows));
+    row_bytes.push_back(static_cast<size_t>(info.size * info.itemsize / rows));
   }
   batch.settled = true;
   std::vector<int64_t> durations;
@@ -547,9 +557,9 @@ std::vector<int64_t> Reply(Batch& batch, const std::string& version, const std::
       tensor->set_name(route->outputs[i].name);
       tensor->set_datatype(route->outputs[i].datatype);
       tensor->add_shape(call->rows);
-      for (int64_t dim : tails[i]) tensor->add_shape(dim);
+      for (py::ssize_t d = 1; d < infos[i].ndim; ++d) tensor->add_shape(infos[i].shape[d]);
       size_t bytes = row_bytes[i] * static_cast<size_t>(call->rows);
-      response.add_raw_output_contents(data[i] + offsets[i], bytes);
+      response.add_raw_output_contents(static_cast<const char*>(infos[i].ptr) + offsets[i], bytes);
       offsets[i] += bytes;
     }
     grpc::ByteBuffer buffer;
@@ -593,7 +603,9 @@ std::pair<uint64_t, uint64_t> Dropped(Front& front, int handle) {
 
 PYBIND11_MODULE(_front, m) {
   m.doc() = "The native gRPC front of a model service (see services.common.front).";
-  py::class_<Batch>(m, "Batch").def("__len__", [](const Batch& batch) { return batch.calls.size(); });
+  py::class_<Batch>(m, "Batch")
+      .def("__len__", [](const Batch& batch) { return batch.calls.size(); })
+      .def("fill", &Fill, py::arg("slot"), py::arg("into"));
   py::class_<Front>(m, "Front")
       .def(py::init<const std::string&, const std::string&, int, int64_t, int64_t, const std::string&>(),
            py::arg("address"), py::arg("upstream"), py::arg("max_message_bytes"), py::arg("max_connection_age_ms"),

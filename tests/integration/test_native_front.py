@@ -1,0 +1,266 @@
+"""The native front (`front=native`) beside the Python one: real servers on real sockets, the same answers.
+
+Both servers serve the same tiny CNN. Requests and responses travel as bytes (no stubs in between), so
+"the same" means the same bytes on the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from maas.inference import grpc_service_pb2 as pb
+from maas.inference import grpc_service_pb2_grpc
+from services.bench import perf_analyzer
+from services.common.server import GrpcServer, build_server
+from services.vision.spec import SPEC
+from tests.conftest import started, vision_settings
+from tests.integration.processes import maas_process
+
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+MODEL = "fashion_cnn"
+
+
+def settings(repository: Path, front: str, **overrides):
+    return vision_settings(repository).model_copy(update={"front": front, **overrides})
+
+
+@pytest.fixture
+async def fronts(model_repository: Path) -> AsyncIterator[tuple[GrpcServer, GrpcServer]]:
+    """The vision service twice: with the Python front, and with the native one."""
+    async with (
+        started(build_server(SPEC, settings(model_repository, "python"))) as python,
+        started(build_server(SPEC, settings(model_repository, "native"))) as native,
+    ):
+        assert native.front is not None
+        yield python, native
+
+
+def images(rows: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((rows, 1, 28, 28), dtype=np.float32)
+
+
+def infer_request(array: np.ndarray, request_id: str = "", version: str = "") -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name=MODEL, model_version=version, id=request_id)
+    request.inputs.add(name="IMAGE", datatype="FP32", shape=array.shape)
+    request.raw_input_contents.append(array.tobytes())
+    return request
+
+
+async def call(server: GrpcServer, method: str, request: bytes, metadata=(), timeout=10.0):
+    """A unary call in bytes: (status code, details, response bytes or None, trailing metadata)."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        rpc = channel.unary_unary(method)(request, metadata=metadata, timeout=timeout)
+        try:
+            response = await rpc
+        except grpc.aio.AioRpcError as exc:
+            return exc.code(), exc.details(), None, tuple(exc.trailing_metadata() or ())
+        return grpc.StatusCode.OK, "", response, tuple(await rpc.trailing_metadata())
+
+
+def request_id(trailing) -> str:
+    return dict(trailing)["x-request-id"]
+
+
+async def test_fast_path_answers_the_bytes_the_python_front_answers(fronts):
+    python, native = fronts
+    for version, rows in (("", 1), ("1", 3), ("", 32)):
+        request = infer_request(images(rows, rows), request_id=f"req-{rows}", version=version).SerializeToString()
+        metadata = (("x-request-id", f"caller-{rows}"),)
+        before = native.front.answered
+        expected = await call(python, INFER, request, metadata)
+        got = await call(native, INFER, request, metadata)
+        assert got[0] == expected[0] == grpc.StatusCode.OK
+        assert got[2] == expected[2], "the same response bytes"
+        assert request_id(got[3]) == request_id(expected[3]) == f"caller-{rows}"
+        assert native.front.answered == before + 1, "answered by the native front, not proxied"
+
+
+async def test_fast_path_makes_a_request_id_when_the_caller_sends_none(fronts):
+    _, native = fronts
+    first = await call(native, INFER, infer_request(images(1)).SerializeToString())
+    second = await call(native, INFER, infer_request(images(1)).SerializeToString())
+    assert request_id(first[3]) != request_id(second[3])
+    assert len(request_id(first[3])) == 32
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda r: r.inputs[0].ClearField("shape") or r.inputs[0].shape.extend([1, 1, 28, 27]),
+        lambda r: setattr(r.inputs[0], "datatype", "FP64"),
+        lambda r: r.raw_input_contents.__setitem__(0, r.raw_input_contents[0][:-4]),
+        lambda r: setattr(r, "model_version", "99"),
+        lambda r: r.inputs[0].ClearField("shape") or r.inputs[0].shape.extend([0, 1, 28, 28]),
+        lambda r: setattr(r, "model_name", "no_such_model"),
+    ],
+    ids=["shape", "datatype", "raw-size", "version", "no-rows", "model"],
+)
+async def test_a_request_off_the_fast_path_gets_the_python_servers_answer(fronts, mangle):
+    python, native = fronts
+    request = infer_request(images(1), request_id="bad")
+    mangle(request)
+    before = native.front.answered
+    expected = await call(python, INFER, request.SerializeToString())
+    got = await call(native, INFER, request.SerializeToString())
+    assert expected[0] in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
+    assert got[:3] == expected[:3]
+    assert [key for key, _ in got[3]] == [key for key, _ in expected[3]]
+    assert native.front.answered == before
+
+
+async def test_undecodable_bytes_get_the_python_servers_invalid_argument(fronts):
+    python, native = fronts
+    expected = await call(python, INFER, b"\xff\xff\xff")
+    got = await call(native, INFER, b"\xff\xff\xff")
+    assert expected[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert got[:3] == expected[:3]
+
+
+async def test_an_out_of_range_image_is_refused_while_its_batch_mates_are_answered(fronts):
+    python, native = fronts
+    bad = images(2, 7)
+    bad[1, 0, 3, 3] = 1.5
+    bad_request = infer_request(bad, request_id="bad").SerializeToString()
+    expected = await call(python, INFER, bad_request)
+    assert expected[0] == grpc.StatusCode.INVALID_ARGUMENT and "[0, 1]" in expected[1]
+    goods = [infer_request(images(1, seed), request_id=f"good-{seed}").SerializeToString() for seed in range(15)]
+    before = native.front.answered
+    results = await asyncio.gather(*(call(native, INFER, r) for r in [*goods[:8], bad_request, *goods[8:]]))
+    assert results[8][:3] == expected[:3]
+    oks = [r for i, r in enumerate(results) if i != 8]
+    assert all(r[0] == grpc.StatusCode.OK for r in oks)
+    for good, got in zip(goods, oks, strict=True):
+        assert got[2] == (await call(python, INFER, good))[2]
+    assert native.front.answered == before + len(goods)
+
+
+@pytest.mark.parametrize(
+    ("method", "request"),
+    [
+        ("ServerLive", pb.ServerLiveRequest()),
+        ("ServerReady", pb.ServerReadyRequest()),
+        ("ServerMetadata", pb.ServerMetadataRequest()),
+        ("ModelReady", pb.ModelReadyRequest(name=MODEL)),
+        ("ModelMetadata", pb.ModelMetadataRequest(name=MODEL)),
+        ("ModelConfig", pb.ModelConfigRequest(name=MODEL)),
+        ("ModelMetadata", pb.ModelMetadataRequest(name="no_such_model")),
+        ("RepositoryIndex", pb.RepositoryIndexRequest()),
+    ],
+)
+async def test_other_methods_are_proxied_unchanged(fronts, method, request):
+    python, native = fronts
+    full = f"/inference.GRPCInferenceService/{method}"
+    expected = await call(python, full, request.SerializeToString())
+    got = await call(native, full, request.SerializeToString())
+    assert got[:3] == expected[:3]
+
+
+async def test_statistics_count_fast_path_requests(fronts):
+    _, native = fronts
+    request = infer_request(images(2), request_id="s").SerializeToString()
+
+    async def stats() -> pb.ModelStatistics:
+        asked = pb.ModelStatisticsRequest(name=MODEL, version="1").SerializeToString()
+        raw = await call(native, "/inference.GRPCInferenceService/ModelStatistics", asked)
+        return pb.ModelStatisticsResponse.FromString(raw[2]).model_stats[0]
+
+    before = await stats()
+    for _ in range(3):
+        assert (await call(native, INFER, request))[0] == grpc.StatusCode.OK
+    after = await stats()
+    assert after.inference_count - before.inference_count == 6
+    assert after.inference_stats.success.count - before.inference_stats.success.count == 3
+    assert after.execution_count - before.execution_count == 3
+
+
+async def test_health_and_streams_work_through_the_proxy(fronts):
+    _, native = fronts
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{native.port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        checked = await health.Check(health_pb2.HealthCheckRequest(service=""))
+        assert checked.status == health_pb2.HealthCheckResponse.SERVING
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
+        assert (await anext(aiter(watch))).status == health_pb2.HealthCheckResponse.SERVING
+        watch.cancel()
+        v2 = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        requests = [infer_request(images(1, i), request_id=f"stream-{i}") for i in range(3)]
+        requests.insert(1, pb.ModelInferRequest(model_name="no_such_model", id="missing"))
+        responses = [r async for r in v2.ModelStreamInfer(iter(requests))]
+    assert [r.infer_response.id for r in responses] == ["stream-0", "missing", "stream-1", "stream-2"]
+    assert [bool(r.error_message) for r in responses] == [False, True, False, False]
+    assert "no_such_model" in responses[1].error_message
+
+
+def slow_echo(ms: int) -> bytes:
+    request = pb.ModelInferRequest(model_name="echo", raw_input_contents=[b"\x01"])
+    request.inputs.add(name="X", datatype="INT8", shape=[1])
+    request.parameters["delay_ms"].int64_param = ms
+    return request.SerializeToString()
+
+
+async def test_deadline_and_cancellation_reach_the_python_server(fronts):
+    _, native = fronts
+    started_at = asyncio.get_running_loop().time()
+    code, *_ = await call(native, INFER, slow_echo(5000), timeout=0.3)
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert asyncio.get_running_loop().time() - started_at < 2
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{native.port}") as channel:
+        rpc = channel.unary_unary(INFER)(slow_echo(5000))
+        await asyncio.sleep(0.3)
+        assert native.lifecycle.in_flight == 1
+        rpc.cancel()
+        for _ in range(50):
+            if native.lifecycle.in_flight == 0:
+                break
+            await asyncio.sleep(0.02)
+    assert native.lifecycle.in_flight == 0, "the cancel reached the Python server"
+
+
+async def test_perf_analyzer_runs_with_no_error_against_the_native_front(fronts):
+    _, native = fronts
+    before = native.front.answered
+    result = await perf_analyzer.run(MODEL, f"127.0.0.1:{native.port}", concurrency=4, window_ms=300)
+    assert result.throughput > 0
+    assert "Successful request count" in result.output
+    assert native.front.answered > before
+
+
+async def test_sigterm_drains_the_native_front_without_losing_a_call(model_repository: Path):
+    env = {
+        "MAAS_MODEL_REPOSITORY": str(model_repository),
+        "MAAS_VISION_FRONT": "native",
+        "MAAS_VISION_METRICS_PORT": "0",
+        "MAAS_VISION_DRAIN_GRACE_SECONDS": "5",
+    }
+    async with maas_process("run", "vision", "--port", "0", ready="vision", env=env) as service:
+        async with grpc.aio.insecure_channel(service.address) as channel:
+            infer = channel.unary_unary(INFER)
+            request = infer_request(images(1)).SerializeToString()
+            assert await infer(request)
+            slow = [asyncio.ensure_future(infer(slow_echo(1000))) for _ in range(4)]
+
+            async def keep_calling() -> int:
+                answered = 0
+                while not all(s.done() for s in slow):
+                    try:
+                        await infer(request, timeout=5)
+                    except grpc.aio.AioRpcError as exc:
+                        assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+                        return answered
+                    answered += 1
+                return answered
+
+            callers = [asyncio.ensure_future(keep_calling()) for _ in range(8)]
+            await asyncio.sleep(0.3)
+            service.process.send_signal(signal.SIGTERM)
+            assert len(await asyncio.gather(*slow)) == 4
+            assert sum(await asyncio.gather(*callers)) > 0
+        assert await asyncio.wait_for(service.process.wait(), 10) == 0
