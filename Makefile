@@ -87,13 +87,13 @@ $(PERF_ANALYZER): $(STAMP) scripts/peers.py
 	$(PY) scripts/peers.py perf_analyzer
 	touch $@
 
-models: $(STAMP)
+models: $(STAMP) native
 	$(call MODELS)
 
 up: models
 	$(MAAS) up
 
-test: $(STAMP) $(K8S_TOOLS) $(PERF_ANALYZER)
+test: $(STAMP) native $(K8S_TOOLS) $(PERF_ANALYZER)
 	$(call MODELS,--no-progress)
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -103,7 +103,8 @@ class NativeFront:
 
     def route(self, models: ModelRegistry) -> list[str]:
         """Answer the routable models' requests here: each model under its default ("") and every version
-        it has now, one pump thread per route.
+        it has now, one pump thread per route. None with a latency target (`max_latency_ms`), which the
+        batcher enforces.
 
         Args:
             models: the service's models.
@@ -111,7 +112,9 @@ class NativeFront:
         Returns:
             The routes, as `model:version` ("" for the default).
         """
-        routes = []
+        routes: list[str] = []
+        if getattr(self._settings, "max_latency_ms", 0):
+            return routes
         for model in models:
             if not routable(model):
                 continue
