@@ -11,6 +11,7 @@ docs/native-front.md.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 TAKE_TIMEOUT_US = 100_000
 """How long a pump waits for a call before it looks again whether the front is stopping."""
+IDLE_POLL_SECONDS = 0.005
+"""How often a drain looks whether the calls queued here are answered (a count in C++, no event to await)."""
 METHOD = "ModelInfer"
 
 
@@ -134,6 +137,21 @@ class NativeFront:
                 routes.append(f"{model.name}:{version}")
         return routes
 
+    def drain(self) -> None:
+        """Answer nothing more here: from now on every call goes to the Python server (which refuses new
+        ones while it drains); the calls queued here are still answered."""
+        self._front.drain()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds until no call is queued or being answered here; True if none is."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            if not self._front.in_flight:
+                return True
+            await asyncio.sleep(IDLE_POLL_SECONDS)
+        return not self._front.in_flight
+
     def stop(self, grace: float) -> None:
         """Stop accepting calls, let those in flight finish within `grace` seconds, then stop the pumps.
         Blocks: call it off the event loop."""
@@ -153,16 +171,16 @@ class NativeFront:
                 if self._stopping.is_set():
                     return
                 continue
-            batch, counts, queued = taken
+            batch, counts, arrived = taken
             del taken
+            taken_ns = time.monotonic_ns()
             try:
                 arrays = self._inputs(batch, model, sum(counts))
                 loaded = model.get(route.version)
                 instance = loaded.model
-                batch, arrays, counts, queued = self._prepared(instance, batch, arrays, counts, queued)
+                batch, arrays, counts, arrived = self._prepared(instance, batch, arrays, counts, arrived)
                 if not counts:
                     continue
-                rows = sum(counts)
                 started = time.perf_counter_ns()
                 outputs = instance.predict(arrays)
                 compute_ns = time.perf_counter_ns() - started
@@ -170,15 +188,14 @@ class NativeFront:
                     np.ascontiguousarray(outputs[spec.name], dtype)
                     for spec, dtype in zip(model.outputs, dtypes, strict=True)
                 ]
-                durations = load_extension().reply(batch, loaded.version, results)
+                self._record(model.name, loaded, counts, arrived, taken_ns, compute_ns)
+                load_extension().reply(batch, loaded.version, results)
             except Exception:
                 log.exception(
                     "native front: %s:%s failed a batch; the Python server answers it", model.name, route.version
                 )
-                continue
             finally:
                 del batch
-            self._record(model.name, loaded, rows, counts, queued, compute_ns, durations)
 
     @staticmethod
     def _inputs(batch, model: ModelVersions, rows: int) -> dict[str, np.ndarray]:
@@ -190,14 +207,14 @@ class NativeFront:
             arrays[spec.name] = array
         return arrays
 
-    def _prepared(self, instance, batch, arrays, counts, queued):
+    def _prepared(self, instance, batch, arrays, counts, arrived):
         """The batch's inputs through the model's `prepare`, checked as one; a batch that fails is checked
         call by call, and the calls that fail go to the Python server, which refuses them itself."""
         prepare = getattr(instance, "prepare", None)
         if prepare is None:
-            return batch, arrays, counts, queued
+            return batch, arrays, counts, arrived
         try:
-            return batch, prepare(arrays, {}), counts, queued
+            return batch, prepare(arrays, {}), counts, arrived
         except MaasError:
             pass
         bad, kept, offset = [], [], 0
@@ -215,21 +232,23 @@ class NativeFront:
         starts = np.cumsum([0, *counts])
         rows = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in kept])
         arrays = prepare({name: array[rows] for name, array in arrays.items()}, {})
-        return batch, arrays, [counts[i] for i in kept], [queued[i] for i in kept]
+        return batch, arrays, [counts[i] for i in kept], [arrived[i] for i in kept]
 
-    def _record(self, name, loaded, rows, counts, queued, compute_ns, durations) -> None:
-        """Record a batch's calls as the Python path does: v2 statistics and Prometheus series."""
-        version, stats = loaded.version, loaded.stats
+    def _record(self, name: str, loaded, counts: list[int], arrived: list[int], taken_ns: int, compute_ns: int) -> None:
+        """Record a batch's calls as the Python path does (v2 statistics and Prometheus series), before they
+        are answered, so that a caller who has its answer finds it counted."""
+        version, stats, rows = loaded.version, loaded.stats, sum(counts)
+        done_ns = time.monotonic_ns()
         stats.record_execution(rows, compute_ns)
         metrics.BATCH_ROWS.labels(name, version).observe(rows)
         metrics.COMPUTE_SECONDS.labels(name, version).observe(compute_ns / 1e9)
         queue_seconds = metrics.QUEUE_SECONDS.labels(name, version)
         request_seconds = metrics.request_seconds(METHOD, name, version)
-        for count, waited, took in zip(counts, queued, durations, strict=True):
-            stats.record_compute(waited, compute_ns)
-            stats.record_request(True, took, count)
-            queue_seconds.observe(waited / 1e9)
-            request_seconds.observe(took / 1e9)
+        for count, arrival in zip(counts, arrived, strict=True):
+            stats.record_compute(taken_ns - arrival, compute_ns)
+            stats.record_request(True, done_ns - arrival, count)
+            queue_seconds.observe((taken_ns - arrival) / 1e9)
+            request_seconds.observe((done_ns - arrival) / 1e9)
         metrics.requests(METHOD, name, version, "OK").inc(len(counts))
         with self._answered_lock:
             self._answered += len(counts)

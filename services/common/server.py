@@ -231,9 +231,8 @@ class GrpcServer:
         self.lifecycle.start_draining()
         log.info("%s draining: %d calls in flight", self.name, self.lifecycle.in_flight)
         if self._front is not None:
-            await asyncio.to_thread(self._front.stop, grace)
-            self._front = None
-        if await self.lifecycle.wait_idle(grace):
+            self._front.drain()
+        if await self.lifecycle.wait_idle(grace) and await self._front_idle(deadline - loop.time()):
             await self.lifecycle.wait_quiet(DRAIN_QUIET_SECONDS, min(DRAIN_QUIET_MAX_SECONDS, deadline - loop.time()))
             remaining = min(IDLE_STOP_GRACE_SECONDS, max(0.0, deadline - loop.time()))
         else:
@@ -243,6 +242,10 @@ class GrpcServer:
             remaining = 0.0
         await self.close(remaining)
         log.info("%s stopped", self.name)
+
+    async def _front_idle(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the native front's own calls to be answered (True without one)."""
+        return self._front is None or await self._front.wait_idle(timeout)
 
     async def close(self, grace: float = 0.0) -> None:
         """Stop serving at once (calls in flight get `grace` seconds) and close the health and metrics

@@ -1,7 +1,8 @@
 """The native front (`front=native`) beside the Python one: real servers on real sockets, the same answers.
 
 Both servers serve the same tiny CNN. Requests and responses travel as bytes (no stubs in between), so
-"the same" means the same bytes on the wire.
+"the same" means the same bytes on the wire; a request computed in a batch with others may differ from
+the same request computed alone in the last bits of its probabilities (the kernels differ by batch size).
 """
 
 from __future__ import annotations
@@ -138,12 +139,16 @@ async def test_an_out_of_range_image_is_refused_while_its_batch_mates_are_answer
     oks = [r for i, r in enumerate(results) if i != 8]
     assert all(r[0] == grpc.StatusCode.OK for r in oks)
     for good, got in zip(goods, oks, strict=True):
-        assert got[2] == (await call(python, INFER, good))[2]
+        alone = pb.ModelInferResponse.FromString((await call(python, INFER, good))[2])
+        batched = pb.ModelInferResponse.FromString(got[2])
+        assert batched.id == alone.id and batched.outputs == alone.outputs
+        probabilities = [np.frombuffer(r.raw_output_contents[0], np.float32) for r in (batched, alone)]
+        np.testing.assert_allclose(*probabilities, atol=1e-6)
     assert native.front.answered == before + len(goods)
 
 
 @pytest.mark.parametrize(
-    ("method", "request"),
+    ("method", "message"),
     [
         ("ServerLive", pb.ServerLiveRequest()),
         ("ServerReady", pb.ServerReadyRequest()),
@@ -155,11 +160,11 @@ async def test_an_out_of_range_image_is_refused_while_its_batch_mates_are_answer
         ("RepositoryIndex", pb.RepositoryIndexRequest()),
     ],
 )
-async def test_other_methods_are_proxied_unchanged(fronts, method, request):
+async def test_other_methods_are_proxied_unchanged(fronts, method, message):
     python, native = fronts
     full = f"/inference.GRPCInferenceService/{method}"
-    expected = await call(python, full, request.SerializeToString())
-    got = await call(native, full, request.SerializeToString())
+    expected = await call(python, full, message.SerializeToString())
+    got = await call(native, full, message.SerializeToString())
     assert got[:3] == expected[:3]
 
 

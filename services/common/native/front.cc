@@ -79,7 +79,6 @@ struct Route {
 struct Batch {
   Route* route = nullptr;
   std::vector<Call*> calls;
-  int64_t taken_ns = 0;
   bool settled = false;
   ~Batch();
 };
@@ -97,14 +96,10 @@ class Call : public grpc::ServerGenericBidiReactor {
   void OnDone() override;
 
   // Answer this queued call with `response` (its trailing x-request-id added).
-  void Answer(grpc::ByteBuffer&& response) {
-    out_ = std::move(response);
-    ctx_->AddTrailingMetadata(kRequestIdKey, request_id_);
-    StartWriteAndFinish(&out_, grpc::WriteOptions(), grpc::Status::OK);
-  }
-  void Fail(grpc::StatusCode code, const std::string& details) { Finish(grpc::Status(code, details)); }
+  void Answer(grpc::ByteBuffer&& response);
+  void Fail(grpc::StatusCode code, const std::string& details);
   // Hand this queued call to the Python server instead.
-  void Proxy() { StartProxy(true); }
+  void Proxy();
 
   bool Expired(std::chrono::system_clock::time_point now) const { return ctx_->deadline() <= now; }
   bool cancelled() const { return cancelled_.load(std::memory_order_relaxed); }
@@ -131,6 +126,7 @@ class Call : public grpc::ServerGenericBidiReactor {
   void UpstreamReadDone(bool ok);
   void UpstreamDone(const grpc::Status& status);
   void PassInitialMetadata();
+  void ReleaseWriteHold();
   void Release();
   bool Fast();
   
@@ -145,7 +141,7 @@ class Call : public grpc::ServerGenericBidiReactor {
 
   std::recursive_mutex mu_;
   bool proxying_ = false;
-  bool upstream_done_ = false;
+  bool write_hold_ = false;
   bool initial_metadata_sent_ = false;
   int holds_ = 1;
   std::unique_ptr<grpc::ClientContext> upstream_ctx_;
@@ -263,9 +259,20 @@ class Front {
 
   grpc::GenericStub* stub() { return stub_.get(); }
 
+  // From now on every call goes to the Python server (which refuses new ones while it drains); calls
+  // queued here are still answered here.
+  void Drain() { draining_.store(true); }
+  bool draining() const { return draining_.load(); }
+  // Calls queued or being answered here.
+  int64_t in_flight() const { return in_flight_.load(); }
+  void Enter() { in_flight_.fetch_add(1); }
+  void Leave() { in_flight_.fetch_sub(1); }
+
  private:
   std::string id_prefix_;
   std::atomic<uint64_t> request_counter_{0};
+  std::atomic<bool> draining_{false};
+  std::atomic<int64_t> in_flight_{0};
   Service service_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<grpc::GenericStub> stub_;
@@ -306,6 +313,7 @@ Call::Call(Front* front, grpc::GenericCallbackServerContext* ctx) : front_(front
 bool Call::Fast() {
   grpc::ProtoBufferReader reader(&in_);
   if (!request_.ParseFromZeroCopyStream(&reader)) return false;
+  if (front_->draining()) return false;
   const auto& request = request_;
   for (const auto& [key, value] : request.parameters()) {
     if (key != kIgnoredParameter || value.parameter_choice_case() == inference::InferParameter::PARAMETER_CHOICE_NOT_SET)
@@ -345,19 +353,23 @@ bool Call::Fast() {
   std::lock_guard<std::mutex> lock(route->mu);
   if (route->closed || route->queue.size() >= route->queue_limit) return false;
   if (request_id_.empty()) request_id_ = front_->NextRequestId();
+  front_->Enter();
   route->queue.push_back(this);
   route->ready.notify_one();
   return true;
 }
 
+// The upstream call's holds keep it from finishing while this side may still act on it from outside its
+// reactions: one until the caller's messages are all passed up (`ReleaseWriteHold`), and one while each
+// response message is being written to the caller.
 void Call::OnReadDone(bool ok) {
   std::unique_lock<std::recursive_mutex> lock(mu_);
   if (proxying_) {
-    if (upstream_done_) return;
     if (ok) {
       upstream_.StartWrite(&in_);
     } else {
       upstream_.StartWritesDone();
+      ReleaseWriteHold();
     }
     return;
   }
@@ -367,6 +379,13 @@ void Call::OnReadDone(bool ok) {
     return;
   }
   if (!Fast()) StartProxy(true);
+}
+
+void Call::ReleaseWriteHold() {
+  if (write_hold_) {
+    write_hold_ = false;
+    upstream_.RemoveHold();
+  }
 }
 
 void Call::StartProxy(bool have_message) {
@@ -382,6 +401,8 @@ void Call::StartProxy(bool have_message) {
   if (cancelled_.load()) upstream_ctx_->TryCancel();
   front_->stub()->PrepareBidiStreamingCall(upstream_ctx_.get(), std::string(ctx_->method()), grpc::StubOptions(),
                                            &upstream_);
+  write_hold_ = true;
+  upstream_.AddHold();
   upstream_.StartRead(&down_);
   if (have_message) {
     upstream_.StartWrite(&in_);
@@ -393,7 +414,11 @@ void Call::StartProxy(bool have_message) {
 
 void Call::UpstreamWriteDone(bool ok) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
-  if (ok && !upstream_done_) StartRead(&in_);
+  if (ok) {
+    StartRead(&in_);
+  } else {
+    ReleaseWriteHold();
+  }
 }
 
 void Call::PassInitialMetadata() {
@@ -407,19 +432,25 @@ void Call::PassInitialMetadata() {
 void Call::UpstreamReadDone(bool ok) {
   if (!ok) return;
   std::lock_guard<std::recursive_mutex> lock(mu_);
+  upstream_.AddHold();
   PassInitialMetadata();
   StartWrite(&down_);
 }
 
 void Call::OnWriteDone(bool ok) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
-  if (ok && proxying_ && !upstream_done_) upstream_.StartRead(&down_);
+  if (!proxying_) return;
+  if (ok) {
+    upstream_.StartRead(&down_);
+  } else {
+    upstream_ctx_->TryCancel();
+  }
+  upstream_.RemoveHold();
 }
 
 void Call::UpstreamDone(const grpc::Status& status) {
   {
     std::lock_guard<std::recursive_mutex> lock(mu_);
-    upstream_done_ = true;
     PassInitialMetadata();
     for (const auto& [key, value] : upstream_ctx_->GetServerTrailingMetadata()) {
       if (key == "grpc-status-details-bin") continue;
@@ -447,6 +478,23 @@ void Call::Release() {
   if (last) delete this;
 }
 
+void Call::Answer(grpc::ByteBuffer&& response) {
+  out_ = std::move(response);
+  ctx_->AddTrailingMetadata(kRequestIdKey, request_id_);
+  StartWriteAndFinish(&out_, grpc::WriteOptions(), grpc::Status::OK);
+  front_->Leave();
+}
+
+void Call::Fail(grpc::StatusCode code, const std::string& details) {
+  Finish(grpc::Status(code, details));
+  front_->Leave();
+}
+
+void Call::Proxy() {
+  StartProxy(true);
+  front_->Leave();
+}
+
 Batch::~Batch() {
   if (!settled) {
     for (Call* call : calls) call->Proxy();
@@ -454,8 +502,8 @@ Batch::~Batch() {
 }
 
 // Take up to `max_rows` rows of queued calls, waiting up to `timeout_us` for the first; None when none
-// came or the front is closed, else (batch, each call's rows, each call's time queued in ns). Calls whose
-// deadline passed or that were cancelled are finished here.
+// came or the front is closed, else (batch, each call's rows, each call's arrival on the monotonic clock in
+// ns, as Python's time.monotonic_ns). Calls whose deadline passed or that were cancelled are finished here.
 py::object Take(Front& front, int handle, int64_t max_rows, int64_t timeout_us) {
   Route* route = front.route(handle);
   auto batch = std::make_unique<Batch>();
@@ -491,13 +539,12 @@ py::object Take(Front& front, int handle, int64_t max_rows, int64_t timeout_us) 
     }
   }
   if (batch->calls.empty()) return py::none();
-  batch->taken_ns = now_ns();
-  std::vector<int64_t> counts, queued;
+  std::vector<int64_t> counts, arrived;
   for (Call* call : batch->calls) {
     counts.push_back(call->rows);
-    queued.push_back(batch->taken_ns - call->arrived_ns);
+    arrived.push_back(call->arrived_ns);
   }
-  return py::make_tuple(py::cast(batch.release(), py::return_value_policy::take_ownership), counts, queued);
+  return py::make_tuple(py::cast(batch.release(), py::return_value_policy::take_ownership), counts, arrived);
 }
 
 // Copy the raw contents of registered input `slot` of every call of `batch`, one after another, into
@@ -526,9 +573,8 @@ bool Contiguous(const py::buffer_info& info) {
 }
 
 // Answer every call of `batch` with its rows of `outputs` (C-contiguous buffers in the registered order,
-// of the registered datatypes' sizes), as the model version `version`. Returns each call's time from
-// arrival to its answer, in nanoseconds.
-std::vector<int64_t> Reply(Batch& batch, const std::string& version, const std::vector<py::buffer>& outputs) {
+// of the registered datatypes' sizes), as the model version `version`.
+void Reply(Batch& batch, const std::string& version, const std::vector<py::buffer>& outputs) {
   if (batch.settled) throw std::invalid_argument("batch already answered");
   Route* route = batch.route;
   if (outputs.size() != route->outputs.size()) throw std::invalid_argument("one array per registered output");
@@ -545,7 +591,6 @@ std::vector<int64_t> Reply(Batch& batch, const std::string& version, const std::
     row_bytes.push_back(static_cast<size_t>(info.size * info.itemsize / rows));
   }
   batch.settled = true;
-  std::vector<int64_t> durations;
   py::gil_scoped_release release;
   std::vector<size_t> offsets(outputs.size(), 0);
   for (Call* call : batch.calls) {
@@ -566,10 +611,8 @@ std::vector<int64_t> Reply(Batch& batch, const std::string& version, const std::
     grpc::ByteBuffer buffer;
     bool own;
     grpc::GenericSerialize<grpc::ProtoBufferWriter, inference::ModelInferResponse>(response, &buffer, &own);
-    durations.push_back(now_ns() - call->arrived_ns);
     call->Answer(std::move(buffer));
   }
-  return durations;
 }
 
 // Hand the calls at `indices` of `batch` to the Python server, and answer the others with `outputs` later
@@ -580,7 +623,6 @@ py::object Fallback(Batch& batch, const std::vector<size_t>& indices) {
   for (size_t index : indices) chosen.at(index) = true;
   auto rest = std::make_unique<Batch>();
   rest->route = batch.route;
-  rest->taken_ns = batch.taken_ns;
   for (size_t i = 0; i < batch.calls.size(); ++i) {
     if (chosen[i]) {
       batch.calls[i]->Proxy();
@@ -616,6 +658,8 @@ PYBIND11_MODULE(_front, m) {
            py::arg("max_rows"), py::arg("queue_limit"))
       .def("take", &Take, py::arg("handle"), py::arg("max_rows"), py::arg("timeout_us"))
       .def("dropped", &Dropped, py::arg("handle"))
+      .def("drain", &Front::Drain)
+      .def_property_readonly("in_flight", &Front::in_flight)
       .def("shutdown", &Front::Shutdown, py::arg("grace_s"), py::call_guard<py::gil_scoped_release>());
   m.def("reply", &Reply, py::arg("batch"), py::arg("version"), py::arg("outputs"));
   m.def("fallback", &Fallback, py::arg("batch"), py::arg("indices"));
