@@ -57,6 +57,17 @@ def test_bad_values_are_refused_at_start(monkeypatch):
         EchoSettings(log_format="xml")
 
 
+def test_the_native_front_is_read_from_the_environment_and_refuses_tls(monkeypatch, tmp_path: Path):
+    assert VisionSettings().front == "python"
+    monkeypatch.setenv("MAAS_VISION_FRONT", "native")
+    assert VisionSettings().front == "native"
+    with pytest.raises(ValidationError, match="front=native serves plaintext only"):
+        VisionSettings(tls_cert_file=tmp_path / "cert.pem", tls_key_file=tmp_path / "key.pem")
+    monkeypatch.setenv("MAAS_VISION_FRONT", "grpc")
+    with pytest.raises(ValidationError, match="front"):
+        VisionSettings()
+
+
 def test_text_batches_by_rows_only_unless_told(monkeypatch):
     text, transformer = TextSettings(), TransformerSettings()
     assert (text.max_texts, text.length_aware, text.max_batch_tokens) == (256, True, 0)

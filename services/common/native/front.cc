@@ -478,21 +478,23 @@ void Call::Release() {
   if (last) delete this;
 }
 
+// Each of these three ends a queued call's time here; the call may be gone as soon as its last
+// operation starts, so it leaves the front's count first.
 void Call::Answer(grpc::ByteBuffer&& response) {
+  front_->Leave();
   out_ = std::move(response);
   ctx_->AddTrailingMetadata(kRequestIdKey, request_id_);
   StartWriteAndFinish(&out_, grpc::WriteOptions(), grpc::Status::OK);
-  front_->Leave();
 }
 
 void Call::Fail(grpc::StatusCode code, const std::string& details) {
-  Finish(grpc::Status(code, details));
   front_->Leave();
+  Finish(grpc::Status(code, details));
 }
 
 void Call::Proxy() {
-  StartProxy(true);
   front_->Leave();
+  StartProxy(true);
 }
 
 Batch::~Batch() {
