@@ -34,8 +34,18 @@ from services.vision.spec import MODEL_NAME as VISION_MODEL
 
 LOADS = (0.5, 0.8, 1.2)
 CAPACITY_CONCURRENCIES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
-"""The closed loop's concurrencies swept for capacity (the most calls per second answered with a p99
-within T), up to the first whose p99 is over T."""
+"""The closed loop's concurrencies swept (the most calls per second answered with a p99 within T), up to
+the first whose p99 is over T: where the search for the open loop's capacity starts."""
+CAPACITY_PROBES = 6
+CAPACITY_RANGE = (0.25, 1.25)
+"""Capacity at T is searched by bisection over this range of the closed loop's rate, in `CAPACITY_PROBES`
+open-loop runs: the highest Poisson rate answered with a p99 within T, nothing refused."""
+PROBE_CALLS = 800
+"""Calls an open-loop probe sends at least (so that its p99 is not one call's), in at most
+`PROBE_MAX_DURATIONS` x the bench's duration per point, in `PROBE_PARTS` loops whose median p99 counts:
+one stall of this shared machine does not decide the capacity."""
+PROBE_MAX_DURATIONS = 2.5
+PROBE_PARTS = 3
 SERVER_CPUS = frozenset({0})
 CLIENT_CPUS = frozenset({1})
 """The server runs on one core and the bench's client on the other, the nearest this machine comes to a
@@ -222,22 +232,53 @@ async def _run(workload: Workload, config: BenchConfig, settings: dict[str, floa
 
 @dataclass(frozen=True)
 class Baseline:
-    """What the no-delay server measured before the open loops: the target T, capacity at T, the sweep
-    behind it, the p99 of the calls' time outside the service's own (the client's time less the service's
-    `maas-timing` `total_us`) at capacity, and whether the client ran ahead of the server
+    """What the no-delay server measured before the open loops: the target T, capacity at T (open loop),
+    the closed-loop sweep and the open-loop probes (rate, p99 ms) behind it, the p99 of the calls' time
+    outside the service's own (the client's time less the service's `maas-timing` `total_us`) at the
+    closed loop's best point within T, and whether the client ran ahead of the server
     (`_ahead_of_servers`)."""
 
     target_ms: float
     capacity: float
     sweep: list[LoadResult]
+    probes: list[tuple[float, float]]
     outside_ms: float
     ahead: bool
 
 
+async def _open_capacity(call: Call, requests: list[bytes], closed: float, target_ms: float, duration: float):
+    """Capacity at T: the highest Poisson arrival rate whose calls are all answered with a p99 within
+    `target_ms` (the median of `PROBE_PARTS` loops' p99), by bisection over `CAPACITY_RANGE` of the closed
+    loop's best rate `closed`. A closed loop of a few callers never queues more than its callers; Poisson
+    arrivals come in bursts, so the same rate open is later: the open loops that follow are shares of what
+    an open loop can be served within T.
+
+    Returns:
+        (capacity, [(rate, p99 ms) per probe]); the range's low end if no probe was within T.
+    """
+    low, high = (share * closed for share in CAPACITY_RANGE)
+    best, probes = low, []
+    for index in range(CAPACITY_PROBES):
+        rate = (low + high) / 2
+        seconds = min(PROBE_MAX_DURATIONS * duration, max(duration, PROBE_CALLS / rate)) / PROBE_PARTS
+        parts = []
+        for seed in range(100 + PROBE_PARTS * index, 100 + PROBE_PARTS * (index + 1)):
+            outcomes = await open_loop(call, requests, lambda _t, r=rate: r, seconds, seed)
+            parts.append(Point("probe", rate, seconds, outcomes, target_ms))
+        p99 = float(np.median([part.served_p99_ms for part in parts]))
+        probes.append((rate, p99))
+        if p99 <= target_ms and not any(part.failed or part.shed for part in parts):
+            best, low = rate, rate
+        else:
+            high = rate
+    return best, probes
+
+
 async def _baseline(workload: Workload, config: BenchConfig) -> Baseline:
-    """The model's served p50 at concurrency 1 (whence T), and capacity at T: the most calls per second a
-    closed loop had answered with a p99 within T, over `CAPACITY_CONCURRENCIES` up to the first over T
-    (no queue delay), with the time its calls spent outside the service at that point."""
+    """The model's served p50 at concurrency 1 (whence T); the most calls per second a closed loop had
+    answered with a p99 within T, over `CAPACITY_CONCURRENCIES` up to the first over T, with the time its
+    calls spent outside the service at that point; and from there capacity at T (`_open_capacity`). No
+    queue delay."""
     async with (
         running(
             workload.service, "--port", "0", env=_env(workload, config, max_queue_delay_ms=0), cpus=_server_cpus()
@@ -245,7 +286,8 @@ async def _baseline(workload: Workload, config: BenchConfig) -> Baseline:
         grpc.aio.insecure_channel(address) as channel,
     ):
         call = _infer(channel)
-        cycle = itertools.cycle([r.SerializeToString() for r in workload.requests])
+        requests = [r.SerializeToString() for r in workload.requests]
+        cycle = itertools.cycle(requests)
         outside: list[float] = []
 
         async def timed() -> None:
@@ -266,9 +308,10 @@ async def _baseline(workload: Workload, config: BenchConfig) -> Baseline:
                 outside.clear()
                 if sweep[-1].p99_ms > target:
                     break
-    within = [i for i, point in enumerate(sweep) if point.p99_ms <= target] or [0]
-    best = max(within, key=lambda i: sweep[i].throughput)
-    return Baseline(target, sweep[best].throughput, sweep, outsides[best], ahead)
+            within = [i for i, point in enumerate(sweep) if point.p99_ms <= target] or [0]
+            best = max(within, key=lambda i: sweep[i].throughput)
+            capacity, probes = await _open_capacity(call, requests, sweep[best].throughput, target, config.duration)
+    return Baseline(target, capacity, sweep, probes, outsides[best], ahead)
 
 
 def _windows(outcomes: list[Outcome], seconds: float) -> list[tuple[float, float, float]]:
@@ -334,9 +377,15 @@ async def latency_section(config: BenchConfig) -> Section:
         title="Latency target (open loop)",
         note=(
             "Open loop: Poisson arrivals, whatever the answers, at a share of the capacity at T measured just "
-            "before in the same run (the most calls per second a closed loop had answered with a p99 within T, "
-            f"no queue delay, concurrency {', '.join(map(str, CAPACITY_CONCURRENCIES))} up to the first over T, "
-            f"{config.duration / 2:g} s each); one process per configuration, grpc hosting, {seconds:g} s per point. "
+            "before in the same run: the highest Poisson rate whose calls were all answered with a p99 within T "
+            f"(no queue delay; bisection in {CAPACITY_PROBES} probes of {PROBE_CALLS} calls, "
+            f"{config.duration:g} to {PROBE_MAX_DURATIONS * config.duration:g} s, each the median p99 of "
+            f"{PROBE_PARTS} open loops, between "
+            f"{CAPACITY_RANGE[0]:g} and {CAPACITY_RANGE[1]:g} x the most calls per second a closed loop had "
+            f"answered within T, concurrency {', '.join(map(str, CAPACITY_CONCURRENCIES))} up to the first over T, "
+            f"{config.duration / 2:g} s each). A closed loop of a few callers never has more calls queued than "
+            "callers; Poisson arrivals come in bursts, so the rate a closed loop serves within T, sent open, is "
+            f"served later. One process per configuration, grpc hosting, {seconds:g} s per point. "
             + (
                 f"The server runs on CPU {min(SERVER_CPUS)} only and the bench's client on CPU {min(CLIENT_CPUS)} "
                 "only (thread affinity), the nearest this machine comes to a client on its own machine: on shared "
@@ -407,6 +456,8 @@ async def latency_section(config: BenchConfig) -> Section:
             f"{'' if baseline.ahead else ', the client could not raise its priority'}; capacity sweep, "
             "concurrency: req/s at p99 ms = "
             + ", ".join(f"{p.concurrency}: {p.throughput:,.0f} at {p.p99_ms:.1f}" for p in baseline.sweep)
+            + "; open-loop probes, req/s at p99 ms = "
+            + ", ".join(f"{rate:,.0f} at {p99:.1f}" for rate, p99 in baseline.probes)
             + "): served p99 at 50/80/120% = "
             + "/".join(f"{points['target', load].served_p99_ms:.2f}" for load in LOADS)
             + " ms, shed "

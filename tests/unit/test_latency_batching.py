@@ -4,6 +4,7 @@ delay, never served late; a lone request never waits)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 
@@ -161,4 +162,25 @@ async def test_an_idle_model_serves_a_request_its_predicted_cost_fits_however_wi
     for _ in range(5):
         await batcher.submit(row())
     assert len(model.rows) == runs + 5
+    await batcher.close()
+
+
+async def test_admission_forgives_the_margin_while_requests_end_in_time_and_takes_it_back_when_they_end_late():
+    model = Jittery(0.001, 0.008)
+    batcher = DynamicBatcher("latency", model, BatchingConfig(max_batch_size=8, max_latency_ms=1000), VersionStats())
+    for _ in range(40):
+        await batcher.submit(row())
+    margin = batcher._cost.margin_ns()
+    assert margin > 0.2 * batcher._cost.predict_ns(1), "the margin is not wide enough to test"
+    assert batcher._steer_ns == margin, "requests all in time, admission still counts some of the margin"
+    target_ms = 1.05 * batcher._cost.predict_ns(1) / 1e6
+    batcher.reconfigure(BatchingConfig(max_batch_size=8, max_latency_ms=target_ms))
+    late = 0
+    for _ in range(60):
+        started = time.perf_counter()
+        with contextlib.suppress(Overloaded):
+            await batcher.submit(row())
+        late += time.perf_counter() - started > target_ms / 1000
+    assert late >= 20, "too few requests ended late to test"
+    assert batcher._steer_ns == 0.0, "half the requests end late, admission still forgives part of the margin"
     await batcher.close()
