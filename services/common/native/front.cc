@@ -129,7 +129,7 @@ class Call : public grpc::ServerGenericBidiReactor {
   void ReleaseWriteHold();
   void Release();
   bool Fast();
-  
+
   Front* front_;
   grpc::GenericCallbackServerContext* ctx_;
   grpc::ByteBuffer in_;
