@@ -46,6 +46,8 @@ PROBE_CALLS = 800
 one stall of this shared machine does not decide the capacity."""
 PROBE_MAX_DURATIONS = 2.5
 PROBE_PARTS = 3
+PROBE_SHED = 0.01
+"""The most a probe within capacity may refuse: the share the latency target may shed at 80% of it."""
 SERVER_CPUS = frozenset({0})
 CLIENT_CPUS = frozenset({1})
 """The server runs on one core and the bench's client on the other, the nearest this machine comes to a
@@ -211,9 +213,9 @@ def _ahead_of_servers() -> Iterator[bool]:
                 os.sched_setaffinity(tid, allowed)
 
 
-async def _run(workload: Workload, config: BenchConfig, settings: dict[str, float], points) -> list[list[Outcome]]:
-    """Start the service with `settings`, then run each (rate function, seconds) open loop against it."""
-    results = []
+async def _run(workload: Workload, config: BenchConfig, settings: dict[str, float], body: Callable):
+    """Start the service with `settings`, warm it up, then return what `body(call, requests)` measures
+    against it (`call`: `_infer`; `requests`: the workload's, serialized)."""
     requests = [r.SerializeToString() for r in workload.requests]
     async with (
         running(
@@ -225,36 +227,39 @@ async def _run(workload: Workload, config: BenchConfig, settings: dict[str, floa
         with _ahead_of_servers():
             cycle = itertools.cycle(requests)
             await closed_loop(lambda: call(next(cycle)), 4, 0.5, 0.5)
-            for index, (rate_at, seconds) in enumerate(points):
-                results.append(await open_loop(call, requests, rate_at, seconds, seed=index))
-    return results
+            return await body(call, requests)
+
+
+async def _open_loops(call: Call, requests: list[bytes], points) -> list[list[Outcome]]:
+    """Each (rate function, seconds) open loop in turn."""
+    return [
+        await open_loop(call, requests, rate_at, seconds, seed=index) for index, (rate_at, seconds) in enumerate(points)
+    ]
 
 
 @dataclass(frozen=True)
 class Baseline:
-    """What the no-delay server measured before the open loops: the target T, capacity at T (open loop),
-    the closed-loop sweep and the open-loop probes (rate, p99 ms) behind it, the p99 of the calls' time
-    outside the service's own (the client's time less the service's `maas-timing` `total_us`) at the
-    closed loop's best point within T, and whether the client ran ahead of the server
-    (`_ahead_of_servers`)."""
+    """What the no-delay server measured before the open loops: the target T, the most calls per second a
+    closed loop had answered within T and the sweep behind it, the p99 of the calls' time outside the
+    service's own (the client's time less the service's `maas-timing` `total_us`) at that point, and
+    whether the client ran ahead of the server (`_ahead_of_servers`)."""
 
     target_ms: float
-    capacity: float
+    closed: float
     sweep: list[LoadResult]
-    probes: list[tuple[float, float]]
     outside_ms: float
     ahead: bool
 
 
 async def _open_capacity(call: Call, requests: list[bytes], closed: float, target_ms: float, duration: float):
-    """Capacity at T: the highest Poisson arrival rate whose calls are all answered with a p99 within
-    `target_ms` (the median of `PROBE_PARTS` loops' p99), by bisection over `CAPACITY_RANGE` of the closed
-    loop's best rate `closed`. A closed loop of a few callers never queues more than its callers; Poisson
-    arrivals come in bursts, so the same rate open is later: the open loops that follow are shares of what
-    an open loop can be served within T.
+    """Capacity at T: the highest Poisson arrival rate the service answers with a p99 within `target_ms`
+    (the median of `PROBE_PARTS` loops' p99), refusing at most `PROBE_SHED` of the calls and failing none,
+    by bisection over `CAPACITY_RANGE` of the closed loop's best rate `closed`. A closed loop of a few
+    callers never queues more than its callers; Poisson arrivals come in bursts, so the same rate sent
+    open is answered later.
 
     Returns:
-        (capacity, [(rate, p99 ms) per probe]); the range's low end if no probe was within T.
+        (capacity, [(rate, p99 ms, shed share) per probe]); the range's low end if no probe was within T.
     """
     low, high = (share * closed for share in CAPACITY_RANGE)
     best, probes = low, []
@@ -266,8 +271,9 @@ async def _open_capacity(call: Call, requests: list[bytes], closed: float, targe
             outcomes = await open_loop(call, requests, lambda _t, r=rate: r, seconds, seed)
             parts.append(Point("probe", rate, seconds, outcomes, target_ms))
         p99 = float(np.median([part.served_p99_ms for part in parts]))
-        probes.append((rate, p99))
-        if p99 <= target_ms and not any(part.failed or part.shed for part in parts):
+        shed = sum(sum(o.shed for o in part.outcomes) for part in parts) / max(1, sum(len(p.outcomes) for p in parts))
+        probes.append((rate, p99, shed))
+        if p99 <= target_ms and shed <= PROBE_SHED and not any(part.failed for part in parts):
             best, low = rate, rate
         else:
             high = rate
@@ -275,10 +281,9 @@ async def _open_capacity(call: Call, requests: list[bytes], closed: float, targe
 
 
 async def _baseline(workload: Workload, config: BenchConfig) -> Baseline:
-    """The model's served p50 at concurrency 1 (whence T); the most calls per second a closed loop had
-    answered with a p99 within T, over `CAPACITY_CONCURRENCIES` up to the first over T, with the time its
-    calls spent outside the service at that point; and from there capacity at T (`_open_capacity`). No
-    queue delay."""
+    """The model's served p50 at concurrency 1 (whence T), and the most calls per second a closed loop had
+    answered with a p99 within T, over `CAPACITY_CONCURRENCIES` up to the first over T (no queue delay),
+    with the time its calls spent outside the service at that point."""
     async with (
         running(
             workload.service, "--port", "0", env=_env(workload, config, max_queue_delay_ms=0), cpus=_server_cpus()
@@ -286,8 +291,7 @@ async def _baseline(workload: Workload, config: BenchConfig) -> Baseline:
         grpc.aio.insecure_channel(address) as channel,
     ):
         call = _infer(channel)
-        requests = [r.SerializeToString() for r in workload.requests]
-        cycle = itertools.cycle(requests)
+        cycle = itertools.cycle([r.SerializeToString() for r in workload.requests])
         outside: list[float] = []
 
         async def timed() -> None:
@@ -308,10 +312,9 @@ async def _baseline(workload: Workload, config: BenchConfig) -> Baseline:
                 outside.clear()
                 if sweep[-1].p99_ms > target:
                     break
-            within = [i for i, point in enumerate(sweep) if point.p99_ms <= target] or [0]
-            best = max(within, key=lambda i: sweep[i].throughput)
-            capacity, probes = await _open_capacity(call, requests, sweep[best].throughput, target, config.duration)
-    return Baseline(target, capacity, sweep, probes, outsides[best], ahead)
+    within = [i for i, point in enumerate(sweep) if point.p99_ms <= target] or [0]
+    best = max(within, key=lambda i: sweep[i].throughput)
+    return Baseline(target, sweep[best].throughput, sweep, outsides[best], ahead)
 
 
 def _windows(outcomes: list[Outcome], seconds: float) -> list[tuple[float, float, float]]:
@@ -377,15 +380,16 @@ async def latency_section(config: BenchConfig) -> Section:
         title="Latency target (open loop)",
         note=(
             "Open loop: Poisson arrivals, whatever the answers, at a share of the capacity at T measured just "
-            "before in the same run: the highest Poisson rate whose calls were all answered with a p99 within T "
-            f"(no queue delay; bisection in {CAPACITY_PROBES} probes of {PROBE_CALLS} calls, "
+            "before in the same run: the highest Poisson rate the service held to T answered with a p99 within T, "
+            f"refusing at most {PROBE_SHED:.0%} (bisection in {CAPACITY_PROBES} probes of {PROBE_CALLS} calls, "
             f"{config.duration:g} to {PROBE_MAX_DURATIONS * config.duration:g} s, each the median p99 of "
             f"{PROBE_PARTS} open loops, between "
             f"{CAPACITY_RANGE[0]:g} and {CAPACITY_RANGE[1]:g} x the most calls per second a closed loop had "
-            f"answered within T, concurrency {', '.join(map(str, CAPACITY_CONCURRENCIES))} up to the first over T, "
-            f"{config.duration / 2:g} s each). A closed loop of a few callers never has more calls queued than "
-            "callers; Poisson arrivals come in bursts, so the rate a closed loop serves within T, sent open, is "
-            f"served later. One process per configuration, grpc hosting, {seconds:g} s per point. "
+            f"answered within T with no queue delay, concurrency {', '.join(map(str, CAPACITY_CONCURRENCIES))} up "
+            f"to the first over T, {config.duration / 2:g} s each). A closed loop of a few callers never has more "
+            "calls queued than callers; Poisson arrivals come in bursts, so the rate a closed loop serves within "
+            "T, sent open, is served later. The probes, then the loads and the step, run in one process; one "
+            f"process per static delay. Grpc hosting, {seconds:g} s per point. "
             + (
                 f"The server runs on CPU {min(SERVER_CPUS)} only and the bench's client on CPU {min(CLIENT_CPUS)} "
                 "only (thread affinity), the nearest this machine comes to a client on its own machine: on shared "
@@ -414,25 +418,35 @@ async def latency_section(config: BenchConfig) -> Section:
     steps = {}
     for workload in _workloads(config):
         baseline = await _baseline(workload, config)
-        capacity, target = baseline.capacity, baseline.target_ms
+        target = baseline.target_ms
+        budget = max(0.5, target - baseline.outside_ms)
+        rpc_limit = math.ceil(RPC_LIMIT_HEADROOM * baseline.closed * target / 1000)
+
+        async def targeted_runs(
+            call: Call, requests: list[bytes], target: float = target, closed: float = baseline.closed
+        ):
+            capacity, probes = await _open_capacity(call, requests, closed, target, config.duration)
+            plan = [(lambda _t, r=load * capacity: r, seconds) for load in LOADS]
+
+            def step_rate(t: float, full: float = capacity) -> float:
+                return full * (1.2 if seconds <= t < 2 * seconds else 0.5)
+
+            plan.append((step_rate, 3 * seconds))
+            return capacity, probes, await _open_loops(call, requests, plan)
+
+        capacity, probes, (*targeted, step) = await _run(
+            workload, config, {"max_latency_ms": round(budget, 2), "max_concurrent_rpcs": rpc_limit}, targeted_runs
+        )
         points: dict[tuple[str, float], Point] = {}
         for delay in config.static_delays_ms:
             [outcomes] = await _run(
-                workload, config, {"max_queue_delay_ms": delay}, [(lambda _t, r=1.2 * capacity: r, seconds)]
+                workload,
+                config,
+                {"max_queue_delay_ms": delay},
+                functools.partial(_open_loops, points=[(lambda _t, r=1.2 * capacity: r, seconds)]),
             )
             points["static", delay] = Point(f"static {delay:g} ms", 1.2 * capacity, seconds, outcomes, target)
         best = max((p for (mode, _), p in points.items() if mode == "static"), key=lambda p: p.goodput)
-        plan = [(lambda _t, r=load * capacity: r, seconds) for load in LOADS]
-
-        def step_rate(t: float, c: float = capacity) -> float:
-            return c * (1.2 if seconds <= t < 2 * seconds else 0.5)
-
-        plan.append((step_rate, 3 * seconds))
-        budget = max(0.5, target - baseline.outside_ms)
-        rpc_limit = math.ceil(RPC_LIMIT_HEADROOM * capacity * target / 1000)
-        *targeted, step = await _run(
-            workload, config, {"max_latency_ms": round(budget, 2), "max_concurrent_rpcs": rpc_limit}, plan
-        )
         for load, outcomes in zip(LOADS, targeted, strict=True):
             points["target", load] = Point(f"target {target:.1f} ms", load * capacity, seconds, outcomes, target)
         for (mode, key), point in points.items():
@@ -456,8 +470,8 @@ async def latency_section(config: BenchConfig) -> Section:
             f"{'' if baseline.ahead else ', the client could not raise its priority'}; capacity sweep, "
             "concurrency: req/s at p99 ms = "
             + ", ".join(f"{p.concurrency}: {p.throughput:,.0f} at {p.p99_ms:.1f}" for p in baseline.sweep)
-            + "; open-loop probes, req/s at p99 ms = "
-            + ", ".join(f"{rate:,.0f} at {p99:.1f}" for rate, p99 in baseline.probes)
+            + "; open-loop probes of the targeted service, req/s at p99 ms and shed = "
+            + ", ".join(f"{rate:,.0f} at {p99:.1f} ({shed:.1%})" for rate, p99, shed in probes)
             + "): served p99 at 50/80/120% = "
             + "/".join(f"{points['target', load].served_p99_ms:.2f}" for load in LOADS)
             + " ms, shed "
