@@ -23,7 +23,7 @@ from maas.inference import grpc_service_pb2 as pb
 from maas.inference import model_config_pb2 as config_pb
 from services.bench.peers.models import load, predict_batch
 from services.bench.peers.systems import MODELS
-from services.common.codec import Tensor, decode_inputs, encode_outputs
+from services.common.codec import Tensor, decode_inputs, infer_reply
 from services.common.settings import RaySettings
 from services.common.v2 import DATA_TYPES
 from services.ray import cluster
@@ -78,14 +78,17 @@ class V2Model:
 
     async def ModelInfer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         inputs = {name: tensor.array for name, tensor in decode_inputs(request).items()}
-        outputs = await self.infer(inputs)
-        response = pb.ModelInferResponse(model_name=self.name, model_version="1", id=request.id)
-        encode_outputs(response, [Tensor(name, "FP32", array) for name, array in outputs.items()])
-        return response
+        return infer_response(self.name, request, await self.infer(inputs))
 
     @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_SECONDS)
     async def infer(self, requests: list[dict]) -> list[dict]:
         return predict_batch(self.predict, requests)
+
+
+def infer_response(model: str, request: pb.ModelInferRequest, outputs: dict) -> pb.ModelInferResponse:
+    """The v2 response to `request`: the model's FP32 `outputs` in raw contents, as maas answers."""
+    head = pb.ModelInferResponse(model_name=model, model_version="1", id=request.id)
+    return infer_reply(head, [Tensor(name, "FP32", array) for name, array in outputs.items()]).message()
 
 
 def _free_port() -> int:

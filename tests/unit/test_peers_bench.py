@@ -3,6 +3,7 @@ as Triton and Ray Serve batch them; the Triton repository it writes; the CPU met
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -12,14 +13,18 @@ from pathlib import Path
 
 import numpy as np
 
+from maas.inference import grpc_service_pb2 as pb
 from services.bench.peers.cpu import seconds_between, tree_ticks
 from services.bench.peers.models import load, predict_batch
 from services.bench.peers.report import summary
 from services.bench.peers.run import IN_PROCESS, Measurement, ModelRun, request_arrays
 from services.bench.peers.systems import triton_repository
+from services.common.codec import Tensor, decode_inputs, decode_outputs, encode_inputs
 from services.common.repository import newest_version
 from services.transformer.spec import EMBED_MODEL
 from services.vision.spec import MODEL_NAME as VISION
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_requests_batched_together_get_the_answers_they_get_alone(model_repository: Path):
@@ -83,3 +88,19 @@ def test_summary_compares_maas_with_each_system_per_client():
     assert "- perf_analyzer: maas grpc's req/s are 2.00x Triton 2.51's, and 0.25x the in-process model's " in "\n".join(
         lines
     )
+
+
+def test_the_ray_serve_peer_answers_model_infer_with_the_model_outputs(model_repository: Path):
+    spec = importlib.util.spec_from_file_location("serve_app", ROOT / "scripts" / "peers" / "serve_app.py")
+    serve_app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(serve_app)
+    predict = load(VISION, newest_version(model_repository, VISION))
+    image = np.random.default_rng(1).random((1, 1, 28, 28), dtype=np.float32)
+    request = pb.ModelInferRequest(model_name=VISION, id="peer")
+    encode_inputs(request, [Tensor("IMAGE", "FP32", image)])
+    inputs = {name: tensor.array for name, tensor in decode_inputs(request).items()}
+    [outputs] = predict_batch(predict, [inputs])
+    response = serve_app.infer_response(VISION, request, outputs)
+    assert (response.model_name, response.id) == (VISION, "peer")
+    expected = predict({"IMAGE": image})["PROBABILITIES"]
+    np.testing.assert_allclose(decode_outputs(response)["PROBABILITIES"].array, expected, atol=1e-6)
