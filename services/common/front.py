@@ -22,7 +22,7 @@ import numpy as np
 
 from services.common import metrics
 from services.common.codec import FIXED_DTYPES
-from services.common.errors import MaasError
+from services.common.errors import MaasError, ModelNotFound, ModelNotReady
 from services.common.settings import ServiceSettings
 from services.common.versions import ModelRegistry, ModelVersions
 
@@ -105,15 +105,16 @@ class NativeFront:
         return self._answered
 
     def route(self, models: ModelRegistry) -> list[str]:
-        """Answer the routable models' requests here: each model under its default ("") and every version
-        it has now, one pump thread per route. None with a latency target (`max_latency_ms`), which the
-        batcher enforces.
+        """Answer the routable models' requests here: one route per version loaded now, each with one pump
+        thread (so one predict per version at a time, as on the Python path); requests naming no version
+        ("") go to the route of the default version at this moment. None with a latency target
+        (`max_latency_ms`), which the batcher enforces.
 
         Args:
             models: the service's models.
 
         Returns:
-            The routes, as `model:version` ("" for the default).
+            The routes, as `model:version`, the default's followed by " (default)".
         """
         routes: list[str] = []
         if getattr(self._settings, "max_latency_ms", 0):
@@ -124,17 +125,25 @@ class NativeFront:
             inputs = [(s.name, s.datatype, list(s.shape[1:])) for s in model.inputs]
             outputs = [(s.name, s.datatype, []) for s in model.outputs]
             limits = model.batch_limits()
-            for version in ("", *(entry.version for entry in model.index())):
+            default = model.get("").version if model.is_ready() else None
+            for entry in model.index():
+                if entry.state != "READY":
+                    continue
+                version = entry.version
+                names = [version, ""] if version == default else [version]
                 handle = self._front.register(
-                    model.name, version, inputs, outputs, limits.max_batch_size, self._settings.max_queue_size
+                    model.name, names, inputs, outputs, limits.max_batch_size, self._settings.max_queue_size
                 )
                 route = _Route(handle, model, version)
                 pump = threading.Thread(
-                    target=self._pump, args=(route, limits.max_batch_size), name=f"front-{model.name}:{version}"
+                    target=self._pump,
+                    args=(route, limits.max_batch_size),
+                    name=f"front-{model.name}:{version}",
+                    daemon=True,
                 )
                 pump.start()
                 self._pumps.append(pump)
-                routes.append(f"{model.name}:{version}")
+                routes.append(f"{model.name}:{version}" + (" (default)" if version == default else ""))
         return routes
 
     def drain(self) -> None:
@@ -176,7 +185,12 @@ class NativeFront:
             taken_ns = time.monotonic_ns()
             try:
                 arrays = self._inputs(batch, model, sum(counts))
-                loaded = model.get(route.version)
+                try:
+                    loaded = model.get(route.version)
+                except (ModelNotFound, ModelNotReady) as exc:
+                    log.warning("native front: %s; the Python server answers its calls", exc)
+                    load_extension().fallback(batch, range(len(batch)))
+                    continue
                 instance = loaded.model
                 batch, arrays, counts, arrived = self._prepared(instance, batch, arrays, counts, arrived)
                 if not counts:
@@ -194,6 +208,8 @@ class NativeFront:
                 log.exception(
                     "native front: %s:%s failed a batch; the Python server answers it", model.name, route.version
                 )
+                if not batch.settled:
+                    load_extension().fallback(batch, range(len(batch)))
             finally:
                 del batch
 
@@ -208,8 +224,10 @@ class NativeFront:
         return arrays
 
     def _prepared(self, instance, batch, arrays, counts, arrived):
-        """The batch's inputs through the model's `prepare`, checked as one; a batch that fails is checked
-        call by call, and the calls that fail go to the Python server, which refuses them itself."""
+        """The batch's inputs through the model's `prepare`, checked as one; a batch that fails is prepared
+        call by call (a model may refuse a batch larger than one request may be, as the vision model's
+        `max_images` does), the calls that fail go to the Python server, which refuses them itself, and the
+        others' prepared inputs are put back together."""
         prepare = getattr(instance, "prepare", None)
         if prepare is None:
             return batch, arrays, counts, arrived
@@ -217,21 +235,20 @@ class NativeFront:
             return batch, prepare(arrays, {}), counts, arrived
         except MaasError:
             pass
-        bad, kept, offset = [], [], 0
+        bad, kept, parts, offset = [], [], [], 0
         for index, rows in enumerate(counts):
             part = {name: array[offset : offset + rows] for name, array in arrays.items()}
+            offset += rows
             try:
-                prepare(part, {})
-                kept.append(index)
+                parts.append(prepare(part, {}))
             except MaasError:
                 bad.append(index)
-            offset += rows
+                continue
+            kept.append(index)
         batch = load_extension().fallback(batch, bad)
         if not kept:
             return batch, arrays, [], []
-        starts = np.cumsum([0, *counts])
-        rows = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in kept])
-        arrays = prepare({name: array[rows] for name, array in arrays.items()}, {})
+        arrays = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
         return batch, arrays, [counts[i] for i in kept], [arrived[i] for i in kept]
 
     def _record(self, name: str, loaded, counts: list[int], arrived: list[int], taken_ns: int, compute_ns: int) -> None:
@@ -256,6 +273,5 @@ class NativeFront:
     def _count_dropped(self, route: _Route) -> None:
         cancelled, expired = self._front.dropped(route.handle)
         if cancelled or expired:
-            version = route.version or route.model.default_version
-            metrics.requests(METHOD, route.model.name, version, "CANCELLED").inc(cancelled)
-            metrics.requests(METHOD, route.model.name, version, "DEADLINE_EXCEEDED").inc(expired)
+            metrics.requests(METHOD, route.model.name, route.version, "CANCELLED").inc(cancelled)
+            metrics.requests(METHOD, route.model.name, route.version, "DEADLINE_EXCEEDED").inc(expired)

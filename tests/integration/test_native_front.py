@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from maas.inference import grpc_service_pb2 as pb
 from maas.inference import grpc_service_pb2_grpc
 from services.bench import perf_analyzer
+from services.common.front import load_extension
 from services.common.server import GrpcServer, build_server
 from services.vision.spec import SPEC
 from tests.conftest import started, vision_settings
@@ -86,8 +89,10 @@ async def test_fast_path_answers_the_bytes_the_python_front_answers(fronts):
 
 async def test_fast_path_makes_a_request_id_when_the_caller_sends_none(fronts):
     _, native = fronts
+    before = native.front.answered
     first = await call(native, INFER, infer_request(images(1)).SerializeToString())
     second = await call(native, INFER, infer_request(images(1)).SerializeToString())
+    assert native.front.answered == before + 2, "answered by the native front, not proxied"
     assert request_id(first[3]) != request_id(second[3])
     assert len(request_id(first[3])) == 32
 
@@ -177,10 +182,11 @@ async def test_statistics_count_fast_path_requests(fronts):
         raw = await call(native, "/inference.GRPCInferenceService/ModelStatistics", asked)
         return pb.ModelStatisticsResponse.FromString(raw[2]).model_stats[0]
 
-    before = await stats()
+    before, answered = await stats(), native.front.answered
     for _ in range(3):
         assert (await call(native, INFER, request))[0] == grpc.StatusCode.OK
     after = await stats()
+    assert native.front.answered == answered + 3, "answered by the native front, not proxied"
     assert after.inference_count - before.inference_count == 6
     assert after.inference_stats.success.count - before.inference_stats.success.count == 3
     assert after.execution_count - before.execution_count == 3
@@ -202,6 +208,131 @@ async def test_health_and_streams_work_through_the_proxy(fronts):
     assert [r.infer_response.id for r in responses] == ["stream-0", "missing", "stream-1", "stream-2"]
     assert [bool(r.error_message) for r in responses] == [False, True, False, False]
     assert "no_such_model" in responses[1].error_message
+
+
+async def test_a_stream_the_python_server_ends_at_once_ends_through_the_front(fronts):
+    python, native = fronts
+    results = []
+    for server in (python, native):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stream = channel.stream_stream("/inference.GRPCInferenceService/NoSuchStream")(timeout=5)
+            started_at = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                while True:
+                    if await stream.read() == grpc.aio.EOF:
+                        break
+            results.append((raised.value.code(), raised.value.details(), time.monotonic() - started_at))
+    (expected_code, expected_details, _), (code, details, elapsed) = results
+    assert expected_code == grpc.StatusCode.UNIMPLEMENTED
+    assert (code, details) == (expected_code, expected_details)
+    assert elapsed < 2, "the status came while the caller neither sent nor half-closed"
+
+
+async def test_one_route_and_pump_per_loaded_version(fronts):
+    _, native = fronts
+    model = native.models.get(MODEL)
+    ready = sorted(entry.version for entry in model.index() if entry.state == "READY")
+    pumps = sorted(t.name for t in threading.enumerate() if t.name.startswith(f"front-{MODEL}:"))
+    assert pumps == [f"front-{MODEL}:{version}" for version in ready]
+    assert all(t.daemon for t in threading.enumerate() if t.name.startswith("front-"))
+    before = native.front.answered
+    for version in ("", model.get("").version):
+        assert (await call(native, INFER, infer_request(images(1), version=version).SerializeToString()))[0] == (
+            grpc.StatusCode.OK
+        )
+    assert native.front.answered == before + 2
+
+
+async def test_a_batch_that_fails_is_answered_by_the_python_server_at_once(fronts, monkeypatch):
+    python, native = fronts
+    instance = native.models.get(MODEL).get("").model
+    predict = instance.predict
+    failed = []
+
+    def fail_once(arrays):
+        if not failed:
+            failed.append(threading.current_thread().name)
+            raise RuntimeError("injected failure")
+        return predict(arrays)
+
+    monkeypatch.setattr(instance, "predict", fail_once)
+    request = infer_request(images(1, 3), request_id="failed-batch").SerializeToString()
+    before = native.front.answered
+    got = await call(native, INFER, request, timeout=5)
+    assert failed and failed[0].startswith("front-"), "the front's batch failed"
+    assert got[0] == grpc.StatusCode.OK, got[:2]
+    assert got[2] == (await call(python, INFER, request))[2]
+    assert native.front.answered == before
+
+
+async def test_a_batch_over_the_image_limit_is_prepared_call_by_call(model_repository: Path):
+    async with started(build_server(SPEC, settings(model_repository, "native", max_images=2))) as native:
+        requests = [infer_request(images(2, seed), request_id=f"pair-{seed}").SerializeToString() for seed in range(12)]
+        before = native.front.answered
+        results = await asyncio.gather(*(call(native, INFER, r) for r in requests))
+        assert [r[0] for r in results] == [grpc.StatusCode.OK] * len(requests)
+        assert native.front.answered == before + len(requests), "answered by the native front, not proxied"
+
+
+async def queued_call(front, timeout: float):
+    """A ModelInfer for route `m` of a bare front whose route has no pump: it waits in the queue."""
+    request = pb.ModelInferRequest(model_name="m")
+    request.inputs.add(name="X", datatype="FP32", shape=[1, 2])
+    request.raw_input_contents.append(np.zeros(2, np.float32).tobytes())
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{front.port}") as channel:
+        rpc = channel.unary_unary(INFER)(request.SerializeToString(), timeout=timeout)
+        try:
+            await rpc
+        except grpc.aio.AioRpcError as exc:
+            return exc.code(), exc.details(), dict(exc.trailing_metadata() or ())
+    raise AssertionError("a call with no pump was answered")
+
+
+@pytest.fixture
+async def bare_front():
+    """The extension's front before an empty grpc.aio server, with one route `m` and no pump."""
+    upstream = grpc.aio.server()
+    port = upstream.add_insecure_port("127.0.0.1:0")
+    await upstream.start()
+    front = load_extension().Front(
+        address="127.0.0.1:0",
+        upstream=f"127.0.0.1:{port}",
+        max_message_bytes=1 << 20,
+        max_connection_age_ms=0,
+        max_connection_age_grace_ms=0,
+        id_prefix="bare",
+    )
+    handle = front.register("m", [""], [("X", "FP32", [2])], [("Y", "FP32", [])], 8, 10)
+    yield front, handle
+    await asyncio.to_thread(front.shutdown, 0)
+    await upstream.stop(0)
+
+
+async def test_a_call_whose_deadline_passes_in_the_queue_counts_as_expired(bare_front):
+    front, handle = bare_front
+    code, *_ = await queued_call(front, timeout=0.3)
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert front.take(handle, 8, 1000) is None
+    assert front.dropped(handle) == (0, 1)
+
+
+async def test_shutdown_fails_the_calls_still_queued_after_the_grace(bare_front):
+    front, _ = bare_front
+    caller = asyncio.ensure_future(queued_call(front, timeout=30))
+    for _ in range(100):
+        if front.in_flight:
+            break
+        await asyncio.sleep(0.01)
+    assert front.in_flight == 1
+    started_at = time.monotonic()
+    stopping = threading.Thread(target=front.shutdown, args=(0.2,), daemon=True)
+    stopping.start()
+    await asyncio.to_thread(stopping.join, 5)
+    assert not stopping.is_alive(), "shutdown returned"
+    assert time.monotonic() - started_at < 2
+    code, *_ = await caller
+    assert code == grpc.StatusCode.UNAVAILABLE
+    assert front.in_flight == 0
 
 
 def slow_echo(ms: int) -> bytes:

@@ -23,6 +23,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "maas/inference/grpc_service.pb.h"
@@ -143,6 +144,7 @@ class Call : public grpc::ServerGenericBidiReactor {
   bool proxying_ = false;
   bool write_hold_ = false;
   bool initial_metadata_sent_ = false;
+  bool upstream_closed_ = false;  // the upstream call has its status: it may be done at any moment
   int holds_ = 1;
   std::unique_ptr<grpc::ClientContext> upstream_ctx_;
   Upstream upstream_{this};
@@ -192,11 +194,15 @@ class Front {
 
   int port() const { return port_; }
 
-  int Register(const std::string& model, const std::string& version, const std::vector<py::tuple>& inputs,
-               const std::vector<py::tuple>& outputs, int64_t max_rows, size_t queue_limit) {
+  // One route (one queue, one pump) for a loaded model version, under every version name in `versions` that
+  // asks for it (its own, and "" for the default).
+  int Register(const std::string& model, const std::vector<std::string>& versions,
+               const std::vector<py::tuple>& inputs, const std::vector<py::tuple>& outputs, int64_t max_rows,
+               size_t queue_limit) {
+    if (versions.empty()) throw std::invalid_argument("a route needs a version");
     auto route = std::make_unique<Route>();
     route->model = model;
-    route->version = version;
+    route->version = versions.front();
     route->max_rows = max_rows;
     route->queue_limit = queue_limit;
     for (auto* specs : {&inputs, &outputs}) {
@@ -215,7 +221,7 @@ class Front {
     }
     std::lock_guard<std::mutex> lock(routes_mu_);
     routes_.push_back(std::move(route));
-    by_name_[{model, version}] = routes_.back().get();
+    for (const auto& version : versions) by_name_[{model, version}] = routes_.back().get();
     return static_cast<int>(routes_.size() - 1);
   }
 
@@ -231,23 +237,24 @@ class Front {
   }
 
   // Stop accepting calls and let those in flight finish for up to `grace_s` seconds, then close the
-  // routes (their pumps' `take` returns None).
+  // routes (their pumps' `take` returns None) and fail the calls still queued with UNAVAILABLE: the
+  // server's shutdown waits for every call to finish, and a queued one is finished only by its pump.
   void Shutdown(double grace_s) {
     std::unique_ptr<grpc::Server> server;
     {
       std::lock_guard<std::mutex> lock(routes_mu_);
       server = std::move(server_);
     }
-    if (server) {
-      server->Shutdown(std::chrono::system_clock::now() +
-                       std::chrono::microseconds(static_cast<int64_t>(grace_s * 1e6)));
-      server->Wait();
+    auto deadline = std::chrono::system_clock::now() + std::chrono::microseconds(static_cast<int64_t>(grace_s * 1e6));
+    std::thread stopping;
+    if (server) stopping = std::thread([&server, deadline] { server->Shutdown(deadline); });
+    while (in_flight_.load() > 0 && std::chrono::system_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
-    std::lock_guard<std::mutex> lock(routes_mu_);
-    for (auto& route : routes_) {
-      std::lock_guard<std::mutex> route_lock(route->mu);
-      route->closed = true;
-      route->ready.notify_all();
+    Close();
+    if (server) {
+      stopping.join();
+      server->Wait();
     }
   }
 
@@ -258,6 +265,18 @@ class Front {
   }
 
   grpc::GenericStub* stub() { return stub_.get(); }
+
+  // Close every route: its pump's `take` returns None, and the calls still queued are failed.
+  void Close() {
+    std::lock_guard<std::mutex> lock(routes_mu_);
+    for (auto& route : routes_) {
+      std::lock_guard<std::mutex> route_lock(route->mu);
+      route->closed = true;
+      for (Call* call : route->queue) call->Fail(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
+      route->queue.clear();
+      route->ready.notify_all();
+    }
+  }
 
   // From now on every call goes to the Python server (which refuses new ones while it drains); calls
   // queued here are still answered here.
@@ -365,6 +384,7 @@ bool Call::Fast() {
 void Call::OnReadDone(bool ok) {
   std::unique_lock<std::recursive_mutex> lock(mu_);
   if (proxying_) {
+    if (upstream_closed_) return;
     if (ok) {
       upstream_.StartWrite(&in_);
     } else {
@@ -414,6 +434,7 @@ void Call::StartProxy(bool have_message) {
 
 void Call::UpstreamWriteDone(bool ok) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
+  if (upstream_closed_) return;
   if (ok) {
     StartRead(&in_);
   } else {
@@ -429,9 +450,15 @@ void Call::PassInitialMetadata() {
   }
 }
 
+// The end of the upstream responses: the call's status is there, so the write hold goes (the caller
+// need not send or half-close for it to be passed on) and nothing more is written up.
 void Call::UpstreamReadDone(bool ok) {
-  if (!ok) return;
   std::lock_guard<std::recursive_mutex> lock(mu_);
+  if (!ok) {
+    upstream_closed_ = true;
+    ReleaseWriteHold();
+    return;
+  }
   upstream_.AddHold();
   PassInitialMetadata();
   StartWrite(&down_);
@@ -489,6 +516,7 @@ void Call::Answer(grpc::ByteBuffer&& response) {
 
 void Call::Fail(grpc::StatusCode code, const std::string& details) {
   front_->Leave();
+  ctx_->AddTrailingMetadata(kRequestIdKey, request_id_);
   Finish(grpc::Status(code, details));
 }
 
@@ -505,7 +533,8 @@ Batch::~Batch() {
 
 // Take up to `max_rows` rows of queued calls, waiting up to `timeout_us` for the first; None when none
 // came or the front is closed, else (batch, each call's rows, each call's arrival on the monotonic clock in
-// ns, as Python's time.monotonic_ns). Calls whose deadline passed or that were cancelled are finished here.
+// ns, as Python's time.monotonic_ns). Calls whose deadline passed (checked first: a passed deadline also cancels the call) or that were
+// cancelled are finished here.
 py::object Take(Front& front, int handle, int64_t max_rows, int64_t timeout_us) {
   Route* route = front.route(handle);
   auto batch = std::make_unique<Batch>();
@@ -520,16 +549,16 @@ py::object Take(Front& front, int handle, int64_t max_rows, int64_t timeout_us) 
       auto now = std::chrono::system_clock::now();
       while (!route->queue.empty()) {
         Call* call = route->queue.front();
-        if (call->cancelled()) {
-          route->queue.pop_front();
-          ++route->cancelled;
-          call->Fail(grpc::StatusCode::CANCELLED, "Cancelled");
-          continue;
-        }
         if (call->Expired(now)) {
           route->queue.pop_front();
           ++route->expired;
           call->Fail(grpc::StatusCode::DEADLINE_EXCEEDED, "Deadline Exceeded");
+          continue;
+        }
+        if (call->cancelled()) {
+          route->queue.pop_front();
+          ++route->cancelled;
+          call->Fail(grpc::StatusCode::CANCELLED, "Cancelled");
           continue;
         }
         if (!batch->calls.empty() && rows + call->rows > max_rows) break;
@@ -549,10 +578,20 @@ py::object Take(Front& front, int handle, int64_t max_rows, int64_t timeout_us) 
   return py::make_tuple(py::cast(batch.release(), py::return_value_policy::take_ownership), counts, arrived);
 }
 
+bool Contiguous(const py::buffer_info& info) {
+  py::ssize_t stride = info.itemsize;
+  for (py::ssize_t d = info.ndim - 1; d >= 0; --d) {
+    if (info.shape[d] != 1 && info.strides[d] != stride) return false;
+    stride *= info.shape[d];
+  }
+  return true;
+}
+
 // Copy the raw contents of registered input `slot` of every call of `batch`, one after another, into
 // `into` (a writable C-contiguous buffer of exactly their size, e.g. a numpy array).
 void Fill(Batch& batch, size_t slot, py::buffer into) {
   py::buffer_info info = into.request(true);
+  if (!Contiguous(info)) throw std::invalid_argument("the buffer is not C-contiguous");
   size_t size = static_cast<size_t>(info.size * info.itemsize), needed = 0;
   for (Call* call : batch.calls) needed += call->request().raw_input_contents(call->input_order.at(slot)).size();
   if (size != needed) throw std::invalid_argument("the buffer does not fit the batch's input");
@@ -565,19 +604,11 @@ void Fill(Batch& batch, size_t slot, py::buffer into) {
   }
 }
 
-bool Contiguous(const py::buffer_info& info) {
-  py::ssize_t stride = info.itemsize;
-  for (py::ssize_t d = info.ndim - 1; d >= 0; --d) {
-    if (info.shape[d] != 1 && info.strides[d] != stride) return false;
-    stride *= info.shape[d];
-  }
-  return true;
-}
-
 // Answer every call of `batch` with its rows of `outputs` (C-contiguous buffers in the registered order,
 // of the registered datatypes' sizes), as the model version `version`.
 void Reply(Batch& batch, const std::string& version, const std::vector<py::buffer>& outputs) {
   if (batch.settled) throw std::invalid_argument("batch already answered");
+  if (batch.calls.empty()) throw std::invalid_argument("the batch has no calls");
   Route* route = batch.route;
   if (outputs.size() != route->outputs.size()) throw std::invalid_argument("one array per registered output");
   int64_t rows = 0;
@@ -650,13 +681,14 @@ PYBIND11_MODULE(_front, m) {
   m.doc() = "The native gRPC front of a model service (see services.common.front).";
   py::class_<Batch>(m, "Batch")
       .def("__len__", [](const Batch& batch) { return batch.calls.size(); })
+      .def_property_readonly("settled", [](const Batch& batch) { return batch.settled; })
       .def("fill", &Fill, py::arg("slot"), py::arg("into"));
   py::class_<Front>(m, "Front")
       .def(py::init<const std::string&, const std::string&, int, int64_t, int64_t, const std::string&>(),
            py::arg("address"), py::arg("upstream"), py::arg("max_message_bytes"), py::arg("max_connection_age_ms"),
            py::arg("max_connection_age_grace_ms"), py::arg("id_prefix"))
       .def_property_readonly("port", &Front::port)
-      .def("register", &Front::Register, py::arg("model"), py::arg("version"), py::arg("inputs"), py::arg("outputs"),
+      .def("register", &Front::Register, py::arg("model"), py::arg("versions"), py::arg("inputs"), py::arg("outputs"),
            py::arg("max_rows"), py::arg("queue_limit"))
       .def("take", &Take, py::arg("handle"), py::arg("max_rows"), py::arg("timeout_us"))
       .def("dropped", &Dropped, py::arg("handle"))
