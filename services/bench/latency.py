@@ -271,9 +271,9 @@ async def _open_capacity(call: Call, requests: list[bytes], closed: float, targe
             outcomes = await open_loop(call, requests, lambda _t, r=rate: r, seconds, seed)
             parts.append(Point("probe", rate, seconds, outcomes, target_ms))
         p99 = float(np.median([part.served_p99_ms for part in parts]))
-        shed = sum(sum(o.shed for o in part.outcomes) for part in parts) / max(1, sum(len(p.outcomes) for p in parts))
-        probes.append((rate, p99, shed))
-        if p99 <= target_ms and shed <= PROBE_SHED and not any(part.failed for part in parts):
+        whole = Point("probe", rate, seconds * PROBE_PARTS, [o for part in parts for o in part.outcomes], target_ms)
+        probes.append((rate, p99, whole.shed))
+        if p99 <= target_ms and whole.shed <= PROBE_SHED and not whole.failed:
             best, low = rate, rate
         else:
             high = rate

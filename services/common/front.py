@@ -64,6 +64,9 @@ class _Route:
     handle: int
     model: ModelVersions
     version: str
+    batch_rows: metrics.Histogram
+    compute_seconds: metrics.Histogram
+    queue_seconds: metrics.Histogram
 
 
 class NativeFront:
@@ -81,7 +84,8 @@ class NativeFront:
             RuntimeError: the extension is not built, or `address` could not be bound.
         """
         self._settings = settings
-        self._front = load_extension().Front(
+        self._native = load_extension()
+        self._front = self._native.Front(
             address=address,
             upstream=f"127.0.0.1:{upstream_port}",
             max_message_bytes=settings.max_message_bytes,
@@ -134,7 +138,15 @@ class NativeFront:
                 handle = self._front.register(
                     model.name, names, inputs, outputs, limits.max_batch_size, self._settings.max_queue_size
                 )
-                route = _Route(handle, model, version)
+                labels = (model.name, version)
+                route = _Route(
+                    handle,
+                    model,
+                    version,
+                    metrics.BATCH_ROWS.labels(*labels),
+                    metrics.COMPUTE_SECONDS.labels(*labels),
+                    metrics.QUEUE_SECONDS.labels(*labels),
+                )
                 pump = threading.Thread(
                     target=self._pump,
                     args=(route, limits.max_batch_size),
@@ -189,7 +201,7 @@ class NativeFront:
                     loaded = model.get(route.version)
                 except (ModelNotFound, ModelNotReady) as exc:
                     log.warning("native front: %s; the Python server answers its calls", exc)
-                    load_extension().fallback(batch, range(len(batch)))
+                    self._native.fallback(batch, range(len(batch)))
                     continue
                 instance = loaded.model
                 batch, arrays, counts, arrived = self._prepared(instance, batch, arrays, counts, arrived)
@@ -202,14 +214,14 @@ class NativeFront:
                     np.ascontiguousarray(outputs[spec.name], dtype)
                     for spec, dtype in zip(model.outputs, dtypes, strict=True)
                 ]
-                self._record(model.name, loaded, counts, arrived, taken_ns, compute_ns)
-                load_extension().reply(batch, loaded.version, results)
+                self._record(route, loaded.stats, counts, arrived, taken_ns, compute_ns)
+                self._native.reply(batch, loaded.version, results)
             except Exception:
                 log.exception(
                     "native front: %s:%s failed a batch; the Python server answers it", model.name, route.version
                 )
                 if not batch.settled:
-                    load_extension().fallback(batch, range(len(batch)))
+                    self._native.fallback(batch, range(len(batch)))
             finally:
                 del batch
 
@@ -245,26 +257,27 @@ class NativeFront:
                 bad.append(index)
                 continue
             kept.append(index)
-        batch = load_extension().fallback(batch, bad)
+        batch = self._native.fallback(batch, bad)
         if not kept:
             return batch, arrays, [], []
         arrays = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
         return batch, arrays, [counts[i] for i in kept], [arrived[i] for i in kept]
 
-    def _record(self, name: str, loaded, counts: list[int], arrived: list[int], taken_ns: int, compute_ns: int) -> None:
+    def _record(
+        self, route: _Route, stats, counts: list[int], arrived: list[int], taken_ns: int, compute_ns: int
+    ) -> None:
         """Record a batch's calls as the Python path does (v2 statistics and Prometheus series), before they
         are answered, so that a caller who has its answer finds it counted."""
-        version, stats, rows = loaded.version, loaded.stats, sum(counts)
+        name, version = route.model.name, route.version
         done_ns = time.monotonic_ns()
-        stats.record_execution(rows, compute_ns)
-        metrics.BATCH_ROWS.labels(name, version).observe(rows)
-        metrics.COMPUTE_SECONDS.labels(name, version).observe(compute_ns / 1e9)
-        queue_seconds = metrics.QUEUE_SECONDS.labels(name, version)
+        stats.record_execution(sum(counts), compute_ns)
+        route.batch_rows.observe(sum(counts))
+        route.compute_seconds.observe(compute_ns / 1e9)
         request_seconds = metrics.request_seconds(METHOD, name, version)
         for count, arrival in zip(counts, arrived, strict=True):
             stats.record_compute(taken_ns - arrival, compute_ns)
             stats.record_request(True, done_ns - arrival, count)
-            queue_seconds.observe((taken_ns - arrival) / 1e9)
+            route.queue_seconds.observe((taken_ns - arrival) / 1e9)
             request_seconds.observe((done_ns - arrival) / 1e9)
         metrics.requests(METHOD, name, version, "OK").inc(len(counts))
         with self._answered_lock:

@@ -222,6 +222,7 @@ class Front {
     std::lock_guard<std::mutex> lock(routes_mu_);
     routes_.push_back(std::move(route));
     for (const auto& version : versions) by_name_[{model, version}] = routes_.back().get();
+    routed_.store(true);
     return static_cast<int>(routes_.size() - 1);
   }
 
@@ -282,6 +283,8 @@ class Front {
   // queued here are still answered here.
   void Drain() { draining_.store(true); }
   bool draining() const { return draining_.load(); }
+  // Whether any route is registered: with none, a ModelInfer is proxied without being parsed here.
+  bool routed() const { return routed_.load(); }
   // Calls queued or being answered here.
   int64_t in_flight() const { return in_flight_.load(); }
   void Enter() { in_flight_.fetch_add(1); }
@@ -291,6 +294,7 @@ class Front {
   std::string id_prefix_;
   std::atomic<uint64_t> request_counter_{0};
   std::atomic<bool> draining_{false};
+  std::atomic<bool> routed_{false};
   std::atomic<int64_t> in_flight_{0};
   Service service_;
   std::shared_ptr<grpc::Channel> channel_;
@@ -312,7 +316,7 @@ bool SaneRequestId(grpc::string_ref value) {
 
 Call::Call(Front* front, grpc::GenericCallbackServerContext* ctx) : front_(front), ctx_(ctx) {
   arrived_ns = now_ns();
-  if (ctx_->method() != kInferMethod) {
+  if (ctx_->method() != kInferMethod || !front_->routed() || front_->draining()) {
     StartProxy(false);
     return;
   }
@@ -330,9 +334,9 @@ Call::Call(Front* front, grpc::GenericCallbackServerContext* ctx) : front_(front
 }
 
 bool Call::Fast() {
+  if (front_->draining()) return false;
   grpc::ProtoBufferReader reader(&in_);
   if (!request_.ParseFromZeroCopyStream(&reader)) return false;
-  if (front_->draining()) return false;
   const auto& request = request_;
   for (const auto& [key, value] : request.parameters()) {
     if (key != kIgnoredParameter || value.parameter_choice_case() == inference::InferParameter::PARAMETER_CHOICE_NOT_SET)
