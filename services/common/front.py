@@ -257,11 +257,9 @@ class NativeFront:
                 bad.append(index)
                 continue
             kept.append(index)
-        batch = self._native.fallback(batch, bad)
-        if not kept:
-            return batch, arrays, [], []
-        arrays = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
-        return batch, arrays, [counts[i] for i in kept], [arrived[i] for i in kept]
+        if kept:
+            arrays = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+        return self._native.fallback(batch, bad), arrays, [counts[i] for i in kept], [arrived[i] for i in kept]
 
     def _record(
         self, route: _Route, stats, counts: list[int], arrived: list[int], taken_ns: int, compute_ns: int

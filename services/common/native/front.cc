@@ -7,6 +7,7 @@
 // byte for byte to the service's Python server on a loopback port, so its answers, errors included,
 // are the Python server's own.
 
+#include <grpc/grpc.h>
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
@@ -683,6 +684,9 @@ std::pair<uint64_t, uint64_t> Dropped(Front& front, int handle) {
 
 PYBIND11_MODULE(_front, m) {
   m.doc() = "The native gRPC front of a model service (see services.common.front).";
+  // The gRPC library stays up for the life of the process: without this reference it would be shut
+  // down with the last front and brought up again with the next, whose shutdown threads may still run.
+  grpc_init();
   py::class_<Batch>(m, "Batch")
       .def("__len__", [](const Batch& batch) { return batch.calls.size(); })
       .def_property_readonly("settled", [](const Batch& batch) { return batch.settled; })
