@@ -13,8 +13,6 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from grpc_tools import protoc
-
 PROTO_ROOT = Path(__file__).resolve().parent.parent / "protos"
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
@@ -40,6 +38,10 @@ def generate(out: Path, root: Path = PROTO_ROOT) -> None:
     Raises:
         RuntimeError: protoc reported an error.
     """
+    # Imported here: protoc's C++ protobuf, once loaded, keeps the native front out of the process
+    # (services/common/front.py, `load_extension`), and the other functions here do not need it.
+    from grpc_tools import protoc
+
     include = str(resources.files("grpc_tools") / "_proto")
     protos = [str(p) for p in proto_files(root)]
     out.mkdir(parents=True, exist_ok=True)
