@@ -119,6 +119,9 @@ class Workload:
     requests: list[v2pb.ModelInferRequest]
     target: Callable[[float], float]
     target_rule: str
+    front: str
+    """The front of the targeted service (`MAAS_<SERVICE>_FRONT`); the static delays run on the Python
+    front, whose batcher has the queue delay."""
 
 
 async def open_loop(
@@ -159,7 +162,7 @@ async def open_loop(
     return list(await asyncio.gather(*tasks))
 
 
-def _env(workload: Workload, config: BenchConfig, **settings: float) -> dict[str, str]:
+def _env(workload: Workload, config: BenchConfig, **settings: float | str) -> dict[str, str]:
     prefix = f"MAAS_{workload.service.upper()}_"
     env = {"MAAS_MODEL_REPOSITORY": str(config.repository), f"{prefix}METRICS_PORT": "0"}
     return env | {f"{prefix}{key.upper()}": str(value) for key, value in settings.items()}
@@ -213,7 +216,7 @@ def _ahead_of_servers() -> Iterator[bool]:
                 os.sched_setaffinity(tid, allowed)
 
 
-async def _run(workload: Workload, config: BenchConfig, settings: dict[str, float], body: Callable):
+async def _run(workload: Workload, config: BenchConfig, settings: dict[str, float | str], body: Callable):
     """Start the service with `settings`, warm it up, then return what `body(call, requests)` measures
     against it (`call`: `_infer`; `requests`: the workload's, serialized)."""
     requests = [r.SerializeToString() for r in workload.requests]
@@ -368,8 +371,8 @@ def _workloads(config: BenchConfig) -> list[Workload]:
     ids, mask, _ = tokenizer.encode_arrays(first_sentences(texts, tokenizer, SHORT_TOKENS)[:256])
     short = sequence_requests(EMBED_MODEL, ids, mask)
     return [
-        Workload(VISION_MODEL, "vision", image_requests, lambda _p50: 10.0, "10 ms"),
-        Workload(EMBED_MODEL, "transformer", short, lambda p50: 4 * p50, "4x c1 p50"),
+        Workload(VISION_MODEL, "vision", image_requests, lambda _p50: 10.0, "10 ms", "native"),
+        Workload(EMBED_MODEL, "transformer", short, lambda p50: 4 * p50, "4x c1 p50", "python"),
     ]
 
 
@@ -398,7 +401,9 @@ async def latency_section(config: BenchConfig) -> Section:
                 else "Client and server share the machine's cores (fewer than two here to separate them). "
             )
             + "fashion_cnn: one test image per request, "
-            "T = 10 ms. minilm_embed: short texts (first sentences of reviews, at most "
+            "T = 10 ms, the targeted service on the native front (docs/native-front.md; its routes hold the "
+            "target in C++, on the batch cost its pumps fit), the static delays and the capacity sweep on the "
+            "Python front. minilm_embed (Python front throughout): short texts (first sentences of reviews, at most "
             f"{SHORT_TOKENS} tokens), T = 4x its served p50 at concurrency 1. The service's MAX_LATENCY_MS is T "
             "less the p99 of the calls' time outside the service (the client's time less the `total_us` the "
             "service answered in `maas-timing`, at the capacity point of the sweep), since the service holds "
@@ -435,7 +440,10 @@ async def latency_section(config: BenchConfig) -> Section:
             return capacity, probes, await _open_loops(call, requests, plan)
 
         capacity, probes, (*targeted, step) = await _run(
-            workload, config, {"max_latency_ms": round(budget, 2), "max_concurrent_rpcs": rpc_limit}, targeted_runs
+            workload,
+            config,
+            {"max_latency_ms": round(budget, 2), "max_concurrent_rpcs": rpc_limit, "front": workload.front},
+            targeted_runs,
         )
         points: dict[tuple[str, float], Point] = {}
         for delay in config.static_delays_ms:

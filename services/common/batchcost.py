@@ -24,6 +24,11 @@ only that slow: a batch stalled by something else on the machine must not teach 
 is slow. A machine that really slows down still moves the fit, by that much per batch. The clip is a
 share of the prediction, not a multiple of the recent errors, so that stalls in a row cannot feed the
 margin that lets the next stall in."""
+LATE_SHARE = 0.005
+"""With a latency target, the share of served requests that may end past it: admission steers toward it."""
+STEER_SHARE = 0.05
+"""How far one late request moves what admission forgives of the cost fit's margin, as a share of the
+target (a request in time moves it back by `LATE_SHARE / (1 - LATE_SHARE)` of that)."""
 
 
 class BatchCost:
@@ -92,3 +97,21 @@ class BatchCost:
         self._xx = d * self._xx + work * work
         self._xy = d * self._xy + work * ns
         self.batches += 1
+
+
+class Steer:
+    """How much of a cost fit's margin admission forgives. The margin (the slow batches' spread) is added
+    to every prediction, so admission that counts it whole refuses requests that would have been in time.
+    Each request answered after the target takes `STEER_SHARE` of the target off what is forgiven, each in
+    time gives a little back, so that about `LATE_SHARE` of the requests served end late; never less than
+    nothing, nor more than the whole margin."""
+
+    def __init__(self) -> None:
+        self.forgiven_ns = 0.0
+
+    def observe(self, late: int, in_time: int, target_ns: float, margin_ns: float) -> None:
+        """Learn from `late` requests answered after the target `target_ns` and `in_time` ones answered
+        within it; `margin_ns` is the fit's margin now."""
+        step = STEER_SHARE * target_ns
+        moved = self.forgiven_ns + step * (in_time * LATE_SHARE / (1 - LATE_SHARE) - late)
+        self.forgiven_ns = min(margin_ns, max(0.0, moved))

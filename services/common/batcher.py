@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from services.common import metrics, timing
-from services.common.batchcost import BatchCost
+from services.common.batchcost import BatchCost, Steer
 from services.common.errors import Overloaded
 from services.common.stats import VersionStats
 
@@ -49,11 +49,6 @@ WAIT_SHARE = 0.5
 """With a latency target, the most of it a batch waits for batch-mates (counted from its oldest
 request's arrival): the rest is left for what the batcher does not see, the calls waiting before a
 handler takes them and the answers on their way out, which grow with load on a busy event loop."""
-LATE_SHARE = 0.005
-"""With a latency target, the share of served requests that may end past it: admission steers toward it."""
-STEER_SHARE = 0.05
-"""How far one late request moves what admission forgives of the cost fit's margin, as a share of the
-target (a request in time moves it back by `LATE_SHARE / (1 - LATE_SHARE)` of that)."""
 Predict = Callable[[Arrays], Arrays]
 
 
@@ -153,7 +148,7 @@ class DynamicBatcher:
         self._held_from_ns = 0
         self._held_until_ns = 0
         self._cost = BatchCost()
-        self._steer_ns = 0.0
+        self._steer = Steer()
         self._running_started_ns = 0
         self._running_work = 0
         self._shed = metrics.SHED.labels(name, version)
@@ -273,7 +268,7 @@ class DynamicBatcher:
             ahead = self._cost.predict_ns(request.work)
         else:
             ahead = self._running_left_ns(now) + self._drain_ns(self._pending, request)
-        if now + ahead - self._steer_ns <= request.arrived_ns + self._config.max_latency_ms * 1e6:
+        if now + ahead - self._steer.forgiven_ns <= request.arrived_ns + self._config.max_latency_ms * 1e6:
             return
         self._shed.inc()
         raise Overloaded(
@@ -420,20 +415,13 @@ class DynamicBatcher:
         )
         return True
 
-    def _steer(self, batch: list[_Request], now: int) -> None:
-        """Learn how much of the cost fit's margin admission needs. The margin (the slow batches' spread)
-        is added to every prediction, the time left of the batch running and the batch to come, so
-        admission refuses requests that would have been in time. Each request answered after the target
-        takes `STEER_SHARE` of the target off what admission forgives of the margin, each in time gives a
-        little back, so that about `LATE_SHARE` of the requests served end late; admission never counts
-        less than no margin, nor more than the whole margin."""
+    def _learn_margin(self, batch: list[_Request], now: int) -> None:
+        """Steer how much of the cost fit's margin admission forgives by how many of the batch's requests
+        (those answered, not warm-ups) end after the target (`Steer`)."""
         target = self._config.max_latency_ms * 1e6
-        step = STEER_SHARE * target
-        for request in batch:
-            if request.counted and not request.future.done():
-                late = now - request.arrived_ns > target
-                self._steer_ns += -step if late else step * LATE_SHARE / (1 - LATE_SHARE)
-        self._steer_ns = min(self._cost.margin_ns(), max(0.0, self._steer_ns))
+        served = [r for r in batch if r.counted and not r.future.done()]
+        late = sum(now - r.arrived_ns > target for r in served)
+        self._steer.observe(late, len(served) - late, target, self._cost.margin_ns())
 
     def _collate(self, batch: list[_Request]) -> Arrays:
         """Pad and concatenate the batch's inputs (always a fresh, writable array, as torch wants)."""
@@ -502,7 +490,7 @@ class DynamicBatcher:
             self._callers_in_play = sum(not r.future.done() for r in (*batch, *self._pending))
         compute_ns = time.perf_counter_ns() - started
         if self._config.max_latency_ms:
-            self._steer(batch, started + compute_ns)
+            self._learn_margin(batch, started + compute_ns)
         self._record(
             rows, work, compute_ns, [wait for request, wait in zip(batch, waits, strict=True) if request.counted]
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 import time
 import uuid
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.common import metrics
+from services.common.batchcost import BatchCost, Steer
 from services.common.codec import FIXED_DTYPES
 from services.common.errors import MaasError, ModelNotFound, ModelNotReady
 from services.common.settings import ServiceSettings
@@ -35,12 +37,25 @@ IDLE_POLL_SECONDS = 0.005
 METHOD = "ModelInfer"
 
 
+CLASHING_MODULES = ("grpc_tools._protoc_compiler",)
+"""Extensions that carry their own C++ protobuf and export its process-wide (GNU unique) symbols: the
+front's libprotobuf would bind to their copies of its globals, of another protobuf version's layout, and
+abort or crash the process when it loads."""
+
+
 def load_extension():
     """The compiled front, `services.common.native._front`.
 
     Raises:
-        RuntimeError: it is not built (`make native`).
+        RuntimeError: it is not built (`make native`), or the process has loaded one of
+            `CLASHING_MODULES` (grpcio-tools' protoc).
     """
+    clashing = [name for name in CLASHING_MODULES if name in sys.modules]
+    if clashing:
+        raise RuntimeError(
+            f"front=native cannot load in a process that has loaded {', '.join(clashing)}: its C++ protobuf "
+            "clashes with the front's; run protoc in a process of its own"
+        )
     try:
         from services.common.native import _front
     except ImportError as exc:
@@ -59,7 +74,7 @@ def routable(model: ModelVersions) -> bool:
     return all(not spec.optional and all(dim >= 0 for dim in spec.shape[1:]) for spec in model.inputs)
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Route:
     handle: int
     model: ModelVersions
@@ -67,6 +82,9 @@ class _Route:
     batch_rows: metrics.Histogram
     compute_seconds: metrics.Histogram
     queue_seconds: metrics.Histogram
+    target_ns: int
+    cost: BatchCost
+    steer: Steer
 
 
 class NativeFront:
@@ -111,8 +129,10 @@ class NativeFront:
     def route(self, models: ModelRegistry) -> list[str]:
         """Answer the routable models' requests here: one route per version loaded now, each with one pump
         thread (so one predict per version at a time, as on the Python path); requests naming no version
-        ("") go to the route of the default version at this moment. None with a latency target
-        (`max_latency_ms`), which the batcher enforces.
+        ("") go to the route of the default version at this moment. With a latency target
+        (`max_latency_ms`), each route holds its calls to it as the batcher does: it learns its batches'
+        cost, and the C++ side refuses a call at arrival that the work ahead would make late, and drops
+        one that waited too long to end in time (RESOURCE_EXHAUSTED with a retry delay).
 
         Args:
             models: the service's models.
@@ -121,8 +141,7 @@ class NativeFront:
             The routes, as `model:version`, the default's followed by " (default)".
         """
         routes: list[str] = []
-        if getattr(self._settings, "max_latency_ms", 0):
-            return routes
+        target_ns = round(getattr(self._settings, "max_latency_ms", 0) * 1e6)
         for model in models:
             if not routable(model):
                 continue
@@ -136,7 +155,7 @@ class NativeFront:
                 version = entry.version
                 names = [version, ""] if version == default else [version]
                 handle = self._front.register(
-                    model.name, names, inputs, outputs, limits.max_batch_size, self._settings.max_queue_size
+                    model.name, names, inputs, outputs, limits.max_batch_size, self._settings.max_queue_size, target_ns
                 )
                 labels = (model.name, version)
                 route = _Route(
@@ -146,6 +165,9 @@ class NativeFront:
                     metrics.BATCH_ROWS.labels(*labels),
                     metrics.COMPUTE_SECONDS.labels(*labels),
                     metrics.QUEUE_SECONDS.labels(*labels),
+                    target_ns,
+                    BatchCost(),
+                    Steer(),
                 )
                 pump = threading.Thread(
                     target=self._pump,
@@ -215,6 +237,8 @@ class NativeFront:
                     for spec, dtype in zip(model.outputs, dtypes, strict=True)
                 ]
                 self._record(route, loaded.stats, counts, arrived, taken_ns, compute_ns)
+                if route.target_ns:
+                    self._learn(route, sum(counts), compute_ns, arrived)
                 self._native.reply(batch, loaded.version, results)
             except Exception:
                 log.exception(
@@ -281,8 +305,24 @@ class NativeFront:
         with self._answered_lock:
             self._answered += len(counts)
 
+    def _learn(self, route: _Route, rows: int, compute_ns: int, arrived: list[int]) -> None:
+        """Fit the route's batch cost and steer its margin (as the batcher does, `BatchCost` and `Steer`),
+        and hand both to the C++ side, which admits calls by them: before the batch is answered, so that its
+        callers' next calls meet the cost it taught."""
+        route.cost.observe(rows, compute_ns)
+        done_ns = time.monotonic_ns()
+        late = sum(done_ns - arrival > route.target_ns for arrival in arrived)
+        margin = route.cost.margin_ns()
+        route.steer.observe(late, len(arrived) - late, route.target_ns, margin)
+        if route.cost.ready:
+            fixed, per_row = route.cost.line()
+            self._front.set_cost(route.handle, fixed, per_row, margin - route.steer.forgiven_ns)
+
     def _count_dropped(self, route: _Route) -> None:
-        cancelled, expired = self._front.dropped(route.handle)
-        if cancelled or expired:
-            metrics.requests(METHOD, route.model.name, route.version, "CANCELLED").inc(cancelled)
-            metrics.requests(METHOD, route.model.name, route.version, "DEADLINE_EXCEEDED").inc(expired)
+        cancelled, expired, shed = self._front.dropped(route.handle)
+        if cancelled or expired or shed:
+            name, version = route.model.name, route.version
+            metrics.requests(METHOD, name, version, "CANCELLED").inc(cancelled)
+            metrics.requests(METHOD, name, version, "DEADLINE_EXCEEDED").inc(expired)
+            metrics.requests(METHOD, name, version, "RESOURCE_EXHAUSTED").inc(shed)
+            metrics.SHED.labels(name, version).inc(shed)

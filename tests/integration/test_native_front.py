@@ -8,7 +8,10 @@ the same request computed alone in the last bits of its probabilities (the kerne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -17,15 +20,17 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from maas.inference import grpc_service_pb2 as pb
 from maas.inference import grpc_service_pb2_grpc
 from services.bench import perf_analyzer
+from services.common.batchcost import MIN_BATCHES
 from services.common.front import load_extension
 from services.common.server import GrpcServer, build_server
 from services.vision.spec import SPEC
-from tests.conftest import started, vision_settings
+from tests.conftest import REPO_ROOT, started, vision_settings
 from tests.integration.processes import maas_process
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -274,6 +279,17 @@ async def test_a_batch_over_the_image_limit_is_prepared_call_by_call(model_repos
         assert native.front.answered == before + len(requests), "answered by the native front, not proxied"
 
 
+async def test_a_latency_target_is_held_here_on_the_cost_the_pump_learns(model_repository: Path):
+    """A 10 us target no image meets: the calls before the cost is known are answered here; then each
+    call, which alone would end late, is refused at once."""
+    async with started(build_server(SPEC, settings(model_repository, "native", max_latency_ms=0.01))) as native:
+        request = infer_request(images(1)).SerializeToString()
+        before = native.front.answered
+        codes = [(await call(native, INFER, request))[0] for _ in range(MIN_BATCHES + 3)]
+        assert codes == [grpc.StatusCode.OK] * MIN_BATCHES + [grpc.StatusCode.RESOURCE_EXHAUSTED] * 3
+        assert native.front.answered == before + MIN_BATCHES, "answered by the native front, not proxied"
+
+
 async def queued_call(front, timeout: float):
     """A ModelInfer for route `m` of a bare front whose route has no pump: it waits in the queue."""
     request = pb.ModelInferRequest(model_name="m")
@@ -291,6 +307,22 @@ async def queued_call(front, timeout: float):
 @pytest.fixture
 async def bare_front():
     """The extension's front before an empty grpc.aio server, with one route `m` and no pump."""
+    async with bare(target_ns=0) as front:
+        yield front
+
+
+@pytest.fixture
+async def targeted_front():
+    """`bare_front` whose route has a latency target of `TARGET_NS`."""
+    async with bare(target_ns=TARGET_NS) as front:
+        yield front
+
+
+TARGET_NS = 20_000_000
+
+
+@contextlib.asynccontextmanager
+async def bare(target_ns: int):
     upstream = grpc.aio.server()
     port = upstream.add_insecure_port("127.0.0.1:0")
     await upstream.start()
@@ -302,7 +334,7 @@ async def bare_front():
         max_connection_age_grace_ms=0,
         id_prefix="bare",
     )
-    handle = front.register("m", [""], [("X", "FP32", [2])], [("Y", "FP32", [])], 8, 10)
+    handle = front.register("m", [""], [("X", "FP32", [2])], [("Y", "FP32", [])], 8, 10, target_ns)
     yield front, handle
     await asyncio.to_thread(front.shutdown, 0)
     await upstream.stop(0)
@@ -313,7 +345,55 @@ async def test_a_call_whose_deadline_passes_in_the_queue_counts_as_expired(bare_
     code, *_ = await queued_call(front, timeout=0.3)
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert front.take(handle, 8, 1000) is None
-    assert front.dropped(handle) == (0, 1)
+    assert front.dropped(handle) == (0, 1, 0)
+
+
+async def queued(front, count: int) -> None:
+    for _ in range(100):
+        if front.in_flight == count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{front.in_flight} calls queued, not {count}")
+
+
+async def test_a_call_the_work_ahead_would_make_late_is_refused_at_once_with_a_retry_delay(targeted_front):
+    front, handle = targeted_front
+    front.set_cost(handle, fixed_ns=50e6, per_row_ns=0.0, margin_ns=0.0)
+    first = asyncio.ensure_future(queued_call(front, timeout=10))
+    await queued(front, 1)
+    code, details, trailing = await queued_call(front, timeout=10)
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "cannot answer within its 20 ms target now" in details
+    assert not first.done(), "the idle route's call is queued, not refused"
+    status = status_pb2.Status.FromString(trailing["grpc-status-details-bin"])
+    assert (status.code, status.message) == (grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], details)
+    retry = error_details_pb2.RetryInfo()
+    assert status.details[0].Unpack(retry)
+    assert retry.retry_delay.ToNanoseconds() == 50_000_000, "the retry delay is the work ahead, one 50 ms batch"
+    assert "x-request-id" in trailing
+    assert front.dropped(handle) == (0, 0, 1)
+    batch, counts, _ = front.take(handle, 8, 1000)
+    assert counts == [1]
+    del batch
+    assert (await first)[0] == grpc.StatusCode.UNIMPLEMENTED, "the batch dropped unanswered goes to the Python server"
+
+
+async def test_a_queued_call_that_can_no_longer_end_in_time_is_refused_when_its_batch_is_taken(targeted_front):
+    front, handle = targeted_front
+    front.set_cost(handle, fixed_ns=1e6, per_row_ns=0.0, margin_ns=0.0)
+    calls = [asyncio.ensure_future(queued_call(front, timeout=10)) for _ in range(2)]
+    await queued(front, 2)
+    await asyncio.sleep(2 * TARGET_NS / 1e9)
+    batch, counts, _ = front.take(handle, 8, 1000)
+    assert counts == [1], "the first call, admitted by the idle route, runs whatever its wait; the other is late"
+    codes = set()
+    del batch
+    for done in asyncio.as_completed(calls):
+        codes.add((await done)[0])
+    assert codes == {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNIMPLEMENTED}, (
+        "late one refused, taken one proxied"
+    )
+    assert front.dropped(handle) == (0, 0, 1)
 
 
 async def test_shutdown_fails_the_calls_still_queued_after_the_grace(bare_front):
@@ -400,3 +480,17 @@ async def test_sigterm_drains_the_native_front_without_losing_a_call(model_repos
             assert len(await asyncio.gather(*slow)) == 4
             assert sum(await asyncio.gather(*callers)) > 0
         assert await asyncio.wait_for(service.process.wait(), 10) == 0
+
+
+def test_the_front_refuses_to_load_beside_grpcio_tools_protoc():
+    """Loaded after grpcio-tools' protoc, the front's libprotobuf would take protoc's protobuf globals for its
+    own and abort the process: it refuses instead, saying why."""
+    script = (
+        "import grpc_tools.protoc\n"
+        "from services.common.front import load_extension\n"
+        "try:\n    load_extension()\nexcept RuntimeError as exc:\n    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
+    assert "cannot load in a process that has loaded grpc_tools._protoc_compiler" in done.stdout

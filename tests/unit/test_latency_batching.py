@@ -172,7 +172,7 @@ async def test_admission_forgives_the_margin_while_requests_end_in_time_and_take
         await batcher.submit(row())
     margin = batcher._cost.margin_ns()
     assert margin > 0.2 * batcher._cost.predict_ns(1), "the margin is not wide enough to test"
-    assert batcher._steer_ns == margin, "requests all in time, admission still counts some of the margin"
+    assert batcher._steer.forgiven_ns == margin, "requests all in time, admission still counts some of the margin"
     target_ms = 1.05 * batcher._cost.predict_ns(1) / 1e6
     batcher.reconfigure(BatchingConfig(max_batch_size=8, max_latency_ms=target_ms))
     late = 0
@@ -182,5 +182,5 @@ async def test_admission_forgives_the_margin_while_requests_end_in_time_and_take
             await batcher.submit(row())
         late += time.perf_counter() - started > target_ms / 1000
     assert late >= 20, "too few requests ended late to test"
-    assert batcher._steer_ns == 0.0, "half the requests end late, admission still forgives part of the margin"
+    assert batcher._steer.forgiven_ns == 0.0, "half the requests end late, admission still forgives part of the margin"
     await batcher.close()

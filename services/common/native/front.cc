@@ -15,16 +15,21 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
+#include <cstdio>
 #include <cstring>
 #include <deque>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "maas/inference/grpc_service.pb.h"
@@ -38,6 +43,10 @@ constexpr char kRequestIdKey[] = "x-request-id";
 // Request parameters maas never reads: Triton's clients (perf_analyzer among them) send this one, which
 // matters only to decoupled models' streams.
 constexpr char kIgnoredParameter[] = "triton_enable_empty_final_response";
+// A route with a latency target that has run nothing for this long admits a request whatever its cost fit
+// says, so that the fit sees the machine again (as the Python batcher's PROBE_NS).
+constexpr int64_t kProbeNs = 500'000'000;
+constexpr int64_t kMinRetryNs = 10'000'000;
 
 int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
@@ -75,6 +84,23 @@ struct Route {
   bool closed = false;
   uint64_t cancelled = 0;
   uint64_t expired = 0;
+  // The latency target (0: none), and the batch cost the pump last fitted: a batch of r rows takes
+  // about fixed_ns + per_row_ns * r, and a plan for the queue adds margin_ns once.
+  int64_t target_ns = 0;
+  bool costed = false;
+  double fixed_ns = 0, per_row_ns = 0, margin_ns = 0;
+  bool running = false;
+  int64_t running_started_ns = 0, running_rows = 0, free_ns = 0, queued_rows = 0;
+  uint64_t shed = 0;
+
+  double Predict(int64_t rows) const { return fixed_ns + per_row_ns * static_cast<double>(rows); }
+  // How long the batch running now and the queued rows with `more` take, in full batches.
+  double Ahead(int64_t now, int64_t more) const {
+    double left = running ? std::max(0.0, static_cast<double>(running_started_ns) + Predict(running_rows) - now) : 0;
+    int64_t rows = queued_rows + more;
+    double batches = std::ceil(static_cast<double>(rows) / static_cast<double>(max_rows));
+    return left + batches * fixed_ns + per_row_ns * static_cast<double>(rows) + margin_ns;
+  }
 };
 
 // Calls taken together; one that is dropped unanswered hands its calls to the Python server.
@@ -102,12 +128,16 @@ class Call : public grpc::ServerGenericBidiReactor {
   void Fail(grpc::StatusCode code, const std::string& details);
   // Hand this queued call to the Python server instead.
   void Proxy();
+  // Refuse this call for the route's latency target: RESOURCE_EXHAUSTED with a RetryInfo of `retry_ns`
+  // (counted in the route's `shed`; call with its lock held).
+  void Shed(Route& route, double retry_ns, bool queued);
 
   bool Expired(std::chrono::system_clock::time_point now) const { return ctx_->deadline() <= now; }
   bool cancelled() const { return cancelled_.load(std::memory_order_relaxed); }
   const inference::ModelInferRequest& request() const { return request_; }
   int64_t rows = 0;
   int64_t arrived_ns = 0;
+  bool probe = false;  // admitted by an idle route whatever its fit said: never shed
   std::vector<int> input_order;  // request input index of each registered input
 
  private:
@@ -199,13 +229,15 @@ class Front {
   // asks for it (its own, and "" for the default).
   int Register(const std::string& model, const std::vector<std::string>& versions,
                const std::vector<py::tuple>& inputs, const std::vector<py::tuple>& outputs, int64_t max_rows,
-               size_t queue_limit) {
+               size_t queue_limit, int64_t target_ns) {
     if (versions.empty()) throw std::invalid_argument("a route needs a version");
+    if (max_rows < 1) throw std::invalid_argument("a route needs a batch of at least one row");
     auto route = std::make_unique<Route>();
     route->model = model;
     route->version = versions.front();
     route->max_rows = max_rows;
     route->queue_limit = queue_limit;
+    route->target_ns = target_ns;
     for (auto* specs : {&inputs, &outputs}) {
       for (const auto& spec : *specs) {
         TensorSpec tensor;
@@ -276,6 +308,7 @@ class Front {
       route->closed = true;
       for (Call* call : route->queue) call->Fail(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
       route->queue.clear();
+      route->queued_rows = 0;
       route->ready.notify_all();
     }
   }
@@ -377,8 +410,21 @@ bool Call::Fast() {
   std::lock_guard<std::mutex> lock(route->mu);
   if (route->closed || route->queue.size() >= route->queue_limit) return false;
   if (request_id_.empty()) request_id_ = front_->NextRequestId();
+  if (route->target_ns > 0 && route->costed) {
+    // As the Python batcher's admission: an idle route runs a request at once, so it refuses one only if
+    // the request alone would be late; a busy one if the batch running and the queue ahead make it late.
+    int64_t now = now_ns();
+    bool idle = !route->running && route->queue.empty();
+    probe = idle && now - route->free_ns > kProbeNs;
+    double ahead = idle ? route->Predict(rows) : route->Ahead(now, rows);
+    if (!probe && now + ahead > arrived_ns + route->target_ns) {
+      Shed(*route, ahead, false);
+      return true;
+    }
+  }
   front_->Enter();
   route->queue.push_back(this);
+  route->queued_rows += rows;
   route->ready.notify_one();
   return true;
 }
@@ -530,6 +576,57 @@ void Call::Proxy() {
   StartProxy(true);
 }
 
+// A varint, and a length-delimited field, of the protobuf wire format.
+void PutVarint(std::string& out, uint64_t value) {
+  while (value >= 0x80) {
+    out.push_back(static_cast<char>(value | 0x80));
+    value >>= 7;
+  }
+  out.push_back(static_cast<char>(value));
+}
+
+void PutBytes(std::string& out, int field, const std::string& bytes) {
+  PutVarint(out, static_cast<uint64_t>(field) << 3 | 2);
+  PutVarint(out, bytes.size());
+  out += bytes;
+}
+
+// A serialized google.rpc.Status of `code` and `message` with one google.rpc.RetryInfo of `retry_ns`: what
+// the Python server sends in grpc-status-details-bin for a refusal that names a retry delay.
+std::string RetryStatus(grpc::StatusCode code, const std::string& message, int64_t retry_ns) {
+  std::string duration, retry, any, status;
+  if (retry_ns / 1'000'000'000 != 0) {
+    PutVarint(duration, 1 << 3);
+    PutVarint(duration, static_cast<uint64_t>(retry_ns / 1'000'000'000));
+  }
+  if (retry_ns % 1'000'000'000 != 0) {
+    PutVarint(duration, 2 << 3);
+    PutVarint(duration, static_cast<uint64_t>(retry_ns % 1'000'000'000));
+  }
+  PutBytes(retry, 1, duration);
+  PutBytes(any, 1, "type.googleapis.com/google.rpc.RetryInfo");
+  PutBytes(any, 2, retry);
+  PutVarint(status, 1 << 3);
+  PutVarint(status, static_cast<uint64_t>(code));
+  PutBytes(status, 2, message);
+  PutBytes(status, 3, any);
+  return status;
+}
+
+void Call::Shed(Route& route, double retry_ns, bool queued) {
+  ++route.shed;
+  char message[256];
+  snprintf(message, sizeof(message),
+           "model '%s' cannot answer within its %g ms target now (%zu requests queued); retry shortly",
+           route.model.c_str(), static_cast<double>(route.target_ns) / 1e6, route.queue.size());
+  // As Python's round(seconds, 3): the delay in whole milliseconds.
+  int64_t delay = std::max(kMinRetryNs, static_cast<int64_t>(std::llround(retry_ns / 1e6)) * 1'000'000);
+  if (queued) front_->Leave();
+  ctx_->AddTrailingMetadata(kRequestIdKey, request_id_);
+  Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, message,
+                      RetryStatus(grpc::StatusCode::RESOURCE_EXHAUSTED, message, delay)));
+}
+
 Batch::~Batch() {
   if (!settled) {
     for (Call* call : calls) call->Proxy();
@@ -548,30 +645,50 @@ py::object Take(Front& front, int handle, int64_t max_rows, int64_t timeout_us) 
   {
     py::gil_scoped_release release;
     std::unique_lock<std::mutex> lock(route->mu);
+    if (route->running) {
+      route->running = false;
+      route->free_ns = now_ns();
+    }
     auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(timeout_us);
     while (true) {
       if (!route->ready.wait_until(lock, until, [&] { return route->closed || !route->queue.empty(); })) break;
       auto now = std::chrono::system_clock::now();
-      while (!route->queue.empty()) {
-        Call* call = route->queue.front();
-        if (call->Expired(now)) {
-          route->queue.pop_front();
+      int64_t steady = now_ns();
+      bool targeted = route->target_ns > 0 && route->costed;
+      // With a target, the batch grows only while its oldest call still ends in time.
+      double budget = std::numeric_limits<double>::infinity();
+      for (auto it = route->queue.begin(); it != route->queue.end();) {
+        Call* call = *it;
+        bool late = targeted && !call->probe &&
+                    steady + route->Predict(call->rows) - call->arrived_ns > route->target_ns;
+        if (!call->Expired(now) && !call->cancelled() && !late) {
+          if (!batch->calls.empty() && rows + call->rows > max_rows) break;
+          if (batch->calls.empty()) {
+            budget = static_cast<double>(call->arrived_ns + route->target_ns - steady);
+          } else if (targeted && route->Predict(rows + call->rows) > budget) {
+            ++it;
+            continue;
+          }
+          rows += call->rows;
+          batch->calls.push_back(call);
+        } else if (call->Expired(now)) {
           ++route->expired;
           call->Fail(grpc::StatusCode::DEADLINE_EXCEEDED, "Deadline Exceeded");
-          continue;
-        }
-        if (call->cancelled()) {
-          route->queue.pop_front();
+        } else if (call->cancelled()) {
           ++route->cancelled;
           call->Fail(grpc::StatusCode::CANCELLED, "Cancelled");
-          continue;
+        } else {
+          call->Shed(*route, route->Ahead(steady, 0), true);
         }
-        if (!batch->calls.empty() && rows + call->rows > max_rows) break;
-        route->queue.pop_front();
-        rows += call->rows;
-        batch->calls.push_back(call);
+        route->queued_rows -= call->rows;
+        it = route->queue.erase(it);
       }
       if (!batch->calls.empty() || route->closed) break;
+    }
+    if (!batch->calls.empty()) {
+      route->running = true;
+      route->running_started_ns = now_ns();
+      route->running_rows = rows;
     }
   }
   if (batch->calls.empty()) return py::none();
@@ -672,12 +789,24 @@ py::object Fallback(Batch& batch, const std::vector<size_t>& indices) {
   return py::cast(rest.release(), py::return_value_policy::take_ownership);
 }
 
-std::pair<uint64_t, uint64_t> Dropped(Front& front, int handle) {
+// The calls of the route finished here unanswered since the last look: (cancelled, expired, shed).
+std::tuple<uint64_t, uint64_t, uint64_t> Dropped(Front& front, int handle) {
   Route* route = front.route(handle);
   std::lock_guard<std::mutex> lock(route->mu);
-  auto counts = std::make_pair(route->cancelled, route->expired);
-  route->cancelled = route->expired = 0;
+  auto counts = std::make_tuple(route->cancelled, route->expired, route->shed);
+  route->cancelled = route->expired = route->shed = 0;
   return counts;
+}
+
+// What a batch of the route costs, as the pump fits it: admission against the latency target starts with
+// the first fit.
+void SetCost(Front& front, int handle, double fixed_ns, double per_row_ns, double margin_ns) {
+  Route* route = front.route(handle);
+  std::lock_guard<std::mutex> lock(route->mu);
+  route->fixed_ns = fixed_ns;
+  route->per_row_ns = per_row_ns;
+  route->margin_ns = margin_ns;
+  route->costed = true;
 }
 
 }  // namespace
@@ -697,9 +826,10 @@ PYBIND11_MODULE(_front, m) {
            py::arg("max_connection_age_grace_ms"), py::arg("id_prefix"))
       .def_property_readonly("port", &Front::port)
       .def("register", &Front::Register, py::arg("model"), py::arg("versions"), py::arg("inputs"), py::arg("outputs"),
-           py::arg("max_rows"), py::arg("queue_limit"))
+           py::arg("max_rows"), py::arg("queue_limit"), py::arg("target_ns") = 0)
       .def("take", &Take, py::arg("handle"), py::arg("max_rows"), py::arg("timeout_us"))
       .def("dropped", &Dropped, py::arg("handle"))
+      .def("set_cost", &SetCost, py::arg("handle"), py::arg("fixed_ns"), py::arg("per_row_ns"), py::arg("margin_ns"))
       .def("drain", &Front::Drain)
       .def_property_readonly("in_flight", &Front::in_flight)
       .def("shutdown", &Front::Shutdown, py::arg("grace_s"), py::call_guard<py::gil_scoped_release>());
