@@ -316,7 +316,7 @@ class NativeFront:
         route.steer.observe(late, len(arrived) - late, route.target_ns, margin)
         if route.cost.ready:
             fixed, per_row = route.cost.line()
-            self._front.set_cost(route.handle, fixed, per_row, margin - route.steer.forgiven_ns)
+            self._front.set_cost(route.handle, fixed, per_row, margin, route.steer.forgiven_ns)
 
     def _count_dropped(self, route: _Route) -> None:
         cancelled, expired, shed = self._front.dropped(route.handle)

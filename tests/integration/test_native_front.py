@@ -358,7 +358,7 @@ async def queued(front, count: int) -> None:
 
 async def test_a_call_the_work_ahead_would_make_late_is_refused_at_once_with_a_retry_delay(targeted_front):
     front, handle = targeted_front
-    front.set_cost(handle, fixed_ns=50e6, per_row_ns=0.0, margin_ns=0.0)
+    front.set_cost(handle, fixed_ns=50e6, per_row_ns=0.0, margin_ns=0.0, forgiven_ns=0.0)
     first = asyncio.ensure_future(queued_call(front, timeout=10))
     await queued(front, 1)
     code, details, trailing = await queued_call(front, timeout=10)
@@ -380,7 +380,7 @@ async def test_a_call_the_work_ahead_would_make_late_is_refused_at_once_with_a_r
 
 async def test_a_queued_call_that_can_no_longer_end_in_time_is_refused_when_its_batch_is_taken(targeted_front):
     front, handle = targeted_front
-    front.set_cost(handle, fixed_ns=1e6, per_row_ns=0.0, margin_ns=0.0)
+    front.set_cost(handle, fixed_ns=1e6, per_row_ns=0.0, margin_ns=0.0, forgiven_ns=0.0)
     calls = [asyncio.ensure_future(queued_call(front, timeout=10)) for _ in range(2)]
     await queued(front, 2)
     await asyncio.sleep(2 * TARGET_NS / 1e9)

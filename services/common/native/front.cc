@@ -85,10 +85,11 @@ struct Route {
   uint64_t cancelled = 0;
   uint64_t expired = 0;
   // The latency target (0: none), and the batch cost the pump last fitted: a batch of r rows takes
-  // about fixed_ns + per_row_ns * r, and a plan for the queue adds margin_ns once.
+  // about fixed_ns + per_row_ns * r, a plan for the queue adds margin_ns once, and admission forgives
+  // forgiven_ns of it (the pump's steer).
   int64_t target_ns = 0;
   bool costed = false;
-  double fixed_ns = 0, per_row_ns = 0, margin_ns = 0;
+  double fixed_ns = 0, per_row_ns = 0, margin_ns = 0, forgiven_ns = 0;
   bool running = false;
   int64_t running_started_ns = 0, running_rows = 0, free_ns = 0, queued_rows = 0;
   uint64_t shed = 0;
@@ -417,7 +418,7 @@ bool Call::Fast() {
     bool idle = !route->running && route->queue.empty();
     probe = idle && now - route->free_ns > kProbeNs;
     double ahead = idle ? route->Predict(rows) : route->Ahead(now, rows);
-    if (!probe && now + ahead > arrived_ns + route->target_ns) {
+    if (!probe && now + ahead - route->forgiven_ns > arrived_ns + route->target_ns) {
       Shed(*route, ahead, false);
       return true;
     }
@@ -620,7 +621,8 @@ void Call::Shed(Route& route, double retry_ns, bool queued) {
            "model '%s' cannot answer within its %g ms target now (%zu requests queued); retry shortly",
            route.model.c_str(), static_cast<double>(route.target_ns) / 1e6, route.queue.size());
   // As Python's round(seconds, 3): the delay in whole milliseconds.
-  int64_t delay = std::max(kMinRetryNs, static_cast<int64_t>(std::llround(retry_ns / 1e6)) * 1'000'000);
+  double ms = std::isfinite(retry_ns) ? std::min(retry_ns / 1e6, 3.6e6) : 3.6e6;
+  int64_t delay = std::max(kMinRetryNs, static_cast<int64_t>(std::llround(ms)) * 1'000'000);
   if (queued) front_->Leave();
   ctx_->AddTrailingMetadata(kRequestIdKey, request_id_);
   Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, message,
@@ -659,13 +661,14 @@ py::object Take(Front& front, int handle, int64_t max_rows, int64_t timeout_us) 
       double budget = std::numeric_limits<double>::infinity();
       for (auto it = route->queue.begin(); it != route->queue.end();) {
         Call* call = *it;
+        int64_t call_rows = call->rows;  // the call may be gone once it is finished below
         bool late = targeted && !call->probe &&
                     steady + route->Predict(call->rows) - call->arrived_ns > route->target_ns;
         if (!call->Expired(now) && !call->cancelled() && !late) {
           if (!batch->calls.empty() && rows + call->rows > max_rows) break;
           if (batch->calls.empty()) {
             budget = static_cast<double>(call->arrived_ns + route->target_ns - steady);
-          } else if (targeted && route->Predict(rows + call->rows) > budget) {
+          } else if (targeted && route->Predict(rows + call->rows) + route->margin_ns > budget) {
             ++it;
             continue;
           }
@@ -680,7 +683,7 @@ py::object Take(Front& front, int handle, int64_t max_rows, int64_t timeout_us) 
         } else {
           call->Shed(*route, route->Ahead(steady, 0), true);
         }
-        route->queued_rows -= call->rows;
+        route->queued_rows -= call_rows;
         it = route->queue.erase(it);
       }
       if (!batch->calls.empty() || route->closed) break;
@@ -800,12 +803,13 @@ std::tuple<uint64_t, uint64_t, uint64_t> Dropped(Front& front, int handle) {
 
 // What a batch of the route costs, as the pump fits it: admission against the latency target starts with
 // the first fit.
-void SetCost(Front& front, int handle, double fixed_ns, double per_row_ns, double margin_ns) {
+void SetCost(Front& front, int handle, double fixed_ns, double per_row_ns, double margin_ns, double forgiven_ns) {
   Route* route = front.route(handle);
   std::lock_guard<std::mutex> lock(route->mu);
   route->fixed_ns = fixed_ns;
   route->per_row_ns = per_row_ns;
   route->margin_ns = margin_ns;
+  route->forgiven_ns = forgiven_ns;
   route->costed = true;
 }
 
@@ -829,7 +833,8 @@ PYBIND11_MODULE(_front, m) {
            py::arg("max_rows"), py::arg("queue_limit"), py::arg("target_ns") = 0)
       .def("take", &Take, py::arg("handle"), py::arg("max_rows"), py::arg("timeout_us"))
       .def("dropped", &Dropped, py::arg("handle"))
-      .def("set_cost", &SetCost, py::arg("handle"), py::arg("fixed_ns"), py::arg("per_row_ns"), py::arg("margin_ns"))
+      .def("set_cost", &SetCost, py::arg("handle"), py::arg("fixed_ns"), py::arg("per_row_ns"), py::arg("margin_ns"),
+           py::arg("forgiven_ns"))
       .def("drain", &Front::Drain)
       .def_property_readonly("in_flight", &Front::in_flight)
       .def("shutdown", &Front::Shutdown, py::arg("grace_s"), py::call_guard<py::gil_scoped_release>());
