@@ -36,10 +36,11 @@ LOADS = (0.5, 0.8, 1.2)
 CAPACITY_CONCURRENCIES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 """The closed loop's concurrencies swept (the most calls per second answered with a p99 within T), up to
 the first whose p99 is over T: where the search for the open loop's capacity starts."""
-CAPACITY_PROBES = 6
+CAPACITY_PROBES = 7
 CAPACITY_RANGE = (0.25, 1.25)
-"""Capacity at T is searched by bisection over this range of the closed loop's rate, in `CAPACITY_PROBES`
-open-loop runs: the highest Poisson rate answered with a p99 within T, nothing refused."""
+"""Capacity at T is searched over this range of the closed loop's rate, in `CAPACITY_PROBES` open-loop
+runs, its top first: while the top holds, the top doubles (the targeted service may serve more than the
+closed loop's, as the native front does); then bisection."""
 PROBE_CALLS = 800
 """Calls an open-loop probe sends at least (so that its p99 is not one call's), in at most
 `PROBE_MAX_DURATIONS` x the bench's duration per point, in `PROBE_PARTS` loops whose median p99 counts:
@@ -47,6 +48,9 @@ one stall of this shared machine does not decide the capacity."""
 PROBE_MAX_DURATIONS = 2.5
 PROBE_PARTS = 3
 PROBE_SHED = 0.01
+CLIENT_LAG_MS = 1.0
+"""The most a probe within capacity may start its calls after their Poisson arrival times, at p99: past
+it the bench's client, not the service, sets the pace (it shares the machine, one core of it)."""
 """The most a probe within capacity may refuse: the share the latency target may shed at 80% of it."""
 SERVER_CPUS = frozenset({0})
 CLIENT_CPUS = frozenset({1})
@@ -70,9 +74,11 @@ Call = Callable[..., object]
 
 @dataclass(frozen=True)
 class Outcome:
-    """One open-loop call: when it was sent (seconds into the run), how long it took, how it ended."""
+    """One open-loop call: when it was due (seconds into the run), how late the client started it, how
+    long it took from then, how it ended."""
 
     sent: float
+    lag: float
     seconds: float
     ok: bool
     shed: bool
@@ -93,6 +99,11 @@ class Point:
         """p99 of the calls answered."""
         served = [o.seconds for o in self.outcomes if o.ok]
         return float(np.percentile(served, 99) * 1000) if served else 0.0
+
+    @property
+    def client_lag_p99_ms(self) -> float:
+        """p99 of how late the client started its calls: past a millisecond or so it measures itself."""
+        return float(np.percentile([o.lag for o in self.outcomes], 99) * 1000) if self.outcomes else 0.0
 
     @property
     def shed(self) -> float:
@@ -144,11 +155,13 @@ async def open_loop(
 
     async def one(sent: float, request: bytes) -> Outcome:
         began = time.perf_counter()
+        lag = max(0.0, began - start - sent)
         try:
             await call(request, timeout=CALL_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:
-            return Outcome(sent, time.perf_counter() - began, False, exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED)
-        return Outcome(sent, time.perf_counter() - began, True, False)
+            shed = exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            return Outcome(sent, lag, time.perf_counter() - began, False, shed)
+        return Outcome(sent, lag, time.perf_counter() - began, True, False)
 
     tasks, at = [], 0.0
     while True:
@@ -257,17 +270,18 @@ class Baseline:
 async def _open_capacity(call: Call, requests: list[bytes], closed: float, target_ms: float, duration: float):
     """Capacity at T: the highest Poisson arrival rate the service answers with a p99 within `target_ms`
     (the median of `PROBE_PARTS` loops' p99), refusing at most `PROBE_SHED` of the calls and failing none,
-    by bisection over `CAPACITY_RANGE` of the closed loop's best rate `closed`. A closed loop of a few
-    callers never queues more than its callers; Poisson arrivals come in bursts, so the same rate sent
-    open is answered later.
+    with the client on time (`CLIENT_LAG_MS`), searched over `CAPACITY_RANGE` of the closed loop's best rate
+    `closed` (its top first, doubled while it holds, then bisection). A closed loop of a few callers never
+    queues more than its callers; Poisson arrivals come in bursts, so the same rate sent open is answered
+    later.
 
     Returns:
         (capacity, [(rate, p99 ms, shed share) per probe]); the range's low end if no probe was within T.
     """
     low, high = (share * closed for share in CAPACITY_RANGE)
-    best, probes = low, []
+    best, probes, expanding = low, [], True
     for index in range(CAPACITY_PROBES):
-        rate = (low + high) / 2
+        rate = high if expanding else (low + high) / 2
         seconds = min(PROBE_MAX_DURATIONS * duration, max(duration, PROBE_CALLS / rate)) / PROBE_PARTS
         parts = []
         for seed in range(100 + PROBE_PARTS * index, 100 + PROBE_PARTS * (index + 1)):
@@ -275,11 +289,14 @@ async def _open_capacity(call: Call, requests: list[bytes], closed: float, targe
             parts.append(Point("probe", rate, seconds, outcomes, target_ms))
         p99 = float(np.median([part.served_p99_ms for part in parts]))
         whole = Point("probe", rate, seconds * PROBE_PARTS, [o for part in parts for o in part.outcomes], target_ms)
-        probes.append((rate, p99, whole.shed))
-        if p99 <= target_ms and whole.shed <= PROBE_SHED and not whole.failed:
+        lag = whole.client_lag_p99_ms
+        probes.append((rate, p99, whole.shed, lag))
+        on_time = lag <= CLIENT_LAG_MS
+        if p99 <= target_ms and whole.shed <= PROBE_SHED and not whole.failed and on_time:
             best, low = rate, rate
+            high = 2 * rate if expanding else high
         else:
-            high = rate
+            high, expanding = rate, False
     return best, probes
 
 
@@ -384,12 +401,14 @@ async def latency_section(config: BenchConfig) -> Section:
         note=(
             "Open loop: Poisson arrivals, whatever the answers, at a share of the capacity at T measured just "
             "before in the same run: the highest Poisson rate the service held to T answered with a p99 within T, "
-            f"refusing at most {PROBE_SHED:.0%} (bisection in {CAPACITY_PROBES} probes of {PROBE_CALLS} calls, "
+            f"refusing at most {PROBE_SHED:.0%}, with the client starting 99% of its calls within {CLIENT_LAG_MS:g} ms "
+            f"of their arrival times ({CAPACITY_PROBES} probes of {PROBE_CALLS} calls, "
             f"{config.duration:g} to {PROBE_MAX_DURATIONS * config.duration:g} s, each the median p99 of "
-            f"{PROBE_PARTS} open loops, between "
-            f"{CAPACITY_RANGE[0]:g} and {CAPACITY_RANGE[1]:g} x the most calls per second a closed loop had "
-            f"answered within T with no queue delay, concurrency {', '.join(map(str, CAPACITY_CONCURRENCIES))} up "
-            f"to the first over T, {config.duration / 2:g} s each). A closed loop of a few callers never has more "
+            f"{PROBE_PARTS} open loops: first {CAPACITY_RANGE[1]:g} x the most calls per second a closed loop "
+            "had answered within T, doubled while it held, then bisection down to "
+            f"{CAPACITY_RANGE[0]:g} x; the closed loop had no queue delay, concurrency "
+            f"{', '.join(map(str, CAPACITY_CONCURRENCIES))} up to the first over T, {config.duration / 2:g} s each). "
+            "A closed loop of a few callers never has more "
             "calls queued than callers; Poisson arrivals come in bursts, so the rate a closed loop serves within "
             "T, sent open, is served later. The probes, then the loads and the step, run in one process; one "
             f"process per static delay. Grpc hosting, {seconds:g} s per point. "
@@ -417,8 +436,8 @@ async def latency_section(config: BenchConfig) -> Section:
         ),
     )
     lines = [
-        "| model | T ms | load | mode | offered/s | served p99 ms | shed % | goodput/s | failed |",
-        "|---|---:|---|---|---:|---:|---:|---:|---:|",
+        "| model | T ms | load | mode | offered/s | served p99 ms | shed % | goodput/s | failed | client lag p99 ms |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     steps = {}
     for workload in _workloads(config):
@@ -464,7 +483,7 @@ async def latency_section(config: BenchConfig) -> Section:
             name = f"best static ({point.label})" if mode == "static" else "latency target"
             lines.append(
                 f"| {workload.model} | {target:.1f} | {load} | {name} | {point.rate:,.0f} | {point.served_p99_ms:.2f} "
-                f"| {point.shed:.1%} | {point.goodput:,.0f} | {point.failed} |"
+                f"| {point.shed:.1%} | {point.goodput:,.0f} | {point.failed} | {point.client_lag_p99_ms:.2f} |"
             )
         windows = _windows(step, 3 * seconds)
         steps[workload.model] = (windows, target, [seconds, 2 * seconds])
@@ -478,8 +497,8 @@ async def latency_section(config: BenchConfig) -> Section:
             f"{'' if baseline.ahead else ', the client could not raise its priority'}; capacity sweep, "
             "concurrency: req/s at p99 ms = "
             + ", ".join(f"{p.concurrency}: {p.throughput:,.0f} at {p.p99_ms:.1f}" for p in baseline.sweep)
-            + "; open-loop probes of the targeted service, req/s at p99 ms and shed = "
-            + ", ".join(f"{rate:,.0f} at {p99:.1f} ({shed:.1%})" for rate, p99, shed in probes)
+            + "; open-loop probes of the targeted service, req/s at p99 ms (shed, client lag p99 ms) = "
+            + ", ".join(f"{rate:,.0f} at {p99:.1f} ({shed:.1%}, {lag:.2f})" for rate, p99, shed, lag in probes)
             + "): served p99 at 50/80/120% = "
             + "/".join(f"{points['target', load].served_p99_ms:.2f}" for load in LOADS)
             + " ms, shed "
