@@ -96,7 +96,7 @@ async def test_new_weights_take_effect_within_2s_with_no_failed_call(pool, confi
         started(await gateway_on(configmap)) as gateway,
         grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel,
     ):
-        load = asyncio.create_task(closed_loop(v2_stub(channel), concurrency=8, seconds=4.0, delay_ms=2))
+        load = asyncio.create_task(closed_loop(v2_stub(channel), concurrency=8, seconds=5.5, delay_ms=2))
         await asyncio.sleep(1.5)
         changed = time.monotonic()
         configmap.write(split_routing(f"127.0.0.1:{pool.port}", (0, 100)))
