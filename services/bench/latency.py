@@ -48,12 +48,12 @@ one stall of this shared machine does not decide the capacity."""
 PROBE_MAX_DURATIONS = 2.5
 PROBE_PARTS = 3
 PROBE_SHED = 0.01
+"""The most a probe within capacity may refuse: the share the latency target may shed at 80% of it."""
 CLIENT_LAG_MS = 5.0
 """The most a probe within capacity may start its calls after their Poisson arrival times, at p99: past
 it the bench's client, not the service, sets the pace (it shares the machine, one core of it). An idle
 client already starts 1 to 2.5 ms late at p99 (its event loop's timers and answers); a saturated one
 falls behind by tens of milliseconds and more."""
-"""The most a probe within capacity may refuse: the share the latency target may shed at 80% of it."""
 SERVER_CPUS = frozenset({0})
 CLIENT_CPUS = frozenset({1})
 """The server runs on one core and the bench's client on the other, the nearest this machine comes to a
@@ -104,7 +104,7 @@ class Point:
 
     @property
     def client_lag_p99_ms(self) -> float:
-        """p99 of how late the client started its calls: past a millisecond or so it measures itself."""
+        """p99 of how late the client started its calls (past `CLIENT_LAG_MS` it measures itself)."""
         return float(np.percentile([o.lag for o in self.outcomes], 99) * 1000) if self.outcomes else 0.0
 
     @property
@@ -278,7 +278,8 @@ async def _open_capacity(call: Call, requests: list[bytes], closed: float, targe
     later.
 
     Returns:
-        (capacity, [(rate, p99 ms, shed share) per probe]); the range's low end if no probe was within T.
+        (capacity, [(rate, p99 ms, shed share, client lag p99 ms) per probe]); the range's low end if no
+        probe was within T.
     """
     low, high = (share * closed for share in CAPACITY_RANGE)
     best, probes, expanding = low, [], True

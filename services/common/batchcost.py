@@ -109,9 +109,11 @@ class Steer:
     def __init__(self) -> None:
         self.forgiven_ns = 0.0
 
-    def observe(self, late: int, in_time: int, target_ns: float, margin_ns: float) -> None:
-        """Learn from `late` requests answered after the target `target_ns` and `in_time` ones answered
-        within it; `margin_ns` is the fit's margin now."""
+    def observe(self, arrivals: list[int], done_ns: int, target_ns: float, margin_ns: float) -> None:
+        """Learn from requests that arrived at `arrivals` and were answered at `done_ns` (one clock, in
+        nanoseconds), against the target `target_ns`; `margin_ns` is the fit's margin now."""
+        late = sum(done_ns - arrival > target_ns for arrival in arrivals)
+        in_time = len(arrivals) - late
         step = STEER_SHARE * target_ns
         moved = self.forgiven_ns + step * (in_time * LATE_SHARE / (1 - LATE_SHARE) - late)
         self.forgiven_ns = min(margin_ns, max(0.0, moved))

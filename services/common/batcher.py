@@ -418,10 +418,8 @@ class DynamicBatcher:
     def _learn_margin(self, batch: list[_Request], now: int) -> None:
         """Steer how much of the cost fit's margin admission forgives by how many of the batch's requests
         (those answered, not warm-ups) end after the target (`Steer`)."""
-        target = self._config.max_latency_ms * 1e6
-        served = [r for r in batch if r.counted and not r.future.done()]
-        late = sum(now - r.arrived_ns > target for r in served)
-        self._steer.observe(late, len(served) - late, target, self._cost.margin_ns())
+        served = [r.arrived_ns for r in batch if r.counted and not r.future.done()]
+        self._steer.observe(served, now, self._config.max_latency_ms * 1e6, self._cost.margin_ns())
 
     def _collate(self, batch: list[_Request]) -> Arrays:
         """Pad and concatenate the batch's inputs (always a fresh, writable array, as torch wants)."""

@@ -74,7 +74,7 @@ def routable(model: ModelVersions) -> bool:
     return all(not spec.optional and all(dim >= 0 for dim in spec.shape[1:]) for spec in model.inputs)
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Route:
     handle: int
     model: ModelVersions
@@ -82,6 +82,7 @@ class _Route:
     batch_rows: metrics.Histogram
     compute_seconds: metrics.Histogram
     queue_seconds: metrics.Histogram
+    shed: metrics.Counter
     target_ns: int
     cost: BatchCost
     steer: Steer
@@ -165,6 +166,7 @@ class NativeFront:
                     metrics.BATCH_ROWS.labels(*labels),
                     metrics.COMPUTE_SECONDS.labels(*labels),
                     metrics.QUEUE_SECONDS.labels(*labels),
+                    metrics.SHED.labels(*labels),
                     target_ns,
                     BatchCost(),
                     Steer(),
@@ -232,13 +234,14 @@ class NativeFront:
                 started = time.perf_counter_ns()
                 outputs = instance.predict(arrays)
                 compute_ns = time.perf_counter_ns() - started
+                done_ns = time.monotonic_ns()
                 results = [
                     np.ascontiguousarray(outputs[spec.name], dtype)
                     for spec, dtype in zip(model.outputs, dtypes, strict=True)
                 ]
-                self._record(route, loaded.stats, counts, arrived, taken_ns, compute_ns)
+                self._record(route, loaded.stats, counts, arrived, taken_ns, done_ns, compute_ns)
                 if route.target_ns:
-                    self._learn(route, sum(counts), compute_ns, arrived)
+                    self._learn(route, sum(counts), compute_ns, arrived, done_ns)
                 self._native.reply(batch, loaded.version, results)
             except Exception:
                 log.exception(
@@ -286,12 +289,11 @@ class NativeFront:
         return self._native.fallback(batch, bad), arrays, [counts[i] for i in kept], [arrived[i] for i in kept]
 
     def _record(
-        self, route: _Route, stats, counts: list[int], arrived: list[int], taken_ns: int, compute_ns: int
+        self, route: _Route, stats, counts: list[int], arrived: list[int], taken_ns: int, done_ns: int, compute_ns: int
     ) -> None:
         """Record a batch's calls as the Python path does (v2 statistics and Prometheus series), before they
         are answered, so that a caller who has its answer finds it counted."""
         name, version = route.model.name, route.version
-        done_ns = time.monotonic_ns()
         stats.record_execution(sum(counts), compute_ns)
         route.batch_rows.observe(sum(counts))
         route.compute_seconds.observe(compute_ns / 1e9)
@@ -305,15 +307,13 @@ class NativeFront:
         with self._answered_lock:
             self._answered += len(counts)
 
-    def _learn(self, route: _Route, rows: int, compute_ns: int, arrived: list[int]) -> None:
+    def _learn(self, route: _Route, rows: int, compute_ns: int, arrived: list[int], done_ns: int) -> None:
         """Fit the route's batch cost and steer its margin (as the batcher does, `BatchCost` and `Steer`),
         and hand both to the C++ side, which admits calls by them: before the batch is answered, so that its
         callers' next calls meet the cost it taught."""
         route.cost.observe(rows, compute_ns)
-        done_ns = time.monotonic_ns()
-        late = sum(done_ns - arrival > route.target_ns for arrival in arrived)
         margin = route.cost.margin_ns()
-        route.steer.observe(late, len(arrived) - late, route.target_ns, margin)
+        route.steer.observe(arrived, done_ns, route.target_ns, margin)
         if route.cost.ready:
             fixed, per_row = route.cost.line()
             self._front.set_cost(route.handle, fixed, per_row, margin, route.steer.forgiven_ns)
@@ -325,4 +325,4 @@ class NativeFront:
             metrics.requests(METHOD, name, version, "CANCELLED").inc(cancelled)
             metrics.requests(METHOD, name, version, "DEADLINE_EXCEEDED").inc(expired)
             metrics.requests(METHOD, name, version, "RESOURCE_EXHAUSTED").inc(shed)
-            metrics.SHED.labels(name, version).inc(shed)
+            route.shed.inc(shed)

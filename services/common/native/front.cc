@@ -94,6 +94,20 @@ struct Route {
   int64_t running_started_ns = 0, running_rows = 0, free_ns = 0, queued_rows = 0;
   uint64_t shed = 0;
 
+  // The queue and its rows change only here (with `mu` held), so that queued_rows stays their sum.
+  void Push(Call* call, int64_t rows) {
+    queue.push_back(call);
+    queued_rows += rows;
+  }
+  std::deque<Call*>::iterator Remove(std::deque<Call*>::iterator at, int64_t rows) {
+    queued_rows -= rows;
+    return queue.erase(at);
+  }
+  void Clear() {
+    queue.clear();
+    queued_rows = 0;
+  }
+
   double Predict(int64_t rows) const { return fixed_ns + per_row_ns * static_cast<double>(rows); }
   // How long the batch running now and the queued rows with `more` take, in full batches.
   double Ahead(int64_t now, int64_t more) const {
@@ -308,8 +322,7 @@ class Front {
       std::lock_guard<std::mutex> route_lock(route->mu);
       route->closed = true;
       for (Call* call : route->queue) call->Fail(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
-      route->queue.clear();
-      route->queued_rows = 0;
+      route->Clear();
       route->ready.notify_all();
     }
   }
@@ -424,8 +437,7 @@ bool Call::Fast() {
     }
   }
   front_->Enter();
-  route->queue.push_back(this);
-  route->queued_rows += rows;
+  route->Push(this, rows);
   route->ready.notify_one();
   return true;
 }
@@ -662,29 +674,27 @@ py::object Take(Front& front, int handle, int64_t max_rows, int64_t timeout_us) 
       for (auto it = route->queue.begin(); it != route->queue.end();) {
         Call* call = *it;
         int64_t call_rows = call->rows;  // the call may be gone once it is finished below
-        bool late = targeted && !call->probe &&
-                    steady + route->Predict(call->rows) - call->arrived_ns > route->target_ns;
-        if (!call->Expired(now) && !call->cancelled() && !late) {
-          if (!batch->calls.empty() && rows + call->rows > max_rows) break;
-          if (batch->calls.empty()) {
-            budget = static_cast<double>(call->arrived_ns + route->target_ns - steady);
-          } else if (targeted && route->Predict(rows + call->rows) + route->margin_ns > budget) {
-            ++it;
-            continue;
-          }
-          rows += call->rows;
-          batch->calls.push_back(call);
-        } else if (call->Expired(now)) {
+        bool expired = call->Expired(now), cancelled = call->cancelled();
+        bool late = targeted && !call->probe && steady + route->Predict(call_rows) - call->arrived_ns > route->target_ns;
+        if (expired) {
           ++route->expired;
           call->Fail(grpc::StatusCode::DEADLINE_EXCEEDED, "Deadline Exceeded");
-        } else if (call->cancelled()) {
+        } else if (cancelled) {
           ++route->cancelled;
           call->Fail(grpc::StatusCode::CANCELLED, "Cancelled");
-        } else {
+        } else if (late) {
           call->Shed(*route, route->Ahead(steady, 0), true);
+        } else if (!batch->calls.empty() && rows + call_rows > max_rows) {
+          break;
+        } else if (!batch->calls.empty() && targeted && route->Predict(rows + call_rows) + route->margin_ns > budget) {
+          ++it;
+          continue;
+        } else {
+          if (batch->calls.empty()) budget = static_cast<double>(call->arrived_ns + route->target_ns - steady);
+          rows += call_rows;
+          batch->calls.push_back(call);
         }
-        route->queued_rows -= call_rows;
-        it = route->queue.erase(it);
+        it = route->Remove(it, call_rows);
       }
       if (!batch->calls.empty() || route->closed) break;
     }
