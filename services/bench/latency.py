@@ -51,9 +51,8 @@ PROBE_SHED = 0.01
 """The most a probe within capacity may refuse: the share the latency target may shed at 80% of it."""
 CLIENT_LAG_MS = 5.0
 """The most a probe within capacity may start its calls after their Poisson arrival times, at p99: past
-it the bench's client, not the service, sets the pace (it shares the machine, one core of it). An idle
-client already starts 1 to 2.5 ms late at p99 (its event loop's timers and answers); a saturated one
-falls behind by tens of milliseconds and more."""
+it the bench's client, not the service, sets the pace (it has one core of the machine). The C++ client
+starts its calls 0.1 to 0.4 ms late at p99 up to 20,000 calls/s."""
 SERVER_CPUS = frozenset({0})
 CLIENT_CPUS = frozenset({1})
 """The server runs on one core and the bench's client on the other, the nearest this machine comes to a
@@ -62,6 +61,9 @@ a share of the closed loop's capacity is not that share of what the server gets.
 WINDOW_S = 0.5
 SETTLE_S = 2.0
 CALL_TIMEOUT_S = 2.0
+CONNECT_TIMEOUT_S = 10.0
+OK_CODE = grpc.StatusCode.OK.value[0]
+SHED_CODE = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 TIMING_METADATA = ((TIMING_KEY, "1"),)
 CLIENT_NICE = -5
@@ -137,44 +139,47 @@ class Workload:
     front, whose batcher has the queue delay."""
 
 
+def arrivals(rate_at: Callable[[float], float], seconds: float, seed: int = 0) -> np.ndarray:
+    """Poisson arrival times (seconds into the run) at `rate_at(t)` calls per second for `seconds`."""
+    rng = np.random.default_rng(seed)
+    times, at = [], 0.0
+    while True:
+        at += rng.exponential(1 / rate_at(at))
+        if at >= seconds:
+            return np.array(times)
+        times.append(at)
+
+
 async def open_loop(
-    call: Call, requests: list[bytes], rate_at: Callable[[float], float], seconds: float, seed: int = 0
+    address: str, requests: list[bytes], rate_at: Callable[[float], float], seconds: float, seed: int = 0
 ) -> list[Outcome]:
-    """Poisson arrivals at `rate_at(t)` calls per second for `seconds`, whatever the answers.
+    """Poisson arrivals at `rate_at(t)` calls per second for `seconds`, whatever the answers, sent by the
+    C++ client (services/bench/native/openloop.cc) on a channel of its own.
 
     Bounded in count (the arrivals of `seconds`) and in time (each call's `CALL_TIMEOUT_S`).
 
     Args:
-        call: `ModelInfer` on serialized requests (`_infer`).
+        address: the service's `host:port`.
         requests: serialized `ModelInferRequest`s, sent in turn.
         rate_at: calls per second at `t` seconds into the run.
         seconds: how long.
         seed: the arrivals' random seed.
+
+    Raises:
+        RuntimeError: the client is not built (`make native`).
     """
-    rng = np.random.default_rng(seed)
-    cycle = itertools.cycle(requests)
-    start = time.perf_counter()
-
-    async def one(sent: float, request: bytes) -> Outcome:
-        began = time.perf_counter()
-        lag = max(0.0, began - start - sent)
-        try:
-            await call(request, timeout=CALL_TIMEOUT_S)
-        except grpc.aio.AioRpcError as exc:
-            shed = exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            return Outcome(sent, lag, time.perf_counter() - began, False, shed)
-        return Outcome(sent, lag, time.perf_counter() - began, True, False)
-
-    tasks, at = [], 0.0
-    while True:
-        at += rng.exponential(1 / rate_at(at))
-        if at >= seconds:
-            break
-        delay = start + at - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(at, next(cycle))))
-    return list(await asyncio.gather(*tasks))
+    try:
+        from services.bench.native import _openloop
+    except ImportError as exc:
+        raise RuntimeError(f"the open-loop client is not built: run `make native` ({exc})") from None
+    due = arrivals(rate_at, seconds, seed)
+    lags, elapsed, codes = await asyncio.to_thread(
+        _openloop.run, address, MODEL_INFER, requests, due, CALL_TIMEOUT_S, CONNECT_TIMEOUT_S
+    )
+    return [
+        Outcome(float(sent), lag / 1e9, took / 1e9, code == OK_CODE, code == SHED_CODE)
+        for sent, lag, took, code in zip(due, lags.tolist(), elapsed.tolist(), codes.tolist(), strict=True)
+    ]
 
 
 def _env(workload: Workload, config: BenchConfig, **settings: float | str) -> dict[str, str]:
@@ -232,8 +237,8 @@ def _ahead_of_servers() -> Iterator[bool]:
 
 
 async def _run(workload: Workload, config: BenchConfig, settings: dict[str, float | str], body: Callable):
-    """Start the service with `settings`, warm it up, then return what `body(call, requests)` measures
-    against it (`call`: `_infer`; `requests`: the workload's, serialized)."""
+    """Start the service with `settings`, warm it up, then return what `body(address, requests)` measures
+    against it (`requests`: the workload's, serialized)."""
     requests = [r.SerializeToString() for r in workload.requests]
     async with (
         running(
@@ -245,13 +250,14 @@ async def _run(workload: Workload, config: BenchConfig, settings: dict[str, floa
         with _ahead_of_servers():
             cycle = itertools.cycle(requests)
             await closed_loop(lambda: call(next(cycle)), 4, 0.5, 0.5)
-            return await body(call, requests)
+            return await body(address, requests)
 
 
-async def _open_loops(call: Call, requests: list[bytes], points) -> list[list[Outcome]]:
+async def _open_loops(address: str, requests: list[bytes], points) -> list[list[Outcome]]:
     """Each (rate function, seconds) open loop in turn."""
     return [
-        await open_loop(call, requests, rate_at, seconds, seed=index) for index, (rate_at, seconds) in enumerate(points)
+        await open_loop(address, requests, rate_at, seconds, seed=index)
+        for index, (rate_at, seconds) in enumerate(points)
     ]
 
 
@@ -269,7 +275,7 @@ class Baseline:
     ahead: bool
 
 
-async def _open_capacity(call: Call, requests: list[bytes], closed: float, target_ms: float, duration: float):
+async def _open_capacity(address: str, requests: list[bytes], closed: float, target_ms: float, duration: float):
     """Capacity at T: the highest Poisson arrival rate the service answers with a p99 within `target_ms`
     (the median of `PROBE_PARTS` loops' p99), refusing at most `PROBE_SHED` of the calls and failing none,
     with the client on time (`CLIENT_LAG_MS`), searched over `CAPACITY_RANGE` of the closed loop's best rate
@@ -288,7 +294,7 @@ async def _open_capacity(call: Call, requests: list[bytes], closed: float, targe
         seconds = min(PROBE_MAX_DURATIONS * duration, max(duration, PROBE_CALLS / rate)) / PROBE_PARTS
         parts = []
         for seed in range(100 + PROBE_PARTS * index, 100 + PROBE_PARTS * (index + 1)):
-            outcomes = await open_loop(call, requests, lambda _t, r=rate: r, seconds, seed)
+            outcomes = await open_loop(address, requests, lambda _t, r=rate: r, seconds, seed)
             parts.append(Point("probe", rate, seconds, outcomes, target_ms))
         p99 = float(np.median([part.served_p99_ms for part in parts]))
         whole = Point("probe", rate, seconds * PROBE_PARTS, [o for part in parts for o in part.outcomes], target_ms)
@@ -430,9 +436,11 @@ async def latency_section(config: BenchConfig) -> Section:
             "less the p99 of the calls' time outside the service (the client's time less the `total_us` the "
             "service answered in `maas-timing`, at the capacity point of the sweep), since the service holds "
             "only its own time to the target; its MAX_CONCURRENT_RPCS is "
-            f"{RPC_LIMIT_HEADROOM:g} x capacity x T. The client sends requests serialized once, runs its threads "
-            f"at nice {CLIENT_NICE} while it measures (servers at 0) and its garbage collector off, so that its own "
-            "waits are not counted as the server's. Static: MAX_QUEUE_DELAY_MS swept over "
+            f"{RPC_LIMIT_HEADROOM:g} x capacity x T. The open loops are sent by a C++ client "
+            "(services/bench/native/openloop.cc: one thread sends requests serialized once at their arrival times, "
+            "one collects the answers, on one HTTP/2 connection); the closed loops by the Python one. The client "
+            f"runs its threads at nice {CLIENT_NICE} while it measures (servers at 0) and its garbage collector off, "
+            "so that its own waits are not counted as the server's. Static: MAX_QUEUE_DELAY_MS swept over "
             f"{', '.join(f'{d:g}' for d in config.static_delays_ms)} ms at 120%; the best is the one with the most "
             "goodput (calls answered within T per second). Step: 50% → 120% → 50%, "
             f"{seconds:g} s each; p99 and shed share per {WINDOW_S:g} s window of sending time in the PNG."
@@ -450,16 +458,16 @@ async def latency_section(config: BenchConfig) -> Section:
         rpc_limit = math.ceil(RPC_LIMIT_HEADROOM * baseline.closed * target / 1000)
 
         async def targeted_runs(
-            call: Call, requests: list[bytes], target: float = target, closed: float = baseline.closed
+            address: str, requests: list[bytes], target: float = target, closed: float = baseline.closed
         ):
-            capacity, probes = await _open_capacity(call, requests, closed, target, config.duration)
+            capacity, probes = await _open_capacity(address, requests, closed, target, config.duration)
             plan = [(lambda _t, r=load * capacity: r, seconds) for load in LOADS]
 
             def step_rate(t: float, full: float = capacity) -> float:
                 return full * (1.2 if seconds <= t < 2 * seconds else 0.5)
 
             plan.append((step_rate, 3 * seconds))
-            return capacity, probes, await _open_loops(call, requests, plan)
+            return capacity, probes, await _open_loops(address, requests, plan)
 
         capacity, probes, (*targeted, step) = await _run(
             workload,

@@ -83,6 +83,7 @@ class _Route:
     compute_seconds: metrics.Histogram
     queue_seconds: metrics.Histogram
     shed: metrics.Counter
+    queue_full: metrics.Counter
     target_ns: int
     cost: BatchCost
     steer: Steer
@@ -167,6 +168,7 @@ class NativeFront:
                     metrics.COMPUTE_SECONDS.labels(*labels),
                     metrics.QUEUE_SECONDS.labels(*labels),
                     metrics.SHED.labels(*labels),
+                    metrics.QUEUE_FULL.labels(*labels),
                     target_ns,
                     BatchCost(),
                     Steer(),
@@ -319,10 +321,11 @@ class NativeFront:
             self._front.set_cost(route.handle, fixed, per_row, margin, route.steer.forgiven_ns)
 
     def _count_dropped(self, route: _Route) -> None:
-        cancelled, expired, shed = self._front.dropped(route.handle)
-        if cancelled or expired or shed:
+        cancelled, expired, shed, full = self._front.dropped(route.handle)
+        if cancelled or expired or shed or full:
             name, version = route.model.name, route.version
             metrics.requests(METHOD, name, version, "CANCELLED").inc(cancelled)
             metrics.requests(METHOD, name, version, "DEADLINE_EXCEEDED").inc(expired)
-            metrics.requests(METHOD, name, version, "RESOURCE_EXHAUSTED").inc(shed)
+            metrics.requests(METHOD, name, version, "RESOURCE_EXHAUSTED").inc(shed + full)
             route.shed.inc(shed)
+            route.queue_full.inc(full)

@@ -345,7 +345,7 @@ async def test_a_call_whose_deadline_passes_in_the_queue_counts_as_expired(bare_
     code, *_ = await queued_call(front, timeout=0.3)
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert front.take(handle, 8, 1000) is None
-    assert front.dropped(handle) == (0, 1, 0)
+    assert front.dropped(handle) == (0, 1, 0, 0)
 
 
 async def queued(front, count: int) -> None:
@@ -354,6 +354,23 @@ async def queued(front, count: int) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"{front.in_flight} calls queued, not {count}")
+
+
+async def test_a_call_that_finds_the_queue_full_is_refused_there_not_proxied(bare_front):
+    front, handle = bare_front
+    waiting = [asyncio.ensure_future(queued_call(front, timeout=10)) for _ in range(10)]
+    await queued(front, 10)
+    code, details, trailing = await queued_call(front, timeout=10)
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert details == "model 'm' has 10 requests queued, its limit; retry shortly"
+    status = status_pb2.Status.FromString(trailing["grpc-status-details-bin"])
+    retry = error_details_pb2.RetryInfo()
+    assert status.details[0].Unpack(retry)
+    assert retry.retry_delay.ToNanoseconds() == 10_000_000, "no cost fit: the shortest retry delay"
+    assert front.dropped(handle) == (0, 0, 0, 1)
+    assert front.in_flight == 10
+    await asyncio.to_thread(front.shutdown, 0)
+    assert {(await call)[0] for call in waiting} == {grpc.StatusCode.UNAVAILABLE}
 
 
 async def test_a_call_the_work_ahead_would_make_late_is_refused_at_once_with_a_retry_delay(targeted_front):
@@ -371,7 +388,7 @@ async def test_a_call_the_work_ahead_would_make_late_is_refused_at_once_with_a_r
     assert status.details[0].Unpack(retry)
     assert retry.retry_delay.ToNanoseconds() == 50_000_000, "the retry delay is the work ahead, one 50 ms batch"
     assert "x-request-id" in trailing
-    assert front.dropped(handle) == (0, 0, 1)
+    assert front.dropped(handle) == (0, 0, 1, 0)
     batch, counts, _ = front.take(handle, 8, 1000)
     assert counts == [1]
     del batch
@@ -393,7 +410,7 @@ async def test_a_queued_call_that_can_no_longer_end_in_time_is_refused_when_its_
     assert codes == {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNIMPLEMENTED}, (
         "late one refused, taken one proxied"
     )
-    assert front.dropped(handle) == (0, 0, 1)
+    assert front.dropped(handle) == (0, 0, 1, 0)
 
 
 async def test_shutdown_fails_the_calls_still_queued_after_the_grace(bare_front):

@@ -84,6 +84,7 @@ struct Route {
   bool closed = false;
   uint64_t cancelled = 0;
   uint64_t expired = 0;
+  uint64_t full = 0;  // refused for a full queue
   // The latency target (0: none), and the batch cost the pump last fitted: a batch of r rows takes
   // about fixed_ns + per_row_ns * r, a plan for the queue adds margin_ns once, and admission forgives
   // forgiven_ns of it (the pump's steer).
@@ -146,6 +147,7 @@ class Call : public grpc::ServerGenericBidiReactor {
   // Refuse this call for the route's latency target: RESOURCE_EXHAUSTED with a RetryInfo of `retry_ns`
   // (counted in the route's `shed`; call with its lock held).
   void Shed(Route& route, double retry_ns, bool queued);
+  void Refuse(const char* message, double retry_ns, bool queued);
 
   bool Expired(std::chrono::system_clock::time_point now) const { return ctx_->deadline() <= now; }
   bool cancelled() const { return cancelled_.load(std::memory_order_relaxed); }
@@ -422,8 +424,17 @@ bool Call::Fast() {
   }
   this->rows = rows;
   std::lock_guard<std::mutex> lock(route->mu);
-  if (route->closed || route->queue.size() >= route->queue_limit) return false;
+  if (route->closed) return false;
   if (request_id_.empty()) request_id_ = front_->NextRequestId();
+  if (route->queue.size() >= route->queue_limit) {
+    // As the Python batcher's admission: refused here, not handed to the slower Python server.
+    ++route->full;
+    char message[256];
+    snprintf(message, sizeof(message), "model '%s' has %zu requests queued, its limit; retry shortly",
+             route->model.c_str(), route->queue.size());
+    Refuse(message, route->costed ? route->Ahead(now_ns(), 0) : 0, false);
+    return true;
+  }
   if (route->target_ns > 0 && route->costed) {
     // As the Python batcher's admission: an idle route runs a request at once, so it refuses one only if
     // the request alone would be late; a busy one if the batch running and the queue ahead make it late.
@@ -632,6 +643,10 @@ void Call::Shed(Route& route, double retry_ns, bool queued) {
   snprintf(message, sizeof(message),
            "model '%s' cannot answer within its %g ms target now (%zu requests queued); retry shortly",
            route.model.c_str(), static_cast<double>(route.target_ns) / 1e6, route.queue.size());
+  Refuse(message, retry_ns, queued);
+}
+
+void Call::Refuse(const char* message, double retry_ns, bool queued) {
   // As Python's round(seconds, 3): the delay in whole milliseconds.
   double ms = std::isfinite(retry_ns) ? std::min(retry_ns / 1e6, 3.6e6) : 3.6e6;
   int64_t delay = std::max(kMinRetryNs, static_cast<int64_t>(std::llround(ms)) * 1'000'000);
@@ -802,12 +817,13 @@ py::object Fallback(Batch& batch, const std::vector<size_t>& indices) {
   return py::cast(rest.release(), py::return_value_policy::take_ownership);
 }
 
-// The calls of the route finished here unanswered since the last look: (cancelled, expired, shed).
-std::tuple<uint64_t, uint64_t, uint64_t> Dropped(Front& front, int handle) {
+// The calls of the route finished here unanswered since the last look: (cancelled, expired, shed, refused
+// for a full queue).
+std::tuple<uint64_t, uint64_t, uint64_t, uint64_t> Dropped(Front& front, int handle) {
   Route* route = front.route(handle);
   std::lock_guard<std::mutex> lock(route->mu);
-  auto counts = std::make_tuple(route->cancelled, route->expired, route->shed);
-  route->cancelled = route->expired = route->shed = 0;
+  auto counts = std::make_tuple(route->cancelled, route->expired, route->shed, route->full);
+  route->cancelled = route->expired = route->shed = route->full = 0;
   return counts;
 }
 
