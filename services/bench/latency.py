@@ -10,7 +10,6 @@ import gc
 import itertools
 import math
 import os
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +68,10 @@ TIMING_METADATA = ((TIMING_KEY, "1"),)
 CLIENT_NICE = -5
 """Scheduling priority of the bench's own threads while they measure: on two shared cores a caller
 that waits for a core would count its own wait as the server's latency (a real caller runs elsewhere)."""
+OUTSIDE_LOAD = 0.25
+"""The share of the closed loop's best rate at which the time outside the service is measured: light load,
+so that it is the network's and the client's time (the service's MAX_LATENCY_MS is T less it), not a
+queue ahead of an overloaded server."""
 RPC_LIMIT_HEADROOM = 2.0
 """The targeted service's `MAX_CONCURRENT_RPCS` is this many times capacity x T (Little's law: the
 calls in flight when capacity is served within T), so that past capacity the calls gRPC refuses before
@@ -136,7 +139,9 @@ class Workload:
     target_rule: str
     front: str
     """The front of the targeted service (`MAAS_<SERVICE>_FRONT`); the static delays run on the Python
-    front, whose batcher has the queue delay."""
+    front, whose batcher has the queue delay, and, where the targeted service's front is another, that
+    front with no target is one of the static settings too (the native front never waits for batch
+    mates: no queue delay)."""
 
 
 def arrivals(rate_at: Callable[[float], float], seconds: float, seed: int = 0) -> np.ndarray:
@@ -148,6 +153,14 @@ def arrivals(rate_at: Callable[[float], float], seconds: float, seed: int = 0) -
         if at >= seconds:
             return np.array(times)
         times.append(at)
+
+
+def _client():
+    try:
+        from services.bench.native import _openloop
+    except ImportError as exc:
+        raise RuntimeError(f"the open-loop client is not built: run `make native` ({exc})") from None
+    return _openloop
 
 
 async def open_loop(
@@ -168,18 +181,36 @@ async def open_loop(
     Raises:
         RuntimeError: the client is not built (`make native`).
     """
-    try:
-        from services.bench.native import _openloop
-    except ImportError as exc:
-        raise RuntimeError(f"the open-loop client is not built: run `make native` ({exc})") from None
+    client = _client()
     due = arrivals(rate_at, seconds, seed)
-    lags, elapsed, codes = await asyncio.to_thread(
-        _openloop.run, address, MODEL_INFER, requests, due, CALL_TIMEOUT_S, CONNECT_TIMEOUT_S
+    lags, elapsed, codes, _ = await asyncio.to_thread(
+        client.run, address, MODEL_INFER, requests, due, CALL_TIMEOUT_S, CONNECT_TIMEOUT_S
     )
     return [
         Outcome(float(sent), lag / 1e9, took / 1e9, code == OK_CODE, code == SHED_CODE)
         for sent, lag, took, code in zip(due, lags.tolist(), elapsed.tolist(), codes.tolist(), strict=True)
     ]
+
+
+async def outside_p99_ms(address: str, requests: list[bytes], rate: float, seconds: float) -> float:
+    """The p99 of the time the calls of a Poisson open loop at `rate` spend outside the service: the C++
+    client's time less the `total_us` the service answered in `maas-timing` (its own time for the call),
+    over the calls answered; 0 if none was.
+
+    Raises:
+        RuntimeError: the client is not built (`make native`).
+    """
+    client = _client()
+    due = arrivals(lambda _t: rate, seconds)
+    _, elapsed, codes, trailers = await asyncio.to_thread(
+        client.run, address, MODEL_INFER, requests, due, CALL_TIMEOUT_S, CONNECT_TIMEOUT_S, TIMING_METADATA, TIMING_KEY
+    )
+    outside = [
+        (took - int(parse(trailer.decode())["total_us"]) * 1000) / 1e6
+        for took, code, trailer in zip(elapsed.tolist(), codes.tolist(), trailers, strict=True)
+        if code == OK_CODE and trailer
+    ]
+    return float(np.percentile(outside, 99)) if outside else 0.0
 
 
 def _env(workload: Workload, config: BenchConfig, **settings: float | str) -> dict[str, str]:
@@ -265,8 +296,8 @@ async def _open_loops(address: str, requests: list[bytes], points) -> list[list[
 class Baseline:
     """What the no-delay server measured before the open loops: the target T, the most calls per second a
     closed loop had answered within T and the sweep behind it, the p99 of the calls' time outside the
-    service's own (the client's time less the service's `maas-timing` `total_us`) at that point, and
-    whether the client ran ahead of the server (`_ahead_of_servers`)."""
+    service's own (`outside_p99_ms`) at `OUTSIDE_LOAD` of that rate, and whether the client ran ahead of
+    the server (`_ahead_of_servers`)."""
 
     target_ms: float
     closed: float
@@ -310,9 +341,10 @@ async def _open_capacity(address: str, requests: list[bytes], closed: float, tar
 
 
 async def _baseline(workload: Workload, config: BenchConfig) -> Baseline:
-    """The model's served p50 at concurrency 1 (whence T), and the most calls per second a closed loop had
+    """The model's served p50 at concurrency 1 (whence T), the most calls per second a closed loop had
     answered with a p99 within T, over `CAPACITY_CONCURRENCIES` up to the first over T (no queue delay),
-    with the time its calls spent outside the service at that point."""
+    and the time the calls of an open loop at `OUTSIDE_LOAD` of that rate spent outside the service."""
+    requests = [r.SerializeToString() for r in workload.requests]
     async with (
         running(
             workload.service, "--port", "0", env=_env(workload, config, max_queue_delay_ms=0), cpus=_server_cpus()
@@ -320,30 +352,19 @@ async def _baseline(workload: Workload, config: BenchConfig) -> Baseline:
         grpc.aio.insecure_channel(address) as channel,
     ):
         call = _infer(channel)
-        cycle = itertools.cycle([r.SerializeToString() for r in workload.requests])
-        outside: list[float] = []
-
-        async def timed() -> None:
-            began = time.perf_counter_ns()
-            answer = call(next(cycle), metadata=TIMING_METADATA)
-            await answer
-            elapsed = time.perf_counter_ns() - began
-            entry = parse([value for key, value in await answer.trailing_metadata() if key == TIMING_KEY][-1])
-            outside.append((elapsed - int(entry["total_us"]) * 1000) / 1e6)
-
+        cycle = itertools.cycle(requests)
         with _ahead_of_servers() as ahead:
             alone = await closed_loop(lambda: call(next(cycle)), 1, config.duration, config.warmup)
             target = workload.target(alone.p50_ms)
-            sweep, outsides = [], []
+            sweep = []
             for concurrency in CAPACITY_CONCURRENCIES:
-                sweep.append(await closed_loop(timed, concurrency, config.duration / 2, 0.2))
-                outsides.append(float(np.percentile(outside, 99)) if outside else 0.0)
-                outside.clear()
+                sweep.append(await closed_loop(lambda: call(next(cycle)), concurrency, config.duration / 2, 0.2))
                 if sweep[-1].p99_ms > target:
                     break
-    within = [i for i, point in enumerate(sweep) if point.p99_ms <= target] or [0]
-    best = max(within, key=lambda i: sweep[i].throughput)
-    return Baseline(target, sweep[best].throughput, sweep, outsides[best], ahead)
+            within = [point for point in sweep if point.p99_ms <= target] or sweep[:1]
+            closed = max(point.throughput for point in within)
+            outside = await outside_p99_ms(address, requests, OUTSIDE_LOAD * closed, config.duration / 2)
+    return Baseline(target, closed, sweep, outside, ahead)
 
 
 def _windows(outcomes: list[Outcome], seconds: float) -> list[tuple[float, float, float]]:
@@ -431,11 +452,13 @@ async def latency_section(config: BenchConfig) -> Section:
             + "fashion_cnn: one test image per request, "
             "T = 10 ms, the targeted service on the native front (docs/native-front.md; its routes hold the "
             "target in C++, on the batch cost its pumps fit), the static delays and the capacity sweep on the "
-            "Python front. minilm_embed (Python front throughout): short texts (first sentences of reviews, at most "
+            "Python front, and the native front with no target (it never waits for batch mates) as one more "
+            "static setting. minilm_embed (Python front throughout): short texts (first sentences of reviews, at most "
             f"{SHORT_TOKENS} tokens), T = 4x its served p50 at concurrency 1. The service's MAX_LATENCY_MS is T "
-            "less the p99 of the calls' time outside the service (the client's time less the `total_us` the "
-            "service answered in `maas-timing`, at the capacity point of the sweep), since the service holds "
-            "only its own time to the target; its MAX_CONCURRENT_RPCS is "
+            "less the p99 of the calls' time outside the service (the C++ client's time less the `total_us` the "
+            f"service answered in `maas-timing`, in an open loop at {OUTSIDE_LOAD:g} x the closed loop's best rate on "
+            "the no-delay server, light load: the network's and the client's time), since the service holds only "
+            "its own time to the target; its MAX_CONCURRENT_RPCS is "
             f"{RPC_LIMIT_HEADROOM:g} x capacity x T. The open loops are sent by a C++ client "
             "(services/bench/native/openloop.cc: one thread sends requests serialized once at their arrival times, "
             "one collects the answers, on one HTTP/2 connection); the closed loops by the Python one. The client "
@@ -476,14 +499,17 @@ async def latency_section(config: BenchConfig) -> Section:
             targeted_runs,
         )
         points: dict[tuple[str, float], Point] = {}
-        for delay in config.static_delays_ms:
+        statics = [(f"static {delay:g} ms", {"max_queue_delay_ms": delay}) for delay in config.static_delays_ms]
+        if workload.front != "python":
+            statics.append((f"{workload.front} front, no target", {"front": workload.front}))
+        for index, (label, settings) in enumerate(statics):
             [outcomes] = await _run(
                 workload,
                 config,
-                {"max_queue_delay_ms": delay},
+                settings,
                 functools.partial(_open_loops, points=[(lambda _t, r=1.2 * capacity: r, seconds)]),
             )
-            points["static", delay] = Point(f"static {delay:g} ms", 1.2 * capacity, seconds, outcomes, target)
+            points["static", index] = Point(label, 1.2 * capacity, seconds, outcomes, target)
         best = max((p for (mode, _), p in points.items() if mode == "static"), key=lambda p: p.goodput)
         for load, outcomes in zip(LOADS, targeted, strict=True):
             points["target", load] = Point(f"target {target:.1f} ms", load * capacity, seconds, outcomes, target)

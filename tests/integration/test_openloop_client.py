@@ -26,6 +26,7 @@ class Seen:
     requests: list[bytes]
     in_flight: int = 0
     most: int = 0
+    timing_asked: int = 0
 
 
 async def _serve(seen: Seen, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -39,6 +40,13 @@ async def _serve(seen: Seen, request: bytes, context: grpc.aio.ServicerContext) 
             await asyncio.sleep(SLOW_S)
         if request == b"stall":
             await asyncio.sleep(STALL_S)
+        if request.startswith(b"own "):
+            seen.timing_asked += (latency.TIMING_KEY, "1") in context.invocation_metadata()
+            took_us, claimed_us = request.decode().split()[1:]
+            await asyncio.sleep(int(took_us) / 1e6)
+            context.set_trailing_metadata(
+                ((latency.TIMING_KEY, "hop=earlier;total_us=1"), (latency.TIMING_KEY, f"hop=m;total_us={claimed_us}"))
+            )
         return request
     finally:
         seen.in_flight -= 1
@@ -88,9 +96,10 @@ async def test_every_arrival_is_one_call_ending_with_its_own_status(server):
 async def test_calls_are_sent_whatever_the_answers(server):
     address, seen = server
     due = np.linspace(0.0, 0.1, 20)
-    lags, elapsed, codes = await asyncio.to_thread(
+    lags, elapsed, codes, trailers = await asyncio.to_thread(
         _openloop.run, address, latency.MODEL_INFER, [b"slow"], due, 5.0, 5.0
     )
+    assert trailers == [b""] * 20
     assert seen.most == 20
     assert codes.tolist() == [0] * 20
     assert np.all(elapsed >= SLOW_S * 1e9)
@@ -99,11 +108,37 @@ async def test_calls_are_sent_whatever_the_answers(server):
 
 async def test_a_call_past_its_deadline_ends_with_deadline_exceeded(server):
     address, _ = server
-    _, elapsed, codes = await asyncio.to_thread(
+    _, elapsed, codes, _ = await asyncio.to_thread(
         _openloop.run, address, latency.MODEL_INFER, [b"stall", b"fine"], np.array([0.0, 0.01]), 0.2, 5.0
     )
     assert codes.tolist() == [grpc.StatusCode.DEADLINE_EXCEEDED.value[0], 0]
     assert 0.2e9 <= elapsed[0] < STALL_S * 1e9
+
+
+async def test_metadata_goes_with_every_call_and_the_last_trailer_value_comes_back(server):
+    address, seen = server
+    _, elapsed, codes, trailers = await asyncio.to_thread(
+        _openloop.run,
+        address,
+        latency.MODEL_INFER,
+        [b"own 20000 20000", b"fine"],
+        np.array([0.0, 0.01, 0.02]),
+        5.0,
+        5.0,
+        latency.TIMING_METADATA,
+        latency.TIMING_KEY,
+    )
+    assert codes.tolist() == [0, 0, 0]
+    assert trailers == [b"hop=m;total_us=20000", b"", b"hop=m;total_us=20000"]
+    assert seen.timing_asked == 2
+    assert elapsed[0] >= 20e6
+
+
+async def test_the_time_outside_the_service_is_the_callers_time_less_what_the_service_answered(server):
+    address, _ = server
+    assert 0 <= await latency.outside_p99_ms(address, [b"own 30000 30000", b"fine"], 40.0, 0.5) < 20
+    assert await latency.outside_p99_ms(address, [b"own 30000 0"], 40.0, 0.5) >= 30
+    assert await latency.outside_p99_ms(address, [b"fine"], 40.0, 0.5) == 0.0
 
 
 def test_bad_arrivals_no_requests_and_an_unreachable_server_are_refused():

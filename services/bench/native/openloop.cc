@@ -11,10 +11,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <iterator>
 #include <memory>
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 namespace py = pybind11;
@@ -35,13 +37,23 @@ struct Pending {
   std::unique_ptr<grpc::GenericClientAsyncResponseReader> reader;
 };
 
+// The last value of `key` in the call's trailing metadata, or "" if it has none.
+std::string Trailer(const grpc::ClientContext& context, const std::string& key) {
+  const auto [first, last] = context.GetServerTrailingMetadata().equal_range(key);
+  if (first == last) return {};
+  const grpc::string_ref value = std::prev(last)->second;
+  return std::string(value.data(), value.size());
+}
+
 // Sends `requests` in turn to `method` at `target`, call i at `arrivals[i]` seconds after the channel is
-// connected (or at once, if the client is behind), each with a deadline of `timeout_s`. Returns three
-// arrays, one entry per call: how many ns after its arrival time it was started, how many ns from its
-// start to its status, and that status's code.
+// connected (or at once, if the client is behind), each with a deadline of `timeout_s` and `metadata`.
+// Returns, one entry per call: how many ns after its arrival time it was started, how many ns from its
+// start to its status, that status's code (three arrays), and the last value of the trailing metadata
+// `trailer` (a list of bytes; empty where the call had none, all empty if `trailer` is "").
 py::tuple run(const std::string& target, const std::string& method, const std::vector<std::string>& requests,
               py::array_t<double, py::array::c_style | py::array::forcecast> arrivals, double timeout_s,
-              double connect_timeout_s) {
+              double connect_timeout_s, const std::vector<std::pair<std::string, std::string>>& metadata,
+              const std::string& trailer) {
   if (requests.empty()) throw std::invalid_argument("no requests to send");
   if (timeout_s <= 0 || connect_timeout_s <= 0) throw std::invalid_argument("timeouts must be positive");
   std::vector<grpc::ByteBuffer> buffers;
@@ -64,6 +76,7 @@ py::tuple run(const std::string& target, const std::string& method, const std::v
   int64_t* lag_out = lag.mutable_data();
   int64_t* elapsed_out = elapsed.mutable_data();
   int32_t* code_out = codes.mutable_data();
+  std::vector<std::string> trailers(count);
   const auto timeout = std::chrono::nanoseconds(static_cast<int64_t>(timeout_s * 1e9));
   {
     py::gil_scoped_release release;
@@ -81,6 +94,7 @@ py::tuple run(const std::string& target, const std::string& method, const std::v
         std::unique_ptr<Pending> pending(static_cast<Pending*>(tag));
         elapsed_out[pending->index] = ended - pending->began;
         code_out[pending->index] = static_cast<int32_t>(pending->status.error_code());
+        if (!trailer.empty()) trailers[pending->index] = Trailer(pending->context, trailer);
       }
     });
     const int64_t start = now_ns();
@@ -90,6 +104,7 @@ py::tuple run(const std::string& target, const std::string& method, const std::v
       auto pending = std::make_unique<Pending>();
       pending->index = i;
       pending->context.set_deadline(std::chrono::system_clock::now() + timeout);
+      for (const auto& [key, value] : metadata) pending->context.AddMetadata(key, value);
       pending->began = now_ns();
       lag_out[i] = std::max<int64_t>(0, pending->began - at);
       pending->reader = stub.PrepareUnaryCall(&pending->context, method, buffers[i % buffers.size()], &queue);
@@ -104,7 +119,9 @@ py::tuple run(const std::string& target, const std::string& method, const std::v
     while (queue.Next(&tag, &ok)) {
     }
   }
-  return py::make_tuple(lag, elapsed, codes);
+  py::list values;
+  for (const auto& value : trailers) values.append(py::bytes(value));
+  return py::make_tuple(lag, elapsed, codes, values);
 }
 
 }  // namespace
@@ -113,5 +130,7 @@ PYBIND11_MODULE(_openloop, module) {
   module.doc() = "The latency bench's open-loop gRPC client (services/bench/native/openloop.cc).";
   module.def("run", &run, py::arg("target"), py::arg("method"), py::arg("requests"), py::arg("arrivals"),
              py::arg("timeout_s"), py::arg("connect_timeout_s"),
-             "Send requests at the given arrival times (seconds); returns (lag ns, elapsed ns, status code).");
+             py::arg("metadata") = std::vector<std::pair<std::string, std::string>>{}, py::arg("trailer") = "",
+             "Send requests at the given arrival times (seconds) with metadata; returns (lag ns, elapsed ns, "
+             "status code, the trailing metadata `trailer`'s last value per call).");
 }
