@@ -50,8 +50,7 @@ PROBE_SHED = 0.01
 """The most a probe within capacity may refuse: the share the latency target may shed at 80% of it."""
 CLIENT_LAG_MS = 5.0
 """The most a probe within capacity may start its calls after their Poisson arrival times, at p99: past
-it the bench's client, not the service, sets the pace (it has one core of the machine). The C++ client
-starts its calls 0.1 to 0.4 ms late at p99 up to 20,000 calls/s."""
+it the bench's client, not the service, sets the pace (it has one core of the machine)."""
 SERVER_CPUS = frozenset({0})
 CLIENT_CPUS = frozenset({1})
 """The server runs on one core and the bench's client on the other, the nearest this machine comes to a
@@ -145,7 +144,16 @@ class Workload:
 
 
 def arrivals(rate_at: Callable[[float], float], seconds: float, seed: int = 0) -> np.ndarray:
-    """Poisson arrival times (seconds into the run) at `rate_at(t)` calls per second for `seconds`."""
+    """Poisson arrival times at `rate_at(t)` calls per second for `seconds`.
+
+    Args:
+        rate_at: calls per second at `t` seconds into the run.
+        seconds: how long.
+        seed: the random seed: the same arguments give the same times.
+
+    Returns:
+        The arrival times, seconds into the run, in order.
+    """
     rng = np.random.default_rng(seed)
     times, at = [], 0.0
     while True:
@@ -179,7 +187,8 @@ async def open_loop(
         seed: the arrivals' random seed.
 
     Raises:
-        RuntimeError: the client is not built (`make native`).
+        RuntimeError: the client is not built (`make native`), or could not connect within
+            `CONNECT_TIMEOUT_S`.
     """
     client = _client()
     due = arrivals(rate_at, seconds, seed)
@@ -193,24 +202,37 @@ async def open_loop(
 
 
 async def outside_p99_ms(address: str, requests: list[bytes], rate: float, seconds: float) -> float:
-    """The p99 of the time the calls of a Poisson open loop at `rate` spend outside the service: the C++
-    client's time less the `total_us` the service answered in `maas-timing` (its own time for the call),
-    over the calls answered; 0 if none was.
+    """The p99 of the time the calls of a Poisson open loop spend outside the service: the C++ client's
+    time less the `total_us` the service answered in `maas-timing` (its own time for the call).
+
+    Args:
+        address: the service's `host:port`.
+        requests: serialized `ModelInferRequest`s, sent in turn, each asking for `maas-timing`.
+        rate: calls per second.
+        seconds: how long.
+
+    Returns:
+        Milliseconds, over the calls answered.
 
     Raises:
-        RuntimeError: the client is not built (`make native`).
+        RuntimeError: the client is not built (`make native`) or could not connect, no call was answered,
+            or one was answered without `maas-timing`.
     """
     client = _client()
     due = arrivals(lambda _t: rate, seconds)
     _, elapsed, codes, trailers = await asyncio.to_thread(
         client.run, address, MODEL_INFER, requests, due, CALL_TIMEOUT_S, CONNECT_TIMEOUT_S, TIMING_METADATA, TIMING_KEY
     )
-    outside = [
-        (took - int(parse(trailer.decode())["total_us"]) * 1000) / 1e6
+    answered = [
+        (took, trailer)
         for took, code, trailer in zip(elapsed.tolist(), codes.tolist(), trailers, strict=True)
-        if code == OK_CODE and trailer
+        if code == OK_CODE
     ]
-    return float(np.percentile(outside, 99)) if outside else 0.0
+    if not answered or not all(trailer for _, trailer in answered):
+        untimed = sum(not trailer for _, trailer in answered)
+        raise RuntimeError(f"{address} answered {len(answered)} of {len(due)} calls, {untimed} without maas-timing")
+    outside = [(took - int(parse(trailer.decode())["total_us"]) * 1000) / 1e6 for took, trailer in answered]
+    return float(np.percentile(outside, 99))
 
 
 def _env(workload: Workload, config: BenchConfig, **settings: float | str) -> dict[str, str]:
@@ -237,9 +259,10 @@ def _server_cpus() -> frozenset[int] | None:
 @contextlib.contextmanager
 def _ahead_of_servers() -> Iterator[bool]:
     """Run this process's threads on `CLIENT_CPUS` (where `separate_cores`) and at `CLIENT_NICE` for the
-    block (servers started before keep theirs), with the garbage collector off (its full passes over the
-    calls' objects paused the client's loop by up to 100 ms, late sends counted as the server's latency);
-    yields False, changing no priority, where raising one is not permitted."""
+    block (servers started before keep theirs; threads started in the block inherit both and keep them),
+    with the garbage collector off (its full passes over the calls' objects paused the client's loop by up
+    to 100 ms, late sends counted as the server's latency); yields False, changing no priority, where
+    raising one is not permitted."""
     gc.collect()
     gc.disable()
     threads = [int(tid) for tid in os.listdir("/proc/self/task")] if os.path.isdir("/proc/self/task") else []
@@ -541,7 +564,7 @@ async def latency_section(config: BenchConfig) -> Section:
             + " ms, shed "
             + "/".join(f"{points['target', load].shed:.1%}" for load in LOADS)
             + f"; at 120% the excess is {1 - 1 / 1.2:.1%} and goodput is {high.goodput / best.goodput:.0%} of the "
-            f"best static delay's ({best.label}: {best.goodput:,.0f}/s, p99 {best.served_p99_ms:.2f} ms).",
+            f"best static setting's ({best.label}: {best.goodput:,.0f}/s, p99 {best.served_p99_ms:.2f} ms).",
             f"{workload.model} step: worst served p99 per {WINDOW_S:g} s window outside the {SETTLE_S:g} s after "
             f"each change: {over:.2f} ms (T {target:.1f} ms).",
         ]

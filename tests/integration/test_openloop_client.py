@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
@@ -21,9 +22,11 @@ STALL_S = 1.0
 
 @dataclass
 class Seen:
-    """What the server saw: the requests' bytes in order of arrival, and the most calls in flight at once."""
+    """What the server saw: the requests' bytes and their arrival times (monotonic seconds) in order of
+    arrival, how many asked for `maas-timing`, and the most calls in flight at once."""
 
     requests: list[bytes]
+    arrived: list[float] = field(default_factory=list)
     in_flight: int = 0
     most: int = 0
     timing_asked: int = 0
@@ -31,6 +34,8 @@ class Seen:
 
 async def _serve(seen: Seen, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     seen.requests.append(request)
+    seen.arrived.append(time.monotonic())
+    seen.timing_asked += (latency.TIMING_KEY, "1") in context.invocation_metadata()
     seen.in_flight += 1
     seen.most = max(seen.most, seen.in_flight)
     try:
@@ -41,7 +46,6 @@ async def _serve(seen: Seen, request: bytes, context: grpc.aio.ServicerContext) 
         if request == b"stall":
             await asyncio.sleep(STALL_S)
         if request.startswith(b"own "):
-            seen.timing_asked += (latency.TIMING_KEY, "1") in context.invocation_metadata()
             took_us, claimed_us = request.decode().split()[1:]
             await asyncio.sleep(int(took_us) / 1e6)
             context.set_trailing_metadata(
@@ -93,6 +97,15 @@ async def test_every_arrival_is_one_call_ending_with_its_own_status(server):
     assert all(o.seconds > 0 and o.lag >= 0 for o in outcomes)
 
 
+async def test_calls_are_sent_at_their_arrival_times(server):
+    address, seen = server
+    due = np.array([0.0, 0.15, 0.2, 0.5])
+    lags, _, codes, _ = await asyncio.to_thread(_openloop.run, address, latency.MODEL_INFER, [b"fine"], due, 5.0, 5.0)
+    assert codes.tolist() == [0] * 4
+    assert np.diff(seen.arrived) == pytest.approx(np.diff(due), abs=0.03)
+    assert np.all(lags < 0.03e9)
+
+
 async def test_calls_are_sent_whatever_the_answers(server):
     address, seen = server
     due = np.linspace(0.0, 0.1, 20)
@@ -130,15 +143,18 @@ async def test_metadata_goes_with_every_call_and_the_last_trailer_value_comes_ba
     )
     assert codes.tolist() == [0, 0, 0]
     assert trailers == [b"hop=m;total_us=20000", b"", b"hop=m;total_us=20000"]
-    assert seen.timing_asked == 2
+    assert seen.timing_asked == 3
     assert elapsed[0] >= 20e6
 
 
 async def test_the_time_outside_the_service_is_the_callers_time_less_what_the_service_answered(server):
     address, _ = server
-    assert 0 <= await latency.outside_p99_ms(address, [b"own 30000 30000", b"fine"], 40.0, 0.5) < 20
+    assert 0 <= await latency.outside_p99_ms(address, [b"own 30000 30000"], 40.0, 0.5) < 20
     assert await latency.outside_p99_ms(address, [b"own 30000 0"], 40.0, 0.5) >= 30
-    assert await latency.outside_p99_ms(address, [b"fine"], 40.0, 0.5) == 0.0
+    with pytest.raises(RuntimeError, match=r"answered (\d+) of \1 calls, [1-9]\d* without maas-timing"):
+        await latency.outside_p99_ms(address, [b"own 1000 1000", b"fine"], 40.0, 0.5)
+    with pytest.raises(RuntimeError, match="answered 0 of"):
+        await latency.outside_p99_ms(address, [b"refuse"], 40.0, 0.5)
 
 
 def test_bad_arrivals_no_requests_and_an_unreachable_server_are_refused():

@@ -147,6 +147,8 @@ class Call : public grpc::ServerGenericBidiReactor {
   // Refuse this call for the route's latency target: RESOURCE_EXHAUSTED with a RetryInfo of `retry_ns`
   // (counted in the route's `shed`; call with its lock held).
   void Shed(Route& route, double retry_ns, bool queued);
+  // Refuse this call: RESOURCE_EXHAUSTED with `message` and a RetryInfo of `retry_ns` (at least 10 ms);
+  // `queued`: it was in a route's queue.
   void Refuse(const char* message, double retry_ns, bool queued);
 
   bool Expired(std::chrono::system_clock::time_point now) const { return ctx_->deadline() <= now; }
