@@ -71,6 +71,9 @@ OUTSIDE_LOAD = 0.25
 """The share of the closed loop's best rate at which the time outside the service is measured: light load,
 so that it is the network's and the client's time (the service's MAX_LATENCY_MS is T less it), not a
 queue ahead of an overloaded server."""
+OUTSIDE_CALLS = 200
+"""Calls the loop measuring the time outside the service sends at least, so that its p99 is not one
+call's (at a quarter of a slow model's rate, half the bench's duration holds only a few)."""
 RPC_LIMIT_HEADROOM = 2.0
 """The targeted service's `MAX_CONCURRENT_RPCS` is this many times capacity x T (Little's law: the
 calls in flight when capacity is served within T), so that past capacity the calls gRPC refuses before
@@ -163,12 +166,16 @@ def arrivals(rate_at: Callable[[float], float], seconds: float, seed: int = 0) -
         times.append(at)
 
 
-def _client():
+async def _send(address: str, requests: list[bytes], due: np.ndarray, *timing: object):
+    """`_openloop.run` on a worker thread: (lag ns, elapsed ns, codes, trailers) per arrival in `due`;
+    `timing` is the `metadata, trailer` pair, if any."""
     try:
         from services.bench.native import _openloop
     except ImportError as exc:
         raise RuntimeError(f"the open-loop client is not built: run `make native` ({exc})") from None
-    return _openloop
+    return await asyncio.to_thread(
+        _openloop.run, address, MODEL_INFER, requests, due, CALL_TIMEOUT_S, CONNECT_TIMEOUT_S, *timing
+    )
 
 
 async def open_loop(
@@ -190,11 +197,8 @@ async def open_loop(
         RuntimeError: the client is not built (`make native`), or could not connect within
             `CONNECT_TIMEOUT_S`.
     """
-    client = _client()
     due = arrivals(rate_at, seconds, seed)
-    lags, elapsed, codes, _ = await asyncio.to_thread(
-        client.run, address, MODEL_INFER, requests, due, CALL_TIMEOUT_S, CONNECT_TIMEOUT_S
-    )
+    lags, elapsed, codes, _ = await _send(address, requests, due)
     return [
         Outcome(float(sent), lag / 1e9, took / 1e9, code == OK_CODE, code == SHED_CODE)
         for sent, lag, took, code in zip(due, lags.tolist(), elapsed.tolist(), codes.tolist(), strict=True)
@@ -218,11 +222,8 @@ async def outside_p99_ms(address: str, requests: list[bytes], rate: float, secon
         RuntimeError: the client is not built (`make native`) or could not connect, no call was answered,
             or one was answered without `maas-timing`.
     """
-    client = _client()
     due = arrivals(lambda _t: rate, seconds)
-    _, elapsed, codes, trailers = await asyncio.to_thread(
-        client.run, address, MODEL_INFER, requests, due, CALL_TIMEOUT_S, CONNECT_TIMEOUT_S, TIMING_METADATA, TIMING_KEY
-    )
+    _, elapsed, codes, trailers = await _send(address, requests, due, TIMING_METADATA, TIMING_KEY)
     answered = [
         (took, trailer)
         for took, code, trailer in zip(elapsed.tolist(), codes.tolist(), trailers, strict=True)
@@ -366,7 +367,8 @@ async def _open_capacity(address: str, requests: list[bytes], closed: float, tar
 async def _baseline(workload: Workload, config: BenchConfig) -> Baseline:
     """The model's served p50 at concurrency 1 (whence T), the most calls per second a closed loop had
     answered with a p99 within T, over `CAPACITY_CONCURRENCIES` up to the first over T (no queue delay),
-    and the time the calls of an open loop at `OUTSIDE_LOAD` of that rate spent outside the service."""
+    and the time the calls of an open loop at `OUTSIDE_LOAD` of that rate (`OUTSIDE_CALLS` at least) spent
+    outside the service."""
     requests = [r.SerializeToString() for r in workload.requests]
     async with (
         running(
@@ -386,7 +388,8 @@ async def _baseline(workload: Workload, config: BenchConfig) -> Baseline:
                     break
             within = [point for point in sweep if point.p99_ms <= target] or sweep[:1]
             closed = max(point.throughput for point in within)
-            outside = await outside_p99_ms(address, requests, OUTSIDE_LOAD * closed, config.duration / 2)
+            rate = OUTSIDE_LOAD * closed
+            outside = await outside_p99_ms(address, requests, rate, max(config.duration / 2, OUTSIDE_CALLS / rate))
     return Baseline(target, closed, sweep, outside, ahead)
 
 

@@ -120,11 +120,11 @@ def test_quick_bench_writes_a_report_with_every_row(model_repository: Path, tmp_
         assert re.search(rf"^\| {service} \| grpc \| [\d.]+ \| [\d.]+ \|$", report, re.M), service
     assert re.search(r"Cold start, grpc hosting \(median; target\): tokenizer [\d.]+ s", report)
     assert re.search(r"callers asking for `maas-timing` get [\d.]+% of the throughput", report)
+    best = r"best static \((static [\d.]+ ms|\w+ front, no target)\)"
     for model in ("fashion_cnn", "minilm_embed"):
         for load, mode in (("50%", "latency target"), ("80%", "latency target"), ("120%", "latency target")):
             assert re.search(rf"^\| {model} \| [\d.]+ \| {load} \| {mode} \|", report, re.M), (model, load)
-        best = r"static [\d.]+ ms" + (r"|native front, no target" if model == "fashion_cnn" else "")
-        assert re.search(rf"^\| {model} \| [\d.]+ \| 120% \| best static \(({best})\) \|", report, re.M)
+        assert re.search(rf"^\| {model} \| [\d.]+ \| 120% \| {best} \|", report, re.M)
         assert re.search(rf"{model} step: worst served p99 per 0.5 s window", report)
     assert "benchmarks/latency-target-open-loop.png" in charts
 
