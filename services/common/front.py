@@ -310,12 +310,13 @@ class NativeFront:
             self._answered += len(counts)
 
     def _learn(self, route: _Route, rows: int, compute_ns: int, arrived: list[int], done_ns: int) -> None:
-        """Fit the route's batch cost and steer its margin (as the batcher does, `BatchCost` and `Steer`),
-        and hand both to the C++ side, which admits calls by them: before the batch is answered, so that its
-        callers' next calls meet the cost it taught."""
+        """Fit the route's batch cost and steer its margin (as the batcher does, `BatchCost` and `Steer`,
+        against the target less the time the route's calls now take to be written, which the C++ side plans
+        for), and hand both to the C++ side, which admits calls by them: before the batch is answered, so
+        that its callers' next calls meet the cost it taught."""
         route.cost.observe(rows, compute_ns)
         margin = route.cost.margin_ns()
-        route.steer.observe(arrived, done_ns, route.target_ns, margin)
+        route.steer.observe(arrived, done_ns, route.target_ns - self._front.write_ns(route.handle), margin)
         if route.cost.ready:
             fixed, per_row = route.cost.line()
             self._front.set_cost(route.handle, fixed, per_row, margin, route.steer.forgiven_ns)

@@ -395,6 +395,26 @@ async def test_a_call_the_work_ahead_would_make_late_is_refused_at_once_with_a_r
     assert (await first)[0] == grpc.StatusCode.UNIMPLEMENTED, "the batch dropped unanswered goes to the Python server"
 
 
+async def test_a_targeted_route_learns_how_long_its_calls_take_to_be_written(targeted_front):
+    """The time from finishing a call to gRPC having written it counts against the target (admission plans
+    for it): a refusal's write time is measured, as an answer's is."""
+    front, handle = targeted_front
+    assert front.write_ns(handle) == 0
+    front.set_cost(handle, fixed_ns=50e6, per_row_ns=0.0, margin_ns=0.0, forgiven_ns=0.0)
+    first = asyncio.ensure_future(queued_call(front, timeout=10))
+    await queued(front, 1)
+    code, *_ = await queued_call(front, timeout=10)
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    for _ in range(100):
+        if front.write_ns(handle) > 0:
+            break
+        await asyncio.sleep(0.01)
+    assert 0 < front.write_ns(handle) < 1e9, "the refusal's write time, in ns"
+    batch, _, _ = front.take(handle, 8, 1000)
+    del batch
+    assert (await first)[0] == grpc.StatusCode.UNIMPLEMENTED, "the batch dropped unanswered goes to the Python server"
+
+
 async def test_a_queued_call_that_can_no_longer_end_in_time_is_refused_when_its_batch_is_taken(targeted_front):
     front, handle = targeted_front
     front.set_cost(handle, fixed_ns=1e6, per_row_ns=0.0, margin_ns=0.0, forgiven_ns=0.0)

@@ -47,6 +47,14 @@ constexpr char kIgnoredParameter[] = "triton_enable_empty_final_response";
 // says, so that the fit sees the machine again (as the Python batcher's PROBE_NS).
 constexpr int64_t kProbeNs = 500'000'000;
 constexpr int64_t kMinRetryNs = 10'000'000;
+// A route with a latency target plans each call to be finished (answered or refused) the `kWriteQuantile`
+// quantile of its last `kWrites` calls' write times before the target: the time from finishing a call to
+// gRPC having written it, which the caller waits for too and which grows with load (a batch's answers are
+// written one after another, on the cores that run the model). The quantile is taken again every
+// `kWritesPerUpdate` calls.
+constexpr size_t kWrites = 256;
+constexpr size_t kWritesPerUpdate = 32;
+constexpr double kWriteQuantile = 0.95;
 
 int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
@@ -94,6 +102,26 @@ struct Route {
   bool running = false;
   int64_t running_started_ns = 0, running_rows = 0, free_ns = 0, queued_rows = 0;
   uint64_t shed = 0;
+  // The write times of the last `kWrites` calls finished here (a ring, `written` of them so far) and their
+  // quantile; `writes_mu`, not `mu`, guards the ring, since a call may be done while its finisher holds `mu`.
+  std::mutex writes_mu;
+  std::vector<int64_t> writes = std::vector<int64_t>(kWrites, 0);
+  size_t written = 0;
+  std::atomic<int64_t> write_ns{0};
+
+  void Wrote(int64_t ns) {
+    std::lock_guard<std::mutex> lock(writes_mu);
+    writes[written++ % kWrites] = ns;
+    if (written % kWritesPerUpdate != 1) return;
+    std::vector<int64_t> recent(writes.begin(), writes.begin() + static_cast<std::ptrdiff_t>(std::min(written, kWrites)));
+    auto at = recent.begin() + static_cast<std::ptrdiff_t>(kWriteQuantile * static_cast<double>(recent.size() - 1));
+    std::nth_element(recent.begin(), at, recent.end());
+    write_ns.store(*at, std::memory_order_relaxed);
+  }
+  // When a call that arrived at `arrived` must be finished here to meet the target.
+  double FinishBy(int64_t arrived) const {
+    return static_cast<double>(arrived + target_ns - write_ns.load(std::memory_order_relaxed));
+  }
 
   // The queue and its rows change only here (with `mu` held), so that queued_rows stays their sum.
   void Push(Call* call, int64_t rows) {
@@ -156,6 +184,8 @@ class Call : public grpc::ServerGenericBidiReactor {
   const inference::ModelInferRequest& request() const { return request_; }
   int64_t rows = 0;
   int64_t arrived_ns = 0;
+  int64_t finished_ns = 0;  // when its route answered or refused it (0: neither)
+  Route* route = nullptr;   // the route it asked for
   bool probe = false;  // admitted by an idle route whatever its fit said: never shed
   std::vector<int> input_order;  // request input index of each registered input
 
@@ -425,6 +455,7 @@ bool Call::Fast() {
     input_order[slot] = i;
   }
   this->rows = rows;
+  this->route = route;
   std::lock_guard<std::mutex> lock(route->mu);
   if (route->closed) return false;
   if (request_id_.empty()) request_id_ = front_->NextRequestId();
@@ -444,7 +475,7 @@ bool Call::Fast() {
     bool idle = !route->running && route->queue.empty();
     probe = idle && now - route->free_ns > kProbeNs;
     double ahead = idle ? route->Predict(rows) : route->Ahead(now, rows);
-    if (!probe && now + ahead - route->forgiven_ns > arrived_ns + route->target_ns) {
+    if (!probe && now + ahead - route->forgiven_ns > route->FinishBy(arrived_ns)) {
       Shed(*route, ahead, false);
       return true;
     }
@@ -571,7 +602,10 @@ void Call::OnCancel() {
   if (proxying_ && upstream_ctx_) upstream_ctx_->TryCancel();
 }
 
-void Call::OnDone() { Release(); }
+void Call::OnDone() {
+  if (finished_ns != 0 && route->target_ns > 0) route->Wrote(now_ns() - finished_ns);
+  Release();
+}
 
 void Call::Release() {
   bool last;
@@ -586,6 +620,7 @@ void Call::Release() {
 // operation starts, so it leaves the front's count first.
 void Call::Answer(grpc::ByteBuffer&& response) {
   front_->Leave();
+  finished_ns = now_ns();
   out_ = std::move(response);
   ctx_->AddTrailingMetadata(kRequestIdKey, request_id_);
   StartWriteAndFinish(&out_, grpc::WriteOptions(), grpc::Status::OK);
@@ -654,6 +689,7 @@ void Call::Refuse(const char* message, double retry_ns, bool queued) {
   int64_t delay = std::max(kMinRetryNs, static_cast<int64_t>(std::llround(ms)) * 1'000'000);
   if (queued) front_->Leave();
   ctx_->AddTrailingMetadata(kRequestIdKey, request_id_);
+  finished_ns = now_ns();
   Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, message,
                       RetryStatus(grpc::StatusCode::RESOURCE_EXHAUSTED, message, delay)));
 }
@@ -692,7 +728,7 @@ py::object Take(Front& front, int handle, int64_t max_rows, int64_t timeout_us) 
         Call* call = *it;
         int64_t call_rows = call->rows;  // the call may be gone once it is finished below
         bool expired = call->Expired(now), cancelled = call->cancelled();
-        bool late = targeted && !call->probe && steady + route->Predict(call_rows) - call->arrived_ns > route->target_ns;
+        bool late = targeted && !call->probe && steady + route->Predict(call_rows) > route->FinishBy(call->arrived_ns);
         if (expired) {
           ++route->expired;
           call->Fail(grpc::StatusCode::DEADLINE_EXCEEDED, "Deadline Exceeded");
@@ -707,7 +743,7 @@ py::object Take(Front& front, int handle, int64_t max_rows, int64_t timeout_us) 
           ++it;
           continue;
         } else {
-          if (batch->calls.empty()) budget = static_cast<double>(call->arrived_ns + route->target_ns - steady);
+          if (batch->calls.empty()) budget = route->FinishBy(call->arrived_ns) - static_cast<double>(steady);
           rows += call_rows;
           batch->calls.push_back(call);
         }
@@ -829,6 +865,10 @@ std::tuple<uint64_t, uint64_t, uint64_t, uint64_t> Dropped(Front& front, int han
   return counts;
 }
 
+// How long before its target a call of the route must be finished, in ns: the recent calls' write time
+// (`kWriteQuantile` of the last `kWrites`); 0 before any, or without a target.
+int64_t WriteNs(Front& front, int handle) { return front.route(handle)->write_ns.load(std::memory_order_relaxed); }
+
 // What a batch of the route costs, as the pump fits it: admission against the latency target starts with
 // the first fit.
 void SetCost(Front& front, int handle, double fixed_ns, double per_row_ns, double margin_ns, double forgiven_ns) {
@@ -861,6 +901,7 @@ PYBIND11_MODULE(_front, m) {
            py::arg("max_rows"), py::arg("queue_limit"), py::arg("target_ns") = 0)
       .def("take", &Take, py::arg("handle"), py::arg("max_rows"), py::arg("timeout_us"))
       .def("dropped", &Dropped, py::arg("handle"))
+      .def("write_ns", &WriteNs, py::arg("handle"))
       .def("set_cost", &SetCost, py::arg("handle"), py::arg("fixed_ns"), py::arg("per_row_ns"), py::arg("margin_ns"),
            py::arg("forgiven_ns"))
       .def("drain", &Front::Drain)
