@@ -113,7 +113,11 @@ class Steer:
         """Learn from requests that arrived at `arrivals` and were answered at `done_ns` (one clock, in
         nanoseconds), against the target `target_ns`; `margin_ns` is the fit's margin now."""
         late = sum(done_ns - arrival > target_ns for arrival in arrivals)
-        in_time = len(arrivals) - late
+        self.count(late, len(arrivals) - late, target_ns, margin_ns)
+
+    def count(self, late: int, in_time: int, target_ns: float, most_ns: float) -> None:
+        """Learn from `late` requests answered after the target `target_ns` and `in_time` within it; forgive
+        at most `most_ns` (the margin, and whatever else admission adds to the cost fit's prediction)."""
         step = STEER_SHARE * target_ns
         moved = self.forgiven_ns + step * (in_time * LATE_SHARE / (1 - LATE_SHARE) - late)
-        self.forgiven_ns = min(margin_ns, max(0.0, moved))
+        self.forgiven_ns = min(most_ns, max(0.0, moved))

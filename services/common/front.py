@@ -243,7 +243,7 @@ class NativeFront:
                 ]
                 self._record(route, loaded.stats, counts, arrived, taken_ns, done_ns, compute_ns)
                 if route.target_ns:
-                    self._learn(route, sum(counts), compute_ns, arrived, done_ns)
+                    self._learn(route, sum(counts), compute_ns)
                 self._native.reply(batch, loaded.version, results)
             except Exception:
                 log.exception(
@@ -309,14 +309,16 @@ class NativeFront:
         with self._answered_lock:
             self._answered += len(counts)
 
-    def _learn(self, route: _Route, rows: int, compute_ns: int, arrived: list[int], done_ns: int) -> None:
-        """Fit the route's batch cost and steer its margin (as the batcher does, `BatchCost` and `Steer`,
-        against the target less the time the route's calls now take to be written, which the C++ side plans
-        for), and hand both to the C++ side, which admits calls by them: before the batch is answered, so
-        that its callers' next calls meet the cost it taught."""
+    def _learn(self, route: _Route, rows: int, compute_ns: int) -> None:
+        """Fit the route's batch cost (as the batcher does, `BatchCost`) and steer how much admission forgives
+        of what it adds to the fit's prediction (its margin, and the time the route's calls now take to be
+        written) by how many of the calls answered since were written after the target (`Steer`), and hand
+        both to the C++ side, which admits calls by them: before the batch is answered, so that its callers'
+        next calls meet the cost it taught."""
         route.cost.observe(rows, compute_ns)
         margin = route.cost.margin_ns()
-        route.steer.observe(arrived, done_ns, route.target_ns - self._front.write_ns(route.handle), margin)
+        late, in_time = self._front.written(route.handle)
+        route.steer.count(late, in_time, route.target_ns, margin + self._front.write_ns(route.handle))
         if route.cost.ready:
             fixed, per_row = route.cost.line()
             self._front.set_cost(route.handle, fixed, per_row, margin, route.steer.forgiven_ns)

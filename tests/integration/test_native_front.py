@@ -415,6 +415,28 @@ async def test_a_targeted_route_learns_how_long_its_calls_take_to_be_written(tar
     assert (await first)[0] == grpc.StatusCode.UNIMPLEMENTED, "the batch dropped unanswered goes to the Python server"
 
 
+async def test_the_steer_learns_which_answers_were_written_after_the_target(targeted_front):
+    front, handle = targeted_front
+    request = pb.ModelInferRequest(model_name="m")
+    request.inputs.add(name="X", datatype="FP32", shape=[1, 2])
+    request.raw_input_contents.append(np.zeros(2, np.float32).tobytes())
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{front.port}") as channel:
+        answer = asyncio.ensure_future(channel.unary_unary(INFER)(request.SerializeToString(), timeout=10))
+        await queued(front, 1)
+        await asyncio.sleep(2 * TARGET_NS / 1e9)
+        batch, counts, _ = front.take(handle, 8, 1000)
+        assert counts == [1], "an idle route's first call runs whatever its wait"
+        load_extension().reply(batch, "1", [np.ones(1, np.float32)])
+        response = pb.ModelInferResponse.FromString(await answer)
+    assert response.raw_output_contents == [np.ones(1, np.float32).tobytes()]
+    for _ in range(100):
+        if (written := front.written(handle)) != (0, 0):
+            break
+        await asyncio.sleep(0.01)
+    assert written == (1, 0), "one answer, written after the target"
+    assert front.written(handle) == (0, 0), "counted once"
+
+
 async def test_a_queued_call_that_can_no_longer_end_in_time_is_refused_when_its_batch_is_taken(targeted_front):
     front, handle = targeted_front
     front.set_cost(handle, fixed_ns=1e6, per_row_ns=0.0, margin_ns=0.0, forgiven_ns=0.0)

@@ -103,14 +103,19 @@ struct Route {
   int64_t running_started_ns = 0, running_rows = 0, free_ns = 0, queued_rows = 0;
   uint64_t shed = 0;
   // The write times of the last `kWrites` calls finished here (a ring, `written` of them so far) and their
-  // quantile; `writes_mu`, not `mu`, guards the ring, since a call may be done while its finisher holds `mu`.
+  // quantile, and how many calls answered were written after the target and within it since the pump last
+  // looked; `writes_mu`, not `mu`, guards them, since a call may be done while its finisher holds `mu`.
   std::mutex writes_mu;
   std::vector<int64_t> writes = std::vector<int64_t>(kWrites, 0);
   size_t written = 0;
   std::atomic<int64_t> write_ns{0};
+  uint64_t late = 0, in_time = 0;
 
-  void Wrote(int64_t ns) {
+  // A call finished here was written `ns` after it was finished; `answered_ns`, for an answer, is its time
+  // from arrival to written (-1 for a refusal).
+  void Wrote(int64_t ns, int64_t answered_ns) {
     std::lock_guard<std::mutex> lock(writes_mu);
+    if (answered_ns >= 0) ++(answered_ns > target_ns ? late : in_time);
     writes[written++ % kWrites] = ns;
     if (written % kWritesPerUpdate != 1) return;
     std::vector<int64_t> recent(writes.begin(), writes.begin() + static_cast<std::ptrdiff_t>(std::min(written, kWrites)));
@@ -185,6 +190,7 @@ class Call : public grpc::ServerGenericBidiReactor {
   int64_t rows = 0;
   int64_t arrived_ns = 0;
   int64_t finished_ns = 0;  // when its route answered or refused it (0: neither)
+  bool answered = false;
   Route* route = nullptr;   // the route it asked for
   bool probe = false;  // admitted by an idle route whatever its fit said: never shed
   std::vector<int> input_order;  // request input index of each registered input
@@ -603,7 +609,10 @@ void Call::OnCancel() {
 }
 
 void Call::OnDone() {
-  if (finished_ns != 0 && route->target_ns > 0) route->Wrote(now_ns() - finished_ns);
+  if (finished_ns != 0 && route->target_ns > 0) {
+    int64_t now = now_ns();
+    route->Wrote(now - finished_ns, answered ? now - arrived_ns : -1);
+  }
   Release();
 }
 
@@ -621,6 +630,7 @@ void Call::Release() {
 void Call::Answer(grpc::ByteBuffer&& response) {
   front_->Leave();
   finished_ns = now_ns();
+  answered = true;
   out_ = std::move(response);
   ctx_->AddTrailingMetadata(kRequestIdKey, request_id_);
   StartWriteAndFinish(&out_, grpc::WriteOptions(), grpc::Status::OK);
@@ -869,6 +879,15 @@ std::tuple<uint64_t, uint64_t, uint64_t, uint64_t> Dropped(Front& front, int han
 // (`kWriteQuantile` of the last `kWrites`); 0 before any, or without a target.
 int64_t WriteNs(Front& front, int handle) { return front.route(handle)->write_ns.load(std::memory_order_relaxed); }
 
+// The route's calls answered since the last look, by when they were written: (after the target, within it).
+std::tuple<uint64_t, uint64_t> Written(Front& front, int handle) {
+  Route* route = front.route(handle);
+  std::lock_guard<std::mutex> lock(route->writes_mu);
+  auto counts = std::make_tuple(route->late, route->in_time);
+  route->late = route->in_time = 0;
+  return counts;
+}
+
 // What a batch of the route costs, as the pump fits it: admission against the latency target starts with
 // the first fit.
 void SetCost(Front& front, int handle, double fixed_ns, double per_row_ns, double margin_ns, double forgiven_ns) {
@@ -902,6 +921,7 @@ PYBIND11_MODULE(_front, m) {
       .def("take", &Take, py::arg("handle"), py::arg("max_rows"), py::arg("timeout_us"))
       .def("dropped", &Dropped, py::arg("handle"))
       .def("write_ns", &WriteNs, py::arg("handle"))
+      .def("written", &Written, py::arg("handle"))
       .def("set_cost", &SetCost, py::arg("handle"), py::arg("fixed_ns"), py::arg("per_row_ns"), py::arg("margin_ns"),
            py::arg("forgiven_ns"))
       .def("drain", &Front::Drain)
