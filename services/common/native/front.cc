@@ -47,11 +47,11 @@ constexpr char kIgnoredParameter[] = "triton_enable_empty_final_response";
 // says, so that the fit sees the machine again (as the Python batcher's PROBE_NS).
 constexpr int64_t kProbeNs = 500'000'000;
 constexpr int64_t kMinRetryNs = 10'000'000;
-// A route with a latency target plans each call to be finished (answered or refused) the `kWriteQuantile`
-// quantile of its last `kWrites` calls' write times before the target: the time from finishing a call to
-// gRPC having written it, which the caller waits for too and which grows with load (a batch's answers are
-// written one after another, on the cores that run the model). The quantile is taken again every
-// `kWritesPerUpdate` calls.
+// A route with a latency target admits a call, and grows a batch, only if it would be finished (answered
+// or refused) the `kWriteQuantile` quantile of its last `kWrites` calls' write times before the target:
+// the time from finishing a call to gRPC having written it, which the caller waits for too and which grows
+// with load (a batch's answers are written one after another, on the cores that run the model). The
+// quantile is taken again every `kWritesPerUpdate` calls.
 constexpr size_t kWrites = 256;
 constexpr size_t kWritesPerUpdate = 32;
 constexpr double kWriteQuantile = 0.95;
@@ -738,7 +738,7 @@ py::object Take(Front& front, int handle, int64_t max_rows, int64_t timeout_us) 
         Call* call = *it;
         int64_t call_rows = call->rows;  // the call may be gone once it is finished below
         bool expired = call->Expired(now), cancelled = call->cancelled();
-        bool late = targeted && !call->probe && steady + route->Predict(call_rows) > route->FinishBy(call->arrived_ns);
+        bool late = targeted && !call->probe && steady + route->Predict(call_rows) - call->arrived_ns > route->target_ns;
         if (expired) {
           ++route->expired;
           call->Fail(grpc::StatusCode::DEADLINE_EXCEEDED, "Deadline Exceeded");
