@@ -27,8 +27,8 @@ margin that lets the next stall in."""
 LATE_SHARE = 0.005
 """With a latency target, the share of served requests that may end past it: admission steers toward it."""
 STEER_SHARE = 0.05
-"""How far one late request moves what admission forgives of the cost fit's margin, as a share of the
-target (a request in time moves it back by `LATE_SHARE / (1 - LATE_SHARE)` of that)."""
+"""How far one late request moves what admission forgives of what it adds to the cost fit's prediction, as a
+share of the target (a request in time moves it back by `LATE_SHARE / (1 - LATE_SHARE)` of that)."""
 
 
 class BatchCost:
@@ -100,11 +100,12 @@ class BatchCost:
 
 
 class Steer:
-    """How much of a cost fit's margin admission forgives. The margin (the slow batches' spread) is added
-    to every prediction, so admission that counts it whole refuses requests that would have been in time.
+    """How much of what admission adds to a cost fit's prediction it forgives: the fit's margin (the slow
+    batches' spread), and for the native front the time its calls take to be written. Both are added to
+    every prediction, so admission that counts them whole refuses requests that would have been in time.
     Each request answered after the target takes `STEER_SHARE` of the target off what is forgiven, each in
     time gives a little back, so that about `LATE_SHARE` of the requests served end late; never less than
-    nothing, nor more than the whole margin."""
+    nothing, nor more than what was added."""
 
     def __init__(self) -> None:
         self.forgiven_ns = 0.0

@@ -396,8 +396,7 @@ async def test_a_call_the_work_ahead_would_make_late_is_refused_at_once_with_a_r
 
 
 async def test_a_targeted_route_learns_how_long_its_calls_take_to_be_written(targeted_front):
-    """The time from finishing a call to gRPC having written it counts against the target (admission plans
-    for it): a refusal's write time is measured, as an answer's is."""
+    """The time from finishing a call to gRPC having written it is measured for refusals, as for answers."""
     front, handle = targeted_front
     assert front.write_ns(handle) == 0
     front.set_cost(handle, fixed_ns=50e6, per_row_ns=0.0, margin_ns=0.0, forgiven_ns=0.0)
@@ -415,7 +414,7 @@ async def test_a_targeted_route_learns_how_long_its_calls_take_to_be_written(tar
     assert (await first)[0] == grpc.StatusCode.UNIMPLEMENTED, "the batch dropped unanswered goes to the Python server"
 
 
-async def test_the_steer_learns_which_answers_were_written_after_the_target(targeted_front):
+async def test_a_targeted_route_counts_the_answers_written_after_its_target(targeted_front):
     front, handle = targeted_front
     request = pb.ModelInferRequest(model_name="m")
     request.inputs.add(name="X", datatype="FP32", shape=[1, 2])
@@ -425,7 +424,7 @@ async def test_the_steer_learns_which_answers_were_written_after_the_target(targ
         await queued(front, 1)
         await asyncio.sleep(2 * TARGET_NS / 1e9)
         batch, counts, _ = front.take(handle, 8, 1000)
-        assert counts == [1], "an idle route's first call runs whatever its wait"
+        assert counts == [1], "with no cost fitted yet, nothing is refused for the target"
         load_extension().reply(batch, "1", [np.ones(1, np.float32)])
         response = pb.ModelInferResponse.FromString(await answer)
     assert response.raw_output_contents == [np.ones(1, np.float32).tobytes()]

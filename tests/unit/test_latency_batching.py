@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from services.common import timing
-from services.common.batchcost import MIN_BATCHES, BatchCost
+from services.common.batchcost import LATE_SHARE, MIN_BATCHES, STEER_SHARE, BatchCost, Steer
 from services.common.batcher import PROBE_NS, BatchingConfig, DynamicBatcher
 from services.common.errors import Overloaded
 from services.common.stats import VersionStats
@@ -148,6 +148,19 @@ class Jittery(Sleeper):
     def __call__(self, inputs):
         self.fixed = next(self.times)
         return super().__call__(inputs)
+
+
+def test_the_steer_forgives_up_to_what_admission_adds_and_gives_it_back_as_calls_end_late():
+    steer, target = Steer(), 10e6
+    per_call = STEER_SHARE * target * LATE_SHARE / (1 - LATE_SHARE)
+    steer.count(0, 1000, target, most_ns=3e6)
+    assert steer.forgiven_ns == pytest.approx(min(3e6, 1000 * per_call))
+    steer.count(0, 100_000, target, most_ns=3e6)
+    assert steer.forgiven_ns == 3e6, "in time all along: everything added is forgiven, and no more"
+    steer.count(2, 0, target, most_ns=3e6)
+    assert steer.forgiven_ns == pytest.approx(3e6 - 2 * STEER_SHARE * target)
+    steer.count(100, 0, target, most_ns=3e6)
+    assert steer.forgiven_ns == 0.0, "never less than nothing"
 
 
 async def test_an_idle_model_serves_a_request_its_predicted_cost_fits_however_wide_the_margin():

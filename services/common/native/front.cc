@@ -102,9 +102,11 @@ struct Route {
   bool running = false;
   int64_t running_started_ns = 0, running_rows = 0, free_ns = 0, queued_rows = 0;
   uint64_t shed = 0;
-  // The write times of the last `kWrites` calls finished here (a ring, `written` of them so far) and their
-  // quantile, and how many calls answered were written after the target and within it since the pump last
-  // looked; `writes_mu`, not `mu`, guards them, since a call may be done while its finisher holds `mu`.
+  // The write times of the last `kWrites` calls finished here (a ring; `written`: calls recorded in all) and
+  // their quantile, and how many calls answered were written after the target and within it since the pump
+  // last looked; `writes_mu`, not `mu`, guards them, since a call may be done while its finisher holds `mu`.
+  // A write ends at the call's OnDone, which a busy executor may run late: the estimate errs long, and the
+  // steer, which forgives what admission adds, takes back what it overstates.
   std::mutex writes_mu;
   std::vector<int64_t> writes = std::vector<int64_t>(kWrites, 0);
   size_t written = 0;
@@ -119,7 +121,9 @@ struct Route {
     writes[written++ % kWrites] = ns;
     if (written % kWritesPerUpdate != 1) return;
     std::vector<int64_t> recent(writes.begin(), writes.begin() + static_cast<std::ptrdiff_t>(std::min(written, kWrites)));
-    auto at = recent.begin() + static_cast<std::ptrdiff_t>(kWriteQuantile * static_cast<double>(recent.size() - 1));
+    // The quantile's rank as BatchCost's margin takes it: ceil(q * n) - 1.
+    auto rank = static_cast<std::ptrdiff_t>(std::ceil(kWriteQuantile * static_cast<double>(recent.size()))) - 1;
+    auto at = recent.begin() + rank;
     std::nth_element(recent.begin(), at, recent.end());
     write_ns.store(*at, std::memory_order_relaxed);
   }
@@ -732,7 +736,7 @@ py::object Take(Front& front, int handle, int64_t max_rows, int64_t timeout_us) 
       auto now = std::chrono::system_clock::now();
       int64_t steady = now_ns();
       bool targeted = route->target_ns > 0 && route->costed;
-      // With a target, the batch grows only while its oldest call still ends in time.
+      // With a target, the batch grows only while its oldest call still ends in time, as admission plans it.
       double budget = std::numeric_limits<double>::infinity();
       for (auto it = route->queue.begin(); it != route->queue.end();) {
         Call* call = *it;
@@ -753,7 +757,9 @@ py::object Take(Front& front, int handle, int64_t max_rows, int64_t timeout_us) 
           ++it;
           continue;
         } else {
-          if (batch->calls.empty()) budget = route->FinishBy(call->arrived_ns) - static_cast<double>(steady);
+          if (batch->calls.empty()) {
+            budget = route->FinishBy(call->arrived_ns) + route->forgiven_ns - static_cast<double>(steady);
+          }
           rows += call_rows;
           batch->calls.push_back(call);
         }
