@@ -454,6 +454,21 @@ async def test_a_queued_call_that_can_no_longer_end_in_time_is_refused_when_its_
     assert front.dropped(handle) == (0, 0, 1, 0)
 
 
+async def test_a_targeted_batch_takes_the_queue_in_order_as_admission_planned_it():
+    """Not only the calls its oldest call's deadline leaves room for: batches cut to that shrank under load
+    until most calls were refused at a load the route serves whole (docs/native-front.md)."""
+    async with bare(target_ns=2_000_000_000) as (front, handle):
+        front.set_cost(handle, fixed_ns=100e6, per_row_ns=400e6, margin_ns=0.0, forgiven_ns=0.0)
+        calls = [asyncio.ensure_future(queued_call(front, timeout=10)) for _ in range(4)]
+        await queued(front, 4)
+        await asyncio.sleep(0.5)
+        batch, counts, _ = front.take(handle, 8, 1000)
+        assert counts == [1, 1, 1, 1], "1.7 s for four, past the oldest's 1.5 s left; none late for sure"
+        del batch
+        assert {(await call)[0] for call in calls} == {grpc.StatusCode.UNIMPLEMENTED}, "all taken, then proxied"
+        assert front.dropped(handle) == (0, 0, 0, 0)
+
+
 async def test_shutdown_fails_the_calls_still_queued_after_the_grace(bare_front):
     front, _ = bare_front
     caller = asyncio.ensure_future(queued_call(front, timeout=30))

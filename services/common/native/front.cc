@@ -23,7 +23,6 @@
 #include <cstdio>
 #include <cstring>
 #include <deque>
-#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -47,11 +46,11 @@ constexpr char kIgnoredParameter[] = "triton_enable_empty_final_response";
 // says, so that the fit sees the machine again (as the Python batcher's PROBE_NS).
 constexpr int64_t kProbeNs = 500'000'000;
 constexpr int64_t kMinRetryNs = 10'000'000;
-// A route with a latency target admits a call, and grows a batch, only if it would be finished (answered
-// or refused) the `kWriteQuantile` quantile of its last `kWrites` calls' write times before the target:
-// the time from finishing a call to gRPC having written it, which the caller waits for too and which grows
-// with load (a batch's answers are written one after another, on the cores that run the model). The
-// quantile is taken again every `kWritesPerUpdate` calls.
+// A route with a latency target admits a call only if it would be finished (answered or refused) the
+// `kWriteQuantile` quantile of its last `kWrites` calls' write times before the target: the time from
+// finishing a call to gRPC having written it, which the caller waits for too and which grows with load (a
+// batch's answers are written one after another, on the cores that run the model). The quantile is taken
+// again every `kWritesPerUpdate` calls.
 constexpr size_t kWrites = 256;
 constexpr size_t kWritesPerUpdate = 32;
 constexpr double kWriteQuantile = 0.95;
@@ -736,8 +735,9 @@ py::object Take(Front& front, int handle, int64_t max_rows, int64_t timeout_us) 
       auto now = std::chrono::system_clock::now();
       int64_t steady = now_ns();
       bool targeted = route->target_ns > 0 && route->costed;
-      // With a target, the batch grows only while its oldest call still ends in time, as admission plans it.
-      double budget = std::numeric_limits<double>::infinity();
+      // A batch takes the queue in order, as admission planned it (in full batches), not only the calls
+      // its oldest call's plan leaves room for: under load that plan is tight, and batches cut to it cost
+      // more per call, fell behind, and left most calls refused at a load the route serves whole.
       for (auto it = route->queue.begin(); it != route->queue.end();) {
         Call* call = *it;
         int64_t call_rows = call->rows;  // the call may be gone once it is finished below
@@ -753,13 +753,7 @@ py::object Take(Front& front, int handle, int64_t max_rows, int64_t timeout_us) 
           call->Shed(*route, route->Ahead(steady, 0), true);
         } else if (!batch->calls.empty() && rows + call_rows > max_rows) {
           break;
-        } else if (!batch->calls.empty() && targeted && route->Predict(rows + call_rows) + route->margin_ns > budget) {
-          ++it;
-          continue;
         } else {
-          if (batch->calls.empty()) {
-            budget = route->FinishBy(call->arrived_ns) + route->forgiven_ns - static_cast<double>(steady);
-          }
           rows += call_rows;
           batch->calls.push_back(call);
         }
