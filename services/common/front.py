@@ -211,12 +211,8 @@ class NativeFront:
         """Take batches of the route's calls and answer them until the front stops."""
         front, model = self._front, route.model
         dtypes = [FIXED_DTYPES[spec.datatype] for spec in model.outputs]
-        replied_from = tail_ns = 0
         while True:
-            if replied_from:
-                tail_ns, replied_from = time.perf_counter_ns() - replied_from, 0
             taken = front.take(route.handle, max_rows, TAKE_TIMEOUT_US)
-            busy_from = time.perf_counter_ns()
             self._count_dropped(route)
             if taken is None:
                 if self._stopping.is_set():
@@ -247,8 +243,7 @@ class NativeFront:
                 ]
                 self._record(route, loaded.stats, counts, arrived, taken_ns, done_ns, compute_ns)
                 if route.target_ns:
-                    self._learn(route, sum(counts), time.perf_counter_ns() - busy_from + tail_ns)
-                replied_from = time.perf_counter_ns()
+                    self._learn(route, sum(counts), compute_ns)
                 self._native.reply(batch, loaded.version, results)
             except Exception:
                 log.exception(
@@ -314,16 +309,13 @@ class NativeFront:
         with self._answered_lock:
             self._answered += len(counts)
 
-    def _learn(self, route: _Route, rows: int, busy_ns: int) -> None:
-        """Fit the route's batch cost (as the batcher does, `BatchCost`) on `busy_ns`, the pump's whole time
-        for a batch of `rows`, from taking it to coming back for the next, with whatever else the core ran
-        meanwhile (gRPC's reads and writes share it; the reply's part is the last batch's): admission prices
-        the queue ahead by it, so it must be how fast the queue drains, not the model's compute alone. Steer
-        how much admission forgives of what it adds to the fit's prediction (its margin, and the time the
-        route's calls now take to be written) by how many of the calls answered since were written after the
-        target (`Steer`), and hand both to the C++ side, which admits calls by them: before the batch is
-        answered, so that its callers' next calls meet the cost it taught."""
-        route.cost.observe(rows, busy_ns)
+    def _learn(self, route: _Route, rows: int, compute_ns: int) -> None:
+        """Fit the route's batch cost (as the batcher does, `BatchCost`) and steer how much admission forgives
+        of what it adds to the fit's prediction (its margin, and the time the route's calls now take to be
+        written) by how many of the calls answered since were written after the target (`Steer`), and hand
+        both to the C++ side, which admits calls by them: before the batch is answered, so that its callers'
+        next calls meet the cost it taught."""
+        route.cost.observe(rows, compute_ns)
         margin = route.cost.margin_ns()
         late, in_time = self._front.written(route.handle)
         route.steer.count(late, in_time, route.target_ns, margin + self._front.write_ns(route.handle))
