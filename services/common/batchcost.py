@@ -1,6 +1,5 @@
-"""What a batch costs: its time (the model's compute, or for the native front the pump's whole time for
-it) as a line in its work (rows, or tokens for sequence models), fitted online from the batches a
-version runs, forgetting old batches so the fit follows the machine.
+"""What a batch costs: compute time as a line in its work (rows, or tokens for sequence models),
+fitted online from the batches a version runs, forgetting old batches so the fit follows the machine.
 
 A pure object (no clock, no event loop): the batcher feeds it each batch's work and time, and asks it
 what a batch of some work would take, with a margin for the batches that take longer than the line.
@@ -83,8 +82,7 @@ class BatchCost:
         return self.predict_ns(work) + self.margin_ns()
 
     def observe(self, work: float, ns: float) -> None:
-        """Add one batch: its work and its time in nanoseconds (its compute, for the batcher; the pump's whole
-        time for it, for the native front)."""
+        """Add one batch: its work and its compute time in nanoseconds."""
         if self.batches:
             predicted = self.predict_ns(work)
             if self.ready:
