@@ -29,10 +29,6 @@ LATE_SHARE = 0.005
 STEER_SHARE = 0.05
 """How far one late request moves what admission forgives of what it adds to the cost fit's prediction, as a
 share of the target (a request in time moves it back by `LATE_SHARE / (1 - LATE_SHARE)` of that)."""
-STEER_FLOOR = 0.5
-"""The most admission charges a busy model's queue beyond the cost fit's prediction, as a share of the target,
-when requests end late with nothing left to forgive: the fit prices the model's compute, and on a core shared
-with gRPC's reads and writes (the native front's) the queue drains slower than that under load."""
 
 
 class BatchCost:
@@ -108,9 +104,8 @@ class Steer:
     batches' spread), and for the native front the time its calls take to be written. Both are added to
     every prediction, so admission that counts them whole refuses requests that would have been in time.
     Each request answered after the target takes `STEER_SHARE` of the target off what is forgiven, each in
-    time gives a little back, so that about `LATE_SHARE` of the requests served end late; never more than
-    what was added. Below nothing it is a charge on a busy model's queue ahead, down to `STEER_FLOOR` of the
-    target: the queue drains slower than the fit says. An idle model's lone request is never charged."""
+    time gives a little back, so that about `LATE_SHARE` of the requests served end late; never less than
+    nothing, nor more than what was added."""
 
     def __init__(self) -> None:
         self.forgiven_ns = 0.0
@@ -126,4 +121,4 @@ class Steer:
         at most `most_ns` (the margin, and whatever else admission adds to the cost fit's prediction)."""
         step = STEER_SHARE * target_ns
         moved = self.forgiven_ns + step * (in_time * LATE_SHARE / (1 - LATE_SHARE) - late)
-        self.forgiven_ns = min(most_ns, max(-STEER_FLOOR * target_ns, moved))
+        self.forgiven_ns = min(most_ns, max(0.0, moved))

@@ -253,9 +253,8 @@ class DynamicBatcher:
     def _admit(self, request: _Request) -> None:
         """Refuse `request` if, behind the batch running and the requests queued, it would end after
         its latency target. An idle model runs a request at once, so it refuses one only if the request's
-        own predicted cost is over the target: the margin, learned on a machine that may stall, and the
-        steer's charge on a queue never keep an idle model refusing work (which would also keep it from
-        seeing the machine again).
+        own predicted cost is over the target: the margin, learned on a machine that may stall, never
+        keeps an idle model refusing work (which would also keep it from seeing the machine again).
 
         Raises:
             Overloaded: it would end late; the retry delay is how long the work ahead takes.
@@ -265,12 +264,11 @@ class DynamicBatcher:
         if idle and now - self._free_ns > PROBE_NS:
             request.probe = True
             return
-        forgiven = self._steer.forgiven_ns
         if idle:
-            ahead, forgiven = self._cost.predict_ns(request.work), max(0.0, forgiven)
+            ahead = self._cost.predict_ns(request.work)
         else:
             ahead = self._running_left_ns(now) + self._drain_ns(self._pending, request)
-        if now + ahead - forgiven <= request.arrived_ns + self._config.max_latency_ms * 1e6:
+        if now + ahead - self._steer.forgiven_ns <= request.arrived_ns + self._config.max_latency_ms * 1e6:
             return
         self._shed.inc()
         raise Overloaded(

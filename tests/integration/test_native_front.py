@@ -395,24 +395,6 @@ async def test_a_call_the_work_ahead_would_make_late_is_refused_at_once_with_a_r
     assert (await first)[0] == grpc.StatusCode.UNIMPLEMENTED, "the batch dropped unanswered goes to the Python server"
 
 
-async def test_a_busy_route_charges_its_queue_what_the_steer_charges_and_an_idle_one_does_not(targeted_front):
-    front, handle = targeted_front
-    front.set_cost(handle, fixed_ns=1e6, per_row_ns=0.0, margin_ns=0.0, forgiven_ns=-0.975 * TARGET_NS)
-    first = asyncio.ensure_future(queued_call(front, timeout=10))
-    await queued(front, 1)
-    code, *_ = await queued_call(front, timeout=10)
-    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, "1 ms of batch and a 19.5 ms charge: past the 20 ms target"
-    assert not first.done(), "the idle route's call is queued, not charged"
-    front.set_cost(handle, fixed_ns=1e6, per_row_ns=0.0, margin_ns=0.0, forgiven_ns=0.0)
-    second = asyncio.ensure_future(queued_call(front, timeout=10))
-    await queued(front, 2)
-    batch, counts, _ = front.take(handle, 8, 1000)
-    assert counts == [1, 1], "with no charge the same call is admitted"
-    del batch
-    assert {(await call)[0] for call in (first, second)} == {grpc.StatusCode.UNIMPLEMENTED}
-    assert front.dropped(handle) == (0, 0, 1, 0)
-
-
 async def test_a_targeted_route_learns_how_long_its_calls_take_to_be_written(targeted_front):
     """The time from finishing a call to gRPC having written it is measured for refusals, as for answers."""
     front, handle = targeted_front

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from services.common import timing
-from services.common.batchcost import LATE_SHARE, MIN_BATCHES, STEER_FLOOR, STEER_SHARE, BatchCost, Steer
+from services.common.batchcost import LATE_SHARE, MIN_BATCHES, STEER_SHARE, BatchCost, Steer
 from services.common.batcher import PROBE_NS, BatchingConfig, DynamicBatcher
 from services.common.errors import Overloaded
 from services.common.stats import VersionStats
@@ -150,7 +150,7 @@ class Jittery(Sleeper):
         return super().__call__(inputs)
 
 
-def test_the_steer_forgives_up_to_what_admission_adds_and_charges_more_as_calls_end_late():
+def test_the_steer_forgives_up_to_what_admission_adds_and_gives_it_back_as_calls_end_late():
     steer, target = Steer(), 10e6
     per_call = STEER_SHARE * target * LATE_SHARE / (1 - LATE_SHARE)
     steer.count(0, 1000, target, most_ns=3e6)
@@ -159,10 +159,8 @@ def test_the_steer_forgives_up_to_what_admission_adds_and_charges_more_as_calls_
     assert steer.forgiven_ns == 3e6, "in time all along: everything added is forgiven, and no more"
     steer.count(2, 0, target, most_ns=3e6)
     assert steer.forgiven_ns == pytest.approx(3e6 - 2 * STEER_SHARE * target)
-    steer.count(6, 0, target, most_ns=3e6)
-    assert steer.forgiven_ns == pytest.approx(-1e6), "late past nothing (3 ms less 8 late x 0.5 ms): a charge"
     steer.count(100, 0, target, most_ns=3e6)
-    assert steer.forgiven_ns == -STEER_FLOOR * target, "charged at most STEER_FLOOR of the target"
+    assert steer.forgiven_ns == 0.0, "never less than nothing"
 
 
 async def test_an_idle_model_serves_a_request_its_predicted_cost_fits_however_wide_the_margin():
@@ -180,7 +178,7 @@ async def test_an_idle_model_serves_a_request_its_predicted_cost_fits_however_wi
     await batcher.close()
 
 
-async def test_admission_forgives_the_margin_while_requests_end_in_time_and_charges_the_queue_when_they_end_late():
+async def test_admission_forgives_the_margin_while_requests_end_in_time_and_takes_it_back_when_they_end_late():
     model = Jittery(0.001, 0.008)
     batcher = DynamicBatcher("latency", model, BatchingConfig(max_batch_size=8, max_latency_ms=1000), VersionStats())
     for _ in range(40):
@@ -197,8 +195,5 @@ async def test_admission_forgives_the_margin_while_requests_end_in_time_and_char
             await batcher.submit(row())
         late += time.perf_counter() - started > target_ms / 1000
     assert late >= 20, "too few requests ended late to test"
-    assert batcher._steer.forgiven_ns == -STEER_FLOOR * target_ms * 1e6, "half the requests end late, no charge"
-    runs = len(model.rows)
-    await batcher.submit(row())
-    assert len(model.rows) == runs + 1, "an idle model's lone request is never charged"
+    assert batcher._steer.forgiven_ns == 0.0, "half the requests end late, admission still forgives part of the margin"
     await batcher.close()

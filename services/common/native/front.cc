@@ -94,7 +94,7 @@ struct Route {
   uint64_t full = 0;  // refused for a full queue
   // The latency target (0: none), and the batch cost the pump last fitted: a batch of r rows takes
   // about fixed_ns + per_row_ns * r, a plan for the queue adds margin_ns once, and admission forgives
-  // forgiven_ns of it (the pump's steer; below 0, a charge on a busy route's queue).
+  // forgiven_ns of it (the pump's steer).
   int64_t target_ns = 0;
   bool costed = false;
   double fixed_ns = 0, per_row_ns = 0, margin_ns = 0, forgiven_ns = 0;
@@ -479,14 +479,12 @@ bool Call::Fast() {
   }
   if (route->target_ns > 0 && route->costed) {
     // As the Python batcher's admission: an idle route runs a request at once, so it refuses one only if
-    // the request alone would be late (the steer's charge is on a queue); a busy one if the batch running
-    // and the queue ahead make it late.
+    // the request alone would be late; a busy one if the batch running and the queue ahead make it late.
     int64_t now = now_ns();
     bool idle = !route->running && route->queue.empty();
     probe = idle && now - route->free_ns > kProbeNs;
     double ahead = idle ? route->Predict(rows) : route->Ahead(now, rows);
-    double forgiven = idle ? std::max(0.0, route->forgiven_ns) : route->forgiven_ns;
-    if (!probe && now + ahead - forgiven > route->FinishBy(arrived_ns)) {
+    if (!probe && now + ahead - route->forgiven_ns > route->FinishBy(arrived_ns)) {
       Shed(*route, ahead, false);
       return true;
     }
