@@ -26,7 +26,7 @@ MODELS = $(MAAS) models export-tokenizer --if-missing && $(MAAS) models export-m
 	$(MAAS) train vision --prune 0.5 --if-missing $(1)
 ONNX_MODELS = fashion_cnn review_lstm minilm_embed minilm_sentiment
 
-.PHONY: venv native models up test fuzz bench bench-peers protos lint manifests reliability images images-cuda e2e-containers
+.PHONY: venv native front models up test fuzz bench bench-peers protos lint manifests reliability images images-cuda e2e-containers
 
 K8S_TOOLS := $(VENV)/.k8s-tools
 # Benchmark peers, each in its own venv under .peers/ (scripts/peers.py). perf_analyzer also needs
@@ -75,6 +75,11 @@ venv: $(STAMP) native
 
 native: $(STAMP)
 	@$(MAKE) --no-print-directory $(NATIVE_EXT) $(OPENLOOP_EXT)
+
+# The front alone, with whatever Python PY names and no .venv: the model images build it so, in a stage of
+# their own (Containerfile: make front PY=python3).
+front:
+	@$(MAKE) --no-print-directory $(NATIVE_EXT)
 
 $(NATIVE_EXT): $(NATIVE_SRC) $(NATIVE_PROTOS)
 	$(NATIVE_TOOLS)

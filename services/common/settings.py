@@ -201,7 +201,8 @@ class ModelServiceSettings(ServiceSettings):
         "python",
         description="What answers on the gRPC port (grpc hosting): `python`, the grpc.aio server; `native`, a C++ "
         "server that answers plain ModelInfer calls itself, a batch at a time, and proxies every other call to the "
-        "grpc.aio server on a loopback port (docs/native-front.md; needs `make native`; no TLS).",
+        "grpc.aio server on a loopback port (docs/native-front.md; built by `make native` and into the model images; "
+        "no TLS).",
     )
     max_batch_tokens: int = Field(
         0,

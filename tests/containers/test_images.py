@@ -1,5 +1,6 @@
 """The built images: uid 10001, `maas` on PATH under a read-only root, no torch where none belongs, bash
-and wget for KubeRay, nothing writable outside /tmp, no compilers, no pip cache, OCI labels, sizes."""
+and wget for KubeRay, the native front in the model images, nothing writable outside /tmp, no compilers, no
+pip cache, OCI labels, sizes."""
 
 from __future__ import annotations
 
@@ -80,6 +81,12 @@ def test_python_311_and_torch_only_where_it_belongs(image: str, name: str):
 def test_models_ray_has_the_bash_and_wget_kuberays_probes_run(images: dict):
     out = shell(images["models-ray"]["image"], "bash --version && wget --version", *RUN_FLAGS)
     assert "GNU bash" in out and "GNU Wget" in out
+
+
+@pytest.mark.parametrize("name", [name for name in IMAGES if name.startswith("models")])
+def test_the_model_images_load_the_native_front(image: str, name: str):
+    script = "from services.common.front import load_extension; print(load_extension().__name__)"
+    assert shell(image, f"python3 -c '{script}'", *READ_ONLY).strip() == "services.common.native._front"
 
 
 @pytest.mark.parametrize("name", IMAGES)
