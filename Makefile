@@ -78,10 +78,10 @@ native: $(STAMP)
 
 # The front alone, with whatever Python PY names and no .venv: the model images build it so, in a stage of
 # their own (Containerfile: make front PY=python3).
-front:
-	@$(MAKE) --no-print-directory $(NATIVE_EXT)
+front: $(NATIVE_EXT)
 
 $(NATIVE_EXT): $(NATIVE_SRC) $(NATIVE_PROTOS)
+	@test -n "$(EXT_SUFFIX)" || { echo "$(PY) does not run: name a Python 3.11 (make front PY=python3)" >&2; exit 1; }
 	$(NATIVE_TOOLS)
 	mkdir -p $(NATIVE_BUILD)
 	protoc -I protos --cpp_out=$(NATIVE_BUILD) $(NATIVE_PROTOS)
