@@ -1,5 +1,5 @@
 """The native front from the models image (docs/native-front.md): the chart's `front: native` setting, with
-a latency target, serves fashion_cnn from the image as `make native` builds it here, and answers right."""
+a latency target, serves fashion_cnn from the extension the Containerfile builds, and answers right."""
 
 from __future__ import annotations
 
