@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -246,6 +247,26 @@ async def test_one_route_and_pump_per_loaded_version(fronts):
             grpc.StatusCode.OK
         )
     assert native.front.answered == before + 2
+
+
+def scheduling_policies() -> dict[int, int]:
+    """This process's threads' scheduling policies, by thread id (a thread that ends meanwhile is left out)."""
+    policies = {}
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):
+            policies[int(task.name)] = os.sched_getscheduler(int(task.name))
+    return policies
+
+
+async def test_grpcs_threads_run_as_sched_batch_and_the_pumps_do_not(fronts):
+    _, native = fronts
+    for _ in range(4):
+        assert (await call(native, INFER, infer_request(images(1)).SerializeToString()))[0] == grpc.StatusCode.OK
+    pumps = [t.native_id for t in threading.enumerate() if t.name.startswith(f"front-{MODEL}:")]
+    policies = scheduling_policies()
+    assert pumps and all(policies[tid] == os.SCHED_OTHER for tid in pumps)
+    assert policies[threading.get_native_id()] == os.SCHED_OTHER
+    assert os.SCHED_BATCH in policies.values(), "no thread that ran the front's calls runs as SCHED_BATCH"
 
 
 async def test_a_batch_that_fails_is_answered_by_the_python_server_at_once(fronts, monkeypatch):

@@ -14,6 +14,7 @@
 #include <grpcpp/impl/codegen/proto_utils.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
+#include <sched.h>
 
 #include <algorithm>
 #include <atomic>
@@ -74,6 +75,19 @@ size_t item_size(const std::string& datatype) {
   auto found = sizes.find(datatype);
   if (found == sizes.end()) throw std::invalid_argument("no fixed-size datatype " + datatype);
   return found->second;
+}
+
+// gRPC's threads (reading, parsing, admitting and finishing calls) run as SCHED_BATCH: a thread woken by
+// a call's bytes then never preempts a pump running a batch on the same core, and takes what has arrived
+// together when the batch ends or its time slice comes, at the same share of the CPU. Woken on each call,
+// they preempted the pumps about once per call (docs/design.md, "Tenth pass"). A thread that may not
+// change its policy keeps the default one.
+void YieldToPumps() {
+  thread_local bool yielding = false;
+  if (yielding) return;
+  yielding = true;
+  sched_param param{};
+  sched_setscheduler(0, SCHED_BATCH, &param);
 }
 
 class Call;
@@ -243,6 +257,7 @@ class Service : public grpc::CallbackGenericService {
  public:
   explicit Service(Front* front) : front_(front) {}
   grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext* ctx) override {
+    YieldToPumps();
     return new Call(front_, ctx);
   }
 
