@@ -111,6 +111,7 @@ class NativeFront:
             max_message_bytes=settings.max_message_bytes,
             max_connection_age_ms=round(settings.max_connection_age_s * 1000),
             max_connection_age_grace_ms=round(settings.max_connection_age_grace_s * 1000),
+            max_streams=settings.front_max_streams,
             id_prefix=uuid.uuid4().hex[:16],
         )
         self._pumps: list[threading.Thread] = []

@@ -204,6 +204,15 @@ class ModelServiceSettings(ServiceSettings):
         "grpc.aio server on a loopback port (docs/native-front.md; built by `make native` and into the model images; "
         "no TLS).",
     )
+    front_max_streams: int = Field(
+        256,
+        ge=1,
+        description="front=native: most calls one client connection may have open at once on the public port "
+        "(HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); the client holds more until earlier ones end. Past capacity the "
+        "excess then waits in the client, where its deadline ends it at no cost here, instead of piling up unread "
+        "in this server's transport, where it expired before admission saw it and kept the server busy with dead "
+        "calls after the load fell.",
+    )
     max_batch_tokens: int = Field(
         0,
         ge=0,

@@ -311,13 +311,20 @@ async def test_a_latency_target_is_held_here_on_the_cost_the_pump_learns(model_r
         assert native.front.answered == before + MIN_BATCHES, "answered by the native front, not proxied"
 
 
-async def queued_call(front, timeout: float):
-    """A ModelInfer for route `m` of a bare front whose route has no pump: it waits in the queue."""
+def route_m_request() -> bytes:
     request = pb.ModelInferRequest(model_name="m")
     request.inputs.add(name="X", datatype="FP32", shape=[1, 2])
     request.raw_input_contents.append(np.zeros(2, np.float32).tobytes())
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{front.port}") as channel:
-        rpc = channel.unary_unary(INFER)(request.SerializeToString(), timeout=timeout)
+    return request.SerializeToString()
+
+
+async def queued_call(front, timeout: float, channel: grpc.aio.Channel | None = None):
+    """A ModelInfer for route `m` of a bare front whose route has no pump: it waits in the queue (on
+    `channel`, else on a channel of its own)."""
+    async with contextlib.AsyncExitStack() as stack:
+        if channel is None:
+            channel = await stack.enter_async_context(grpc.aio.insecure_channel(f"127.0.0.1:{front.port}"))
+        rpc = channel.unary_unary(INFER)(route_m_request(), timeout=timeout)
         try:
             await rpc
         except grpc.aio.AioRpcError as exc:
@@ -343,7 +350,7 @@ TARGET_NS = 20_000_000
 
 
 @contextlib.asynccontextmanager
-async def bare(target_ns: int):
+async def bare(target_ns: int, max_streams: int = 256):
     upstream = grpc.aio.server()
     port = upstream.add_insecure_port("127.0.0.1:0")
     await upstream.start()
@@ -353,6 +360,7 @@ async def bare(target_ns: int):
         max_message_bytes=1 << 20,
         max_connection_age_ms=0,
         max_connection_age_grace_ms=0,
+        max_streams=max_streams,
         id_prefix="bare",
     )
     handle = front.register("m", [""], [("X", "FP32", [2])], [("Y", "FP32", [])], 8, 10, target_ns)
@@ -488,6 +496,25 @@ async def test_a_targeted_batch_takes_the_queue_in_order_as_admission_planned_it
         del batch
         assert {(await call)[0] for call in calls} == {grpc.StatusCode.UNIMPLEMENTED}, "all taken, then proxied"
         assert front.dropped(handle) == (0, 0, 0, 0)
+
+
+async def test_a_connection_over_its_stream_limit_holds_its_next_call_while_other_connections_are_served():
+    async with bare(target_ns=0, max_streams=1) as (front, _handle):
+        own = [("grpc.use_local_subchannel_pool", 1)]
+        address = f"127.0.0.1:{front.port}"
+        async with (
+            grpc.aio.insecure_channel(address, options=own) as one,
+            grpc.aio.insecure_channel(address, options=own) as other,
+        ):
+            first = asyncio.ensure_future(queued_call(front, 5, one))
+            await queued(front, 1)
+            code, *_ = await queued_call(front, 0.5, one)
+            assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert front.in_flight == 1, "the call over the limit reached the front"
+            second = asyncio.ensure_future(queued_call(front, 5, other))
+            await queued(front, 2)
+            await asyncio.to_thread(front.shutdown, 0)
+            assert [(await call)[0] for call in (first, second)] == [grpc.StatusCode.UNAVAILABLE] * 2
 
 
 async def test_shutdown_fails_the_calls_still_queued_after_the_grace(bare_front):

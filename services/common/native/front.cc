@@ -269,7 +269,8 @@ class Service : public grpc::CallbackGenericService {
 class Front {
  public:
   Front(const std::string& address, const std::string& upstream, int max_message_bytes,
-        int64_t max_connection_age_ms, int64_t max_connection_age_grace_ms, const std::string& id_prefix)
+        int64_t max_connection_age_ms, int64_t max_connection_age_grace_ms, int max_streams,
+        const std::string& id_prefix)
       : id_prefix_(id_prefix), service_(this) {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(-1);
@@ -283,6 +284,7 @@ class Front {
     builder.SetMaxReceiveMessageSize(max_message_bytes);
     builder.SetMaxSendMessageSize(max_message_bytes);
     builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, max_streams);
     builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
     builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
     if (max_connection_age_ms > 0) {
@@ -927,9 +929,9 @@ PYBIND11_MODULE(_front, m) {
       .def_property_readonly("settled", [](const Batch& batch) { return batch.settled; })
       .def("fill", &Fill, py::arg("slot"), py::arg("into"));
   py::class_<Front>(m, "Front")
-      .def(py::init<const std::string&, const std::string&, int, int64_t, int64_t, const std::string&>(),
+      .def(py::init<const std::string&, const std::string&, int, int64_t, int64_t, int, const std::string&>(),
            py::arg("address"), py::arg("upstream"), py::arg("max_message_bytes"), py::arg("max_connection_age_ms"),
-           py::arg("max_connection_age_grace_ms"), py::arg("id_prefix"))
+           py::arg("max_connection_age_grace_ms"), py::arg("max_streams"), py::arg("id_prefix"))
       .def_property_readonly("port", &Front::port)
       .def("register", &Front::Register, py::arg("model"), py::arg("versions"), py::arg("inputs"), py::arg("outputs"),
            py::arg("max_rows"), py::arg("queue_limit"), py::arg("target_ns") = 0)
