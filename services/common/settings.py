@@ -205,13 +205,13 @@ class ModelServiceSettings(ServiceSettings):
         "no TLS).",
     )
     front_max_streams: int = Field(
-        256,
+        2048,
         ge=1,
+        le=2**31 - 1,
         description="front=native: most calls one client connection may have open at once on the public port "
-        "(HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); the client holds more until earlier ones end. Past capacity the "
-        "excess then waits in the client, where its deadline ends it at no cost here, instead of piling up unread "
-        "in this server's transport, where it expired before admission saw it and kept the server busy with dead "
-        "calls after the load fell.",
+        "(HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); the client holds the rest until earlier ones end, so a flood "
+        "waits in the client rather than unread in this server. Keep it above MAX_QUEUE_SIZE, so that one "
+        "connection (a gateway's) can still fill a queue and be refused at once (docs/native-front.md).",
     )
     max_batch_tokens: int = Field(
         0,

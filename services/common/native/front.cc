@@ -79,13 +79,16 @@ size_t item_size(const std::string& datatype) {
 
 // gRPC's threads (reading, parsing, admitting and finishing calls) run as SCHED_BATCH: a thread woken by
 // a call's bytes then never preempts a pump running a batch on the same core, and takes what has arrived
-// together when the batch ends or its time slice comes, at the same share of the CPU. Woken on each call,
-// they preempted the pumps about once per call (docs/design.md, "Tenth pass"). A thread that may not
-// change its policy keeps the default one.
+// together when the batch ends or its time slice comes, at the same share of the CPU (docs/design.md,
+// "Tenth pass"). A pump thread, which gRPC could in principle borrow for a reaction, never switches; nor
+// does a thread under another policy than the default, or one that may not change it.
+thread_local bool pump_thread = false;
+
 void YieldToPumps() {
-  thread_local bool yielding = false;
-  if (yielding) return;
-  yielding = true;
+  thread_local bool decided = false;
+  if (decided) return;
+  decided = true;
+  if (pump_thread || sched_getscheduler(0) != SCHED_OTHER) return;
   sched_param param{};
   sched_setscheduler(0, SCHED_BATCH, &param);
 }
@@ -516,6 +519,7 @@ bool Call::Fast() {
 // reactions: one until the caller's messages are all passed up (`ReleaseWriteHold`), and one while each
 // response message is being written to the caller.
 void Call::OnReadDone(bool ok) {
+  YieldToPumps();
   std::unique_lock<std::recursive_mutex> lock(mu_);
   if (proxying_) {
     if (upstream_closed_) return;
@@ -629,6 +633,7 @@ void Call::OnCancel() {
 }
 
 void Call::OnDone() {
+  YieldToPumps();
   if (finished_ns != 0 && route->target_ns > 0) {
     int64_t now = now_ns();
     route->Wrote(now - finished_ns, answered ? now - arrived_ns : -1);
@@ -739,6 +744,7 @@ py::object Take(Front& front, int handle, int64_t max_rows, int64_t timeout_us) 
   auto batch = std::make_unique<Batch>();
   batch->route = route;
   int64_t rows = 0;
+  pump_thread = true;
   {
     py::gil_scoped_release release;
     std::unique_lock<std::mutex> lock(route->mu);
