@@ -30,6 +30,7 @@ from services.bench import perf_analyzer
 from services.common.batchcost import MIN_BATCHES
 from services.common.front import load_extension
 from services.common.server import GrpcServer, build_server
+from services.common.settings import ModelServiceSettings
 from services.vision.spec import SPEC
 from tests.conftest import REPO_ROOT, started, vision_settings
 from tests.integration.processes import maas_process
@@ -347,10 +348,11 @@ async def targeted_front():
 
 
 TARGET_NS = 20_000_000
+DEFAULT_MAX_STREAMS = ModelServiceSettings.model_fields["front_max_streams"].default
 
 
 @contextlib.asynccontextmanager
-async def bare(target_ns: int, max_streams: int = 256):
+async def bare(target_ns: int, max_streams: int = DEFAULT_MAX_STREAMS):
     upstream = grpc.aio.server()
     port = upstream.add_insecure_port("127.0.0.1:0")
     await upstream.start()
