@@ -10,7 +10,7 @@ import gc
 import itertools
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,19 +35,19 @@ LOADS = (0.5, 0.8, 1.2)
 CAPACITY_CONCURRENCIES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 """The closed loop's concurrencies swept (the most calls per second answered with a p99 within T), up to
 the first whose p99 is over T: where the search for the open loop's capacity starts."""
-CAPACITY_PROBES = 7
-CAPACITY_RANGE = (0.25, 1.25)
-"""Capacity at T is searched over this range of the closed loop's rate, in `CAPACITY_PROBES` open-loop
-runs, its top first: while the top holds, the top doubles (the targeted service may serve more than the
-closed loop's, as the native front does); then bisection."""
+CAPACITY_PROBES = 8
+CAPACITY_START = 1.25
+"""Capacity at T is searched in `CAPACITY_PROBES` open-loop runs of the targeted service, the first at this
+many times the closed loop's rate: while a probe is answered within T (`PROBE_MISSED`), the rate doubles
+(the targeted service may serve more than the closed loop's, as the native front does); then bisection
+between the highest rate answered and the lowest not. Capacity is the most goodput any probe had."""
 PROBE_CALLS = 800
-"""Calls an open-loop probe sends at least (so that its p99 is not one call's), in at most
-`PROBE_MAX_DURATIONS` x the bench's duration per point, in `PROBE_PARTS` loops whose median p99 counts:
-one stall of this shared machine does not decide the capacity."""
+"""Calls an open-loop probe sends at least (so that its shares are not a few calls'), in at most
+`PROBE_MAX_DURATIONS` x the bench's duration per point."""
 PROBE_MAX_DURATIONS = 2.5
-PROBE_PARTS = 3
-PROBE_SHED = 0.01
-"""The most a probe within capacity may refuse: the share the latency target may shed at 80% of it."""
+PROBE_MISSED = 0.01
+"""The most calls a probe may leave unanswered within T (refused, late or failed) and still count as
+answered: the rates above are overload, where the service's goodput is its capacity."""
 CLIENT_LAG_MS = 5.0
 """The most a probe within capacity may start its calls after their Poisson arrival times, at p99: past
 it the bench's client, not the service, sets the pace (it has one core of the machine)."""
@@ -330,38 +330,69 @@ class Baseline:
     ahead: bool
 
 
-async def _open_capacity(address: str, requests: list[bytes], closed: float, target_ms: float, duration: float):
-    """Capacity at T: the highest Poisson arrival rate the service answers with a p99 within `target_ms`
-    (the median of `PROBE_PARTS` loops' p99), refusing at most `PROBE_SHED` of the calls and failing none,
-    with the client on time (`CLIENT_LAG_MS`), searched over `CAPACITY_RANGE` of the closed loop's best rate
-    `closed` (its top first, doubled while it holds, then bisection). A closed loop of a few callers never
-    queues more than its callers; Poisson arrivals come in bursts, so the same rate sent open is answered
-    later.
+@dataclass(frozen=True)
+class Probe:
+    """One open-loop probe of capacity: its rate, and what it measured."""
+
+    point: Point
+
+    @property
+    def valid(self) -> bool:
+        """The client sent on time (`CLIENT_LAG_MS`) and no call failed otherwise than refused: the probe
+        measured the service."""
+        return self.point.client_lag_p99_ms <= CLIENT_LAG_MS and not self.point.failed
+
+    @property
+    def answered(self) -> bool:
+        """A valid probe whose calls were all but `PROBE_MISSED` answered within T: the service kept up."""
+        return self.valid and self.point.goodput * self.point.seconds >= (1 - PROBE_MISSED) * len(self.point.outcomes)
+
+
+def _next_rate(start: float, low: float, high: float) -> float:
+    """The next probe's rate, given the highest rate the service kept up with (`low`, 0 if none) and the
+    lowest it did not (`high`, infinite if none)."""
+    if high == math.inf:
+        return 2 * low if low else start
+    return (low + high) / 2 if low else high / 2
+
+
+async def search_capacity(probe: Callable[[float], Awaitable[Point]], start: float, count: int = CAPACITY_PROBES):
+    """Capacity at T: the most calls per second a service answers within T (its goodput) when offered as
+    many or more, over `count` probes of it at Poisson rates: `start` first, doubled while the service keeps
+    up (`Probe.answered`), then bisection between the highest rate it kept up with and the lowest it did
+    not. Past capacity the service refuses or answers late what it cannot serve, so its goodput there is
+    its capacity; below, the rate is. The most goodput of a valid probe is the capacity.
+
+    Args:
+        probe: runs an open loop at a rate (calls per second) and returns what it measured.
+        start: the first rate.
+        count: probes in all.
 
     Returns:
-        (capacity, [(rate, p99 ms, shed share, client lag p99 ms) per probe]); the range's low end if no
-        probe was within T.
+        (capacity, the probes in order); `start / 4` if no probe was valid.
     """
-    low, high = (share * closed for share in CAPACITY_RANGE)
-    best, probes, expanding = low, [], True
-    for index in range(CAPACITY_PROBES):
-        rate = high if expanding else (low + high) / 2
-        seconds = min(PROBE_MAX_DURATIONS * duration, max(duration, PROBE_CALLS / rate)) / PROBE_PARTS
-        parts = []
-        for seed in range(100 + PROBE_PARTS * index, 100 + PROBE_PARTS * (index + 1)):
-            outcomes = await open_loop(address, requests, lambda _t, r=rate: r, seconds, seed)
-            parts.append(Point("probe", rate, seconds, outcomes, target_ms))
-        p99 = float(np.median([part.served_p99_ms for part in parts]))
-        whole = Point("probe", rate, seconds * PROBE_PARTS, [o for part in parts for o in part.outcomes], target_ms)
-        lag = whole.client_lag_p99_ms
-        probes.append((rate, p99, whole.shed, lag))
-        on_time = lag <= CLIENT_LAG_MS
-        if p99 <= target_ms and whole.shed <= PROBE_SHED and not whole.failed and on_time:
-            best, low = rate, rate
-            high = 2 * rate if expanding else high
+    low, high, probes = 0.0, math.inf, []
+    for _ in range(count):
+        rate = _next_rate(start, low, high)
+        probes.append(Probe(await probe(rate)))
+        if probes[-1].answered:
+            low = rate
         else:
-            high, expanding = rate, False
-    return best, probes
+            high = rate
+    valid = [p.point.goodput for p in probes if p.valid]
+    return (max(valid) if valid else start / 4), probes
+
+
+async def _open_capacity(address: str, requests: list[bytes], closed: float, target_ms: float, duration: float):
+    """`search_capacity` of the service at `address`, from `CAPACITY_START` x the closed loop's best rate
+    `closed`, each probe at least `PROBE_CALLS` calls long (`duration` to `PROBE_MAX_DURATIONS` x it)."""
+
+    async def probe(rate: float) -> Point:
+        seconds = min(PROBE_MAX_DURATIONS * duration, max(duration, PROBE_CALLS / rate))
+        outcomes = await open_loop(address, requests, lambda _t: rate, seconds, seed=int(rate))
+        return Point("probe", rate, seconds, outcomes, target_ms)
+
+    return await search_capacity(probe, CAPACITY_START * closed)
 
 
 async def _baseline(workload: Workload, config: BenchConfig) -> Baseline:
@@ -456,14 +487,16 @@ async def latency_section(config: BenchConfig) -> Section:
         title="Latency target (open loop)",
         note=(
             "Open loop: Poisson arrivals, whatever the answers, at a share of the capacity at T measured just "
-            "before in the same run: the highest Poisson rate the service held to T answered with a p99 within T, "
-            f"refusing at most {PROBE_SHED:.0%}, with the client starting 99% of its calls within {CLIENT_LAG_MS:g} ms "
-            f"of their arrival times ({CAPACITY_PROBES} probes of {PROBE_CALLS} calls, "
-            f"{config.duration:g} to {PROBE_MAX_DURATIONS * config.duration:g} s, each the median p99 of "
-            f"{PROBE_PARTS} open loops: first {CAPACITY_RANGE[1]:g} x the most calls per second a closed loop "
-            "had answered within T, doubled while it held, then bisection down to "
-            f"{CAPACITY_RANGE[0]:g} x; the closed loop had no queue delay, concurrency "
-            f"{', '.join(map(str, CAPACITY_CONCURRENCIES))} up to the first over T, {config.duration / 2:g} s each). "
+            "before in the same run: the most calls per second the targeted service answered within T (its goodput) "
+            f"in {CAPACITY_PROBES} open-loop probes of at least {PROBE_CALLS} calls ({config.duration:g} to "
+            f"{PROBE_MAX_DURATIONS * config.duration:g} s), the first at {CAPACITY_START:g} x the most calls per "
+            "second a closed loop had answered within T, doubled while the service answered all but "
+            f"{PROBE_MISSED:.0%} of a probe's calls within T, then bisection between the highest rate it kept up "
+            "with and the lowest it did not. Past capacity a service refuses or answers late what it cannot "
+            "serve, so the excess of a load over capacity is the share it cannot answer within T. A probe counts "
+            f"only if the client started 99% of its calls within {CLIENT_LAG_MS:g} ms of their arrival times and "
+            "no call failed otherwise than refused. The closed loop had no queue delay, concurrency "
+            f"{', '.join(map(str, CAPACITY_CONCURRENCIES))} up to the first over T, {config.duration / 2:g} s each. "
             "A closed loop of a few callers never has more "
             "calls queued than callers; Poisson arrivals come in bursts, so the rate a closed loop serves within "
             "T, sent open, is served later. The probes, then the loads and the step, run in one process; one "
@@ -560,8 +593,13 @@ async def latency_section(config: BenchConfig) -> Section:
             f"{'' if baseline.ahead else ', the client could not raise its priority'}; capacity sweep, "
             "concurrency: req/s at p99 ms = "
             + ", ".join(f"{p.concurrency}: {p.throughput:,.0f} at {p.p99_ms:.1f}" for p in baseline.sweep)
-            + "; open-loop probes of the targeted service, req/s at p99 ms (shed, client lag p99 ms) = "
-            + ", ".join(f"{rate:,.0f} at {p99:.1f} ({shed:.1%}, {lag:.2f})" for rate, p99, shed, lag in probes)
+            + "; open-loop probes of the targeted service, offered req/s: goodput/s, p99 ms, shed, client lag "
+            "p99 ms = "
+            + ", ".join(
+                f"{p.point.rate:,.0f}: {p.point.goodput:,.0f}, {p.point.served_p99_ms:.1f}, {p.point.shed:.1%}, "
+                f"{p.point.client_lag_p99_ms:.2f}{'' if p.valid else ' (not counted)'}"
+                for p in probes
+            )
             + "): served p99 at 50/80/120% = "
             + "/".join(f"{points['target', load].served_p99_ms:.2f}" for load in LOADS)
             + " ms, shed "
