@@ -39,7 +39,8 @@ CAPACITY_PROBES = 8
 CAPACITY_START = 1.25
 """Capacity at T is searched in `CAPACITY_PROBES` open-loop probes of the targeted service, the first at
 this many times the closed loop's rate: while the service keeps up (`PROBE_MISSED`), the rate doubles (the
-targeted service may serve more than the closed loop's, as the native front does); then bisection."""
+targeted service may serve more than the closed loop's, as the native front does), while it has kept up
+with none it halves; then bisection."""
 PROBE_CALLS = 800
 """Calls an open-loop probe sends at least in all (so that its shares are not a few calls'), in at most
 `PROBE_MAX_DURATIONS` x the bench's duration."""
@@ -337,7 +338,7 @@ class Probe:
 
     parts: tuple[Point, ...]
 
-    @property
+    @functools.cached_property
     def point(self) -> Point:
         """The parts as one run."""
         first = self.parts[0]
@@ -346,9 +347,11 @@ class Probe:
 
     @property
     def valid(self) -> bool:
-        """The client sent on time (`CLIENT_LAG_MS`) and no call failed otherwise than refused: the probe
-        measured the service."""
-        return self.point.client_lag_p99_ms <= CLIENT_LAG_MS and not self.point.failed
+        """The client sent on time (`CLIENT_LAG_MS`, at the median part) and no call failed otherwise than
+        refused: the probe measured the service. One that did not counts as not kept up with, and not
+        towards the ceiling."""
+        lag = float(np.median([p.client_lag_p99_ms for p in self.parts]))
+        return lag <= CLIENT_LAG_MS and not self.point.failed
 
     @property
     def answered(self) -> bool:
@@ -370,10 +373,11 @@ async def search_capacity(
     probe: Callable[[float], Awaitable[Probe]], start: float, count: int = CAPACITY_PROBES
 ) -> tuple[float, float, list[Probe]]:
     """Capacity at T, the highest Poisson rate a service keeps up with (`Probe.answered`), over `count`
-    probes of it: `start` first, doubled while it keeps up, then bisection between the highest rate it kept
-    up with and the lowest it did not; and its goodput ceiling, the most calls per second any valid probe
-    had answered within T. A batching service has no sharp capacity: past the rate it keeps up with, its
-    goodput still grows with the batches its queue allows, up to the ceiling.
+    probes of it: `start` first, doubled while it keeps up (halved while it has kept up with none), then
+    bisection between the highest rate it kept up with and the lowest it did not; and its goodput
+    ceiling, the most calls per second any valid probe had answered within T. A batching service has no
+    sharp capacity: past the rate it keeps up with, its goodput still grows with the batches its queue
+    allows, up to the ceiling.
 
     Args:
         probe: runs open loops at a rate (calls per second) and returns what they measured.
@@ -398,14 +402,16 @@ async def search_capacity(
 
 async def _open_capacity(address: str, requests: list[bytes], closed: float, target_ms: float, duration: float):
     """`search_capacity` of the service at `address`, from `CAPACITY_START` x the closed loop's best rate
-    `closed`, each probe at least `PROBE_CALLS` calls long in all (`duration` to `PROBE_MAX_DURATIONS` x it),
-    in `PROBE_PARTS` loops."""
+    `closed`, each probe `PROBE_CALLS` calls long in all (at least `duration`, at most `PROBE_MAX_DURATIONS` x
+    it), in `PROBE_PARTS` loops, each loop with arrivals of its own."""
+
+    seeds = itertools.count(100)
 
     async def probe(rate: float) -> Probe:
         seconds = min(PROBE_MAX_DURATIONS * duration, max(duration, PROBE_CALLS / rate)) / PROBE_PARTS
         parts = []
-        for part in range(PROBE_PARTS):
-            outcomes = await open_loop(address, requests, lambda _t: rate, seconds, seed=int(rate) + part)
+        for _ in range(PROBE_PARTS):
+            outcomes = await open_loop(address, requests, lambda _t: rate, seconds, seed=next(seeds))
             parts.append(Point("probe", rate, seconds, outcomes, target_ms))
         return Probe(tuple(parts))
 
@@ -497,6 +503,22 @@ def _workloads(config: BenchConfig) -> list[Workload]:
     ]
 
 
+def _probe_text(probe: Probe) -> str:
+    point = probe.point
+    verdict = "kept up" if probe.answered else "not kept up" if probe.valid else "client late or a call failed"
+    return (
+        f"{point.rate:,.0f}/s offered, {point.goodput:,.0f}/s within T, p99 {point.served_p99_ms:.1f} ms, shed "
+        f"{point.shed:.1%}, client lag p99 {point.client_lag_p99_ms:.2f} ms, {verdict}"
+    )
+
+
+def _ceiling_text(capacity: float, ceiling: float, probes: list[Probe]) -> str:
+    kept = "" if any(p.answered for p in probes) else "kept up with no rate probed (capacity: the lowest); "
+    if not ceiling:
+        return kept + "no probe counted towards a goodput ceiling"
+    return kept + f"goodput ceiling {ceiling:,.0f} req/s, {ceiling / capacity:.0%} of capacity"
+
+
 async def latency_section(config: BenchConfig) -> Section:
     """Open-loop load against a latency target, beside the best static queue delay, and a load step."""
     seconds = config.duration * 2
@@ -504,16 +526,18 @@ async def latency_section(config: BenchConfig) -> Section:
         title="Latency target (open loop)",
         note=(
             "Open loop: Poisson arrivals, whatever the answers, at a share of the capacity at T measured just "
-            "before in the same run: the highest Poisson rate the targeted service kept up with, answering all but "
-            f"{PROBE_MISSED:.0%} of the calls within T (the median of {PROBE_PARTS} loops per probe), in "
-            f"{CAPACITY_PROBES} probes of at least {PROBE_CALLS} calls ({config.duration:g} to "
-            f"{PROBE_MAX_DURATIONS * config.duration:g} s), the first at {CAPACITY_START:g} x the most calls per "
-            "second a closed loop had answered within T, doubled while the service kept up, then bisection. "
-            "Its goodput ceiling is the most calls per second a probe had answered within T: a batching service "
-            "has no sharp capacity, and past the rate it keeps up with its goodput still grows with its batches. "
-            f"A probe counts only if the client started 99% of its calls within {CLIENT_LAG_MS:g} ms of their "
-            "arrival times and no call failed otherwise than refused. The closed loop had no queue delay, "
-            f"concurrency {', '.join(map(str, CAPACITY_CONCURRENCIES))} up to the first over T, "
+            "before in the same run: the highest Poisson rate the targeted service kept up with, leaving at most "
+            f"{PROBE_MISSED:.0%} of the calls unanswered within T (refused or late; the median of {PROBE_PARTS} "
+            f"loops per probe), in {CAPACITY_PROBES} probes of {PROBE_CALLS} calls ({config.duration:g} s at the "
+            f"least, {PROBE_MAX_DURATIONS * config.duration:g} s at the most), the first at {CAPACITY_START:g} x the "
+            "most calls per second a closed loop had answered within T, doubled while the service kept up (halved "
+            "while it had kept up with none), then bisection. Its goodput ceiling is the most calls per second a "
+            "probe had answered within T: a batching service has no sharp capacity, and past the rate it keeps up "
+            "with its goodput still grows with its batches. A probe where the client did not start 99% of its "
+            f"calls within {CLIENT_LAG_MS:g} ms of their arrival times (at the median loop), or a call failed "
+            "otherwise than refused, counts as not kept up with and not towards the ceiling. The closed loop had "
+            "no queue delay, concurrency "
+            f"{', '.join(map(str, CAPACITY_CONCURRENCIES))} up to the first over T, "
             f"{config.duration / 2:g} s each. "
             "A closed loop of a few callers never has more "
             "calls queued than callers; Poisson arrivals come in bursts, so the rate a closed loop serves within "
@@ -536,7 +560,7 @@ async def latency_section(config: BenchConfig) -> Section:
             f"service answered in `maas-timing`, in an open loop at {OUTSIDE_LOAD:g} x the closed loop's best rate on "
             "the no-delay server, light load: the network's and the client's time), since the service holds only "
             "its own time to the target; its MAX_CONCURRENT_RPCS is "
-            f"{RPC_LIMIT_HEADROOM:g} x capacity x T. The open loops are sent by a C++ client "
+            f"{RPC_LIMIT_HEADROOM:g} x the closed loop's best rate x T. The open loops are sent by a C++ client "
             "(services/bench/native/openloop.cc: one thread sends requests serialized once at their arrival times, "
             "one collects the answers, on one HTTP/2 connection); the closed loops by the Python one. The client "
             f"runs its threads at nice {CLIENT_NICE} while it measures (servers at 0) and its garbage collector off, "
@@ -611,22 +635,22 @@ async def latency_section(config: BenchConfig) -> Section:
             f"{'' if baseline.ahead else ', the client could not raise its priority'}; capacity sweep, "
             "concurrency: req/s at p99 ms = "
             + ", ".join(f"{p.concurrency}: {p.throughput:,.0f} at {p.p99_ms:.1f}" for p in baseline.sweep)
-            + "; open-loop probes of the targeted service, offered req/s: goodput/s, p99 ms, shed, client lag "
-            "p99 ms = "
-            + ", ".join(
-                f"{p.point.rate:,.0f}: {p.point.goodput:,.0f}, {p.point.served_p99_ms:.1f}, {p.point.shed:.1%}, "
-                f"{p.point.client_lag_p99_ms:.2f}{' kept up' if p.answered else '' if p.valid else ' (not counted)'}"
-                for p in probes
-            )
-            + f"; goodput ceiling {ceiling:,.0f} req/s, {ceiling / capacity:.0%} of capacity"
+            + "; open-loop probes of the targeted service: "
+            + "; ".join(map(_probe_text, probes))
+            + "; "
+            + _ceiling_text(capacity, ceiling, probes)
             + "): served p99 at 50/80/120% = "
             + "/".join(f"{points['target', load].served_p99_ms:.2f}" for load in LOADS)
             + " ms, shed "
             + "/".join(f"{points['target', load].shed:.1%}" for load in LOADS)
-            + f"; at 120% the excess is {1 - 1 / 1.2:.1%} of capacity and "
-            f"{max(0.0, 1 - ceiling / high.rate):.1%} of the ceiling, and goodput is "
-            f"{high.goodput / best.goodput:.0%} of the best static setting's ({best.label}: "
-            f"{best.goodput:,.0f}/s, p99 {best.served_p99_ms:.2f} ms).",
+            + f"; at 120% the calls beyond capacity are {1 - 1 / 1.2:.1%} of those offered"
+            + (f" and those beyond the ceiling {max(0.0, 1 - ceiling / high.rate):.1%}" if ceiling else "")
+            + (
+                f"; goodput is {high.goodput / best.goodput:.0%} of the best static setting's"
+                if best.goodput
+                else "; the best static setting answered nothing within T"
+            )
+            + f" ({best.label}: {best.goodput:,.0f}/s, p99 {best.served_p99_ms:.2f} ms).",
             f"{workload.model} step: worst served p99 per {WINDOW_S:g} s window outside the {SETTLE_S:g} s after "
             f"each change: {over:.2f} ms (T {target:.1f} ms).",
         ]

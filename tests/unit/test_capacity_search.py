@@ -20,14 +20,19 @@ TARGET_MS = 10.0
 SECONDS = 1.0
 
 
-def loop(rate: float, goodput: float, lag_ms: float = 0.5) -> Point:
-    """An open loop at `rate` calls per second of which `goodput` per second were answered within T and the
-    rest refused, the client `lag_ms` late."""
-    calls, served = round(rate * SECONDS), round(min(rate, goodput) * SECONDS)
-    outcomes = [
-        Outcome(sent=i / rate, lag=lag_ms / 1000, seconds=0.002, ok=i < served, shed=i >= served) for i in range(calls)
-    ]
-    return Point("probe", rate, SECONDS, outcomes, TARGET_MS)
+def loop(rate: float, goodput: float, lag_ms: float = 0.5, late: float = 0.0, failed: int = 0) -> Point:
+    """An open loop at `rate` calls per second of which `goodput` per second were answered within T, `late`
+    per second answered after it, `failed` calls failed and the rest were refused, the client `lag_ms`
+    late."""
+    calls = round(rate * SECONDS)
+    served, later = round(min(rate, goodput) * SECONDS), round(late * SECONDS)
+
+    def outcome(i: int) -> Outcome:
+        answered = i < min(served + later, calls - failed)
+        seconds = 0.002 if i < served else 2 * TARGET_MS / 1000
+        return Outcome(i / rate, lag_ms / 1000, seconds, ok=answered, shed=not answered and i < calls - failed)
+
+    return Point("probe", rate, SECONDS, [outcome(i) for i in range(calls)], TARGET_MS)
 
 
 def answering(goodput: Callable[[float], float], lag_ms: Callable[[float], float] = lambda _rate: 0.5):
@@ -72,6 +77,23 @@ def test_one_stalled_loop_of_three_does_not_decide_a_probe():
     stalled = Probe((loop(100.0, 50.0), loop(100.0, 100.0), loop(100.0, 100.0)))
     assert stalled.answered
     assert not Probe((loop(100.0, 50.0), loop(100.0, 50.0), loop(100.0, 100.0))).answered
+
+
+def test_calls_answered_after_t_are_missed_as_refused_ones_are():
+    assert Probe(tuple(loop(100.0, 99.5, late=0.5) for _ in range(PROBE_PARTS))).answered
+    late = Probe(tuple(loop(100.0, 97.0, late=3.0) for _ in range(PROBE_PARTS)))
+    assert late.valid and late.point.shed == 0 and not late.answered
+
+
+def test_a_call_that_failed_otherwise_than_refused_leaves_the_probe_out_of_the_ceiling():
+    failed = Probe((loop(100.0, 100.0, failed=1), loop(100.0, 100.0), loop(100.0, 100.0)))
+    assert not failed.valid and not failed.answered
+
+    async def probe(rate: float) -> Probe:
+        return Probe(tuple(loop(rate, rate, failed=int(rate >= 1_000)) for _ in range(PROBE_PARTS)))
+
+    capacity, ceiling, _ = asyncio.run(search_capacity(probe, 400.0))
+    assert capacity == ceiling < 1_000
 
 
 def test_a_probe_the_client_sent_late_does_not_count():
