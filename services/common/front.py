@@ -2,11 +2,11 @@
 
 The C++ server (`services/common/native/front.cc`, built by `make native`) owns the public port and the
 service's grpc.aio server moves to a loopback port behind it. A ModelInfer call for a routed model version
-that carries only raw tensors of the declared datatypes and fixed shapes (and asks for no timing) queues
-in C++; one Python thread per route takes the queued calls as one batch, runs the version's `prepare`
-and `predict` once, and hands the outputs back, which C++ splits into one response per call. Everything
-else is proxied byte for byte to the Python server, which answers it as it would without the front. See
-docs/native-front.md.
+that carries only raw tensors of the declared datatypes and fixed shapes queues in C++; one Python thread
+per route takes the queued calls as one batch, runs the version's `prepare` and `predict` once, and hands
+the outputs back, which C++ splits into one response per call (with a `maas-timing` entry for a call that
+asks for one). Everything else is proxied byte for byte to the Python server, which answers it as it would
+without the front. See docs/native-front.md.
 """
 
 from __future__ import annotations
@@ -92,13 +92,14 @@ class _Route:
 class NativeFront:
     """The C++ server on a service's port, proxying to its Python server, and the pumps of its routes."""
 
-    def __init__(self, settings: ServiceSettings, address: str, upstream_port: int) -> None:
+    def __init__(self, settings: ServiceSettings, address: str, upstream_port: int, hop: str) -> None:
         """Bind `address` and start serving, proxying every call to the Python server until routes are added.
 
         Args:
             settings: the service's settings (message limit, connection age, batching).
             address: the public address to bind.
             upstream_port: the Python server's loopback port.
+            hop: the service's name, in the `maas-timing` entries of the calls answered here.
 
         Raises:
             RuntimeError: the extension is not built, or `address` could not be bound.
@@ -113,6 +114,7 @@ class NativeFront:
             max_connection_age_grace_ms=round(settings.max_connection_age_grace_s * 1000),
             max_streams=settings.front_max_streams,
             id_prefix=uuid.uuid4().hex[:16],
+            hop=hop,
         )
         self._pumps: list[threading.Thread] = []
         self._stopping = threading.Event()
@@ -245,7 +247,7 @@ class NativeFront:
                 self._record(route, loaded.stats, counts, arrived, taken_ns, done_ns, compute_ns)
                 if route.target_ns:
                     self._learn(route, sum(counts), compute_ns)
-                self._native.reply(batch, loaded.version, results)
+                self._native.reply(batch, loaded.version, results, compute_ns)
             except Exception:
                 log.exception(
                     "native front: %s:%s failed a batch; the Python server answers it", model.name, route.version

@@ -173,7 +173,7 @@ class GrpcServer:
             await self._health_server.start()
         await self._server.start()
         if native:
-            self._front = NativeFront(self.settings, address, self.port)
+            self._front = NativeFront(self.settings, address, self.port, self.name)
             self.port = self._front.port
         self._metrics = MetricsServer(self.settings.host, self.settings.metrics_bind_port)
         for model in self.models:

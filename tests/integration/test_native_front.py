@@ -31,6 +31,7 @@ from services.common.batchcost import MIN_BATCHES
 from services.common.front import load_extension
 from services.common.server import GrpcServer, build_server
 from services.common.settings import ModelServiceSettings
+from services.common.timing import TIMING_KEY, parse
 from services.vision.spec import SPEC
 from tests.conftest import REPO_ROOT, started, vision_settings
 from tests.integration.processes import maas_process
@@ -102,6 +103,29 @@ async def test_fast_path_makes_a_request_id_when_the_caller_sends_none(fronts):
     assert native.front.answered == before + 2, "answered by the native front, not proxied"
     assert request_id(first[3]) != request_id(second[3])
     assert len(request_id(first[3])) == 32
+
+
+async def test_a_call_asking_for_timing_is_answered_here_with_the_python_servers_fields(fronts):
+    python, native = fronts
+    request = infer_request(images(2), request_id="timed").SerializeToString()
+    asked = ((TIMING_KEY, "1"),)
+    before = native.front.answered
+    expected = await call(python, INFER, request, asked)
+    got = await call(native, INFER, request, asked)
+    untimed = await call(native, INFER, request)
+    assert got[0] == expected[0] == untimed[0] == grpc.StatusCode.OK
+    assert got[2] == expected[2], "the same response bytes"
+    assert native.front.answered == before + 2, "answered by the native front, not proxied"
+    [entry] = [parse(value) for key, value in got[3] if key == TIMING_KEY]
+    [python_entry] = [parse(value) for key, value in expected[3] if key == TIMING_KEY]
+    assert list(entry) == list(python_entry)
+    assert {key: entry[key] for key in ("hop", "model", "version")} == {
+        key: python_entry[key] for key in ("hop", "model", "version")
+    }
+    assert entry["batch_size"] == "2" and entry["batch_wait_us"] == "0"
+    assert int(entry["compute_us"]) > 0
+    assert int(entry["queue_us"]) + int(entry["compute_us"]) <= int(entry["total_us"])
+    assert TIMING_KEY not in dict(untimed[3]), "a caller who does not ask gets no entry"
 
 
 @pytest.mark.parametrize(
@@ -364,6 +388,7 @@ async def bare(target_ns: int, max_streams: int = DEFAULT_MAX_STREAMS):
         max_connection_age_grace_ms=0,
         max_streams=max_streams,
         id_prefix="bare",
+        hop="bare",
     )
     handle = front.register("m", [""], [("X", "FP32", [2])], [("Y", "FP32", [])], 8, 10, target_ns)
     yield front, handle

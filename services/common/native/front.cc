@@ -40,6 +40,7 @@ namespace {
 
 constexpr char kInferMethod[] = "/inference.GRPCInferenceService/ModelInfer";
 constexpr char kRequestIdKey[] = "x-request-id";
+constexpr char kTimingKey[] = "maas-timing";
 // Request parameters maas never reads: Triton's clients (perf_analyzer among them) send this one, which
 // matters only to decoupled models' streams.
 constexpr char kIgnoredParameter[] = "triton_enable_empty_final_response";
@@ -194,6 +195,9 @@ class Call : public grpc::ServerGenericBidiReactor {
 
   // Answer this queued call with `response` (its trailing x-request-id added).
   void Answer(grpc::ByteBuffer&& response);
+  // Answer it with `response` and a trailing `maas-timing` entry: its batch of `rows` rows of model
+  // `version` ran for `compute_ns`.
+  void AnswerTimed(grpc::ByteBuffer&& response, const std::string& version, int64_t rows, int64_t compute_ns);
   void Fail(grpc::StatusCode code, const std::string& details);
   // Hand this queued call to the Python server instead.
   void Proxy();
@@ -210,6 +214,8 @@ class Call : public grpc::ServerGenericBidiReactor {
   int64_t rows = 0;
   int64_t arrived_ns = 0;
   int64_t finished_ns = 0;  // when its route answered or refused it (0: neither)
+  int64_t taken_ns = 0;     // when its route's pump took it in a batch
+  bool timing = false;      // the caller asked for `maas-timing`
   bool answered = false;
   Route* route = nullptr;   // the route it asked for
   bool probe = false;  // admitted by an idle route whatever its fit said: never shed
@@ -273,8 +279,8 @@ class Front {
  public:
   Front(const std::string& address, const std::string& upstream, int max_message_bytes,
         int64_t max_connection_age_ms, int64_t max_connection_age_grace_ms, int max_streams,
-        const std::string& id_prefix)
-      : id_prefix_(id_prefix), service_(this) {
+        const std::string& id_prefix, const std::string& hop)
+      : hop(hop), id_prefix_(id_prefix), service_(this) {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(-1);
     args.SetMaxSendMessageSize(-1);
@@ -377,6 +383,8 @@ class Front {
   }
 
   grpc::GenericStub* stub() { return stub_.get(); }
+  // The service's name, the `hop` of the `maas-timing` entries answered here.
+  const std::string hop;
 
   // Close every route: its pump's `take` returns None, and the calls still queued are failed.
   void Close() {
@@ -431,14 +439,12 @@ Call::Call(Front* front, grpc::GenericCallbackServerContext* ctx) : front_(front
     StartProxy(false);
     return;
   }
-  // A call asking for timing goes to the Python server, which reports it. (With API keys or tracing on,
-  // the front has no routes: every call goes there.)
+  // (With API keys or tracing on, the front has no routes: every call goes to the Python server.)
   for (const auto& [key, value] : ctx_->client_metadata()) {
     if (key == kRequestIdKey) {
       if (SaneRequestId(value)) request_id_.assign(value.data(), value.size());
-    } else if (key == "maas-timing") {
-      StartProxy(false);
-      return;
+    } else if (key == kTimingKey) {
+      timing = value == "1" || value == "true";
     }
   }
   StartRead(&in_);
@@ -661,6 +667,17 @@ void Call::Answer(grpc::ByteBuffer&& response) {
   StartWriteAndFinish(&out_, grpc::WriteOptions(), grpc::Status::OK);
 }
 
+void Call::AnswerTimed(grpc::ByteBuffer&& response, const std::string& version, int64_t rows, int64_t compute_ns) {
+  // As the Python server's entry (services/common/timing.py): no batch wait, since a route never holds a
+  // batch open for batch-mates.
+  std::string entry = "hop=" + front_->hop + ";model=" + route->model + ";version=" + version;
+  entry += ";queue_us=" + std::to_string((taken_ns - arrived_ns) / 1000) + ";batch_wait_us=0";
+  entry += ";compute_us=" + std::to_string(compute_ns / 1000) + ";batch_size=" + std::to_string(rows);
+  entry += ";total_us=" + std::to_string((now_ns() - arrived_ns) / 1000);
+  ctx_->AddTrailingMetadata(kTimingKey, entry);
+  Answer(std::move(response));
+}
+
 void Call::Fail(grpc::StatusCode code, const std::string& details) {
   front_->Leave();
   ctx_->AddTrailingMetadata(kRequestIdKey, request_id_);
@@ -778,6 +795,7 @@ py::object Take(Front& front, int handle, int64_t max_rows, int64_t timeout_us) 
           break;
         } else {
           rows += call_rows;
+          call->taken_ns = steady;
           batch->calls.push_back(call);
         }
         it = route->Remove(it, call_rows);
@@ -826,8 +844,9 @@ void Fill(Batch& batch, size_t slot, py::buffer into) {
 }
 
 // Answer every call of `batch` with its rows of `outputs` (C-contiguous buffers in the registered order,
-// of the registered datatypes' sizes), as the model version `version`.
-void Reply(Batch& batch, const std::string& version, const std::vector<py::buffer>& outputs) {
+// of the registered datatypes' sizes), as the model version `version`, which ran the batch in `compute_ns`
+// (in the `maas-timing` entry of a call that asked for one).
+void Reply(Batch& batch, const std::string& version, const std::vector<py::buffer>& outputs, int64_t compute_ns) {
   if (batch.settled) throw std::invalid_argument("batch already answered");
   if (batch.calls.empty()) throw std::invalid_argument("the batch has no calls");
   Route* route = batch.route;
@@ -865,7 +884,11 @@ void Reply(Batch& batch, const std::string& version, const std::vector<py::buffe
     grpc::ByteBuffer buffer;
     bool own;
     grpc::GenericSerialize<grpc::ProtoBufferWriter, inference::ModelInferResponse>(response, &buffer, &own);
-    call->Answer(std::move(buffer));
+    if (call->timing) {
+      call->AnswerTimed(std::move(buffer), version, rows, compute_ns);
+    } else {
+      call->Answer(std::move(buffer));
+    }
   }
 }
 
@@ -935,9 +958,10 @@ PYBIND11_MODULE(_front, m) {
       .def_property_readonly("settled", [](const Batch& batch) { return batch.settled; })
       .def("fill", &Fill, py::arg("slot"), py::arg("into"));
   py::class_<Front>(m, "Front")
-      .def(py::init<const std::string&, const std::string&, int, int64_t, int64_t, int, const std::string&>(),
+      .def(py::init<const std::string&, const std::string&, int, int64_t, int64_t, int, const std::string&,
+                    const std::string&>(),
            py::arg("address"), py::arg("upstream"), py::arg("max_message_bytes"), py::arg("max_connection_age_ms"),
-           py::arg("max_connection_age_grace_ms"), py::arg("max_streams"), py::arg("id_prefix"))
+           py::arg("max_connection_age_grace_ms"), py::arg("max_streams"), py::arg("id_prefix"), py::arg("hop"))
       .def_property_readonly("port", &Front::port)
       .def("register", &Front::Register, py::arg("model"), py::arg("versions"), py::arg("inputs"), py::arg("outputs"),
            py::arg("max_rows"), py::arg("queue_limit"), py::arg("target_ns") = 0)
@@ -950,6 +974,6 @@ PYBIND11_MODULE(_front, m) {
       .def("drain", &Front::Drain)
       .def_property_readonly("in_flight", &Front::in_flight)
       .def("shutdown", &Front::Shutdown, py::arg("grace_s"), py::call_guard<py::gil_scoped_release>());
-  m.def("reply", &Reply, py::arg("batch"), py::arg("version"), py::arg("outputs"));
+  m.def("reply", &Reply, py::arg("batch"), py::arg("version"), py::arg("outputs"), py::arg("compute_ns") = 0);
   m.def("fallback", &Fallback, py::arg("batch"), py::arg("indices"));
 }
