@@ -193,11 +193,12 @@ class Call : public grpc::ServerGenericBidiReactor {
   void OnCancel() override;
   void OnDone() override;
 
-  // Answer this queued call with `response` (its trailing x-request-id added).
-  void Answer(grpc::ByteBuffer&& response);
-  // Answer it with `response` and a trailing `maas-timing` entry: its batch of `rows` rows of model
-  // `version` ran for `compute_ns`.
-  void AnswerTimed(grpc::ByteBuffer&& response, const std::string& version, int64_t rows, int64_t compute_ns);
+  // Answer this queued call with `response` (its trailing x-request-id added, and `timing`, its
+  // `maas-timing` entry, if not empty).
+  void Answer(grpc::ByteBuffer&& response, const std::string& timing = {});
+  // Its `maas-timing` entry, as the Python server's (services/common/timing.py), now: its batch of
+  // `batch_rows` rows of model `version` ran for `compute_ns`.
+  std::string TimingEntry(const std::string& version, int64_t batch_rows, int64_t compute_ns) const;
   void Fail(grpc::StatusCode code, const std::string& details);
   // Hand this queued call to the Python server instead.
   void Proxy();
@@ -435,11 +436,11 @@ bool SaneRequestId(grpc::string_ref value) {
 
 Call::Call(Front* front, grpc::GenericCallbackServerContext* ctx) : front_(front), ctx_(ctx) {
   arrived_ns = now_ns();
+  // With API keys or tracing on, the front has no routes: every call goes to the Python server.
   if (ctx_->method() != kInferMethod || !front_->routed() || front_->draining()) {
     StartProxy(false);
     return;
   }
-  // (With API keys or tracing on, the front has no routes: every call goes to the Python server.)
   for (const auto& [key, value] : ctx_->client_metadata()) {
     if (key == kRequestIdKey) {
       if (SaneRequestId(value)) request_id_.assign(value.data(), value.size());
@@ -658,24 +659,24 @@ void Call::Release() {
 
 // Each of these three ends a queued call's time here; the call may be gone as soon as its last
 // operation starts, so it leaves the front's count first.
-void Call::Answer(grpc::ByteBuffer&& response) {
+void Call::Answer(grpc::ByteBuffer&& response, const std::string& timing) {
   front_->Leave();
   finished_ns = now_ns();
   answered = true;
   out_ = std::move(response);
   ctx_->AddTrailingMetadata(kRequestIdKey, request_id_);
+  if (!timing.empty()) ctx_->AddTrailingMetadata(kTimingKey, timing);
   StartWriteAndFinish(&out_, grpc::WriteOptions(), grpc::Status::OK);
 }
 
-void Call::AnswerTimed(grpc::ByteBuffer&& response, const std::string& version, int64_t rows, int64_t compute_ns) {
-  // As the Python server's entry (services/common/timing.py): no batch wait, since a route never holds a
-  // batch open for batch-mates.
+std::string Call::TimingEntry(const std::string& version, int64_t batch_rows, int64_t compute_ns) const {
+  // No batch wait: a route never holds a batch open for batch-mates. The call's time counts from its
+  // arrival, before its request is read.
   std::string entry = "hop=" + front_->hop + ";model=" + route->model + ";version=" + version;
   entry += ";queue_us=" + std::to_string((taken_ns - arrived_ns) / 1000) + ";batch_wait_us=0";
-  entry += ";compute_us=" + std::to_string(compute_ns / 1000) + ";batch_size=" + std::to_string(rows);
+  entry += ";compute_us=" + std::to_string(compute_ns / 1000) + ";batch_size=" + std::to_string(batch_rows);
   entry += ";total_us=" + std::to_string((now_ns() - arrived_ns) / 1000);
-  ctx_->AddTrailingMetadata(kTimingKey, entry);
-  Answer(std::move(response));
+  return entry;
 }
 
 void Call::Fail(grpc::StatusCode code, const std::string& details) {
@@ -884,11 +885,7 @@ void Reply(Batch& batch, const std::string& version, const std::vector<py::buffe
     grpc::ByteBuffer buffer;
     bool own;
     grpc::GenericSerialize<grpc::ProtoBufferWriter, inference::ModelInferResponse>(response, &buffer, &own);
-    if (call->timing) {
-      call->AnswerTimed(std::move(buffer), version, rows, compute_ns);
-    } else {
-      call->Answer(std::move(buffer));
-    }
+    call->Answer(std::move(buffer), call->timing ? call->TimingEntry(version, rows, compute_ns) : std::string());
   }
 }
 
@@ -974,6 +971,6 @@ PYBIND11_MODULE(_front, m) {
       .def("drain", &Front::Drain)
       .def_property_readonly("in_flight", &Front::in_flight)
       .def("shutdown", &Front::Shutdown, py::arg("grace_s"), py::call_guard<py::gil_scoped_release>());
-  m.def("reply", &Reply, py::arg("batch"), py::arg("version"), py::arg("outputs"), py::arg("compute_ns") = 0);
+  m.def("reply", &Reply, py::arg("batch"), py::arg("version"), py::arg("outputs"), py::arg("compute_ns"));
   m.def("fallback", &Fallback, py::arg("batch"), py::arg("indices"));
 }
