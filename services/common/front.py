@@ -26,6 +26,7 @@ from services.common.batchcost import BatchCost, Steer
 from services.common.codec import FIXED_DTYPES
 from services.common.errors import MaasError, ModelNotFound, ModelNotReady
 from services.common.settings import ServiceSettings
+from services.common.timing import Timing
 from services.common.versions import ModelRegistry, ModelVersions
 
 log = logging.getLogger(__name__)
@@ -114,8 +115,8 @@ class NativeFront:
             max_connection_age_grace_ms=round(settings.max_connection_age_grace_s * 1000),
             max_streams=settings.front_max_streams,
             id_prefix=uuid.uuid4().hex[:16],
-            hop=hop,
         )
+        self._hop = hop
         self._pumps: list[threading.Thread] = []
         self._stopping = threading.Event()
         self._answered = 0
@@ -247,7 +248,8 @@ class NativeFront:
                 self._record(route, loaded.stats, counts, arrived, taken_ns, done_ns, compute_ns)
                 if route.target_ns:
                     self._learn(route, sum(counts), compute_ns)
-                self._native.reply(batch, loaded.version, results, compute_ns)
+                timings = self._timings(batch, counts, arrived, taken_ns, compute_ns, loaded.version, model.name)
+                self._native.reply(batch, loaded.version, results, timings)
             except Exception:
                 log.exception(
                     "native front: %s:%s failed a batch; the Python server answers it", model.name, route.version
@@ -256,6 +258,20 @@ class NativeFront:
                     self._native.fallback(batch, range(len(batch)))
             finally:
                 del batch
+
+    def _timings(self, batch, counts, arrived, taken_ns: int, compute_ns: int, version: str, model: str):
+        """The `maas-timing` entries of the batch's calls that asked for one, by index: the grpc.aio server's
+        entry (`Timing.entry`), with no batch wait (a route never holds a batch open for batch-mates)."""
+        timed = batch.timed
+        if not timed:
+            return {}
+        rows, now = sum(counts), time.monotonic_ns()
+        return {
+            index: Timing(queue_ns=taken_ns - arrived[index], compute_ns=compute_ns, batch_size=rows).entry(
+                self._hop, model, version, now - arrived[index]
+            )
+            for index in timed
+        }
 
     @staticmethod
     def _inputs(batch, model: ModelVersions, rows: int) -> dict[str, np.ndarray]:

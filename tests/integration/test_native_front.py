@@ -388,7 +388,6 @@ async def bare(target_ns: int, max_streams: int = DEFAULT_MAX_STREAMS):
         max_connection_age_grace_ms=0,
         max_streams=max_streams,
         id_prefix="bare",
-        hop="bare",
     )
     handle = front.register("m", [""], [("X", "FP32", [2])], [("Y", "FP32", [])], 8, 10, target_ns)
     yield front, handle
@@ -481,7 +480,7 @@ async def test_a_targeted_route_counts_the_answers_written_after_its_target(targ
         await asyncio.sleep(2 * TARGET_NS / 1e9)
         batch, counts, _ = front.take(handle, 8, 1000)
         assert counts == [1], "with no cost fitted yet, nothing is refused for the target"
-        load_extension().reply(batch, "1", [np.ones(1, np.float32)], compute_ns=0)
+        load_extension().reply(batch, "1", [np.ones(1, np.float32)], timings={})
         response = pb.ModelInferResponse.FromString(await answer)
     assert response.raw_output_contents == [np.ones(1, np.float32).tobytes()]
     for _ in range(100):
@@ -492,29 +491,21 @@ async def test_a_targeted_route_counts_the_answers_written_after_its_target(targ
     assert front.written(handle) == (0, 0), "counted once"
 
 
-async def test_a_timed_answer_carries_its_batchs_rows_and_compute_time_beside_its_request_id(bare_front):
+async def test_a_batch_names_the_calls_that_asked_for_timing_and_each_gets_its_entry(bare_front):
     front, handle = bare_front
-    asks = {"1": 1, "true": 2, "0": 3}
+    asks = ("1", "true", "0")
     async with grpc.aio.insecure_channel(f"127.0.0.1:{front.port}") as channel:
-        calls = {}
-        for ask, rows in asks.items():
-            request = pb.ModelInferRequest(model_name="m")
-            request.inputs.add(name="X", datatype="FP32", shape=[rows, 2])
-            request.raw_input_contents.append(np.zeros((rows, 2), np.float32).tobytes())
-            calls[ask] = channel.unary_unary(INFER)(request.SerializeToString(), metadata=((TIMING_KEY, ask),))
+        calls = []
+        for ask in asks:
+            calls.append(channel.unary_unary(INFER)(route_m_request(), metadata=((TIMING_KEY, ask),)))
             await queued(front, len(calls))
         batch, counts, _ = front.take(handle, 8, 1000)
-        assert counts == [1, 2, 3]
-        load_extension().reply(batch, "1", [np.ones(6, np.float32)], compute_ns=1_234_567)
-        trailing = {ask: tuple(await call.trailing_metadata()) for ask, call in calls.items()}
-    entries = {ask: [parse(value) for key, value in pairs if key == TIMING_KEY] for ask, pairs in trailing.items()}
-    assert entries["0"] == [], "a value that does not ask gets no entry"
-    for ask in ("1", "true"):
-        [entry] = entries[ask]
-        assert request_id(trailing[ask]), "the request id as well"
-        assert (entry["hop"], entry["model"], entry["version"]) == ("bare", "m", "1")
-        assert entry["batch_size"] == "6" and entry["compute_us"] == "1234" and entry["batch_wait_us"] == "0"
-        assert 0 <= int(entry["queue_us"]) <= int(entry["total_us"])
+        assert counts == [1, 1, 1]
+        assert batch.timed == [0, 1], "'1' and 'true' ask, as the Python server reads them; '0' does not"
+        load_extension().reply(batch, "1", [np.ones(3, np.float32)], timings={0: "first", 1: "second"})
+        trailing = [tuple(await call.trailing_metadata()) for call in calls]
+    assert [[value for key, value in pairs if key == TIMING_KEY] for pairs in trailing] == [["first"], ["second"], []]
+    assert all(request_id(pairs) for pairs in trailing), "the request id as well"
 
 
 async def test_a_queued_call_that_can_no_longer_end_in_time_is_refused_when_its_batch_is_taken(targeted_front):

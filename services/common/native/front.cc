@@ -196,9 +196,6 @@ class Call : public grpc::ServerGenericBidiReactor {
   // Answer this queued call with `response` (its trailing x-request-id added, and `timing`, its
   // `maas-timing` entry, if not empty).
   void Answer(grpc::ByteBuffer&& response, const std::string& timing = {});
-  // Its `maas-timing` entry, as the Python server's (services/common/timing.py), now: its batch of
-  // `batch_rows` rows of model `version` ran for `compute_ns`.
-  std::string TimingEntry(const std::string& version, int64_t batch_rows, int64_t compute_ns) const;
   void Fail(grpc::StatusCode code, const std::string& details);
   // Hand this queued call to the Python server instead.
   void Proxy();
@@ -215,7 +212,6 @@ class Call : public grpc::ServerGenericBidiReactor {
   int64_t rows = 0;
   int64_t arrived_ns = 0;
   int64_t finished_ns = 0;  // when its route answered or refused it (0: neither)
-  int64_t taken_ns = 0;     // when its route's pump took it in a batch
   bool timing = false;      // the caller asked for `maas-timing`
   bool answered = false;
   Route* route = nullptr;   // the route it asked for
@@ -280,8 +276,8 @@ class Front {
  public:
   Front(const std::string& address, const std::string& upstream, int max_message_bytes,
         int64_t max_connection_age_ms, int64_t max_connection_age_grace_ms, int max_streams,
-        const std::string& id_prefix, const std::string& hop)
-      : hop(hop), id_prefix_(id_prefix), service_(this) {
+        const std::string& id_prefix)
+      : id_prefix_(id_prefix), service_(this) {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(-1);
     args.SetMaxSendMessageSize(-1);
@@ -384,8 +380,6 @@ class Front {
   }
 
   grpc::GenericStub* stub() { return stub_.get(); }
-  // The service's name, the `hop` of the `maas-timing` entries answered here.
-  const std::string hop;
 
   // Close every route: its pump's `take` returns None, and the calls still queued are failed.
   void Close() {
@@ -669,16 +663,6 @@ void Call::Answer(grpc::ByteBuffer&& response, const std::string& timing) {
   StartWriteAndFinish(&out_, grpc::WriteOptions(), grpc::Status::OK);
 }
 
-std::string Call::TimingEntry(const std::string& version, int64_t batch_rows, int64_t compute_ns) const {
-  // No batch wait: a route never holds a batch open for batch-mates. The call's time counts from its
-  // arrival, before its request is read.
-  std::string entry = "hop=" + front_->hop + ";model=" + route->model + ";version=" + version;
-  entry += ";queue_us=" + std::to_string((taken_ns - arrived_ns) / 1000) + ";batch_wait_us=0";
-  entry += ";compute_us=" + std::to_string(compute_ns / 1000) + ";batch_size=" + std::to_string(batch_rows);
-  entry += ";total_us=" + std::to_string((now_ns() - arrived_ns) / 1000);
-  return entry;
-}
-
 void Call::Fail(grpc::StatusCode code, const std::string& details) {
   front_->Leave();
   ctx_->AddTrailingMetadata(kRequestIdKey, request_id_);
@@ -796,7 +780,6 @@ py::object Take(Front& front, int handle, int64_t max_rows, int64_t timeout_us) 
           break;
         } else {
           rows += call_rows;
-          call->taken_ns = steady;
           batch->calls.push_back(call);
         }
         it = route->Remove(it, call_rows);
@@ -845,9 +828,10 @@ void Fill(Batch& batch, size_t slot, py::buffer into) {
 }
 
 // Answer every call of `batch` with its rows of `outputs` (C-contiguous buffers in the registered order,
-// of the registered datatypes' sizes), as the model version `version`, which ran the batch in `compute_ns`
-// (in the `maas-timing` entry of a call that asked for one).
-void Reply(Batch& batch, const std::string& version, const std::vector<py::buffer>& outputs, int64_t compute_ns) {
+// of the registered datatypes' sizes), as the model version `version`; the calls at the indices of
+// `timings` (those that asked for `maas-timing`, `Batch.timed`) with their entry.
+void Reply(Batch& batch, const std::string& version, const std::vector<py::buffer>& outputs,
+           const std::map<size_t, std::string>& timings) {
   if (batch.settled) throw std::invalid_argument("batch already answered");
   if (batch.calls.empty()) throw std::invalid_argument("the batch has no calls");
   Route* route = batch.route;
@@ -867,7 +851,8 @@ void Reply(Batch& batch, const std::string& version, const std::vector<py::buffe
   batch.settled = true;
   py::gil_scoped_release release;
   std::vector<size_t> offsets(outputs.size(), 0);
-  for (Call* call : batch.calls) {
+  for (size_t index = 0; index < batch.calls.size(); ++index) {
+    Call* call = batch.calls[index];
     inference::ModelInferResponse response;
     response.set_model_name(route->model);
     response.set_model_version(version);
@@ -885,7 +870,8 @@ void Reply(Batch& batch, const std::string& version, const std::vector<py::buffe
     grpc::ByteBuffer buffer;
     bool own;
     grpc::GenericSerialize<grpc::ProtoBufferWriter, inference::ModelInferResponse>(response, &buffer, &own);
-    call->Answer(std::move(buffer), call->timing ? call->TimingEntry(version, rows, compute_ns) : std::string());
+    auto timing = timings.find(index);
+    call->Answer(std::move(buffer), timing == timings.end() ? std::string() : timing->second);
   }
 }
 
@@ -953,12 +939,19 @@ PYBIND11_MODULE(_front, m) {
   py::class_<Batch>(m, "Batch")
       .def("__len__", [](const Batch& batch) { return batch.calls.size(); })
       .def_property_readonly("settled", [](const Batch& batch) { return batch.settled; })
+      .def_property_readonly("timed",
+                             [](const Batch& batch) {
+                               std::vector<size_t> timed;
+                               for (size_t i = 0; i < batch.calls.size(); ++i) {
+                                 if (batch.calls[i]->timing) timed.push_back(i);
+                               }
+                               return timed;
+                             })
       .def("fill", &Fill, py::arg("slot"), py::arg("into"));
   py::class_<Front>(m, "Front")
-      .def(py::init<const std::string&, const std::string&, int, int64_t, int64_t, int, const std::string&,
-                    const std::string&>(),
+      .def(py::init<const std::string&, const std::string&, int, int64_t, int64_t, int, const std::string&>(),
            py::arg("address"), py::arg("upstream"), py::arg("max_message_bytes"), py::arg("max_connection_age_ms"),
-           py::arg("max_connection_age_grace_ms"), py::arg("max_streams"), py::arg("id_prefix"), py::arg("hop"))
+           py::arg("max_connection_age_grace_ms"), py::arg("max_streams"), py::arg("id_prefix"))
       .def_property_readonly("port", &Front::port)
       .def("register", &Front::Register, py::arg("model"), py::arg("versions"), py::arg("inputs"), py::arg("outputs"),
            py::arg("max_rows"), py::arg("queue_limit"), py::arg("target_ns") = 0)
@@ -971,6 +964,6 @@ PYBIND11_MODULE(_front, m) {
       .def("drain", &Front::Drain)
       .def_property_readonly("in_flight", &Front::in_flight)
       .def("shutdown", &Front::Shutdown, py::arg("grace_s"), py::call_guard<py::gil_scoped_release>());
-  m.def("reply", &Reply, py::arg("batch"), py::arg("version"), py::arg("outputs"), py::arg("compute_ns"));
+  m.def("reply", &Reply, py::arg("batch"), py::arg("version"), py::arg("outputs"), py::arg("timings"));
   m.def("fallback", &Fallback, py::arg("batch"), py::arg("indices"));
 }
