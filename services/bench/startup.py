@@ -26,6 +26,9 @@ TARGETS_S = {"tokenizer": 1.5, "vision": 3.0, "transformer": 5.0}
 """Median cold start each service should stay under, grpc hosting."""
 TIMING_CONCURRENCY = 16
 TIMING_ROUNDS = 2
+TIMING_FRONTS = ("python", "native")
+"""The fronts whose cost of `maas-timing` is measured: the grpc.aio server (the default), and the native
+front, which answers the calls that ask for it itself (its pump builds their entries)."""
 
 
 async def cold_start(service: str, hosting: str, config: BenchConfig) -> float:
@@ -53,26 +56,33 @@ async def cold_start(service: str, hosting: str, config: BenchConfig) -> float:
 
 
 async def _timing_cost(config: BenchConfig) -> list[Row]:
-    """fashion_cnn at concurrency 16 with and without `maas-timing: 1`, alternating rounds."""
+    """fashion_cnn at concurrency 16 with and without `maas-timing: 1`, alternating rounds, on one server per
+    front (`TIMING_FRONTS`)."""
     images, _ = load_split("test")
     request = v2pb.ModelInferRequest(model_name=MODEL_NAME)
     encode_inputs(request, [Tensor("IMAGE", "FP32", np.ascontiguousarray(images[:1]))])
-    env = {"MAAS_VISION_METRICS_PORT": "0", "MAAS_MODEL_REPOSITORY": str(config.repository), "MAAS_VISION_PORT": "0"}
     rows = []
-    async with (
-        serving(await spawn("vision", env=env), "vision") as address,
-        grpc.aio.insecure_channel(address) as channel,
-    ):
-        stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        for _ in range(TIMING_ROUNDS):
-            for label, metadata in (("not asked", ()), ("maas-timing: 1", ((TIMING_KEY, "1"),))):
-                result = await closed_loop(
-                    lambda m=metadata: stub.ModelInfer(request, metadata=m),
-                    TIMING_CONCURRENCY,
-                    config.duration,
-                    config.warmup,
-                )
-                rows.append(Row(f"fashion_cnn, {label}", result))
+    for front in TIMING_FRONTS:
+        env = {
+            "MAAS_VISION_METRICS_PORT": "0",
+            "MAAS_MODEL_REPOSITORY": str(config.repository),
+            "MAAS_VISION_PORT": "0",
+            "MAAS_VISION_FRONT": front,
+        }
+        async with (
+            serving(await spawn("vision", env=env), "vision") as address,
+            grpc.aio.insecure_channel(address) as channel,
+        ):
+            stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            for _ in range(TIMING_ROUNDS):
+                for label, metadata in (("not asked", ()), ("maas-timing: 1", ((TIMING_KEY, "1"),))):
+                    result = await closed_loop(
+                        lambda m=metadata, s=stub: s.ModelInfer(request, metadata=m),
+                        TIMING_CONCURRENCY,
+                        config.duration,
+                        config.warmup,
+                    )
+                    rows.append(Row(f"fashion_cnn, {front} front, {label}", result))
     return rows
 
 
@@ -84,8 +94,10 @@ async def startup_section(config: BenchConfig) -> Section:
             "Cold start: seconds from starting `maas run SERVICE` (grpc hosting) or `maas run ray` hosting that "
             "service alone (ray hosting: a fresh local Ray, one replica) to its `READY` line, i.e. models loaded "
             f"and serving; median of {config.cold_starts} starts, one after another. maas-timing: fashion_cnn "
-            f"(v2, one image) at concurrency {TIMING_CONCURRENCY} on one server, callers asking for `maas-timing` "
-            f"or not, alternating over {TIMING_ROUNDS} rounds."
+            f"(v2, one image) at concurrency {TIMING_CONCURRENCY}, callers asking for `maas-timing` or not, "
+            f"alternating over {TIMING_ROUNDS} rounds, on one server per front: the grpc.aio server (FRONT=python, "
+            "the default) and the native front (FRONT=native, which answers the calls that ask itself; "
+            "docs/native-front.md), with the same Python client on the same two cores."
         ),
     )
     lines = ["| service | hosting | median s | starts s |", "|---|---|---:|---:|"]
@@ -98,14 +110,18 @@ async def startup_section(config: BenchConfig) -> Section:
             lines.append(f"| {service} | {hosting} | {medians[service, hosting]:.2f} | {starts} |")
     section.table = lines
     section.rows = await _timing_cost(config)
-    asked = [r.result.throughput for r in section.rows if "maas-timing" in r.label]
-    plain = [r.result.throughput for r in section.rows if "not asked" in r.label]
     section.findings = [
         "Cold start, grpc hosting (median; target): "
         + ", ".join(f"{s} {medians[s, 'grpc']:.2f} s (≤ {t} s)" for s, t in TARGETS_S.items())
-        + ".",
-        f"At concurrency {TIMING_CONCURRENCY}, callers asking for `maas-timing` get "
-        f"{statistics.median(asked) / statistics.median(plain):.1%} of the throughput of callers who do not "
-        f"({statistics.median(asked):,.0f} vs {statistics.median(plain):,.0f} req/s, medians of the rounds).",
+        + "."
     ]
+    for front in TIMING_FRONTS:
+        rows = [r for r in section.rows if f" {front} front, " in r.label]
+        asked = statistics.median(r.result.throughput for r in rows if "maas-timing" in r.label)
+        plain = statistics.median(r.result.throughput for r in rows if "not asked" in r.label)
+        section.findings.append(
+            f"At concurrency {TIMING_CONCURRENCY}, on the {front} front, callers asking for `maas-timing` get "
+            f"{asked / plain:.1%} of the throughput of callers who do not ({asked:,.0f} vs {plain:,.0f} req/s, "
+            "medians of the rounds)."
+        )
     return section

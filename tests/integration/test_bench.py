@@ -87,8 +87,10 @@ def test_quick_bench_writes_a_report_with_every_row(model_repository: Path, tmp_
         ("inline up to 64 KiB (default)", 1),
         ("everything inline (before)", 1),
         ("everything on a worker thread", 1),
-        ("fashion_cnn, not asked", 16),
-        ("fashion_cnn, maas-timing: 1", 16),
+        ("fashion_cnn, python front, not asked", 16),
+        ("fashion_cnn, python front, maas-timing: 1", 16),
+        ("fashion_cnn, native front, not asked", 16),
+        ("fashion_cnn, native front, maas-timing: 1", 16),
     ):
         assert (label, concurrency) in measured
     for model in ("review_lstm", "minilm_embed"):
