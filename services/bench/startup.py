@@ -28,7 +28,7 @@ TIMING_CONCURRENCY = 16
 TIMING_ROUNDS = 2
 TIMING_FRONTS = ("python", "native")
 """The fronts whose cost of `maas-timing` is measured: the grpc.aio server (the default), and the native
-front, which answers the calls that ask for it itself (its pump builds their entries)."""
+front, which answers calls that ask for `maas-timing` itself (its pump builds their entries)."""
 
 
 async def cold_start(service: str, hosting: str, config: BenchConfig) -> float:
@@ -56,8 +56,8 @@ async def cold_start(service: str, hosting: str, config: BenchConfig) -> float:
 
 
 async def _timing_cost(config: BenchConfig) -> list[Row]:
-    """fashion_cnn at concurrency 16 with and without `maas-timing: 1`, alternating rounds, on one server per
-    front (`TIMING_FRONTS`)."""
+    """fashion_cnn at `TIMING_CONCURRENCY` with and without `maas-timing: 1`, alternating rounds, on one server
+    per front (`TIMING_FRONTS`)."""
     images, _ = load_split("test")
     request = v2pb.ModelInferRequest(model_name=MODEL_NAME)
     encode_inputs(request, [Tensor("IMAGE", "FP32", np.ascontiguousarray(images[:1]))])
@@ -87,7 +87,8 @@ async def _timing_cost(config: BenchConfig) -> list[Row]:
 
 
 async def startup_section(config: BenchConfig) -> Section:
-    """Cold start per service and hosting (median of `config.cold_starts`), and the cost of `maas-timing`."""
+    """Cold start per service and hosting (median of `config.cold_starts`), and the cost of `maas-timing` on
+    each front (`TIMING_FRONTS`)."""
     section = Section(
         title="Cold start and maas-timing",
         note=(
@@ -95,9 +96,10 @@ async def startup_section(config: BenchConfig) -> Section:
             "service alone (ray hosting: a fresh local Ray, one replica) to its `READY` line, i.e. models loaded "
             f"and serving; median of {config.cold_starts} starts, one after another. maas-timing: fashion_cnn "
             f"(v2, one image) at concurrency {TIMING_CONCURRENCY}, callers asking for `maas-timing` or not, "
-            f"alternating over {TIMING_ROUNDS} rounds, on one server per front: the grpc.aio server (FRONT=python, "
-            "the default) and the native front (FRONT=native, which answers the calls that ask itself; "
-            "docs/native-front.md), with the same Python client on the same two cores."
+            f"alternating over {TIMING_ROUNDS} rounds, on one server per front: the grpc.aio server "
+            "(`MAAS_VISION_FRONT=python`, the default) and the native front (`MAAS_VISION_FRONT=native`, which "
+            "answers calls that ask for `maas-timing` itself; docs/native-front.md), with the same Python client, "
+            "on the same machine."
         ),
     )
     lines = ["| service | hosting | median s | starts s |", "|---|---|---:|---:|"]
