@@ -55,34 +55,33 @@ async def cold_start(service: str, hosting: str, config: BenchConfig) -> float:
         return time.perf_counter() - started
 
 
-async def _timing_cost(config: BenchConfig) -> list[Row]:
+async def _timing_cost(config: BenchConfig, front: str) -> list[Row]:
     """fashion_cnn at `TIMING_CONCURRENCY` with and without `maas-timing: 1`, alternating rounds, on one server
-    per front (`TIMING_FRONTS`)."""
+    with `front`."""
     images, _ = load_split("test")
     request = v2pb.ModelInferRequest(model_name=MODEL_NAME)
     encode_inputs(request, [Tensor("IMAGE", "FP32", np.ascontiguousarray(images[:1]))])
+    env = {
+        "MAAS_VISION_METRICS_PORT": "0",
+        "MAAS_MODEL_REPOSITORY": str(config.repository),
+        "MAAS_VISION_PORT": "0",
+        "MAAS_VISION_FRONT": front,
+    }
     rows = []
-    for front in TIMING_FRONTS:
-        env = {
-            "MAAS_VISION_METRICS_PORT": "0",
-            "MAAS_MODEL_REPOSITORY": str(config.repository),
-            "MAAS_VISION_PORT": "0",
-            "MAAS_VISION_FRONT": front,
-        }
-        async with (
-            serving(await spawn("vision", env=env), "vision") as address,
-            grpc.aio.insecure_channel(address) as channel,
-        ):
-            stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
-            for _ in range(TIMING_ROUNDS):
-                for label, metadata in (("not asked", ()), ("maas-timing: 1", ((TIMING_KEY, "1"),))):
-                    result = await closed_loop(
-                        lambda m=metadata, s=stub: s.ModelInfer(request, metadata=m),
-                        TIMING_CONCURRENCY,
-                        config.duration,
-                        config.warmup,
-                    )
-                    rows.append(Row(f"fashion_cnn, {front} front, {label}", result))
+    async with (
+        serving(await spawn("vision", env=env), "vision") as address,
+        grpc.aio.insecure_channel(address) as channel,
+    ):
+        stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for _ in range(TIMING_ROUNDS):
+            for label, metadata in (("not asked", ()), ("maas-timing: 1", ((TIMING_KEY, "1"),))):
+                result = await closed_loop(
+                    lambda m=metadata: stub.ModelInfer(request, metadata=m),
+                    TIMING_CONCURRENCY,
+                    config.duration,
+                    config.warmup,
+                )
+                rows.append(Row(f"fashion_cnn, {front} front, {label}", result))
     return rows
 
 
@@ -111,14 +110,14 @@ async def startup_section(config: BenchConfig) -> Section:
             starts = ", ".join(f"{t:.2f}" for t in times)
             lines.append(f"| {service} | {hosting} | {medians[service, hosting]:.2f} | {starts} |")
     section.table = lines
-    section.rows = await _timing_cost(config)
     section.findings = [
         "Cold start, grpc hosting (median; target): "
         + ", ".join(f"{s} {medians[s, 'grpc']:.2f} s (≤ {t} s)" for s, t in TARGETS_S.items())
         + "."
     ]
     for front in TIMING_FRONTS:
-        rows = [r for r in section.rows if f" {front} front, " in r.label]
+        rows = await _timing_cost(config, front)
+        section.rows += rows
         asked = statistics.median(r.result.throughput for r in rows if "maas-timing" in r.label)
         plain = statistics.median(r.result.throughput for r in rows if "not asked" in r.label)
         section.findings.append(

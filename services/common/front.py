@@ -245,10 +245,11 @@ class NativeFront:
                     np.ascontiguousarray(outputs[spec.name], dtype)
                     for spec, dtype in zip(model.outputs, dtypes, strict=True)
                 ]
-                self._record(route, loaded.stats, counts, arrived, taken_ns, done_ns, compute_ns)
+                rows = sum(counts)
+                self._record(route, loaded.stats, counts, arrived, rows, taken_ns, done_ns, compute_ns)
                 if route.target_ns:
-                    self._learn(route, sum(counts), compute_ns)
-                timings = self._timings(batch, counts, arrived, taken_ns, compute_ns, loaded.version, model.name)
+                    self._learn(route, rows, compute_ns)
+                timings = self._timings(batch, arrived, rows, taken_ns, compute_ns, loaded.version, model.name)
                 self._native.reply(batch, loaded.version, results, timings)
             except Exception:
                 log.exception(
@@ -259,13 +260,13 @@ class NativeFront:
             finally:
                 del batch
 
-    def _timings(self, batch, counts, arrived, taken_ns: int, compute_ns: int, version: str, model: str):
+    def _timings(self, batch, arrived, rows: int, taken_ns: int, compute_ns: int, version: str, model: str):
         """The `maas-timing` entries of the batch's calls that asked for one, by index: the grpc.aio server's
         entry (`Timing.entry`), with no batch wait (a route never holds a batch open for batch-mates)."""
         timed = batch.timed
         if not timed:
             return {}
-        rows, now = sum(counts), time.monotonic_ns()
+        now = time.monotonic_ns()
         return {
             index: Timing(queue_ns=taken_ns - arrived[index], compute_ns=compute_ns, batch_size=rows).entry(
                 self._hop, model, version, now - arrived[index]
@@ -310,13 +311,22 @@ class NativeFront:
         return self._native.fallback(batch, bad), arrays, [counts[i] for i in kept], [arrived[i] for i in kept]
 
     def _record(
-        self, route: _Route, stats, counts: list[int], arrived: list[int], taken_ns: int, done_ns: int, compute_ns: int
+        self,
+        route: _Route,
+        stats,
+        counts: list[int],
+        arrived: list[int],
+        rows: int,
+        taken_ns: int,
+        done_ns: int,
+        compute_ns: int,
     ) -> None:
-        """Record a batch's calls as the Python path does (v2 statistics and Prometheus series), before they
-        are answered, so that a caller who has its answer finds it counted."""
+        """Record a batch of `rows` rows (its calls' `counts`) as the Python path does (v2 statistics and
+        Prometheus series), before its calls are answered, so that a caller who has its answer finds it
+        counted."""
         name, version = route.model.name, route.version
-        stats.record_execution(sum(counts), compute_ns)
-        route.batch_rows.observe(sum(counts))
+        stats.record_execution(rows, compute_ns)
+        route.batch_rows.observe(rows)
         route.compute_seconds.observe(compute_ns / 1e9)
         request_seconds = metrics.request_seconds(METHOD, name, version)
         for count, arrival in zip(counts, arrived, strict=True):

@@ -41,6 +41,8 @@ namespace {
 constexpr char kInferMethod[] = "/inference.GRPCInferenceService/ModelInfer";
 constexpr char kRequestIdKey[] = "x-request-id";
 constexpr char kTimingKey[] = "maas-timing";
+// The `maas-timing` entry of a call that did not ask for one.
+const std::string kNoTiming;
 // Request parameters maas never reads: Triton's clients (perf_analyzer among them) send this one, which
 // matters only to decoupled models' streams.
 constexpr char kIgnoredParameter[] = "triton_enable_empty_final_response";
@@ -195,7 +197,7 @@ class Call : public grpc::ServerGenericBidiReactor {
 
   // Answer this queued call with `response` (its trailing x-request-id added, and `timing`, its
   // `maas-timing` entry, if not empty).
-  void Answer(grpc::ByteBuffer&& response, const std::string& timing = {});
+  void Answer(grpc::ByteBuffer&& response, const std::string& timing);
   void Fail(grpc::StatusCode code, const std::string& details);
   // Hand this queued call to the Python server instead.
   void Proxy();
@@ -871,7 +873,7 @@ void Reply(Batch& batch, const std::string& version, const std::vector<py::buffe
     bool own;
     grpc::GenericSerialize<grpc::ProtoBufferWriter, inference::ModelInferResponse>(response, &buffer, &own);
     auto timing = timings.find(index);
-    call->Answer(std::move(buffer), timing == timings.end() ? std::string() : timing->second);
+    call->Answer(std::move(buffer), timing == timings.end() ? kNoTiming : timing->second);
   }
 }
 
