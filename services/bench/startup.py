@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -85,6 +87,54 @@ async def _timing_cost(config: BenchConfig, front: str) -> list[Row]:
     return rows
 
 
+def _plot(path: Path, medians: dict[tuple[str, str], float], rows: list[Row]) -> None:
+    """Cold start medians per service and hosting beside each grpc target, and the `maas-timing` rounds'
+    throughput per front, asked for or not."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, (starts, timing) = pyplot.subplots(1, 2, figsize=(12, 4.5), width_ratios=(3, 2))
+    hostings = list(dict.fromkeys(hosting for _, hosting in medians))
+    width = 0.8 / len(hostings)
+    for i, hosting in enumerate(hostings):
+        left = [s - 0.4 + i * width for s in range(len(SERVICES))]
+        heights = [medians[service, hosting] for service in SERVICES]
+        bars = starts.bar(left, heights, width, align="edge", label=f"{hosting} hosting")
+        starts.bar_label(bars, fmt="%.2f", fontsize=8)
+        if hosting == "grpc":
+            for s, service in enumerate(SERVICES):
+                if service in TARGETS_S:
+                    starts.hlines(TARGETS_S[service], left[s], left[s] + width, colors="black", linestyles="--")
+    starts.plot([], [], color="black", linestyle="--", linewidth=1, label="target, grpc hosting")
+    starts.set(title="cold start to READY (median)", ylabel="seconds", xticks=range(len(SERVICES)))
+    starts.set_ylim(0, 1.3 * max(max(medians.values()), *TARGETS_S.values()))
+    starts.set_xticklabels(SERVICES)
+    starts.legend(loc="upper left", fontsize="small")
+    asks = ("not asked", "maas-timing: 1")
+    for f, front in enumerate(TIMING_FRONTS):
+        for a, ask in enumerate(asks):
+            rounds = [r.result.throughput for r in rows if r.label == f"fashion_cnn, {front} front, {ask}"]
+            x = f + (a - 0.5) * 0.4
+            timing.bar(x, statistics.median(rounds), 0.4, color=f"C{a}", label=ask if f == 0 else None)
+            timing.plot([x] * len(rounds), rounds, "k.", markersize=5)
+    timing.set(
+        title=f"maas-timing: fashion_cnn at concurrency {TIMING_CONCURRENCY}",
+        ylabel="requests/s (bars: median; dots: rounds)",
+        xticks=range(len(TIMING_FRONTS)),
+    )
+    timing.set_xticklabels([f"{front} front" for front in TIMING_FRONTS])
+    timing.set_ylim(0, 1.2 * max(r.result.throughput for r in rows))
+    timing.legend(loc="upper left", fontsize="small")
+    for axes in (starts, timing):
+        axes.grid(True, axis="y", alpha=0.3)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
+
+
 async def startup_section(config: BenchConfig) -> Section:
     """Cold start per service and hosting (median of `config.cold_starts`), and the cost of `maas-timing` on
     each front (`TIMING_FRONTS`)."""
@@ -100,6 +150,7 @@ async def startup_section(config: BenchConfig) -> Section:
             "answers calls that ask for `maas-timing` itself; docs/native-front.md), with the same Python client, "
             "on the same machine."
         ),
+        caption="cold start per service and hosting, and what maas-timing costs per front",
     )
     lines = ["| service | hosting | median s | starts s |", "|---|---|---:|---:|"]
     medians: dict[tuple[str, str], float] = {}
@@ -125,4 +176,5 @@ async def startup_section(config: BenchConfig) -> Section:
             f"{asked / plain:.1%} of the throughput of callers who do not ({asked:,.0f} vs {plain:,.0f} req/s, "
             "medians of the rounds)."
         )
+    section.figure = functools.partial(_plot, medians=medians, rows=section.rows)
     return section

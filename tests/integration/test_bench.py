@@ -130,6 +130,7 @@ def test_quick_bench_writes_a_report_with_every_row(model_repository: Path, tmp_
         assert re.search(rf"^\| {model} \| [\d.]+ \| 120% \| {best} \|", report, re.M)
         assert re.search(rf"{model} step: worst served p99 per 0.5 s window", report)
     assert "benchmarks/latency-target-open-loop.png" in charts
+    assert "Cold start and maas-timing: cold start per service and hosting" in report
 
 
 async def test_bench_measures_a_running_gateway(model_repository: Path, tmp_path: Path):
