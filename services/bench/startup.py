@@ -31,6 +31,9 @@ TIMING_ROUNDS = 2
 TIMING_FRONTS = ("python", "native")
 """The fronts whose cost of `maas-timing` is measured: the grpc.aio server (the default), and the native
 front, which answers calls that ask for `maas-timing` itself (its pump builds their entries)."""
+NOT_ASKED, ASKED = "not asked", "maas-timing: 1"
+TIMING_ASKS = {NOT_ASKED: (), ASKED: ((TIMING_KEY, "1"),)}
+"""The callers the `maas-timing` rounds alternate, by label: the request metadata each sends."""
 
 
 async def cold_start(service: str, hosting: str, config: BenchConfig) -> float:
@@ -76,15 +79,24 @@ async def _timing_cost(config: BenchConfig, front: str) -> list[Row]:
     ):
         stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
         for _ in range(TIMING_ROUNDS):
-            for label, metadata in (("not asked", ()), ("maas-timing: 1", ((TIMING_KEY, "1"),))):
+            for ask, metadata in TIMING_ASKS.items():
                 result = await closed_loop(
                     lambda m=metadata: stub.ModelInfer(request, metadata=m),
                     TIMING_CONCURRENCY,
                     config.duration,
                     config.warmup,
                 )
-                rows.append(Row(f"fashion_cnn, {front} front, {label}", result))
+                rows.append(Row(_timing_label(front, ask), result))
     return rows
+
+
+def _timing_label(front: str, ask: str) -> str:
+    return f"fashion_cnn, {front} front, {ask}"
+
+
+def _rounds(rows: list[Row], front: str, ask: str) -> list[float]:
+    """The throughput of each `maas-timing` round on `front` by the callers `ask` labels."""
+    return [row.result.throughput for row in rows if row.label == _timing_label(front, ask)]
 
 
 def _plot(path: Path, medians: dict[tuple[str, str], float], rows: list[Row]) -> None:
@@ -106,18 +118,17 @@ def _plot(path: Path, medians: dict[tuple[str, str], float], rows: list[Row]) ->
         if hosting == "grpc":
             for s, service in enumerate(SERVICES):
                 if service in TARGETS_S:
-                    starts.hlines(TARGETS_S[service], left[s], left[s] + width, colors="black", linestyles="--")
-    starts.plot([], [], color="black", linestyle="--", linewidth=1, label="target, grpc hosting")
+                    label = "target, grpc hosting" if s == 0 else None
+                    starts.hlines(TARGETS_S[service], left[s], left[s] + width, "black", "--", label=label)
     starts.set(title="cold start to READY (median)", ylabel="seconds", xticks=range(len(SERVICES)))
     starts.set_ylim(0, 1.3 * max(max(medians.values()), *TARGETS_S.values()))
     starts.set_xticklabels(SERVICES)
     starts.legend(loc="upper left", fontsize="small")
-    asks = ("not asked", "maas-timing: 1")
     for f, front in enumerate(TIMING_FRONTS):
-        for a, ask in enumerate(asks):
-            rounds = [r.result.throughput for r in rows if r.label == f"fashion_cnn, {front} front, {ask}"]
+        for a, ask in enumerate(TIMING_ASKS):
+            rounds = _rounds(rows, front, ask)
             x = f + (a - 0.5) * 0.4
-            timing.bar(x, statistics.median(rounds), 0.4, color=f"C{a}", label=ask if f == 0 else None)
+            timing.bar(x, statistics.median(rounds), 0.4, color=f"C{2 + a}", label=ask if f == 0 else None)
             timing.plot([x] * len(rounds), rounds, "k.", markersize=5)
     timing.set(
         title=f"maas-timing: fashion_cnn at concurrency {TIMING_CONCURRENCY}",
@@ -130,7 +141,6 @@ def _plot(path: Path, medians: dict[tuple[str, str], float], rows: list[Row]) ->
     for axes in (starts, timing):
         axes.grid(True, axis="y", alpha=0.3)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
     pyplot.close(figure)
 
@@ -169,8 +179,8 @@ async def startup_section(config: BenchConfig) -> Section:
     for front in TIMING_FRONTS:
         rows = await _timing_cost(config, front)
         section.rows += rows
-        asked = statistics.median(r.result.throughput for r in rows if "maas-timing" in r.label)
-        plain = statistics.median(r.result.throughput for r in rows if "not asked" in r.label)
+        asked = statistics.median(_rounds(rows, front, ASKED))
+        plain = statistics.median(_rounds(rows, front, NOT_ASKED))
         section.findings.append(
             f"At concurrency {TIMING_CONCURRENCY}, on the {front} front, callers asking for `maas-timing` get "
             f"{asked / plain:.1%} of the throughput of callers who do not ({asked:,.0f} vs {plain:,.0f} req/s, "

@@ -7,6 +7,9 @@ import io
 import json
 from pathlib import Path
 
+import pytest
+
+from services.bench import startup
 from services.bench.loadgen import LoadResult
 from services.bench.report import Row, Section, as_text, write_report
 from tests.conftest import REPO_ROOT
@@ -55,6 +58,20 @@ def test_a_section_measured_alone_replaces_only_itself(tmp_path: Path):
     write_report(output, [section("First", 90)], "maas bench --section y", REPO_ROOT)
     again = output.read_text()
     assert again.count("## First") == 1 and "| echo | 4 | 90 |" in again and "| echo | 4 | 50 |" in again
+
+
+@pytest.mark.parametrize("hostings", [("grpc",), ("grpc", "ray")])
+def test_the_cold_start_chart_draws_each_hosting_and_front(tmp_path: Path, hostings: tuple[str, ...]):
+    medians = {(service, hosting): 1.0 + i for i, service in enumerate(startup.SERVICES) for hosting in hostings}
+    rows = [
+        Row(startup._timing_label(front, ask), LoadResult(16, 1000 + i, 0, 1.0, 2, 3, 4))
+        for front in startup.TIMING_FRONTS
+        for i, ask in enumerate(startup.TIMING_ASKS)
+        for _ in range(startup.TIMING_ROUNDS)
+    ]
+    chart = tmp_path / "chart.png"
+    startup._plot(chart, medians, rows)
+    assert chart.read_bytes()[:4] == b"\x89PNG" and chart.stat().st_size > 10_000
 
 
 def test_rows_print_as_json_and_csv():
