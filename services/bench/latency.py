@@ -19,7 +19,7 @@ import numpy as np
 
 from maas.inference import grpc_service_pb2 as v2pb
 from services.bench.loadgen import LoadResult, closed_loop, sequence_requests
-from services.bench.report import Section
+from services.bench.report import Section, load_pyplot
 from services.bench.settings import BenchConfig
 from services.bench.transformer import SHORT_TOKENS, first_sentences
 from services.cli.processes import running
@@ -459,11 +459,7 @@ def _windows(outcomes: list[Outcome], seconds: float) -> list[tuple[float, float
 
 
 def _plot(path: Path, steps: dict[str, tuple[list[tuple[float, float, float]], float, list[float]]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
+    pyplot = load_pyplot()
     figure, axes = pyplot.subplots(len(steps), 1, figsize=(8, 3.2 * len(steps)), squeeze=False)
     for axis, (model, (windows, target, changes)) in zip(axes[:, 0], steps.items(), strict=True):
         times = [w[0] + WINDOW_S / 2 for w in windows]

@@ -174,6 +174,16 @@ def write_report(output: Path, sections: list[Section], command: str, root: Path
     output.write_text(_header() + "\n".join(kept.values()), encoding="utf-8")
 
 
+def load_pyplot():
+    """matplotlib's pyplot on its file-only backend (Agg), imported when a chart is drawn, not before."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    return pyplot
+
+
 def plot(section: Section, path: Path) -> None:
     """Draw a section's chart into a PNG: its own `figure` if it has one, otherwise its throughput and latency
     by concurrency, one series per row label.
@@ -186,11 +196,7 @@ def plot(section: Section, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         section.figure(path)
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
+    pyplot = load_pyplot()
     series: dict[str, list[LoadResult]] = {}
     for row in section.rows:
         series.setdefault(row.label, []).append(row.result)

@@ -15,7 +15,7 @@ from maas.inference import grpc_service_pb2 as v2pb
 from maas.inference import grpc_service_pb2_grpc
 from services.bench.loadgen import closed_loop
 from services.bench.ray_hosting import free_port
-from services.bench.report import Row, Section
+from services.bench.report import Row, Section, load_pyplot
 from services.bench.settings import BenchConfig
 from services.cli.processes import serving, spawn
 from services.common.codec import Tensor, encode_inputs
@@ -102,11 +102,7 @@ def _rounds(rows: list[Row], front: str, ask: str) -> list[float]:
 def _plot(path: Path, medians: dict[tuple[str, str], float], rows: list[Row]) -> None:
     """Cold start medians per service and hosting beside each grpc target, and the `maas-timing` rounds'
     throughput per front, asked for or not."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
+    pyplot = load_pyplot()
     figure, (starts, timing) = pyplot.subplots(1, 2, figsize=(12, 4.5), width_ratios=(3, 2))
     hostings = list(dict.fromkeys(hosting for _, hosting in medians))
     width = 0.8 / len(hostings)
@@ -116,10 +112,10 @@ def _plot(path: Path, medians: dict[tuple[str, str], float], rows: list[Row]) ->
         bars = starts.bar(left, heights, width, align="edge", label=f"{hosting} hosting")
         starts.bar_label(bars, fmt="%.2f", fontsize=8)
         if hosting == "grpc":
-            for s, service in enumerate(SERVICES):
-                if service in TARGETS_S:
-                    label = "target, grpc hosting" if s == 0 else None
-                    starts.hlines(TARGETS_S[service], left[s], left[s] + width, "black", "--", label=label)
+            targeted = [s for s, service in enumerate(SERVICES) if service in TARGETS_S]
+            ys = [TARGETS_S[SERVICES[s]] for s in targeted]
+            xs = [left[s] for s in targeted]
+            starts.hlines(ys, xs, [x + width for x in xs], "black", "--", label="target, grpc hosting")
     starts.set(title="cold start to READY (median)", ylabel="seconds", xticks=range(len(SERVICES)))
     starts.set_ylim(0, 1.3 * max(max(medians.values()), *TARGETS_S.values()))
     starts.set_xticklabels(SERVICES)

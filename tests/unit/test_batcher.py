@@ -18,10 +18,11 @@ from services.common.stats import VersionStats
 
 
 class Recorder:
-    """A predict function that doubles X and remembers every batch it saw."""
+    """A predict function that doubles X and remembers every batch it saw, and the thread it ran on."""
 
     def __init__(self, gate: threading.Event | None = None) -> None:
         self.batches: list[np.ndarray] = []
+        self.threads: list[str] = []
         self.gate = gate
 
     def __call__(self, inputs):
@@ -29,6 +30,7 @@ class Recorder:
             self.gate.wait(10)
         x = inputs["X"]
         self.batches.append(x.copy())
+        self.threads.append(threading.current_thread().name)
         if np.isnan(x).any():
             raise InvalidInput("X holds NaN")
         return {"Y": x * 2}
@@ -193,20 +195,11 @@ def any_size_inline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(batcher_module, "INLINE_MAX_NS", math.inf)
 
 
-def doubling_on(threads: list[str]):
-    """A predict function that doubles X and records the thread each batch ran on."""
-
-    def predict(inputs):
-        threads.append(threading.current_thread().name)
-        return {"Y": inputs["X"] * 2}
-
-    return predict
-
-
 async def test_inline_when_idle_skips_the_worker_thread_only_when_nothing_else_is_waiting(any_size_inline):
-    threads: list[str] = []
+    predict = Recorder()
+    threads = predict.threads
     config = BatchingConfig(max_batch_size=8, inline_when_idle=True)
-    batcher = DynamicBatcher("inline", doubling_on(threads), config, VersionStats())
+    batcher = DynamicBatcher("inline", predict, config, VersionStats())
     first = await batcher.submit(row(1))
     assert first["Y"][0, 0] == 2.0 and threads == ["batch-inline_0"], "nothing ran yet: its cost is unknown"
     threads.clear()
@@ -246,9 +239,10 @@ async def test_a_lone_request_right_after_a_batch_goes_to_the_worker_and_inline_
 ):
     memory_s = 0.2
     monkeypatch.setattr(batcher_module, "LOAD_MEMORY_NS", int(memory_s * 1e9))  # longer than a busy machine stalls
-    threads: list[str] = []
+    predict = Recorder()
+    threads = predict.threads
     config = BatchingConfig(max_batch_size=8, inline_when_idle=True)
-    batcher = DynamicBatcher("load", doubling_on(threads), config, VersionStats())
+    batcher = DynamicBatcher("load", predict, config, VersionStats())
     await batcher.submit(row(0))
     for pause_s, where, why in (
         (0, "batch-load_0", "right after a batch of several callers, a lone request joins the worker's queue"),

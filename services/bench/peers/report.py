@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from services.bench.peers.run import CLIENTS, IN_PROCESS, Measurement, ModelRun
-from services.bench.report import git_revision, machine
+from services.bench.report import git_revision, load_pyplot, machine
 
 PRIMARY = "maas grpc"
 FOCUS = 16
@@ -104,11 +104,7 @@ def _table(run: ModelRun) -> list[str]:
 def plot(run: ModelRun, path: Path) -> None:
     """p99 latency against throughput: a line per system and client (solid: perf_analyzer, dashed:
     the load generator, dotted: the in-process model), points at each concurrency."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
+    pyplot = load_pyplot()
     figure, axes = pyplot.subplots(figsize=(9, 5.5))
     colors = pyplot.get_cmap("tab10")
     styles = {"perf_analyzer": "-", "loadgen": "--", "-": ":"}
