@@ -115,6 +115,30 @@ async def test_concurrent_callers_are_batched_within_the_target():
     await batcher.close()
 
 
+def rows(count: int) -> dict[str, np.ndarray]:
+    return {"X": np.ones((count, 2), dtype=np.float32)}
+
+
+async def test_a_request_with_little_time_left_does_not_cut_the_younger_ones_batch_short():
+    model = Sleeper(0.04, 0.01)
+    batcher = DynamicBatcher("latency", model, BatchingConfig(max_batch_size=8, max_latency_ms=155), VersionStats())
+    for count in itertools.islice(itertools.cycle((1, 4)), 2 * MIN_BATCHES):
+        await batcher.submit(rows(count))
+    fixed, per_row = batcher._cost.line()
+    assert fixed == pytest.approx(0.04e9, rel=0.2) and per_row == pytest.approx(0.01e9, rel=0.2)
+    runs = len(model.rows)
+    running = asyncio.ensure_future(batcher.submit(rows(4)))
+    await asyncio.sleep(0.001)
+    oldest = asyncio.ensure_future(batcher.submit(row()))
+    await asyncio.sleep(0.04)
+    younger = [asyncio.ensure_future(batcher.submit(row())) for _ in range(4)]
+    await asyncio.gather(running, *younger)
+    with pytest.raises(Overloaded, match="cannot answer within its 155 ms target"):
+        await oldest
+    assert model.rows[runs:] == [4, 4], "the oldest request, with 3 rows' time left, cut the batch to 3 rows"
+    await batcher.close()
+
+
 async def test_after_refusing_everything_for_a_while_one_lone_request_runs_so_the_fit_sees_the_machine_again():
     model = Sleeper(0.03)
     batcher = await learned(model, BatchingConfig(max_batch_size=8, max_latency_ms=10))
