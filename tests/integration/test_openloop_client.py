@@ -79,6 +79,7 @@ async def server() -> AsyncIterator[tuple[str, Seen]]:
 def test_arrivals_follow_the_rate_and_stop_at_the_end():
     due = latency.arrivals(lambda t: 100.0 if t < 1.0 else 2000.0, 2.0, seed=3)
     assert np.all(np.diff(due) > 0) and due[0] > 0 and due[-1] < 2.0
+    assert len(due) == 100 + 2000, "the run offers its rate exactly"
     assert np.count_nonzero(due >= 1.0) > 5 * np.count_nonzero(due < 1.0)
     assert np.array_equal(due, latency.arrivals(lambda t: 100.0 if t < 1.0 else 2000.0, 2.0, seed=3))
 
