@@ -154,8 +154,8 @@ def arrivals(rate_at: Callable[[float], float], seconds: float, seed: int = 0) -
     """Poisson arrival times at `rate_at(t)` calls per second for `seconds`, given their count: as many as
     the rate gives over the run (its integral, rounded), each placed independently with a density that
     follows the rate, which is how a Poisson process's arrivals fall once their number is known. So a
-    run offers its rate exactly, in Poisson's bursts; left to chance, the count of a 10 s run is off by
-    a few percent (12% short at 32 calls/s with one seed, 10% over with another).
+    run at a constant rate offers that rate exactly, in Poisson's bursts (left to chance, the count of a
+    short run is off by several percent).
 
     Args:
         rate_at: calls per second at `t` seconds into the run (evaluated every `RATE_STEP_S`).
@@ -166,7 +166,7 @@ def arrivals(rate_at: Callable[[float], float], seconds: float, seed: int = 0) -
         The arrival times, seconds into the run, in order.
     """
     edges = np.linspace(0.0, seconds, max(1, math.ceil(seconds / RATE_STEP_S)) + 1)
-    expected = np.concatenate([[0.0], np.cumsum([rate_at(t) for t in edges[:-1]] * np.diff(edges))])
+    expected = np.concatenate([[0.0], np.cumsum(np.array([rate_at(t) for t in edges[:-1]]) * np.diff(edges))])
     draws = np.random.default_rng(seed).uniform(0.0, expected[-1], round(expected[-1]))
     return np.interp(np.sort(draws), expected, edges)
 
@@ -524,8 +524,8 @@ async def latency_section(config: BenchConfig) -> Section:
     section = Section(
         title="Latency target (open loop)",
         note=(
-            "Open loop: Poisson arrivals, whatever the answers (as many as the rate gives, so each point offers "
-            "exactly its rate), at a share of the capacity at T measured just "
+            "Open loop: Poisson arrivals, whatever the answers (as many as the rate gives: each load point offers "
+            "exactly its rate, and the step its total), at a share of the capacity at T measured just "
             "before in the same run: the highest Poisson rate the targeted service kept up with, leaving at most "
             f"{PROBE_MISSED:.0%} of the calls unanswered within T (refused or late; the median of {PROBE_PARTS} "
             f"loops per probe), in {CAPACITY_PROBES} probes of {PROBE_CALLS} calls ({config.duration:g} s at the "

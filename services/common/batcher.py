@@ -9,10 +9,10 @@ the batch, and a batch is filled with requests of lengths close to the oldest on
 Given a latency target (`max_latency_ms`) instead of a queue delay, the batcher learns what its
 batches cost (`BatchCost`: time against work, rows or tokens) and holds each request to the target:
 it waits for batch-mates only as long as a full batch would still end in time (and at most half the
-target), sizes each batch so its oldest request ends in time (running the largest batch anchored on one
-of the few oldest, so that under overload a request with little time left does not cut everyone's batch
-short), and refuses at once (RESOURCE_EXHAUSTED with a retry delay) a request that the work queued ahead
-of it would make late, rather than serving it late.
+target), sizes each batch so its oldest request ends in time (or, where that cuts the batch short, leaves
+one of the few oldest out for a larger batch, so that under overload a request with little time left does
+not cut everyone's batch short), and refuses at once (RESOURCE_EXHAUSTED with a retry delay) a request
+that the work queued ahead of it would make late, rather than serving it late.
 """
 
 from __future__ import annotations
@@ -51,9 +51,10 @@ WAIT_SHARE = 0.5
 request's arrival): the rest is left for what the batcher does not see, the calls waiting before a
 handler takes them and the answers on their way out, which grow with load on a busy event loop."""
 ANCHORS = 4
-"""With a latency target, how many of the oldest queued requests a batch may be anchored on: the batch
-run is the largest of those anchored on each, so a request or few with little time left do not cut the
-batch of the younger ones short under overload (they are refused at the next take if late by then)."""
+"""With a latency target, how many of the oldest queued requests a batch may be anchored on: while the
+deadline of the oldest cuts its batch short, the batch anchored on the next is tried too, and the largest
+runs, so that under overload a request or few with little time left do not cut the younger ones' batch
+short (they are refused at the next take if late by then)."""
 Predict = Callable[[Arrays], Arrays]
 
 
@@ -82,8 +83,8 @@ class BatchingConfig:
             queue, batch wait and compute are to end within it. Replaces the queue delay: the batcher
             waits for batch-mates while a full batch would still end in time (under the same rule of
             callers in play, so a lone caller never waits), runs the largest batch that ends in time
-            for its oldest request (anchored on one of the `ANCHORS` oldest), and refuses requests that
-            cannot end in time.
+            for its oldest request (or, where that request's deadline cuts the batch short, for one of
+            the next oldest: `ANCHORS`), and refuses requests that cannot end in time.
         inline_when_idle: run a request on the event loop's thread, skipping the worker-thread round
             trip (about 0.2 ms), when it is the only one queued, nothing runs, its work takes at most
             `INLINE_MAX_NS` on the cost fitted so far (at least one batch ran), and no batch that left
@@ -378,9 +379,10 @@ class DynamicBatcher:
                 self._held_until_ns = time.perf_counter_ns()
 
     def _take(self) -> list[_Request]:
-        """Pick the next batch: the oldest live request, then compatible ones, closest lengths first; with a
-        latency target, the largest such batch anchored on one of the `ANCHORS` oldest (the oldest on a
-        tie)."""
+        """Pick the next batch: the oldest live request, then compatible ones, closest lengths first. With
+        a latency target, if the oldest request's deadline left out a request that would otherwise have
+        fit, the batch anchored on the next oldest is tried too, and so on up to `ANCHORS` of them (never
+        past a probe); the batch with the most rows runs (the older anchor on a tie)."""
         live = [r for r in self._pending if not r.future.done()]
         target = self._config.max_latency_ms * 1e6
         now = time.perf_counter_ns()
@@ -389,35 +391,40 @@ class DynamicBatcher:
         if not live:
             self._pending.clear()
             return []
-        anchors = ANCHORS if target and self._cost.ready else 1
-        batch = max(
-            (self._batch_from(live[k:], now) for k in range(min(anchors, len(live)))),
-            key=lambda batch: sum(r.rows for r in batch),
-        )
+        batch: list[_Request] = []
+        for anchor in range(min(ANCHORS, len(live))):
+            anchored, cut = self._batch_from(live[anchor:], now)
+            if sum(r.rows for r in anchored) > sum(r.rows for r in batch):
+                batch = anchored
+            if not cut or live[anchor].probe:
+                break
         chosen = set(map(id, batch))
         self._pending = deque(r for r in live if id(r) not in chosen)
         return batch
 
-    def _batch_from(self, live: list[_Request], now: int) -> list[_Request]:
+    def _batch_from(self, live: list[_Request], now: int) -> tuple[list[_Request], bool]:
         """The batch anchored on `live`'s first request: it, then compatible ones, closest lengths first,
         as many as fit the rows, the token budget and (with a latency target) the time `live`'s oldest
-        request has left."""
+        request has left; and whether that time left out a request that would otherwise have fit."""
         target = self._config.max_latency_ms * 1e6
         anchor, others = live[0], [r for r in live[1:] if r.shapes == live[0].shapes]
         budget_ns = min(r.arrived_ns for r in live) + target - now if target and self._cost.ready else math.inf
         if self._config.pad and self._config.length_aware:
             others.sort(key=lambda r: abs(r.length - anchor.length))
         budget = self._config.max_batch_tokens if self._config.pad and self._config.length_aware else 0
-        batch, rows, width, work = [anchor], anchor.rows, anchor.length, anchor.work
+        batch, rows, width, work, cut = [anchor], anchor.rows, anchor.length, anchor.work, False
         for request in others:
+            if rows == self._config.max_batch_size:
+                break
             wider = max(width, request.length)
             if rows + request.rows > self._config.max_batch_size or (budget and (rows + request.rows) * wider > budget):
                 continue
             if self._cost.bound_ns(work + request.work) > budget_ns:
+                cut = True
                 continue
             batch.append(request)
             rows, width, work = rows + request.rows, wider, work + request.work
-        return batch
+        return batch, cut
 
     def _late(self, request: _Request, latency_ns: float) -> bool:
         """Refuse `request` (its caller gets RESOURCE_EXHAUSTED) if, run now and alone at the fitted
