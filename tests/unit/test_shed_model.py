@@ -1,0 +1,58 @@
+"""The queueing model of the batcher under a latency target (scripts/shed_model.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "shed_model.py"
+
+
+@pytest.fixture(scope="module")
+def model():
+    spec = importlib.util.spec_from_file_location("shed_model", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+@pytest.fixture
+def minilm(model):
+    """minilm_embed on short texts as the latency section measured it: 6.6 ms a batch and 4.86 ms a call,
+    a budget of 40.4 ms."""
+    return model.Server(fixed_ms=6.6, per_row_ms=4.86, budget_ms=40.4)
+
+
+def test_far_below_capacity_nothing_is_refused(model, minilm):
+    refused, answered = model.simulate(minilm, rate=5, seconds=60, anchors=1)
+    assert refused == 0 and answered == pytest.approx(5)
+
+
+def test_under_overload_no_rule_answers_more_than_the_largest_batch_in_time_allows(model, minilm):
+    rows = max(n for n in range(1, 33) if minilm.cost_ms(n) <= minilm.budget_ms)
+    most = rows / minilm.cost_ms(rows) * 1000
+    for anchors in (1, 4):
+        refused, answered = model.simulate(minilm, rate=1000, seconds=20, anchors=anchors)
+        assert answered <= most and refused > 0.8
+
+
+def test_anchoring_past_an_oldest_call_short_of_time_answers_more_under_overload(model, minilm):
+    _, oldest_only = model.simulate(minilm, rate=191, seconds=60, anchors=1)
+    _, four = model.simulate(minilm, rate=191, seconds=60, anchors=4)
+    assert four > 1.1 * oldest_only
+
+
+def test_a_curve_that_refuses_exactly_the_calls_beyond_capacity_meets_the_criteria_and_a_soft_one_does_not(model):
+    rates = np.arange(10.0, 301.0, 10.0)
+    sharp = np.maximum(0.0, 1 - 100 / rates)
+    assert model.knee(rates, sharp) == 100
+    assert 100 in model.criterion_capacities(rates, sharp)
+    soft = np.clip((rates - 50) / 1000, 0.0, None)
+    assert model.knee(rates, soft) == 60
+    assert model.criterion_capacities(rates, soft) == []
