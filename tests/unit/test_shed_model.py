@@ -29,20 +29,34 @@ def minilm(model):
     return model.Server(fixed_ms=6.6, per_row_ms=4.86, budget_ms=40.4)
 
 
+def test_a_busy_server_refuses_on_arrival_the_call_its_queue_would_make_late(model):
+    server = model.Server(fixed_ms=10, per_row_ms=10, budget_ms=60)
+    outcome = model.run(server, [0.0, 1.0, 2.0, 3.0, 4.0], anchors=1)
+    assert outcome == model.Outcome(refused_on_arrival=1, refused_at_take=0, served=4)
+
+
+@pytest.mark.parametrize(("anchors", "outcome"), [(1, (0, 3, 3)), (4, (0, 1, 5))])
+def test_a_call_with_little_time_left_cuts_the_younger_ones_batch_short_only_with_one_anchor(model, anchors, outcome):
+    server = model.Server(fixed_ms=40, per_row_ms=10, budget_ms=110)
+    assert model.run(server, [0.0, 1.0, 40.0, 41.0, 42.0, 43.0], anchors) == model.Outcome(*outcome)
+
+
 def test_far_below_capacity_nothing_is_refused(model, minilm):
-    refused, answered = model.simulate(minilm, rate=5, seconds=60, anchors=1)
-    assert refused == 0 and answered == pytest.approx(5)
+    refused, served = model.simulate(minilm, rate=5, seconds=60, anchors=1)
+    assert refused == 0 and served == pytest.approx(5)
 
 
-def test_under_overload_no_rule_answers_more_than_the_largest_batch_in_time_allows(model, minilm):
-    rows = max(n for n in range(1, 33) if minilm.cost_ms(n) <= minilm.budget_ms)
-    most = rows / minilm.cost_ms(rows) * 1000
-    for anchors in (1, 4):
-        refused, answered = model.simulate(minilm, rate=1000, seconds=20, anchors=anchors)
-        assert answered <= most and refused > 0.8
+@pytest.mark.parametrize("anchors", [1, 4])
+def test_every_call_is_served_or_refused_and_no_rule_serves_more_than_the_largest_batch_in_time(model, minilm, anchors):
+    rows = max(n for n in range(1, minilm.max_batch + 1) if minilm.cost_ms(n) <= minilm.budget_ms)
+    arrivals = np.sort(np.random.default_rng(0).uniform(0.0, 20_000.0, 20_000)).tolist()
+    outcome = model.run(minilm, arrivals, anchors)
+    assert outcome.refused_on_arrival + outcome.refused_at_take + outcome.served == len(arrivals)
+    assert outcome.refused_on_arrival > 0 and outcome.refused_at_take > 0
+    assert outcome.served / 20 <= rows / minilm.cost_ms(rows) * 1000
 
 
-def test_anchoring_past_an_oldest_call_short_of_time_answers_more_under_overload(model, minilm):
+def test_anchoring_past_an_oldest_call_short_of_time_serves_more_under_overload(model, minilm):
     _, oldest_only = model.simulate(minilm, rate=191, seconds=60, anchors=1)
     _, four = model.simulate(minilm, rate=191, seconds=60, anchors=4)
     assert four > 1.1 * oldest_only
