@@ -480,7 +480,6 @@ def _plot(path: Path, steps: dict[str, tuple[list[tuple[float, float, float]], f
         axis.legend(lines, [line.get_label() for line in lines], loc="upper left", fontsize=8)
     axes[-1, 0].set_xlabel("seconds")
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=90)
     pyplot.close(figure)
 
