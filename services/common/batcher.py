@@ -392,10 +392,12 @@ class DynamicBatcher:
             self._pending.clear()
             return []
         batch: list[_Request] = []
+        most = 0
         for anchor in range(min(ANCHORS, len(live))):
             anchored, cut = self._batch_from(live[anchor:], now)
-            if sum(r.rows for r in anchored) > sum(r.rows for r in batch):
-                batch = anchored
+            rows = sum(r.rows for r in anchored)
+            if rows > most:
+                batch, most = anchored, rows
             if not cut or live[anchor].probe:
                 break
         chosen = set(map(id, batch))
