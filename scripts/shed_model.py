@@ -6,7 +6,9 @@ admission and batches (services/common/batcher.py: `_admit`, `_take`): an idle s
 once; a busy one admits it if the batch running and every call queued, with it, in full batches, would
 end in time; when the server comes free, calls that would end late even alone are refused, and the batch
 anchored on the oldest call takes as many as end in time for it; while that deadline left a call out,
-the batch anchored on the next oldest is tried too, up to `anchors` of them, and the largest runs.
+the batch anchored on the next oldest is tried too, and the largest runs. The batcher tries anchors up to
+the first whose deadline cuts nothing (`_anchored`); the model can also stop after `anchors` of them, the
+rule before, to compare.
 Nothing is served late. Left out: noise of any kind, and so the cost fit's margin and what admission
 forgives of it, the probes of a version that refused everything, and the wait for batch-mates (with a
 target, the batcher waits only while a full batch would still end in time).
@@ -18,7 +20,7 @@ section's closed-loop sweep (`docs/benchmarks.md`): a closed loop of c callers r
 calls, so a batch of c takes about c / (its calls per second) seconds; two concurrencies give the line.
 That time includes the client's and the network's, so the fixed cost it gives is an upper bound.
 
-    python scripts/shed_model.py --fixed-ms 6.6 --per-row-ms 4.86 --budget-ms 40.4 --anchors 1 4
+    python scripts/shed_model.py --fixed-ms 6.6 --per-row-ms 4.86 --budget-ms 40.4 --anchors 1 4 0
 """
 
 from __future__ import annotations
@@ -69,7 +71,8 @@ class Outcome:
 
 def run(server: Server, arrivals_ms: list[float], anchors: int) -> Outcome:
     """Put calls arriving at `arrivals_ms` (in order) through the batcher's rules, trying up to `anchors`
-    anchors per batch, until every call is served or refused."""
+    anchors per batch (0: up to the first whose deadline cuts nothing, as the batcher), until every call is
+    served or refused."""
     queue: list[float] = []
     free_at, on_arrival, at_take, served = 0.0, 0, 0, 0
 
@@ -78,7 +81,7 @@ def run(server: Server, arrivals_ms: list[float], anchors: int) -> Outcome:
         live = [a for a in queue if now + server.cost_ms(1) - a <= server.budget_ms]
         at_take += len(queue) - len(live)
         best_at, best = 0, 0
-        for anchor in range(min(anchors, len(live))):
+        for anchor in range(min(anchors or len(live), len(live))):
             rows, cut = 1, False
             while anchor + rows < len(live) and rows < server.max_batch:
                 if now + server.cost_ms(rows + 1) > live[anchor] + server.budget_ms:
@@ -117,7 +120,7 @@ def simulate(server: Server, rate: float, seconds: float, anchors: int, seed: in
         server: the batch cost and the budget.
         rate: calls per second.
         seconds: how long the arrivals last.
-        anchors: how many anchors a batch may try.
+        anchors: how many anchors a batch may try (0: the batcher's rule, as many as cut).
         seed: the arrivals' random seed.
 
     Returns:
@@ -169,7 +172,9 @@ def main() -> None:
     parser.add_argument("--per-row-ms", type=float, required=True, help="a batch's cost per call")
     parser.add_argument("--budget-ms", type=float, required=True, help="the time a call has (MAX_LATENCY_MS)")
     parser.add_argument("--max-batch", type=int, default=32, help="MAX_BATCH_SIZE")
-    parser.add_argument("--anchors", type=int, nargs="+", default=[1, 4], help="batch rules: anchors tried")
+    parser.add_argument(
+        "--anchors", type=int, nargs="+", default=[0], help="batch rules: most anchors tried (0: the batcher's rule)"
+    )
     parser.add_argument(
         "--rates", type=float, nargs=3, default=[20, 400, 4], metavar=("FIRST", "LAST", "STEP"), help="calls/s"
     )
@@ -182,7 +187,8 @@ def main() -> None:
         shed, served = curve(server, rates, args.seconds, anchors)
         capacity = knee(rates, shed)
         meets = criterion_capacities(rates, shed)
-        print(f"anchors {anchors}: capacity (knee at {KNEE_SHED:.0%} refused) {capacity:g} calls/s")
+        rule = f"at most {anchors} anchors" if anchors else "the batcher's anchors"
+        print(f"{rule}: capacity (knee at {KNEE_SHED:.0%} refused) {capacity:g} calls/s")
         if capacity:
             print(
                 f"  refused at {BELOW:.0%} / {ABOVE:.0%} of it: {np.interp(BELOW * capacity, rates, shed):.1%} / "

@@ -10,8 +10,8 @@ Given a latency target (`max_latency_ms`) instead of a queue delay, the batcher 
 batches cost (`BatchCost`: time against work, rows or tokens) and holds each request to the target:
 it waits for batch-mates only as long as a full batch would still end in time (and at most half the
 target), sizes each batch so its oldest request ends in time (or, where that cuts the batch short, leaves
-one of the few oldest out for a larger batch, so that under overload a request with little time left does
-not cut everyone's batch short), and refuses at once (RESOURCE_EXHAUSTED with a retry delay) a request
+the oldest out for a larger batch, so that under overload requests with little time left do not cut
+everyone's batch short), and refuses at once (RESOURCE_EXHAUSTED with a retry delay) a request
 that the work queued ahead of it would make late, rather than serving it late.
 """
 
@@ -50,11 +50,6 @@ WAIT_SHARE = 0.5
 """With a latency target, the most of it a batch waits for batch-mates (counted from its oldest
 request's arrival): the rest is left for what the batcher does not see, the calls waiting before a
 handler takes them and the answers on their way out, which grow with load on a busy event loop."""
-ANCHORS = 4
-"""With a latency target, how many of the oldest queued requests a batch may be anchored on: while the
-deadline of the oldest cuts its batch short, the batch anchored on the next is tried too, and the largest
-runs, so that under overload a request or few with little time left do not cut the younger ones' batch
-short (they are refused at the next take if late by then)."""
 Predict = Callable[[Arrays], Arrays]
 
 
@@ -83,8 +78,8 @@ class BatchingConfig:
             queue, batch wait and compute are to end within it. Replaces the queue delay: the batcher
             waits for batch-mates while a full batch would still end in time (under the same rule of
             callers in play, so a lone caller never waits), runs the largest batch that ends in time
-            for its oldest request (or, where that request's deadline cuts the batch short, for one of
-            the next oldest: `ANCHORS`), and refuses requests that cannot end in time.
+            for its oldest request (or, where that request's deadline cuts the batch short, for a younger
+            one: `_anchored`), and refuses requests that cannot end in time.
         inline_when_idle: run a request on the event loop's thread, skipping the worker-thread round
             trip (about 0.2 ms), when it is the only one queued, nothing runs, its work takes at most
             `INLINE_MAX_NS` on the cost fitted so far (at least one batch ran), and no batch that left
@@ -381,8 +376,8 @@ class DynamicBatcher:
     def _take(self) -> list[_Request]:
         """Pick the next batch: the oldest live request, then compatible ones, closest lengths first. With
         a latency target, if the oldest request's deadline left out a request that would otherwise have
-        fit, the batch anchored on the next oldest is tried too, and so on up to `ANCHORS` of them (never
-        past a probe); the batch with the most rows runs (the older anchor on a tie)."""
+        fit, the batches anchored on younger requests are searched too (never past a probe), and of those
+        tried the one with the most rows runs (the older anchor on a tie): see `_anchored`."""
         live = [r for r in self._pending if not r.future.done()]
         target = self._config.max_latency_ms * 1e6
         now = time.perf_counter_ns()
@@ -391,18 +386,33 @@ class DynamicBatcher:
         if not live:
             self._pending.clear()
             return []
-        batch: list[_Request] = []
-        most = 0
-        for anchor in range(min(ANCHORS, len(live))):
-            anchored, cut = self._batch_from(live[anchor:], now)
-            rows = sum(r.rows for r in anchored)
-            if rows > most:
-                batch, most = anchored, rows
-            if not cut or live[anchor].probe:
-                break
+        batch, cut = self._batch_from(live, now)
+        if cut and not live[0].probe:
+            batch = self._anchored(live, batch, now)
         chosen = set(map(id, batch))
         self._pending = deque(r for r in live if id(r) not in chosen)
         return batch
+
+    def _anchored(self, live: list[_Request], oldest: list[_Request], now: int) -> list[_Request]:
+        """The largest batch near where the requests' deadlines stop cutting it short, given that the
+        oldest request's deadline cut `oldest`. A later anchor has more time and fewer requests behind it:
+        batches anchored before the first whose deadline cuts nothing are cut, and grow with their anchor's
+        time; those from it on are cut by rows or by the queue, and shrink. So a bisection finds that first
+        uncut anchor (never past a probe; the last request alone is never cut), and the batch anchored on it
+        or the one before runs: under overload, requests with little time left then make way for a full
+        batch, and are refused at the next take if late by then, instead of cutting every batch short
+        (which costs more per call, falls behind, and ends with most calls refused)."""
+        last = next((i for i, r in enumerate(live) if r.probe), len(live) - 1)
+        batches = {0: oldest}
+        cut, uncut = 0, last
+        while uncut - cut > 1:
+            middle = (cut + uncut) // 2
+            batches[middle], was_cut = self._batch_from(live[middle:], now)
+            cut, uncut = (middle, uncut) if was_cut else (cut, middle)
+        for anchor in (cut, uncut):
+            if anchor not in batches:
+                batches[anchor] = self._batch_from(live[anchor:], now)[0]
+        return max(sorted(batches.items()), key=lambda item: sum(r.rows for r in item[1]))[1]
 
     def _batch_from(self, live: list[_Request], now: int) -> tuple[list[_Request], bool]:
         """The batch anchored on `live`'s first request: it, then compatible ones, closest lengths first,

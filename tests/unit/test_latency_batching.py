@@ -136,6 +136,26 @@ async def test_a_request_with_little_time_left_does_not_cut_the_younger_ones_bat
     await batcher.close()
 
 
+async def test_under_overload_requests_with_little_time_left_make_way_for_a_full_batch_however_many_they_are():
+    model = Sleeper(0.04, 0.001)
+    batcher = DynamicBatcher("latency", model, BatchingConfig(max_batch_size=64, max_latency_ms=150), VersionStats())
+    for count in itertools.islice(itertools.cycle((1, 8)), 2 * MIN_BATCHES):
+        await batcher.submit(rows(count))
+    runs = len(model.rows)
+    running = asyncio.ensure_future(batcher.submit(rows(45)))
+    await asyncio.sleep(0.001)
+    old = [asyncio.ensure_future(batcher.submit(rows())) for _ in range(6)]
+    await asyncio.sleep(0.06)
+    assert not any(request.done() for request in old), "refused on arrival: the test needs them queued"
+    young = await asyncio.gather(running, *(batcher.submit(rows()) for _ in range(40)), return_exceptions=True)
+    assert not any(isinstance(outcome, Exception) for outcome in young), young
+    assert model.rows[runs:] == [45, 40], "six requests with time left for about 26 rows cut the batch short"
+    for request in old:
+        with pytest.raises(Overloaded, match="target now; retry shortly"):
+            await request
+    await batcher.close()
+
+
 async def test_a_request_still_in_time_keeps_its_place_however_younger_ones_would_fill_a_batch():
     model = Sleeper(0.02)
     batcher = await learned(model, BatchingConfig(max_batch_size=8, max_latency_ms=1000))

@@ -62,6 +62,22 @@ def test_anchoring_past_an_oldest_call_short_of_time_serves_more_under_overload(
     assert four > 1.1 * oldest_only
 
 
+def test_with_a_batch_cost_mostly_fixed_four_anchors_collapse_under_overload_and_the_batchers_rule_does_not(model):
+    gpu = model.Server(fixed_ms=5, per_row_ms=0.2, budget_ms=50, max_batch=64)
+    _, four = model.simulate(gpu, rate=4000, seconds=5, anchors=4)
+    _, searched = model.simulate(gpu, rate=4000, seconds=5, anchors=0)
+    _, below = model.simulate(gpu, rate=3000, seconds=5, anchors=0)
+    assert four < 0.5 * below
+    assert searched > below
+
+
+def test_with_a_batch_cost_mostly_fixed_the_batchers_rule_meets_the_criteria(model):
+    gpu = model.Server(fixed_ms=5, per_row_ms=0.2, budget_ms=50, max_batch=64)
+    rates = np.arange(2000.0, 5001.0, 250.0)
+    shed, _ = model.curve(gpu, rates, seconds=5, anchors=0)
+    assert model.criterion_capacities(rates, shed)
+
+
 def test_a_curve_that_refuses_exactly_the_calls_beyond_capacity_meets_the_criteria_and_a_soft_one_does_not(model):
     rates = np.arange(10.0, 301.0, 10.0)
     sharp = np.maximum(0.0, 1 - 100 / rates)
