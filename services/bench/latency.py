@@ -263,7 +263,7 @@ def _server_cpus() -> frozenset[int] | None:
 
 
 @contextlib.contextmanager
-def _ahead_of_servers() -> Iterator[bool]:
+def ahead_of_servers() -> Iterator[bool]:
     """Run this process's threads on `CLIENT_CPUS` (where `separate_cores`) and at `CLIENT_NICE` for the
     block (servers started before keep theirs; threads started in the block inherit both and keep them),
     with the garbage collector off (its full passes over the calls' objects paused the client's loop by up
@@ -307,7 +307,7 @@ async def _run(workload: Workload, config: BenchConfig, settings: dict[str, floa
         grpc.aio.insecure_channel(address) as channel,
     ):
         call = _infer(channel)
-        with _ahead_of_servers():
+        with ahead_of_servers():
             cycle = itertools.cycle(requests)
             await closed_loop(lambda: call(next(cycle)), 4, 0.5, 0.5)
             return await body(address, requests)
@@ -326,7 +326,7 @@ class Baseline:
     """What the no-delay server measured before the open loops: the target T, the most calls per second a
     closed loop had answered within T and the sweep behind it, the p99 of the calls' time outside the
     service's own (`outside_p99_ms`) at `OUTSIDE_LOAD` of that rate, and whether the client ran ahead of
-    the server (`_ahead_of_servers`)."""
+    the server (`ahead_of_servers`)."""
 
     target_ms: float
     closed: float
@@ -435,7 +435,7 @@ async def _baseline(workload: Workload, config: BenchConfig) -> Baseline:
     ):
         call = _infer(channel)
         cycle = itertools.cycle(requests)
-        with _ahead_of_servers() as ahead:
+        with ahead_of_servers() as ahead:
             alone = await closed_loop(lambda: call(next(cycle)), 1, config.duration, config.warmup)
             target = workload.target(alone.p50_ms)
             sweep = []
