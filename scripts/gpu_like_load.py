@@ -3,8 +3,9 @@
 On these machines the models' batches cost mostly per row (a CPU computes each row), and the shed curve
 past capacity is soft (`scripts/shed_model.py`). A GPU's batch cost is mostly fixed. This serves
 `GpuLike` (`scripts/gpu_like_model.py`: fashion-linear whose batches sleep a fixed time plus a little per
-row) with `maas serve` on CPU 0 and `MAX_LATENCY_MS`, sends it Poisson arrivals at each rate with the
-latency bench's C++ open loop (services/bench/native/openloop.cc) from CPU 1, and prints, per rate, the
+row) with `maas serve` and `MAX_LATENCY_MS`, sends it Poisson arrivals at each rate with the latency
+bench's C++ open loop (services/bench/native/openloop.cc), the server on CPU 0 and the client on CPU 1
+where the machine has both (`services.bench.latency.separate_cores`), and prints, per rate, the
 share refused, the calls answered within the target per second, the p99 of those answered and the share
 answered late. The service's budget is the target less `--outside-ms` (the client's and the network's
 time, as the latency bench takes it off).
@@ -25,7 +26,7 @@ import numpy as np
 
 from maas.inference import grpc_service_pb2 as v2pb
 from services.bench.latency import SERVER_CPUS, Point, ahead_of_servers, open_loop, separate_cores
-from services.cli.processes import serving
+from services.cli.processes import on_cpus, serving
 from services.common.codec import Tensor, encode_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,12 +35,20 @@ MODEL = "fashion-linear"
 WARM_SECONDS = 1.0
 
 
-def publish(repository: Path) -> None:
-    """Train fashion-linear briefly (its accuracy does not matter here) into `repository`."""
-    sys.path.insert(0, str(EXAMPLE))
-    from fashion_linear.train import train
+async def publish(repository: Path, env: dict[str, str]) -> None:
+    """Train fashion-linear briefly (its accuracy does not matter here) into `repository`, in a process of
+    its own (with `env`, whose path holds the example).
 
-    train(repository, epochs=1, train_limit=2000)
+    Raises:
+        RuntimeError: the training failed.
+    """
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "fashion_linear.train", str(repository), "--epochs", "1", "--train-limit", "2000"),
+        stdout=asyncio.subprocess.DEVNULL,
+        env=env,
+    )
+    if await process.wait():
+        raise RuntimeError(f"training fashion-linear into {repository} failed")
 
 
 def requests(count: int = 32) -> list[bytes]:
@@ -63,7 +72,6 @@ async def measure(
         One point per rate, against `target_ms`.
     """
     with tempfile.TemporaryDirectory() as repository:
-        publish(Path(repository))
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(ROOT), str(EXAMPLE)]),
@@ -73,13 +81,14 @@ async def measure(
             "MAAS_FASHION_LINEAR_MAX_BATCH_SIZE": "64",
             "MAAS_FASHION_LINEAR_METRICS_PORT": "0",
         }
-        process = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "services.cli.main", "serve", "gpu_like_model:GpuLike"),
-            *("--repository", repository, "--app-dir", str(ROOT / "scripts"), "--port", "0"),
-            stdout=asyncio.subprocess.PIPE,
-            env=env,
-            preexec_fn=(lambda: os.sched_setaffinity(0, SERVER_CPUS)) if separate_cores() else None,
-        )
+        await publish(Path(repository), env)
+        with on_cpus(SERVER_CPUS if separate_cores() else None):
+            process = await asyncio.create_subprocess_exec(
+                *(sys.executable, "-m", "services.cli.main", "serve", "gpu_like_model:GpuLike"),
+                *("--repository", repository, "--app-dir", str(ROOT / "scripts"), "--port", "0"),
+                stdout=asyncio.subprocess.PIPE,
+                env=env,
+            )
         async with serving(process, MODEL) as address:
             with ahead_of_servers():
                 return await _open_loops(address, rates, seconds, target_ms)

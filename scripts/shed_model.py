@@ -6,9 +6,10 @@ admission and batches (services/common/batcher.py: `_admit`, `_take`): an idle s
 once; a busy one admits it if the batch running and every call queued, with it, in full batches, would
 end in time; when the server comes free, calls that would end late even alone are refused, and the batch
 anchored on the oldest call takes as many as end in time for it; while that deadline left a call out,
-the batch anchored on the next oldest is tried too, and the largest runs. The batcher tries anchors up to
-the first whose deadline cuts nothing (`_anchored`); the model can also stop after `anchors` of them, the
-rule before, to compare.
+the batch anchored on the next oldest is tried too, and the largest runs. The batcher searches the anchors
+up to the first whose batch no deadline cuts (`_anchored`: the same batch size, though on a tie it may
+pick another anchor than the oldest); the model tries them in turn, and can also stop after `anchors` of
+them, the rule before, to compare.
 Nothing is served late. Left out: noise of any kind, and so the cost fit's margin and what admission
 forgives of it, the probes of a version that refused everything, and the wait for batch-mates (with a
 target, the batcher waits only while a full batch would still end in time).
@@ -120,7 +121,7 @@ def simulate(server: Server, rate: float, seconds: float, anchors: int, seed: in
         server: the batch cost and the budget.
         rate: calls per second.
         seconds: how long the arrivals last.
-        anchors: how many anchors a batch may try (0: the batcher's rule, as many as cut).
+        anchors: how many anchors a batch may try (0: the batcher's rule, up to the first uncut).
         seed: the arrivals' random seed.
 
     Returns:

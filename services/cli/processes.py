@@ -21,7 +21,7 @@ async def spawn(
 ) -> asyncio.subprocess.Process:
     """Start `maas run SERVICE ARGS...` with stdout piped (for its READY line), and stderr piped if
     `pipe_stderr` (else inherited); on the CPUs `cpus` only, if given (every thread it starts inherits them)."""
-    with _affinity(cpus):
+    with on_cpus(cpus):
         return await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -36,7 +36,7 @@ async def spawn(
 
 
 @contextmanager
-def _affinity(cpus: frozenset[int] | None) -> Iterator[None]:
+def on_cpus(cpus: frozenset[int] | None) -> Iterator[None]:
     """Run the calling thread on `cpus` for the block (a child forked from it inherits them); no change if None."""
     if cpus is None:
         yield

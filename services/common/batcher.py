@@ -79,7 +79,7 @@ class BatchingConfig:
             waits for batch-mates while a full batch would still end in time (under the same rule of
             callers in play, so a lone caller never waits), runs the largest batch that ends in time
             for its oldest request (or, where that request's deadline cuts the batch short, for a younger
-            one: `_anchored`), and refuses requests that cannot end in time.
+            one, the one whose batch is largest), and refuses requests that cannot end in time.
         inline_when_idle: run a request on the event loop's thread, skipping the worker-thread round
             trip (about 0.2 ms), when it is the only one queued, nothing runs, its work takes at most
             `INLINE_MAX_NS` on the cost fitted so far (at least one batch ran), and no batch that left
@@ -376,8 +376,8 @@ class DynamicBatcher:
     def _take(self) -> list[_Request]:
         """Pick the next batch: the oldest live request, then compatible ones, closest lengths first. With
         a latency target, if the oldest request's deadline left out a request that would otherwise have
-        fit, the batches anchored on younger requests are searched too (never past a probe), and of those
-        tried the one with the most rows runs (the older anchor on a tie): see `_anchored`."""
+        fit, batches anchored on younger requests of its shape are tried too, and the one with the most
+        rows runs (`_anchored`)."""
         live = [r for r in self._pending if not r.future.done()]
         target = self._config.max_latency_ms * 1e6
         now = time.perf_counter_ns()
@@ -394,33 +394,39 @@ class DynamicBatcher:
         return batch
 
     def _anchored(self, live: list[_Request], oldest: list[_Request], now: int) -> list[_Request]:
-        """The largest batch near where the requests' deadlines stop cutting it short, given that the
-        oldest request's deadline cut `oldest`. A later anchor has more time and fewer requests behind it:
-        batches anchored before the first whose deadline cuts nothing are cut, and grow with their anchor's
-        time; those from it on are cut by rows or by the queue, and shrink. So a bisection finds that first
-        uncut anchor (never past a probe; the last request alone is never cut), and the batch anchored on it
-        or the one before runs: under overload, requests with little time left then make way for a full
-        batch, and are refused at the next take if late by then, instead of cutting every batch short
-        (which costs more per call, falls behind, and ends with most calls refused)."""
-        last = next((i for i, r in enumerate(live) if r.probe), len(live) - 1)
+        """The largest batch anchored on one of the requests of `live`'s first one's shape, given that the
+        first's deadline cut its batch (`oldest`) short. A younger anchor has more time and fewer requests
+        behind it: while deadlines cut the batches, they grow with their anchor; once none does, they are
+        bounded by the rows and the queue, and shrink. So the search doubles its step from the oldest
+        until a batch is not cut (the last request of the shape, alone, never is), bisects back to the
+        first that is not, and runs the one with the most rows of those it built (the oldest anchor on a
+        tie). Under overload, requests with little time left thus make way for a full batch, and are refused
+        at the next take if late by then, rather than cutting every batch short: short batches cost more
+        per call, so the queue would fall further behind and most calls end refused. A take builds 2 batches
+        when only the oldest request is short of time, and about 2 log2(n) when n are."""
+        anchors = [i for i, r in enumerate(live) if r.shapes == live[0].shapes]
         batches = {0: oldest}
-        cut, uncut = 0, last
+        cut, step = 0, 1
+        while True:
+            uncut = min(cut + step, len(anchors) - 1)
+            batches[uncut], was_cut = self._batch_from(live[anchors[uncut] :], now)
+            if not was_cut or uncut == len(anchors) - 1:
+                break
+            cut, step = uncut, 2 * step
         while uncut - cut > 1:
             middle = (cut + uncut) // 2
-            batches[middle], was_cut = self._batch_from(live[middle:], now)
+            batches[middle], was_cut = self._batch_from(live[anchors[middle] :], now)
             cut, uncut = (middle, uncut) if was_cut else (cut, middle)
-        for anchor in (cut, uncut):
-            if anchor not in batches:
-                batches[anchor] = self._batch_from(live[anchor:], now)[0]
         return max(sorted(batches.items()), key=lambda item: sum(r.rows for r in item[1]))[1]
 
     def _batch_from(self, live: list[_Request], now: int) -> tuple[list[_Request], bool]:
         """The batch anchored on `live`'s first request: it, then compatible ones, closest lengths first,
-        as many as fit the rows, the token budget and (with a latency target) the time `live`'s oldest
-        request has left; and whether that time left out a request that would otherwise have fit."""
+        as many as fit the rows, the token budget and (with a latency target) the time each request in the
+        batch has left; and whether that time left out a request that would otherwise have fit."""
         target = self._config.max_latency_ms * 1e6
+        timed = bool(target and self._cost.ready)
         anchor, others = live[0], [r for r in live[1:] if r.shapes == live[0].shapes]
-        budget_ns = min(r.arrived_ns for r in live) + target - now if target and self._cost.ready else math.inf
+        time_left = anchor.arrived_ns + target - now if timed else math.inf
         if self._config.pad and self._config.length_aware:
             others.sort(key=lambda r: abs(r.length - anchor.length))
         budget = self._config.max_batch_tokens if self._config.pad and self._config.length_aware else 0
@@ -431,11 +437,12 @@ class DynamicBatcher:
             wider = max(width, request.length)
             if rows + request.rows > self._config.max_batch_size or (budget and (rows + request.rows) * wider > budget):
                 continue
-            if self._cost.bound_ns(work + request.work) > budget_ns:
+            left = min(time_left, request.arrived_ns + target - now) if timed else math.inf
+            if self._cost.bound_ns(work + request.work) > left:
                 cut = True
                 continue
             batch.append(request)
-            rows, width, work = rows + request.rows, wider, work + request.work
+            rows, width, work, time_left = rows + request.rows, wider, work + request.work, left
         return batch, cut
 
     def _late(self, request: _Request, latency_ns: float) -> bool:

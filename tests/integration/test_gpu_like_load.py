@@ -1,11 +1,16 @@
-"""scripts/gpu_like_load.py: the real service, serving a model with a mostly fixed batch cost under a
-latency target, measured by the C++ open loop."""
+"""scripts/gpu_like_load.py's harness: the real service serving `GpuLike` (a mostly fixed batch cost)
+under a latency target, measured by the C++ open loop. Well below capacity, so a check that the harness
+serves, measures and cleans up, not of the batcher's search (tests/unit/test_latency_batching.py)."""
 
 from __future__ import annotations
 
 import importlib.util
 import sys
 from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gpu_like_load.py"
 

@@ -13,7 +13,7 @@ import pytest
 
 from services.common import timing
 from services.common.batchcost import LATE_SHARE, MIN_BATCHES, STEER_SHARE, BatchCost, Steer
-from services.common.batcher import PROBE_NS, BatchingConfig, DynamicBatcher
+from services.common.batcher import PROBE_NS, BatchingConfig, DynamicBatcher, _Request
 from services.common.errors import Overloaded
 from services.common.stats import VersionStats
 
@@ -148,11 +148,61 @@ async def test_under_overload_requests_with_little_time_left_make_way_for_a_full
     await asyncio.sleep(0.06)
     assert not any(request.done() for request in old), "refused on arrival: the test needs them queued"
     young = await asyncio.gather(running, *(batcher.submit(rows()) for _ in range(40)), return_exceptions=True)
-    assert not any(isinstance(outcome, Exception) for outcome in young), young
     assert model.rows[runs:] == [45, 40], "six requests with time left for about 26 rows cut the batch short"
+    assert not any(isinstance(outcome, Exception) for outcome in young)
     for request in old:
         with pytest.raises(Overloaded, match="target now; retry shortly"):
             await request
+    await batcher.close()
+
+
+def queue(batcher: DynamicBatcher, age_ms: float, count: int, columns: int = 2) -> list[_Request]:
+    """Queue `count` one-row requests on `batcher` as if they had arrived `age_ms` ago (`columns` wide)."""
+    arrived = time.perf_counter_ns() - int(age_ms * 1e6)
+    future = asyncio.get_running_loop().create_future
+    requests = [
+        _Request({"X": np.ones((1, columns), np.float32)}, 1, 0, 1, (("X", "<f4", (columns,)),), future())
+        for _ in range(count)
+    ]
+    for request in requests:
+        request.arrived_ns = arrived
+    batcher._pending.extend(requests)
+    return requests
+
+
+async def overloaded() -> DynamicBatcher:
+    """A batcher whose batches cost about 40 ms and 1 ms a row, with a 150 ms target: a request queued 95
+    ms ago has time for a batch of about 15 rows, a new one for a full batch (64)."""
+    config = BatchingConfig(max_batch_size=64, max_latency_ms=150)
+    batcher = DynamicBatcher("latency", Sleeper(0.04, 0.001), config, VersionStats())
+    for count in itertools.islice(itertools.cycle((1, 8)), 2 * MIN_BATCHES):
+        await batcher.submit(rows(count))
+    return batcher
+
+
+async def test_the_batch_searched_for_is_the_full_one_past_any_number_of_requests_short_of_time():
+    batcher = await overloaded()
+    old, young = queue(batcher, 95, 12), queue(batcher, 0, 40)
+    assert batcher._take() == young
+    assert list(batcher._pending) == old
+    await batcher.close()
+
+
+async def test_a_request_of_another_shape_among_those_short_of_time_does_not_end_the_search():
+    batcher = await overloaded()
+    queue(batcher, 95, 3)
+    queue(batcher, 95, 1, columns=3)
+    queue(batcher, 95, 8)
+    young = queue(batcher, 0, 40)
+    assert batcher._take() == young
+    await batcher.close()
+
+
+async def test_a_request_short_of_time_queued_behind_younger_ones_cuts_only_a_batch_it_joins():
+    batcher = await overloaded()
+    young, old = queue(batcher, 0, 40), queue(batcher, 95, 1)
+    assert batcher._take() == young
+    assert list(batcher._pending) == old
     await batcher.close()
 
 
