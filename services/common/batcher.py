@@ -78,8 +78,9 @@ class BatchingConfig:
             queue, batch wait and compute are to end within it. Replaces the queue delay: the batcher
             waits for batch-mates while a full batch would still end in time (under the same rule of
             callers in play, so a lone caller never waits), runs the largest batch that ends in time
-            for its oldest request (or, where that request's deadline cuts the batch short, for a younger
-            one, the one whose batch is largest), and refuses requests that cannot end in time.
+            for each of its requests (or, where their deadlines cut the oldest request's batch short, the
+            largest the search builds anchored on younger requests of its shape), and refuses requests
+            that cannot end in time.
         inline_when_idle: run a request on the event loop's thread, skipping the worker-thread round
             trip (about 0.2 ms), when it is the only one queued, nothing runs, its work takes at most
             `INLINE_MAX_NS` on the cost fitted so far (at least one batch ran), and no batch that left
@@ -375,9 +376,10 @@ class DynamicBatcher:
 
     def _take(self) -> list[_Request]:
         """Pick the next batch: the oldest live request, then compatible ones, closest lengths first. With
-        a latency target, if the oldest request's deadline left out a request that would otherwise have
-        fit, batches anchored on younger requests of its shape are tried too, and the one with the most
-        rows runs (`_anchored`)."""
+        a latency target, if the deadlines of the batch's requests left out a request that would otherwise
+        have fit, and the batch is not full, batches anchored on younger requests of its shape are tried
+        too, and of those built the one with the most rows runs (`_anchored`). A probe is only ever the
+        oldest request (it is marked on arrival at an idle, empty queue): its batch is never passed over."""
         live = [r for r in self._pending if not r.future.done()]
         target = self._config.max_latency_ms * 1e6
         now = time.perf_counter_ns()
@@ -394,8 +396,8 @@ class DynamicBatcher:
         return batch
 
     def _anchored(self, live: list[_Request], oldest: list[_Request], now: int) -> list[_Request]:
-        """The largest batch anchored on one of the requests of `live`'s first one's shape, given that the
-        first's deadline cut its batch (`oldest`) short. A younger anchor has more time and fewer requests
+        """The largest batch anchored on one of the requests of `live`'s first one's shape, given that its
+        members' deadlines cut the first one's batch (`oldest`) short. A younger anchor has more time and fewer requests
         behind it: while deadlines cut the batches, they grow with their anchor; once none does, they are
         bounded by the rows and the queue, and shrink. So the search doubles its step from the oldest
         until a batch is not cut (the last request of the shape, alone, never is), bisects back to the
@@ -422,7 +424,9 @@ class DynamicBatcher:
     def _batch_from(self, live: list[_Request], now: int) -> tuple[list[_Request], bool]:
         """The batch anchored on `live`'s first request: it, then compatible ones, closest lengths first,
         as many as fit the rows, the token budget and (with a latency target) the time each request in the
-        batch has left; and whether that time left out a request that would otherwise have fit."""
+        batch has left, the one added included; and whether the batch is cut: not full, and the time its
+        members had left out a request that would otherwise have fit (one whose own time was too short
+        does not cut it)."""
         target = self._config.max_latency_ms * 1e6
         timed = bool(target and self._cost.ready)
         anchor, others = live[0], [r for r in live[1:] if r.shapes == live[0].shapes]
@@ -438,12 +442,13 @@ class DynamicBatcher:
             if rows + request.rows > self._config.max_batch_size or (budget and (rows + request.rows) * wider > budget):
                 continue
             left = min(time_left, request.arrived_ns + target - now) if timed else math.inf
-            if self._cost.bound_ns(work + request.work) > left:
-                cut = True
+            cost = self._cost.bound_ns(work + request.work)
+            if cost > left:
+                cut = cut or cost > time_left
                 continue
             batch.append(request)
             rows, width, work, time_left = rows + request.rows, wider, work + request.work, left
-        return batch, cut
+        return batch, cut and rows < self._config.max_batch_size
 
     def _late(self, request: _Request, latency_ns: float) -> bool:
         """Refuse `request` (its caller gets RESOURCE_EXHAUSTED) if, run now and alone at the fitted

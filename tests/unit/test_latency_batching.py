@@ -160,12 +160,19 @@ def queue(batcher: DynamicBatcher, age_ms: float, count: int, columns: int = 2) 
     """Queue `count` one-row requests on `batcher` as if they had arrived `age_ms` ago (`columns` wide)."""
     arrived = time.perf_counter_ns() - int(age_ms * 1e6)
     future = asyncio.get_running_loop().create_future
+    shapes = (("X", "<f4", (columns,)),)
     requests = [
-        _Request({"X": np.ones((1, columns), np.float32)}, 1, 0, 1, (("X", "<f4", (columns,)),), future())
+        _Request(
+            inputs={"X": np.ones((1, columns), np.float32)},
+            rows=1,
+            length=0,
+            work=1,
+            shapes=shapes,
+            future=future(),
+            arrived_ns=arrived,
+        )
         for _ in range(count)
     ]
-    for request in requests:
-        request.arrived_ns = arrived
     batcher._pending.extend(requests)
     return requests
 
@@ -188,19 +195,22 @@ async def test_the_batch_searched_for_is_the_full_one_past_any_number_of_request
     await batcher.close()
 
 
-async def test_a_request_of_another_shape_among_those_short_of_time_does_not_end_the_search():
+async def test_requests_of_another_shape_among_those_short_of_time_do_not_end_the_search():
     batcher = await overloaded()
-    queue(batcher, 95, 3)
-    queue(batcher, 95, 1, columns=3)
-    queue(batcher, 95, 8)
+    for _ in range(4):
+        queue(batcher, 95, 2)
+        queue(batcher, 95, 1, columns=3)
     young = queue(batcher, 0, 40)
     assert batcher._take() == young
     await batcher.close()
 
 
-async def test_a_request_short_of_time_queued_behind_younger_ones_cuts_only_a_batch_it_joins():
+@pytest.mark.parametrize("ahead", [0, 12, 16])
+async def test_a_request_short_of_time_queued_behind_younger_ones_cuts_no_batch_it_cannot_join(ahead):
     batcher = await overloaded()
-    young, old = queue(batcher, 0, 40), queue(batcher, 95, 1)
+    old = queue(batcher, 95, ahead)
+    young = queue(batcher, 0, 40)
+    old += queue(batcher, 95, 1)
     assert batcher._take() == young
     assert list(batcher._pending) == old
     await batcher.close()
