@@ -43,6 +43,7 @@ class BatchCost:
         self._w = self._x = self._y = self._xx = self._xy = 0.0
         self._errors: deque[float] = deque(maxlen=ERROR_WINDOW)
         self._margin = 0.0
+        self._line = (0.0, 0.0)
         self.batches = 0
 
     @property
@@ -51,14 +52,14 @@ class BatchCost:
         return self.batches >= MIN_BATCHES
 
     def line(self) -> tuple[float, float]:
-        """The fitted (fixed, per_unit) nanoseconds, both at least 0.
+        """The fitted (fixed, per_unit) nanoseconds, both at least 0 (solved once per batch observed, since
+        every request's admission and every batch's sizing predicts from it)."""
+        return self._line
 
-        While every batch observed had about the same work, the slope cannot be told from the
-        intercept; the line then goes through the origin (a batch of twice the work takes twice the
-        time), which overestimates larger batches: the safe side.
-        """
-        if not self._w:
-            return 0.0, 0.0
+    def _solve(self) -> tuple[float, float]:
+        """The least-squares line of the batches observed. While every batch observed had about the same
+        work, the slope cannot be told from the intercept; the line then goes through the origin (a batch
+        of twice the work takes twice the time), which overestimates larger batches: the safe side."""
         spread = self._w * self._xx - self._x * self._x
         if spread > 1e-6 * self._w * self._xx:
             per_unit = max(0.0, (self._w * self._xy - self._x * self._y) / spread)
@@ -96,6 +97,7 @@ class BatchCost:
         self._y = d * self._y + ns
         self._xx = d * self._xx + work * work
         self._xy = d * self._xy + work * ns
+        self._line = self._solve()
         self.batches += 1
 
 

@@ -406,18 +406,18 @@ class DynamicBatcher:
         at the next take if late by then, rather than cutting every batch short: short batches cost more
         per call, so the queue would fall further behind and most calls end refused. A take builds 2 batches
         when only the oldest request is short of time, and about 2 log2(n) when n are."""
-        anchors = [i for i, r in enumerate(live) if r.shapes == live[0].shapes]
+        alike = [r for r in live if r.shapes == live[0].shapes]
         batches = {0: oldest}
         cut, step = 0, 1
         while True:
-            uncut = min(cut + step, len(anchors) - 1)
-            batches[uncut], was_cut = self._batch_from(live[anchors[uncut] :], now)
-            if not was_cut or uncut == len(anchors) - 1:
+            uncut = min(cut + step, len(alike) - 1)
+            batches[uncut], was_cut = self._batch_from(alike[uncut:], now)
+            if not was_cut or uncut == len(alike) - 1:
                 break
             cut, step = uncut, 2 * step
         while uncut - cut > 1:
             middle = (cut + uncut) // 2
-            batches[middle], was_cut = self._batch_from(live[anchors[middle] :], now)
+            batches[middle], was_cut = self._batch_from(alike[middle:], now)
             cut, uncut = (middle, uncut) if was_cut else (cut, middle)
         return max(sorted(batches.items()), key=lambda item: sum(r.rows for r in item[1]))[1]
 
@@ -441,13 +441,15 @@ class DynamicBatcher:
             wider = max(width, request.length)
             if rows + request.rows > self._config.max_batch_size or (budget and (rows + request.rows) * wider > budget):
                 continue
-            left = min(time_left, request.arrived_ns + target - now) if timed else math.inf
-            cost = self._cost.bound_ns(work + request.work)
-            if cost > left:
-                cut = cut or cost > time_left
-                continue
+            if timed:
+                left = min(time_left, request.arrived_ns + target - now)
+                cost = self._cost.bound_ns(work + request.work)
+                if cost > left:
+                    cut = cut or cost > time_left
+                    continue
+                time_left = left
             batch.append(request)
-            rows, width, work, time_left = rows + request.rows, wider, work + request.work, left
+            rows, width, work = rows + request.rows, wider, work + request.work
         return batch, cut and rows < self._config.max_batch_size
 
     def _late(self, request: _Request, latency_ns: float) -> bool:
