@@ -32,15 +32,19 @@ class Sleeper:
         return {"Y": x}
 
 
+OVERLOADED = BatchingConfig(max_batch_size=64, max_latency_ms=150)
+
+
 def rows(count: int = 1) -> dict[str, np.ndarray]:
     return {"X": np.ones((count, 2), dtype=np.float32)}
 
 
-async def learned(model: Sleeper, config: BatchingConfig) -> DynamicBatcher:
-    """A batcher that has run enough lone batches to trust its cost fit."""
+async def learned(model: Sleeper, config: BatchingConfig, sizes: tuple[int, ...] = (1,)) -> DynamicBatcher:
+    """A batcher that has run enough batches, of `sizes` rows in turn, to trust its cost fit (lone
+    requests: the fixed cost only; two sizes: the cost per row too)."""
     batcher = DynamicBatcher("latency", model, config, VersionStats())
-    for _ in range(MIN_BATCHES):
-        await batcher.submit(rows())
+    for count in itertools.islice(itertools.cycle(sizes), len(sizes) * MIN_BATCHES):
+        await batcher.submit(rows(count))
     return batcher
 
 
@@ -117,9 +121,7 @@ async def test_concurrent_callers_are_batched_within_the_target():
 
 async def test_a_request_with_little_time_left_does_not_cut_the_younger_ones_batch_short():
     model = Sleeper(0.04, 0.01)
-    batcher = DynamicBatcher("latency", model, BatchingConfig(max_batch_size=8, max_latency_ms=155), VersionStats())
-    for count in itertools.islice(itertools.cycle((1, 4)), 2 * MIN_BATCHES):
-        await batcher.submit(rows(count))
+    batcher = await learned(model, BatchingConfig(max_batch_size=8, max_latency_ms=155), sizes=(1, 4))
     fixed, per_row = batcher._cost.line()
     assert fixed == pytest.approx(0.04e9, rel=0.2) and per_row == pytest.approx(0.01e9, rel=0.2)
     runs = len(model.rows)
@@ -138,9 +140,7 @@ async def test_a_request_with_little_time_left_does_not_cut_the_younger_ones_bat
 
 async def test_under_overload_requests_with_little_time_left_make_way_for_a_full_batch_however_many_they_are():
     model = Sleeper(0.04, 0.001)
-    batcher = DynamicBatcher("latency", model, BatchingConfig(max_batch_size=64, max_latency_ms=150), VersionStats())
-    for count in itertools.islice(itertools.cycle((1, 8)), 2 * MIN_BATCHES):
-        await batcher.submit(rows(count))
+    batcher = await learned(model, OVERLOADED, sizes=(1, 8))
     runs = len(model.rows)
     running = asyncio.ensure_future(batcher.submit(rows(45)))
     await asyncio.sleep(0.001)
@@ -180,11 +180,7 @@ def queue(batcher: DynamicBatcher, age_ms: float, count: int, columns: int = 2) 
 async def overloaded() -> DynamicBatcher:
     """A batcher whose batches cost about 40 ms and 1 ms a row, with a 150 ms target: a request queued 95
     ms ago has time for a batch of about 15 rows, a new one for a full batch (64)."""
-    config = BatchingConfig(max_batch_size=64, max_latency_ms=150)
-    batcher = DynamicBatcher("latency", Sleeper(0.04, 0.001), config, VersionStats())
-    for count in itertools.islice(itertools.cycle((1, 8)), 2 * MIN_BATCHES):
-        await batcher.submit(rows(count))
-    return batcher
+    return await learned(Sleeper(0.04, 0.001), OVERLOADED, sizes=(1, 8))
 
 
 async def test_the_batch_searched_for_is_the_full_one_past_any_number_of_requests_short_of_time():
