@@ -63,7 +63,13 @@ def requests(count: int = 32) -> list[bytes]:
 
 
 async def measure(
-    fixed_ms: float, per_row_ms: float, target_ms: float, outside_ms: float, rates: list[float], seconds: float
+    fixed_ms: float,
+    per_row_ms: float,
+    target_ms: float,
+    outside_ms: float,
+    rates: list[float],
+    seconds: float,
+    front: str = "python",
 ) -> list[Point]:
     """Serve `GpuLike` with its batch cost and a budget of `target_ms - outside_ms`, warm it up (so its cost
     fit is ready), then run an open loop at each of `rates` for `seconds`.
@@ -80,6 +86,7 @@ async def measure(
             "MAAS_FASHION_LINEAR_MAX_LATENCY_MS": str(target_ms - outside_ms),
             "MAAS_FASHION_LINEAR_MAX_BATCH_SIZE": "64",
             "MAAS_FASHION_LINEAR_METRICS_PORT": "0",
+            "MAAS_FASHION_LINEAR_FRONT": front,
         }
         await publish(Path(repository), env)
         with on_cpus(SERVER_CPUS if separate_cores() else None):
@@ -115,9 +122,10 @@ def main() -> None:
     parser.add_argument("--outside-ms", type=float, default=3, help="T less the service's MAX_LATENCY_MS")
     parser.add_argument("--rates", type=float, nargs="+", default=[175, 280, 350, 420, 500], help="calls/s")
     parser.add_argument("--seconds", type=float, default=8, help="per rate")
+    parser.add_argument("--front", choices=["python", "native"], default="python", help="the service's front")
     args = parser.parse_args()
     points = asyncio.run(
-        measure(args.fixed_ms, args.per_row_ms, args.target_ms, args.outside_ms, args.rates, args.seconds)
+        measure(args.fixed_ms, args.per_row_ms, args.target_ms, args.outside_ms, args.rates, args.seconds, args.front)
     )
     for point in points:
         late = sum(o.ok and o.seconds * 1000 > point.target_ms for o in point.outcomes) / len(point.outcomes)

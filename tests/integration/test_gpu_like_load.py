@@ -15,13 +15,14 @@ pytestmark = pytest.mark.slow
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gpu_like_load.py"
 
 
-async def test_well_below_capacity_every_call_is_answered_within_the_target():
+@pytest.mark.parametrize("front", ["python", "native"])
+async def test_well_below_capacity_every_call_is_answered_within_the_target(front: str):
     spec = importlib.util.spec_from_file_location("gpu_like_load", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     try:
         spec.loader.exec_module(module)
-        [point] = await module.measure(5, 0.2, target_ms=100, outside_ms=3, rates=[60], seconds=2)
+        [point] = await module.measure(5, 0.2, target_ms=100, outside_ms=3, rates=[60], seconds=2, front=front)
     finally:
         del sys.modules[spec.name]
     assert len(point.outcomes) == 120

@@ -526,18 +526,47 @@ async def test_a_queued_call_that_can_no_longer_end_in_time_is_refused_when_its_
     assert front.dropped(handle) == (0, 0, 1, 0)
 
 
-async def test_a_targeted_batch_takes_the_queue_in_order_as_admission_planned_it():
-    """Not only the calls its oldest call's deadline leaves room for: batches cut to that shrank under load
-    until most calls were refused at a load the route serves whole (docs/native-front.md)."""
+async def test_a_targeted_batch_holds_each_of_its_calls_to_its_own_deadline():
+    """In order, as many as the oldest call's time allows: the fourth would end the batch past it, and is
+    left for the next batch."""
     async with bare(target_ns=2_000_000_000) as (front, handle):
         front.set_cost(handle, fixed_ns=100e6, per_row_ns=400e6, margin_ns=0.0, forgiven_ns=0.0)
         calls = [asyncio.ensure_future(queued_call(front, timeout=10)) for _ in range(4)]
         await queued(front, 4)
         await asyncio.sleep(0.5)
-        batch, counts, _ = front.take(handle, 8, 1000)
-        assert counts == [1, 1, 1, 1], "1.7 s for four, past the oldest's 1.5 s left; none late for sure"
-        del batch
+        batch, counts, first = front.take(handle, 8, 1000)
+        assert counts == [1, 1, 1], "1.3 s for three within the oldest's 1.5 s left; 1.7 s for four is not"
+        rest, counts, second = front.take(handle, 8, 1000)
+        assert counts == [1]
+        assert max(first) <= second[0], "the youngest call left for the next batch"
+        del batch, rest
         assert {(await call)[0] for call in calls} == {grpc.StatusCode.UNIMPLEMENTED}, "all taken, then proxied"
+        assert front.dropped(handle) == (0, 0, 0, 0)
+
+
+async def test_calls_short_of_time_make_way_for_a_full_batch_of_younger_ones():
+    """Under overload a batch cut to the oldest calls' time would cost more per call and fall further behind
+    (docs/native-front.md): the take runs the full batch anchored on a younger call, and leaves the older
+    ones queued (refused at the next take if late by then)."""
+    async with bare(target_ns=2_000_000_000) as (front, handle):
+        front.set_cost(handle, fixed_ns=100e6, per_row_ns=100e6, margin_ns=0.0, forgiven_ns=0.0)
+        warm = asyncio.ensure_future(queued_call(front, timeout=10))
+        await queued(front, 1)
+        running, _, _ = front.take(handle, 8, 1000)
+        old = [asyncio.ensure_future(queued_call(front, timeout=10)) for _ in range(2)]
+        await queued(front, 3)
+        del running
+        assert (await warm)[0] == grpc.StatusCode.UNIMPLEMENTED
+        await asyncio.sleep(1.55)
+        young = [asyncio.ensure_future(queued_call(front, timeout=10)) for _ in range(8)]
+        await queued(front, 10)
+        batch, counts, arrived = front.take(handle, 8, 1000)
+        assert counts == [1] * 8, "a full batch: 0.9 s, within the young calls' time"
+        stale, counts, arrived_before = front.take(handle, 8, 1000)
+        assert counts == [1, 1], "the old calls, 0.3 s within their ~0.45 s left, in the next batch"
+        assert max(arrived_before) < min(arrived), "the old calls made way"
+        del batch, stale
+        assert {(await call)[0] for call in old + young} == {grpc.StatusCode.UNIMPLEMENTED}
         assert front.dropped(handle) == (0, 0, 0, 0)
 
 

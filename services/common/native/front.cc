@@ -164,6 +164,8 @@ struct Route {
     queue.clear();
     queued_rows = 0;
   }
+  // Take the calls at `at` (positions in the queue, in order) out of it.
+  std::vector<Call*> Detach(const std::vector<size_t>& at);
 
   double Predict(int64_t rows) const { return fixed_ns + per_row_ns * static_cast<double>(rows); }
   // How long the batch running now and the queued rows with `more` take, in full batches.
@@ -739,10 +741,108 @@ Batch::~Batch() {
   }
 }
 
+std::vector<Call*> Route::Detach(const std::vector<size_t>& at) {
+  std::vector<Call*> taken;
+  std::deque<Call*> rest;
+  auto next = at.begin();
+  for (size_t position = 0; position < queue.size(); ++position) {
+    Call* call = queue[position];
+    if (next != at.end() && *next == position) {
+      taken.push_back(call);
+      queued_rows -= call->rows;
+      ++next;
+    } else {
+      rest.push_back(call);
+    }
+  }
+  queue.swap(rest);
+  return taken;
+}
+
+// A batch a take could run: the positions of its calls in their route's queue, their rows, and whether it
+// was cut (see `BatchFrom`).
+struct Planned {
+  std::vector<size_t> at;
+  int64_t rows = 0;
+  bool cut = false;
+};
+
+// The batch anchored on the call at `anchor` of the route's queue: it, then the calls after it in order, as
+// many as fit `max_rows` and, if `timed`, the time each call in the batch has left (the one added included)
+// against the route's fit with its margin, from `steady`. Cut: not full, and its members' time left out a
+// call that would otherwise have fit (one whose own time was too short does not cut it). Call with the
+// route's lock held.
+Planned BatchFrom(const Route& route, size_t anchor, int64_t max_rows, int64_t steady, bool timed) {
+  Planned batch;
+  batch.at.push_back(anchor);
+  batch.rows = route.queue[anchor]->rows;
+  double finish_by = static_cast<double>(route.queue[anchor]->arrived_ns + route.target_ns);
+  bool full = false;
+  for (size_t at = anchor + 1; at < route.queue.size() && !full; ++at) {
+    const Call* call = route.queue[at];
+    if (batch.rows + call->rows > max_rows) {
+      full = true;
+      break;
+    }
+    if (timed) {
+      double by = std::min(finish_by, static_cast<double>(call->arrived_ns + route.target_ns));
+      double end = static_cast<double>(steady) + route.Predict(batch.rows + call->rows) + route.margin_ns;
+      if (end > by) {
+        batch.cut = batch.cut || end > finish_by;
+        continue;
+      }
+      finish_by = by;
+    }
+    batch.at.push_back(at);
+    batch.rows += call->rows;
+    full = batch.rows == max_rows;
+  }
+  batch.cut = batch.cut && !full;
+  return batch;
+}
+
+// The largest batch anchored on a call of the route's queue, given that its members' deadlines cut the
+// oldest call's batch (`oldest`) short, as the Python batcher's `_anchored` (docs/serving.md): the search
+// doubles its step from the oldest call until a batch is not cut (the last call, alone, never is), bisects
+// back to the first that is not, and runs the one with the most rows of those it built (the oldest anchor
+// on a tie). The calls it passes over stay queued, and are refused at the next take if late by then.
+Planned Anchored(const Route& route, Planned oldest, int64_t max_rows, int64_t steady) {
+  size_t last = route.queue.size() - 1, cut = 0, uncut = 0, step = 1, best_at = 0;
+  Planned best = std::move(oldest);
+  auto build = [&](size_t anchor) {
+    Planned batch = BatchFrom(route, anchor, max_rows, steady, true);
+    bool was_cut = batch.cut;
+    if (batch.rows > best.rows || (batch.rows == best.rows && anchor < best_at)) {
+      best = std::move(batch);
+      best_at = anchor;
+    }
+    return was_cut;
+  };
+  while (true) {
+    uncut = std::min(cut + step, last);
+    if (!build(uncut) || uncut == last) break;
+    cut = uncut;
+    step *= 2;
+  }
+  while (uncut - cut > 1) {
+    size_t middle = (cut + uncut) / 2;
+    if (build(middle)) {
+      cut = middle;
+    } else {
+      uncut = middle;
+    }
+  }
+  return best;
+}
+
 // Take up to `max_rows` rows of queued calls, waiting up to `timeout_us` for the first; None when none
 // came or the front is closed, else (batch, each call's rows, each call's arrival on the monotonic clock in
-// ns, as Python's time.monotonic_ns). Calls whose deadline passed (checked first: a passed deadline also cancels the call) or that were
-// cancelled are finished here.
+// ns, as Python's time.monotonic_ns). Calls whose deadline passed (checked first: a passed deadline also
+// cancels the call) or that were cancelled are finished here, and with a latency target so are those that,
+// run now and alone, would end after it. A batch takes the queue in order (as admission planned it, in full
+// batches); with a target, as many as each call's time allows, and if the oldest call's time cut its batch
+// short, the batches anchored on younger calls are searched too (`Anchored`): batches cut to the oldest
+// call's plan cost more per call, fell behind, and left most calls refused at a load the route serves whole.
 py::object Take(Front& front, int handle, int64_t max_rows, int64_t timeout_us) {
   Route* route = front.route(handle);
   auto batch = std::make_unique<Batch>();
@@ -762,29 +862,31 @@ py::object Take(Front& front, int handle, int64_t max_rows, int64_t timeout_us) 
       auto now = std::chrono::system_clock::now();
       int64_t steady = now_ns();
       bool targeted = route->target_ns > 0 && route->costed;
-      // A batch takes the queue in order, as admission planned it (in full batches), not only the calls
-      // its oldest call's plan leaves room for: under load that plan is tight, and batches cut to it cost
-      // more per call, fell behind, and left most calls refused at a load the route serves whole.
       for (auto it = route->queue.begin(); it != route->queue.end();) {
         Call* call = *it;
         int64_t call_rows = call->rows;  // the call may be gone once it is finished below
-        bool expired = call->Expired(now), cancelled = call->cancelled();
-        bool late = targeted && !call->probe && steady + route->Predict(call_rows) - call->arrived_ns > route->target_ns;
-        if (expired) {
+        if (call->Expired(now)) {
           ++route->expired;
           call->Fail(grpc::StatusCode::DEADLINE_EXCEEDED, "Deadline Exceeded");
-        } else if (cancelled) {
+        } else if (call->cancelled()) {
           ++route->cancelled;
           call->Fail(grpc::StatusCode::CANCELLED, "Cancelled");
-        } else if (late) {
+        } else if (targeted && !call->probe &&
+                   steady + route->Predict(call_rows) - call->arrived_ns > route->target_ns) {
           call->Shed(*route, route->Ahead(steady, 0), true);
-        } else if (!batch->calls.empty() && rows + call_rows > max_rows) {
-          break;
         } else {
-          rows += call_rows;
-          batch->calls.push_back(call);
+          ++it;
+          continue;
         }
         it = route->Remove(it, call_rows);
+      }
+      if (!route->queue.empty()) {
+        Planned planned = BatchFrom(*route, 0, max_rows, steady, targeted);
+        if (planned.cut && !route->queue.front()->probe) {
+          planned = Anchored(*route, std::move(planned), max_rows, steady);
+        }
+        rows = planned.rows;
+        batch->calls = route->Detach(planned.at);
       }
       if (!batch->calls.empty() || route->closed) break;
     }
