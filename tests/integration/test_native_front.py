@@ -336,20 +336,20 @@ async def test_a_latency_target_is_held_here_on_the_cost_the_pump_learns(model_r
         assert native.front.answered == before + MIN_BATCHES, "answered by the native front, not proxied"
 
 
-def route_m_request() -> bytes:
+def route_m_request(rows: int = 1) -> bytes:
     request = pb.ModelInferRequest(model_name="m")
-    request.inputs.add(name="X", datatype="FP32", shape=[1, 2])
-    request.raw_input_contents.append(np.zeros(2, np.float32).tobytes())
+    request.inputs.add(name="X", datatype="FP32", shape=[rows, 2])
+    request.raw_input_contents.append(np.zeros(2 * rows, np.float32).tobytes())
     return request.SerializeToString()
 
 
-async def queued_call(front, timeout: float, channel: grpc.aio.Channel | None = None):
-    """A ModelInfer for route `m` of a bare front whose route has no pump: it waits in the queue (on
-    `channel`, else on a channel of its own)."""
+async def queued_call(front, timeout: float, channel: grpc.aio.Channel | None = None, rows: int = 1):
+    """A ModelInfer of `rows` rows for route `m` of a bare front whose route has no pump: it waits in the
+    queue (on `channel`, else on a channel of its own)."""
     async with contextlib.AsyncExitStack() as stack:
         if channel is None:
             channel = await stack.enter_async_context(grpc.aio.insecure_channel(f"127.0.0.1:{front.port}"))
-        rpc = channel.unary_unary(INFER)(route_m_request(), timeout=timeout)
+        rpc = channel.unary_unary(INFER)(route_m_request(rows), timeout=timeout)
         try:
             await rpc
         except grpc.aio.AioRpcError as exc:
@@ -526,22 +526,39 @@ async def test_a_queued_call_that_can_no_longer_end_in_time_is_refused_when_its_
     assert front.dropped(handle) == (0, 0, 1, 0)
 
 
-async def test_a_targeted_batch_holds_each_of_its_calls_to_its_own_deadline():
-    """In order, as many as the oldest call's time allows: the fourth would end the batch past it, and is
-    left for the next batch."""
+async def test_a_targeted_batch_takes_as_many_calls_as_its_oldest_calls_time_allows():
+    """In order, while the batch would still end in time: the fourth call would end it past the oldest's
+    deadline, and is left for the next batch."""
     async with bare(target_ns=2_000_000_000) as (front, handle):
         front.set_cost(handle, fixed_ns=100e6, per_row_ns=400e6, margin_ns=0.0, forgiven_ns=0.0)
         calls = [asyncio.ensure_future(queued_call(front, timeout=10)) for _ in range(4)]
         await queued(front, 4)
         await asyncio.sleep(0.5)
-        batch, counts, first = front.take(handle, 8, 1000)
+        batch, counts, _ = front.take(handle, 8, 1000)
         assert counts == [1, 1, 1], "1.3 s for three within the oldest's 1.5 s left; 1.7 s for four is not"
-        rest, counts, second = front.take(handle, 8, 1000)
+        rest, counts, _ = front.take(handle, 8, 1000)
         assert counts == [1]
-        assert max(first) <= second[0], "the youngest call left for the next batch"
         del batch, rest
         assert {(await call)[0] for call in calls} == {grpc.StatusCode.UNIMPLEMENTED}, "all taken, then proxied"
         assert front.dropped(handle) == (0, 0, 0, 0)
+
+
+@contextlib.asynccontextmanager
+async def busy(front, handle):
+    """The route running a batch (so that calls queued in the block are not an idle route's probes, which
+    are never passed over), answered when the block ends."""
+    warm = asyncio.ensure_future(queued_call(front, timeout=10))
+    await queued(front, 1)
+    running, _, _ = front.take(handle, 8, 1000)
+    yield
+    del running
+    assert (await warm)[0] == grpc.StatusCode.UNIMPLEMENTED
+
+
+# A batch costs 100 ms + 100 ms a row against a 2 s target; calls queued 1.45 s before the others have
+# about 0.55 s left: time for a batch of 4 rows, not 5.
+SHORT_OF_TIME_COST = {"fixed_ns": 100e6, "per_row_ns": 100e6, "margin_ns": 0.0, "forgiven_ns": 0.0}
+SHORT_OF_TIME_S = 1.45
 
 
 async def test_calls_short_of_time_make_way_for_a_full_batch_of_younger_ones():
@@ -549,24 +566,44 @@ async def test_calls_short_of_time_make_way_for_a_full_batch_of_younger_ones():
     (docs/native-front.md): the take runs the full batch anchored on a younger call, and leaves the older
     ones queued (refused at the next take if late by then)."""
     async with bare(target_ns=2_000_000_000) as (front, handle):
-        front.set_cost(handle, fixed_ns=100e6, per_row_ns=100e6, margin_ns=0.0, forgiven_ns=0.0)
-        warm = asyncio.ensure_future(queued_call(front, timeout=10))
-        await queued(front, 1)
-        running, _, _ = front.take(handle, 8, 1000)
-        old = [asyncio.ensure_future(queued_call(front, timeout=10)) for _ in range(2)]
-        await queued(front, 3)
-        del running
-        assert (await warm)[0] == grpc.StatusCode.UNIMPLEMENTED
-        await asyncio.sleep(1.55)
+        front.set_cost(handle, **SHORT_OF_TIME_COST)
+        async with busy(front, handle):
+            old = [asyncio.ensure_future(queued_call(front, timeout=10)) for _ in range(2)]
+            await queued(front, 3)
+        await asyncio.sleep(SHORT_OF_TIME_S)
         young = [asyncio.ensure_future(queued_call(front, timeout=10)) for _ in range(8)]
         await queued(front, 10)
         batch, counts, arrived = front.take(handle, 8, 1000)
         assert counts == [1] * 8, "a full batch: 0.9 s, within the young calls' time"
         stale, counts, arrived_before = front.take(handle, 8, 1000)
-        assert counts == [1, 1], "the old calls, 0.3 s within their ~0.45 s left, in the next batch"
+        assert counts == [1, 1], "the old calls, 0.3 s within their time left, in the next batch"
         assert max(arrived_before) < min(arrived), "the old calls made way"
         del batch, stale
         assert {(await call)[0] for call in old + young} == {grpc.StatusCode.UNIMPLEMENTED}
+        assert front.dropped(handle) == (0, 0, 0, 0)
+
+
+async def test_a_call_too_large_for_the_batch_does_not_hide_that_time_cut_it_short():
+    """Calls of many rows, 110 ms a row against a 2 s target: the oldest call, queued 1.47 s before the
+    others, has time for 4 rows, so its batch is cut by its time (1 + 4 rows would end too late), and the
+    call of 8 rows does not fit beside it. The search still runs, and takes the two calls of 4 rows."""
+    async with bare(target_ns=2_000_000_000) as (front, handle):
+        front.set_cost(handle, fixed_ns=0.0, per_row_ns=110e6, margin_ns=0.0, forgiven_ns=0.0)
+        async with busy(front, handle):
+            oldest = asyncio.ensure_future(queued_call(front, timeout=10))
+            await queued(front, 2)
+        await asyncio.sleep(1.47)
+        younger = []
+        for rows in (4, 4, 8):
+            younger.append(asyncio.ensure_future(queued_call(front, timeout=10, rows=rows)))
+            await queued(front, len(younger) + 1)
+        batches = []
+        for _ in range(3):
+            batch, counts, _ = front.take(handle, 8, 1000)
+            batches.append(counts)
+            del batch
+        assert batches == [[4, 4], [1], [8]]
+        assert {(await call)[0] for call in [oldest, *younger]} == {grpc.StatusCode.UNIMPLEMENTED}
         assert front.dropped(handle) == (0, 0, 0, 0)
 
 

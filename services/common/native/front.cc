@@ -743,6 +743,12 @@ Batch::~Batch() {
 
 std::vector<Call*> Route::Detach(const std::vector<size_t>& at) {
   std::vector<Call*> taken;
+  if (at.back() == at.size() - 1) {  // the first calls, as every untargeted take and most targeted ones
+    taken.assign(queue.begin(), queue.begin() + static_cast<std::ptrdiff_t>(at.size()));
+    for (Call* call : taken) queued_rows -= call->rows;
+    queue.erase(queue.begin(), queue.begin() + static_cast<std::ptrdiff_t>(at.size()));
+    return taken;
+  }
   std::deque<Call*> rest;
   auto next = at.begin();
   for (size_t position = 0; position < queue.size(); ++position) {
@@ -777,16 +783,12 @@ Planned BatchFrom(const Route& route, size_t anchor, int64_t max_rows, int64_t s
   batch.at.push_back(anchor);
   batch.rows = route.queue[anchor]->rows;
   double finish_by = static_cast<double>(route.queue[anchor]->arrived_ns + route.target_ns);
-  bool full = false;
-  for (size_t at = anchor + 1; at < route.queue.size() && !full; ++at) {
+  for (size_t at = anchor + 1; at < route.queue.size() && batch.rows < max_rows; ++at) {
     const Call* call = route.queue[at];
-    if (batch.rows + call->rows > max_rows) {
-      full = true;
-      break;
-    }
+    if (batch.rows + call->rows > max_rows) continue;
     if (timed) {
       double by = std::min(finish_by, static_cast<double>(call->arrived_ns + route.target_ns));
-      double end = static_cast<double>(steady) + route.Predict(batch.rows + call->rows) + route.margin_ns;
+      double end = static_cast<double>(steady) + route.Predict(batch.rows + call->rows);
       if (end > by) {
         batch.cut = batch.cut || end > finish_by;
         continue;
@@ -795,9 +797,8 @@ Planned BatchFrom(const Route& route, size_t anchor, int64_t max_rows, int64_t s
     }
     batch.at.push_back(at);
     batch.rows += call->rows;
-    full = batch.rows == max_rows;
   }
-  batch.cut = batch.cut && !full;
+  batch.cut = batch.cut && batch.rows < max_rows;
   return batch;
 }
 
