@@ -8,9 +8,11 @@ bench's C++ open loop (services/bench/native/openloop.cc), the server on CPU 0 a
 where the machine has both (`services.bench.latency.separate_cores`), and prints, per rate, the
 share refused, the calls answered within the target per second, the p99 of those answered and the share
 answered late. The service's budget is the target less `--outside-ms` (the client's and the network's
-time, as the latency bench takes it off).
+time, as the latency bench takes it off). `--front native` serves it on the native front (its C++ routes
+hold the target: docs/native-front.md).
 
     python scripts/gpu_like_load.py --fixed-ms 50 --per-row-ms 2 --target-ms 500 --rates 175 280 350 420 500
+    python scripts/gpu_like_load.py --front native --rates 350 420 500
 """
 
 from __future__ import annotations
