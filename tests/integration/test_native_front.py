@@ -533,9 +533,9 @@ async def test_a_targeted_batch_takes_as_many_calls_as_its_oldest_calls_time_all
         front.set_cost(handle, fixed_ns=100e6, per_row_ns=400e6, margin_ns=0.0, forgiven_ns=0.0)
         calls = [asyncio.ensure_future(queued_call(front, timeout=10)) for _ in range(4)]
         await queued(front, 4)
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.4)
         batch, counts, _ = front.take(handle, 8, 1000)
-        assert counts == [1, 1, 1], "1.3 s for three within the oldest's 1.5 s left; 1.7 s for four is not"
+        assert counts == [1, 1, 1], "1.3 s for three within the oldest's 1.6 s left; 1.7 s for four is not"
         rest, counts, _ = front.take(handle, 8, 1000)
         assert counts == [1]
         del batch, rest
@@ -555,10 +555,10 @@ async def busy(front, handle):
     assert (await warm)[0] == grpc.StatusCode.UNIMPLEMENTED
 
 
-# A batch costs 100 ms + 100 ms a row against a 2 s target; calls queued 1.45 s before the others have
-# about 0.55 s left: time for a batch of 4 rows, not 5.
+# A batch costs 100 ms + 100 ms a row against a 2 s target; calls queued 1.35 s before the others have
+# at most 0.65 s left: time for a batch of 5 rows, not 8, and for their own batch of 2 while 0.3 s is left.
 SHORT_OF_TIME_COST = {"fixed_ns": 100e6, "per_row_ns": 100e6, "margin_ns": 0.0, "forgiven_ns": 0.0}
-SHORT_OF_TIME_S = 1.45
+SHORT_OF_TIME_S = 1.35
 
 
 async def test_calls_short_of_time_make_way_for_a_full_batch_of_younger_ones():

@@ -743,7 +743,7 @@ Batch::~Batch() {
 
 std::vector<Call*> Route::Detach(const std::vector<size_t>& at) {
   std::vector<Call*> taken;
-  if (at.back() == at.size() - 1) {  // the first calls, as every untargeted take and most targeted ones
+  if (at.back() == at.size() - 1) {  // the first calls, as most takes are
     taken.assign(queue.begin(), queue.begin() + static_cast<std::ptrdiff_t>(at.size()));
     for (Call* call : taken) queued_rows -= call->rows;
     queue.erase(queue.begin(), queue.begin() + static_cast<std::ptrdiff_t>(at.size()));
@@ -774,9 +774,10 @@ struct Planned {
 };
 
 // The batch anchored on the call at `anchor` of the route's queue: it, then the calls after it in order, as
-// many as fit `max_rows` and, if `timed`, the time each call in the batch has left (the one added included)
-// against the route's fit with its margin, from `steady`. Cut: not full, and its members' time left out a
-// call that would otherwise have fit (one whose own time was too short does not cut it). Call with the
+// many as fit `max_rows` (a call too large for the rows left is skipped) and, if `timed`, the time each call
+// in the batch has left (the one added included) against the route's fit, with no margin (a call already
+// admitted is passed over only when late for sure), from `steady`. Cut: not full, and its members' time left
+// out a call that would otherwise have fit (one whose own time was too short does not cut it). Call with the
 // route's lock held.
 Planned BatchFrom(const Route& route, size_t anchor, int64_t max_rows, int64_t steady, bool timed) {
   Planned batch;
