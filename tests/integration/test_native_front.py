@@ -555,22 +555,18 @@ async def busy(front, handle):
     assert (await warm)[0] == grpc.StatusCode.UNIMPLEMENTED
 
 
-# A batch costs 100 ms + 100 ms a row against a 2 s target; calls queued 1.35 s before the others have
-# at most 0.65 s left: time for a batch of 5 rows, not 8, and for their own batch of 2 while 0.3 s is left.
-SHORT_OF_TIME_COST = {"fixed_ns": 100e6, "per_row_ns": 100e6, "margin_ns": 0.0, "forgiven_ns": 0.0}
-SHORT_OF_TIME_S = 1.35
-
-
 async def test_calls_short_of_time_make_way_for_a_full_batch_of_younger_ones():
     """Under overload a batch cut to the oldest calls' time would cost more per call and fall further behind
     (docs/native-front.md): the take runs the full batch anchored on a younger call, and leaves the older
-    ones queued (refused at the next take if late by then)."""
+    ones queued (refused at the next take if late by then). A batch costs 100 ms + 100 ms a row against a
+    2 s target; the calls queued 1.35 s before the others have at most 0.65 s left: time for a batch of 5
+    rows, not 8, and for their own batch of 2 while 0.3 s is left."""
     async with bare(target_ns=2_000_000_000) as (front, handle):
-        front.set_cost(handle, **SHORT_OF_TIME_COST)
+        front.set_cost(handle, fixed_ns=100e6, per_row_ns=100e6, margin_ns=0.0, forgiven_ns=0.0)
         async with busy(front, handle):
             old = [asyncio.ensure_future(queued_call(front, timeout=10)) for _ in range(2)]
             await queued(front, 3)
-        await asyncio.sleep(SHORT_OF_TIME_S)
+        await asyncio.sleep(1.35)
         young = [asyncio.ensure_future(queued_call(front, timeout=10)) for _ in range(8)]
         await queued(front, 10)
         batch, counts, arrived = front.take(handle, 8, 1000)

@@ -743,25 +743,18 @@ Batch::~Batch() {
 
 std::vector<Call*> Route::Detach(const std::vector<size_t>& at) {
   std::vector<Call*> taken;
-  if (at.back() == at.size() - 1) {  // the first calls, as most takes are
-    taken.assign(queue.begin(), queue.begin() + static_cast<std::ptrdiff_t>(at.size()));
-    for (Call* call : taken) queued_rows -= call->rows;
-    queue.erase(queue.begin(), queue.begin() + static_cast<std::ptrdiff_t>(at.size()));
-    return taken;
-  }
-  std::deque<Call*> rest;
+  size_t kept = 0;
   auto next = at.begin();
   for (size_t position = 0; position < queue.size(); ++position) {
-    Call* call = queue[position];
     if (next != at.end() && *next == position) {
-      taken.push_back(call);
-      queued_rows -= call->rows;
+      taken.push_back(queue[position]);
+      queued_rows -= queue[position]->rows;
       ++next;
     } else {
-      rest.push_back(call);
+      queue[kept++] = queue[position];
     }
   }
-  queue.swap(rest);
+  queue.resize(kept);
   return taken;
 }
 
