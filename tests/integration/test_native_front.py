@@ -543,6 +543,37 @@ async def test_a_targeted_batch_takes_as_many_calls_as_its_oldest_calls_time_all
         assert front.dropped(handle) == (0, 0, 0, 0)
 
 
+async def test_a_targeted_batch_is_sized_on_the_fit_without_its_margin():
+    """The margin plans admissions; the take passes over an admitted call only when the fit says it would be
+    late (docs/native-front.md). 200 ms a row and a margin of 0.5 s: after 1.2 s the oldest call has 0.8 s
+    left, time for all three calls on the fit (0.6 s), and for one with the margin."""
+    async with bare(target_ns=2_000_000_000) as (front, handle):
+        front.set_cost(handle, fixed_ns=0.0, per_row_ns=200e6, margin_ns=500e6, forgiven_ns=0.0)
+        calls = [asyncio.ensure_future(queued_call(front, timeout=10)) for _ in range(3)]
+        await queued(front, 3)
+        await asyncio.sleep(1.2)
+        batch, counts, _ = front.take(handle, 8, 1000)
+        assert counts == [1, 1, 1]
+        del batch
+        assert {(await call)[0] for call in calls} == {grpc.StatusCode.UNIMPLEMENTED}
+        assert front.dropped(handle) == (0, 0, 0, 0)
+
+
+async def test_an_untargeted_batch_takes_a_younger_call_past_one_too_large_for_the_rows_left(bare_front):
+    front, handle = bare_front
+    calls = []
+    for rows in (4, 8, 2):
+        calls.append(asyncio.ensure_future(queued_call(front, timeout=10, rows=rows)))
+        await queued(front, len(calls))
+    batches = []
+    for _ in range(2):
+        batch, counts, _ = front.take(handle, 8, 1000)
+        batches.append(counts)
+        del batch
+    assert batches == [[4, 2], [8]]
+    assert {(await call)[0] for call in calls} == {grpc.StatusCode.UNIMPLEMENTED}
+
+
 @contextlib.asynccontextmanager
 async def busy(front, handle):
     """The route running a batch (so that calls queued in the block are not an idle route's probes, which

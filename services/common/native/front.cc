@@ -770,7 +770,8 @@ struct Planned {
 // many as fit `max_rows` (a call too large for the rows left is skipped) and, if `timed`, the time each call
 // in the batch has left (the one added included) against the route's fit, with no margin (a call already
 // admitted is passed over only when late for sure), from `steady`. Cut: not full, and its members' time left
-// out a call that would otherwise have fit (one whose own time was too short does not cut it). Call with the
+// out a call that would otherwise have fit (one whose own time was too short does not cut it); once even one
+// more row would end past the members' time, no later call can join, and the scan stops. Call with the
 // route's lock held.
 Planned BatchFrom(const Route& route, size_t anchor, int64_t max_rows, int64_t steady, bool timed) {
   Planned batch;
@@ -784,7 +785,10 @@ Planned BatchFrom(const Route& route, size_t anchor, int64_t max_rows, int64_t s
       double by = std::min(finish_by, static_cast<double>(call->arrived_ns + route.target_ns));
       double end = static_cast<double>(steady) + route.Predict(batch.rows + call->rows);
       if (end > by) {
-        batch.cut = batch.cut || end > finish_by;
+        if (end > finish_by) {
+          batch.cut = true;
+          if (static_cast<double>(steady) + route.Predict(batch.rows + 1) > finish_by) break;
+        }
         continue;
       }
       finish_by = by;
