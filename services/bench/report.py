@@ -126,11 +126,10 @@ def _header() -> str:
             "# Benchmarks",
             "",
             "Written by `make bench` (`maas bench --output docs/benchmarks.md`); do not edit by hand. Every number",
-            "in a section comes from one run, side by side, on the machine named here; a section rerun alone",
-            "(`maas bench --section NAME --output ...`) replaces only itself and says when it was measured.",
-            "Compare ratios within a section, not with other machines.",
+            "in a section comes from one run, side by side, on the machine its first line names; a section rerun",
+            "alone (`maas bench --section NAME --output ...`) replaces only itself and says when and where it was",
+            "measured. Compare ratios within a section, not with other machines or sections.",
             "",
-            f"- machine: {machine()}",
             f"- python: {platform.python_version()}",
             "",
         ]
@@ -138,16 +137,11 @@ def _header() -> str:
 
 
 def _sections_of(text: str) -> dict[str, str]:
-    """The `## ` sections of an existing report, by title, in order. A section of a report whose header
-    named one run for every section gets that run's provenance line."""
-    header, *blocks = re.split(r"^(?=## )", text, flags=re.M)
-    run = dict(re.findall(r"^- (command|git|date): (.+)$", header, re.M))
-    provenance = f"_Measured by {run['command']} at git {run['git']}, {run['date']}._" if len(run) == 3 else None
+    """The `## ` sections of an existing report, by title, in order."""
+    _header, *blocks = re.split(r"^(?=## )", text, flags=re.M)
     sections: dict[str, str] = {}
     for block in blocks:
         title, _, rest = block.rstrip("\n").partition("\n")
-        if provenance and not rest.lstrip().startswith("_Measured by"):
-            rest = f"\n{provenance}\n{rest}"
         sections[title[3:].strip()] = f"{title}\n{rest}\n"
     return sections
 
@@ -164,7 +158,9 @@ def write_report(output: Path, sections: list[Section], command: str, root: Path
         command: the command line that measured them.
         root: the repository, for the revision.
     """
-    provenance = f"Measured by `{command}` at git {git_revision(root)}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC."
+    provenance = (
+        f"Measured by `{command}` at git {git_revision(root)}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, on {machine()}."
+    )
     kept = _sections_of(output.read_text(encoding="utf-8")) if output.exists() else {}
     output.parent.mkdir(parents=True, exist_ok=True)
     for section in sections:

@@ -11,18 +11,16 @@ import pytest
 
 from services.bench import startup
 from services.bench.loadgen import LoadResult
-from services.bench.report import Row, Section, as_text, write_report
+from services.bench.report import Row, Section, as_text, git_revision, machine, write_report
 from tests.conftest import REPO_ROOT
 
 OLD_REPORT = """# Benchmarks
 
-- command: `maas bench`
-- machine: a machine
-- git: abc1234
-- date: 2026-12-01 02:33 UTC
 - python: 3.11.7
 
 ## First
+
+_Measured by `maas bench` at git abc1234, 2026-12-01 02:33 UTC, on a machine._
 
 How to read it.
 
@@ -50,9 +48,11 @@ def test_a_section_measured_alone_replaces_only_itself(tmp_path: Path):
     titles = [line[3:] for line in report.splitlines() if line.startswith("## ")]
     assert titles == ["First", "Second", "Third"]
     first = report[report.index("## First") : report.index("## Second")]
-    assert "_Measured by `maas bench` at git abc1234, 2026-12-01 02:33 UTC._" in first and "| a | 1 | 10 |" in first
+    assert "_Measured by `maas bench` at git abc1234, 2026-12-01 02:33 UTC, on a machine._" in first
+    assert "| a | 1 | 10 |" in first
     second = report[report.index("## Second") : report.index("## Third")]
-    assert "Old second" not in second and "`maas bench --section x`" in second and "| echo | 4 | 50 |" in second
+    assert "Old second" not in second and "| echo | 4 | 50 |" in second
+    assert f"`maas bench --section x` at git {git_revision(REPO_ROOT)}" in second and f"on {machine()}._" in second
     assert "![Second: throughput and latency by concurrency](benchmarks/second.png)" in second
     assert (output.parent / "benchmarks" / "second.png").read_bytes()[:4] == b"\x89PNG"
     write_report(output, [section("First", 90)], "maas bench --section y", REPO_ROOT)
