@@ -508,12 +508,18 @@ async def test_a_batch_names_the_calls_that_asked_for_timing_and_each_gets_its_e
     assert all(request_id(pairs) for pairs in trailing), "the request id as well"
 
 
+async def aged_calls(front, count: int, seconds: float) -> list[asyncio.Future]:
+    """`count` one-row calls queued on the bare front's route, `seconds` after they were all queued."""
+    calls = [asyncio.ensure_future(queued_call(front, timeout=10)) for _ in range(count)]
+    await queued(front, count)
+    await asyncio.sleep(seconds)
+    return calls
+
+
 async def test_a_queued_call_that_can_no_longer_end_in_time_is_refused_when_its_batch_is_taken(targeted_front):
     front, handle = targeted_front
     front.set_cost(handle, fixed_ns=1e6, per_row_ns=0.0, margin_ns=0.0, forgiven_ns=0.0)
-    calls = [asyncio.ensure_future(queued_call(front, timeout=10)) for _ in range(2)]
-    await queued(front, 2)
-    await asyncio.sleep(2 * TARGET_NS / 1e9)
+    calls = await aged_calls(front, 2, seconds=2 * TARGET_NS / 1e9)
     batch, counts, _ = front.take(handle, 8, 1000)
     assert counts == [1], "the first call, admitted by the idle route, runs whatever its wait; the other is late"
     codes = set()
@@ -531,9 +537,7 @@ async def test_a_targeted_batch_takes_as_many_calls_as_its_oldest_calls_time_all
     deadline, and is left for the next batch."""
     async with bare(target_ns=2_000_000_000) as (front, handle):
         front.set_cost(handle, fixed_ns=100e6, per_row_ns=400e6, margin_ns=0.0, forgiven_ns=0.0)
-        calls = [asyncio.ensure_future(queued_call(front, timeout=10)) for _ in range(4)]
-        await queued(front, 4)
-        await asyncio.sleep(0.4)
+        calls = await aged_calls(front, 4, seconds=0.4)
         batch, counts, _ = front.take(handle, 8, 1000)
         assert counts == [1, 1, 1], "1.3 s for three within the oldest's 1.6 s left; 1.7 s for four is not"
         rest, counts, _ = front.take(handle, 8, 1000)
@@ -549,9 +553,7 @@ async def test_a_targeted_batch_is_sized_on_the_fit_without_its_margin():
     left, time for all three calls on the fit (0.6 s), and for one with the margin."""
     async with bare(target_ns=2_000_000_000) as (front, handle):
         front.set_cost(handle, fixed_ns=0.0, per_row_ns=200e6, margin_ns=500e6, forgiven_ns=0.0)
-        calls = [asyncio.ensure_future(queued_call(front, timeout=10)) for _ in range(3)]
-        await queued(front, 3)
-        await asyncio.sleep(1.2)
+        calls = await aged_calls(front, 3, seconds=1.2)
         batch, counts, _ = front.take(handle, 8, 1000)
         assert counts == [1, 1, 1]
         del batch
