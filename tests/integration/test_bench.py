@@ -128,7 +128,11 @@ def test_quick_bench_writes_a_report_with_every_row(model_repository: Path, tmp_
         for load, mode in (("50%", "latency target"), ("80%", "latency target"), ("120%", "latency target")):
             assert re.search(rf"^\| {model} \| [\d.]+ \| {load} \| {mode} \|", report, re.M), (model, load)
         assert re.search(rf"^\| {model} \| [\d.]+ \| 120% \| {best} \|", report, re.M)
-        assert re.search(rf"{model} step: worst served p99 per 0.5 s window", report)
+        assert re.search(
+            rf"{model} step, the calls sent outside the 2 s after each change: served p99 [\d.]+ ms \(T [\d.]+ ms\), "
+            r"shed [\d.]+%; the worst p99 of a 0.5 s window among them [\d.]+ ms",
+            report,
+        )
     assert "benchmarks/latency-target-open-loop.png" in charts
     assert "Cold start and maas-timing: cold start per service and hosting" in report
 
