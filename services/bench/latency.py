@@ -632,7 +632,8 @@ async def latency_section(config: BenchConfig) -> Section:
         steps[workload.model] = (windows, target, changes)
         outside = [w for w in windows if not _settling(w[0], changes)]
         over = max((w[1] for w in outside), default=0.0)
-        settled = Point("step", 0.0, 3 * seconds, [o for o in step if not _settling(o.sent, changes)], target)
+        settled_outcomes = [o for o in step if not _settling(o.sent, changes)]
+        settled = Point("step", 0.0, 3 * seconds - len(changes) * SETTLE_S, settled_outcomes, target)
         high = points["target", 1.2]
         section.findings += [
             f"{workload.model} (capacity {capacity:,.0f} req/s, T = {workload.target_rule} = {target:.1f} ms, "

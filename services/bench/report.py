@@ -108,7 +108,7 @@ def render_section(section: Section, provenance: str, chart: str | None = None) 
 
     Args:
         section: the measured section.
-        provenance: the command, revision and date it was measured by.
+        provenance: the command, revision, date and machine it was measured by.
         chart: the chart's path relative to the report, if there is one.
     """
     lines = [f"## {section.title}", "", f"_{provenance}_", "", section.note, ""]
@@ -130,15 +130,13 @@ def _header() -> str:
             "alone (`maas bench --section NAME --output ...`) replaces only itself and says when and where it was",
             "measured. Compare ratios within a section, not with other machines or sections.",
             "",
-            f"- python: {platform.python_version()}",
-            "",
         ]
     )
 
 
 def _sections_of(text: str) -> dict[str, str]:
     """The `## ` sections of an existing report, by title, in order."""
-    _header, *blocks = re.split(r"^(?=## )", text, flags=re.M)
+    _, *blocks = re.split(r"^(?=## )", text, flags=re.M)
     sections: dict[str, str] = {}
     for block in blocks:
         title, _, rest = block.rstrip("\n").partition("\n")
@@ -159,7 +157,8 @@ def write_report(output: Path, sections: list[Section], command: str, root: Path
         root: the repository, for the revision.
     """
     provenance = (
-        f"Measured by `{command}` at git {git_revision(root)}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, on {machine()}."
+        f"Measured by `{command}` at git {git_revision(root)}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, on {machine()}, "
+        f"python {platform.python_version()}."
     )
     kept = _sections_of(output.read_text(encoding="utf-8")) if output.exists() else {}
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -549,11 +549,11 @@ async def test_a_targeted_batch_takes_as_many_calls_as_its_oldest_calls_time_all
 
 async def test_a_targeted_batch_is_sized_on_the_fit_without_its_margin():
     """The margin plans admissions; the take passes over an admitted call only when the fit says it would be
-    late (docs/native-front.md). 200 ms a row and a margin of 0.5 s: after 1.2 s the oldest call has 0.8 s
-    left, time for all three calls on the fit (0.6 s), and for one with the margin."""
+    late (docs/native-front.md). 200 ms a row and a margin of 0.5 s: after 1 s the oldest call has 1 s left,
+    time for all three calls on the fit (0.6 s), and for two with the margin."""
     async with bare(target_ns=2_000_000_000) as (front, handle):
         front.set_cost(handle, fixed_ns=0.0, per_row_ns=200e6, margin_ns=500e6, forgiven_ns=0.0)
-        calls = await aged_calls(front, 3, seconds=1.2)
+        calls = await aged_calls(front, 3, seconds=1.0)
         batch, counts, _ = front.take(handle, 8, 1000)
         assert counts == [1, 1, 1]
         del batch
