@@ -257,6 +257,16 @@ def ray_cluster():
         cluster.stop()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def ray_before_grpc(request: pytest.FixtureRequest) -> None:
+    """Start the session's Ray (`ray_cluster`) before the first test when any test is marked `ray`. Ray's
+    start forks its processes from this one and runs Python in each child before exec; once gRPC's threads
+    run here (any test's server or channel), a child can deadlock there, and Ray's start times out waiting
+    for its raylet (seen once in CI, where every test on the ray hosting then failed)."""
+    if any(item.get_closest_marker("ray") for item in request.session.items):
+        request.getfixturevalue("ray_cluster")
+
+
 @pytest.fixture(scope="session")
 def ray_apps(ray_cluster, model_repository: Path) -> dict:
     """The tokenizer, vision, text and transformer Serve applications over `model_repository`, with the grpc
